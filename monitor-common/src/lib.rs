@@ -1,0 +1,154 @@
+//! Raw records that Vigie's eBPF probes write to the ring buffer, and the constants both sides
+//! agree on. Every record is `#[repr(C)]` with explicit padding (no `bool`, no implicit holes) and
+//! starts with a [`Header`]; sizes are checked at compile time.
+//!
+//! Userspace decodes these into owned serde events (`vigie::events`) right after the ring buffer:
+//! nothing past the decoder sees these types.
+#![no_std]
+
+pub mod files;
+pub mod process;
+pub mod sockets;
+
+/// `TASK_COMM_LEN` in the kernel.
+pub const COMM_LEN: usize = 16;
+
+/// First bytes of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Process id (the kernel's tgid).
+    pub tgid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, nanoseconds.
+    pub ts_ns: u64,
+    /// `comm` of the thread, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<Header>() == 40);
+
+/// Record kinds, numbered by domain (`process` 1.., `files` 100.., `sockets` 200..).
+pub mod kind {
+    pub const PROCESS_EXEC: u32 = 1;
+    pub const PROCESS_FORK: u32 = 2;
+    pub const PROCESS_EXIT: u32 = 3;
+
+    pub const FILE_OPEN: u32 = 100;
+    pub const FILE_READ: u32 = 101;
+    pub const FILE_CLOSE: u32 = 102;
+    pub const FILE_SENDFILE: u32 = 103;
+
+    pub const SOCK_ACCEPT: u32 = 200;
+    pub const SOCK_READ: u32 = 201;
+    pub const SOCK_WRITE: u32 = 202;
+    pub const SOCK_CLOSE: u32 = 203;
+}
+
+/// The syscalls the probes decode, as stored in [`files::FdEvent::op`] and
+/// [`sockets::DataEvent::op`]. Userspace fills the `SYSCALL_OPS` map (syscall number -> op) so the
+/// probes stay free of architecture-specific syscall numbers.
+pub mod op {
+    pub const NONE: u32 = 0;
+    pub const READ: u32 = 1;
+    pub const PREAD64: u32 = 2;
+    pub const READV: u32 = 3;
+    pub const RECVFROM: u32 = 4;
+    pub const RECVMSG: u32 = 5;
+    pub const WRITE: u32 = 6;
+    pub const WRITEV: u32 = 7;
+    pub const SENDTO: u32 = 8;
+    pub const SENDMSG: u32 = 9;
+    pub const SENDFILE64: u32 = 10;
+    pub const OPENAT: u32 = 11;
+    pub const OPENAT2: u32 = 12;
+    pub const ACCEPT: u32 = 13;
+    pub const ACCEPT4: u32 = 14;
+    pub const CLOSE: u32 = 15;
+    pub const PREADV: u32 = 16;
+    /// One past the highest op.
+    pub const COUNT: u32 = 17;
+
+    /// Ops whose buffer argument is an `iovec` array.
+    pub const fn is_vectored(op: u32) -> bool {
+        matches!(op, READV | WRITEV | PREADV)
+    }
+    /// Ops whose buffer argument is a `struct user_msghdr`.
+    pub const fn is_msg(op: u32) -> bool {
+        matches!(op, RECVMSG | SENDMSG)
+    }
+    /// Ops that move data out of the process (towards a socket).
+    pub const fn is_output(op: u32) -> bool {
+        matches!(op, WRITE | WRITEV | SENDTO | SENDMSG)
+    }
+}
+
+/// Largest syscall number the `SYSCALL_OPS` map covers.
+pub const MAX_SYSCALL_NR: u32 = 512;
+
+/// What the probes know about a `(tgid, fd)` pair (values of the `FD_KIND` map).
+pub mod fd_kind {
+    /// Opened under a document root, or a relative/`..` path that userspace must resolve.
+    pub const DOCUMENT: u8 = 1;
+    pub const SOCKET: u8 = 2;
+    /// Anything else: checked once, then ignored at the cost of one lookup.
+    pub const OTHER: u8 = 3;
+}
+
+/// Why an event was lost in the kernel (index into the per-CPU `LOST` array).
+pub mod loss {
+    /// The ring buffer was full: the reader is behind.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// The per-thread syscall-argument stash was full: an exit could not be matched to its entry.
+    pub const STASH_FULL: u32 = 1;
+    /// The fd classification map refused an insert.
+    pub const FD_MAP_FULL: u32 = 2;
+    pub const COUNT: u32 = 3;
+
+    pub const fn name(reason: u32) -> &'static str {
+        match reason {
+            RINGBUF_FULL => "ringbuf_full",
+            STASH_FULL => "stash_full",
+            FD_MAP_FULL => "fd_map_full",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Names of the read-only globals userspace sets at load time (`EbpfLoader::override_global`).
+/// Kernel struct offsets come from the running kernel's BTF, tracepoint field offsets from its
+/// tracefs `format` files: never from constants.
+pub mod globals {
+    pub const OFF_TASK_FILES: &str = "OFF_TASK_FILES";
+    pub const OFF_TASK_TGID: &str = "OFF_TASK_TGID";
+    pub const OFF_TASK_PID: &str = "OFF_TASK_PID";
+    pub const OFF_FILES_FDT: &str = "OFF_FILES_FDT";
+    pub const OFF_FDT_MAX_FDS: &str = "OFF_FDT_MAX_FDS";
+    pub const OFF_FDT_FD: &str = "OFF_FDT_FD";
+    pub const OFF_FILE_INODE: &str = "OFF_FILE_INODE";
+    pub const OFF_INODE_MODE: &str = "OFF_INODE_MODE";
+    /// Offset of `__syscall_nr` in `sys_enter_*`/`sys_exit_*` records.
+    pub const TP_SYSCALL_NR: &str = "TP_SYSCALL_NR";
+    /// Offset of the first argument slot in `sys_enter_*` records (slots are 8 bytes).
+    pub const TP_ENTER_ARGS: &str = "TP_ENTER_ARGS";
+    /// Offset of `ret` in `sys_exit_*` records.
+    pub const TP_EXIT_RET: &str = "TP_EXIT_RET";
+    /// Bytes of each socket read captured (at most [`crate::sockets::DATA_CAP`]).
+    pub const REQUEST_CAPTURE: &str = "REQUEST_CAPTURE";
+    /// Bytes of each socket write captured (at most [`crate::sockets::DATA_CAP`]).
+    pub const RESPONSE_CAPTURE: &str = "RESPONSE_CAPTURE";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{Header, files, process, sockets};
+    // SAFETY: plain #[repr(C)] integers and byte arrays, no padding holes, no pointers.
+    unsafe impl aya::Pod for Header {}
+    unsafe impl aya::Pod for files::OpenEvent {}
+    unsafe impl aya::Pod for files::FdEvent {}
+    unsafe impl aya::Pod for process::ProcEvent {}
+    unsafe impl aya::Pod for sockets::DataEvent {}
+}

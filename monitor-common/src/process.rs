@@ -1,0 +1,13 @@
+//! Target processes: `exec` of a selected program, `fork` of a target, exit.
+use crate::Header;
+
+/// `kind::PROCESS_EXEC`, `kind::PROCESS_FORK` (header = parent, `child_*` = the new process),
+/// `kind::PROCESS_EXIT` (the thread-group leader exited).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcEvent {
+    pub header: Header,
+    pub child_tgid: u32,
+    pub child_tid: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 48);

@@ -1,0 +1,147 @@
+//! Maps and load-time globals shared by the probes.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use monitor_common::{Header, MAX_SYSCALL_NR, files::OpenEvent, loss, sockets::DataEvent};
+
+/// Bytes of a path the document-root trie compares (roots must be shorter).
+pub const ROOT_KEY_LEN: usize = 128;
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Target processes (tgid -> 1). Filled by userspace (pid selectors, /proc scan), by the exec
+/// probe (name selectors) and by the fork probe (children of targets).
+#[map]
+pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
+
+/// Process names (`comm`, NUL-padded) whose exec makes the process a target.
+#[map]
+pub static TARGET_COMMS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(64, 0);
+
+/// Document roots, with their trailing `/`, as an LPM trie over path bytes.
+#[map]
+pub static DOC_ROOTS: LpmTrie<[u8; ROOT_KEY_LEN], u32> = LpmTrie::with_max_entries(64, 1);
+
+/// `(tgid << 32 | fd)` -> `fd_kind::*`. LRU so entries of exited processes age out.
+#[map]
+pub static FD_KIND: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Syscall number -> `op::*` (userspace fills it from the target architecture's numbers).
+#[map]
+pub static SYSCALL_OPS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+
+/// Arguments stashed at `sys_enter`, consumed at `sys_exit` (key: pid_tgid).
+#[map]
+pub static STASH: HashMap<u64, Stash> = HashMap::with_max_entries(16384, 0);
+
+/// Events lost in the kernel, per reason (`loss::*`), per CPU.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::COUNT, 0);
+
+/// Per-CPU scratch for records larger than the 512-byte stack.
+#[map]
+pub static DATA_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Stash {
+    pub op: u32,
+    /// `fd_kind::*` of `fd` at entry.
+    pub kind: u32,
+    pub fd: i32,
+    pub fd2: i32,
+    /// User pointer: buffer, iovec array, msghdr or path.
+    pub ptr: u64,
+    /// Third argument: count, iovcnt or flags.
+    pub arg: u64,
+}
+
+macro_rules! global {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub static $name: u64 = 0;
+    };
+}
+// Kernel struct offsets, from the running kernel's BTF. They live in .rodata, frozen at load, so
+// the verifier sees constants.
+global!(OFF_TASK_FILES);
+global!(OFF_TASK_TGID);
+global!(OFF_TASK_PID);
+global!(OFF_FILES_FDT);
+global!(OFF_FDT_MAX_FDS);
+global!(OFF_FDT_FD);
+global!(OFF_FILE_INODE);
+global!(OFF_INODE_MODE);
+// Tracepoint record layout, from tracefs `format` files.
+global!(TP_SYSCALL_NR);
+global!(TP_ENTER_ARGS);
+global!(TP_EXIT_RET);
+// Capture bounds.
+global!(REQUEST_CAPTURE);
+global!(RESPONSE_CAPTURE);
+
+/// Reads a load-time global (volatile: the compiler must not fold the placeholder 0).
+#[inline(always)]
+pub fn global(v: &'static u64) -> u64 {
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[inline(always)]
+pub fn count_loss(reason: u32) {
+    if let Some(p) = LOST.get_ptr_mut(reason) {
+        unsafe { *p += 1 }
+    }
+}
+
+#[inline(always)]
+pub fn is_target(tgid: u32) -> bool {
+    unsafe { TARGETS.get(&tgid).is_some() }
+}
+
+#[inline(always)]
+pub fn fd_key(tgid: u32, fd: i32) -> u64 {
+    ((tgid as u64) << 32) | (fd as u32 as u64)
+}
+
+#[inline(always)]
+pub fn set_fd_kind(tgid: u32, fd: i32, kind: u8) {
+    if FD_KIND.insert(&fd_key(tgid, fd), &kind, 0).is_err() {
+        count_loss(loss::FD_MAP_FULL);
+    }
+}
+
+#[inline(always)]
+pub fn fill_header(h: &mut Header, kind: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    h.kind = kind;
+    h.tgid = (pid_tgid >> 32) as u32;
+    h.tid = pid_tgid as u32;
+    h._pad = 0;
+    h.ts_ns = unsafe { bpf_ktime_get_ns() };
+    h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+/// Writes a fixed-size record; a full ring buffer is counted, never silent.
+#[inline(always)]
+pub fn submit<T: 'static>(fill: impl FnOnce(&mut T)) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            fill(unsafe { &mut *entry.as_mut_ptr() });
+            entry.submit(0);
+        }
+        None => count_loss(loss::RINGBUF_FULL),
+    }
+}
+
+/// Copies the first `len` bytes of a scratch record to the ring buffer.
+#[inline(always)]
+pub fn output_bytes(bytes: &[u8]) {
+    if EVENTS.output(bytes, 0).is_err() {
+        count_loss(loss::RINGBUF_FULL);
+    }
+}

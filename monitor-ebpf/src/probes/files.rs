@@ -1,0 +1,184 @@
+//! openat/openat2 under the document roots, document reads, sendfile, close.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    macros::tracepoint,
+    maps::lpm_trie::Key,
+    programs::TracePointContext,
+};
+use monitor_common::{
+    fd_kind,
+    files::{FdEvent, PATH_CAP},
+    kind, loss, op,
+};
+
+use super::{arg, ret, syscall_op};
+use crate::maps::{
+    DOC_ROOTS, FD_KIND, OPEN_SCRATCH, ROOT_KEY_LEN, STASH, Stash, count_loss, fd_key, fill_header,
+    is_target, output_bytes, set_fd_kind, submit,
+};
+
+const AT_FDCWD: i32 = -100;
+
+/// openat(int dfd, const char *filename, int flags, umode_t mode)
+/// openat2(int dfd, const char *filename, struct open_how *how, size_t usize)
+/// The filename is read at exit: at entry its page may not be faulted in yet (DESIGN.md §7).
+#[tracepoint]
+pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let stash = Stash {
+        op: syscall_op(&ctx),
+        kind: 0,
+        fd: -1,
+        fd2: arg(&ctx, 0) as i32,
+        ptr: arg(&ctx, 1),
+        arg: arg(&ctx, 2),
+    };
+    if STASH.insert(&pid_tgid, &stash, 0).is_err() {
+        count_loss(loss::STASH_FULL);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(stash) = (unsafe { STASH.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = STASH.remove(&pid_tgid);
+    let fd = ret(&ctx);
+    if fd < 0 {
+        return 0;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let fd = fd as i32;
+    // Cheap check first, on the stack: the first ROOT_KEY_LEN bytes against the root trie.
+    let mut key = Key::new((ROOT_KEY_LEN * 8) as u32, [0u8; ROOT_KEY_LEN]);
+    let Ok(head) =
+        (unsafe { bpf_probe_read_user_str_bytes(stash.ptr as *const u8, &mut key.data) })
+    else {
+        return 0;
+    };
+    let head_len = head.len();
+    if head_len == 0 {
+        return 0;
+    }
+    let absolute = key.data[0] == b'/';
+    let under_root = absolute && DOC_ROOTS.get(&key).is_some();
+    // Relative paths, `..` and paths longer than the key cannot be ruled out here: userspace
+    // resolves and normalises them.
+    let undecided = !absolute || head_len >= ROOT_KEY_LEN - 1 || has_dotdot(&key.data);
+    if !under_root && !undecided {
+        set_fd_kind(tgid, fd, fd_kind::OTHER);
+        return 0;
+    }
+    set_fd_kind(tgid, fd, fd_kind::DOCUMENT);
+    emit_open(&stash, fd);
+    0
+}
+
+#[inline(always)]
+fn has_dotdot(path: &[u8; ROOT_KEY_LEN]) -> bool {
+    let mut i = 0;
+    while i < ROOT_KEY_LEN - 1 {
+        if path[i] == 0 {
+            return false;
+        }
+        if path[i] == b'.' && path[i + 1] == b'.' {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn emit_open(stash: &Stash, fd: i32) {
+    let Some(ev) = OPEN_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let ev = unsafe { &mut *ev };
+    fill_header(&mut ev.header, kind::FILE_OPEN);
+    ev.fd = fd;
+    ev.dirfd = if stash.fd2 == AT_FDCWD {
+        AT_FDCWD
+    } else {
+        stash.fd2
+    };
+    ev.flags = if stash.op == op::OPENAT2 {
+        // struct open_how { __u64 flags; ... }
+        unsafe { bpf_probe_read_user(stash.arg as *const u64) }.unwrap_or(0) as u32
+    } else {
+        stash.arg as u32
+    };
+    ev.path_len =
+        match unsafe { bpf_probe_read_user_str_bytes(stash.ptr as *const u8, &mut ev.path) } {
+            Ok(p) => p.len() as u32,
+            Err(_) => 0,
+        };
+    if ev.path_len as usize >= PATH_CAP - 1 {
+        ev.path_len = PATH_CAP as u32;
+    }
+    submit_copy(ev);
+}
+
+#[inline(always)]
+fn submit_copy(ev: &monitor_common::files::OpenEvent) {
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (ev as *const monitor_common::files::OpenEvent).cast::<u8>(),
+            core::mem::size_of::<monitor_common::files::OpenEvent>(),
+        )
+    };
+    output_bytes(bytes);
+}
+
+/// Read of a document fd (`ret` bytes), or sendfile from one.
+#[inline(always)]
+pub fn emit_io(stash: &Stash, ret: i64) {
+    let (kind, fd, fd2) = if stash.op == op::SENDFILE64 {
+        (kind::FILE_SENDFILE, stash.fd, stash.fd2)
+    } else {
+        (kind::FILE_READ, stash.fd, -1)
+    };
+    submit::<FdEvent>(|ev| {
+        fill_header(&mut ev.header, kind);
+        ev.fd = fd;
+        ev.fd2 = fd2;
+        ev.ret = ret;
+        ev.op = stash.op;
+        ev._pad = 0;
+    });
+}
+
+/// close(unsigned int fd): forget the fd, and tell userspace when it was one we follow.
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    let fd = arg(&ctx, 0) as i32;
+    let key = fd_key(tgid, fd);
+    let Some(kind) = (unsafe { FD_KIND.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = FD_KIND.remove(&key);
+    let record = match kind {
+        fd_kind::DOCUMENT => kind::FILE_CLOSE,
+        fd_kind::SOCKET => kind::SOCK_CLOSE,
+        _ => return 0,
+    };
+    submit::<FdEvent>(|ev| {
+        fill_header(&mut ev.header, record);
+        ev.fd = fd;
+        ev.fd2 = -1;
+        ev.ret = 0;
+        ev.op = op::CLOSE;
+        ev._pad = 0;
+    });
+    0
+}

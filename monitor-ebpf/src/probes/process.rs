@@ -1,0 +1,79 @@
+//! Following targets: exec of a selected program name, fork of a target, exit of a target.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use monitor_common::{kind, process::ProcEvent};
+
+use crate::{
+    maps::{
+        OFF_TASK_PID, OFF_TASK_TGID, TARGET_COMMS, TARGETS, fill_header, global, is_target, submit,
+    },
+    task::read,
+};
+
+/// sched_process_exec: runs in the new program, so `comm` is already the new name.
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Ok(comm) = bpf_get_current_comm() else {
+        return 0;
+    };
+    let selected = unsafe { TARGET_COMMS.get(&comm).is_some() };
+    if !selected && !is_target(tgid) {
+        return 0;
+    }
+    let _ = TARGETS.insert(&tgid, &1, 0);
+    emit(kind::PROCESS_EXEC, 0, 0);
+    0
+}
+
+/// Raw tracepoint `sched_process_fork(struct task_struct *parent, struct task_struct *child)`,
+/// run in the parent. Raw, so the child's tgid is read from its task_struct (BTF offsets) and
+/// thread creation can be told apart from a new process.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    let child: *const u8 = ctx.arg(1);
+    let (Some(child_tgid), Some(child_pid)) = (unsafe {
+        (
+            read::<i32>(child, global(&OFF_TASK_TGID)),
+            read::<i32>(child, global(&OFF_TASK_PID)),
+        )
+    }) else {
+        return 0;
+    };
+    let child_tgid = child_tgid as u32;
+    if child_tgid == tgid {
+        return 0; // a new thread of a target: already covered by its tgid
+    }
+    let _ = TARGETS.insert(&child_tgid, &1, 0);
+    emit(kind::PROCESS_FORK, child_tgid, child_pid as u32);
+    0
+}
+
+/// sched_process_exit: when the thread-group leader of a target exits, stop following it.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if pid_tgid as u32 != tgid || !is_target(tgid) {
+        return 0;
+    }
+    let _ = TARGETS.remove(&tgid);
+    emit(kind::PROCESS_EXIT, 0, 0);
+    0
+}
+
+#[inline(always)]
+fn emit(record: u32, child_tgid: u32, child_tid: u32) {
+    submit::<ProcEvent>(|ev| {
+        fill_header(&mut ev.header, record);
+        ev.child_tgid = child_tgid;
+        ev.child_tid = child_tid;
+    });
+}

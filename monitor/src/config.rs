@@ -1,0 +1,321 @@
+//! The TOML configuration. A bad file refuses to start with the field and the reason: nothing
+//! falls back silently.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    identity::IdentityConfig,
+    ownership::{OwnershipRules, PathTemplate},
+    paths,
+};
+
+/// Longest document root the kernel's prefix trie can hold (its key is 128 bytes, with the `/`).
+pub const MAX_ROOT_LEN: usize = 126;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub targets: Targets,
+    pub documents: Documents,
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub capture: Capture,
+    #[serde(default)]
+    pub correlation: Correlation,
+}
+
+/// Which processes to watch. Processes that start later are picked up by name (at exec) and
+/// children of targets at fork.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    #[serde(default)]
+    pub pids: Vec<u32>,
+    /// Process names (`comm`, as in `ps -o comm`; the kernel keeps 15 bytes).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Executables (absolute paths): matched by name in the kernel, then checked against
+    /// `/proc/<pid>/exe`.
+    #[serde(default)]
+    pub executables: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Documents {
+    /// Directories holding users' documents. Files elsewhere (libraries, the portal's database,
+    /// `/etc/passwd`) are not documents and produce no events.
+    pub roots: Vec<String>,
+    /// Path templates with an `{owner}` segment, e.g. `/srv/portal/users/{owner}/**`.
+    #[serde(default)]
+    pub owner_templates: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Principals allowed to read any document (agents, administrators).
+    #[serde(default)]
+    pub privileged_users: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    /// Bytes of each socket read captured in the kernel (request heads).
+    #[serde(default = "default_request_bytes")]
+    pub request_bytes: u32,
+    /// Bytes of each socket write captured in the kernel (response heads).
+    #[serde(default = "default_response_bytes")]
+    pub response_bytes: u32,
+}
+
+fn default_request_bytes() -> u32 {
+    4096
+}
+fn default_response_bytes() -> u32 {
+    512
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Self {
+            request_bytes: default_request_bytes(),
+            response_bytes: default_response_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Correlation {
+    /// An access with no activity for this long is judged even if its request has not ended
+    /// (document fds kept open by file caches, idle keep-alive connections).
+    #[serde(default = "default_idle_flush_ms")]
+    pub idle_flush_ms: u64,
+}
+
+fn default_idle_flush_ms() -> u64 {
+    500
+}
+
+impl Default for Correlation {
+    fn default() -> Self {
+        Self {
+            idle_flush_ms: default_idle_flush_ms(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.normalize()?;
+        Ok(cfg)
+    }
+
+    /// Checks every field and puts paths in canonical form. Also used after command-line
+    /// overrides.
+    pub fn normalize(&mut self) -> Result<(), ConfigError> {
+        if self.documents.roots.is_empty() {
+            return Err(invalid(
+                "documents.roots",
+                "at least one document root is required",
+            ));
+        }
+        for (i, root) in self.documents.roots.iter_mut().enumerate() {
+            let field = format!("documents.roots[{i}]");
+            let Some(norm) = paths::normalize(root) else {
+                return Err(invalid(field, format!("{root:?} is not an absolute path")));
+            };
+            if norm == "/" {
+                return Err(invalid(field, "`/` would make every file a document"));
+            }
+            if norm.len() > MAX_ROOT_LEN {
+                return Err(invalid(field, format!("longer than {MAX_ROOT_LEN} bytes")));
+            }
+            *root = norm;
+        }
+        self.ownership()?;
+        for (i, user) in self.policy.privileged_users.iter().enumerate() {
+            if !crate::identity::valid_user_name(user) {
+                return Err(invalid(
+                    format!("policy.privileged_users[{i}]"),
+                    format!("{user:?} is not a valid user name"),
+                ));
+            }
+        }
+        if self.identity.sources.is_empty() {
+            return Err(invalid(
+                "identity.sources",
+                "at least one identity source is required",
+            ));
+        }
+        let header = &self.identity.trusted_header;
+        if header.is_empty()
+            || !header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "identity.trusted_header",
+                format!("{header:?} is not an HTTP header name"),
+            ));
+        }
+        let cap = monitor_common::sockets::DATA_CAP as u32;
+        if !(64..=cap).contains(&self.capture.request_bytes) {
+            return Err(invalid(
+                "capture.request_bytes",
+                format!("must be between 64 and {cap}"),
+            ));
+        }
+        if self.capture.response_bytes > cap {
+            return Err(invalid(
+                "capture.response_bytes",
+                format!("must be at most {cap}"),
+            ));
+        }
+        for (i, name) in self.targets.names.iter().enumerate() {
+            if name.is_empty() || name.len() > 15 || name.contains('/') {
+                return Err(invalid(
+                    format!("targets.names[{i}]"),
+                    format!("{name:?}: a process name is 1 to 15 bytes without `/`"),
+                ));
+            }
+        }
+        for (i, exe) in self.targets.executables.iter().enumerate() {
+            if !exe.starts_with('/') {
+                return Err(invalid(
+                    format!("targets.executables[{i}]"),
+                    format!("{exe:?} is not an absolute path"),
+                ));
+            }
+        }
+        if self.correlation.idle_flush_ms == 0 {
+            return Err(invalid("correlation.idle_flush_ms", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The compiled ownership templates.
+    pub fn ownership(&self) -> Result<OwnershipRules, ConfigError> {
+        let mut templates = Vec::new();
+        for (i, t) in self.documents.owner_templates.iter().enumerate() {
+            let parsed: PathTemplate = t
+                .parse()
+                .map_err(|e| invalid(format!("documents.owner_templates[{i}]"), format!("{e}")))?;
+            templates.push(parsed);
+        }
+        Ok(OwnershipRules::new(templates))
+    }
+
+    /// Process names to match at exec: configured names plus the executables' base names.
+    pub fn exec_names(&self) -> Vec<String> {
+        let mut names = self.targets.names.clone();
+        for exe in &self.targets.executables {
+            let base = exe.rsplit('/').next().unwrap_or(exe);
+            let comm: String = base.chars().take(15).collect();
+            if !names.contains(&comm) {
+                names.push(comm);
+            }
+        }
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [targets]
+        names = ["demo-portal"]
+        [documents]
+        roots = ["/srv/portal/users/"]
+        owner_templates = ["/srv/portal/users/{owner}/**"]
+        [policy]
+        privileged_users = ["agent"]
+    "#;
+
+    #[test]
+    fn parses_and_normalizes() {
+        let cfg = Config::parse(GOOD, "test").unwrap();
+        assert_eq!(cfg.documents.roots, ["/srv/portal/users"]);
+        assert_eq!(cfg.capture.request_bytes, 4096);
+        assert_eq!(cfg.identity.trusted_header, "X-Remote-User");
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "test").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_files_name_the_field() {
+        assert!(err("[documents]\nroots = []").contains("documents.roots"));
+        assert!(err("[documents]\nroots = [\"relative\"]").contains("documents.roots[0]"));
+        assert!(err("[documents]\nroots = [\"/\"]").contains("documents.roots[0]"));
+        let bad_tpl = "[documents]\nroots = [\"/d\"]\nowner_templates = [\"/d/x/**\"]";
+        assert!(err(bad_tpl).contains("documents.owner_templates[0]"));
+        assert!(
+            err("[documents]\nroots = [\"/d\"]\n[capture]\nrequest_bytes = 999999")
+                .contains("capture.request_bytes")
+        );
+        assert!(
+            err("[documents]\nroots = [\"/d\"]\n[targets]\nnames = [\"a-name-longer-than-15\"]")
+                .contains("targets.names[0]")
+        );
+        assert!(
+            err("[documents]\nroots = [\"/d\"]\n[identity]\ntrusted_header = \"X Bad\"")
+                .contains("identity.trusted_header")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_syntax_errors_are_refused() {
+        assert!(err("[documents]\nroots = [\"/d\"]\nrootz = 1").contains("rootz"));
+        assert!(err("[documents\n").contains("test"));
+    }
+
+    #[test]
+    fn executables_add_exec_names() {
+        let mut cfg = Config::parse(GOOD, "t").unwrap();
+        cfg.targets.executables = vec!["/usr/local/bin/a-very-long-portal-name".into()];
+        assert_eq!(cfg.exec_names(), ["demo-portal", "a-very-long-por"]);
+    }
+}

@@ -1,0 +1,687 @@
+//! The correlator: a pure state machine from typed [`Event`]s to [`Finding`]s. No I/O, no clock
+//! (time comes from event timestamps and [`EventKind::Tick`]), deterministic output order, so a
+//! replayed trace gives exactly the live findings.
+//!
+//! Attribution (DESIGN.md §4), strongest evidence first:
+//! - `sendfile`: `sendfile(out = socket, in = document)` sends the document on a connection, so
+//!   it belongs to that connection's current request;
+//! - `flow`: document bytes read on a thread that then writes to a socket (attributes reads that
+//!   had no request in scope);
+//! - `thread`: the read happened on the thread that read the current request head (thread per
+//!   request, prefork workers, pool threads);
+//! - none: `unattributed`.
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::{
+    events::{Event, EventKind, FoundFd},
+    http::{self, HeadParse},
+    identity::{self, Identity, IdentityConfig, IdentityProblem},
+    paths,
+};
+
+/// Settings the correlator needs (a slice of [`crate::config::Config`]).
+#[derive(Debug, Clone)]
+pub struct CorrelatorConfig {
+    pub roots: Vec<String>,
+    pub identity: IdentityConfig,
+    /// Largest request head kept per connection (the kernel captures at most this per read).
+    pub request_cap: usize,
+    pub idle_flush_ns: u64,
+}
+
+impl CorrelatorConfig {
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Self {
+            roots: cfg.documents.roots.clone(),
+            identity: cfg.identity.clone(),
+            request_cap: cfg.capture.request_bytes as usize,
+            idle_flush_ns: cfg.correlation.idle_flush_ms.saturating_mul(1_000_000),
+        }
+    }
+}
+
+/// How a document access was tied to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Evidence {
+    Sendfile,
+    Flow,
+    Thread,
+}
+
+/// The request an access was attributed to, as known when the access was judged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestInfo {
+    pub id: u64,
+    pub method: String,
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_problem: Option<IdentityProblem>,
+    /// The head did not fit the capture: headers past it were not seen.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub head_truncated: bool,
+    /// Status of the response, when its head was seen before the access was judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Thread that read the request head, and the connection's fd.
+    pub tid: u32,
+    pub fd: i32,
+    pub ts_ns: u64,
+}
+
+/// One document read by one request (or by no request), ready to be judged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Access {
+    pub id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// Absolute, normalized path.
+    pub document: String,
+    /// Bytes read or sent from the document within this request.
+    pub bytes: u64,
+    pub first_ts_ns: u64,
+    pub last_ts_ns: u64,
+    /// Strongest first; empty when unattributed.
+    pub evidence: Vec<Evidence>,
+    pub request: Option<RequestInfo>,
+}
+
+/// What the correlator reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    Access(Access),
+    /// Events were lost in the kernel: Vigie was blind for a moment.
+    Gap {
+        ts_ns: u64,
+        reason: String,
+        count: u64,
+    },
+}
+
+/// Counters for summaries and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub events: u64,
+    pub requests: u64,
+    pub invalid_heads: u64,
+    pub truncated_heads: u64,
+    pub accesses: u64,
+    pub repeated_reads: u64,
+}
+
+#[derive(Debug, Default)]
+enum ConnState {
+    #[default]
+    AwaitHead,
+    /// Inside a request body of known length.
+    Body { remaining: u64 },
+    /// Lost track (garbage, chunked body, oversized head): wait for bytes that start a request.
+    Desync,
+}
+
+#[derive(Debug, Default)]
+struct Conn {
+    state: ConnState,
+    head: Vec<u8>,
+    current: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Request {
+    info: RequestInfo,
+    pid: u32,
+    /// Still the current request of its connection.
+    on_conn: bool,
+    /// Still in scope of the thread that read it.
+    on_thread: bool,
+    /// Documents already reported for this request (one finding per request and document).
+    reported: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Owner {
+    Request(u64),
+    /// Read with no request in scope, on this thread.
+    Thread(u32),
+}
+
+#[derive(Debug)]
+struct OpenAccess {
+    access: Access,
+    owner: Owner,
+    fd: i32,
+}
+
+pub struct Correlator {
+    cfg: CorrelatorConfig,
+    next_request: u64,
+    next_access: u64,
+    conns: HashMap<(u32, i32), Conn>,
+    /// tid -> (pid, request in scope)
+    threads: HashMap<u32, (u32, u64)>,
+    docs: HashMap<(u32, i32), String>,
+    requests: HashMap<u64, Request>,
+    /// Open accesses by id: a BTreeMap so expiry and flush emit in a deterministic order.
+    open: BTreeMap<u64, OpenAccess>,
+    index: HashMap<(Owner, String), u64>,
+    stats: Stats,
+}
+
+impl Correlator {
+    pub fn new(cfg: CorrelatorConfig) -> Self {
+        Self {
+            cfg,
+            next_request: 1,
+            next_access: 1,
+            conns: HashMap::new(),
+            threads: HashMap::new(),
+            docs: HashMap::new(),
+            requests: HashMap::new(),
+            open: BTreeMap::new(),
+            index: HashMap::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Document fds `pid` holds, as far as the events told (ascending).
+    pub fn documents_of(&self, pid: u32) -> Vec<i32> {
+        let mut fds: Vec<i32> = self
+            .docs
+            .keys()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, fd)| *fd)
+            .collect();
+        fds.sort_unstable();
+        fds
+    }
+
+    /// Feeds one event; findings it completes are appended to `out`.
+    pub fn handle(&mut self, ev: &Event, out: &mut Vec<Finding>) {
+        self.stats.events += 1;
+        let pid = ev.pid;
+        match &ev.kind {
+            EventKind::ProcessExec => {}
+            EventKind::ProcessFork { child_pid } => {
+                // The child's fd table is a copy of the parent's: so are its open documents.
+                let inherited: Vec<(i32, String)> = self
+                    .docs
+                    .iter()
+                    .filter(|((p, _), _)| *p == pid)
+                    .map(|((_, fd), path)| (*fd, path.clone()))
+                    .collect();
+                for (fd, path) in inherited {
+                    self.docs.insert((*child_pid, fd), path);
+                }
+            }
+            EventKind::ProcessExit => self.on_exit(pid, out),
+            EventKind::FdFound { fd, found } => match found {
+                FoundFd::Document { path } => self.track_document(pid, *fd, Some(path.clone())),
+                FoundFd::Socket => {
+                    self.conns.entry((pid, *fd)).or_default();
+                }
+            },
+            EventKind::FileOpen {
+                fd,
+                path,
+                base,
+                full_path,
+                ..
+            } => {
+                let resolved = full_path
+                    .clone()
+                    .or_else(|| paths::resolve(base.as_deref(), path));
+                self.track_document(pid, *fd, resolved);
+            }
+            EventKind::FileRead { fd, bytes } => {
+                if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
+                    let scope = self.thread_scope(pid, ev.tid);
+                    let evidence = scope.map(|_| Evidence::Thread);
+                    self.record_access(ev, *fd, path, *bytes, scope, evidence);
+                }
+            }
+            EventKind::SendFile {
+                out_fd,
+                in_fd,
+                bytes,
+            } => {
+                if let Some(path) = self.docs.get(&(pid, *in_fd)).cloned() {
+                    let on_conn = self.conns.get(&(pid, *out_fd)).and_then(|c| c.current);
+                    let (scope, evidence) = match on_conn {
+                        Some(req) => (Some(req), Some(Evidence::Sendfile)),
+                        None => {
+                            let scope = self.thread_scope(pid, ev.tid);
+                            (scope, scope.map(|_| Evidence::Thread))
+                        }
+                    };
+                    self.record_access(ev, *in_fd, path, *bytes, scope, evidence);
+                }
+            }
+            EventKind::FileClose { fd } => {
+                self.docs.remove(&(pid, *fd));
+                self.finish_where(out, |a| a.access.pid == pid && a.fd == *fd);
+            }
+            EventKind::SockAccept { fd } => {
+                self.drop_conn(pid, *fd, out);
+                self.conns.insert((pid, *fd), Conn::default());
+            }
+            EventKind::SockRead { fd, bytes, data } => {
+                self.on_sock_read(ev, *fd, *bytes, &data.0, out)
+            }
+            EventKind::SockWrite { fd, data, .. } => self.on_sock_write(ev, *fd, &data.0),
+            EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
+            EventKind::Lost { reason, count } => {
+                // A lost event may be a request head we never saw: rather than attribute later
+                // reads to a stale request, forget every scope (reads become unattributed).
+                let scoped: Vec<u64> = self.threads.drain().map(|(_, (_, req))| req).collect();
+                for req in scoped {
+                    self.release(req, Release::Thread, out);
+                }
+                let current: Vec<u64> = self
+                    .conns
+                    .values_mut()
+                    .filter_map(|c| c.current.take())
+                    .collect();
+                for req in current {
+                    self.release(req, Release::Conn, out);
+                }
+                out.push(Finding::Gap {
+                    ts_ns: ev.ts_ns,
+                    reason: reason.clone(),
+                    count: *count,
+                });
+            }
+            EventKind::Tick => {
+                let horizon = ev.ts_ns.saturating_sub(self.cfg.idle_flush_ns);
+                self.finish_where(out, |a| a.access.last_ts_ns < horizon);
+            }
+        }
+    }
+
+    /// End of the stream: every open access is judged.
+    pub fn flush(&mut self, out: &mut Vec<Finding>) {
+        self.finish_where(out, |_| true);
+    }
+
+    fn track_document(&mut self, pid: u32, fd: i32, path: Option<String>) {
+        let path = path.and_then(|p| paths::normalize(&p));
+        match path {
+            Some(p) if self.cfg.roots.iter().any(|r| paths::is_under(&p, r)) => {
+                self.docs.insert((pid, fd), p);
+            }
+            _ => {
+                self.docs.remove(&(pid, fd));
+            }
+        }
+    }
+
+    fn thread_scope(&self, pid: u32, tid: u32) -> Option<u64> {
+        match self.threads.get(&tid) {
+            Some(&(p, req)) if p == pid => Some(req),
+            _ => None,
+        }
+    }
+
+    fn record_access(
+        &mut self,
+        ev: &Event,
+        fd: i32,
+        path: String,
+        bytes: u64,
+        scope: Option<u64>,
+        evidence: Option<Evidence>,
+    ) {
+        let owner = match scope {
+            Some(req) => {
+                if let Some(r) = self.requests.get(&req)
+                    && r.reported.contains(&path)
+                {
+                    self.stats.repeated_reads += 1;
+                    return;
+                }
+                Owner::Request(req)
+            }
+            None => Owner::Thread(ev.tid),
+        };
+        let key = (owner.clone(), path);
+        if let Some(id) = self.index.get(&key)
+            && let Some(open) = self.open.get_mut(id)
+        {
+            open.access.bytes += bytes;
+            open.access.last_ts_ns = ev.ts_ns;
+            open.fd = fd;
+            if let Some(e) = evidence
+                && !open.access.evidence.contains(&e)
+            {
+                open.access.evidence.push(e);
+                open.access.evidence.sort();
+            }
+            return;
+        }
+        let id = self.next_access;
+        self.next_access += 1;
+        let (owner, path) = key;
+        self.index.insert((owner.clone(), path.clone()), id);
+        let access = Access {
+            id,
+            pid: ev.pid,
+            tid: ev.tid,
+            comm: ev.comm.clone(),
+            document: path,
+            bytes,
+            first_ts_ns: ev.ts_ns,
+            last_ts_ns: ev.ts_ns,
+            evidence: evidence.into_iter().collect(),
+            request: None,
+        };
+        self.open.insert(id, OpenAccess { access, owner, fd });
+    }
+
+    fn on_sock_read(
+        &mut self,
+        ev: &Event,
+        fd: i32,
+        bytes: u64,
+        data: &[u8],
+        out: &mut Vec<Finding>,
+    ) {
+        let key = (ev.pid, fd);
+        let mut data = data;
+        // Bytes of this read still to account for, captured or not.
+        let mut total = bytes.max(data.len() as u64);
+        let cap = self.cfg.request_cap;
+        while total > 0 {
+            let conn = self.conns.entry(key).or_default();
+            match conn.state {
+                ConnState::Body { remaining } => {
+                    let take = remaining.min(total);
+                    conn.state = if remaining == take {
+                        ConnState::AwaitHead
+                    } else {
+                        ConnState::Body {
+                            remaining: remaining - take,
+                        }
+                    };
+                    data = data
+                        .get(usize::try_from(take).unwrap_or(usize::MAX)..)
+                        .unwrap_or(&[]);
+                    total -= take;
+                }
+                ConnState::Desync => {
+                    if data.is_empty() || !http::looks_like_request_start(data) {
+                        return;
+                    }
+                    conn.state = ConnState::AwaitHead;
+                    conn.head.clear();
+                }
+                ConnState::AwaitHead => {
+                    if data.is_empty() {
+                        // The rest of this read was not captured: the head is out of sight.
+                        if !conn.head.is_empty() {
+                            self.head_truncated(ev, fd, out);
+                        }
+                        return;
+                    }
+                    let before = conn.head.len();
+                    let room = cap.saturating_sub(before);
+                    let take = room.min(data.len());
+                    conn.head.extend_from_slice(&data[..take]);
+                    match http::parse_request_head(&conn.head) {
+                        HeadParse::Complete(head) => {
+                            let used = head.head_len.saturating_sub(before).min(data.len());
+                            conn.head.clear();
+                            conn.state = match (head.chunked, head.content_length) {
+                                (true, _) => ConnState::Desync,
+                                (false, Some(n)) if n > 0 => ConnState::Body { remaining: n },
+                                _ => ConnState::AwaitHead,
+                            };
+                            self.new_request(ev, fd, &head, false, out);
+                            data = &data[used..];
+                            total = total.saturating_sub(used as u64);
+                        }
+                        HeadParse::Partial => {
+                            let unseen = total > data.len() as u64;
+                            if conn.head.len() >= cap || unseen {
+                                self.head_truncated(ev, fd, out);
+                            }
+                            return;
+                        }
+                        HeadParse::Invalid(_) => {
+                            self.stats.invalid_heads += 1;
+                            conn.head.clear();
+                            conn.state = ConnState::Desync;
+                            // Whatever the peer sent, the previous request is over.
+                            self.end_scope(ev.pid, ev.tid, fd, out);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A head that does not fit the capture: the request line is kept, the rest is unseen.
+    fn head_truncated(&mut self, ev: &Event, fd: i32, out: &mut Vec<Finding>) {
+        self.stats.truncated_heads += 1;
+        let conn = self.conns.entry((ev.pid, fd)).or_default();
+        let line = http::request_line(&conn.head);
+        conn.head.clear();
+        conn.state = ConnState::Desync;
+        match line {
+            Some((method, target)) => {
+                let head = http::RequestHead {
+                    method,
+                    target,
+                    minor_version: 1,
+                    headers: Vec::new(),
+                    head_len: 0,
+                    content_length: None,
+                    chunked: false,
+                    keep_alive: true,
+                };
+                self.new_request(ev, fd, &head, true, out);
+            }
+            None => self.end_scope(ev.pid, ev.tid, fd, out),
+        }
+    }
+
+    fn new_request(
+        &mut self,
+        ev: &Event,
+        fd: i32,
+        head: &http::RequestHead,
+        truncated: bool,
+        out: &mut Vec<Finding>,
+    ) {
+        self.stats.requests += 1;
+        let who = if truncated {
+            identity::Identified {
+                identity: None,
+                problem: None,
+            }
+        } else {
+            identity::identify(head, &self.cfg.identity)
+        };
+        let id = self.next_request;
+        self.next_request += 1;
+        self.end_scope(ev.pid, ev.tid, fd, out);
+        let info = RequestInfo {
+            id,
+            method: head.method.clone(),
+            target: head.target.clone(),
+            identity: who.identity,
+            identity_problem: who.problem,
+            head_truncated: truncated,
+            status: None,
+            tid: ev.tid,
+            fd,
+            ts_ns: ev.ts_ns,
+        };
+        self.requests.insert(
+            id,
+            Request {
+                info,
+                pid: ev.pid,
+                on_conn: true,
+                on_thread: true,
+                reported: Vec::new(),
+            },
+        );
+        self.conns.entry((ev.pid, fd)).or_default().current = Some(id);
+        self.threads.insert(ev.tid, (ev.pid, id));
+        // Reads this thread made with no request in scope are judged now, unattributed.
+        let tid = ev.tid;
+        self.finish_where(out, |a| a.owner == Owner::Thread(tid));
+    }
+
+    /// The thread and the connection move on: their current requests end.
+    fn end_scope(&mut self, pid: u32, tid: u32, fd: i32, out: &mut Vec<Finding>) {
+        if let Some(req) = self
+            .conns
+            .get_mut(&(pid, fd))
+            .and_then(|c| c.current.take())
+        {
+            self.release(req, Release::Conn, out);
+        }
+        if let Some(&(p, req)) = self.threads.get(&tid)
+            && p == pid
+        {
+            self.threads.remove(&tid);
+            self.release(req, Release::Thread, out);
+        }
+    }
+
+    fn on_sock_write(&mut self, ev: &Event, fd: i32, data: &[u8]) {
+        let Some(req) = self.conns.get(&(ev.pid, fd)).and_then(|c| c.current) else {
+            return;
+        };
+        if let Some(r) = self.requests.get_mut(&req)
+            && r.info.status.is_none()
+        {
+            r.info.status = http::response_status(data);
+        }
+        // Flow: documents this thread read with no request in scope go out on this connection.
+        let pending: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, a)| a.owner == Owner::Thread(ev.tid) && a.access.pid == ev.pid)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in pending {
+            let Some(mut open) = self.open.remove(&id) else {
+                continue;
+            };
+            self.index
+                .remove(&(open.owner.clone(), open.access.document.clone()));
+            let key = (Owner::Request(req), open.access.document.clone());
+            if let Some(existing) = self.index.get(&key).and_then(|i| self.open.get_mut(i)) {
+                existing.access.bytes += open.access.bytes;
+                existing.access.evidence.push(Evidence::Flow);
+                existing.access.evidence.sort();
+                existing.access.evidence.dedup();
+                continue;
+            }
+            open.owner = Owner::Request(req);
+            open.access.evidence = vec![Evidence::Flow];
+            self.index.insert(key, id);
+            self.open.insert(id, open);
+        }
+    }
+
+    fn drop_conn(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
+        if let Some(conn) = self.conns.remove(&(pid, fd))
+            && let Some(req) = conn.current
+        {
+            self.release(req, Release::Conn, out);
+        }
+    }
+
+    fn release(&mut self, req: u64, what: Release, out: &mut Vec<Finding>) {
+        let Some(r) = self.requests.get_mut(&req) else {
+            return;
+        };
+        match what {
+            Release::Conn => r.on_conn = false,
+            Release::Thread => r.on_thread = false,
+        }
+        // Once the thread has moved on, what it read for this request is complete.
+        if !r.on_thread || !r.on_conn {
+            self.finish_where(out, |a| a.owner == Owner::Request(req));
+        }
+        if let Some(r) = self.requests.get(&req)
+            && !r.on_conn
+            && !r.on_thread
+        {
+            self.requests.remove(&req);
+        }
+    }
+
+    fn on_exit(&mut self, pid: u32, out: &mut Vec<Finding>) {
+        self.finish_where(out, |a| a.access.pid == pid);
+        let fds: Vec<i32> = self
+            .conns
+            .keys()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, fd)| *fd)
+            .collect();
+        for fd in fds {
+            self.drop_conn(pid, fd, out);
+        }
+        let tids: Vec<u32> = self
+            .threads
+            .iter()
+            .filter(|(_, (p, _))| *p == pid)
+            .map(|(t, _)| *t)
+            .collect();
+        for tid in tids {
+            if let Some((_, req)) = self.threads.remove(&tid) {
+                self.release(req, Release::Thread, out);
+            }
+        }
+        self.docs.retain(|(p, _), _| *p != pid);
+        self.requests.retain(|_, r| r.pid != pid);
+    }
+
+    /// Judges (emits) every open access matching `pred`, in access order.
+    fn finish_where(&mut self, out: &mut Vec<Finding>, pred: impl Fn(&OpenAccess) -> bool) {
+        let done: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, a)| pred(a))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            let Some(open) = self.open.remove(&id) else {
+                continue;
+            };
+            self.index
+                .remove(&(open.owner.clone(), open.access.document.clone()));
+            let mut access = open.access;
+            if let Owner::Request(req) = open.owner
+                && let Some(r) = self.requests.get_mut(&req)
+            {
+                access.request = Some(r.info.clone());
+                r.reported.push(access.document.clone());
+            }
+            self.stats.accesses += 1;
+            out.push(Finding::Access(access));
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Release {
+    Conn,
+    Thread,
+}
+
+#[cfg(test)]
+mod tests;

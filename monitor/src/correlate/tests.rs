@@ -1,0 +1,590 @@
+//! Scenario tests of the correlator: each reads like the syscalls a server model makes.
+use super::*;
+use crate::{events::Payload, identity::IdentitySource};
+
+const ROOT: &str = "/srv/users";
+
+/// Builds an event stream with increasing timestamps and collects what the correlator finds.
+struct Scenario {
+    c: Correlator,
+    ts: u64,
+    found: Vec<Finding>,
+}
+
+impl Scenario {
+    fn new() -> Self {
+        let cfg = CorrelatorConfig {
+            roots: vec![ROOT.into()],
+            identity: IdentityConfig::default(),
+            request_cap: 4096,
+            idle_flush_ns: 500_000_000,
+        };
+        Self {
+            c: Correlator::new(cfg),
+            ts: 1_000,
+            found: Vec::new(),
+        }
+    }
+
+    fn ev(&mut self, pid: u32, tid: u32, kind: EventKind) -> &mut Self {
+        self.ts += 1_000;
+        let ev = Event {
+            ts_ns: self.ts,
+            pid,
+            tid,
+            comm: "portal".into(),
+            kind,
+        };
+        self.c.handle(&ev, &mut self.found);
+        self
+    }
+
+    fn accept(&mut self, pid: u32, tid: u32, fd: i32) -> &mut Self {
+        self.ev(pid, tid, EventKind::SockAccept { fd })
+    }
+
+    fn request(&mut self, pid: u32, tid: u32, fd: i32, head: &str) -> &mut Self {
+        let data = head.as_bytes().to_vec();
+        self.ev(
+            pid,
+            tid,
+            EventKind::SockRead {
+                fd,
+                bytes: data.len() as u64,
+                data: Payload(data),
+            },
+        )
+    }
+
+    fn get_as(&mut self, pid: u32, tid: u32, fd: i32, user: &str, target: &str) -> &mut Self {
+        self.request(
+            pid,
+            tid,
+            fd,
+            &format!("GET {target} HTTP/1.1\r\nHost: x\r\nX-Remote-User: {user}\r\n\r\n"),
+        )
+    }
+
+    fn open(&mut self, pid: u32, tid: u32, fd: i32, path: &str) -> &mut Self {
+        self.ev(
+            pid,
+            tid,
+            EventKind::FileOpen {
+                fd,
+                path: path.into(),
+                dirfd: -100,
+                truncated: false,
+                base: Some("/srv".into()),
+                full_path: None,
+                flags: 0,
+            },
+        )
+    }
+
+    fn read(&mut self, pid: u32, tid: u32, fd: i32, bytes: u64) -> &mut Self {
+        self.ev(pid, tid, EventKind::FileRead { fd, bytes })
+    }
+
+    fn close(&mut self, pid: u32, tid: u32, fd: i32) -> &mut Self {
+        self.ev(pid, tid, EventKind::FileClose { fd })
+    }
+
+    fn respond(&mut self, pid: u32, tid: u32, fd: i32, status: u16) -> &mut Self {
+        let data = format!("HTTP/1.1 {status} X\r\nContent-Length: 3\r\n\r\n").into_bytes();
+        self.ev(
+            pid,
+            tid,
+            EventKind::SockWrite {
+                fd,
+                bytes: data.len() as u64,
+                data: Payload(data),
+            },
+        )
+    }
+
+    fn sock_close(&mut self, pid: u32, tid: u32, fd: i32) -> &mut Self {
+        self.ev(pid, tid, EventKind::SockClose { fd })
+    }
+
+    fn tick(&mut self, after_ns: u64) -> &mut Self {
+        self.ts += after_ns;
+        let ev = Event {
+            ts_ns: self.ts,
+            pid: 0,
+            tid: 0,
+            comm: String::new(),
+            kind: EventKind::Tick,
+        };
+        self.c.handle(&ev, &mut self.found);
+        self
+    }
+
+    fn finish(&mut self) -> Vec<Access> {
+        self.c.flush(&mut self.found);
+        self.found
+            .drain(..)
+            .filter_map(|f| match f {
+                Finding::Access(a) => Some(a),
+                Finding::Gap { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// (user, document, evidence) of each access, for compact assertions.
+fn summary(accesses: &[Access]) -> Vec<(Option<String>, String, Vec<Evidence>)> {
+    accesses
+        .iter()
+        .map(|a| {
+            let user = a
+                .request
+                .as_ref()
+                .and_then(|r| r.identity.as_ref())
+                .map(|i| i.user.clone());
+            (user, a.document.clone(), a.evidence.clone())
+        })
+        .collect()
+}
+
+fn u(s: &str) -> Option<String> {
+    Some(s.into())
+}
+
+#[test]
+fn thread_per_request_read_then_close() {
+    let mut s = Scenario::new();
+    s.accept(1, 1, 5)
+        .get_as(1, 2, 5, "alice", "/docs/bob/x.pdf");
+    s.open(1, 2, 7, "/srv/users/bob/x.pdf")
+        .read(1, 2, 7, 100)
+        .read(1, 2, 7, 50)
+        .close(1, 2, 7);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("alice"),
+            "/srv/users/bob/x.pdf".into(),
+            vec![Evidence::Thread]
+        )]
+    );
+    assert_eq!(got[0].bytes, 150);
+    let req = got[0].request.as_ref().unwrap();
+    assert_eq!(
+        (req.method.as_str(), req.target.as_str(), req.tid),
+        ("GET", "/docs/bob/x.pdf", 2)
+    );
+    assert_eq!(
+        req.identity.as_ref().unwrap().source,
+        IdentitySource::TrustedHeader
+    );
+}
+
+#[test]
+fn access_is_judged_at_close_without_waiting() {
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/a")
+        .open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 1);
+    assert!(s.found.is_empty(), "judged before the document was closed");
+    s.close(1, 2, 7);
+    assert_eq!(s.found.len(), 1);
+}
+
+#[test]
+fn keep_alive_connection_with_two_users_in_turn() {
+    let mut s = Scenario::new();
+    s.accept(1, 1, 5);
+    s.get_as(1, 2, 5, "alice", "/a")
+        .open(1, 2, 7, "/srv/users/alice/a")
+        .read(1, 2, 7, 10)
+        .close(1, 2, 7)
+        .respond(1, 2, 5, 200);
+    s.get_as(1, 2, 5, "bob", "/b")
+        .open(1, 2, 7, "/srv/users/alice/a")
+        .read(1, 2, 7, 10)
+        .close(1, 2, 7)
+        .respond(1, 2, 5, 200);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("alice"),
+                "/srv/users/alice/a".into(),
+                vec![Evidence::Thread]
+            ),
+            (
+                u("bob"),
+                "/srv/users/alice/a".into(),
+                vec![Evidence::Thread]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn pool_thread_serves_what_another_thread_accepted() {
+    let mut s = Scenario::new();
+    s.accept(1, 10, 5).accept(1, 10, 6);
+    // Worker 11 serves fd 5 (alice), worker 12 serves fd 6 (carol), interleaved.
+    s.get_as(1, 11, 5, "alice", "/x")
+        .get_as(1, 12, 6, "carol", "/y");
+    s.open(1, 12, 8, "/srv/users/carol/c")
+        .open(1, 11, 7, "/srv/users/bob/b");
+    s.read(1, 11, 7, 5)
+        .read(1, 12, 8, 6)
+        .close(1, 11, 7)
+        .close(1, 12, 8);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("alice"),
+                "/srv/users/bob/b".into(),
+                vec![Evidence::Thread]
+            ),
+            (
+                u("carol"),
+                "/srv/users/carol/c".into(),
+                vec![Evidence::Thread]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn prefork_child_inherits_documents_and_sendfile_is_flow_evidence() {
+    let mut s = Scenario::new();
+    // The master opened bob's document before forking (a file cache warmed at start-up).
+    s.open(100, 100, 9, "/srv/users/bob/b");
+    s.ev(100, 100, EventKind::ProcessFork { child_pid: 200 });
+    s.accept(200, 200, 4)
+        .get_as(200, 200, 4, "alice", "/docs/bob/b");
+    s.ev(
+        200,
+        200,
+        EventKind::SendFile {
+            out_fd: 4,
+            in_fd: 9,
+            bytes: 4096,
+        },
+    );
+    s.sock_close(200, 200, 4);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("alice"),
+            "/srv/users/bob/b".into(),
+            vec![Evidence::Sendfile]
+        )]
+    );
+    assert_eq!((got[0].pid, got[0].bytes), (200, 4096));
+}
+
+#[test]
+fn cached_fd_reused_across_users_is_one_access_per_request() {
+    let mut s = Scenario::new();
+    // Opened before Vigie started: found in /proc.
+    s.ev(
+        1,
+        1,
+        EventKind::FdFound {
+            fd: 3,
+            found: FoundFd::Document {
+                path: "/srv/users/bob/h.pdf".into(),
+            },
+        },
+    );
+    s.get_as(1, 2, 5, "bob", "/h")
+        .read(1, 2, 3, 10)
+        .read(1, 2, 3, 10)
+        .respond(1, 2, 5, 200);
+    s.get_as(1, 2, 5, "alice", "/h")
+        .read(1, 2, 3, 10)
+        .respond(1, 2, 5, 200);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("bob"),
+                "/srv/users/bob/h.pdf".into(),
+                vec![Evidence::Thread]
+            ),
+            (
+                u("alice"),
+                "/srv/users/bob/h.pdf".into(),
+                vec![Evidence::Thread]
+            ),
+        ]
+    );
+    assert_eq!(got[0].bytes, 20);
+    assert_eq!(got[0].request.as_ref().unwrap().status, Some(200));
+}
+
+#[test]
+fn idle_cached_fd_is_judged_on_tick() {
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::FdFound {
+            fd: 3,
+            found: FoundFd::Document {
+                path: "/srv/users/bob/h".into(),
+            },
+        },
+    );
+    s.get_as(1, 2, 5, "alice", "/h").read(1, 2, 3, 10);
+    s.tick(100_000_000);
+    assert!(s.found.is_empty());
+    s.tick(600_000_000);
+    assert_eq!(s.found.len(), 1);
+}
+
+#[test]
+fn dotdot_and_relative_paths_are_normalized() {
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/docs/alice/../bob/x");
+    s.open(1, 2, 7, "/srv/users/alice/../bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    // Relative to base "/srv".
+    s.open(1, 2, 8, "users/./carol//y")
+        .read(1, 2, 8, 1)
+        .close(1, 2, 8);
+    let docs: Vec<String> = s.finish().into_iter().map(|a| a.document).collect();
+    assert_eq!(docs, ["/srv/users/bob/x", "/srv/users/carol/y"]);
+}
+
+#[test]
+fn files_outside_the_roots_are_ignored() {
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/x");
+    s.open(1, 2, 7, "/srv/portal.db")
+        .read(1, 2, 7, 4096)
+        .close(1, 2, 7);
+    s.open(1, 2, 7, "/srv/users/../portal.db")
+        .read(1, 2, 7, 4096)
+        .close(1, 2, 7);
+    s.open(1, 2, 7, "/srv/users2/bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    assert!(s.finish().is_empty());
+}
+
+#[test]
+fn read_with_no_request_is_unattributed_then_flow_can_claim_it() {
+    let mut s = Scenario::new();
+    s.open(1, 2, 7, "/srv/users/bob/x").read(1, 2, 7, 5);
+    s.close(1, 2, 7);
+    let got = s.finish();
+    assert_eq!(summary(&got), [(None, "/srv/users/bob/x".into(), vec![])]);
+    assert!(got[0].request.is_none());
+
+    // Read on a thread with no scope, then written to a connection with a request.
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/x");
+    s.ev(1, 3, EventKind::FileRead { fd: 7, bytes: 1 }); // unknown fd: ignored
+    s.open(1, 3, 7, "/srv/users/bob/x").read(1, 3, 7, 5);
+    s.respond(1, 3, 5, 200);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(u("alice"), "/srv/users/bob/x".into(), vec![Evidence::Flow])]
+    );
+}
+
+#[test]
+fn garbage_on_the_socket_ends_the_scope_and_resyncs() {
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/a").respond(1, 2, 5, 200);
+    s.request(1, 2, 5, "\x16\x03\x01garbage\r\n\r\n");
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    s.get_as(1, 2, 5, "carol", "/c")
+        .open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (None, "/srv/users/bob/x".into(), vec![]),
+            (
+                u("carol"),
+                "/srv/users/bob/x".into(),
+                vec![Evidence::Thread]
+            )
+        ]
+    );
+    assert_eq!(s.c.stats().invalid_heads, 1);
+}
+
+#[test]
+fn head_split_over_reads_and_body_skipped() {
+    let mut s = Scenario::new();
+    s.request(1, 2, 5, "POST /upload HTTP/1.1\r\nX-Remote-");
+    s.request(1, 2, 5, "User: alice\r\nContent-Length: 10\r\n\r\n0123");
+    s.request(
+        1,
+        2,
+        5,
+        "456789GET /next HTTP/1.1\r\nX-Remote-User: bob\r\n\r\n",
+    );
+    s.open(1, 2, 7, "/srv/users/carol/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("bob"),
+            "/srv/users/carol/x".into(),
+            vec![Evidence::Thread]
+        )]
+    );
+    assert_eq!(s.c.stats().requests, 2);
+}
+
+#[test]
+fn head_larger_than_the_capture_keeps_the_request_line_only() {
+    let mut s = Scenario::new();
+    let head = format!(
+        "GET /docs/bob/x HTTP/1.1\r\nCookie: {}\r\nX-Remote-User: alice\r\n\r\n",
+        "a".repeat(5000)
+    );
+    // The kernel captured the first 4096 bytes of a read that returned more.
+    let data = head.as_bytes()[..4096].to_vec();
+    s.ev(
+        1,
+        2,
+        EventKind::SockRead {
+            fd: 5,
+            bytes: head.len() as u64,
+            data: Payload(data),
+        },
+    );
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    let got = s.finish();
+    let req = got[0].request.as_ref().unwrap();
+    assert!(req.head_truncated);
+    assert_eq!(
+        (req.target.as_str(), req.identity.is_none()),
+        ("/docs/bob/x", true)
+    );
+}
+
+#[test]
+fn invalid_basic_is_a_request_without_identity() {
+    let mut s = Scenario::new();
+    s.request(
+        1,
+        2,
+        5,
+        "GET /x HTTP/1.1\r\nAuthorization: Basic !!!notbase64\r\n\r\n",
+    );
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    let got = s.finish();
+    let req = got[0].request.as_ref().unwrap();
+    assert_eq!(
+        (req.identity.as_ref(), req.identity_problem),
+        (None, Some(IdentityProblem::InvalidBasic))
+    );
+}
+
+#[test]
+fn same_document_twice_in_one_request_is_one_access() {
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/x");
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    assert_eq!(s.finish().len(), 1);
+    assert_eq!(s.c.stats().repeated_reads, 1);
+}
+
+#[test]
+fn lost_events_clear_scopes_and_report_a_gap() {
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/x");
+    s.ev(
+        0,
+        0,
+        EventKind::Lost {
+            reason: "ringbuf_full".into(),
+            count: 3,
+        },
+    );
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    s.c.flush(&mut s.found);
+    assert!(matches!(&s.found[0], Finding::Gap { count: 3, .. }));
+    assert!(matches!(&s.found[1], Finding::Access(a) if a.request.is_none()));
+}
+
+#[test]
+fn process_exit_judges_and_forgets() {
+    let mut s = Scenario::new();
+    s.get_as(7, 7, 5, "alice", "/x")
+        .open(7, 7, 9, "/srv/users/bob/x")
+        .read(7, 7, 9, 1);
+    s.ev(7, 7, EventKind::ProcessExit);
+    assert_eq!(s.found.len(), 1);
+    assert!(s.c.documents_of(7).is_empty());
+    assert!(s.c.requests.is_empty() && s.c.conns.is_empty() && s.c.threads.is_empty());
+}
+
+#[test]
+fn state_is_released_when_connections_close() {
+    let mut s = Scenario::new();
+    for i in 0..100 {
+        s.accept(1, 1, 5)
+            .get_as(1, 2, 5, "alice", "/x")
+            .open(1, 2, 7, "/srv/users/alice/x");
+        s.read(1, 2, 7, 1)
+            .close(1, 2, 7)
+            .respond(1, 2, 5, 200)
+            .sock_close(1, 2, 5);
+        assert!(s.c.conns.is_empty(), "iteration {i}");
+    }
+    s.tick(1);
+    assert!(s.c.requests.len() <= 1 && s.c.open.is_empty() && s.c.index.is_empty());
+    assert_eq!(s.finish().len(), 100);
+}
+
+#[test]
+fn same_stream_same_findings() {
+    let run = || {
+        let mut s = Scenario::new();
+        for (i, user) in ["alice", "bob", "carol", "alice"].iter().enumerate() {
+            let tid = 10 + i as u32;
+            s.get_as(1, tid, 20 + i as i32, user, "/x").open(
+                1,
+                tid,
+                30 + i as i32,
+                "/srv/users/bob/x",
+            );
+        }
+        for i in 0..4 {
+            s.read(1, 10 + i, 30 + i as i32, 1);
+        }
+        s.tick(10_000_000_000);
+        s.finish()
+    };
+    let a = run();
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, run());
+}

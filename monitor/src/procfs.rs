@@ -1,0 +1,176 @@
+//! What only a live run can know, read from `/proc`: which running processes are targets, the fds
+//! they already hold, and the directory a relative path is relative to. Whatever is learned here
+//! becomes an event (`FdFound`, `FileOpen.base`), so the correlator stays pure and replay sees
+//! the same facts.
+use std::{collections::HashMap, fs, path::Path};
+
+use crate::{
+    config::Config,
+    events::{Event, EventKind, FoundFd},
+    paths,
+};
+
+pub const AT_FDCWD: i32 = -100;
+
+fn readlink(path: impl AsRef<Path>) -> Option<String> {
+    fs::read_link(path).ok().map(|p| {
+        use std::os::unix::ffi::OsStrExt as _;
+        paths::from_bytes(p.as_os_str().as_bytes())
+    })
+}
+
+pub fn comm_of(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end_matches('\n').to_string())
+}
+
+pub fn exe_of(pid: u32) -> Option<String> {
+    readlink(format!("/proc/{pid}/exe"))
+}
+
+fn all_pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn ppid_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`: comm may contain spaces and parentheses, so split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Does a process match the selectors (by name, by executable)?
+pub fn matches(cfg: &Config, pid: u32) -> bool {
+    let name_match = comm_of(pid).is_some_and(|c| cfg.targets.names.contains(&c));
+    name_match || exe_of(pid).is_some_and(|e| cfg.targets.executables.contains(&e))
+}
+
+/// Running processes to watch: selected pids and their descendants, and processes matching a
+/// name or executable. Never Vigie itself.
+pub fn initial_targets(cfg: &Config) -> Vec<u32> {
+    let me = std::process::id();
+    let pids = all_pids();
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for &pid in &pids {
+        if let Some(ppid) = ppid_of(pid) {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut out: Vec<u32> = Vec::new();
+    let mut stack: Vec<u32> = cfg.targets.pids.clone();
+    stack.extend(pids.iter().copied().filter(|&p| matches(cfg, p)));
+    while let Some(pid) = stack.pop() {
+        if pid == me || out.contains(&pid) || !Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        out.push(pid);
+        stack.extend(children.get(&pid).into_iter().flatten());
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The fds a process already holds that matter: sockets, and files under the document roots.
+pub fn scan_fds(pid: u32, roots: &[String]) -> Vec<(i32, FoundFd)> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Some(target) = readlink(entry.path()) else {
+            continue;
+        };
+        if target.starts_with("socket:") {
+            found.push((fd, FoundFd::Socket));
+        } else if let Some(path) = paths::normalize(&target)
+            && roots.iter().any(|r| paths::is_under(&path, r))
+        {
+            found.push((fd, FoundFd::Document { path }));
+        }
+    }
+    found.sort_by_key(|(fd, _)| *fd);
+    found
+}
+
+/// Events describing a process that just became a target, as of now.
+pub fn describe(pid: u32, roots: &[String], now_ns: u64) -> Vec<Event> {
+    let comm = comm_of(pid).unwrap_or_default();
+    let mut events = vec![Event {
+        ts_ns: now_ns,
+        pid,
+        tid: pid,
+        comm: comm.clone(),
+        kind: EventKind::ProcessExec,
+    }];
+    for (fd, found) in scan_fds(pid, roots) {
+        events.push(Event {
+            ts_ns: now_ns,
+            pid,
+            tid: pid,
+            comm: comm.clone(),
+            kind: EventKind::FdFound { fd, found },
+        });
+    }
+    events
+}
+
+/// Fills in what a live `FileOpen` needs from `/proc`: the base of a relative path, the full
+/// path when the probe's capture was too short.
+pub fn enrich(ev: &mut Event) {
+    if let EventKind::FileOpen {
+        fd,
+        path,
+        dirfd,
+        truncated,
+        base,
+        full_path,
+        ..
+    } = &mut ev.kind
+    {
+        if *truncated {
+            *full_path = readlink(format!("/proc/{}/fd/{fd}", ev.pid));
+        }
+        if !path.starts_with('/') {
+            *base = if *dirfd == AT_FDCWD {
+                readlink(format!("/proc/{}/task/{}/cwd", ev.pid, ev.tid))
+                    .or_else(|| readlink(format!("/proc/{}/cwd", ev.pid)))
+            } else {
+                readlink(format!("/proc/{}/fd/{dirfd}", ev.pid))
+            };
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, in the kernel probes' time base.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// `CLOCK_REALTIME - CLOCK_MONOTONIC`.
+pub fn realtime_offset_ns() -> i64 {
+    let mono = clock_ns(libc::CLOCK_MONOTONIC);
+    let real = clock_ns(libc::CLOCK_REALTIME);
+    i64::try_from(i128::from(real) - i128::from(mono)).unwrap_or(0)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}

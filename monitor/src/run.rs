@@ -1,0 +1,333 @@
+//! The live pipeline: probes -> ring buffer (AsyncFd, no polling) -> decode -> enrich from /proc ->
+//! correlate -> judge -> alerts, until SIGINT/SIGTERM or `--duration`.
+use std::{
+    collections::{BTreeMap, HashSet},
+    io::Write,
+    os::unix::fs::OpenOptionsExt as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use monitor_common::loss;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    config::Config,
+    correlate::{Correlator, CorrelatorConfig},
+    decode::decode,
+    events::{Event, EventKind, FoundFd},
+    judge::Judge,
+    loader::Probes,
+    pipeline::Pipeline,
+    procfs,
+    sinks::alerts::{AlertSink, WallClock},
+};
+
+/// The probes, built by build.rs.
+static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+
+/// How often the reader wakes without events: expires idle accesses, reports lost events.
+const TICK: Duration = Duration::from_millis(100);
+
+pub struct RunOptions {
+    pub config: Config,
+    pub alerts: Option<PathBuf>,
+    pub audit: bool,
+    pub ready_file: Option<PathBuf>,
+    pub duration: Option<Duration>,
+}
+
+/// What a run saw, printed at exit.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub seconds: f64,
+    pub events: u64,
+    pub events_by_kind: BTreeMap<&'static str, u64>,
+    pub decode_errors: u64,
+    pub lost_by_reason: BTreeMap<&'static str, u64>,
+    pub requests: u64,
+    pub accesses_by_verdict: BTreeMap<&'static str, u64>,
+    pub alerts: u64,
+    pub targets_seen: usize,
+}
+
+struct Live {
+    cfg: Config,
+    probes: Probes,
+    pipeline: Pipeline,
+    targets: HashSet<u32>,
+    seen: HashSet<u32>,
+    lost: [u64; loss::COUNT as usize],
+    summary: Summary,
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
+    if PROBES.is_empty() {
+        anyhow::bail!("this binary was built with VIGIE_SKIP_EBPF_BUILD=1 and has no probes");
+    }
+    let cfg = opts.config;
+    let mut probes = Probes::load(&cfg, PROBES)?;
+    tracing::info!(tracepoints = probes.attached.len(), "probes attached");
+    // SAFETY: the ring buffer owns its fd and keeps it open until the AsyncFd drops it.
+    let ring =
+        unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer with the runtime: {e}"))?;
+    let clock = WallClock {
+        realtime_offset_ns: procfs::realtime_offset_ns(),
+    };
+    let out: Box<dyn Write + Send> = match &opts.alerts {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("opening alerts file {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let pipeline = Pipeline::new(
+        Correlator::new(CorrelatorConfig::from_config(&cfg)),
+        Judge::from_config(&cfg)?,
+        AlertSink::new(out, clock, opts.audit),
+    );
+    let mut live = Live {
+        cfg,
+        probes,
+        pipeline,
+        targets: HashSet::new(),
+        seen: HashSet::new(),
+        lost: [0; loss::COUNT as usize],
+        summary: Summary::default(),
+    };
+    let started = Instant::now();
+    // Attached first, then targets: nothing a target does after this point is missed.
+    for pid in procfs::initial_targets(&live.cfg) {
+        live.adopt(pid)?;
+    }
+    tracing::info!(targets = ?live.targets, names = ?live.cfg.exec_names(), "watching");
+    if let Some(path) = &opts.ready_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .context("writing the ready file")?;
+    }
+    live.serve(ring, opts.duration).await?;
+    live.summary.seconds = started.elapsed().as_secs_f64();
+    live.finish()
+}
+
+impl Live {
+    /// Starts watching a running process: kernel filter, fds it already holds.
+    fn adopt(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.probes.add_target(pid)?;
+        self.targets.insert(pid);
+        self.seen.insert(pid);
+        for ev in procfs::describe(pid, &self.cfg.documents.roots, procfs::monotonic_ns()) {
+            self.tell_kernel(&ev)?;
+            self.feed(&ev)?;
+        }
+        Ok(())
+    }
+
+    fn tell_kernel(&mut self, ev: &Event) -> anyhow::Result<()> {
+        if let EventKind::FdFound { fd, found } = &ev.kind {
+            self.probes
+                .set_fd_kind(ev.pid, *fd, matches!(found, FoundFd::Document { .. }))?;
+        }
+        Ok(())
+    }
+
+    fn feed(&mut self, ev: &Event) -> anyhow::Result<()> {
+        self.summary.events += 1;
+        *self
+            .summary
+            .events_by_kind
+            .entry(kind_name(&ev.kind))
+            .or_default() += 1;
+        self.pipeline.handle(ev).context("writing alerts")
+    }
+
+    async fn serve(
+        &mut self,
+        mut ring: AsyncFd<RingBuf<MapData>>,
+        duration: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    self.drain(guard.get_inner_mut())?;
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => {
+                    self.drain(ring.get_mut())?;
+                    self.report_loss()?;
+                    self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: String::new(), kind: EventKind::Tick })?;
+                }
+                _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); break; }
+                () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                    tracing::info!("duration reached: detaching");
+                    break;
+                }
+            }
+        }
+        // What the kernel wrote before we stopped still counts.
+        self.drain(ring.get_mut())?;
+        self.report_loss()
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        loop {
+            let decoded = match ring.next() {
+                Some(item) => decode(&item),
+                None => return Ok(()),
+            };
+            match decoded {
+                Ok(mut ev) => {
+                    self.before_feed(&mut ev)?;
+                    self.feed(&ev)?;
+                    self.after_feed(&ev)?;
+                }
+                Err(e) => {
+                    self.summary.decode_errors += 1;
+                    tracing::warn!("undecodable record: {e}");
+                }
+            }
+        }
+    }
+
+    fn before_feed(&mut self, ev: &mut Event) -> anyhow::Result<()> {
+        match &ev.kind {
+            EventKind::FileOpen { .. } => procfs::enrich(ev),
+            EventKind::ProcessExec if !self.targets.contains(&ev.pid) => {
+                // Matched by name in the kernel: an executable selector must also match the path.
+                let by_name = self.cfg.targets.names.contains(&ev.comm);
+                if !by_name && !procfs::matches(&self.cfg, ev.pid) {
+                    self.probes.remove_target(ev.pid)?;
+                    return Ok(());
+                }
+                self.targets.insert(ev.pid);
+                self.seen.insert(ev.pid);
+                tracing::info!(pid = ev.pid, comm = ev.comm, "new target (exec)");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn after_feed(&mut self, ev: &Event) -> anyhow::Result<()> {
+        match &ev.kind {
+            EventKind::ProcessFork { child_pid } => {
+                self.targets.insert(*child_pid);
+                self.seen.insert(*child_pid);
+                // The child inherited the parent's document fds: tell the probes before it reads.
+                for fd in self.pipeline.correlator().documents_of(*child_pid) {
+                    self.probes.set_fd_kind(*child_pid, fd, true)?;
+                }
+                tracing::debug!(parent = ev.pid, child = child_pid, "new target (fork)");
+            }
+            EventKind::ProcessExec if self.targets.contains(&ev.pid) => {
+                // fds that survived exec.
+                for found in procfs::scan_fds(ev.pid, &self.cfg.documents.roots) {
+                    let ev = Event {
+                        ts_ns: ev.ts_ns,
+                        pid: ev.pid,
+                        tid: ev.tid,
+                        comm: ev.comm.clone(),
+                        kind: EventKind::FdFound {
+                            fd: found.0,
+                            found: found.1,
+                        },
+                    };
+                    self.tell_kernel(&ev)?;
+                    self.feed(&ev)?;
+                }
+            }
+            EventKind::ProcessExit => {
+                self.targets.remove(&ev.pid);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn report_loss(&mut self) -> anyhow::Result<()> {
+        let now = self.probes.lost()?;
+        for (reason, (&total, before)) in now.iter().zip(self.lost).enumerate() {
+            let delta = total.saturating_sub(before);
+            if delta > 0 {
+                let name = loss::name(reason as u32);
+                *self.summary.lost_by_reason.entry(name).or_default() += delta;
+                let ev = Event {
+                    ts_ns: procfs::monotonic_ns(),
+                    pid: 0,
+                    tid: 0,
+                    comm: String::new(),
+                    kind: EventKind::Lost {
+                        reason: name.to_string(),
+                        count: delta,
+                    },
+                };
+                self.feed(&ev)?;
+            }
+        }
+        self.lost = now;
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<Summary> {
+        self.pipeline.finish().context("writing alerts")?;
+        let mut s = self.summary;
+        s.requests = self.pipeline.correlator().stats().requests;
+        s.accesses_by_verdict = self.pipeline.counts.by_verdict.clone();
+        s.alerts = self.pipeline.alerts_written();
+        s.targets_seen = self.seen.len();
+        let rate = if s.seconds > 0.0 {
+            s.events as f64 / s.seconds
+        } else {
+            0.0
+        };
+        let lost: u64 = s.lost_by_reason.values().sum();
+        eprintln!(
+            "vigie: {:.1}s, {} events ({rate:.0}/s), {lost} lost, {} decode errors, {} targets, {} requests, accesses {:?}, {} alert lines",
+            s.seconds,
+            s.events,
+            s.decode_errors,
+            s.targets_seen,
+            s.requests,
+            s.accesses_by_verdict,
+            s.alerts
+        );
+        eprintln!("vigie: events by kind {:?}", s.events_by_kind);
+        Ok(s)
+    }
+}
+
+pub fn kind_name(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::ProcessExec => "process_exec",
+        EventKind::ProcessFork { .. } => "process_fork",
+        EventKind::ProcessExit => "process_exit",
+        EventKind::FdFound { .. } => "fd_found",
+        EventKind::FileOpen { .. } => "file_open",
+        EventKind::FileRead { .. } => "file_read",
+        EventKind::SendFile { .. } => "sendfile",
+        EventKind::FileClose { .. } => "file_close",
+        EventKind::SockAccept { .. } => "sock_accept",
+        EventKind::SockRead { .. } => "sock_read",
+        EventKind::SockWrite { .. } => "sock_write",
+        EventKind::SockClose { .. } => "sock_close",
+        EventKind::Lost { .. } => "lost",
+        EventKind::Tick => "tick",
+    }
+}

@@ -1,0 +1,174 @@
+//! Alerts as JSON lines (schema `vigie.alert/1`, documented in the README). One line per judged
+//! access that is not allowed (all accesses with `audit`), one per coverage gap. Each line is
+//! flushed: an alert that sits in a buffer is an alert the SOC has not seen.
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::{
+    correlate::{Access, Evidence, RequestInfo},
+    identity::IdentitySource,
+    judge::{Judgement, Verdict},
+};
+
+pub const SCHEMA: &str = "vigie.alert/1";
+
+/// Turns kernel monotonic timestamps into wall-clock time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct WallClock {
+    /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, in nanoseconds, measured once.
+    pub realtime_offset_ns: i64,
+}
+
+impl WallClock {
+    pub fn unix_ns(&self, mono_ns: u64) -> i128 {
+        i128::from(mono_ns) + i128::from(self.realtime_offset_ns)
+    }
+
+    pub fn rfc3339(&self, mono_ns: u64) -> String {
+        rfc3339(self.unix_ns(mono_ns))
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds) from Unix nanoseconds.
+pub fn rfc3339(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000);
+    let micros = unix_ns.rem_euclid(1_000_000_000) / 1_000;
+    let days = secs.div_euclid(86_400);
+    let tod = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i128::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        tod / 3600,
+        (tod / 60) % 60,
+        tod % 60
+    )
+}
+
+#[derive(Serialize)]
+struct AccessAlert<'a> {
+    schema: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    verdict: Verdict,
+    user: Option<&'a str>,
+    identity_source: Option<IdentitySource>,
+    owner: Option<&'a str>,
+    document: &'a str,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    request: Option<&'a RequestInfo>,
+    evidence: &'a [Evidence],
+    bytes: u64,
+    rule: &'static str,
+    access_id: u64,
+}
+
+#[derive(Serialize)]
+struct GapAlert<'a> {
+    schema: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    reason: &'a str,
+    lost_events: u64,
+}
+
+pub struct AlertSink {
+    out: Box<dyn Write + Send>,
+    clock: WallClock,
+    audit: bool,
+    written: u64,
+}
+
+impl AlertSink {
+    pub fn new(out: Box<dyn Write + Send>, clock: WallClock, audit: bool) -> Self {
+        Self {
+            out,
+            clock,
+            audit,
+            written: 0,
+        }
+    }
+
+    /// Alert lines written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn access(&mut self, access: &Access, judgement: &Judgement) -> std::io::Result<()> {
+        if judgement.verdict == Verdict::Allowed && !self.audit {
+            return Ok(());
+        }
+        let identity = access.request.as_ref().and_then(|r| r.identity.as_ref());
+        let line = AccessAlert {
+            schema: SCHEMA,
+            kind: "access",
+            time: self.clock.rfc3339(access.first_ts_ns),
+            verdict: judgement.verdict,
+            user: identity.map(|i| i.user.as_str()),
+            identity_source: identity.map(|i| i.source),
+            owner: judgement.owner.as_deref(),
+            document: &access.document,
+            pid: access.pid,
+            tid: access.tid,
+            comm: &access.comm,
+            request: access.request.as_ref(),
+            evidence: &access.evidence,
+            bytes: access.bytes,
+            rule: judgement.rule,
+            access_id: access.id,
+        };
+        self.write_line(&line)
+    }
+
+    pub fn gap(&mut self, ts_ns: u64, reason: &str, count: u64) -> std::io::Result<()> {
+        let line = GapAlert {
+            schema: SCHEMA,
+            kind: "coverage_gap",
+            time: self.clock.rfc3339(ts_ns),
+            reason,
+            lost_events: count,
+        };
+        self.write_line(&line)
+    }
+
+    fn write_line(&mut self, line: &impl Serialize) -> std::io::Result<()> {
+        let mut buf = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        buf.push(b'\n');
+        self.out.write_all(&buf)?;
+        self.out.flush()?;
+        self.written += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(951_782_400_123_456_789),
+            "2000-02-29T00:00:00.123456Z"
+        );
+        assert_eq!(
+            rfc3339(1_795_000_000_000_000_000),
+            "2026-11-18T11:06:40.000000Z"
+        );
+        assert_eq!(rfc3339(-1_000), "1969-12-31T23:59:59.999999Z");
+    }
+}

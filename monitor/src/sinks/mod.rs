@@ -1,0 +1,2 @@
+//! Where findings go.
+pub mod alerts;

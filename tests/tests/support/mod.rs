@@ -1,0 +1,266 @@
+//! Harness for end-to-end tests: a real `vigie` with real probes against a real portal.
+//!
+//! Privileged tests call [`privileged`] first: without root (or BTF, or the binary) they print a
+//! loud SKIPPED line and return `None`; with `VIGIE_REQUIRE_PRIVILEGED=1` a skip is a failure.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+pub use vigie_tests::{
+    client::{KeepAlive, basic, http_get, send_raw},
+    process::{PortalGuard, spawn_portal},
+};
+
+/// One end-to-end test at a time: each loads its own probes and runs a portal.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub const PORTAL: &str = env!("CARGO_BIN_EXE_demo-portal");
+
+/// What a privileged test needs, or `None` (after saying why, loudly) when it must be skipped.
+pub struct Privileged {
+    pub vigie: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+pub fn privileged(test: &str) -> Option<Privileged> {
+    let serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let vigie = std::env::var_os("VIGIE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vigie"));
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let reason = if !root {
+        Some("not root".to_string())
+    } else if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Some("no kernel BTF".to_string())
+    } else if !vigie.exists() {
+        Some(format!(
+            "no vigie binary at {} (run `cargo xtask test`)",
+            vigie.display()
+        ))
+    } else {
+        None
+    };
+    match reason {
+        None => Some(Privileged {
+            vigie,
+            _serial: serial,
+        }),
+        Some(why) => {
+            let msg = format!("SKIPPED {test}: needs root, kernel BTF and a built vigie ({why})");
+            eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+            if std::env::var("VIGIE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+                panic!("{msg}, and VIGIE_REQUIRE_PRIVILEGED=1 turns skips into failures");
+            }
+            None
+        }
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vigie-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A demo portal with a generated document tree.
+pub struct Portal {
+    pub guard: PortalGuard,
+    pub users: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Portal {
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        let dir = TempDir::new(name);
+        let root = dir.path().join("portal");
+        let mut all = vec![
+            "--root",
+            root.to_str().expect("utf-8 temp dir"),
+            "--generate",
+        ];
+        all.extend_from_slice(args);
+        let guard = spawn_portal(PORTAL, &all).expect("starting the demo portal");
+        Self {
+            guard,
+            users: root.join("users"),
+            dir,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        self.guard.addr().to_string()
+    }
+
+    pub fn doc(&self, owner: &str, name: &str) -> String {
+        self.users.join(owner).join(name).display().to_string()
+    }
+
+    /// Config for Vigie watching this portal, with `targets` as a TOML `[targets]` body.
+    pub fn config(&self, targets: &str) -> String {
+        let u = self.users.display();
+        format!(
+            "[targets]\n{targets}\n[documents]\nroots = [\"{u}\"]\nowner_templates = [\"{u}/{{owner}}/**\"]\n[policy]\nprivileged_users = [\"agent\"]\n"
+        )
+    }
+}
+
+/// A running `vigie run`; [`Vigie::stop`] sends SIGINT and returns the alert lines.
+pub struct Vigie {
+    child: Child,
+    alerts: PathBuf,
+    stderr: PathBuf,
+    _dir: TempDir,
+}
+
+impl Vigie {
+    pub fn start(p: &Privileged, name: &str, config: &str, extra: &[&str]) -> Self {
+        let dir = TempDir::new(&format!("{name}-vigie"));
+        let cfg = dir.path().join("vigie.toml");
+        std::fs::write(&cfg, config).expect("writing config");
+        let alerts = dir.path().join("alerts.jsonl");
+        let ready = dir.path().join("ready");
+        let stderr = dir.path().join("stderr.log");
+        let child = Command::new(&p.vigie)
+            .args(["run", "--log-level", "debug", "--config"])
+            .arg(&cfg)
+            .arg("--alerts")
+            .arg(&alerts)
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr log"))
+            .spawn()
+            .expect("starting vigie");
+        let mut v = Self {
+            child,
+            alerts,
+            stderr,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while !ready.exists() {
+            if let Ok(Some(status)) = v.child.try_wait() {
+                panic!("vigie exited before attaching ({status}):\n{}", v.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "vigie did not attach in 30 s:\n{}",
+                v.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        v
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Alerts written so far.
+    pub fn alerts_now(&self) -> Vec<Value> {
+        parse_alerts(&std::fs::read_to_string(&self.alerts).unwrap_or_default())
+    }
+
+    /// Waits (bounded) until `pred` holds on the alerts written so far.
+    pub fn wait_alerts(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let alerts = self.alerts_now();
+            if pred(&alerts) {
+                return alerts;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}; alerts: {alerts:#?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGINT (detach, drain, judge what is open), then every alert line.
+    pub fn stop(mut self) -> (Vec<Value>, String) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+        let status = self.child.wait().expect("waiting for vigie");
+        let log = self.log();
+        assert!(status.success(), "vigie failed ({status}):\n{log}");
+        (self.alerts_now(), log)
+    }
+}
+
+impl Drop for Vigie {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn parse_alerts(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("alert line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// Access alerts as (verdict, user, owner, document) tuples, sorted.
+pub fn verdicts(alerts: &[Value]) -> Vec<(String, String, String, String)> {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let mut out: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["type"] == "access")
+        .map(|a| {
+            (
+                s(&a["verdict"]),
+                s(&a["user"]),
+                s(&a["owner"]),
+                s(&a["document"]),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+pub fn t(verdict: &str, user: &str, owner: &str, doc: &str) -> (String, String, String, String) {
+    (verdict.into(), user.into(), owner.into(), doc.into())
+}
+
+pub fn get_as(addr: &str, user: &str, target: &str) -> u16 {
+    let (status, _) = http_get(addr, target, &[("X-Remote-User", user)]).expect("GET");
+    status
+}

@@ -1,0 +1,104 @@
+//! Project tasks: `cargo xtask setup | build | demo | test`.
+mod demo;
+mod setup;
+mod test;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Vigie project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and running Vigie needs (idempotent; root): apt packages, the eBPF
+    /// nightly with rust-src, bpf-linker against LLVM 22, tracefs/bpffs mounts.
+    Setup,
+    /// Set up, then build `vigie` (with its probes) and the demo portal.
+    Build,
+    /// Set up, build, start the demo portal, attach Vigie, make alice read her own document and
+    /// then bob's, show the one violation alert, stop everything.
+    Demo {
+        /// Portal model: thread, prefork or pool.
+        #[arg(long, default_value = "thread")]
+        model: String,
+    },
+    /// Set up, build, run the whole test suite (unit, then end-to-end with real probes).
+    Test {
+        /// Extra arguments for the test harness (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            build().map(|_| ())
+        }
+        Task::Demo { model } => {
+            setup::run()?;
+            demo::run(&build()?, &model)
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            test::run(&build()?, &args)
+        }
+    }
+}
+
+/// Paths of the built binaries.
+pub struct Binaries {
+    pub vigie: PathBuf,
+    pub portal: PathBuf,
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Builds the `vigie` binary (build.rs compiles the probes) and the demo portal, debug profile,
+/// so the test suite reuses the same artifacts.
+fn build() -> anyhow::Result<Binaries> {
+    let root = workspace_root();
+    step("build", "cargo build -p monitor -p vigie-tests --bins");
+    cargo(&["build", "-p", "monitor", "-p", "vigie-tests", "--bins"])?;
+    let target = root.join("target").join("debug");
+    Ok(Binaries {
+        vigie: target.join("vigie"),
+        portal: target.join("demo-portal"),
+    })
+}
+
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn step(task: &str, what: &str) {
+    eprintln!("[xtask {task}] {what}");
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

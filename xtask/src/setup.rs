@@ -1,0 +1,204 @@
+//! Idempotent machine set-up: each step checks first and does nothing when already done, so it
+//! runs before every demo and test (a few hundred milliseconds when all is there).
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::{is_root, step};
+
+/// The eBPF crate's toolchain (keep in sync with monitor/build.rs).
+pub const EBPF_NIGHTLY: &str = "nightly-2026-07-01";
+/// bpf-linker must link an LLVM at least as new as the nightly's (LLVM 22 for the nightly above;
+/// a newer one fails with "Invalid record").
+const LLVM: &str = "22";
+const BPF_LINKER: &str = "0.13.0";
+
+const APT_PACKAGES: &[&str] = &[
+    "build-essential",
+    "pkg-config",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "libxml2-dev",
+    "libffi-dev",
+];
+
+pub fn run() -> anyhow::Result<()> {
+    check_kernel()?;
+    apt()?;
+    nightly()?;
+    bpf_linker()?;
+    mounts()?;
+    Ok(())
+}
+
+fn need_root(what: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("{what} needs root: run this command as root (e.g. `sudo -E cargo xtask ...`)");
+    }
+    Ok(())
+}
+
+fn check_kernel() -> anyhow::Result<()> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!(
+            "this kernel has no BTF (/sys/kernel/btf/vmlinux): Vigie needs CONFIG_DEBUG_INFO_BTF=y \
+             to compute kernel struct offsets"
+        );
+    }
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ok installed"))
+}
+
+fn apt() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    need_root("installing apt packages")?;
+    step("setup", &format!("apt-get install {}", missing.join(" ")));
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+fn nightly() -> anyhow::Result<()> {
+    let have = Command::new("rustup")
+        .args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_NIGHTLY,
+        ])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.starts_with("rust-src"))
+        });
+    if have {
+        return Ok(());
+    }
+    step(
+        "setup",
+        &format!("rustup toolchain install {EBPF_NIGHTLY} with rust-src"),
+    );
+    run_cmd(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        EBPF_NIGHTLY,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let version_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .ends_with(BPF_LINKER)
+        });
+    let llvm_ok = which("bpf-linker").is_some_and(|path| {
+        Command::new("ldd").arg(path).output().is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).contains(&format!("libLLVM.so.{LLVM}"))
+                || String::from_utf8_lossy(&o.stdout).contains(&format!("libLLVM-{LLVM}"))
+        })
+    });
+    if version_ok && llvm_ok {
+        return Ok(());
+    }
+    step(
+        "setup",
+        &format!("cargo install bpf-linker {BPF_LINKER} against LLVM {LLVM} (about a minute)"),
+    );
+    let prefix = format!("/usr/lib/llvm-{LLVM}");
+    let path = format!("{prefix}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    run_cmd(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .env("LLVM_PREFIX", &prefix)
+            .env("PATH", path)
+            .args([
+                "install",
+                "--locked",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{LLVM}"),
+            ]),
+    )
+}
+
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.is_file())
+}
+
+fn mounted(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(path)))
+}
+
+fn mounts() -> anyhow::Result<()> {
+    for (fstype, path) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
+        if mounted(path) {
+            continue;
+        }
+        if !is_root() {
+            // Not fatal here: building works without; `vigie run` (root) mounts tracefs itself.
+            step(
+                "setup",
+                &format!(
+                    "{path} is not mounted (needs root); privileged tests will report themselves skipped"
+                ),
+            );
+            continue;
+        }
+        step("setup", &format!("mount -t {fstype} {fstype} {path}"));
+        let status = Command::new("mount")
+            .args(["-t", fstype, fstype, path])
+            .status()
+            .context("running mount")?;
+        if !status.success() {
+            bail!("mounting {fstype} at {path} failed ({status})");
+        }
+    }
+    Ok(())
+}
+
+fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}

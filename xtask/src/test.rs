@@ -1,0 +1,24 @@
+//! The whole test suite: unit tests (no root), then the end-to-end tests, which start real
+//! portals and a real `vigie` with its probes. Without root those report themselves SKIPPED;
+//! with `VIGIE_REQUIRE_PRIVILEGED=1` (set by .ci/run) a skip is a failure.
+use crate::{Binaries, cargo, is_root, step};
+
+pub fn run(bins: &Binaries, args: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        step(
+            "test",
+            "NOT ROOT: the end-to-end tests with real probes will be SKIPPED",
+        );
+    }
+    // SAFETY (edition 2024 set_var): single-threaded at this point.
+    unsafe { std::env::set_var("VIGIE_BIN", &bins.vigie) };
+    // Default members: everything but the eBPF crate, which only builds for the BPF target
+    // (build.rs builds it).
+    step("test", "cargo fmt --check, cargo clippy -D warnings");
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
+    step("test", "cargo test");
+    let mut cmd = vec!["test", "--"];
+    cmd.extend(args.iter().map(String::as_str));
+    cargo(&cmd)
+}
