@@ -24,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Watch target processes and write an alert for every document read that is not allowed.
     Run(Box<RunArgs>),
+    /// Replay recorded traces through the same correlator and judge: the same alerts as live,
+    /// or, with --config, what a changed config would have decided.
+    Replay(ReplayArgs),
     /// Validate a configuration file and print it resolved; exit 1 naming the bad field.
     CheckConfig {
         /// The TOML file.
@@ -60,12 +63,66 @@ pub struct RunArgs {
     /// Also write allowed accesses (a full audit trail), not only alerts.
     #[arg(long)]
     pub audit: bool,
+    /// Alert line format: `vigie` (schema vigie.alert/1) or `ocsf` (OCSF 1.3.0 File System
+    /// Activity, for SIEMs).
+    #[arg(long, value_enum, default_value = "vigie")]
+    pub alerts_format: crate::sinks::alerts::AlertFormat,
+    /// Serve Prometheus metrics on this IP:port (overrides `[metrics] addr`; default
+    /// 127.0.0.1:9464, loopback only).
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve no metrics (overrides `[metrics] enabled`).
+    #[arg(long, conflicts_with = "metrics_addr")]
+    pub no_metrics: bool,
     /// Write this file once the probes are attached and the targets known.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     pub duration: Option<f64>,
+    /// Record every event to trace files (0600) in this directory, for `vigie replay`.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
+    /// Start a new trace file past this size.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub record_max_mb: u64,
+    /// Keep at most this many trace files (the oldest are deleted).
+    #[arg(long, default_value_t = 16)]
+    pub record_max_files: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Trace files, in recording order (e.g. `DIR/vigie-*.jsonl`).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Judge under this config instead of the recorded one, and list the verdicts that change.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Append alerts to this file instead of stdout.
+    #[arg(long)]
+    pub alerts: Option<PathBuf>,
+    /// Also write allowed accesses.
+    #[arg(long)]
+    pub audit: bool,
+    /// Only report accesses that started at or after this time (RFC 3339, UTC).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only report accesses that started before this time (RFC 3339, UTC).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only report accesses by this process; repeatable.
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+    /// A line that does not parse in the middle of a trace: stop, or skip it.
+    #[arg(long, value_enum, default_value = "stop")]
+    pub on_corrupt: crate::replay::OnCorrupt,
+    /// Print the chain of evidence behind one alert (its `access_id`) instead of the alerts.
+    #[arg(long, value_name = "ACCESS_ID")]
+    pub explain: Option<u64>,
+    /// No progress bar even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 pub fn init_logging(cli: &Cli) {
@@ -95,6 +152,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Replay(args) => {
+            let opts = replay_options(args)?;
+            let summary = crate::replay::replay(&opts)?;
+            let mut err = std::io::stderr().lock();
+            summary.print(&mut err)?;
+            if opts.config.is_some() {
+                summary.print_changes(&mut std::io::stdout().lock())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(args) => {
             let opts = run_options(*args)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -104,6 +171,29 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn replay_options(args: ReplayArgs) -> anyhow::Result<crate::replay::ReplayOptions> {
+    let time = |flag: &str, v: Option<String>| -> anyhow::Result<Option<i128>> {
+        v.map(|s| {
+            crate::replay::parse_rfc3339(&s).ok_or_else(|| {
+                anyhow::anyhow!("--{flag} {s:?}: expected RFC 3339 UTC, e.g. 2026-11-22T16:41:26Z")
+            })
+        })
+        .transpose()
+    };
+    Ok(crate::replay::ReplayOptions {
+        since_ns: time("since", args.since)?,
+        until_ns: time("until", args.until)?,
+        files: args.files,
+        config: args.config,
+        alerts: args.alerts,
+        audit: args.audit,
+        pids: args.pids,
+        on_corrupt: args.on_corrupt,
+        explain: args.explain,
+        progress: !args.no_progress,
+    })
 }
 
 fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
@@ -117,6 +207,13 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
     cfg.documents.roots.extend(args.roots);
     cfg.documents.owner_templates.extend(args.owner_templates);
     cfg.policy.privileged_users.extend(args.privileged);
+    if let Some(addr) = args.metrics_addr {
+        cfg.metrics.addr = addr.to_string();
+        cfg.metrics.enabled = true;
+    }
+    if args.no_metrics {
+        cfg.metrics.enabled = false;
+    }
     cfg.normalize().context("invalid configuration")?;
     if cfg.targets.pids.is_empty()
         && cfg.targets.names.is_empty()
@@ -133,7 +230,15 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
         config: cfg,
         alerts: args.alerts,
         audit: args.audit,
+        alerts_format: args.alerts_format,
         ready_file: args.ready_file,
         duration,
+        record: args.record.map(|dir| {
+            let rotation = crate::sinks::trace::Rotation {
+                max_file_bytes: args.record_max_mb.max(1) << 20,
+                max_files: args.record_max_files.max(1),
+            };
+            (dir, rotation)
+        }),
     })
 }

@@ -27,6 +27,10 @@ pub struct Config {
     pub capture: Capture,
     #[serde(default)]
     pub correlation: Correlation,
+    #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default)]
+    pub kernel: Kernel,
 }
 
 /// Which processes to watch. Processes that start later are picked up by name (at exec) and
@@ -56,12 +60,34 @@ pub struct Documents {
     pub owner_templates: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Principals allowed to read any document (agents, administrators).
     #[serde(default)]
     pub privileged_users: Vec<String>,
+    /// Roles (from an identity source that carries roles: JWT) allowed to read any document.
+    #[serde(default)]
+    pub privileged_roles: Vec<String>,
+    /// A document read by a request whose only credential was a forged (`alg: none`, bad
+    /// signature) or expired bearer token is a `violation` (rules `forged_token`,
+    /// `expired_token`) rather than `unauthenticated`.
+    #[serde(default = "default_alert_forged_tokens")]
+    pub alert_forged_tokens: bool,
+}
+
+fn default_alert_forged_tokens() -> bool {
+    true
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            privileged_users: Vec::new(),
+            privileged_roles: Vec::new(),
+            alert_forged_tokens: default_alert_forged_tokens(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -108,6 +134,67 @@ impl Default for Correlation {
     fn default() -> Self {
         Self {
             idle_flush_ms: default_idle_flush_ms(),
+        }
+    }
+}
+
+/// The Prometheus endpoint (`/metrics`). On by default, on loopback only: the counters say
+/// when Vigie was blind, which an attacker would like to know.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `IP:port` to listen on (no host names: nothing to resolve at start-up).
+    #[serde(default = "default_metrics_addr")]
+    pub addr: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+fn default_metrics_addr() -> String {
+    DEFAULT_METRICS_ADDR.to_owned()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            addr: default_metrics_addr(),
+        }
+    }
+}
+
+impl Metrics {
+    /// The listen address; valid after [`Config::normalize`].
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        self.addr.parse().ok()
+    }
+}
+
+/// Kernel-side resources.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// Size of the ring buffer between the probes and Vigie. A burst the reader cannot drain
+    /// in time is lost (and counted): raise it on busy hosts.
+    #[serde(default = "default_ring_buffer_bytes")]
+    pub ring_buffer_bytes: u32,
+}
+
+/// Smallest ring buffer the kernel accepts (one page on 4 KiB-page machines).
+pub const MIN_RING_BUFFER_BYTES: u32 = 4096;
+pub const MAX_RING_BUFFER_BYTES: u32 = 1 << 30;
+fn default_ring_buffer_bytes() -> u32 {
+    8 << 20
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: default_ring_buffer_bytes(),
         }
     }
 }
@@ -187,6 +274,28 @@ impl Config {
                 "at least one identity source is required",
             ));
         }
+        for (i, role) in self.policy.privileged_roles.iter().enumerate() {
+            if !crate::identity::valid_user_name(role) {
+                return Err(invalid(
+                    format!("policy.privileged_roles[{i}]"),
+                    format!("{role:?} is not a valid role name"),
+                ));
+            }
+        }
+        let uses_jwt = self
+            .identity
+            .sources
+            .contains(&crate::identity::IdentitySource::Jwt);
+        if !uses_jwt && self.identity.jwt != crate::identity::JwtConfig::default() {
+            return Err(invalid(
+                "identity.jwt",
+                "is configured but `jwt` is not in `identity.sources`",
+            ));
+        }
+        self.identity
+            .jwt
+            .load_key()
+            .map_err(|e| invalid(format!("identity.jwt.{}", e.field), e.reason))?;
         let header = &self.identity.trusted_header;
         if header.is_empty()
             || !header
@@ -229,6 +338,32 @@ impl Config {
         }
         if self.correlation.idle_flush_ms == 0 {
             return Err(invalid("correlation.idle_flush_ms", "must be positive"));
+        }
+        match self.metrics.addr.parse::<std::net::SocketAddr>() {
+            Err(_) => {
+                return Err(invalid(
+                    "metrics.addr",
+                    format!(
+                        "{:?} is not an IP:port address (e.g. {DEFAULT_METRICS_ADDR})",
+                        self.metrics.addr
+                    ),
+                ));
+            }
+            Ok(a) if a.port() == 0 => {
+                return Err(invalid("metrics.addr", "port 0 cannot be scraped"));
+            }
+            Ok(_) => {}
+        }
+        let ring = self.kernel.ring_buffer_bytes;
+        if !ring.is_power_of_two()
+            || !(MIN_RING_BUFFER_BYTES..=MAX_RING_BUFFER_BYTES).contains(&ring)
+        {
+            return Err(invalid(
+                "kernel.ring_buffer_bytes",
+                format!(
+                    "{ring}: must be a power of two from {MIN_RING_BUFFER_BYTES} to {MAX_RING_BUFFER_BYTES}"
+                ),
+            ));
         }
         Ok(())
     }
@@ -307,9 +442,79 @@ mod tests {
     }
 
     #[test]
+    fn jwt_identity_and_roles() {
+        let dir = std::env::temp_dir().join(format!("vigie-config-jwt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret-for-config-test\n").unwrap();
+        let base = "[documents]\nroots = [\"/d\"]\n";
+        let good = format!(
+            "{base}[policy]\nprivileged_roles = [\"agent\"]\n[identity]\nsources = [\"jwt\"]\n\
+             [identity.jwt]\nhs256_secret_file = \"{}\"\nroles_claim = \"/realm/roles\"\n",
+            secret.display()
+        );
+        let cfg = Config::parse(&good, "t").unwrap();
+        assert_eq!(cfg.policy.privileged_roles, ["agent"]);
+        assert!(cfg.policy.alert_forged_tokens);
+        assert_eq!(cfg.identity.jwt.user_claim, "sub");
+        assert!(cfg.identity.jwt.verifies());
+        // Printed (check-config) and recorded configurations name the file, never the secret.
+        let printed = toml::to_string(&cfg).unwrap();
+        assert!(printed.contains("hs256_secret_file") && !printed.contains("s3cret"));
+        let missing = good.replace(&secret.display().to_string(), "/nonexistent/secret");
+        assert!(
+            err(&missing).contains("identity.jwt.hs256_secret_file"),
+            "{}",
+            err(&missing)
+        );
+        let unused = good.replace("sources = [\"jwt\"]", "sources = [\"basic\"]");
+        assert!(err(&unused).contains("`identity.jwt`"));
+        let typo = format!("{good}verfy = true\n");
+        assert!(err(&typo).contains("verfy"));
+        let bad_role = format!("{base}[policy]\nprivileged_roles = [\"\"]\n");
+        assert!(err(&bad_role).contains("policy.privileged_roles[0]"));
+        let off = format!("{base}[policy]\nalert_forged_tokens = false\n");
+        assert!(!Config::parse(&off, "t").unwrap().policy.alert_forged_tokens);
+        let default = Config::parse(base, "t").unwrap();
+        assert!(default.policy.alert_forged_tokens);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn unknown_fields_and_syntax_errors_are_refused() {
         assert!(err("[documents]\nroots = [\"/d\"]\nrootz = 1").contains("rootz"));
         assert!(err("[documents\n").contains("test"));
+    }
+
+    #[test]
+    fn metrics_and_kernel_keys() {
+        let cfg = Config::parse(GOOD, "t").unwrap();
+        assert!(cfg.metrics.enabled);
+        assert_eq!(cfg.metrics.addr, "127.0.0.1:9464");
+        assert_eq!(cfg.kernel.ring_buffer_bytes, 8 << 20);
+        let set = format!(
+            "{GOOD}\n[metrics]\nenabled = false\naddr = \"[::1]:9000\"\n[kernel]\nring_buffer_bytes = 4096\n"
+        );
+        let cfg = Config::parse(&set, "t").unwrap();
+        assert!(!cfg.metrics.enabled);
+        assert_eq!(
+            cfg.metrics.socket_addr(),
+            Some("[::1]:9000".parse().unwrap())
+        );
+        assert_eq!(cfg.kernel.ring_buffer_bytes, 4096);
+        let base = "[documents]\nroots = [\"/d\"]\n";
+        for bad in ["localhost:9464", "127.0.0.1", "127.0.0.1:0"] {
+            let e = err(&format!("{base}[metrics]\naddr = \"{bad}\""));
+            assert!(e.starts_with("invalid `metrics.addr`"), "{bad}: {e}");
+        }
+        for bad in [0u64, 2048, 12288, 1 << 31] {
+            let e = err(&format!("{base}[kernel]\nring_buffer_bytes = {bad}"));
+            assert!(
+                e.starts_with("invalid `kernel.ring_buffer_bytes`"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(err(&format!("{base}[metrics]\nport = 1")).contains("port"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::{
     events::{Event, EventKind, FoundFd},
     http::{self, HeadParse},
-    identity::{self, Identity, IdentityConfig, IdentityProblem},
+    identity::{self, Identity, IdentityConfig, IdentityProblem, IdentitySource},
     paths,
 };
 
@@ -29,16 +29,35 @@ pub struct CorrelatorConfig {
     /// Largest request head kept per connection (the kernel captures at most this per read).
     pub request_cap: usize,
     pub idle_flush_ns: u64,
+    /// `CLOCK_REALTIME - CLOCK_MONOTONIC` of the run that produced the events (the alert
+    /// sink's `WallClock`): gives each request its wall time, for token expiry, from the event
+    /// stream alone. `None`: expiry is not checked.
+    pub realtime_offset_ns: Option<i64>,
 }
 
 impl CorrelatorConfig {
+    /// Without a wall clock: add it with [`CorrelatorConfig::with_realtime_offset_ns`].
     pub fn from_config(cfg: &crate::config::Config) -> Self {
         Self {
             roots: cfg.documents.roots.clone(),
             identity: cfg.identity.clone(),
             request_cap: cfg.capture.request_bytes as usize,
             idle_flush_ns: cfg.correlation.idle_flush_ms.saturating_mul(1_000_000),
+            realtime_offset_ns: None,
         }
+    }
+
+    /// The wall clock of the events (live: measured at start; replay: from the trace header).
+    #[must_use]
+    pub fn with_realtime_offset_ns(mut self, offset_ns: i64) -> Self {
+        self.realtime_offset_ns = Some(offset_ns);
+        self
+    }
+
+    /// Unix seconds at monotonic `ts_ns`, when the clock is known.
+    fn unix_seconds(&self, ts_ns: u64) -> Option<i64> {
+        let ns = i128::from(ts_ns) + i128::from(self.realtime_offset_ns?);
+        i64::try_from(ns.div_euclid(1_000_000_000)).ok()
     }
 }
 
@@ -93,6 +112,10 @@ pub struct Access {
 
 /// What the correlator reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "findings are moved once into a Vec that is drained at once: boxing would only add an allocation per access"
+)]
 pub enum Finding {
     Access(Access),
     /// Events were lost in the kernel: Vigie was blind for a moment.
@@ -112,6 +135,14 @@ pub struct Stats {
     pub truncated_heads: u64,
     pub accesses: u64,
     pub repeated_reads: u64,
+    /// Requests whose bearer token was forged (`alg: none`, bad signature), expired, or
+    /// malformed (including no usable user claim), as reported in `identity_problem`.
+    pub forged_tokens: u64,
+    pub expired_tokens: u64,
+    pub malformed_tokens: u64,
+    /// Requests by the source of their identity (`None`: no usable identity). A short list:
+    /// one entry per configured source at most, plus `None`.
+    pub requests_by_identity: Vec<(Option<IdentitySource>, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -508,8 +539,26 @@ impl Correlator {
                 problem: None,
             }
         } else {
-            identity::identify(head, &self.cfg.identity)
+            identity::identify(head, &self.cfg.identity, self.cfg.unix_seconds(ev.ts_ns))
         };
+        match who.problem {
+            Some(p) if p.is_forged_token() => self.stats.forged_tokens += 1,
+            Some(IdentityProblem::JwtExpired) => self.stats.expired_tokens += 1,
+            Some(IdentityProblem::JwtMalformed | IdentityProblem::JwtNoUserClaim) => {
+                self.stats.malformed_tokens += 1;
+            }
+            _ => {}
+        }
+        let source = who.identity.as_ref().map(|i| i.source);
+        match self
+            .stats
+            .requests_by_identity
+            .iter_mut()
+            .find(|(s, _)| *s == source)
+        {
+            Some((_, n)) => *n += 1,
+            None => self.stats.requests_by_identity.push((source, 1)),
+        }
         let id = self.next_request;
         self.next_request += 1;
         self.end_scope(ev.pid, ev.tid, fd, out);

@@ -1,14 +1,19 @@
-//! Who made a request: the authenticated user named by a trusted proxy header or by HTTP Basic
-//! credentials.
+//! Who made a request: the authenticated user named by a trusted proxy header, by HTTP Basic
+//! credentials, or by a JWT bearer token ([`jwt`]).
 //!
-//! Only the user name ever leaves this module. Basic passwords are decoded into a buffer that is
-//! zeroed when dropped, on every path, and never copied elsewhere.
+//! Only the user name (and a token's roles) ever leaves this module. Basic passwords are decoded
+//! into a buffer that is zeroed when dropped, on every path, and never copied elsewhere. Bearer
+//! tokens are never copied: only the claims named in the configuration are kept.
 
 use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 use crate::http::RequestHead;
+
+pub mod jwt;
+
+pub use jwt::JwtConfig;
 
 /// Longest user name accepted, in bytes.
 pub const MAX_USER_NAME_LEN: usize = 256;
@@ -34,6 +39,8 @@ pub enum IdentitySource {
     TrustedHeader,
     /// `Authorization: Basic` credentials (the user part only).
     Basic,
+    /// `Authorization: Bearer` JSON Web Token ([`IdentityConfig::jwt`]).
+    Jwt,
 }
 
 /// The user a request was made as, and how we know.
@@ -43,6 +50,9 @@ pub struct Identity {
     pub user: String,
     /// Which source named the user.
     pub source: IdentitySource,
+    /// Roles the source vouches for (JWT only), valid names, without duplicates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
 
 /// How to identify users.
@@ -55,6 +65,9 @@ pub struct IdentityConfig {
     /// Header set by a trusted auth proxy.
     #[serde(default = "default_trusted_header")]
     pub trusted_header: String,
+    /// How to read bearer tokens (`[identity.jwt]`), for the `jwt` source.
+    #[serde(default)]
+    pub jwt: JwtConfig,
 }
 
 fn default_sources() -> Vec<IdentitySource> {
@@ -70,13 +83,14 @@ impl Default for IdentityConfig {
         Self {
             sources: default_sources(),
             trusted_header: default_trusted_header(),
+            jwt: JwtConfig::default(),
         }
     }
 }
 
 /// A credential was present but unusable: worth reporting, since a client or proxy is
 /// misbehaving or probing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdentityProblem {
     /// `Authorization: Basic` that is not base64 of `user:password` with a valid user name, is
@@ -84,16 +98,53 @@ pub enum IdentityProblem {
     InvalidBasic,
     /// The trusted header is not a valid user name, or is repeated with different values.
     InvalidUserName,
+    /// A bearer token with `alg: none` (any case): unsigned, so forged.
+    JwtAlgNone,
+    /// A bearer token whose signature does not verify with the configured key, uses another
+    /// algorithm than the key's, or has an empty signature: forged.
+    JwtBadSignature,
+    /// A bearer token outside its validity period: `exp` passed or `nbf` not reached (with the
+    /// configured leeway), or no `exp` while `require_exp` is set.
+    JwtExpired,
+    /// A bearer token that is not a compact JWS with JSON object header and claims: bad
+    /// base64url, not three parts, too long, non-numeric `exp`, repeated with different values.
+    JwtMalformed,
+    /// A valid bearer token without a usable user claim (missing, not a string, not a valid
+    /// user name).
+    JwtNoUserClaim,
+    /// A key file is configured but its key was not loaded (a configuration that did not go
+    /// through [`crate::config::Config::normalize`]): tokens are refused, not trusted unchecked.
+    JwtNoKey,
 }
 
-/// Result of [`identify`]: the user, if any, and the first unusable credential seen, if any.
-/// Both can be set: a bad credential is reported even when another source named the user.
+impl IdentityProblem {
+    /// A token that cannot have been issued by the portal: `alg: none` or a bad signature.
+    #[must_use]
+    pub fn is_forged_token(self) -> bool {
+        matches!(self, Self::JwtAlgNone | Self::JwtBadSignature)
+    }
+
+    /// How much the problem matters when several credentials are unusable: forged tokens
+    /// first, then expired ones, then the rest.
+    fn severity(self) -> u8 {
+        match self {
+            Self::JwtAlgNone | Self::JwtBadSignature => 2,
+            Self::JwtExpired => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// Result of [`identify`]: the user, if any, and the most severe unusable credential seen, if
+/// any (forged tokens before expired ones before the rest; the first in source order among
+/// equals). Both can be set: a bad credential is reported even when another source named the
+/// user.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[must_use]
 pub struct Identified {
     /// The user, from the first configured source that yields one.
     pub identity: Option<Identity>,
-    /// The first unusable credential met, in source order.
+    /// The most severe unusable credential met (see above).
     pub problem: Option<IdentityProblem>,
 }
 
@@ -101,21 +152,35 @@ pub struct Identified {
 ///
 /// Every configured source is examined, so that an unusable credential is reported even after
 /// an earlier source already named the user; the identity is the first source's that yields one.
-pub fn identify(head: &RequestHead, cfg: &IdentityConfig) -> Identified {
+///
+/// `now_unix` is the wall time of the request (Unix seconds), used for token expiry. It comes
+/// from the request's event timestamp, never from the system clock, so that a replay decides as
+/// the live run did; `None` when no clock is known, and then expiry is not checked.
+pub fn identify(head: &RequestHead, cfg: &IdentityConfig, now_unix: Option<i64>) -> Identified {
     let mut identified = Identified::default();
     for &source in &cfg.sources {
         let outcome = match source {
-            IdentitySource::TrustedHeader => trusted_header_user(head, &cfg.trusted_header),
-            IdentitySource::Basic => basic_user(head),
+            IdentitySource::TrustedHeader => {
+                trusted_header_user(head, &cfg.trusted_header).map(|r| r.map(|u| (u, Vec::new())))
+            }
+            IdentitySource::Basic => basic_user(head).map(|r| r.map(|u| (u, Vec::new()))),
+            IdentitySource::Jwt => {
+                jwt::bearer_user(head, &cfg.jwt, now_unix).map(|r| r.map(|p| (p.user, p.roles)))
+            }
         };
         match outcome {
             None => {}
-            Some(Ok(user)) => {
-                identified.identity.get_or_insert(Identity { user, source });
+            Some(Ok((user, roles))) => {
+                identified.identity.get_or_insert(Identity {
+                    user,
+                    source,
+                    roles,
+                });
             }
-            Some(Err(problem)) => {
-                identified.problem.get_or_insert(problem);
-            }
+            Some(Err(problem)) => match identified.problem {
+                Some(kept) if kept.severity() >= problem.severity() => {}
+                _ => identified.problem = Some(problem),
+            },
         }
     }
     identified
@@ -216,7 +281,12 @@ mod tests {
     use serde::Deserialize as _;
     use serde::de::value::{Error as DeError, MapDeserializer, StrDeserializer};
 
-    fn head(headers: &[(&str, &[u8])]) -> RequestHead {
+    /// Without a clock: expiry is covered by the `jwt` tests.
+    fn identify(head: &RequestHead, cfg: &IdentityConfig) -> Identified {
+        super::identify(head, cfg, None)
+    }
+
+    pub(super) fn head(headers: &[(&str, &[u8])]) -> RequestHead {
         RequestHead {
             method: "GET".to_owned(),
             target: "/".to_owned(),
@@ -244,6 +314,7 @@ mod tests {
         Some(Identity {
             user: user.to_owned(),
             source,
+            roles: Vec::new(),
         })
     }
 
@@ -302,6 +373,7 @@ mod tests {
         for (text, source) in [
             ("trusted_header", IdentitySource::TrustedHeader),
             ("basic", IdentitySource::Basic),
+            ("jwt", IdentitySource::Jwt),
         ] {
             let de = StrDeserializer::<DeError>::new(text);
             assert_eq!(IdentitySource::deserialize(de), Ok(source));
@@ -433,6 +505,7 @@ mod tests {
         let cfg = IdentityConfig {
             sources: vec![IdentitySource::TrustedHeader],
             trusted_header: "x-AUTH-user".to_owned(),
+            ..IdentityConfig::default()
         };
         let got = identify(&head(&[("X-Auth-User", b"carol")]), &cfg);
         assert_eq!(got.identity, user("carol", IdentitySource::TrustedHeader));

@@ -3,7 +3,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::{correlate::Access, ownership::OwnershipRules};
+use crate::{correlate::Access, identity::IdentityProblem, ownership::OwnershipRules};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,21 +53,58 @@ pub struct Judgement {
 pub struct Judge {
     ownership: OwnershipRules,
     privileged: BTreeSet<String>,
+    privileged_roles: BTreeSet<String>,
+    /// `policy.alert_forged_tokens`.
+    alert_forged_tokens: bool,
 }
 
 impl Judge {
+    /// A judge with these privileged users, no privileged roles, and forged-token alerts on
+    /// (the configuration's defaults).
     pub fn new(ownership: OwnershipRules, privileged: impl IntoIterator<Item = String>) -> Self {
         Self {
             ownership,
             privileged: privileged.into_iter().collect(),
+            privileged_roles: BTreeSet::new(),
+            alert_forged_tokens: true,
         }
+    }
+
+    /// Roles that make a principal privileged.
+    #[must_use]
+    pub fn with_privileged_roles(mut self, roles: impl IntoIterator<Item = String>) -> Self {
+        self.privileged_roles = roles.into_iter().collect();
+        self
+    }
+
+    /// Whether reads by forged or expired tokens are violations (`policy.alert_forged_tokens`).
+    #[must_use]
+    pub fn with_forged_token_alerts(mut self, on: bool) -> Self {
+        self.alert_forged_tokens = on;
+        self
     }
 
     pub fn from_config(cfg: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
         Ok(Self::new(
             cfg.ownership()?,
             cfg.policy.privileged_users.iter().cloned(),
-        ))
+        )
+        .with_privileged_roles(cfg.policy.privileged_roles.iter().cloned())
+        .with_forged_token_alerts(cfg.policy.alert_forged_tokens))
+    }
+
+    /// The rule for a request without identity: a forged or expired bearer token is an attack
+    /// when it reached a document, whoever owns it.
+    fn without_identity(&self, problem: Option<IdentityProblem>) -> (Verdict, &'static str) {
+        match problem {
+            Some(p) if self.alert_forged_tokens && p.is_forged_token() => {
+                (Verdict::Violation, "forged_token")
+            }
+            Some(IdentityProblem::JwtExpired) if self.alert_forged_tokens => {
+                (Verdict::Violation, "expired_token")
+            }
+            _ => (Verdict::Unauthenticated, "request_without_identity"),
+        }
     }
 
     pub fn judge(&self, access: &Access) -> Judgement {
@@ -77,11 +114,16 @@ impl Judge {
         let (verdict, rule) = match &access.request {
             None => (Verdict::Unattributed, "no_request_in_scope"),
             Some(req) => match (&req.identity, &owner) {
-                (None, _) => (Verdict::Unauthenticated, "request_without_identity"),
+                (None, _) => self.without_identity(req.identity_problem),
                 (Some(_), None) => (Verdict::UnknownOwner, "no_ownership_rule_matches"),
                 (Some(id), Some(owner)) if &id.user == owner => (Verdict::Allowed, "user_is_owner"),
                 (Some(id), Some(_)) if self.privileged.contains(&id.user) => {
                     (Verdict::Allowed, "user_is_privileged")
+                }
+                (Some(id), Some(_))
+                    if id.roles.iter().any(|r| self.privileged_roles.contains(r)) =>
+                {
+                    (Verdict::Allowed, "role_is_privileged")
                 }
                 (Some(_), Some(_)) => (Verdict::Violation, "cross_user_read"),
             },
@@ -116,6 +158,7 @@ mod tests {
             identity: user.map(|u| Identity {
                 user: u.into(),
                 source: IdentitySource::TrustedHeader,
+                roles: Vec::new(),
             }),
             identity_problem: None,
             head_truncated: false,
@@ -167,6 +210,82 @@ mod tests {
             v(Some("alice"), "/srv/other/a.pdf", true).verdict,
             Verdict::UnknownOwner
         );
+    }
+
+    fn with_jwt(access: &mut Access, roles: &[&str], problem: Option<IdentityProblem>) {
+        let req = access.request.as_mut().unwrap();
+        if let Some(id) = req.identity.as_mut() {
+            id.source = IdentitySource::Jwt;
+            id.roles = roles.iter().map(|r| (*r).to_string()).collect();
+        }
+        req.identity_problem = problem;
+    }
+
+    #[test]
+    fn privileged_roles() {
+        let j = judge().with_privileged_roles(["agent".to_string(), "auditor".to_string()]);
+        let mut a = access(Some("dana"), "/srv/users/bob/a.pdf", true);
+        with_jwt(&mut a, &["reader", "auditor"], None);
+        let got = j.judge(&a);
+        assert_eq!(
+            (got.verdict, got.rule),
+            (Verdict::Allowed, "role_is_privileged")
+        );
+        with_jwt(&mut a, &["reader"], None);
+        assert_eq!(j.judge(&a).rule, "cross_user_read");
+        // A role named like a privileged user is not a privileged user, nor the reverse.
+        let j = judge();
+        with_jwt(&mut a, &["agent"], None);
+        assert_eq!(j.judge(&a).verdict, Verdict::Violation);
+        // The owner rule comes first.
+        let mut own = access(Some("bob"), "/srv/users/bob/a.pdf", true);
+        with_jwt(&mut own, &["agent"], None);
+        let j = judge().with_privileged_roles(["agent".to_string()]);
+        assert_eq!(j.judge(&own).rule, "user_is_owner");
+    }
+
+    #[test]
+    fn forged_and_expired_tokens() {
+        let on = judge();
+        let off = judge().with_forged_token_alerts(false);
+        for (problem, rule) in [
+            (IdentityProblem::JwtAlgNone, "forged_token"),
+            (IdentityProblem::JwtBadSignature, "forged_token"),
+            (IdentityProblem::JwtExpired, "expired_token"),
+        ] {
+            for doc in ["/srv/users/bob/a.pdf", "/srv/other/a.pdf"] {
+                let mut a = access(None, doc, true);
+                with_jwt(&mut a, &[], Some(problem));
+                let got = on.judge(&a);
+                assert_eq!(
+                    (got.verdict, got.rule),
+                    (Verdict::Violation, rule),
+                    "{problem:?}"
+                );
+                let got = off.judge(&a);
+                assert_eq!(
+                    (got.verdict, got.rule),
+                    (Verdict::Unauthenticated, "request_without_identity")
+                );
+            }
+        }
+        for problem in [
+            IdentityProblem::JwtMalformed,
+            IdentityProblem::JwtNoUserClaim,
+            IdentityProblem::JwtNoKey,
+            IdentityProblem::InvalidBasic,
+        ] {
+            let mut a = access(None, "/srv/users/bob/a.pdf", true);
+            with_jwt(&mut a, &[], Some(problem));
+            assert_eq!(on.judge(&a).rule, "request_without_identity");
+        }
+        // Another source named the user: judged as that user, the problem only reported.
+        let mut a = access(Some("bob"), "/srv/users/bob/a.pdf", true);
+        with_jwt(&mut a, &[], Some(IdentityProblem::JwtBadSignature));
+        assert_eq!(on.judge(&a).rule, "user_is_owner");
+        // Unattributed reads have no request, hence no token.
+        let a = access(None, "/srv/users/bob/a.pdf", false);
+        assert_eq!(on.judge(&a).verdict, Verdict::Unattributed);
     }
 
     #[test]

@@ -17,5 +17,7 @@ pub mod ownership;
 pub mod paths;
 pub mod pipeline;
 pub mod procfs;
+pub mod redact;
+pub mod replay;
 pub mod run;
 pub mod sinks;

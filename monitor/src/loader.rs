@@ -329,6 +329,7 @@ impl Probes {
         for (name, value) in &values {
             loader.override_global(name, value, true);
         }
+        loader.map_max_entries("EVENTS", cfg.kernel.ring_buffer_bytes);
         let ebpf = loader.load(object)?;
         let mut probes = Self {
             ebpf,
@@ -466,6 +467,16 @@ impl Probes {
         Ok(out)
     }
 
+    /// How many tracepoints [`Probes::load`] attaches: fewer in [`Probes::attached`] means a
+    /// blind spot.
+    pub fn expected() -> usize {
+        attach_table()
+            .iter()
+            .map(|(_, _, tps)| tps.len())
+            .sum::<usize>()
+            + 1
+    }
+
     /// The ring buffer, for the reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self
@@ -473,6 +484,88 @@ impl Probes {
             .take_map("EVENTS")
             .ok_or_else(|| LoadError::Map("EVENTS".into(), "not in the object".into()))?;
         RingBuf::try_from(map).map_err(map_err("EVENTS"))
+    }
+}
+
+/// How full the ring buffer is, read from its producer and consumer positions: two shared pages
+/// the kernel keeps up to date, mapped read-only a second time (aya keeps its own mapping to
+/// consume). Reading it costs two loads, no syscall.
+pub struct RingUsage {
+    consumer: *const u8,
+    producer: *const u8,
+    page: usize,
+    size: u64,
+}
+
+impl RingUsage {
+    /// Maps the position pages of the ring buffer behind `fd`, whose data area is `size` bytes.
+    pub fn new(fd: std::os::fd::BorrowedFd<'_>, size: u32) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| std::io::Error::other("no page size"))?;
+        let map = |offset: usize| -> std::io::Result<*const u8> {
+            // SAFETY: a fresh read-only shared mapping of one page of a ring buffer map: page 0
+            // holds the consumer position, page 1 the producer position (kernel/bpf/ringbuf.c).
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    page,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    libc::off_t::try_from(offset).unwrap_or(0),
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(p.cast::<u8>().cast_const())
+        };
+        let consumer = map(0)?;
+        let producer = match map(page) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: unmapping the page mapped just above.
+                unsafe { libc::munmap(consumer.cast_mut().cast(), page) };
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            consumer,
+            producer,
+            page,
+            size: u64::from(size),
+        })
+    }
+
+    /// Bytes written by the probes and not yet consumed, over the ring's size (0.0 to 1.0).
+    pub fn fill_ratio(&self) -> f64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        // SAFETY: both pages stay mapped until drop; the kernel updates the positions (unsigned
+        // long, 8-byte aligned at the start of each page) atomically.
+        let (cons, prod) = unsafe {
+            (
+                (*self.consumer.cast::<AtomicU64>()).load(Ordering::Acquire),
+                (*self.producer.cast::<AtomicU64>()).load(Ordering::Acquire),
+            )
+        };
+        let used = prod.saturating_sub(cons).min(self.size);
+        used as f64 / self.size as f64
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for RingUsage {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the two pages mapped in `new`, once.
+        unsafe {
+            libc::munmap(self.consumer.cast_mut().cast(), self.page);
+            libc::munmap(self.producer.cast_mut().cast(), self.page);
+        }
     }
 }
 

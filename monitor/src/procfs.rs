@@ -77,10 +77,18 @@ pub fn initial_targets(cfg: &Config) -> Vec<u32> {
 
 /// The fds a process already holds that matter: sockets, and files under the document roots.
 pub fn scan_fds(pid: u32, roots: &[String]) -> Vec<(i32, FoundFd)> {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
+    let denied = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
+    let dir = match fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(dir) => dir,
+        Err(e) => {
+            if denied(&e) {
+                warn_fds_unreadable(pid);
+            }
+            return Vec::new();
+        }
     };
     let mut found = Vec::new();
+    let mut unreadable = false;
     for entry in dir.flatten() {
         let Some(fd) = entry
             .file_name()
@@ -90,6 +98,7 @@ pub fn scan_fds(pid: u32, roots: &[String]) -> Vec<(i32, FoundFd)> {
             continue;
         };
         let Some(target) = readlink(entry.path()) else {
+            unreadable |= fs::read_link(entry.path()).is_err_and(|e| denied(&e));
             continue;
         };
         if target.starts_with("socket:") {
@@ -100,8 +109,21 @@ pub fn scan_fds(pid: u32, roots: &[String]) -> Vec<(i32, FoundFd)> {
             found.push((fd, FoundFd::Document { path }));
         }
     }
+    if unreadable {
+        warn_fds_unreadable(pid);
+    }
     found.sort_by_key(|(fd, _)| *fd);
     found
+}
+
+/// Without the capabilities to read another user's fd table, documents a target opened before
+/// Vigie (file caches) are invisible: a blind spot that must not be silent.
+fn warn_fds_unreadable(pid: u32) {
+    tracing::warn!(
+        pid,
+        "permission denied reading /proc/{pid}/fd: documents this process already holds open \
+         will be missed (Vigie needs CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)"
+    );
 }
 
 /// Events describing a process that just became a target, as of now.

@@ -3,7 +3,6 @@
 use std::{
     collections::{BTreeMap, HashSet},
     io::Write,
-    os::unix::fs::OpenOptionsExt as _,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -25,7 +24,11 @@ use crate::{
     loader::Probes,
     pipeline::Pipeline,
     procfs,
-    sinks::alerts::{AlertSink, WallClock},
+    redact::Redactor,
+    sinks::{
+        alerts::{AlertSink, WallClock},
+        trace::{Rotation, TraceHeader, TraceWriter},
+    },
 };
 
 /// The probes, built by build.rs.
@@ -38,8 +41,12 @@ pub struct RunOptions {
     pub config: Config,
     pub alerts: Option<PathBuf>,
     pub audit: bool,
+    /// `vigie.alert/1` or OCSF.
+    pub alerts_format: crate::sinks::alerts::AlertFormat,
     pub ready_file: Option<PathBuf>,
     pub duration: Option<Duration>,
+    /// Record every event the correlator consumes to trace files in this directory.
+    pub record: Option<(PathBuf, Rotation)>,
 }
 
 /// What a run saw, printed at exit.
@@ -63,7 +70,11 @@ struct Live {
     targets: HashSet<u32>,
     seen: HashSet<u32>,
     lost: [u64; loss::COUNT as usize],
+    trace: Option<TraceWriter>,
+    redactor: Redactor,
     summary: Summary,
+    metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
+    ring_usage: Option<crate::loader::RingUsage>,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
@@ -71,6 +82,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         anyhow::bail!("this binary was built with VIGIE_SKIP_EBPF_BUILD=1 and has no probes");
     }
     let cfg = opts.config;
+    let metrics = crate::sinks::metrics::start(&cfg).await?;
     let mut probes = Probes::load(&cfg, PROBES)?;
     tracing::info!(tracepoints = probes.attached.len(), "probes attached");
     // SAFETY: the ring buffer owns its fd and keeps it open until the AsyncFd drops it.
@@ -81,20 +93,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         realtime_offset_ns: procfs::realtime_offset_ns(),
     };
     let out: Box<dyn Write + Send> = match &opts.alerts {
-        Some(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("opening alerts file {}", path.display()))?,
-        ),
+        Some(path) => Box::new(crate::sinks::alerts::open_alert_file(path)?),
         None => Box::new(std::io::stdout()),
     };
     let pipeline = Pipeline::new(
-        Correlator::new(CorrelatorConfig::from_config(&cfg)),
+        Correlator::new(
+            CorrelatorConfig::from_config(&cfg).with_realtime_offset_ns(clock.realtime_offset_ns),
+        ),
         Judge::from_config(&cfg)?,
-        AlertSink::new(out, clock, opts.audit),
+        AlertSink::new(out, clock, opts.audit).with_format(opts.alerts_format),
     );
     let mut live = Live {
         cfg,
@@ -103,8 +110,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         targets: HashSet::new(),
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
+        trace: None,
+        redactor: Redactor::new(),
         summary: Summary::default(),
+        metrics,
+        ring_usage: None,
     };
+    live.init_metrics(&ring);
+    if let Some((dir, rotation)) = &opts.record {
+        let header = TraceHeader::new(&live.cfg, clock);
+        let writer = TraceWriter::create(dir, header, *rotation)
+            .with_context(|| format!("creating trace files in {}", dir.display()))?;
+        tracing::info!(file = %writer.files()[0].display(), "recording");
+        live.trace = Some(writer);
+    }
     let started = Instant::now();
     // Attached first, then targets: nothing a target does after this point is missed.
     for pid in procfs::initial_targets(&live.cfg) {
@@ -148,6 +167,9 @@ impl Live {
             .events_by_kind
             .entry(kind_name(&ev.kind))
             .or_default() += 1;
+        if let Some(trace) = self.trace.as_mut() {
+            trace.record(ev).context("writing the trace")?;
+        }
         self.pipeline.handle(ev).context("writing alerts")
     }
 
@@ -165,12 +187,17 @@ impl Live {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
+                    self.observe_ring_fill();
                     self.drain(guard.get_inner_mut())?;
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
                     self.drain(ring.get_mut())?;
                     self.report_loss()?;
+                    self.publish_metrics();
+                    if let Some(trace) = self.trace.as_mut() {
+                        trace.flush().context("writing the trace")?;
+                    }
                     self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: String::new(), kind: EventKind::Tick })?;
                 }
                 _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
@@ -207,7 +234,10 @@ impl Live {
     }
 
     fn before_feed(&mut self, ev: &mut Event) -> anyhow::Result<()> {
-        match &ev.kind {
+        match &mut ev.kind {
+            EventKind::SockRead { data, .. } | EventKind::SockWrite { data, .. } => {
+                self.redactor.redact(&mut data.0);
+            }
             EventKind::FileOpen { .. } => procfs::enrich(ev),
             EventKind::ProcessExec if !self.targets.contains(&ev.pid) => {
                 // Matched by name in the kernel: an executable selector must also match the path.
@@ -287,6 +317,9 @@ impl Live {
 
     fn finish(mut self) -> anyhow::Result<Summary> {
         self.pipeline.finish().context("writing alerts")?;
+        if let Some(trace) = self.trace.as_mut() {
+            trace.flush().context("writing the trace")?;
+        }
         let mut s = self.summary;
         s.requests = self.pipeline.correlator().stats().requests;
         s.accesses_by_verdict = self.pipeline.counts.by_verdict.clone();
@@ -329,5 +362,46 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::SockClose { .. } => "sock_close",
         EventKind::Lost { .. } => "lost",
         EventKind::Tick => "tick",
+    }
+}
+
+/// Metrics: set up once, then published from the tick (cumulative counts kept by the run are
+/// copied at most 100 ms late; verdicts are counted as they are written, by the pipeline).
+impl Live {
+    fn init_metrics(&mut self, ring: &AsyncFd<RingBuf<MapData>>) {
+        let Some(m) = self.metrics.clone() else {
+            return;
+        };
+        self.pipeline.set_metrics(m.clone());
+        m.set_probes(self.probes.attached.len(), Probes::expected());
+        m.set_ring_size(u64::from(self.cfg.kernel.ring_buffer_bytes));
+        use std::os::fd::AsFd as _;
+        match crate::loader::RingUsage::new(
+            ring.get_ref().as_fd(),
+            self.cfg.kernel.ring_buffer_bytes,
+        ) {
+            Ok(usage) => self.ring_usage = Some(usage),
+            Err(e) => tracing::warn!("ring buffer fill will not be measured: {e}"),
+        }
+    }
+
+    /// Before draining: how full the ring got while the reader was away.
+    fn observe_ring_fill(&self) {
+        if let (Some(m), Some(usage)) = (&self.metrics, &self.ring_usage) {
+            m.observe_ring_fill(usage.fill_ratio());
+        }
+    }
+
+    fn publish_metrics(&self) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        m.sync_events(&self.summary.events_by_kind);
+        m.sync_decode_errors(self.summary.decode_errors);
+        m.sync_lost(&self.lost);
+        m.sync_requests(&self.pipeline.correlator().stats().requests_by_identity);
+        m.sync_alerts_written(self.pipeline.alerts_written());
+        m.set_targets(self.targets.len());
+        m.set_probes(self.probes.attached.len(), Probes::expected());
     }
 }

@@ -10,6 +10,9 @@ use vigie_tests::{client::http_get, process::spawn_portal};
 
 use crate::{Binaries, is_root, step};
 
+/// Where `vigie run` serves metrics by default.
+const METRICS: &str = "127.0.0.1:9464";
+
 pub fn run(bins: &Binaries, model: &str) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the demo loads eBPF programs: run it as root (e.g. `sudo -E cargo xtask demo`)");
@@ -49,6 +52,7 @@ pub fn run(bins: &Binaries, model: &str) -> anyhow::Result<()> {
         ),
     )?;
     let alerts = dir.join("alerts.jsonl");
+    let traces = dir.join("traces");
     let ready = dir.join("vigie.ready");
     step(
         "demo",
@@ -61,6 +65,8 @@ pub fn run(bins: &Binaries, model: &str) -> anyhow::Result<()> {
         .arg(&alerts)
         .arg("--ready-file")
         .arg(&ready)
+        .arg("--record")
+        .arg(&traces)
         .stdin(Stdio::null())
         .spawn()
         .context("starting vigie")?;
@@ -87,6 +93,48 @@ pub fn run(bins: &Binaries, model: &str) -> anyhow::Result<()> {
     if violations != 1 {
         bail!("expected exactly one violation alert, got {violations}");
     }
+    replay(&bins.vigie, &traces, &text)
+}
+
+/// Replays the recorded trace: the same alert, then the evidence behind it.
+fn replay(vigie: &Path, traces: &Path, live: &str) -> anyhow::Result<()> {
+    let mut files: Vec<_> = std::fs::read_dir(traces)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    step(
+        "demo",
+        &format!(
+            "vigie replay {}",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    );
+    let out = Command::new(vigie)
+        .arg("replay")
+        .args(&files)
+        .arg("--no-progress")
+        .output()?;
+    let replayed = String::from_utf8_lossy(&out.stdout);
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() || replayed != live {
+        bail!("replay did not reproduce the live alert:\n{replayed}");
+    }
+    println!("=== replay of the trace: the same alert, byte for byte ===");
+    let id = serde_json::from_str::<serde_json::Value>(live.lines().next().unwrap_or_default())?["access_id"].to_string();
+    step("demo", &format!("vigie replay ... --explain {id}"));
+    let out = Command::new(vigie)
+        .arg("replay")
+        .args(&files)
+        .args(["--no-progress", "--explain", &id])
+        .output()?;
+    if !out.status.success() {
+        bail!("explain failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    print!("{}", String::from_utf8_lossy(&out.stdout));
     Ok(())
 }
 
@@ -110,7 +158,18 @@ fn scenario(vigie: &mut Child, addr: &str, ready: &Path, alerts: &Path) -> anyho
     }
     wait_for("the alert", Duration::from_secs(10), || {
         Ok(std::fs::read_to_string(alerts).is_ok_and(|t| t.contains("\"verdict\":\"violation\"")))
-    })
+    })?;
+    // The same violation as the SOC sees it: a Prometheus counter.
+    let (status, body) = http_get(METRICS, "/metrics", &[]).context("GET /metrics")?;
+    println!("\n=== Prometheus metrics (http://{METRICS}/metrics, status {status}) ===");
+    for line in String::from_utf8_lossy(&body).lines() {
+        if line.starts_with("vigie_violations_total")
+            || line.starts_with("vigie_document_accesses_total")
+        {
+            println!("{line}");
+        }
+    }
+    Ok(())
 }
 
 fn wait_for(

@@ -22,7 +22,15 @@ const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "libxml2-dev",
     "libffi-dev",
+    // `promtool` (alert rule unit tests) and the Prometheus server, and Alertmanager: the
+    // end-to-end test runs its own instances of both (see `tests/tests/prometheus.rs`).
+    "prometheus",
+    "prometheus-alertmanager",
 ];
+
+/// Debian's policy-rc.d protocol: while this file exists and exits 101, maintainer scripts do not
+/// start services (invoke-rc.d and deb-systemd-invoke both ask it).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn run() -> anyhow::Result<()> {
     check_kernel()?;
@@ -69,12 +77,46 @@ fn apt() -> anyhow::Result<()> {
     need_root("installing apt packages")?;
     step("setup", &format!("apt-get install {}", missing.join(" ")));
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    // prometheus and prometheus-alertmanager would start system daemons on 9090/9093 (and
+    // fail the install where they cannot start): the tests run their own, so none is started.
+    let _no_daemons = NoServiceStarts::new()?;
     run_cmd(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing),
     )
+}
+
+/// Forbids service starts by maintainer scripts for as long as it lives, through a temporary
+/// `policy-rc.d`. An existing one is the administrator's: it is left alone, and used as it is.
+struct NoServiceStarts {
+    created: bool,
+}
+
+impl NoServiceStarts {
+    fn new() -> anyhow::Result<Self> {
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(Self { created: false });
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# Written by `cargo xtask setup` during apt-get install; removed after.\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {POLICY_RC_D} executable"))?;
+        Ok(Self { created: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+    }
 }
 
 fn nightly() -> anyhow::Result<()> {

@@ -18,6 +18,7 @@ impl Scenario {
             identity: IdentityConfig::default(),
             request_cap: 4096,
             idle_flush_ns: 500_000_000,
+            realtime_offset_ns: None,
         };
         Self {
             c: Correlator::new(cfg),
@@ -587,4 +588,55 @@ fn same_stream_same_findings() {
     let a = run();
     assert_eq!(a.len(), 4);
     assert_eq!(a, run());
+}
+
+#[test]
+fn bearer_token_expiry_is_judged_at_the_event_time() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    const EXP: i64 = 1_800_000_000;
+    let token = format!(
+        "{}.{}.c2ln",
+        b64(r#"{"alg":"HS256"}"#),
+        b64(&format!(r#"{{"sub":"alice","exp":{EXP}}}"#))
+    );
+    // The same events under three wall clocks: an hour before `exp`, an hour after, unknown.
+    let run = |offset_ns: Option<i64>| {
+        let mut s = Scenario::new();
+        let cfg = CorrelatorConfig {
+            roots: vec![ROOT.into()],
+            identity: IdentityConfig {
+                sources: vec![IdentitySource::Jwt],
+                ..IdentityConfig::default()
+            },
+            request_cap: 4096,
+            idle_flush_ns: 500_000_000,
+            realtime_offset_ns: offset_ns,
+        };
+        s.c = Correlator::new(cfg);
+        s.request(
+            1,
+            2,
+            5,
+            &format!("GET /d HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n"),
+        )
+        .open(1, 2, 7, "/srv/users/alice/x")
+        .read(1, 2, 7, 10)
+        .close(1, 2, 7);
+        let got = s.finish();
+        let req = got[0].request.clone().unwrap();
+        (
+            req.identity.map(|i| i.user),
+            req.identity_problem,
+            s.c.stats().expired_tokens,
+        )
+    };
+    // Events are stamped a few microseconds after boot in this scenario.
+    let at = |unix: i64| Some(unix * 1_000_000_000);
+    assert_eq!(run(at(EXP - 3600)), (u("alice"), None, 0));
+    assert_eq!(
+        run(at(EXP + 3600)),
+        (None, Some(IdentityProblem::JwtExpired), 1)
+    );
+    assert_eq!(run(None), (u("alice"), None, 0));
 }

@@ -13,6 +13,22 @@ use crate::{
 
 pub const SCHEMA: &str = "vigie.alert/1";
 
+/// Opens an alerts file for appending, creating it 0600: alerts name users and their documents.
+pub fn open_alert_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("opening alerts file {}: {e}", path.display()),
+            )
+        })
+}
+
 /// Turns kernel monotonic timestamps into wall-clock time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct WallClock {
@@ -85,11 +101,22 @@ struct GapAlert<'a> {
     lost_events: u64,
 }
 
+/// How alert lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlertFormat {
+    /// `vigie.alert/1`, documented in the README.
+    #[default]
+    Vigie,
+    /// OCSF 1.3.0: File System Activity (Read) for accesses, Base Event for coverage gaps.
+    Ocsf,
+}
+
 pub struct AlertSink {
     out: Box<dyn Write + Send>,
     clock: WallClock,
     audit: bool,
     written: u64,
+    ocsf: Option<crate::sinks::ocsf::Ocsf>,
 }
 
 impl AlertSink {
@@ -99,7 +126,15 @@ impl AlertSink {
             clock,
             audit,
             written: 0,
+            ocsf: None,
         }
+    }
+
+    /// Writes lines in `format` instead of `vigie.alert/1`.
+    pub fn with_format(mut self, format: AlertFormat) -> Self {
+        self.ocsf = (format == AlertFormat::Ocsf)
+            .then(|| crate::sinks::ocsf::Ocsf::new(crate::sinks::ocsf::hostname()));
+        self
     }
 
     /// Alert lines written so far.
@@ -110,6 +145,10 @@ impl AlertSink {
     pub fn access(&mut self, access: &Access, judgement: &Judgement) -> std::io::Result<()> {
         if judgement.verdict == Verdict::Allowed && !self.audit {
             return Ok(());
+        }
+        if let Some(ocsf) = &self.ocsf {
+            let line = ocsf.access(access, judgement, &self.clock);
+            return self.write_line(&line);
         }
         let identity = access.request.as_ref().and_then(|r| r.identity.as_ref());
         let line = AccessAlert {
@@ -134,6 +173,10 @@ impl AlertSink {
     }
 
     pub fn gap(&mut self, ts_ns: u64, reason: &str, count: u64) -> std::io::Result<()> {
+        if let Some(ocsf) = &self.ocsf {
+            let line = ocsf.gap(ts_ns, reason, count, &self.clock);
+            return self.write_line(&line);
+        }
         let line = GapAlert {
             schema: SCHEMA,
             kind: "coverage_gap",

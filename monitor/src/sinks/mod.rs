@@ -1,2 +1,5 @@
 //! Where findings go.
 pub mod alerts;
+pub mod metrics;
+pub mod ocsf;
+pub mod trace;

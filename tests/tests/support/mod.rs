@@ -2,7 +2,11 @@
 //!
 //! Privileged tests call [`privileged`] first: without root (or BTF, or the binary) they print a
 //! loud SKIPPED line and return `None`; with `VIGIE_REQUIRE_PRIVILEGED=1` a skip is a failure.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test binary uses a different part of the harness"
+)]
 
 use std::{
     path::{Path, PathBuf},
@@ -152,6 +156,13 @@ impl Vigie {
             .arg(&alerts)
             .arg("--ready-file")
             .arg(&ready)
+            // Tests run side by side on one machine: no fixed metrics port unless asked for.
+            .args(
+                (!extra
+                    .iter()
+                    .any(|a| a.starts_with("--metrics-addr") || *a == "--no-metrics"))
+                .then_some("--no-metrics"),
+            )
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -210,7 +221,13 @@ impl Vigie {
     }
 
     /// SIGINT (detach, drain, judge what is open), then every alert line.
-    pub fn stop(mut self) -> (Vec<Value>, String) {
+    pub fn stop(self) -> (Vec<Value>, String) {
+        let (raw, log) = self.stop_raw();
+        (parse_alerts(&raw), log)
+    }
+
+    /// Like [`Vigie::stop`], with the alerts file as written (for byte-level comparisons).
+    pub fn stop_raw(mut self) -> (String, String) {
         if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(pid, libc::SIGINT) };
@@ -218,7 +235,10 @@ impl Vigie {
         let status = self.child.wait().expect("waiting for vigie");
         let log = self.log();
         assert!(status.success(), "vigie failed ({status}):\n{log}");
-        (self.alerts_now(), log)
+        (
+            std::fs::read_to_string(&self.alerts).unwrap_or_default(),
+            log,
+        )
     }
 }
 
@@ -263,4 +283,68 @@ pub fn t(verdict: &str, user: &str, owner: &str, doc: &str) -> (String, String, 
 pub fn get_as(addr: &str, user: &str, target: &str) -> u16 {
     let (status, _) = http_get(addr, target, &[("X-Remote-User", user)]).expect("GET");
     status
+}
+
+/// Runs `vigie` to completion with these arguments: (success, stdout, stderr).
+pub fn vigie_cmd(p: &Privileged, args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = Command::new(&p.vigie)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running vigie");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An external program a test needs (`promtool`, `prometheus`, ...), from `PATH`. `None` after a
+/// loud SKIPPED line when it is missing (`cargo xtask test` installs them); with
+/// `VIGIE_REQUIRE_PRIVILEGED=1` a missing tool is a failure.
+pub fn require_tool(test: &str, name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let msg = format!("SKIPPED {test}: `{name}` is not installed (run `cargo xtask test`)");
+        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+        if std::env::var("VIGIE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+            panic!("{msg}, and VIGIE_REQUIRE_PRIVILEGED=1 turns skips into failures");
+        }
+    }
+    found
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it), for daemons that
+/// must be told their port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`; then panics with `what`
+/// and whatever `facts` says about the state.
+pub fn poll_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    facts: impl Fn() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            facts()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -1,0 +1,683 @@
+//! `vigie replay`: feed recorded traces through the same correlator and judge as the live run.
+//! With the recorded config the alerts are byte-identical to the live ones; with `--config` it
+//! is a what-if, and the verdicts that change are listed.
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    config::Config,
+    correlate::{Access, Correlator, CorrelatorConfig, Finding},
+    events::{Event, EventKind},
+    judge::{Judge, Judgement, Verdict},
+    pipeline::Pipeline,
+    sinks::{
+        alerts::{AlertSink, WallClock, rfc3339},
+        trace::{FORMAT, TraceHeader, config_digest},
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a Vigie trace (the first line is not a trace header: {reason})")]
+    NotATrace { path: String, reason: String },
+    #[error(
+        "{path}: trace format version {found}, this Vigie reads version {FORMAT}: use a matching Vigie release"
+    )]
+    Version { path: String, found: u64 },
+    #[error("{path}:{line}: corrupt line ({reason}); pass --on-corrupt skip to skip such lines")]
+    Corrupt {
+        path: String,
+        line: u64,
+        reason: String,
+    },
+    #[error("no trace files given")]
+    Empty,
+}
+
+/// What to do with a line in the middle of a trace that does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnCorrupt {
+    /// Stop with an error naming the file and line.
+    Stop,
+    /// Warn, count it, and go on.
+    Skip,
+}
+
+/// Reads the events of one or more trace files, in order.
+pub struct TraceReader {
+    files: Vec<PathBuf>,
+    next_file: usize,
+    current: Option<(BufReader<File>, String)>,
+    line_no: u64,
+    buf: Vec<u8>,
+    on_corrupt: OnCorrupt,
+    pub header: TraceHeader,
+    pub skipped_lines: u64,
+    pub truncated_files: u64,
+    pub bytes_read: u64,
+}
+
+impl TraceReader {
+    pub fn open(files: &[PathBuf], on_corrupt: OnCorrupt) -> Result<Self, TraceError> {
+        let first = files.first().ok_or(TraceError::Empty)?;
+        let (reader, header) = open_file(first)?;
+        Ok(Self {
+            files: files.to_vec(),
+            next_file: 1,
+            current: Some((reader, first.display().to_string())),
+            line_no: 1,
+            buf: Vec::with_capacity(1024),
+            on_corrupt,
+            header,
+            skipped_lines: 0,
+            truncated_files: 0,
+            bytes_read: 0,
+        })
+    }
+
+    /// Total size of the input, for progress.
+    pub fn total_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// The next event, `Ok(None)` at the end of the last file.
+    pub fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
+        loop {
+            let Some((reader, path)) = self.current.as_mut() else {
+                return Ok(None);
+            };
+            self.buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| TraceError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            self.bytes_read += n as u64;
+            if n == 0 {
+                self.advance()?;
+                continue;
+            }
+            self.line_no += 1;
+            if self.buf.last() != Some(&b'\n') {
+                // The writer was killed mid-line: everything before is intact.
+                tracing::warn!(
+                    "{path}:{}: truncated last line ({n} bytes) ignored",
+                    self.line_no
+                );
+                self.truncated_files += 1;
+                self.advance()?;
+                continue;
+            }
+            match serde_json::from_slice::<Event>(&self.buf) {
+                Ok(ev) => return Ok(Some(ev)),
+                Err(e) => {
+                    let line = self.line_no;
+                    match self.on_corrupt {
+                        OnCorrupt::Stop => {
+                            return Err(TraceError::Corrupt {
+                                path: path.clone(),
+                                line,
+                                reason: e.to_string(),
+                            });
+                        }
+                        OnCorrupt::Skip => {
+                            tracing::warn!("{path}:{line}: corrupt line skipped: {e}");
+                            self.skipped_lines += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self) -> Result<(), TraceError> {
+        self.current = None;
+        let Some(next) = self.files.get(self.next_file).cloned() else {
+            return Ok(());
+        };
+        self.next_file += 1;
+        let (reader, header) = open_file(&next)?;
+        if header.config_digest != self.header.config_digest || header.clock != self.header.clock {
+            tracing::warn!(
+                "{}: recorded by another run (config {} vs {}): replaying it after the others anyway",
+                next.display(),
+                header.config_digest,
+                self.header.config_digest
+            );
+        }
+        self.current = Some((reader, next.display().to_string()));
+        self.line_no = 1;
+        Ok(())
+    }
+}
+
+fn open_file(path: &Path) -> Result<(BufReader<File>, TraceHeader), TraceError> {
+    let p = path.display().to_string();
+    let file = File::open(path).map_err(|source| TraceError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let mut reader = BufReader::with_capacity(256 << 10, file);
+    let mut first = Vec::new();
+    // Bounded: a header is a few KiB; a huge first "line" is not a trace.
+    let n = std::io::Read::take(&mut reader, 1 << 20)
+        .read_until(b'\n', &mut first)
+        .map_err(|source| TraceError::Io {
+            path: p.clone(),
+            source,
+        })?;
+    if n == 0 {
+        return Err(TraceError::NotATrace {
+            path: p,
+            reason: "empty file".into(),
+        });
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&first).map_err(|e| TraceError::NotATrace {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+    let Some(version) = value.get("vigie_trace").and_then(serde_json::Value::as_u64) else {
+        return Err(TraceError::NotATrace {
+            path: p,
+            reason: "no vigie_trace field".into(),
+        });
+    };
+    if version != u64::from(FORMAT) {
+        return Err(TraceError::Version {
+            path: p,
+            found: version,
+        });
+    }
+    let header: TraceHeader = serde_json::from_value(value).map_err(|e| TraceError::NotATrace {
+        path: p,
+        reason: e.to_string(),
+    })?;
+    Ok((reader, header))
+}
+
+pub struct ReplayOptions {
+    pub files: Vec<PathBuf>,
+    /// Judge under this config instead of the recorded one (what-if).
+    pub config: Option<PathBuf>,
+    pub alerts: Option<PathBuf>,
+    pub audit: bool,
+    /// Only report accesses that started in this window (Unix nanoseconds).
+    pub since_ns: Option<i128>,
+    pub until_ns: Option<i128>,
+    /// Only report accesses by these processes.
+    pub pids: Vec<u32>,
+    pub on_corrupt: OnCorrupt,
+    /// Print the evidence chain of this access id instead of alerts.
+    pub explain: Option<u64>,
+    pub progress: bool,
+}
+
+/// Counts for the replay summary.
+#[derive(Debug, Default)]
+pub struct ReplaySummary {
+    pub events: u64,
+    pub requests: u64,
+    pub documents: usize,
+    pub by_verdict: BTreeMap<&'static str, u64>,
+    pub violations_by_user: BTreeMap<String, u64>,
+    pub violations_by_document: BTreeMap<String, u64>,
+    /// What-if: (when, who, what, recorded verdict, new verdict, rule).
+    pub changed: Vec<String>,
+    pub skipped_lines: u64,
+    pub truncated_files: u64,
+    pub seconds: f64,
+}
+
+/// Key of an access that does not depend on the config's ids.
+fn access_key(a: &Access) -> (u32, u32, String, u64) {
+    (a.pid, a.tid, a.document.clone(), a.first_ts_ns)
+}
+
+fn user_of(a: &Access) -> String {
+    a.request
+        .as_ref()
+        .and_then(|r| r.identity.as_ref())
+        .map_or_else(|| "-".to_string(), |i| i.user.clone())
+}
+
+pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
+    let started = std::time::Instant::now();
+    let mut reader = TraceReader::open(&opts.files, opts.on_corrupt)?;
+    let clock = reader.header.clock;
+    // The recorded config as the live run resolved it: normalising it again loads what it refers
+    // to on this host (e.g. the JWT key file).
+    let mut recorded = reader.header.config.clone();
+    recorded.normalize().map_err(|e| {
+        anyhow::anyhow!(
+            "the config recorded in the trace cannot be used on this host ({e}); pass --config"
+        )
+    })?;
+    let correlator = |c: &Config| {
+        Correlator::new(
+            CorrelatorConfig::from_config(c).with_realtime_offset_ns(clock.realtime_offset_ns),
+        )
+    };
+    let config = match &opts.config {
+        Some(path) => Config::load(path)?,
+        None => recorded.clone(),
+    };
+    let what_if = opts.config.is_some() && config_digest(&config) != config_digest(&recorded);
+    let out: Box<dyn Write + Send> = match (&opts.alerts, opts.explain) {
+        (_, Some(_)) => Box::new(std::io::sink()),
+        (Some(path), None) => Box::new(crate::sinks::alerts::open_alert_file(path)?),
+        (None, None) => Box::new(std::io::stdout()),
+    };
+    let mut pipeline = Pipeline::new(
+        correlator(&config),
+        Judge::from_config(&config)?,
+        AlertSink::new(out, clock, opts.audit),
+    );
+    let since = opts.since_ns;
+    let until = opts.until_ns;
+    let pids = opts.pids.clone();
+    pipeline.set_filter(Box::new(move |a: &Access| {
+        let t = clock.unix_ns(a.first_ts_ns);
+        since.is_none_or(|s| t >= s)
+            && until.is_none_or(|u| t < u)
+            && (pids.is_empty() || pids.contains(&a.pid))
+    }));
+    // Shadow run under the recorded config, for the what-if comparison.
+    let mut shadow = match what_if {
+        true => Some((correlator(&recorded), Judge::from_config(&recorded)?)),
+        false => None,
+    };
+    let mut recorded_verdicts: HashMap<(u32, u32, String, u64), Verdict> = HashMap::new();
+    let mut findings = Vec::new();
+    let mut summary = ReplaySummary::default();
+    let mut documents = std::collections::HashSet::new();
+    let mut explained: Option<(Access, Judgement)> = None;
+    let explain = opts.explain;
+    let collected = std::rc::Rc::new(std::cell::RefCell::new(Vec::<(Access, Judgement)>::new()));
+    {
+        let collected = collected.clone();
+        pipeline.set_observer(Box::new(move |a: &Access, j: &Judgement| {
+            collected.borrow_mut().push((a.clone(), j.clone()));
+        }));
+    }
+    let progress = progress_bar(opts.progress, reader.total_bytes());
+    while let Some(ev) = reader.next_event()? {
+        summary.events += 1;
+        if summary.events % 65_536 == 0
+            && let Some(pb) = &progress
+        {
+            pb.set_position(reader.bytes_read);
+        }
+        pipeline.handle(&ev)?;
+        if let Some((correlator, judge)) = shadow.as_mut() {
+            correlator.handle(&ev, &mut findings);
+            for f in findings.drain(..) {
+                if let Finding::Access(a) = f {
+                    recorded_verdicts.insert(access_key(&a), judge.judge(&a).verdict);
+                }
+            }
+        }
+        drain_observed(
+            &collected,
+            &mut summary,
+            &mut documents,
+            &mut recorded_verdicts,
+            what_if,
+            clock,
+            explain,
+            &mut explained,
+        );
+    }
+    pipeline.finish()?;
+    if let Some((correlator, judge)) = shadow.as_mut() {
+        correlator.flush(&mut findings);
+        for f in findings.drain(..) {
+            if let Finding::Access(a) = f {
+                recorded_verdicts.insert(access_key(&a), judge.judge(&a).verdict);
+            }
+        }
+    }
+    drain_observed(
+        &collected,
+        &mut summary,
+        &mut documents,
+        &mut recorded_verdicts,
+        what_if,
+        clock,
+        explain,
+        &mut explained,
+    );
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    summary.requests = pipeline.correlator().stats().requests;
+    summary.documents = documents.len();
+    summary.skipped_lines = reader.skipped_lines;
+    summary.truncated_files = reader.truncated_files;
+    summary.seconds = started.elapsed().as_secs_f64();
+    if let Some(id) = opts.explain {
+        let Some((access, judgement)) = explained else {
+            anyhow::bail!("no access with id {id} in this trace (ids are the alerts' `access_id`)");
+        };
+        explain_access(opts, &access, &judgement, clock)?;
+    }
+    Ok(summary)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the accumulators of one replay loop"
+)]
+fn drain_observed(
+    collected: &std::rc::Rc<std::cell::RefCell<Vec<(Access, Judgement)>>>,
+    summary: &mut ReplaySummary,
+    documents: &mut std::collections::HashSet<String>,
+    recorded: &mut HashMap<(u32, u32, String, u64), Verdict>,
+    what_if: bool,
+    clock: WallClock,
+    explain: Option<u64>,
+    explained: &mut Option<(Access, Judgement)>,
+) {
+    for (access, judgement) in collected.borrow_mut().drain(..) {
+        *summary
+            .by_verdict
+            .entry(judgement.verdict.as_str())
+            .or_default() += 1;
+        documents.insert(access.document.clone());
+        if judgement.verdict == Verdict::Violation {
+            *summary
+                .violations_by_user
+                .entry(user_of(&access))
+                .or_default() += 1;
+            *summary
+                .violations_by_document
+                .entry(access.document.clone())
+                .or_default() += 1;
+        }
+        if what_if {
+            // The shadow judges the same access at the same event, so it is already known.
+            if let Some(before) = recorded.remove(&access_key(&access))
+                && before != judgement.verdict
+            {
+                summary.changed.push(format!(
+                    "{} {} read {} (owner {}): {} -> {} ({})",
+                    rfc3339(clock.unix_ns(access.first_ts_ns)),
+                    user_of(&access),
+                    access.document,
+                    judgement.owner.as_deref().unwrap_or("-"),
+                    before.as_str(),
+                    judgement.verdict.as_str(),
+                    judgement.rule
+                ));
+            }
+        }
+        if explain == Some(access.id) {
+            *explained = Some((access, judgement));
+        }
+    }
+}
+
+fn progress_bar(wanted: bool, total: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal as _;
+    if !wanted || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("replaying {bar:40} {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(pb)
+}
+
+impl ReplaySummary {
+    pub fn print(&self, to: &mut impl Write) -> std::io::Result<()> {
+        let rate = if self.seconds > 0.0 {
+            self.events as f64 / self.seconds
+        } else {
+            0.0
+        };
+        writeln!(
+            to,
+            "replay: {} events in {:.2}s ({rate:.0} events/s)",
+            self.events, self.seconds
+        )?;
+        writeln!(
+            to,
+            "replay: {} requests, {} documents, accesses by verdict {:?}",
+            self.requests, self.documents, self.by_verdict
+        )?;
+        for (title, map) in [
+            ("users", &self.violations_by_user),
+            ("documents", &self.violations_by_document),
+        ] {
+            let mut top: Vec<_> = map.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            if !top.is_empty() {
+                writeln!(to, "replay: top {title} by violations:")?;
+                for (name, n) in top.into_iter().take(5) {
+                    writeln!(to, "  {n:>6}  {name}")?;
+                }
+            }
+        }
+        if self.skipped_lines > 0 || self.truncated_files > 0 {
+            writeln!(
+                to,
+                "replay: {} corrupt lines skipped, {} files with a truncated last line",
+                self.skipped_lines, self.truncated_files
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The what-if report (empty when replaying under the recorded config).
+    pub fn print_changes(&self, to: &mut impl Write) -> std::io::Result<()> {
+        writeln!(
+            to,
+            "what-if: {} verdict(s) differ from the recorded config",
+            self.changed.len()
+        )?;
+        for line in &self.changed {
+            writeln!(to, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Second pass over the trace: the events behind one access, in order.
+fn explain_access(
+    opts: &ReplayOptions,
+    access: &Access,
+    judgement: &Judgement,
+    clock: WallClock,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let user = user_of(access);
+    writeln!(
+        out,
+        "access {}: {} read {} ({} bytes)",
+        access.id, user, access.document, access.bytes
+    )?;
+    writeln!(
+        out,
+        "  process {} ({}), thread {}",
+        access.pid, access.comm, access.tid
+    )?;
+    writeln!(
+        out,
+        "  verdict {} by rule {} (owner {}, template {})",
+        judgement.verdict.as_str(),
+        judgement.rule,
+        judgement.owner.as_deref().unwrap_or("-"),
+        judgement.template.as_deref().unwrap_or("-")
+    )?;
+    let evidence: Vec<&str> = access
+        .evidence
+        .iter()
+        .map(|e| match e {
+            crate::correlate::Evidence::Sendfile => "sendfile",
+            crate::correlate::Evidence::Flow => "flow",
+            crate::correlate::Evidence::Thread => "thread",
+        })
+        .collect();
+    writeln!(
+        out,
+        "  evidence: {}",
+        if evidence.is_empty() {
+            "none (no request in scope)".to_string()
+        } else {
+            evidence.join(", ")
+        }
+    )?;
+    let req = access.request.as_ref();
+    if let Some(r) = req {
+        let source = r.identity.as_ref().map_or("none".to_string(), |i| {
+            serde_json::to_value(i.source)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        });
+        writeln!(
+            out,
+            "  request {}: {} {} on fd {} read by thread {}; identity {} (source {}){}{}",
+            r.id,
+            r.method,
+            r.target,
+            r.fd,
+            r.tid,
+            user,
+            source,
+            r.identity_problem
+                .and_then(|p| serde_json::to_value(p).ok())
+                .and_then(|v| v.as_str().map(|p| format!(", problem {p}")))
+                .unwrap_or_default(),
+            if r.head_truncated {
+                ", head truncated"
+            } else {
+                ""
+            }
+        )?;
+    }
+    writeln!(out, "  events:")?;
+    let mut reader = TraceReader::open(&opts.files, opts.on_corrupt)?;
+    let (lo, hi) = (
+        req.map_or(access.first_ts_ns, |r| r.ts_ns),
+        access.last_ts_ns,
+    );
+    let mut doc_fds: Vec<i32> = Vec::new();
+    let mut response_seen = false;
+    while let Some(ev) = reader.next_event()? {
+        if ev.pid != access.pid {
+            continue;
+        }
+        let t = rfc3339(clock.unix_ns(ev.ts_ns));
+        let on_conn = |fd: i32| req.is_some_and(|r| r.fd == fd);
+        let show = match &ev.kind {
+            EventKind::SockRead { fd, .. } => on_conn(*fd) && ev.ts_ns == lo,
+            EventKind::FileOpen { fd, .. } if ev.ts_ns <= hi && ev.ts_ns >= lo => {
+                doc_fds.push(*fd);
+                true
+            }
+            EventKind::FdFound { fd, .. } => {
+                doc_fds.push(*fd);
+                false
+            }
+            EventKind::FileRead { fd, .. } => {
+                doc_fds.contains(fd) && ev.tid == access.tid && (lo..=hi).contains(&ev.ts_ns)
+            }
+            EventKind::SendFile { .. } => (lo..=hi).contains(&ev.ts_ns) && ev.tid == access.tid,
+            EventKind::SockWrite { fd, .. } if on_conn(*fd) && ev.ts_ns >= lo && !response_seen => {
+                response_seen = true;
+                true
+            }
+            EventKind::FileClose { fd } => {
+                doc_fds.contains(fd) && (lo..=hi.saturating_add(1_000_000)).contains(&ev.ts_ns)
+            }
+            _ => false,
+        };
+        if show {
+            writeln!(out, "    {t} tid {} {}", ev.tid, describe(&ev.kind))?;
+        }
+    }
+    Ok(())
+}
+
+fn describe(kind: &EventKind) -> String {
+    let head = |data: &[u8]| {
+        let text = String::from_utf8_lossy(data);
+        let end = text.find("\r\n\r\n").unwrap_or(text.len());
+        text[..end].replace("\r\n", " | ")
+    };
+    match kind {
+        EventKind::SockRead { fd, bytes, data } => {
+            format!("read request on fd {fd} ({bytes} bytes): {}", head(&data.0))
+        }
+        EventKind::SockWrite { fd, bytes, data } => format!(
+            "wrote response on fd {fd} ({bytes} bytes): {}",
+            head(&data.0)
+        ),
+        EventKind::FileOpen { fd, path, .. } => format!("opened {path} as fd {fd}"),
+        EventKind::FileRead { fd, bytes } => {
+            format!("read {bytes} bytes of the document (fd {fd})")
+        }
+        EventKind::SendFile {
+            out_fd,
+            in_fd,
+            bytes,
+        } => format!("sendfile {bytes} bytes from fd {in_fd} to connection fd {out_fd}"),
+        EventKind::FileClose { fd } => format!("closed fd {fd}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Parses `2026-11-22T16:41:26Z` / `2026-11-22T16:41:26.580727Z` (UTC) into Unix nanoseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i128> {
+    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || hh > 23
+        || mm > 59
+        || ss > 60
+        || frac.len() > 9
+    {
+        return None;
+    }
+    let nanos: i64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().ok()?
+    };
+    // Days from civil (H. Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some(i128::from(secs) * 1_000_000_000 + i128::from(nanos))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+//! Trace recorder: versioned JSON lines, exactly the events the correlator consumed, so that
+//! `vigie replay` gives the same verdicts. Files rotate by size with a retention cap, are created
+//! 0600 (they hold user names and paths of health documents), and only ever receive whole lines:
+//! a crash leaves at most one partial last line, which the reader skips with a warning.
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufWriter, Write},
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{config::Config, events::Event, sinks::alerts::WallClock};
+
+/// Trace format version. Readers refuse other versions.
+pub const FORMAT: u32 = 1;
+
+/// First line of every trace file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TraceHeader {
+    /// Format version: always [`FORMAT`] for files this build writes.
+    pub vigie_trace: u32,
+    pub vigie_version: String,
+    pub host: String,
+    pub kernel: String,
+    /// Turns event timestamps (CLOCK_MONOTONIC) into wall time, as the live run did.
+    pub clock: WallClock,
+    /// FNV-1a 64 of the resolved config below, in hex: tells at a glance whether two traces
+    /// were recorded under the same configuration.
+    pub config_digest: String,
+    /// The resolved configuration of the live run: replay judges with it unless told otherwise.
+    pub config: Config,
+    /// Sequence number of this file within the recording (rotation).
+    pub file_seq: u64,
+}
+
+impl TraceHeader {
+    pub fn new(config: &Config, clock: WallClock) -> Self {
+        Self {
+            vigie_trace: FORMAT,
+            vigie_version: env!("CARGO_PKG_VERSION").to_string(),
+            host: read_trim("/proc/sys/kernel/hostname"),
+            kernel: read_trim("/proc/sys/kernel/osrelease"),
+            clock,
+            config_digest: config_digest(config),
+            config: config.clone(),
+            file_seq: 0,
+        }
+    }
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// FNV-1a 64 over the config's canonical JSON.
+pub fn config_digest(config: &Config) -> String {
+    let json = serde_json::to_vec(config).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Size-based rotation and retention.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    /// Start a new file past this many bytes.
+    pub max_file_bytes: u64,
+    /// Keep at most this many files (the oldest are deleted).
+    pub max_files: usize,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 256 << 20,
+            max_files: 16,
+        }
+    }
+}
+
+pub struct TraceWriter {
+    dir: PathBuf,
+    /// Common prefix of this recording's files: `vigie-<unix seconds>-<pid>`.
+    stem: String,
+    header: TraceHeader,
+    rotation: Rotation,
+    out: BufWriter<File>,
+    file_bytes: u64,
+    files: Vec<PathBuf>,
+    line: Vec<u8>,
+}
+
+impl TraceWriter {
+    /// Creates the directory (0700) if needed and the first file.
+    pub fn create(dir: &Path, header: TraceHeader, rotation: Rotation) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let stem = format!("vigie-{unix}-{}", std::process::id());
+        let (out, path) = open(dir, &stem, 0)?;
+        let mut w = Self {
+            dir: dir.to_path_buf(),
+            stem,
+            header,
+            rotation,
+            out,
+            file_bytes: 0,
+            files: vec![path],
+            line: Vec::with_capacity(512),
+        };
+        w.write_header()?;
+        Ok(w)
+    }
+
+    /// Files written so far, oldest first (deleted ones excluded).
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Writes the header with its own buffer: `record` may be holding the next event's line.
+    fn write_header(&mut self) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(&self.header).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.out.write_all(&line)?;
+        self.file_bytes += line.len() as u64;
+        Ok(())
+    }
+
+    pub fn record(&mut self, ev: &Event) -> std::io::Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, ev).map_err(std::io::Error::other)?;
+        self.line.push(b'\n');
+        if self.file_bytes + self.line.len() as u64 > self.rotation.max_file_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(&self.line)?;
+        self.file_bytes += self.line.len() as u64;
+        Ok(())
+    }
+
+    /// Pushes buffered lines to the file (called on every reader tick and at exit).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        self.header.file_seq += 1;
+        let (out, path) = open(&self.dir, &self.stem, self.header.file_seq)?;
+        self.out = out;
+        self.file_bytes = 0;
+        self.files.push(path);
+        while self.files.len() > self.rotation.max_files.max(1) {
+            let old = self.files.remove(0);
+            if let Err(e) = std::fs::remove_file(&old) {
+                tracing::warn!("trace retention: cannot delete {}: {e}", old.display());
+            }
+        }
+        self.write_header()
+    }
+}
+
+fn open(dir: &Path, stem: &str, seq: u64) -> std::io::Result<(BufWriter<File>, PathBuf)> {
+    let path = dir.join(format!("{stem}-{seq:04}.jsonl"));
+    let file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)?;
+    Ok((BufWriter::with_capacity(64 << 10, file), path))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use crate::events::EventKind;
+
+    fn config() -> Config {
+        Config::parse("[documents]\nroots = [\"/srv/d\"]\n", "t").unwrap()
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vigie-trace-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn ev(i: u64) -> Event {
+        Event {
+            ts_ns: i,
+            pid: 1,
+            tid: 1,
+            comm: "p".into(),
+            kind: EventKind::FileRead { fd: 3, bytes: i },
+        }
+    }
+
+    #[test]
+    fn files_are_private_rotated_and_capped() {
+        let dir = tmp("rotate");
+        let header = TraceHeader::new(
+            &config(),
+            WallClock {
+                realtime_offset_ns: 5,
+            },
+        );
+        let mut w = TraceWriter::create(
+            &dir,
+            header,
+            Rotation {
+                max_file_bytes: 4096,
+                max_files: 3,
+            },
+        )
+        .unwrap();
+        for i in 0..500 {
+            w.record(&ev(i)).unwrap();
+        }
+        w.flush().unwrap();
+        let files = w.files().to_vec();
+        assert_eq!(files.len(), 3);
+        // Nothing lost within the kept files: the last file ends with the last event.
+        let last = std::fs::read_to_string(files.last().unwrap()).unwrap();
+        let last_event: Event = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+        assert_eq!(last_event, ev(499));
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            3,
+            "older files deleted"
+        );
+        for f in &files {
+            let meta = std::fs::metadata(f).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+            assert!(meta.len() <= 4096 + 512);
+            let text = std::fs::read_to_string(f).unwrap();
+            let header: TraceHeader = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            assert_eq!(header.vigie_trace, FORMAT);
+            for line in text.lines().skip(1) {
+                serde_json::from_str::<Event>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn digest_follows_the_config() {
+        let a = config();
+        let mut b = config();
+        assert_eq!(config_digest(&a), config_digest(&b));
+        b.policy.privileged_users.push("agent".into());
+        assert_ne!(config_digest(&a), config_digest(&b));
+    }
+}
