@@ -112,9 +112,6 @@ pub enum IdentityProblem {
     /// A valid bearer token without a usable user claim (missing, not a string, not a valid
     /// user name).
     JwtNoUserClaim,
-    /// A key file is configured but its key was not loaded (a configuration that did not go
-    /// through [`crate::config::Config::normalize`]): tokens are refused, not trusted unchecked.
-    JwtNoKey,
 }
 
 impl IdentityProblem {

@@ -272,7 +272,6 @@ mod tests {
         for problem in [
             IdentityProblem::JwtMalformed,
             IdentityProblem::JwtNoUserClaim,
-            IdentityProblem::JwtNoKey,
             IdentityProblem::InvalidBasic,
         ] {
             let mut a = access(None, "/srv/users/bob/a.pdf", true);

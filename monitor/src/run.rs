@@ -12,7 +12,7 @@ use aya::maps::{MapData, RingBuf};
 use monitor_common::loss;
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
 };
 
 use crate::{
@@ -103,6 +103,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         Judge::from_config(&cfg)?,
         AlertSink::new(out, clock, opts.audit).with_format(opts.alerts_format),
     );
+    // The redactor holds the portal's JWT key (loaded by Config::normalize): signatures are
+    // checked at capture time, never by the correlator.
+    let cfg_jwt = cfg.identity.jwt.clone();
     let mut live = Live {
         cfg,
         probes,
@@ -111,7 +114,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
         trace: None,
-        redactor: Redactor::new(),
+        redactor: Redactor::new(cfg_jwt),
         summary: Summary::default(),
         metrics,
         ring_usage: None,
@@ -130,11 +133,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         live.adopt(pid)?;
     }
     tracing::info!(targets = ?live.targets, names = ?live.cfg.exec_names(), "watching");
+    // Handlers before announcing readiness: a SIGINT right after must detach and flush, not kill.
+    let signals = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    );
     if let Some(path) = &opts.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .context("writing the ready file")?;
     }
-    live.serve(ring, opts.duration).await?;
+    live.serve(ring, signals, opts.duration).await?;
     live.summary.seconds = started.elapsed().as_secs_f64();
     live.finish()
 }
@@ -176,10 +184,9 @@ impl Live {
     async fn serve(
         &mut self,
         mut ring: AsyncFd<RingBuf<MapData>>,
+        (mut sigint, mut sigterm): (Signal, Signal),
         duration: Option<Duration>,
     ) -> anyhow::Result<()> {
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = duration.map(|d| tokio::time::Instant::now() + d);
@@ -234,10 +241,17 @@ impl Live {
     }
 
     fn before_feed(&mut self, ev: &mut Event) -> anyhow::Result<()> {
+        let pid = ev.pid;
         match &mut ev.kind {
-            EventKind::SockRead { data, .. } | EventKind::SockWrite { data, .. } => {
-                self.redactor.redact(&mut data.0);
+            EventKind::SockRead { fd, bytes, data } => {
+                let whole = *bytes <= data.0.len() as u64;
+                self.redactor.redact_request(pid, *fd, &mut data.0, whole);
             }
+            EventKind::SockWrite { data, .. } => self.redactor.redact_response(&mut data.0),
+            EventKind::SockAccept { fd } | EventKind::SockClose { fd } => {
+                self.redactor.forget(pid, *fd)
+            }
+            EventKind::ProcessExit => self.redactor.forget_process(pid),
             EventKind::FileOpen { .. } => procfs::enrich(ev),
             EventKind::ProcessExec if !self.targets.contains(&ev.pid) => {
                 // Matched by name in the kernel: an executable selector must also match the path.

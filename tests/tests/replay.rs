@@ -26,7 +26,22 @@ fn replay_gives_the_live_alerts_byte_for_byte_and_answers_what_if_and_explain() 
     let traces = TempDir::new("replay-traces");
     let trace_dir = traces.path().join("t");
     let record = trace_dir.to_str().unwrap();
-    let config = portal.config(&format!("pids = [{}]", portal.guard.pid()));
+    // Bearer tokens signed with the portal's key: Vigie checks them at capture time.
+    let secret = traces.path().join("jwt-secret");
+    std::fs::write(&secret, "replay-test-signing-secret").unwrap();
+    let config = format!(
+        "{}[identity]\nsources = [\"trusted_header\", \"basic\", \"jwt\"]\n[identity.jwt]\nhs256_secret_file = \"{}\"\n",
+        portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        secret.display()
+    );
+    let bearer = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "bob", "exp": 4_000_000_000u64}),
+        &jsonwebtoken::EncodingKey::from_secret(b"replay-test-signing-secret"),
+    )
+    .unwrap();
+    let bearer_header = format!("Bearer {bearer}");
+    let signature = bearer.rsplit('.').next().unwrap().to_string();
     let vigie = Vigie::start(&p, "replay", &config, &["--record", record, "--audit"]);
     let addr = portal.addr();
     let mut conn = KeepAlive::connect(&addr).unwrap();
@@ -47,12 +62,21 @@ fn replay_gives_the_live_alerts_byte_for_byte_and_answers_what_if_and_explain() 
             vec![("X-Remote-User", "agent")],
             "/docs/carol/health-record.pdf",
         ),
+        (
+            vec![("Authorization", bearer_header.as_str())],
+            "/docs/carol/notes.txt",
+        ),
     ] {
         assert_eq!(conn.get(target, &headers).unwrap().0, 200);
     }
     drop(conn);
     let (live_raw, log) = vigie.stop_raw();
     let live_alerts = parse_alerts(&live_raw);
+    let by_token = live_alerts
+        .iter()
+        .find(|a| a["user"] == "bob")
+        .expect("the bearer-token read");
+    assert_eq!(by_token["identity_source"], "jwt", "{by_token}");
     assert_eq!(
         verdicts(&live_alerts),
         [
@@ -82,6 +106,12 @@ fn replay_gives_the_live_alerts_byte_for_byte_and_answers_what_if_and_explain() 
             ),
             t(
                 "violation",
+                "bob",
+                "carol",
+                &portal.doc("carol", "notes.txt")
+            ),
+            t(
+                "violation",
                 "carol",
                 "alice",
                 &portal.doc("alice", "disability-file.pdf")
@@ -102,7 +132,9 @@ fn replay_gives_the_live_alerts_byte_for_byte_and_answers_what_if_and_explain() 
         );
         let text = std::fs::read_to_string(f).unwrap();
         assert!(
-            !text.contains(password) && !text.contains(carol.trim_start_matches("Basic ")),
+            !text.contains(password)
+                && !text.contains(carol.trim_start_matches("Basic "))
+                && !text.contains(&signature),
             "secret in trace"
         );
     }
@@ -122,7 +154,7 @@ fn replay_gives_the_live_alerts_byte_for_byte_and_answers_what_if_and_explain() 
     assert_eq!(replayed_raw, live_raw, "replay differs from live");
     assert!(
         stderr.contains(
-            "accesses by verdict {\"allowed\": 2, \"unauthenticated\": 1, \"violation\": 2}"
+            "accesses by verdict {\"allowed\": 2, \"unauthenticated\": 1, \"violation\": 3}"
         ),
         "{stderr}"
     );
@@ -158,9 +190,10 @@ fn replay_gives_the_live_alerts_byte_for_byte_and_answers_what_if_and_explain() 
     let whatif = verdicts(&parse_alerts(
         &std::fs::read_to_string(&whatif_alerts).unwrap(),
     ));
+    // bob's (by bearer token) and carol's remain.
     assert_eq!(
         whatif.iter().filter(|v| v.0 == "violation").count(),
-        1,
+        2,
         "{whatif:?}"
     );
 

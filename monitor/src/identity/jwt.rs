@@ -350,7 +350,7 @@ pub(super) fn check_token(
     // Only the base64url alphabet, padding and dots: also makes the token ASCII.
     if !token
         .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=' | b'*'))
     {
         return Err(JwtMalformed);
     }
@@ -373,29 +373,13 @@ pub(super) fn check_token(
         // A stripped signature is a forgery whatever the key.
         return Err(JwtBadSignature);
     }
-    match &cfg.key {
-        Some(key) => {
-            // Only the configured algorithm: anything else (HS256 signed with the RSA public
-            // key, a downgrade) cannot have been issued with the portal's key.
-            if alg != algorithm_name(key.alg) {
-                return Err(JwtBadSignature);
-            }
-            // The signed message: `header.payload`, as on the wire.
-            let message = token
-                .get(..header.len() + 1 + payload.len())
-                .ok_or(JwtMalformed)?;
-            let signature = std::str::from_utf8(signature).map_err(|_| JwtMalformed)?;
-            match jsonwebtoken::crypto::verify(signature, message, &key.key, key.alg) {
-                Ok(true) => {}
-                Ok(false) | Err(_) => return Err(JwtBadSignature),
-            }
-        }
-        None if cfg.verifies() => {
-            // A key is configured but was never loaded (a configuration not passed through
-            // `Config::normalize`): refuse rather than silently skip the check.
-            return Err(IdentityProblem::JwtNoKey);
-        }
-        None => {
+    // The signature was checked at capture time (live, with the key) and replaced by its mark:
+    // see `mark_token`. Only an exact mark counts; anything else fails closed.
+    match (read_mark(signature), cfg.verifies()) {
+        (Some(SignatureMark::Verified), true) => {}
+        (_, true) | (Some(SignatureMark::Bad), false) => return Err(JwtBadSignature),
+        (Some(_), false) => {}
+        (None, false) => {
             if B64URL.decode(signature).is_err() {
                 return Err(JwtMalformed);
             }
@@ -410,6 +394,127 @@ pub(super) fn check_token(
         .to_owned();
     let roles = claim(&claims, &cfg.roles_claim).map_or_else(Vec::new, roles_of);
     Ok(Principal { user, roles })
+}
+
+/// In an `Authorization` value with the `Bearer` scheme (any case, any surrounding blanks),
+/// marks the token in place (see [`mark_token`]); other values are left alone. Returns whether
+/// it was a bearer value.
+pub fn mark_bearer_value(value: &mut [u8], cfg: &JwtConfig) -> bool {
+    let start = value
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(value.len());
+    let rest = &value[start..];
+    let scheme_len = rest
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .unwrap_or(rest.len());
+    if !rest[..scheme_len].eq_ignore_ascii_case(b"bearer") {
+        return false;
+    }
+    let token_start = start + scheme_len;
+    let token_start = token_start
+        + value[token_start..]
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+    let token_end = value[token_start..]
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .map_or(value.len(), |i| token_start + i);
+    if token_end > token_start {
+        mark_token(&mut value[token_start..token_end], cfg);
+    }
+    true
+}
+
+/// What the capture-time check found, written over the signature by [`mark_token`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureMark {
+    /// The signature verifies with the configured key, for the key's algorithm.
+    Verified,
+    /// It does not (or the token cannot be checked).
+    Bad,
+    /// No key is configured: nothing was checked.
+    Unverified,
+}
+
+impl SignatureMark {
+    fn byte(self) -> u8 {
+        match self {
+            Self::Verified => b'V',
+            Self::Bad => b'X',
+            Self::Unverified => b'U',
+        }
+    }
+}
+
+/// The mark of a signature rewritten by [`mark_token`]: its mark byte, then only `*` (`*` is not
+/// base64url, so no real signature looks like this).
+pub fn read_mark(signature: &[u8]) -> Option<SignatureMark> {
+    let (&first, rest) = signature.split_first()?;
+    if rest.is_empty() || !rest.iter().all(|&b| b == b'*') {
+        return None;
+    }
+    match first {
+        b'V' => Some(SignatureMark::Verified),
+        b'X' => Some(SignatureMark::Bad),
+        b'U' => Some(SignatureMark::Unverified),
+        _ => None,
+    }
+}
+
+/// Capture time (live only, with the key loaded): checks the token's signature and overwrites
+/// it, same length, with its mark. The correlator, traces and replay then never hold a usable
+/// token nor need the key. A token that is not a three-part JWS is masked with `*` entirely.
+pub fn mark_token(token: &mut [u8], cfg: &JwtConfig) {
+    let dots: Vec<usize> = token
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'.')
+        .map(|(i, _)| i)
+        .collect();
+    let [_, second] = dots[..] else {
+        token.fill(b'*');
+        return;
+    };
+    let signature = &mut token[second + 1..];
+    if signature.is_empty() {
+        // Nothing to hide (`alg: none`, stripped signatures): the correlator judges it as is.
+        return;
+    }
+    if signature.len() < 2 || B64URL.decode(&*signature).is_err() {
+        // Not a signature at all, or too short to carry a mark: masked without a mark, so it
+        // never verifies.
+        signature.fill(b'*');
+        return;
+    }
+    let mark = signature_mark(token, second, cfg);
+    let signature = &mut token[second + 1..];
+    signature.fill(b'*');
+    signature[0] = mark.byte();
+}
+
+fn signature_mark(token: &[u8], second_dot: usize, cfg: &JwtConfig) -> SignatureMark {
+    let Some(key) = &cfg.key else {
+        return SignatureMark::Unverified;
+    };
+    let (message, signature) = (&token[..second_dot], &token[second_dot + 1..]);
+    let header = message.split(|&b| b == b'.').next().unwrap_or_default();
+    let alg =
+        decode_object(header).and_then(|h| h.get("alg").and_then(Value::as_str).map(str::to_owned));
+    // Only the configured algorithm: anything else (HS256 signed with the RSA public key, a
+    // downgrade) cannot have been issued with the portal's key.
+    if alg.as_deref() != Some(algorithm_name(key.alg)) || token.len() > MAX_TOKEN_LEN {
+        return SignatureMark::Bad;
+    }
+    let Ok(signature) = std::str::from_utf8(signature) else {
+        return SignatureMark::Bad;
+    };
+    match jsonwebtoken::crypto::verify(signature, message, &key.key, key.alg) {
+        Ok(true) => SignatureMark::Verified,
+        Ok(false) | Err(_) => SignatureMark::Bad,
+    }
 }
 
 fn algorithm_name(alg: Algorithm) -> &'static str {

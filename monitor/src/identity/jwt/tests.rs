@@ -102,7 +102,14 @@ fn raw(header: &str, payload: &str, signature: &str) -> String {
 }
 
 fn check(token: &str, cfg: &JwtConfig) -> Result<Principal, IdentityProblem> {
-    check_token(token.as_bytes(), cfg, Some(NOW))
+    check_at(token.as_bytes(), cfg, Some(NOW))
+}
+
+/// As a live run does: the token is marked at capture time, then checked by the correlator.
+fn check_at(token: &[u8], cfg: &JwtConfig, now: Option<i64>) -> Result<Principal, IdentityProblem> {
+    let mut marked = token.to_vec();
+    mark_token(&mut marked, cfg);
+    check_token(&marked, cfg, now)
 }
 
 fn principal(user: &str, roles: &[&str]) -> Result<Principal, IdentityProblem> {
@@ -303,7 +310,7 @@ fn every_single_byte_change_of_a_signed_token_is_refused() {
             let mut mutated = bytes.to_vec();
             mutated[i] = replacement;
             assert!(
-                check_token(&mutated, &cfg, Some(NOW)).is_err(),
+                check_at(&mutated, &cfg, Some(NOW)).is_err(),
                 "byte {i} set to {replacement:#x} still verified"
             );
         }
@@ -314,7 +321,7 @@ fn every_single_byte_change_of_a_signed_token_is_refused() {
 fn expiry_uses_the_given_time_and_leeway() {
     let cfg = JwtConfig::default();
     let at = |claims: serde_json::Value, now: Option<i64>| {
-        check_token(hs256(&claims, b"k").as_bytes(), &cfg, now)
+        check_at(hs256(&claims, b"k").as_bytes(), &cfg, now)
     };
     let expired = json!({"sub": "alice", "exp": NOW - 61});
     assert_eq!(
@@ -354,12 +361,12 @@ fn expiry_uses_the_given_time_and_leeway() {
     };
     let no_exp = hs256(&json!({"sub": "alice"}), b"k");
     assert_eq!(
-        check_token(no_exp.as_bytes(), &strict, Some(NOW)),
+        check_at(no_exp.as_bytes(), &strict, Some(NOW)),
         Err(IdentityProblem::JwtExpired)
     );
     let one_second_ago = hs256(&json!({"sub": "alice", "exp": NOW - 1}), b"k");
     assert_eq!(
-        check_token(one_second_ago.as_bytes(), &strict, Some(NOW)),
+        check_at(one_second_ago.as_bytes(), &strict, Some(NOW)),
         Err(IdentityProblem::JwtExpired)
     );
 }
@@ -497,7 +504,7 @@ fn hostile_inputs_have_a_defined_outcome() {
     }
     for cfg in &configs {
         for token in &hostile {
-            match check_token(token, cfg, Some(NOW)) {
+            match check_at(token, cfg, Some(NOW)) {
                 Ok(p) => panic!("hostile token accepted as {p:?}"),
                 Err(problem) => assert!(
                     matches!(
@@ -544,8 +551,20 @@ fn bearer(token: &str) -> Vec<u8> {
     format!("Bearer {token}").into_bytes()
 }
 
+/// As a live run does: bearer tokens are marked at capture time, then identified.
 fn identify_at(headers: &[(&str, &[u8])], cfg: &IdentityConfig) -> Identified {
-    identify(&crate::identity::tests::head(headers), cfg, Some(NOW))
+    let marked: Vec<(&str, Vec<u8>)> = headers
+        .iter()
+        .map(|(name, value)| {
+            let mut value = value.to_vec();
+            if name.eq_ignore_ascii_case("authorization") {
+                mark_bearer_value(&mut value, &cfg.jwt);
+            }
+            (*name, value)
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = marked.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+    identify(&crate::identity::tests::head(&refs), cfg, Some(NOW))
 }
 
 #[test]
@@ -662,9 +681,10 @@ fn key_configured_but_not_loaded_refuses_tokens() {
         hs256_secret_file: Some("/nonexistent/secret".into()),
         ..JwtConfig::default()
     };
+    // The capture-time check had no key, so the token carries no verified mark.
     assert_eq!(
         check(&hs256(&alice(), b"k"), &cfg),
-        Err(IdentityProblem::JwtNoKey)
+        Err(IdentityProblem::JwtBadSignature)
     );
 }
 
