@@ -208,6 +208,10 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+    #[error(
+        "{path}: writable by group or others (mode {mode:04o}); anyone who can write it can blind Vigie: chmod go-w"
+    )]
+    Insecure { path: String, mode: u32 },
     #[error("invalid `{field}`: {reason}")]
     Invalid { field: String, reason: String },
 }
@@ -221,10 +225,24 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::os::unix::fs::PermissionsExt as _;
+        let read_err = |source| ConfigError::Read {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let mode = std::fs::metadata(path)
+            .map_err(read_err)?
+            .permissions()
+            .mode();
+        // Whoever can write the config can blind Vigie (drop a document root, make everyone
+        // privileged): only its owner may.
+        if mode & 0o022 != 0 {
+            return Err(ConfigError::Insecure {
+                path: path.display().to_string(),
+                mode: mode & 0o7777,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -478,6 +496,29 @@ mod tests {
         let default = Config::parse(base, "t").unwrap();
         assert!(default.policy.alert_forged_tokens);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_config_writable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path =
+            std::env::temp_dir().join(format!("vigie-config-perms-{}.toml", std::process::id()));
+        std::fs::write(&path, GOOD).unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o644, true),
+            (0o664, false),
+            (0o646, false),
+            (0o666, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let got = Config::load(&path);
+            assert_eq!(got.is_ok(), ok, "mode {mode:o}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.to_string().contains("writable by group or others"), "{e}");
+            }
+        }
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod loader;
 pub mod ownership;
 pub mod paths;
 pub mod pipeline;
+pub mod privilege;
 pub mod procfs;
 pub mod redact;
 pub mod replay;

@@ -138,6 +138,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         signal(SignalKind::interrupt())?,
         signal(SignalKind::terminate())?,
     );
+    // Everything that needed privilege is done: loading, attaching, mounting, binding.
+    match crate::privilege::drop_after_attach() {
+        Ok(kept) => {
+            tracing::info!(kept = ?crate::privilege::describe(kept), "capabilities dropped")
+        }
+        Err(e) => tracing::warn!("could not drop capabilities: {e}"),
+    }
     if let Some(path) = &opts.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .context("writing the ready file")?;

@@ -486,3 +486,63 @@ fn hostile_input_has_defined_outcomes_and_the_daemon_keeps_running() {
     let bad_basic = alerts.iter().find(|a| a["owner"] == "bob").unwrap();
     assert_eq!(bad_basic["request"]["identity_problem"], "invalid_basic");
 }
+
+#[test]
+fn capabilities_are_dropped_once_attached_and_workers_are_still_followed() {
+    let Some(p) =
+        privileged("capabilities_are_dropped_once_attached_and_workers_are_still_followed")
+    else {
+        return;
+    };
+    // Workers fork after Vigie has dropped its capabilities: following them needs map updates
+    // and /proc reads with what is left.
+    let portal = Portal::start(
+        "caps",
+        &[
+            "--model",
+            "prefork",
+            "--workers",
+            "2",
+            "--fork-delay-ms",
+            "1500",
+        ],
+    );
+    let vigie = Vigie::start(
+        &p,
+        "caps",
+        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        &[],
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vigie.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap_or(u64::MAX))
+            .unwrap_or(u64::MAX)
+    };
+    // CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19), CAP_BPF (39).
+    let kept = (1u64 << 2) | (1 << 19) | (1 << 39);
+    assert_eq!(field("CapEff:"), kept, "{status}");
+    assert_eq!(field("CapPrm:"), kept, "{status}");
+    assert_eq!(field("CapBnd:"), kept, "{status}");
+    assert_eq!(field("CapInh:"), 0, "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
+        "{status}"
+    );
+    assert_eq!(get_as(&portal.addr(), "carol", "/docs/bob/notes.txt"), 200);
+    let (alerts, log) = vigie.stop();
+    assert_eq!(
+        verdicts(&alerts),
+        [t("violation", "carol", "bob", &portal.doc("bob", NOTES))],
+        "{log}"
+    );
+    assert_ne!(
+        alerts[0]["pid"],
+        portal.guard.pid(),
+        "served by a worker forked after the drop"
+    );
+}

@@ -146,6 +146,9 @@ impl Vigie {
         let dir = TempDir::new(&format!("{name}-vigie"));
         let cfg = dir.path().join("vigie.toml");
         std::fs::write(&cfg, config).expect("writing config");
+        // Vigie refuses a config writable by group or others.
+        std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod config");
         let alerts = dir.path().join("alerts.jsonl");
         let ready = dir.path().join("ready");
         let stderr = dir.path().join("stderr.log");
@@ -346,5 +349,11 @@ pub fn poll_until<T>(
             facts()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Vigie {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
