@@ -59,19 +59,14 @@ impl Redactor {
     pub fn redact_request(&mut self, pid: u32, fd: i32, data: &mut [u8], whole: bool) {
         let mut carried = self.pending.remove(&(pid, fd)).unwrap_or_default();
         let mut start = 0;
-        while start < data.len() {
-            let newline = data[start..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|i| start + i);
-            let end = newline.unwrap_or(data.len());
+        while let Some((end, complete)) = next_line(data, start) {
             let prefix = carried.len();
             let mut raw = std::mem::take(&mut carried);
             raw.extend_from_slice(&data[start..end]);
             let mut line = raw.clone();
-            self.redact_line(&mut line, newline.is_some());
+            self.redact_line(&mut line, complete);
             data[start..end].copy_from_slice(&line[prefix..]);
-            if newline.is_none() && raw.len() <= MAX_PENDING {
+            if !complete && raw.len() <= MAX_PENDING {
                 carried = raw;
             }
             start = end + 1;
@@ -84,13 +79,8 @@ impl Redactor {
     /// Redacts a captured chunk of a response (socket write) in place: `Set-Cookie` values.
     pub fn redact_response(&self, data: &mut [u8]) {
         let mut start = 0;
-        while start < data.len() {
-            let newline = data[start..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|i| start + i);
-            let end = newline.unwrap_or(data.len());
-            self.redact_line(&mut data[start..end], newline.is_some());
+        while let Some((end, complete)) = next_line(data, start) {
+            self.redact_line(&mut data[start..end], complete);
             start = end + 1;
         }
     }
@@ -157,6 +147,18 @@ impl Redactor {
             *dst = src;
         }
     }
+}
+
+/// The line starting at `start`: where it ends (its `\n`, or the end of `data`) and whether it
+/// is complete (ends in `\n`). `None` past the end.
+fn next_line(data: &[u8], start: usize) -> Option<(usize, bool)> {
+    if start >= data.len() {
+        return None;
+    }
+    Some(match data[start..].iter().position(|&b| b == b'\n') {
+        Some(i) => (start + i, true),
+        None => (data.len(), false),
+    })
 }
 
 /// Everything after the scheme word is masked: `Digest ...`, `Token ...`, a lone token.

@@ -310,19 +310,30 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
         }));
     }
     let progress = progress_bar(opts.progress, reader.total_bytes());
-    while let Some(ev) = reader.next_event()? {
-        summary.events += 1;
-        if summary.events % 65_536 == 0
-            && let Some(pb) = &progress
-        {
-            pb.set_position(reader.bytes_read);
-        }
-        pipeline.handle(&ev)?;
-        if let Some((correlator, judge)) = shadow.as_mut() {
-            correlator.handle(&ev, &mut findings);
-            for f in findings.drain(..) {
-                if let Finding::Access(a) = f {
-                    recorded_verdicts.insert(access_key(&a), judge.judge(&a).verdict);
+    // One pass; the end of the input is one more step, judging what is still open.
+    let mut at_end = false;
+    while !at_end {
+        match reader.next_event()? {
+            Some(ev) => {
+                summary.events += 1;
+                if summary.events % 65_536 == 0
+                    && let Some(pb) = &progress
+                {
+                    pb.set_position(reader.bytes_read);
+                }
+                pipeline.handle(&ev)?;
+                // The shadow judges the same access at the same event, before it is observed.
+                if let Some((correlator, judge)) = shadow.as_mut() {
+                    correlator.handle(&ev, &mut findings);
+                    record_verdicts(judge, &mut findings, &mut recorded_verdicts);
+                }
+            }
+            None => {
+                at_end = true;
+                pipeline.finish()?;
+                if let Some((correlator, judge)) = shadow.as_mut() {
+                    correlator.flush(&mut findings);
+                    record_verdicts(judge, &mut findings, &mut recorded_verdicts);
                 }
             }
         }
@@ -337,25 +348,6 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
             &mut explained,
         );
     }
-    pipeline.finish()?;
-    if let Some((correlator, judge)) = shadow.as_mut() {
-        correlator.flush(&mut findings);
-        for f in findings.drain(..) {
-            if let Finding::Access(a) = f {
-                recorded_verdicts.insert(access_key(&a), judge.judge(&a).verdict);
-            }
-        }
-    }
-    drain_observed(
-        &collected,
-        &mut summary,
-        &mut documents,
-        &mut recorded_verdicts,
-        what_if,
-        clock,
-        explain,
-        &mut explained,
-    );
     if let Some(pb) = progress {
         pb.finish_and_clear();
     }
@@ -371,6 +363,19 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
         explain_access(opts, &access, &judgement, clock)?;
     }
     Ok(summary)
+}
+
+/// The shadow's verdicts (recorded config), keyed so the what-if can compare them.
+fn record_verdicts(
+    judge: &Judge,
+    findings: &mut Vec<Finding>,
+    verdicts: &mut HashMap<(u32, u32, String, u64), Verdict>,
+) {
+    for f in findings.drain(..) {
+        if let Finding::Access(a) = f {
+            verdicts.insert(access_key(&a), judge.judge(&a).verdict);
+        }
+    }
 }
 
 #[expect(
