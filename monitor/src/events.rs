@@ -77,65 +77,76 @@ pub enum FoundFd {
     Socket,
 }
 
-/// Captured bytes. Serialized as a string: printable ASCII as is, anything else `\xNN`-escaped
-/// (readable in a trace, exact on the way back).
+/// Captured bytes. Serialized as a JSON string when they are UTF-8 (the usual case for HTTP
+/// heads: readable in a trace, parsed in one pass), else as `{"b64": "..."}`. Exact either way.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Payload(pub Vec<u8>);
 
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Payload({:?})", escape(&self.0))
+        write!(f, "Payload({:?})", String::from_utf8_lossy(&self.0))
     }
 }
 
-fn escape(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len());
-    for &b in bytes {
-        match b {
-            b'\\' => s.push_str("\\\\"),
-            0x20..=0x7e => s.push(b as char),
-            _ => s.push_str(&format!("\\x{b:02x}")),
-        }
-    }
-    s
-}
-
-fn unescape(s: &str) -> Result<Vec<u8>, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'\\' {
-            out.push(bytes[i]);
-            i += 1;
-            continue;
-        }
-        match bytes.get(i + 1) {
-            Some(b'\\') => {
-                out.push(b'\\');
-                i += 2;
-            }
-            Some(b'x') => {
-                let hex = s.get(i + 2..i + 4).ok_or("truncated \\x escape")?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad \\x escape")?);
-                i += 4;
-            }
-            _ => return Err("bad escape".into()),
-        }
-    }
-    Ok(out)
-}
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 impl Serialize for Payload {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&escape(&self.0))
+        use base64::Engine as _;
+        use serde::ser::SerializeMap as _;
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("b64", &B64.encode(&self.0))?;
+                map.end()
+            }
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = std::borrow::Cow::<str>::deserialize(d)?;
-        unescape(&s).map(Payload).map_err(serde::de::Error::custom)
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Payload;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, or {\"b64\": ...} for bytes that are not UTF-8")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Payload, E> {
+                Ok(Payload(v.as_bytes().to_vec()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Payload, E> {
+                Ok(Payload(v.into_bytes()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Payload, A::Error> {
+                use base64::Engine as _;
+                let mut bytes = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key != "b64" || bytes.is_some() {
+                        return Err(serde::de::Error::custom(format!(
+                            "unexpected payload field {key:?}"
+                        )));
+                    }
+                    let text = map.next_value::<std::borrow::Cow<'de, str>>()?;
+                    bytes = Some(
+                        B64.decode(text.as_bytes())
+                            .map_err(serde::de::Error::custom)?,
+                    );
+                }
+                bytes
+                    .map(Payload)
+                    .ok_or_else(|| serde::de::Error::missing_field("b64"))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -154,12 +165,21 @@ mod tests {
     #[test]
     fn payload_keeps_http_readable() {
         let json = serde_json::to_string(&Payload(b"GET / HTTP/1.1\r\n".to_vec())).unwrap();
-        assert_eq!(json, r#""GET / HTTP/1.1\\x0d\\x0a""#);
+        assert_eq!(json, r#""GET / HTTP/1.1\r\n""#);
+        let binary = serde_json::to_string(&Payload(vec![0xff, 0x00, b'a'])).unwrap();
+        assert_eq!(binary, r#"{"b64":"/wBh"}"#);
     }
 
     #[test]
-    fn payload_rejects_bad_escapes() {
-        for bad in [r#""\\x4""#, r#""\\q""#, r#""\\xzz""#] {
+    fn payload_rejects_malformed_input() {
+        for bad in [
+            r#"{"b64":"!!"}"#,
+            r#"{"hex":"00"}"#,
+            r#"{}"#,
+            r#"{"b64":"AA==","b64":"AA=="}"#,
+            "12",
+            "null",
+        ] {
             assert!(serde_json::from_str::<Payload>(bad).is_err(), "{bad}");
         }
     }
