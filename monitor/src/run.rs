@@ -145,6 +145,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         }
         Err(e) => tracing::warn!("could not drop capabilities: {e}"),
     }
+    // Parsing the kernel's BTF left tens of MiB of freed heap behind: give it back, so the
+    // daemon's resident size is what it uses (77.9 -> 23.9 MiB measured in the bench).
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     if let Some(path) = &opts.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .context("writing the ready file")?;

@@ -200,7 +200,11 @@ impl Metrics {
                 "vigie_pipeline_latency_seconds",
                 "From the last syscall of a document access to its verdict being written. Includes \
                  waiting for the request to end (or idle_flush_ms for fds kept open).",
-                prometheus::exponential_buckets(0.001, 2.0, 16)?,
+                // Dense around the 10 ms alert-latency target, then doubling up to ~33 s.
+                [0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.010, 0.020, 0.050]
+                    .into_iter()
+                    .chain(prometheus::exponential_buckets(0.1, 2.0, 9)?)
+                    .collect(),
             )?,
             ring_fill: histogram(
                 &r,
@@ -570,11 +574,20 @@ mod tests {
         assert_eq!(value(&t, "vigie_pipeline_latency_seconds_count"), Some(2.0));
         assert_eq!(value(&t, "vigie_pipeline_latency_seconds_sum"), Some(0.25));
         assert_eq!(
-            value(&t, r#"vigie_pipeline_latency_seconds_bucket{le="0.256"}"#),
+            value(&t, r#"vigie_pipeline_latency_seconds_bucket{le="0.4"}"#),
             Some(2.0)
         );
         assert_eq!(
-            value(&t, r#"vigie_pipeline_latency_seconds_bucket{le="0.128"}"#),
+            value(&t, r#"vigie_pipeline_latency_seconds_bucket{le="0.2"}"#),
+            Some(1.0)
+        );
+        // Fine buckets around the 10 ms target.
+        assert_eq!(
+            value(&t, r#"vigie_pipeline_latency_seconds_bucket{le="0.00025"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&t, r#"vigie_pipeline_latency_seconds_bucket{le="0.01"}"#),
             Some(1.0)
         );
     }
