@@ -140,6 +140,9 @@ pub mod globals {
     pub const REQUEST_CAPTURE: &str = "REQUEST_CAPTURE";
     /// Bytes of each socket write captured (at most [`crate::sockets::DATA_CAP`]).
     pub const RESPONSE_CAPTURE: &str = "RESPONSE_CAPTURE";
+    /// Pending ring-buffer bytes past which a record wakes the reader; below it records are
+    /// submitted without a wake-up and the reader drains on a short timer (0: wake every time).
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 }
 
 #[cfg(feature = "user")]

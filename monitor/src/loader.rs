@@ -324,6 +324,12 @@ impl Probes {
             globals::RESPONSE_CAPTURE,
             u64::from(cfg.capture.response_bytes),
         ));
+        // A quarter of the ring pending wakes the reader at once; below that it drains every
+        // `run::DRAIN` (a few ms), so a burst never waits for the timer to find a full ring.
+        values.push((
+            globals::WAKEUP_BYTES,
+            u64::from(cfg.kernel.ring_buffer_bytes / 4),
+        ));
         tracing::debug!(?values, "load-time globals");
         let mut loader = EbpfLoader::new();
         for (name, value) in &values {
