@@ -312,15 +312,19 @@ impl Correlator {
             EventKind::Lost { reason, count } => {
                 // A lost event may be a request head we never saw: rather than attribute later
                 // reads to a stale request, forget every scope (reads become unattributed).
-                let scoped: Vec<u64> = self.threads.drain().map(|(_, (_, req))| req).collect();
+                // In request order, not the maps' (random) order: replay must emit the same
+                // findings in the same order.
+                let mut scoped: Vec<u64> = self.threads.drain().map(|(_, (_, req))| req).collect();
+                scoped.sort_unstable();
                 for req in scoped {
                     self.release(req, Release::Thread, out);
                 }
-                let current: Vec<u64> = self
+                let mut current: Vec<u64> = self
                     .conns
                     .values_mut()
                     .filter_map(|c| c.current.take())
                     .collect();
+                current.sort_unstable();
                 for req in current {
                     self.release(req, Release::Conn, out);
                 }
@@ -386,7 +390,7 @@ impl Correlator {
         if let Some(id) = self.index.get(&key)
             && let Some(open) = self.open.get_mut(id)
         {
-            open.access.bytes += bytes;
+            open.access.bytes = open.access.bytes.saturating_add(bytes);
             open.access.last_ts_ns = ev.ts_ns;
             open.fd = fd;
             if let Some(e) = evidence
@@ -632,7 +636,7 @@ impl Correlator {
                 .remove(&(open.owner.clone(), open.access.document.clone()));
             let key = (Owner::Request(req), open.access.document.clone());
             if let Some(existing) = self.index.get(&key).and_then(|i| self.open.get_mut(i)) {
-                existing.access.bytes += open.access.bytes;
+                existing.access.bytes = existing.access.bytes.saturating_add(open.access.bytes);
                 existing.access.evidence.push(Evidence::Flow);
                 existing.access.evidence.sort();
                 existing.access.evidence.dedup();
@@ -675,21 +679,24 @@ impl Correlator {
 
     fn on_exit(&mut self, pid: u32, out: &mut Vec<Finding>) {
         self.finish_where(out, |a| a.access.pid == pid);
-        let fds: Vec<i32> = self
+        // Sorted: the maps' order is random, and replay must emit findings in the same order.
+        let mut fds: Vec<i32> = self
             .conns
             .keys()
             .filter(|(p, _)| *p == pid)
             .map(|(_, fd)| *fd)
             .collect();
+        fds.sort_unstable();
         for fd in fds {
             self.drop_conn(pid, fd, out);
         }
-        let tids: Vec<u32> = self
+        let mut tids: Vec<u32> = self
             .threads
             .iter()
             .filter(|(_, (p, _))| *p == pid)
             .map(|(t, _)| *t)
             .collect();
+        tids.sort_unstable();
         for tid in tids {
             if let Some((_, req)) = self.threads.remove(&tid) {
                 self.release(req, Release::Thread, out);

@@ -24,7 +24,7 @@ pub const MAX_BASIC_CREDENTIALS_LEN: usize = 8 * 1024;
 
 /// Standard alphabet, lenient about padding and trailing bits as common servers are: we report
 /// what the server most likely understood, we do not validate the client.
-const BASIC_ENGINE: GeneralPurpose = GeneralPurpose::new(
+pub(crate) const BASIC_ENGINE: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new()
         .with_decode_padding_mode(DecodePaddingMode::Indifferent)

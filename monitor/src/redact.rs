@@ -101,6 +101,9 @@ impl Redactor {
             return;
         };
         let (name, rest) = line.split_at_mut(colon);
+        // Blanks around the name (`\rAuthorization:`, ` Authorization :`) make an invalid field
+        // that a lenient server may still honour: its credentials are redacted all the same.
+        let name = name.trim_ascii();
         let value = &mut rest[1..];
         if name.eq_ignore_ascii_case(b"authorization")
             || name.eq_ignore_ascii_case(b"proxy-authorization")
@@ -196,14 +199,26 @@ fn redact_basic(value: &mut [u8]) -> bool {
     if !rest[..space].eq_ignore_ascii_case(b"basic") {
         return false;
     }
+    // As `identity` reads it: blanks before the token are skipped (`Basic  dXNl...`).
     let token = &mut rest[space + 1..];
+    let token_start = token
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(token.len());
+    let token = &mut token[token_start..];
     let token_end = token
         .iter()
         .position(|b| b.is_ascii_whitespace())
         .unwrap_or(token.len());
     let token = &mut token[..token_end];
-    let engine = base64::engine::general_purpose::STANDARD;
-    let Ok(mut decoded) = engine.decode(&*token) else {
+    // Decoded as leniently as `identity` does (unpadded, trailing bits), re-encoded in the same
+    // padding style, so the user name survives whenever `identity` could read it.
+    let engine = if token.ends_with(b"=") {
+        base64::engine::general_purpose::STANDARD
+    } else {
+        base64::engine::general_purpose::STANDARD_NO_PAD
+    };
+    let Ok(mut decoded) = crate::identity::BASIC_ENGINE.decode(&*token) else {
         // Not valid base64: whatever it is, do not keep it.
         token.fill(b'*');
         return true;
@@ -301,6 +316,41 @@ mod tests {
             decoded,
             format!("alice:{}", "*".repeat("hunter2-secret".len())).as_bytes()
         );
+    }
+
+    /// Shapes the fuzzer found leaking the password or losing the user (fuzz/corpus/redact).
+    #[test]
+    fn odd_basic_shapes_keep_the_user_and_lose_the_password() {
+        let std = base64::engine::general_purpose::STANDARD;
+        let padded = std.encode("alice:secret");
+        let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode("alice:pw");
+        for line in [
+            format!("Authorization: Basic  {padded}\r\n"),
+            format!("\rAuthorization: Basic {padded}\r\n"),
+            format!(" Authorization : Basic {padded}\r\n"),
+            format!("Authorization: Basic {unpadded}\r\n"),
+        ] {
+            let mut r = Redactor::default();
+            let head = format!("GET / HTTP/1.1\r\n{line}\r\n");
+            let out = redacted(&mut r, &head);
+            assert!(
+                !out.contains(&padded) && !out.contains(&unpadded),
+                "{out:?}"
+            );
+            let token = out
+                .split("Basic")
+                .nth(1)
+                .unwrap()
+                .trim()
+                .split('\r')
+                .next()
+                .unwrap();
+            let decoded = crate::identity::BASIC_ENGINE.decode(token).unwrap();
+            assert!(
+                decoded.starts_with(b"alice:") && decoded[6..].iter().all(|&b| b == b'*'),
+                "{out:?}"
+            );
+        }
     }
 
     #[test]
