@@ -1,5 +1,7 @@
-//! Project tasks: `cargo xtask setup | build | demo | test`.
+//! Project tasks: `cargo xtask setup | build | demo | test | fuzz`.
+mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -29,15 +31,33 @@ enum Task {
         #[arg(long, default_value = "thread")]
         model: String,
     },
-    /// Set up, build, run the whole test suite (unit, then end-to-end with real probes).
+    /// Set up, build release binaries, measure Vigie's overhead, capacity and latency
+    /// (root; about 10 minutes; see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+    /// Set up, build, run the whole test suite (unit, then end-to-end with real probes, then the
+    /// fuzz targets for `fuzz::DEFAULT_SECONDS` each).
     Test {
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the cargo-fuzz targets of `fuzz/` (installing cargo-fuzz when missing) and run each
+    /// for a bounded time from a copy of its seed corpus; fails on any crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+        /// Build with AddressSanitizer (slower build and runs).
+        #[arg(long)]
+        asan: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
+    // Files the tasks write (configs, alerts, traces) must not be group- or world-writable:
+    // Vigie refuses a config that is.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o022) };
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Build => {
@@ -48,10 +68,15 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             demo::run(&build()?, &model)
         }
+        Task::Bench(args) => {
+            setup::run()?;
+            bench::run(&args)
+        }
         Task::Test { args } => {
             setup::run()?;
             test::run(&build()?, &args)
         }
+        Task::Fuzz { seconds, asan } => fuzz::run(seconds, asan),
     }
 }
 

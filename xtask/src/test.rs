@@ -1,6 +1,7 @@
 //! The whole test suite: unit tests (no root), then the end-to-end tests, which start real
 //! portals and a real `vigie` with its probes. Without root those report themselves SKIPPED;
-//! with `VIGIE_REQUIRE_PRIVILEGED=1` (set by .ci/run) a skip is a failure.
+//! with `VIGIE_REQUIRE_PRIVILEGED=1` (set by .ci/run) a skip is a failure. Then the fuzz targets
+//! (`cargo xtask fuzz`), unless arguments select particular tests.
 use crate::{Binaries, cargo, is_root, step};
 
 pub fn run(bins: &Binaries, args: &[String]) -> anyhow::Result<()> {
@@ -20,5 +21,10 @@ pub fn run(bins: &Binaries, args: &[String]) -> anyhow::Result<()> {
     step("test", "cargo test");
     let mut cmd = vec!["test", "--"];
     cmd.extend(args.iter().map(String::as_str));
-    cargo(&cmd)
+    cargo(&cmd)?;
+    // Last, the bounded fuzzing run; not when a filter selects particular tests.
+    if args.is_empty() {
+        crate::fuzz::run(crate::fuzz::DEFAULT_SECONDS, false)?;
+    }
+    Ok(())
 }
