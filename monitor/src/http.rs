@@ -372,6 +372,40 @@ pub fn looks_like_request_start(buf: &[u8]) -> bool {
     })
 }
 
+/// The `scheme` and `token` of an `Authorization`-style value, as byte ranges of `value`: the
+/// value is trimmed, the scheme ends at the first space, the token is the rest, trimmed
+/// (possibly empty). The one reading of these values, shared by identity (which trusts them)
+/// and redaction (which rewrites them), so the two can never disagree on where a credential is.
+#[must_use]
+pub fn credential_parts(value: &[u8]) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let start = value
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    let scheme_end = value[start..end]
+        .iter()
+        .position(|&b| b == b' ')
+        .map_or(end, |i| start + i);
+    let token_start = scheme_end
+        + value[scheme_end..end]
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+    (start..scheme_end, token_start..end)
+}
+
+/// The token of an `Authorization`-style value whose scheme is `scheme` (case-insensitive),
+/// possibly empty; `None` for other schemes.
+#[must_use]
+pub fn credential_token<'v>(value: &'v [u8], scheme: &[u8]) -> Option<&'v [u8]> {
+    let (s, t) = credential_parts(value);
+    value[s].eq_ignore_ascii_case(scheme).then(|| &value[t])
+}
+
 /// Status code of the response whose status line starts `buf`, e.g. `403` for
 /// `HTTP/1.1 403 Forbidden\r\n`. The rest of the head may be missing, but the status line must
 /// be complete (the 512-byte capture may cut it otherwise) and the code within 100..=599.

@@ -228,14 +228,7 @@ fn basic_user(head: &RequestHead) -> Option<Result<String, IdentityProblem>> {
 /// The token68 of an `Authorization` value whose scheme is `Basic` (case-insensitive), possibly
 /// empty; `None` for other schemes.
 fn basic_token(value: &[u8]) -> Option<&[u8]> {
-    let value = value.trim_ascii();
-    let (scheme, token) = match value.iter().position(|&b| b == b' ') {
-        Some(space) => value.split_at_checked(space)?,
-        None => (value, &[][..]),
-    };
-    scheme
-        .eq_ignore_ascii_case(b"basic")
-        .then(|| token.trim_ascii())
+    crate::http::credential_token(value, b"basic")
 }
 
 /// Decodes `user:password` and keeps the user only (split at the first `:`, since RFC 7617

@@ -23,7 +23,10 @@ use std::{collections::HashMap, hash::BuildHasher as _};
 
 use base64::Engine as _;
 
-use crate::identity::jwt::{self, JwtConfig};
+use crate::{
+    http,
+    identity::jwt::{self, JwtConfig},
+};
 
 pub struct Redactor {
     key: std::collections::hash_map::RandomState,
@@ -166,21 +169,10 @@ fn next_line(data: &[u8], start: usize) -> Option<(usize, bool)> {
 
 /// Everything after the scheme word is masked: `Digest ...`, `Token ...`, a lone token.
 fn mask_credentials(value: &mut [u8]) {
-    let start = value
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(value.len());
-    let end = value
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |i| i + 1);
-    let text = &mut value[start..end];
+    let (scheme, token) = http::credential_parts(value);
     // `Scheme credentials`: keep the scheme word; a lone token is all credentials.
-    let creds_from = text.iter().position(u8::is_ascii_whitespace).unwrap_or(0);
-    for b in text[creds_from..]
-        .iter_mut()
-        .filter(|b| !b.is_ascii_whitespace())
-    {
+    let creds = if token.is_empty() { scheme } else { token };
+    for b in value[creds].iter_mut().filter(|b| !b.is_ascii_whitespace()) {
         *b = b'*';
     }
 }
@@ -188,29 +180,12 @@ fn mask_credentials(value: &mut [u8]) {
 /// ` Basic dXNlcjpwYXNz` -> ` Basic dXNlcjoqKioq` (`user:****`), same length. Returns whether
 /// the value was Basic.
 fn redact_basic(value: &mut [u8]) -> bool {
-    let text_start = value
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(value.len());
-    let rest = &mut value[text_start..];
-    let Some(space) = rest.iter().position(|&b| b == b' ') else {
-        return false;
-    };
-    if !rest[..space].eq_ignore_ascii_case(b"basic") {
+    // Where `identity` reads the token from: the same definition.
+    let (scheme, token) = http::credential_parts(value);
+    if !value[scheme].eq_ignore_ascii_case(b"basic") {
         return false;
     }
-    // As `identity` reads it: blanks before the token are skipped (`Basic  dXNl...`).
-    let token = &mut rest[space + 1..];
-    let token_start = token
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(token.len());
-    let token = &mut token[token_start..];
-    let token_end = token
-        .iter()
-        .position(|b| b.is_ascii_whitespace())
-        .unwrap_or(token.len());
-    let token = &mut token[..token_end];
+    let token = &mut value[token];
     // Decoded as leniently as `identity` does (unpadded, trailing bits), re-encoded in the same
     // padding style, so the user name survives whenever `identity` could read it.
     let engine = if token.ends_with(b"=") {

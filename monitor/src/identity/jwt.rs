@@ -327,14 +327,7 @@ pub(super) fn bearer_user(
 /// The token of an `Authorization` value whose scheme is `Bearer` (case-insensitive), possibly
 /// empty; `None` for other schemes.
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let value = value.trim_ascii();
-    let (scheme, token) = match value.iter().position(|&b| b == b' ') {
-        Some(space) => value.split_at_checked(space)?,
-        None => (value, &[][..]),
-    };
-    scheme
-        .eq_ignore_ascii_case(b"bearer")
-        .then(|| token.trim_ascii())
+    crate::http::credential_token(value, b"bearer")
 }
 
 /// Checks one compact JWS, cheapest checks first; the signature before any claim is trusted.
@@ -396,34 +389,16 @@ pub(super) fn check_token(
     Ok(Principal { user, roles })
 }
 
-/// In an `Authorization` value with the `Bearer` scheme (any case, any surrounding blanks),
+/// In an `Authorization` value with the `Bearer` scheme (read as [`crate::http::credential_parts`]),
 /// marks the token in place (see [`mark_token`]); other values are left alone. Returns whether
 /// it was a bearer value.
 pub fn mark_bearer_value(value: &mut [u8], cfg: &JwtConfig) -> bool {
-    let start = value
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(value.len());
-    let rest = &value[start..];
-    let scheme_len = rest
-        .iter()
-        .position(u8::is_ascii_whitespace)
-        .unwrap_or(rest.len());
-    if !rest[..scheme_len].eq_ignore_ascii_case(b"bearer") {
+    let (scheme, token) = crate::http::credential_parts(value);
+    if !value[scheme].eq_ignore_ascii_case(b"bearer") {
         return false;
     }
-    let token_start = start + scheme_len;
-    let token_start = token_start
-        + value[token_start..]
-            .iter()
-            .take_while(|b| b.is_ascii_whitespace())
-            .count();
-    let token_end = value[token_start..]
-        .iter()
-        .position(u8::is_ascii_whitespace)
-        .map_or(value.len(), |i| token_start + i);
-    if token_end > token_start {
-        mark_token(&mut value[token_start..token_end], cfg);
+    if !token.is_empty() {
+        mark_token(&mut value[token], cfg);
     }
     true
 }
