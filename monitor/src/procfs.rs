@@ -128,24 +128,31 @@ fn warn_fds_unreadable(pid: u32) {
 
 /// Events describing a process that just became a target, as of now.
 pub fn describe(pid: u32, roots: &[String], now_ns: u64) -> Vec<Event> {
-    let comm = comm_of(pid).unwrap_or_default();
-    let mut events = vec![Event {
+    let exec = Event {
         ts_ns: now_ns,
         pid,
         tid: pid,
-        comm: comm.clone(),
+        comm: comm_of(pid).unwrap_or_default(),
         kind: EventKind::ProcessExec,
-    }];
-    for (fd, found) in scan_fds(pid, roots) {
-        events.push(Event {
-            ts_ns: now_ns,
-            pid,
-            tid: pid,
-            comm: comm.clone(),
-            kind: EventKind::FdFound { fd, found },
-        });
-    }
+    };
+    let mut events = found_fds(&exec, roots);
+    events.insert(0, exec);
     events
+}
+
+/// `FdFound` events for the fds the process of `at` holds now, stamped like `at` (time, thread,
+/// name): at adoption, and after an exec (fds that survive it).
+pub fn found_fds(at: &Event, roots: &[String]) -> Vec<Event> {
+    scan_fds(at.pid, roots)
+        .into_iter()
+        .map(|(fd, found)| Event {
+            ts_ns: at.ts_ns,
+            pid: at.pid,
+            tid: at.tid,
+            comm: at.comm.clone(),
+            kind: EventKind::FdFound { fd, found },
+        })
+        .collect()
 }
 
 /// Fills in what a live `FileOpen` needs from `/proc`: the base of a relative path, the full

@@ -301,19 +301,9 @@ impl Live {
             }
             EventKind::ProcessExec if self.targets.contains(&ev.pid) => {
                 // fds that survived exec.
-                for found in procfs::scan_fds(ev.pid, &self.cfg.documents.roots) {
-                    let ev = Event {
-                        ts_ns: ev.ts_ns,
-                        pid: ev.pid,
-                        tid: ev.tid,
-                        comm: ev.comm.clone(),
-                        kind: EventKind::FdFound {
-                            fd: found.0,
-                            found: found.1,
-                        },
-                    };
-                    self.tell_kernel(&ev)?;
-                    self.feed(&ev)?;
+                for found in procfs::found_fds(ev, &self.cfg.documents.roots) {
+                    self.tell_kernel(&found)?;
+                    self.feed(&found)?;
                 }
             }
             EventKind::ProcessExit => {
