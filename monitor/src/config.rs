@@ -21,6 +21,9 @@ pub struct Config {
     pub documents: Documents,
     #[serde(default)]
     pub policy: Policy,
+    /// Ownership backends besides the templates (mapping file, SQLite, PostgreSQL).
+    #[serde(default)]
+    pub ownership: crate::ownership::config::OwnershipConfig,
     #[serde(default)]
     pub identity: IdentityConfig,
     #[serde(default)]
@@ -278,6 +281,9 @@ impl Config {
             *root = norm;
         }
         self.ownership()?;
+        self.ownership
+            .check(!self.documents.owner_templates.is_empty())
+            .map_err(|(field, reason)| invalid(field, reason))?;
         for (i, user) in self.policy.privileged_users.iter().enumerate() {
             if !crate::identity::valid_user_name(user) {
                 return Err(invalid(

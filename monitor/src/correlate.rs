@@ -334,6 +334,8 @@ impl Correlator {
                     count: *count,
                 });
             }
+            // For the ownership resolver (the pipeline keeps them from the correlator).
+            EventKind::OwnershipFact(_) => {}
             EventKind::Tick => {
                 let horizon = ev.ts_ns.saturating_sub(self.cfg.idle_flush_ns);
                 self.finish_where(out, |a| a.access.last_ts_ns < horizon);

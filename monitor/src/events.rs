@@ -67,6 +67,10 @@ pub enum EventKind {
     /// Time passes (live: the reader's timer). Lets the pure correlator expire state without a
     /// clock of its own; recorded like any event so replay expires the same way.
     Tick,
+    /// An ownership backend's answer (mapping file, database), recorded before the event whose
+    /// accesses needed it; replay gives it to the ownership resolver instead of asking again.
+    /// Never given to the correlator.
+    OwnershipFact(crate::ownership::fact::Fact),
 }
 
 /// Kinds of fds found by scanning `/proc/<pid>/fd`.

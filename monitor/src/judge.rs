@@ -3,7 +3,14 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::{correlate::Access, identity::IdentityProblem, ownership::OwnershipRules};
+use crate::{
+    correlate::Access,
+    identity::IdentityProblem,
+    ownership::{
+        fact::{BackendKind, LookupError},
+        resolver::Ownership,
+    },
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,12 +53,17 @@ pub struct Judgement {
     pub owner: Option<String>,
     /// Which rule decided, in words (stable strings, documented with the alert schema).
     pub rule: &'static str,
-    /// The ownership template that matched, if any.
+    /// What named the owner: the ownership template, or the mapping entry's path.
     pub template: Option<String>,
+    /// The ownership backend that decided (knew the owner, or failed).
+    pub owner_source: Option<BackendKind>,
+    /// Principals the document is shared with.
+    pub shared_with: Vec<String>,
+    /// Why the ownership lookup failed (verdict `unknown_owner`).
+    pub ownership_error: Option<LookupError>,
 }
 
 pub struct Judge {
-    ownership: OwnershipRules,
     privileged: BTreeSet<String>,
     privileged_roles: BTreeSet<String>,
     /// `policy.alert_forged_tokens`.
@@ -60,10 +72,10 @@ pub struct Judge {
 
 impl Judge {
     /// A judge with these privileged users, no privileged roles, and forged-token alerts on
-    /// (the configuration's defaults).
-    pub fn new(ownership: OwnershipRules, privileged: impl IntoIterator<Item = String>) -> Self {
+    /// (the configuration's defaults). Who owns what comes with each access, from the
+    /// ownership resolver.
+    pub fn new(privileged: impl IntoIterator<Item = String>) -> Self {
         Self {
-            ownership,
             privileged: privileged.into_iter().collect(),
             privileged_roles: BTreeSet::new(),
             alert_forged_tokens: true,
@@ -84,13 +96,10 @@ impl Judge {
         self
     }
 
-    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
-        Ok(Self::new(
-            cfg.ownership()?,
-            cfg.policy.privileged_users.iter().cloned(),
-        )
-        .with_privileged_roles(cfg.policy.privileged_roles.iter().cloned())
-        .with_forged_token_alerts(cfg.policy.alert_forged_tokens))
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Self::new(cfg.policy.privileged_users.iter().cloned())
+            .with_privileged_roles(cfg.policy.privileged_roles.iter().cloned())
+            .with_forged_token_alerts(cfg.policy.alert_forged_tokens)
     }
 
     /// The rule for a request without identity: a forged or expired bearer token is an attack
@@ -107,16 +116,24 @@ impl Judge {
         }
     }
 
-    pub fn judge(&self, access: &Access) -> Judgement {
-        let owned = self.ownership.owner_of(&access.document);
-        let owner = owned.map(|(o, _)| o.to_string());
-        let template = owned.map(|(_, t)| t.as_str().to_string());
+    /// The verdict on `access`, whose document is owned as `ownership` says.
+    pub fn judge(&self, access: &Access, ownership: &Ownership) -> Judgement {
+        let owner = ownership.owner.clone();
         let (verdict, rule) = match &access.request {
             None => (Verdict::Unattributed, "no_request_in_scope"),
             Some(req) => match (&req.identity, &owner) {
                 (None, _) => self.without_identity(req.identity_problem),
-                (Some(_), None) => (Verdict::UnknownOwner, "no_ownership_rule_matches"),
+                (Some(_), None) => match ownership.error {
+                    Some(LookupError::Timeout) => {
+                        (Verdict::UnknownOwner, "ownership_lookup_timeout")
+                    }
+                    Some(_) => (Verdict::UnknownOwner, "ownership_lookup_failed"),
+                    None => (Verdict::UnknownOwner, "no_ownership_rule_matches"),
+                },
                 (Some(id), Some(owner)) if &id.user == owner => (Verdict::Allowed, "user_is_owner"),
+                (Some(id), Some(_)) if ownership.shared_with.contains(&id.user) => {
+                    (Verdict::Allowed, "user_is_delegated")
+                }
                 (Some(id), Some(_)) if self.privileged.contains(&id.user) => {
                     (Verdict::Allowed, "user_is_privileged")
                 }
@@ -132,22 +149,53 @@ impl Judge {
             verdict,
             owner,
             rule,
-            template,
+            template: ownership.matched.clone(),
+            owner_source: ownership.source,
+            shared_with: ownership.shared_with.clone(),
+            ownership_error: ownership.error,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
     use crate::{
         correlate::{Evidence, RequestInfo},
         identity::{Identity, IdentitySource},
+        ownership::{OwnershipRules, resolver::Resolver},
     };
 
-    fn judge() -> Judge {
+    /// Judges with ownership from the template `/srv/users/{owner}/**`.
+    struct Templated(Judge, RefCell<Resolver>);
+
+    impl Templated {
+        fn judge(&self, access: &Access) -> Judgement {
+            let ownership = self.1.borrow_mut().resolve(
+                &access.document,
+                std::time::Instant::now(),
+                &mut Vec::new(),
+            );
+            self.0.judge(access, &ownership)
+        }
+
+        fn with_privileged_roles(self, roles: impl IntoIterator<Item = String>) -> Self {
+            Self(self.0.with_privileged_roles(roles), self.1)
+        }
+
+        fn with_forged_token_alerts(self, on: bool) -> Self {
+            Self(self.0.with_forged_token_alerts(on), self.1)
+        }
+    }
+
+    fn judge() -> Templated {
         let tpl = "/srv/users/{owner}/**".parse().unwrap();
-        Judge::new(OwnershipRules::new(vec![tpl]), ["agent".to_string()])
+        Templated(
+            Judge::new(["agent".to_string()]),
+            RefCell::new(Resolver::templates(OwnershipRules::new(vec![tpl]))),
+        )
     }
 
     fn access(user: Option<&str>, doc: &str, attributed: bool) -> Access {
@@ -292,5 +340,72 @@ mod tests {
         let j = judge().judge(&access(None, "/srv/users/bob/a.pdf", false));
         assert_eq!(j.owner.as_deref(), Some("bob"));
         assert_eq!(j.template.as_deref(), Some("/srv/users/{owner}/**"));
+        assert_eq!(j.owner_source, Some(BackendKind::Templates));
+    }
+
+    fn owned_by(owner: Option<&str>, shared: &[&str], error: Option<LookupError>) -> Ownership {
+        Ownership {
+            owner: owner.map(str::to_owned),
+            shared_with: shared.iter().map(|s| (*s).to_owned()).collect(),
+            source: Some(BackendKind::Sqlite),
+            matched: None,
+            error,
+        }
+    }
+
+    #[test]
+    fn delegated_principals_and_failed_lookups() {
+        let j = Judge::new(["agent".to_string()]);
+        let read = |user: Option<&str>, o: &Ownership| {
+            let got = j.judge(&access(user, "/srv/docs/1.pdf", true), o);
+            (got.verdict, got.rule, got.owner)
+        };
+        let shared = owned_by(Some("bob"), &["alice"], None);
+        let bob = Some("bob".to_string());
+        assert_eq!(
+            read(Some("alice"), &shared),
+            (Verdict::Allowed, "user_is_delegated", bob.clone())
+        );
+        assert_eq!(
+            read(Some("bob"), &shared),
+            (Verdict::Allowed, "user_is_owner", bob.clone())
+        );
+        // Not delegated: the alert still names the owner.
+        assert_eq!(
+            read(Some("carol"), &shared),
+            (Verdict::Violation, "cross_user_read", bob.clone())
+        );
+        assert_eq!(read(Some("agent"), &shared).1, "user_is_privileged");
+        assert_eq!(read(None, &shared).0, Verdict::Unauthenticated);
+        let got = j.judge(&access(Some("alice"), "/srv/docs/1.pdf", true), &shared);
+        assert_eq!(
+            (got.owner_source, got.shared_with),
+            (Some(BackendKind::Sqlite), vec!["alice".to_string()])
+        );
+        let timeout = owned_by(None, &[], Some(LookupError::Timeout));
+        assert_eq!(
+            read(Some("alice"), &timeout),
+            (Verdict::UnknownOwner, "ownership_lookup_timeout", None)
+        );
+        for e in [
+            LookupError::Unavailable,
+            LookupError::QueryFailed,
+            LookupError::BadResult,
+        ] {
+            let failed = owned_by(None, &[], Some(e));
+            assert_eq!(
+                read(Some("alice"), &failed),
+                (Verdict::UnknownOwner, "ownership_lookup_failed", None)
+            );
+            assert_eq!(
+                j.judge(&access(Some("alice"), "/d", true), &failed)
+                    .ownership_error,
+                Some(e)
+            );
+            // Identity problems and missing requests are judged first, as before.
+            assert_eq!(read(None, &failed).0, Verdict::Unauthenticated);
+        }
+        let unknown = Ownership::default();
+        assert_eq!(read(Some("alice"), &unknown).1, "no_ownership_rule_matches");
     }
 }

@@ -1,9 +1,23 @@
-//! Which user owns a document, from where it lives: path templates such as
-//! `/srv/portal/users/{owner}/**`.
+//! Which user owns a document. Backends, asked in the order of `ownership.backends`:
+//! - path templates such as `/srv/portal/users/{owner}/**` (this file);
+//! - a mapping file, document or glob -> owner and principals it is shared with ([`mapping`]);
+//! - a read-only query to the portal's SQLite or PostgreSQL database ([`sql`]), on a lookup
+//!   thread bounded by a timeout ([`worker`]).
+//!
+//! The [`resolver`] asks them, caches the answers, and records those that came from outside
+//! the config as [`fact::Fact`]s for replay; the judge only sees the resulting
+//! [`resolver::Ownership`] and stays pure.
 //!
 //! Templates are matched against normalized absolute paths (see [`crate::paths::normalize`]),
 //! component by component; nothing is globbed inside a component, so a template can never match
 //! more than its text says.
+
+pub mod config;
+pub mod fact;
+pub mod mapping;
+pub mod resolver;
+pub mod sql;
+pub mod worker;
 
 use std::fmt;
 use std::str::FromStr;

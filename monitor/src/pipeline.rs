@@ -1,11 +1,17 @@
-//! correlate -> judge -> sinks, shared by live runs and replay so both give the same alerts.
+//! correlate -> ownership -> judge -> sinks, shared by live runs and replay so both give the
+//! same alerts.
+//!
+//! Live, each event is recorded (when recording) after the correlator consumed it and the
+//! ownership of the documents it completed was resolved, so that the facts those lookups
+//! produced precede it in the trace; replay reads them first and judges alike.
 use std::collections::BTreeMap;
 
 use crate::{
     correlate::{Access, Correlator, Finding},
-    events::Event,
+    events::{Event, EventKind},
     judge::{Judge, Judgement, Verdict},
-    sinks::{alerts::AlertSink, metrics::Metrics},
+    ownership::resolver::{Ownership, Resolver, UsedFact},
+    sinks::{alerts::AlertSink, metrics::Metrics, trace::TraceWriter},
 };
 
 /// Which accesses to report (replay's time window and pid filters).
@@ -19,11 +25,31 @@ pub struct Counts {
     pub lost_events: u64,
 }
 
+/// A finding, with the ownership of its document once resolved.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved once into a Vec drained at once, like `Finding`: boxing would only add an allocation per access"
+)]
+enum Pending {
+    Access(Access, Ownership),
+    Gap {
+        ts_ns: u64,
+        reason: String,
+        count: u64,
+    },
+}
+
 pub struct Pipeline {
     correlator: Correlator,
     judge: Judge,
+    resolver: Resolver,
     alerts: AlertSink,
     findings: Vec<Finding>,
+    pending: Vec<Pending>,
+    /// Facts the current event's ownership rests on.
+    used: Vec<UsedFact>,
+    /// Live runs recording a trace.
+    trace: Option<TraceWriter>,
     filter: Option<Filter>,
     observer: Option<Observer>,
     /// Live runs only: verdict counts and latency need the live clock.
@@ -32,12 +58,21 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(correlator: Correlator, judge: Judge, alerts: AlertSink) -> Self {
+    pub fn new(
+        correlator: Correlator,
+        judge: Judge,
+        resolver: Resolver,
+        alerts: AlertSink,
+    ) -> Self {
         Self {
             correlator,
             judge,
+            resolver,
             alerts,
             findings: Vec::new(),
+            pending: Vec::new(),
+            used: Vec::new(),
+            trace: None,
             filter: None,
             observer: None,
             metrics: None,
@@ -59,15 +94,83 @@ impl Pipeline {
         self.metrics = Some(metrics);
     }
 
+    /// Records every event handled, with the ownership facts before it (live runs).
+    pub fn set_trace(&mut self, trace: TraceWriter) {
+        self.trace = Some(trace);
+    }
+
+    pub fn trace_mut(&mut self) -> Option<&mut TraceWriter> {
+        self.trace.as_mut()
+    }
+
+    pub fn resolver_mut(&mut self) -> &mut Resolver {
+        &mut self.resolver
+    }
+
     pub fn handle(&mut self, ev: &Event) -> std::io::Result<()> {
+        if let EventKind::OwnershipFact(fact) = &ev.kind {
+            // Replay: what a lookup answered live, for the accesses of the next events.
+            self.resolver.learn(fact.clone());
+            return Ok(());
+        }
         self.correlator.handle(ev, &mut self.findings);
+        self.resolve();
+        if let Some(trace) = self.trace.as_mut() {
+            trace.record_with_facts(&self.used, Some(ev))?;
+        }
         self.drain()
     }
 
     /// End of input: judge everything still open.
     pub fn finish(&mut self) -> std::io::Result<()> {
         self.correlator.flush(&mut self.findings);
+        self.resolve();
+        if let Some(trace) = self.trace.as_mut() {
+            trace.record_with_facts(&self.used, None)?;
+            trace.flush()?;
+        }
         self.drain()
+    }
+
+    /// Keeps the findings to report, each access with the ownership of its document (asked
+    /// once per document and event: the facts written before the event are the ones used).
+    fn resolve(&mut self) {
+        self.used.clear();
+        if self.findings.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut seen: Vec<(usize, String)> = Vec::new();
+        for finding in self.findings.drain(..) {
+            match finding {
+                Finding::Access(access) => {
+                    if self.filter.as_ref().is_some_and(|keep| !keep(&access)) {
+                        continue;
+                    }
+                    let known =
+                        seen.iter()
+                            .find(|(_, d)| *d == access.document)
+                            .and_then(|(i, _)| match &self.pending[*i] {
+                                Pending::Access(_, o) => Some(o.clone()),
+                                Pending::Gap { .. } => None,
+                            });
+                    let ownership = known.unwrap_or_else(|| {
+                        seen.push((self.pending.len(), access.document.clone()));
+                        self.resolver.resolve(&access.document, now, &mut self.used)
+                    });
+                    self.pending.push(Pending::Access(access, ownership));
+                }
+                Finding::Gap {
+                    ts_ns,
+                    reason,
+                    count,
+                } => self.pending.push(Pending::Gap {
+                    ts_ns,
+                    reason,
+                    count,
+                }),
+            }
+        }
     }
 
     pub fn correlator(&self) -> &Correlator {
@@ -79,13 +182,12 @@ impl Pipeline {
     }
 
     fn drain(&mut self) -> std::io::Result<()> {
-        for finding in self.findings.drain(..) {
-            match finding {
-                Finding::Access(access) => {
-                    if self.filter.as_ref().is_some_and(|keep| !keep(&access)) {
-                        continue;
-                    }
-                    let judgement = self.judge.judge(&access);
+        // Taken out and put back: the loop needs `self`, the vector keeps its capacity.
+        let mut pending = std::mem::take(&mut self.pending);
+        for p in pending.drain(..) {
+            match p {
+                Pending::Access(access, ownership) => {
+                    let judgement = self.judge.judge(&access, &ownership);
                     if let Some(observe) = self.observer.as_mut() {
                         observe(&access, &judgement);
                     }
@@ -122,7 +224,7 @@ impl Pipeline {
                         );
                     }
                 }
-                Finding::Gap {
+                Pending::Gap {
                     ts_ns,
                     reason,
                     count,
@@ -133,6 +235,7 @@ impl Pipeline {
                 }
             }
         }
+        self.pending = pending;
         Ok(())
     }
 }

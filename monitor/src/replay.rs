@@ -13,6 +13,7 @@ use crate::{
     correlate::{Access, Correlator, CorrelatorConfig, Finding},
     events::{Event, EventKind},
     judge::{Judge, Judgement, Verdict},
+    ownership::resolver::Resolver,
     pipeline::Pipeline,
     sinks::{
         alerts::{AlertSink, WallClock, rfc3339},
@@ -277,9 +278,16 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
         (Some(path), None) => Box::new(crate::sinks::alerts::open_alert_file(path)?),
         (None, None) => Box::new(std::io::stdout()),
     };
+    // Ownership backends configured as recorded answer from the trace's facts: no database or
+    // mapping file is needed. A what-if that changes a backend asks it for real.
+    let mut resolver = Resolver::for_replay(&config, &recorded)?;
+    if what_if {
+        resolver.start(std::time::Duration::from_secs(5))?;
+    }
     let mut pipeline = Pipeline::new(
         correlator(&config),
-        Judge::from_config(&config)?,
+        Judge::from_config(&config),
+        resolver,
         AlertSink::new(out, clock, opts.audit),
     );
     let since = opts.since_ns;
@@ -293,7 +301,11 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
     }));
     // Shadow run under the recorded config, for the what-if comparison.
     let mut shadow = match what_if {
-        true => Some((correlator(&recorded), Judge::from_config(&recorded)?)),
+        true => Some(Shadow {
+            correlator: correlator(&recorded),
+            judge: Judge::from_config(&recorded),
+            resolver: Resolver::for_replay(&recorded, &recorded)?,
+        }),
         false => None,
     };
     let mut recorded_verdicts: HashMap<(u32, u32, String, u64), Verdict> = HashMap::new();
@@ -323,17 +335,20 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
                 }
                 pipeline.handle(&ev)?;
                 // The shadow judges the same access at the same event, before it is observed.
-                if let Some((correlator, judge)) = shadow.as_mut() {
-                    correlator.handle(&ev, &mut findings);
-                    record_verdicts(judge, &mut findings, &mut recorded_verdicts);
+                if let Some(shadow) = shadow.as_mut() {
+                    match &ev.kind {
+                        EventKind::OwnershipFact(fact) => shadow.resolver.learn(fact.clone()),
+                        _ => shadow.correlator.handle(&ev, &mut findings),
+                    }
+                    shadow.record_verdicts(&mut findings, &mut recorded_verdicts);
                 }
             }
             None => {
                 at_end = true;
                 pipeline.finish()?;
-                if let Some((correlator, judge)) = shadow.as_mut() {
-                    correlator.flush(&mut findings);
-                    record_verdicts(judge, &mut findings, &mut recorded_verdicts);
+                if let Some(shadow) = shadow.as_mut() {
+                    shadow.correlator.flush(&mut findings);
+                    shadow.record_verdicts(&mut findings, &mut recorded_verdicts);
                 }
             }
         }
@@ -365,15 +380,26 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
     Ok(summary)
 }
 
-/// The shadow's verdicts (recorded config), keyed so the what-if can compare them.
-fn record_verdicts(
-    judge: &Judge,
-    findings: &mut Vec<Finding>,
-    verdicts: &mut HashMap<(u32, u32, String, u64), Verdict>,
-) {
-    for f in findings.drain(..) {
-        if let Finding::Access(a) = f {
-            verdicts.insert(access_key(&a), judge.judge(&a).verdict);
+/// The recorded config's run, for the what-if comparison.
+struct Shadow {
+    correlator: Correlator,
+    judge: Judge,
+    resolver: Resolver,
+}
+
+impl Shadow {
+    /// The shadow's verdicts, keyed so the what-if can compare them.
+    fn record_verdicts(
+        &mut self,
+        findings: &mut Vec<Finding>,
+        verdicts: &mut HashMap<(u32, u32, String, u64), Verdict>,
+    ) {
+        let now = std::time::Instant::now();
+        for f in findings.drain(..) {
+            if let Finding::Access(a) = f {
+                let ownership = self.resolver.resolve(&a.document, now, &mut Vec::new());
+                verdicts.insert(access_key(&a), self.judge.judge(&a, &ownership).verdict);
+            }
         }
     }
 }
@@ -519,11 +545,10 @@ fn explain_access(
     )?;
     writeln!(
         out,
-        "  verdict {} by rule {} (owner {}, template {})",
+        "  verdict {} by rule {} ({})",
         judgement.verdict.as_str(),
         judgement.rule,
-        judgement.owner.as_deref().unwrap_or("-"),
-        judgement.template.as_deref().unwrap_or("-")
+        ownership_words(judgement)
     )?;
     let evidence: Vec<&str> = access
         .evidence
@@ -580,7 +605,15 @@ fn explain_access(
     );
     let mut doc_fds: Vec<i32> = Vec::new();
     let mut response_seen = false;
+    let mut last_fact: Option<(u64, String)> = None;
     while let Some(ev) = reader.next_event()? {
+        if let EventKind::OwnershipFact(f) = &ev.kind {
+            // The last lookup of this document before the access was judged.
+            if f.document == access.document && ev.ts_ns <= hi.saturating_add(1_000_000_000) {
+                last_fact = Some((ev.ts_ns, describe(&ev.kind)));
+            }
+            continue;
+        }
         if ev.pid != access.pid {
             continue;
         }
@@ -613,7 +646,40 @@ fn explain_access(
             writeln!(out, "    {t} tid {} {}", ev.tid, describe(&ev.kind))?;
         }
     }
+    if let Some((ts, fact)) = last_fact {
+        writeln!(
+            out,
+            "  ownership lookup recorded at {}: {fact}",
+            rfc3339(clock.unix_ns(ts))
+        )?;
+    }
     Ok(())
+}
+
+/// How the owner was found, for `--explain`.
+fn ownership_words(j: &Judgement) -> String {
+    use crate::ownership::fact::BackendKind;
+    let owner = j.owner.as_deref().unwrap_or("-");
+    let mut words = match (j.owner_source, j.ownership_error) {
+        (source, Some(error)) => format!(
+            "owner unknown: the {} lookup failed ({})",
+            source.map_or("ownership", BackendKind::as_str),
+            error.as_str()
+        ),
+        (Some(BackendKind::Templates) | None, None) => format!(
+            "owner {owner}, template {}",
+            j.template.as_deref().unwrap_or("-")
+        ),
+        (Some(BackendKind::Mapping), None) => format!(
+            "owner {owner}, mapping entry {}",
+            j.template.as_deref().unwrap_or("-")
+        ),
+        (Some(source), None) => format!("owner {owner}, from {}", source.as_str()),
+    };
+    if !j.shared_with.is_empty() {
+        words.push_str(&format!(", shared with {}", j.shared_with.join(", ")));
+    }
+    words
 }
 
 fn describe(kind: &EventKind) -> String {
@@ -640,6 +706,11 @@ fn describe(kind: &EventKind) -> String {
             bytes,
         } => format!("sendfile {bytes} bytes from fd {in_fd} to connection fd {out_fd}"),
         EventKind::FileClose { fd } => format!("closed fd {fd}"),
+        EventKind::OwnershipFact(f) => match (&f.owner, f.error) {
+            (_, Some(e)) => format!("{} lookup failed ({})", f.backend.as_str(), e.as_str()),
+            (Some(owner), None) => format!("{} says the owner is {owner}", f.backend.as_str()),
+            (None, None) => format!("{} does not know the document", f.backend.as_str()),
+        },
         other => format!("{other:?}"),
     }
 }

@@ -22,6 +22,7 @@ use crate::{
     events::{Event, EventKind, FoundFd},
     judge::Judge,
     loader::Probes,
+    ownership::resolver::Resolver,
     pipeline::Pipeline,
     procfs,
     redact::Redactor,
@@ -41,6 +42,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// submit silently until a quarter of the ring is pending (per-record wake-ups cost more than
 /// the records), so this bounds how long a quiet event waits. Part of the alert latency.
 pub const DRAIN: Duration = Duration::from_millis(4);
+
+/// How long start-up waits for each ownership database to answer its first check.
+const OWNERSHIP_PROBE_WAIT: Duration = Duration::from_secs(5);
 
 pub struct RunOptions {
     pub config: Config,
@@ -75,7 +79,6 @@ struct Live {
     targets: HashSet<u32>,
     seen: HashSet<u32>,
     lost: [u64; loss::COUNT as usize],
-    trace: Option<TraceWriter>,
     redactor: Redactor,
     summary: Summary,
     metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
@@ -105,7 +108,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         Correlator::new(
             CorrelatorConfig::from_config(&cfg).with_realtime_offset_ns(clock.realtime_offset_ns),
         ),
-        Judge::from_config(&cfg)?,
+        Judge::from_config(&cfg),
+        Resolver::from_config(&cfg)?,
         AlertSink::new(out, clock, opts.audit).with_format(opts.alerts_format),
     );
     // The redactor holds the portal's JWT key (loaded by Config::normalize): signatures are
@@ -118,7 +122,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         targets: HashSet::new(),
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
-        trace: None,
         redactor: Redactor::new(cfg_jwt),
         summary: Summary::default(),
         metrics,
@@ -130,7 +133,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         let writer = TraceWriter::create(dir, header, *rotation)
             .with_context(|| format!("creating trace files in {}", dir.display()))?;
         tracing::info!(file = %writer.files()[0].display(), "recording");
-        live.trace = Some(writer);
+        live.pipeline.set_trace(writer);
     }
     let started = Instant::now();
     // Attached first, then targets: nothing a target does after this point is missed.
@@ -150,6 +153,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         }
         Err(e) => tracing::warn!("could not drop capabilities: {e}"),
     }
+    // After the drop: the database lookup threads start here, with the reduced set. A query
+    // the database refuses stops Vigie; a database that is down is a warning.
+    live.pipeline
+        .resolver_mut()
+        .start(OWNERSHIP_PROBE_WAIT)
+        .context("invalid configuration")?;
     // Parsing the kernel's BTF left tens of MiB of freed heap behind: give it back, so the
     // daemon's resident size is what it uses (77.9 -> 23.9 MiB measured in the bench).
     // SAFETY: malloc_trim has no preconditions.
@@ -191,10 +200,10 @@ impl Live {
             .events_by_kind
             .entry(kind_name(&ev.kind))
             .or_default() += 1;
-        if let Some(trace) = self.trace.as_mut() {
-            trace.record(ev).context("writing the trace")?;
-        }
-        self.pipeline.handle(ev).context("writing alerts")
+        // The pipeline records the event (after the ownership facts it needed), then alerts.
+        self.pipeline
+            .handle(ev)
+            .context("writing alerts or the trace")
     }
 
     async fn serve(
@@ -221,7 +230,7 @@ impl Live {
                     self.drain(ring.get_mut())?;
                     self.report_loss()?;
                     self.publish_metrics();
-                    if let Some(trace) = self.trace.as_mut() {
+                    if let Some(trace) = self.pipeline.trace_mut() {
                         trace.flush().context("writing the trace")?;
                     }
                     self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: String::new(), kind: EventKind::Tick })?;
@@ -339,10 +348,10 @@ impl Live {
     }
 
     fn finish(mut self) -> anyhow::Result<Summary> {
-        self.pipeline.finish().context("writing alerts")?;
-        if let Some(trace) = self.trace.as_mut() {
-            trace.flush().context("writing the trace")?;
-        }
+        // Also writes the last ownership facts and flushes the trace.
+        self.pipeline
+            .finish()
+            .context("writing alerts or the trace")?;
         let mut s = self.summary;
         s.requests = self.pipeline.correlator().stats().requests;
         s.accesses_by_verdict = self.pipeline.counts.by_verdict.clone();
@@ -385,6 +394,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::SockClose { .. } => "sock_close",
         EventKind::Lost { .. } => "lost",
         EventKind::Tick => "tick",
+        EventKind::OwnershipFact(_) => "ownership_fact",
     }
 }
 
@@ -396,6 +406,7 @@ impl Live {
             return;
         };
         self.pipeline.set_metrics(m.clone());
+        self.pipeline.resolver_mut().set_metrics(m.clone());
         m.set_probes(self.probes.attached.len(), Probes::expected());
         m.set_ring_size(u64::from(self.cfg.kernel.ring_buffer_bytes));
         use std::os::fd::AsFd as _;

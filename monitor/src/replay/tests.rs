@@ -230,3 +230,177 @@ fn rfc3339_round_trip() {
         assert_eq!(parse_rfc3339(bad), None, "{bad}");
     }
 }
+
+/// One request by `user` on its own connection and thread, reading `path` whole.
+fn request_reading(ts: u64, n: u32, user: &str, path: &str) -> Vec<Event> {
+    let e = |dt: u64, kind| Event {
+        ts_ns: ts + dt,
+        pid: 1,
+        tid: 100 + n,
+        comm: "p".into(),
+        kind,
+    };
+    let fd = 10 + i32::try_from(n).unwrap();
+    let head =
+        format!("GET /api/documents/{n} HTTP/1.1\r\nX-Remote-User: {user}\r\n\r\n").into_bytes();
+    vec![
+        e(0, EventKind::SockAccept { fd }),
+        e(
+            1,
+            EventKind::SockRead {
+                fd,
+                bytes: head.len() as u64,
+                data: Payload(head),
+            },
+        ),
+        e(
+            2,
+            EventKind::FileOpen {
+                fd: 50,
+                path: path.into(),
+                dirfd: -100,
+                truncated: false,
+                base: None,
+                full_path: None,
+                flags: 0,
+            },
+        ),
+        e(3, EventKind::FileRead { fd: 50, bytes: 100 }),
+        e(4, EventKind::FileClose { fd: 50 }),
+        e(5, EventKind::SockClose { fd }),
+    ]
+}
+
+#[test]
+fn a_database_backed_run_replays_identically_without_the_database() {
+    use crate::{
+        ownership::resolver::Resolver,
+        sinks::trace::{Rotation, TraceWriter},
+    };
+    let d = dir("sqlite");
+    let db = d.join("portal.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE documents (id INTEGER PRIMARY KEY, owner TEXT, shared_with TEXT);
+         INSERT INTO documents VALUES (1, 'bob', 'carol'), (3, 'alice', NULL);",
+    )
+    .unwrap();
+    drop(conn);
+    let text = format!(
+        "[documents]\nroots = [\"/srv/docs\"]\n[ownership]\nbackends = [\"sqlite\"]\n\
+         [ownership.sqlite]\ndatabase = \"{}\"\nquery = \"SELECT owner, shared_with FROM documents WHERE id = ?1\"\n\
+         document_id = \"/srv/docs/{{doc_id}}.pdf\"\n",
+        db.display()
+    );
+    let cfg = Config::parse(&text, "t").unwrap();
+    let clock = WallClock {
+        realtime_offset_ns: 0,
+    };
+    let live_alerts = d.join("live.jsonl");
+    let mut live = Pipeline::new(
+        Correlator::new(CorrelatorConfig::from_config(&cfg).with_realtime_offset_ns(0)),
+        Judge::from_config(&cfg),
+        Resolver::from_config(&cfg).unwrap(),
+        AlertSink::new(
+            Box::new(crate::sinks::alerts::open_alert_file(&live_alerts).unwrap()),
+            clock,
+            true,
+        ),
+    );
+    let trace_dir = d.join("trace");
+    live.set_trace(
+        TraceWriter::create(
+            &trace_dir,
+            TraceHeader::new(&cfg, clock),
+            Rotation::default(),
+        )
+        .unwrap(),
+    );
+    let mut ts = 1_000;
+    let mut feed = |n: u32, user: &str, doc: &str, live: &mut Pipeline| {
+        for ev in request_reading(ts, n, user, doc) {
+            live.handle(&ev).unwrap();
+        }
+        ts += 1_000;
+    };
+    feed(1, "alice", "/srv/docs/1.pdf", &mut live); // violation, owner bob
+    feed(2, "carol", "/srv/docs/1.pdf", &mut live); // delegated (from the cache)
+    feed(3, "bob", "/srv/docs/2.pdf", &mut live); // unknown to the database
+    feed(4, "bob", "/srv/docs/3.pdf", &mut live); // violation, owner alice
+    std::fs::remove_file(&db).unwrap();
+    feed(5, "alice", "/srv/docs/4.pdf", &mut live); // the database is gone
+    feed(6, "alice", "/srv/docs/3.pdf", &mut live); // still cached: own document
+    live.finish().unwrap();
+    drop(live);
+    let live_raw = std::fs::read_to_string(&live_alerts).unwrap();
+    let rules: Vec<(String, String)> = live_raw
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["rule"].as_str().unwrap().to_owned(),
+                v["owner"].to_string(),
+            )
+        })
+        .collect();
+    let r = |rule: &str, owner: &str| (rule.to_owned(), owner.to_owned());
+    assert_eq!(
+        rules,
+        [
+            r("cross_user_read", "\"bob\""),
+            r("user_is_delegated", "\"bob\""),
+            r("no_ownership_rule_matches", "null"),
+            r("cross_user_read", "\"alice\""),
+            r("ownership_lookup_failed", "null"),
+            r("user_is_owner", "\"alice\""),
+        ]
+    );
+    assert!(
+        live_raw.contains("\"ownership_error\":\"unavailable\""),
+        "{live_raw}"
+    );
+    assert!(
+        live_raw.contains("\"shared_with\":[\"carol\"]"),
+        "{live_raw}"
+    );
+    let files: Vec<PathBuf> = std::fs::read_dir(&trace_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let trace = std::fs::read_to_string(&files[0]).unwrap();
+    // One fact per lookup: 1 (reused from the cache for carol), 2, 3, 4; none for the cached 3.
+    assert_eq!(trace.matches("\"ownership_fact\"").count(), 4, "{trace}");
+
+    // Replay with no database at all: the same bytes.
+    let replayed = d.join("replayed.jsonl");
+    let mut o = opts(files.clone(), &replayed);
+    o.audit = true;
+    replay(&o).unwrap();
+    assert_eq!(std::fs::read_to_string(&replayed).unwrap(), live_raw);
+
+    // A what-if that keeps the database backend as recorded uses the recorded facts, even with
+    // a database that now says otherwise.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE documents (id INTEGER PRIMARY KEY, owner TEXT, shared_with TEXT);
+         INSERT INTO documents VALUES (1, 'alice', NULL);",
+    )
+    .unwrap();
+    let whatif = d.join("whatif.toml");
+    std::fs::write(
+        &whatif,
+        format!("{text}[policy]\nprivileged_users = [\"bob\"]\n"),
+    )
+    .unwrap();
+    let mut o = opts(files, &d.join("whatif.jsonl"));
+    o.config = Some(whatif);
+    o.audit = true;
+    let s = replay(&o).unwrap();
+    assert_eq!(s.changed.len(), 1, "{:?}", s.changed);
+    assert!(
+        s.changed[0].contains("bob read /srv/docs/3.pdf (owner alice): violation -> allowed"),
+        "{:?}",
+        s.changed
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

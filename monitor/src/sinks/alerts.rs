@@ -9,6 +9,7 @@ use crate::{
     correlate::{Access, Evidence, RequestInfo},
     identity::IdentitySource,
     judge::{Judgement, Verdict},
+    ownership::fact::{BackendKind, LookupError},
 };
 
 pub const SCHEMA: &str = "vigie.alert/1";
@@ -80,6 +81,12 @@ struct AccessAlert<'a> {
     user: Option<&'a str>,
     identity_source: Option<IdentitySource>,
     owner: Option<&'a str>,
+    /// The ownership backend that decided (knew the owner, or failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner_source: Option<BackendKind>,
+    /// Principals the document is shared with (only when there are some).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    shared_with: &'a [String],
     document: &'a str,
     pid: u32,
     tid: u32,
@@ -88,6 +95,9 @@ struct AccessAlert<'a> {
     evidence: &'a [Evidence],
     bytes: u64,
     rule: &'static str,
+    /// Why the ownership lookup failed (verdict `unknown_owner`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ownership_error: Option<LookupError>,
     access_id: u64,
 }
 
@@ -159,6 +169,8 @@ impl AlertSink {
             user: identity.map(|i| i.user.as_str()),
             identity_source: identity.map(|i| i.source),
             owner: judgement.owner.as_deref(),
+            owner_source: judgement.owner_source,
+            shared_with: &judgement.shared_with,
             document: &access.document,
             pid: access.pid,
             tid: access.tid,
@@ -167,6 +179,7 @@ impl AlertSink {
             evidence: &access.evidence,
             bytes: access.bytes,
             rule: judgement.rule,
+            ownership_error: judgement.ownership_error,
             access_id: access.id,
         };
         self.write_line(&line)

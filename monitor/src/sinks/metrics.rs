@@ -15,8 +15,8 @@
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -66,7 +66,12 @@ pub struct Metrics {
     latency: Histogram,
     ring_fill: Histogram,
     ring_size: IntGauge,
+    ownership_lookups: IntCounterVec,
+    ownership_latency: HistogramVec,
 }
+
+/// Outcomes of an ownership lookup (`vigie_ownership_lookups_total{outcome}`).
+pub const OWNERSHIP_OUTCOMES: [&str; 5] = ["found", "not_found", "cached", "timeout", "failed"];
 
 /// The label value of an identity source: its name in the alert schema (`trusted_header`, ...).
 pub fn source_label(source: Option<IdentitySource>) -> String {
@@ -218,6 +223,35 @@ impl Metrics {
                 "vigie_ringbuf_size_bytes",
                 "Size of the kernel ring buffer.",
             )?,
+            ownership_lookups: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "vigie_ownership_lookups_total",
+                        "Ownership lookups in the mapping file and databases, by backend and \
+                         outcome (cached: answered from the cache; timeout and failed: the \
+                         access was judged unknown_owner).",
+                    ),
+                    &["backend", "outcome"],
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            ownership_latency: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "vigie_ownership_lookup_seconds",
+                        "Time of one ownership lookup that was not answered from the cache \
+                         (the ring buffer is not drained meanwhile).",
+                    )
+                    .buckets(vec![
+                        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02,
+                        0.05, 0.1, 0.2, 0.5, 1.0,
+                    ]),
+                    &["backend"],
+                )?;
+                r.register(Box::new(h.clone()))?;
+                h
+            },
             registry: r,
         };
         for reason in 0..monitor_common::loss::COUNT {
@@ -256,6 +290,29 @@ impl Metrics {
         }
         let seconds = now_ns.saturating_sub(last_ts_ns) as f64 / 1e9;
         self.latency.observe(seconds);
+    }
+
+    /// Lookup series at 0 for these backends, so the first failure is a visible increase.
+    pub fn init_ownership(&self, backends: &[crate::ownership::fact::BackendKind]) {
+        for b in backends {
+            for outcome in OWNERSHIP_OUTCOMES {
+                self.ownership_lookups
+                    .with_label_values(&[b.as_str(), outcome])
+                    .reset();
+            }
+        }
+    }
+
+    /// One ownership lookup; `seconds` when it was not answered from the cache.
+    pub fn ownership_lookup(&self, backend: &str, outcome: &str, seconds: Option<f64>) {
+        self.ownership_lookups
+            .with_label_values(&[backend, outcome])
+            .inc();
+        if let Some(s) = seconds {
+            self.ownership_latency
+                .with_label_values(&[backend])
+                .observe(s);
+        }
     }
 
     /// Events so far, by kind (cumulative, as in the run summary).

@@ -104,7 +104,7 @@ impl Ocsf {
             }
             (v, _, _) => format!("document read: {}", v.as_str()),
         };
-        json!({
+        let mut event = json!({
             "class_uid": 1001,
             "class_name": "File System Activity",
             "category_uid": 1,
@@ -128,13 +128,21 @@ impl Ocsf {
                 "schema": SCHEMA,
                 "verdict": judgement.verdict,
                 "rule": judgement.rule,
+                "owner_source": judgement.owner_source,
                 "identity_source": identity.map(|i| i.source),
                 "evidence": access.evidence,
                 "bytes": access.bytes,
                 "access_id": access.id,
                 "request": access.request,
             },
-        })
+        });
+        if !judgement.shared_with.is_empty() {
+            event["unmapped"]["shared_with"] = json!(judgement.shared_with);
+        }
+        if let Some(e) = judgement.ownership_error {
+            event["unmapped"]["ownership_error"] = json!(e);
+        }
+        event
     }
 
     /// Events lost in the kernel: a Base Event, activity Other.
@@ -214,6 +222,9 @@ mod tests {
             owner: Some("bob".into()),
             rule: "cross_user_read",
             template: Some("/srv/users/{owner}/**".into()),
+            owner_source: Some(crate::ownership::fact::BackendKind::Templates),
+            shared_with: Vec::new(),
+            ownership_error: None,
         };
         (access, judgement)
     }

@@ -3,6 +3,7 @@
 //! 0600 (they hold user names and paths of health documents), and only ever receive whole lines:
 //! a crash leaves at most one partial last line, which the reader skips with a warning.
 use std::{
+    collections::HashMap,
     fs::{File, OpenOptions},
     io::{BufWriter, Write},
     os::unix::fs::OpenOptionsExt as _,
@@ -11,7 +12,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, events::Event, sinks::alerts::WallClock};
+use crate::{
+    config::Config,
+    events::{Event, EventKind},
+    ownership::{fact::BackendKind, resolver::UsedFact},
+    sinks::alerts::WallClock,
+};
 
 /// Trace format version. Readers refuse other versions.
 pub const FORMAT: u32 = 1;
@@ -96,7 +102,14 @@ pub struct TraceWriter {
     file_bytes: u64,
     files: Vec<PathBuf>,
     line: Vec<u8>,
+    /// Ownership facts written to the current file: (backend, document) -> lookup generation.
+    facts: HashMap<(BackendKind, String), u64>,
+    /// Timestamp of the last event written (facts written at the end of input take it).
+    last_ts_ns: u64,
 }
+
+/// Facts remembered per file before the set starts over (and facts are written again).
+const MAX_FACTS_PER_FILE: usize = 65_536;
 
 impl TraceWriter {
     /// Creates the directory (0700) if needed and the first file.
@@ -117,6 +130,8 @@ impl TraceWriter {
             file_bytes: 0,
             files: vec![path],
             line: Vec::with_capacity(512),
+            facts: HashMap::new(),
+            last_ts_ns: 0,
         };
         w.write_header()?;
         Ok(w)
@@ -145,7 +160,64 @@ impl TraceWriter {
         }
         self.out.write_all(&self.line)?;
         self.file_bytes += self.line.len() as u64;
+        self.last_ts_ns = ev.ts_ns;
         Ok(())
+    }
+
+    /// Writes the ownership facts the accesses of `ev` rest on, then `ev` (`None`: the end of
+    /// input), all in one file: replaying that file alone, once retention deleted the older
+    /// ones, still finds every fact it needs. A fact already in the current file (same lookup
+    /// generation) is not written again.
+    pub fn record_with_facts(
+        &mut self,
+        facts: &[UsedFact],
+        ev: Option<&Event>,
+    ) -> std::io::Result<()> {
+        if facts.is_empty() {
+            return ev.map_or(Ok(()), |ev| self.record(ev));
+        }
+        let ts_ns = ev.map_or(self.last_ts_ns, |e| e.ts_ns);
+        let mut group = self.fact_lines(facts, ts_ns)?;
+        let mut event_line = Vec::new();
+        if let Some(ev) = ev {
+            serde_json::to_writer(&mut event_line, ev).map_err(std::io::Error::other)?;
+            event_line.push(b'\n');
+        }
+        if self.file_bytes + (group.len() + event_line.len()) as u64 > self.rotation.max_file_bytes
+        {
+            self.rotate()?;
+            group = self.fact_lines(facts, ts_ns)?;
+        }
+        group.extend_from_slice(&event_line);
+        self.out.write_all(&group)?;
+        self.file_bytes += group.len() as u64;
+        self.last_ts_ns = ts_ns;
+        Ok(())
+    }
+
+    /// The lines of the facts not yet in the current file, marked as written.
+    fn fact_lines(&mut self, facts: &[UsedFact], ts_ns: u64) -> std::io::Result<Vec<u8>> {
+        let mut lines = Vec::new();
+        for used in facts {
+            let key = (used.fact.backend, used.fact.document.clone());
+            if self.facts.get(&key) == Some(&used.generation) {
+                continue;
+            }
+            if self.facts.len() >= MAX_FACTS_PER_FILE {
+                self.facts.clear();
+            }
+            self.facts.insert(key, used.generation);
+            let ev = Event {
+                ts_ns,
+                pid: 0,
+                tid: 0,
+                comm: String::new(),
+                kind: EventKind::OwnershipFact(used.fact.clone()),
+            };
+            serde_json::to_writer(&mut lines, &ev).map_err(std::io::Error::other)?;
+            lines.push(b'\n');
+        }
+        Ok(lines)
     }
 
     /// Pushes buffered lines to the file (called on every reader tick and at exit).
@@ -156,6 +228,7 @@ impl TraceWriter {
     fn rotate(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
         self.header.file_seq += 1;
+        self.facts.clear();
         let (out, path) = open(&self.dir, &self.stem, self.header.file_seq)?;
         self.out = out;
         self.file_bytes = 0;
@@ -251,6 +324,95 @@ mod tests {
                 serde_json::from_str::<Event>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
             }
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn fact(doc: &str, owner: &str, generation: u64) -> UsedFact {
+        use crate::ownership::fact::{Answer, Fact};
+        UsedFact {
+            fact: Fact::new(
+                BackendKind::Sqlite,
+                doc,
+                &Answer::Owner {
+                    owner: owner.into(),
+                    shared_with: vec![],
+                    matched: None,
+                },
+            ),
+            generation,
+        }
+    }
+
+    fn kinds(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| match serde_json::from_str::<Event>(l).unwrap().kind {
+                EventKind::OwnershipFact(f) => format!("fact {} {}", f.document, f.owner.unwrap()),
+                EventKind::FileRead { bytes, .. } => format!("read {bytes}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn facts_precede_their_event_once_per_file_and_rotate_with_it() {
+        let dir = tmp("facts");
+        let header = TraceHeader::new(
+            &config(),
+            WallClock {
+                realtime_offset_ns: 0,
+            },
+        );
+        let mut w = TraceWriter::create(
+            &dir,
+            header,
+            Rotation {
+                max_file_bytes: 8192,
+                max_files: 10,
+            },
+        )
+        .unwrap();
+        let a1 = fact("/d/a", "alice", 1);
+        w.record_with_facts(&[a1.clone(), a1.clone()], Some(&ev(1)))
+            .unwrap();
+        // Same lookup (a cache hit): not written again in this file.
+        w.record_with_facts(std::slice::from_ref(&a1), Some(&ev(2)))
+            .unwrap();
+        // A new lookup of the same document: written again.
+        let a2 = fact("/d/a", "bob", 2);
+        w.record_with_facts(std::slice::from_ref(&a2), Some(&ev(3)))
+            .unwrap();
+        w.record_with_facts(&[], Some(&ev(4))).unwrap();
+        w.record_with_facts(&[fact("/d/b", "carol", 3)], None)
+            .unwrap();
+        w.flush().unwrap();
+        assert_eq!(
+            kinds(&w.files()[0]),
+            [
+                "fact /d/a alice",
+                "read 1",
+                "read 2",
+                "fact /d/a bob",
+                "read 3",
+                "read 4",
+                "fact /d/b carol"
+            ]
+        );
+        // Fill the file: the group that does not fit goes to the next file whole, with the fact
+        // again although the previous file has it.
+        let mut i = 10;
+        while w.files().len() == 1 {
+            w.record_with_facts(std::slice::from_ref(&a2), Some(&ev(i)))
+                .unwrap();
+            i += 1;
+        }
+        w.flush().unwrap();
+        assert_eq!(
+            kinds(&w.files()[1]),
+            ["fact /d/a bob", &format!("read {}", i - 1)]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,0 +1,416 @@
+//! The ownership resolver: asks the configured backends, in order, who owns a document, and
+//! hands the judge the answer ([`Ownership`]). It does the I/O the judge must not do: database
+//! lookups (on lookup threads, bounded by a timeout), with a cache (TTL, negative TTL, bounded
+//! size). Every answer that came from outside the config (mapping file, database) is also
+//! returned as a [`Fact`] so that the live run can record it in its trace; replay feeds those
+//! facts back ([`Resolver::learn`]) instead of asking again, and so judges exactly as live did.
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{
+    OwnershipRules,
+    config::{FieldError, OwnershipConfig},
+    fact::{Answer, BackendKind, Fact, LookupError},
+    mapping::Mapping,
+    sql::DocumentId,
+    worker::Worker,
+};
+use crate::sinks::metrics::Metrics;
+
+/// Who owns a document, as far as the backends could tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership {
+    pub owner: Option<String>,
+    /// Principals the document is shared with (delegation): they may read it too.
+    pub shared_with: Vec<String>,
+    /// The backend that decided: knew the owner, or failed.
+    pub source: Option<BackendKind>,
+    /// What matched: the template, or the mapping entry's path.
+    pub matched: Option<String>,
+    /// The lookup failed: the owner is unknown, and no later backend was asked.
+    pub error: Option<LookupError>,
+}
+
+/// A fact the resolution used, with the generation of the lookup that produced it (a cached
+/// answer keeps its generation): the trace writer records each generation once per file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedFact {
+    pub fact: Fact,
+    pub generation: u64,
+}
+
+enum Source {
+    Templates(OwnershipRules),
+    Mapping(Mapping),
+    Query {
+        id: Option<DocumentId>,
+        worker: Worker,
+    },
+    /// Replay: answers come from the facts recorded in the trace.
+    Recorded,
+}
+
+struct Link {
+    kind: BackendKind,
+    source: Source,
+}
+
+type Key = (BackendKind, String);
+
+struct Entry {
+    answer: Answer,
+    generation: u64,
+    expires: Instant,
+}
+
+/// Answers by (backend, document), with an expiry each, at most `max` of them: the oldest
+/// insertion goes first.
+struct Cache {
+    map: HashMap<Key, Entry>,
+    order: VecDeque<(Key, u64)>,
+    max: usize,
+}
+
+impl Cache {
+    fn new(max: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            max,
+        }
+    }
+
+    fn get(&self, key: &Key, now: Instant) -> Option<&Entry> {
+        self.map.get(key).filter(|e| e.expires > now)
+    }
+
+    fn insert(&mut self, key: Key, entry: Entry) {
+        self.order.push_back((key.clone(), entry.generation));
+        self.map.insert(key, entry);
+        while self.map.len() > self.max {
+            let Some((old, generation)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .map
+                .get(&old)
+                .is_some_and(|e| e.generation == generation)
+            {
+                self.map.remove(&old);
+            }
+        }
+        // Keys inserted again leave stale positions behind: compact now and then.
+        if self.order.len() > 2 * self.max.max(16) {
+            let map = &self.map;
+            self.order
+                .retain(|(k, g)| map.get(k).is_some_and(|e| e.generation == *g));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+pub struct Resolver {
+    links: Vec<Link>,
+    cache: Cache,
+    ttl: Duration,
+    negative_ttl: Duration,
+    /// Replay: the last recorded fact per (backend, document).
+    recorded: HashMap<Key, Fact>,
+    metrics: Option<Arc<Metrics>>,
+    next_generation: u64,
+}
+
+/// How replay treats a configured backend.
+fn live_or_recorded(
+    live: bool,
+    kind: BackendKind,
+    make: impl FnOnce() -> Result<Source, FieldError>,
+) -> Result<Link, FieldError> {
+    Ok(Link {
+        kind,
+        source: if live { make()? } else { Source::Recorded },
+    })
+}
+
+impl Resolver {
+    /// Templates only (tests, and configs without `[ownership]` backends).
+    pub fn templates(rules: OwnershipRules) -> Self {
+        Self::with_links(
+            vec![Link {
+                kind: BackendKind::Templates,
+                source: Source::Templates(rules),
+            }],
+            &OwnershipConfig::default(),
+        )
+    }
+
+    fn with_links(links: Vec<Link>, cfg: &OwnershipConfig) -> Self {
+        Self {
+            links,
+            cache: Cache::new(cfg.cache_max_entries),
+            ttl: Duration::from_secs(cfg.cache_ttl_seconds),
+            negative_ttl: Duration::from_secs(cfg.negative_ttl_seconds),
+            recorded: HashMap::new(),
+            metrics: None,
+            next_generation: 1,
+        }
+    }
+
+    /// The live resolver: every backend is asked.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
+        Self::build(cfg, |_| true)
+    }
+
+    /// For replay: a backend configured exactly as in the recorded run answers from the
+    /// recorded facts; another one (a what-if) is asked for real.
+    pub fn for_replay(
+        cfg: &crate::config::Config,
+        recorded: &crate::config::Config,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let (now, then) = (&cfg.ownership, &recorded.ownership);
+        Self::build(cfg, |kind| match kind {
+            BackendKind::Templates => true,
+            BackendKind::Mapping => now.mapping != then.mapping,
+            BackendKind::Sqlite => {
+                now.sqlite != then.sqlite || now.lookup_timeout_ms != then.lookup_timeout_ms
+            }
+            BackendKind::Postgres => {
+                now.postgres != then.postgres || now.lookup_timeout_ms != then.lookup_timeout_ms
+            }
+        })
+    }
+
+    fn build(
+        cfg: &crate::config::Config,
+        live: impl Fn(BackendKind) -> bool,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let invalid =
+            |(field, reason): FieldError| crate::config::ConfigError::Invalid { field, reason };
+        let own = &cfg.ownership;
+        let id_of = |t: &Option<String>, field: &str| {
+            t.as_deref()
+                .map(DocumentId::parse)
+                .transpose()
+                .map_err(|r| (format!("ownership.{field}.document_id"), r))
+        };
+        let mut links = Vec::new();
+        for &kind in &own.backends {
+            let link = match kind {
+                BackendKind::Templates => Link {
+                    kind,
+                    source: Source::Templates(cfg.ownership()?),
+                },
+                BackendKind::Mapping => live_or_recorded(live(kind), kind, || {
+                    let m = own.mapping.as_ref().ok_or_else(|| missing(kind))?;
+                    let mapping = Mapping::load(std::path::Path::new(&m.file))
+                        .map_err(|e| ("ownership.mapping.file".to_owned(), e.to_string()))?;
+                    Ok(Source::Mapping(mapping))
+                })
+                .map_err(invalid)?,
+                BackendKind::Sqlite => live_or_recorded(live(kind), kind, || {
+                    let s = own.sqlite.as_ref().ok_or_else(|| missing(kind))?;
+                    Ok(Source::Query {
+                        id: id_of(&s.document_id, "sqlite")?,
+                        worker: Worker::new(
+                            "sqlite",
+                            Box::new(own.sqlite_lookup(s)),
+                            own.timeout(),
+                        ),
+                    })
+                })
+                .map_err(invalid)?,
+                BackendKind::Postgres => live_or_recorded(live(kind), kind, || {
+                    let p = own.postgres.as_ref().ok_or_else(|| missing(kind))?;
+                    Ok(Source::Query {
+                        id: id_of(&p.document_id, "postgres")?,
+                        worker: Worker::new(
+                            "postgres",
+                            Box::new(own.postgres_lookup(p)?),
+                            own.timeout(),
+                        ),
+                    })
+                })
+                .map_err(invalid)?,
+            };
+            links.push(link);
+        }
+        Ok(Self::with_links(links, own))
+    }
+
+    /// Counts lookups in `vigie_ownership_lookups_total` (live runs).
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        let external: Vec<BackendKind> = self
+            .links
+            .iter()
+            .filter(|l| !matches!(l.source, Source::Templates(_) | Source::Recorded))
+            .map(|l| l.kind)
+            .collect();
+        metrics.init_ownership(&external);
+        self.metrics = Some(metrics);
+    }
+
+    /// Checks each database and its query (start-up; waits at most `wait` per database). A
+    /// query the database refuses is an error naming the field; a database that cannot be
+    /// reached only a warning: lookups fail (`unknown_owner`) until it is back.
+    pub fn start(&mut self, wait: Duration) -> Result<(), crate::config::ConfigError> {
+        for link in &mut self.links {
+            if let Source::Query { worker, .. } = &mut link.source {
+                let name = link.kind.as_str();
+                match worker.probe(wait) {
+                    Ok(()) => tracing::info!(backend = name, "ownership database ready"),
+                    Err(super::sql::ProbeError::Query(reason)) => {
+                        return Err(crate::config::ConfigError::Invalid {
+                            field: format!("ownership.{name}.query"),
+                            reason,
+                        });
+                    }
+                    Err(super::sql::ProbeError::Unavailable(reason)) => tracing::warn!(
+                        backend = name,
+                        "ownership database unavailable: {reason}; its lookups fail (unknown_owner) until it answers"
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replay: a fact the live run recorded.
+    pub fn learn(&mut self, fact: Fact) {
+        self.recorded
+            .insert((fact.backend, fact.document.clone()), fact);
+    }
+
+    /// Answers cached now.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Who owns `document` (normalized absolute path). `now` ages the cache; `used` receives
+    /// the facts from outside the config that the answer rests on.
+    pub fn resolve(&mut self, document: &str, now: Instant, used: &mut Vec<UsedFact>) -> Ownership {
+        for link in &mut self.links {
+            let kind = link.kind;
+            let (answer, generation) = match &mut link.source {
+                Source::Templates(rules) => match rules.owner_of(document) {
+                    Some((owner, template)) => {
+                        return Ownership {
+                            owner: Some(owner.to_owned()),
+                            source: Some(kind),
+                            matched: Some(template.as_str().to_owned()),
+                            ..Ownership::default()
+                        };
+                    }
+                    None => continue,
+                },
+                Source::Recorded => {
+                    let answer = self
+                        .recorded
+                        .get(&(kind, document.to_owned()))
+                        .map_or(Answer::Failed(LookupError::NotRecorded), Fact::answer);
+                    (answer, 0)
+                }
+                live => {
+                    let key = (kind, document.to_owned());
+                    match self.cache.get(&key, now) {
+                        Some(entry) => {
+                            if let Some(m) = &self.metrics {
+                                m.ownership_lookup(kind.as_str(), "cached", None);
+                            }
+                            (entry.answer.clone(), entry.generation)
+                        }
+                        None => {
+                            let started = Instant::now();
+                            let (answer, asked) = match live {
+                                Source::Mapping(m) => (m.lookup(document), true),
+                                Source::Query { id, worker } => {
+                                    match id.as_ref().map_or(Some(document), |t| t.id_of(document))
+                                    {
+                                        Some(k) => (worker.ask(k), true),
+                                        // Not a path the id template knows: not this backend's.
+                                        None => (Answer::NotFound, false),
+                                    }
+                                }
+                                Source::Templates(_) | Source::Recorded => continue,
+                            };
+                            if let Some(m) = self.metrics.as_ref().filter(|_| asked) {
+                                m.ownership_lookup(
+                                    kind.as_str(),
+                                    answer.outcome(),
+                                    Some(started.elapsed().as_secs_f64()),
+                                );
+                            }
+                            let generation = self.next_generation;
+                            self.next_generation += 1;
+                            // Failures are not cached: the next read asks again (a database
+                            // that is down answers at once; one that hangs fails fast, see
+                            // the worker).
+                            let ttl = match answer {
+                                Answer::Owner { .. } => Some(self.ttl),
+                                Answer::NotFound => Some(self.negative_ttl),
+                                Answer::Failed(_) => None,
+                            };
+                            if let Some(ttl) = ttl {
+                                self.cache.insert(
+                                    key,
+                                    Entry {
+                                        answer: answer.clone(),
+                                        generation,
+                                        expires: now + ttl,
+                                    },
+                                );
+                            }
+                            (answer, generation)
+                        }
+                    }
+                }
+            };
+            used.push(UsedFact {
+                fact: Fact::new(kind, document, &answer),
+                generation,
+            });
+            match answer {
+                Answer::Owner {
+                    owner,
+                    shared_with,
+                    matched,
+                } => {
+                    return Ownership {
+                        owner: Some(owner),
+                        shared_with,
+                        source: Some(kind),
+                        matched,
+                        error: None,
+                    };
+                }
+                Answer::NotFound => {}
+                Answer::Failed(e) => {
+                    return Ownership {
+                        source: Some(kind),
+                        error: Some(e),
+                        ..Ownership::default()
+                    };
+                }
+            }
+        }
+        Ownership::default()
+    }
+}
+
+fn missing(kind: BackendKind) -> FieldError {
+    (
+        format!("ownership.{}", kind.as_str()),
+        format!(
+            "is required when `{}` is in `ownership.backends`",
+            kind.as_str()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests;
