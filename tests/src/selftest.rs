@@ -61,6 +61,35 @@ const ALL_SETUPS: [(&str, &[&str]); 4] = [
 ];
 
 #[test]
+fn documents_by_id_are_served_from_docs() {
+    for (model, extra) in ALL_SETUPS {
+        let (_root, server) = start(model, extra);
+        let addr = server.addr().to_string();
+        let alice = [("X-Remote-User", "alice")];
+        // The URL names an id; the file is ROOT/docs/<id>.pdf, bob's (the IDOR again).
+        let (status, body) = http_get(&addr, "/api/documents/2001", &alice).unwrap();
+        assert_eq!(
+            (status, body),
+            (200, document_content("bob", "2001.pdf")),
+            "{model} {extra:?}"
+        );
+        assert_eq!(http_get(&addr, "/api/documents/2001", &[]).unwrap().0, 401);
+        for missing in [
+            "/api/documents/4242",
+            "/api/documents/x1",
+            "/api/documents/",
+            "/api/documents/1/2",
+        ] {
+            assert_eq!(
+                http_get(&addr, missing, &alice).unwrap().0,
+                404,
+                "{missing}"
+            );
+        }
+    }
+}
+
+#[test]
 fn documents_need_an_identity_but_not_the_owners() {
     for (model, extra) in ALL_SETUPS {
         let (_root, server) = start(model, extra);

@@ -10,10 +10,24 @@ pub const USERS: [&str; 3] = ["alice", "bob", "carol"];
 /// The documents each user owns, at `ROOT/users/<user>/<document>`.
 pub const DOCUMENTS: [&str; 3] = ["health-record.pdf", "disability-file.pdf", "notes.txt"];
 
-/// (Re)creates `ROOT/users`, `ROOT/public/welcome.txt` and `ROOT/portal.db`. Anything else
-/// under ROOT is left alone.
+/// Documents stored by id, at `ROOT/docs/<id>.pdf` and served at `/api/documents/<id>`: (id,
+/// owner, principals it is shared with). Who owns them is only in `portal.db`'s `documents`
+/// table, never in the path.
+pub const API_DOCUMENTS: [(u32, &str, &[&str]); 5] = [
+    (1001, "alice", &[]),
+    (1002, "alice", &["carol"]),
+    (2001, "bob", &[]),
+    (2002, "bob", &["alice"]),
+    (3001, "carol", &[]),
+];
+
+/// A document stored by id that `portal.db` does not list: nobody is known to own it.
+pub const ORPHAN_DOCUMENT: u32 = 9001;
+
+/// (Re)creates `ROOT/users`, `ROOT/docs`, `ROOT/public/welcome.txt` and `ROOT/portal.db`.
+/// Anything else under ROOT is left alone.
 pub fn generate(root: &Path) -> io::Result<()> {
-    for area in ["users", "public"] {
+    for area in ["users", "public", "docs"] {
         match fs::remove_dir_all(root.join(area)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -31,8 +45,56 @@ pub fn generate(root: &Path) -> io::Result<()> {
         root.join("public/welcome.txt"),
         "Welcome to the Vigie demo portal.\n",
     )?;
-    fs::write(root.join("portal.db"), portal_db_content())?;
-    Ok(())
+    fs::create_dir_all(root.join("docs"))?;
+    for (id, owner, _) in API_DOCUMENTS {
+        let name = format!("{id}.pdf");
+        fs::write(
+            root.join("docs").join(&name),
+            document_content(owner, &name),
+        )?;
+    }
+    let orphan = format!("{ORPHAN_DOCUMENT}.pdf");
+    fs::write(
+        root.join("docs").join(&orphan),
+        document_content("nobody", &orphan),
+    )?;
+    write_portal_db(&root.join("portal.db"))
+}
+
+/// `portal.db`: a real SQLite database, as a portal would keep: `documents(id, owner,
+/// shared_with)` (shared_with: comma-separated user names, or NULL) and enough `sessions` rows
+/// that each request's 4 KiB read of the file is a full one. Written aside, then renamed.
+fn write_portal_db(path: &Path) -> io::Result<()> {
+    let tmp = path.with_extension("db.tmp");
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let db = rusqlite::Connection::open(&tmp).map_err(io::Error::other)?;
+    let mut sql = String::from(
+        "BEGIN;
+         CREATE TABLE documents (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, shared_with TEXT);
+         CREATE TABLE sessions (id INTEGER PRIMARY KEY, user TEXT NOT NULL, active INTEGER);\n",
+    );
+    for (id, owner, shared) in API_DOCUMENTS {
+        let shared = match shared {
+            [] => "NULL".to_owned(),
+            s => format!("'{}'", s.join(",")),
+        };
+        sql.push_str(&format!(
+            "INSERT INTO documents VALUES ({id}, '{owner}', {shared});\n"
+        ));
+    }
+    for row in 0..256 {
+        let user = USERS[row % USERS.len()];
+        sql.push_str(&format!(
+            "INSERT INTO sessions VALUES ({row}, '{user}', 1);\n"
+        ));
+    }
+    sql.push_str("COMMIT;");
+    db.execute_batch(&sql).map_err(io::Error::other)?;
+    drop(db);
+    fs::rename(&tmp, path)
 }
 
 /// The generated content of `owner`'s document `name`: text naming both on every line, of a
@@ -64,24 +126,6 @@ pub fn document_content(owner: &str, name: &str) -> Vec<u8> {
     content
 }
 
-/// 8 KiB of fake session rows, so that each request's 4 KiB read of it is a full one.
-fn portal_db_content() -> Vec<u8> {
-    let mut db = Vec::with_capacity(8192);
-    let mut row = 0;
-    while db.len() < 8192 {
-        db.extend_from_slice(
-            format!(
-                "session {row:05} user={} active\n",
-                USERS[row % USERS.len()]
-            )
-            .as_bytes(),
-        );
-        row += 1;
-    }
-    db.truncate(8192);
-    db
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +149,34 @@ mod tests {
             seen.iter().any(|&len| len > 16 * 1024),
             "one document needs two 16 KiB reads"
         );
+    }
+
+    #[test]
+    fn generated_tree_has_documents_by_id_and_a_real_portal_db() {
+        let root = std::env::temp_dir().join(format!("vigie-generate-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        generate(&root).unwrap();
+        generate(&root).unwrap();
+        for (id, owner, _) in API_DOCUMENTS {
+            let content = fs::read(root.join(format!("docs/{id}.pdf"))).unwrap();
+            assert_eq!(content, document_content(owner, &format!("{id}.pdf")));
+        }
+        assert!(root.join(format!("docs/{ORPHAN_DOCUMENT}.pdf")).is_file());
+        let db_path = root.join("portal.db");
+        assert!(fs::metadata(&db_path).unwrap().len() >= 8192);
+        let db = rusqlite::Connection::open(&db_path).unwrap();
+        let shared: Option<String> = db
+            .query_row(
+                "SELECT shared_with FROM documents WHERE id = 2002",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(shared.as_deref(), Some("alice"));
+        let n: u32 = db
+            .query_row("SELECT count(*) FROM documents", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n as usize, API_DOCUMENTS.len());
+        let _ = fs::remove_dir_all(&root);
     }
 }

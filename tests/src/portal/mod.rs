@@ -32,13 +32,14 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-pub use generate::{DOCUMENTS, USERS, document_content, generate};
+pub use generate::{API_DOCUMENTS, DOCUMENTS, ORPHAN_DOCUMENT, USERS, document_content, generate};
 
 /// Deliberately vulnerable document portal used to demonstrate and test Vigie.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "demo-portal", version)]
 pub struct Config {
-    /// Document root: documents live at ROOT/users/<owner>/<name>, public files at ROOT/public.
+    /// Document root: documents live at ROOT/users/<owner>/<name> (served at /docs/...) and at
+    /// ROOT/docs/<id>.pdf (served at /api/documents/<id>), public files at ROOT/public.
     #[arg(long, value_name = "DIR")]
     pub root: PathBuf,
 
@@ -54,7 +55,8 @@ pub struct Config {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=prefork::MAX_WORKERS as i64))]
     pub workers: Option<u16>,
 
-    /// (Re)create the demo users, documents, public files and portal.db under ROOT first.
+    /// (Re)create the demo users, documents (by owner and by id), public files and portal.db
+    /// (SQLite, with the owners of the documents by id) under ROOT first.
     #[arg(long)]
     pub generate: bool,
 

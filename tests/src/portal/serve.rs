@@ -178,6 +178,9 @@ struct Outcome {
 /// Where a request goes.
 enum Route<'a> {
     Health,
+    /// `/api/documents/<id>`: the document stored as `ROOT/docs/<id>.pdf`. The URL names an id,
+    /// not the file: ownership is only in `portal.db`.
+    ApiDocument(&'a str),
     /// A file under `ROOT/<area>/`, named by the still percent-encoded `rest` of the path.
     File {
         area: &'static str,
@@ -193,6 +196,12 @@ fn route(request: &Request) -> Route<'_> {
         Route::Unknown
     } else if path == "/healthz" {
         Route::Health
+    } else if let Some(id) = path.strip_prefix("/api/documents/") {
+        if (1..=18).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit()) {
+            Route::ApiDocument(id)
+        } else {
+            Route::Unknown
+        }
     } else if let Some(rest) = path.strip_prefix("/docs/") {
         Route::File {
             area: "users",
@@ -217,6 +226,7 @@ fn respond(
     connection: Option<&'static str>,
 ) -> Outcome {
     let user = request.identity();
+    let api_path;
     let (area, rest, needs_identity) = match route(request) {
         Route::Health => return text(wire, user, 200, "ok", connection),
         Route::Unknown => return text(wire, user, 404, "Not Found\n", connection),
@@ -225,6 +235,10 @@ fn respond(
             rest,
             needs_identity,
         } => (area, rest, needs_identity),
+        Route::ApiDocument(id) => {
+            api_path = format!("{id}.pdf");
+            ("docs", api_path.as_str(), true)
+        }
     };
 
     // A real portal consults its own database before serving anything: a file access that is
