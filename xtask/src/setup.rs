@@ -26,6 +26,10 @@ const APT_PACKAGES: &[&str] = &[
     // end-to-end test runs its own instances of both (see `tests/tests/prometheus.rs`).
     "prometheus",
     "prometheus-alertmanager",
+    // PostgreSQL server and client: the ownership tests start their own cluster (initdb in a
+    // temp dir, unix socket only; see `tests/tests/support/postgres.rs`). No system cluster
+    // is started (see below).
+    "postgresql",
 ];
 
 /// Debian's policy-rc.d protocol: while this file exists and exits 101, maintainer scripts do not
@@ -77,8 +81,9 @@ fn apt() -> anyhow::Result<()> {
     need_root("installing apt packages")?;
     step("setup", &format!("apt-get install {}", missing.join(" ")));
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
-    // prometheus and prometheus-alertmanager would start system daemons on 9090/9093 (and
-    // fail the install where they cannot start): the tests run their own, so none is started.
+    // prometheus, prometheus-alertmanager and postgresql would start system daemons on
+    // 9090/9093/5432 (and fail the install where they cannot start): the tests run their own,
+    // so none is started.
     let _no_daemons = NoServiceStarts::new()?;
     run_cmd(
         Command::new("apt-get")

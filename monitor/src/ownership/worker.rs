@@ -67,13 +67,23 @@ impl Worker {
             let mut lookup = self.lookup.take()?;
             let (requests, inbox) = mpsc::channel::<Request>();
             let (outbox, replies) = mpsc::channel();
+            let name = self.name.clone();
             let spawned = thread::Builder::new()
                 .name(self.name.clone())
                 .spawn(move || {
                     for request in inbox {
                         let (id, reply) = match request {
                             Request::Lookup { id, key, deadline } => {
-                                (id, Reply::Answer(lookup.lookup(&key, deadline)))
+                                let answer = lookup.lookup(&key, deadline);
+                                let late = Instant::now().saturating_duration_since(deadline);
+                                if !late.is_zero() {
+                                    // Its caller gave up; lookups failed fast meanwhile.
+                                    tracing::warn!(
+                                        "{name}: a lookup answered {} ms after its deadline; lookups work again",
+                                        late.as_millis()
+                                    );
+                                }
+                                (id, Reply::Answer(answer))
                             }
                             Request::Probe { id } => (id, Reply::Probe(lookup.probe())),
                         };

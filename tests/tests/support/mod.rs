@@ -21,6 +21,8 @@ pub use vigie_tests::{
     process::{PortalGuard, spawn_portal},
 };
 
+pub mod postgres;
+
 /// One end-to-end test at a time: each loads its own probes and runs a portal.
 static SERIAL: Mutex<()> = Mutex::new(());
 
