@@ -49,8 +49,10 @@ enum Source {
         id: Option<DocumentId>,
         worker: Worker,
     },
-    /// Replay: answers come from the facts recorded in the trace.
-    Recorded,
+    /// Replay: answers come from the facts recorded in the trace. In a what-if, the backend
+    /// itself answers for documents the recording never asked it about (another backend
+    /// order, say).
+    Recorded(Option<Box<Source>>),
 }
 
 struct Link {
@@ -117,25 +119,42 @@ impl Cache {
 
 pub struct Resolver {
     links: Vec<Link>,
+    lookups: Lookups,
+    /// Replay: the last recorded fact per (backend, document).
+    recorded: HashMap<Key, Fact>,
+}
+
+/// What live lookups share: the cache, its TTLs, the metrics, the generation counter.
+struct Lookups {
     cache: Cache,
     ttl: Duration,
     negative_ttl: Duration,
-    /// Replay: the last recorded fact per (backend, document).
-    recorded: HashMap<Key, Fact>,
     metrics: Option<Arc<Metrics>>,
     next_generation: u64,
 }
 
-/// How replay treats a configured backend.
-fn live_or_recorded(
-    live: bool,
+/// Where a backend's answers come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The backend itself.
+    Live,
+    /// The trace's facts only (replay under the recorded config: exactly the live verdicts).
+    Recorded,
+    /// The trace's facts, else the backend (a what-if that keeps this backend as recorded).
+    RecordedOrLive,
+}
+
+fn link(
+    mode: Mode,
     kind: BackendKind,
     make: impl FnOnce() -> Result<Source, FieldError>,
 ) -> Result<Link, FieldError> {
-    Ok(Link {
-        kind,
-        source: if live { make()? } else { Source::Recorded },
-    })
+    let source = match mode {
+        Mode::Live => make()?,
+        Mode::Recorded => Source::Recorded(None),
+        Mode::RecordedOrLive => Source::Recorded(Some(Box::new(make()?))),
+    };
+    Ok(Link { kind, source })
 }
 
 impl Resolver {
@@ -153,42 +172,51 @@ impl Resolver {
     fn with_links(links: Vec<Link>, cfg: &OwnershipConfig) -> Self {
         Self {
             links,
-            cache: Cache::new(cfg.cache_max_entries),
-            ttl: Duration::from_secs(cfg.cache_ttl_seconds),
-            negative_ttl: Duration::from_secs(cfg.negative_ttl_seconds),
+            lookups: Lookups {
+                cache: Cache::new(cfg.cache_max_entries),
+                ttl: Duration::from_secs(cfg.cache_ttl_seconds),
+                negative_ttl: Duration::from_secs(cfg.negative_ttl_seconds),
+                metrics: None,
+                next_generation: 1,
+            },
             recorded: HashMap::new(),
-            metrics: None,
-            next_generation: 1,
         }
     }
 
     /// The live resolver: every backend is asked.
     pub fn from_config(cfg: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
-        Self::build(cfg, |_| true)
+        Self::build(cfg, |_| Mode::Live)
     }
 
-    /// For replay: a backend configured exactly as in the recorded run answers from the
-    /// recorded facts; another one (a what-if) is asked for real.
+    /// For replay. Under the recorded config, every backend answers from the recorded facts
+    /// only, so the verdicts are the live ones. In a what-if, a backend configured as recorded
+    /// answers from the facts, and asks for real about documents the recording never asked it
+    /// about; a backend the what-if changes is asked for real.
     pub fn for_replay(
         cfg: &crate::config::Config,
         recorded: &crate::config::Config,
     ) -> Result<Self, crate::config::ConfigError> {
         let (now, then) = (&cfg.ownership, &recorded.ownership);
-        Self::build(cfg, |kind| match kind {
-            BackendKind::Templates => true,
-            BackendKind::Mapping => now.mapping != then.mapping,
-            BackendKind::Sqlite => {
-                now.sqlite != then.sqlite || now.lookup_timeout_ms != then.lookup_timeout_ms
-            }
-            BackendKind::Postgres => {
-                now.postgres != then.postgres || now.lookup_timeout_ms != then.lookup_timeout_ms
-            }
+        let same_timeout = now.lookup_timeout_ms == then.lookup_timeout_ms;
+        let unchanged = if cfg == recorded {
+            Mode::Recorded
+        } else {
+            Mode::RecordedOrLive
+        };
+        Self::build(cfg, |kind| {
+            let same = match kind {
+                BackendKind::Templates => true,
+                BackendKind::Mapping => now.mapping == then.mapping,
+                BackendKind::Sqlite => now.sqlite == then.sqlite && same_timeout,
+                BackendKind::Postgres => now.postgres == then.postgres && same_timeout,
+            };
+            if same { unchanged } else { Mode::Live }
         })
     }
 
     fn build(
         cfg: &crate::config::Config,
-        live: impl Fn(BackendKind) -> bool,
+        mode: impl Fn(BackendKind) -> Mode,
     ) -> Result<Self, crate::config::ConfigError> {
         let invalid =
             |(field, reason): FieldError| crate::config::ConfigError::Invalid { field, reason };
@@ -206,14 +234,14 @@ impl Resolver {
                     kind,
                     source: Source::Templates(cfg.ownership()?),
                 },
-                BackendKind::Mapping => live_or_recorded(live(kind), kind, || {
+                BackendKind::Mapping => link(mode(kind), kind, || {
                     let m = own.mapping.as_ref().ok_or_else(|| missing(kind))?;
                     let mapping = Mapping::load(std::path::Path::new(&m.file))
                         .map_err(|e| ("ownership.mapping.file".to_owned(), e.to_string()))?;
                     Ok(Source::Mapping(mapping))
                 })
                 .map_err(invalid)?,
-                BackendKind::Sqlite => live_or_recorded(live(kind), kind, || {
+                BackendKind::Sqlite => link(mode(kind), kind, || {
                     let s = own.sqlite.as_ref().ok_or_else(|| missing(kind))?;
                     Ok(Source::Query {
                         id: id_of(&s.document_id, "sqlite")?,
@@ -225,7 +253,7 @@ impl Resolver {
                     })
                 })
                 .map_err(invalid)?,
-                BackendKind::Postgres => live_or_recorded(live(kind), kind, || {
+                BackendKind::Postgres => link(mode(kind), kind, || {
                     let p = own.postgres.as_ref().ok_or_else(|| missing(kind))?;
                     Ok(Source::Query {
                         id: id_of(&p.document_id, "postgres")?,
@@ -248,11 +276,11 @@ impl Resolver {
         let external: Vec<BackendKind> = self
             .links
             .iter()
-            .filter(|l| !matches!(l.source, Source::Templates(_) | Source::Recorded))
+            .filter(|l| !matches!(l.source, Source::Templates(_) | Source::Recorded(None)))
             .map(|l| l.kind)
             .collect();
         metrics.init_ownership(&external);
-        self.metrics = Some(metrics);
+        self.lookups.metrics = Some(metrics);
     }
 
     /// Checks each database and its query (start-up; waits at most `wait` per database). A
@@ -260,7 +288,11 @@ impl Resolver {
     /// reached only a warning: lookups fail (`unknown_owner`) until it is back.
     pub fn start(&mut self, wait: Duration) -> Result<(), crate::config::ConfigError> {
         for link in &mut self.links {
-            if let Source::Query { worker, .. } = &mut link.source {
+            let source = match &mut link.source {
+                Source::Recorded(Some(fallback)) => fallback.as_mut(),
+                other => other,
+            };
+            if let Source::Query { worker, .. } = source {
                 let name = link.kind.as_str();
                 match worker.probe(wait) {
                     Ok(()) => tracing::info!(backend = name, "ownership database ready"),
@@ -288,7 +320,7 @@ impl Resolver {
 
     /// Answers cached now.
     pub fn cached(&self) -> usize {
-        self.cache.len()
+        self.lookups.cache.len()
     }
 
     /// Who owns `document` (normalized absolute path). `now` ages the cache; `used` receives
@@ -308,67 +340,14 @@ impl Resolver {
                     }
                     None => continue,
                 },
-                Source::Recorded => {
-                    let answer = self
-                        .recorded
-                        .get(&(kind, document.to_owned()))
-                        .map_or(Answer::Failed(LookupError::NotRecorded), Fact::answer);
-                    (answer, 0)
-                }
-                live => {
-                    let key = (kind, document.to_owned());
-                    match self.cache.get(&key, now) {
-                        Some(entry) => {
-                            if let Some(m) = &self.metrics {
-                                m.ownership_lookup(kind.as_str(), "cached", None);
-                            }
-                            (entry.answer.clone(), entry.generation)
-                        }
-                        None => {
-                            let started = Instant::now();
-                            let (answer, asked) = match live {
-                                Source::Mapping(m) => (m.lookup(document), true),
-                                Source::Query { id, worker } => {
-                                    match id.as_ref().map_or(Some(document), |t| t.id_of(document))
-                                    {
-                                        Some(k) => (worker.ask(k), true),
-                                        // Not a path the id template knows: not this backend's.
-                                        None => (Answer::NotFound, false),
-                                    }
-                                }
-                                Source::Templates(_) | Source::Recorded => continue,
-                            };
-                            if let Some(m) = self.metrics.as_ref().filter(|_| asked) {
-                                m.ownership_lookup(
-                                    kind.as_str(),
-                                    answer.outcome(),
-                                    Some(started.elapsed().as_secs_f64()),
-                                );
-                            }
-                            let generation = self.next_generation;
-                            self.next_generation += 1;
-                            // Failures are not cached: the next read asks again (a database
-                            // that is down answers at once; one that hangs fails fast, see
-                            // the worker).
-                            let ttl = match answer {
-                                Answer::Owner { .. } => Some(self.ttl),
-                                Answer::NotFound => Some(self.negative_ttl),
-                                Answer::Failed(_) => None,
-                            };
-                            if let Some(ttl) = ttl {
-                                self.cache.insert(
-                                    key,
-                                    Entry {
-                                        answer: answer.clone(),
-                                        generation,
-                                        expires: now + ttl,
-                                    },
-                                );
-                            }
-                            (answer, generation)
-                        }
+                Source::Recorded(fallback) => {
+                    match (self.recorded.get(&(kind, document.to_owned())), fallback) {
+                        (Some(fact), _) => (fact.answer(), 0),
+                        (None, Some(source)) => self.lookups.ask(source, kind, document, now),
+                        (None, None) => (Answer::Failed(LookupError::NotRecorded), 0),
                     }
                 }
+                live => self.lookups.ask(live, kind, document, now),
             };
             used.push(UsedFact {
                 fact: Fact::new(kind, document, &answer),
@@ -399,6 +378,65 @@ impl Resolver {
             }
         }
         Ownership::default()
+    }
+}
+
+impl Lookups {
+    /// The answer of a live backend (mapping file or database), from the cache while fresh,
+    /// with the generation of the lookup that produced it.
+    fn ask(
+        &mut self,
+        source: &mut Source,
+        kind: BackendKind,
+        document: &str,
+        now: Instant,
+    ) -> (Answer, u64) {
+        let key = (kind, document.to_owned());
+        if let Some(entry) = self.cache.get(&key, now) {
+            if let Some(m) = &self.metrics {
+                m.ownership_lookup(kind.as_str(), "cached", None);
+            }
+            return (entry.answer.clone(), entry.generation);
+        }
+        let started = Instant::now();
+        let (answer, asked) = match source {
+            Source::Mapping(m) => (m.lookup(document), true),
+            Source::Query { id, worker } => {
+                match id.as_ref().map_or(Some(document), |t| t.id_of(document)) {
+                    Some(k) => (worker.ask(k), true),
+                    // Not a path the id template knows: not this backend's document.
+                    None => (Answer::NotFound, false),
+                }
+            }
+            Source::Templates(_) | Source::Recorded(_) => (Answer::NotFound, false),
+        };
+        if let Some(m) = self.metrics.as_ref().filter(|_| asked) {
+            m.ownership_lookup(
+                kind.as_str(),
+                answer.outcome(),
+                Some(started.elapsed().as_secs_f64()),
+            );
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        // Failures are not cached: the next read asks again (a database that is down answers
+        // at once; one that hangs fails fast, see the worker).
+        let ttl = match answer {
+            Answer::Owner { .. } => Some(self.ttl),
+            Answer::NotFound => Some(self.negative_ttl),
+            Answer::Failed(_) => None,
+        };
+        if let Some(ttl) = ttl {
+            self.cache.insert(
+                key,
+                Entry {
+                    answer: answer.clone(),
+                    generation,
+                    expires: now + ttl,
+                },
+            );
+        }
+        (answer, generation)
     }
 }
 

@@ -173,7 +173,7 @@ fn the_cache_is_bounded_oldest_first() {
         resolve(&mut r, &format!("/x{i}"), t0);
         resolve(&mut r, "/x0", t0 + Duration::from_secs(61));
     }
-    assert!(r.cached() <= 3 && r.cache.order.len() <= 2 * 16 + 1);
+    assert!(r.cached() <= 3 && r.lookups.cache.order.len() <= 2 * 16 + 1);
 }
 
 #[test]
@@ -310,7 +310,7 @@ fn replay_answers_from_recorded_facts_without_asking() {
     let mut replay = Resolver::with_links(
         vec![Link {
             kind: BackendKind::Sqlite,
-            source: Source::Recorded,
+            source: Source::Recorded(None),
         }],
         &cfg(60, 60, 100, 1000),
     );
@@ -374,5 +374,51 @@ fn from_config_and_for_replay() {
     what_if.ownership.mapping.as_mut().unwrap().file = other.display().to_string();
     let mut r = Resolver::for_replay(&what_if, &cfg).unwrap();
     assert_eq!(resolve(&mut r, "/d/a", t0).0.owner.as_deref(), Some("zoe"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_what_if_asks_an_unchanged_backend_what_the_recording_never_asked() {
+    let dir = std::env::temp_dir().join(format!("vigie-resolver-whatif-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let map = dir.join("map.toml");
+    std::fs::write(
+        &map,
+        "[[document]]\npath = \"/d/bob/special\"\nowner = \"zed\"\n",
+    )
+    .unwrap();
+    let text = |order: &str| {
+        format!(
+            "[documents]\nroots = [\"/d\"]\nowner_templates = [\"/d/{{owner}}/**\"]\n[ownership]\nbackends = [{order}]\n[ownership.mapping]\nfile = \"{}\"\n",
+            map.display()
+        )
+    };
+    let recorded = crate::config::Config::parse(&text("\"templates\", \"mapping\""), "t").unwrap();
+    let what_if = crate::config::Config::parse(&text("\"mapping\", \"templates\""), "t").unwrap();
+    let t0 = Instant::now();
+    // Live, the template decided: the mapping was never asked, so no fact was recorded.
+    let mut live = Resolver::from_config(&recorded).unwrap();
+    let (o, used) = resolve(&mut live, "/d/bob/special", t0);
+    assert_eq!((o.owner.as_deref(), used.len()), (Some("bob"), 0));
+    // The what-if puts the mapping first: it is asked for real, and names zed.
+    let mut r = Resolver::for_replay(&what_if, &recorded).unwrap();
+    assert_eq!(
+        resolve(&mut r, "/d/bob/special", t0).0.owner.as_deref(),
+        Some("zed")
+    );
+    assert_eq!(
+        resolve(&mut r, "/d/bob/other", t0).0.owner.as_deref(),
+        Some("bob")
+    );
+    // A recorded fact still wins over the file in a what-if.
+    r.learn(Fact::new(
+        BackendKind::Mapping,
+        "/d/bob/x",
+        &owner("yan", &[]),
+    ));
+    assert_eq!(
+        resolve(&mut r, "/d/bob/x", t0).0.owner.as_deref(),
+        Some("yan")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
