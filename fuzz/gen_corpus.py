@@ -148,6 +148,10 @@ EVENTS = [
     event({"lost": {"reason": "ringbuf_full", "count": 3}}),
     event("tick"),
     event("process_exit"),
+    event({"ownership_fact": {"backend": "sqlite", "document": "/srv/portal/docs/2002.pdf",
+                              "owner": "bob", "shared_with": ["alice"]}}, pid=0, tid=0, comm=""),
+    event({"ownership_fact": {"backend": "postgres", "document": "/srv/portal/docs/3001.pdf",
+                              "error": "timeout"}}, pid=0, tid=0, comm=""),
 ]
 
 

@@ -116,9 +116,10 @@ impl Judge {
         }
     }
 
-    /// The verdict on `access`, whose document is owned as `ownership` says.
-    pub fn judge(&self, access: &Access, ownership: &Ownership) -> Judgement {
-        let owner = ownership.owner.clone();
+    /// The verdict on `access`, whose document is owned as `ownership` says (taken by value:
+    /// its strings move into the judgement).
+    pub fn judge(&self, access: &Access, ownership: Ownership) -> Judgement {
+        let owner = ownership.owner;
         let (verdict, rule) = match &access.request {
             None => (Verdict::Unattributed, "no_request_in_scope"),
             Some(req) => match (&req.identity, &owner) {
@@ -149,9 +150,9 @@ impl Judge {
             verdict,
             owner,
             rule,
-            template: ownership.matched.clone(),
+            template: ownership.matched,
             owner_source: ownership.source,
-            shared_with: ownership.shared_with.clone(),
+            shared_with: ownership.shared_with,
             ownership_error: ownership.error,
         }
     }
@@ -178,7 +179,7 @@ mod tests {
                 std::time::Instant::now(),
                 &mut Vec::new(),
             );
-            self.0.judge(access, &ownership)
+            self.0.judge(access, ownership)
         }
 
         fn with_privileged_roles(self, roles: impl IntoIterator<Item = String>) -> Self {
@@ -357,7 +358,7 @@ mod tests {
     fn delegated_principals_and_failed_lookups() {
         let j = Judge::new(["agent".to_string()]);
         let read = |user: Option<&str>, o: &Ownership| {
-            let got = j.judge(&access(user, "/srv/docs/1.pdf", true), o);
+            let got = j.judge(&access(user, "/srv/docs/1.pdf", true), o.clone());
             (got.verdict, got.rule, got.owner)
         };
         let shared = owned_by(Some("bob"), &["alice"], None);
@@ -377,7 +378,10 @@ mod tests {
         );
         assert_eq!(read(Some("agent"), &shared).1, "user_is_privileged");
         assert_eq!(read(None, &shared).0, Verdict::Unauthenticated);
-        let got = j.judge(&access(Some("alice"), "/srv/docs/1.pdf", true), &shared);
+        let got = j.judge(
+            &access(Some("alice"), "/srv/docs/1.pdf", true),
+            shared.clone(),
+        );
         assert_eq!(
             (got.owner_source, got.shared_with),
             (Some(BackendKind::Sqlite), vec!["alice".to_string()])
@@ -398,7 +402,7 @@ mod tests {
                 (Verdict::UnknownOwner, "ownership_lookup_failed", None)
             );
             assert_eq!(
-                j.judge(&access(Some("alice"), "/d", true), &failed)
+                j.judge(&access(Some("alice"), "/d", true), failed.clone())
                     .ownership_error,
                 Some(e)
             );

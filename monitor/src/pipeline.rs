@@ -25,6 +25,9 @@ pub struct Counts {
     pub lost_events: u64,
 }
 
+/// Findings of one event scanned for an earlier access to the same document; past this, indexed.
+const MEMO_SCAN: usize = 16;
+
 /// A finding, with the ownership of its document once resolved.
 #[allow(
     clippy::large_enum_variant,
@@ -48,6 +51,9 @@ pub struct Pipeline {
     pending: Vec<Pending>,
     /// Facts the current event's ownership rests on.
     used: Vec<UsedFact>,
+    /// Documents of the current batch of findings (large batches only): each document is
+    /// resolved once per event, so the facts written before the event are the ones used.
+    memo: std::collections::HashMap<String, usize>,
     /// Live runs recording a trace.
     trace: Option<TraceWriter>,
     filter: Option<Filter>,
@@ -72,6 +78,7 @@ impl Pipeline {
             findings: Vec::new(),
             pending: Vec::new(),
             used: Vec::new(),
+            memo: std::collections::HashMap::new(),
             trace: None,
             filter: None,
             observer: None,
@@ -140,24 +147,43 @@ impl Pipeline {
             return;
         }
         let now = std::time::Instant::now();
-        let mut seen: Vec<(usize, String)> = Vec::new();
+        let first = self.pending.len();
+        if !self.memo.is_empty() {
+            // Not `clear`: that would keep (and sweep at each event) a large batch's capacity.
+            self.memo = std::collections::HashMap::new();
+        }
         for finding in self.findings.drain(..) {
             match finding {
                 Finding::Access(access) => {
                     if self.filter.as_ref().is_some_and(|keep| !keep(&access)) {
                         continue;
                     }
-                    let known =
-                        seen.iter()
-                            .find(|(_, d)| *d == access.document)
-                            .and_then(|(i, _)| match &self.pending[*i] {
-                                Pending::Access(_, o) => Some(o.clone()),
-                                Pending::Gap { .. } => None,
-                            });
-                    let ownership = known.unwrap_or_else(|| {
-                        seen.push((self.pending.len(), access.document.clone()));
-                        self.resolver.resolve(&access.document, now, &mut self.used)
-                    });
+                    // A few findings per event are the rule (scan them); a process exit or a
+                    // loss can flush thousands (index them).
+                    let batch = self.pending.len() - first;
+                    if batch == MEMO_SCAN {
+                        for (i, p) in self.pending[first..].iter().enumerate() {
+                            if let Pending::Access(a, _) = p {
+                                self.memo.entry(a.document.clone()).or_insert(first + i);
+                            }
+                        }
+                    }
+                    let earlier = if batch < MEMO_SCAN {
+                        self.pending[first..].iter().position(
+                            |p| matches!(p, Pending::Access(a, _) if a.document == access.document),
+                        ).map(|i| first + i)
+                    } else {
+                        self.memo.get(&access.document).copied()
+                    };
+                    let ownership = match earlier.map(|i| &self.pending[i]) {
+                        Some(Pending::Access(_, o)) => o.clone(),
+                        _ => self.resolver.resolve(&access.document, now, &mut self.used),
+                    };
+                    if batch >= MEMO_SCAN {
+                        self.memo
+                            .entry(access.document.clone())
+                            .or_insert(self.pending.len());
+                    }
                     self.pending.push(Pending::Access(access, ownership));
                 }
                 Finding::Gap {
@@ -187,7 +213,7 @@ impl Pipeline {
         for p in pending.drain(..) {
             match p {
                 Pending::Access(access, ownership) => {
-                    let judgement = self.judge.judge(&access, &ownership);
+                    let judgement = self.judge.judge(&access, ownership);
                     if let Some(observe) = self.observer.as_mut() {
                         observe(&access, &judgement);
                     }

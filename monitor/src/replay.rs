@@ -398,7 +398,7 @@ impl Shadow {
         for f in findings.drain(..) {
             if let Finding::Access(a) = f {
                 let ownership = self.resolver.resolve(&a.document, now, &mut Vec::new());
-                verdicts.insert(access_key(&a), self.judge.judge(&a, &ownership).verdict);
+                verdicts.insert(access_key(&a), self.judge.judge(&a, ownership).verdict);
             }
         }
     }

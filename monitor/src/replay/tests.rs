@@ -404,3 +404,111 @@ fn a_database_backed_run_replays_identically_without_the_database() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
+    use crate::{
+        ownership::resolver::Resolver,
+        sinks::trace::{Rotation, TraceWriter},
+    };
+    let d = dir("batch");
+    let db = d.join("portal.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE documents (id INTEGER PRIMARY KEY, owner TEXT);")
+        .unwrap();
+    let text = format!(
+        "[documents]\nroots = [\"/srv/docs\"]\n[ownership]\nbackends = [\"sqlite\"]\n\
+         [ownership.sqlite]\ndatabase = \"{}\"\nquery = \"SELECT owner FROM documents WHERE id = ?1\"\n\
+         document_id = \"/srv/docs/{{doc_id}}.pdf\"\n",
+        db.display()
+    );
+    let cfg = Config::parse(&text, "t").unwrap();
+    // The database goes away: lookups fail, and failures are not cached.
+    std::fs::remove_file(&db).unwrap();
+    let clock = WallClock {
+        realtime_offset_ns: 0,
+    };
+    let alerts = d.join("live.jsonl");
+    let mut live = Pipeline::new(
+        Correlator::new(CorrelatorConfig::from_config(&cfg).with_realtime_offset_ns(0)),
+        Judge::from_config(&cfg),
+        Resolver::from_config(&cfg).unwrap(),
+        AlertSink::new(
+            Box::new(crate::sinks::alerts::open_alert_file(&alerts).unwrap()),
+            clock,
+            false,
+        ),
+    );
+    let trace_dir = d.join("trace");
+    live.set_trace(
+        TraceWriter::create(
+            &trace_dir,
+            TraceHeader::new(&cfg, clock),
+            Rotation::default(),
+        )
+        .unwrap(),
+    );
+    // 40 requests on 40 threads read documents 1 and 2 and keep them open; the process exit
+    // ends all 80 accesses in one batch.
+    for n in 0..40u32 {
+        let mut events = request_reading(1_000 + u64::from(n) * 10, n, "alice", "/srv/docs/1.pdf");
+        events.truncate(4); // accept, head, open, read: no close
+        for ev in events {
+            live.handle(&ev).unwrap();
+        }
+        let open2 = Event {
+            ts_ns: 1_005 + u64::from(n) * 10,
+            pid: 1,
+            tid: 100 + n,
+            comm: "p".into(),
+            kind: EventKind::FileOpen {
+                fd: 60,
+                path: "/srv/docs/2.pdf".into(),
+                dirfd: -100,
+                truncated: false,
+                base: None,
+                full_path: None,
+                flags: 0,
+            },
+        };
+        live.handle(&open2).unwrap();
+        live.handle(&Event {
+            ts_ns: 1_006 + u64::from(n) * 10,
+            kind: EventKind::FileRead { fd: 60, bytes: 1 },
+            ..open2
+        })
+        .unwrap();
+    }
+    live.handle(&Event {
+        ts_ns: 5_000,
+        pid: 1,
+        tid: 1,
+        comm: "p".into(),
+        kind: EventKind::ProcessExit,
+    })
+    .unwrap();
+    live.finish().unwrap();
+    drop(live);
+    let live_raw = std::fs::read_to_string(&alerts).unwrap();
+    assert_eq!(live_raw.lines().count(), 80);
+    assert!(
+        live_raw
+            .lines()
+            .all(|l| l.contains("ownership_lookup_failed"))
+    );
+    let files: Vec<PathBuf> = std::fs::read_dir(&trace_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let trace = std::fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(
+        trace.matches("\"ownership_fact\"").count(),
+        2,
+        "one lookup per document"
+    );
+    let replayed = d.join("replayed.jsonl");
+    replay(&opts(files, &replayed)).unwrap();
+    assert_eq!(std::fs::read_to_string(&replayed).unwrap(), live_raw);
+    let _ = std::fs::remove_dir_all(&d);
+}

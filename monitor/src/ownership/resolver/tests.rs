@@ -200,7 +200,7 @@ fn a_timeout_is_unknown_owner_and_never_cached() {
     let judge = crate::judge::Judge::new(Vec::new());
     let mut access = read_by("alice", "/d/1.pdf");
     let (o, _) = resolve(&mut r, "/d/1.pdf", t0);
-    let j = judge.judge(&access, &o);
+    let j = judge.judge(&access, o);
     assert_eq!(
         (j.verdict, j.rule),
         (
@@ -226,7 +226,7 @@ fn a_timeout_is_unknown_owner_and_never_cached() {
     let (o, _) = resolve(&mut r, "/d/1.pdf", t0);
     assert_eq!(o.owner.as_deref(), Some("bob"));
     access.document = "/d/1.pdf".into();
-    assert_eq!(judge.judge(&access, &o).rule, "cross_user_read");
+    assert_eq!(judge.judge(&access, o).rule, "cross_user_read");
 }
 
 #[test]
