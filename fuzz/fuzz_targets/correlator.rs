@@ -233,13 +233,16 @@ fn events(input: &Input) -> Vec<Event> {
                         flags: 0,
                     }
                 }
+                // A handful of fingerprint values, so that matches and collisions happen.
                 Kind::FileRead(f, n) => EventKind::FileRead {
                     fd: fd(*f),
                     bytes: u64::from(*n),
+                    fp: (*n % 5 != 0).then_some(u64::from(*n % 4)),
                 },
                 Kind::HugeRead(f, n) => EventKind::FileRead {
                     fd: fd(*f),
                     bytes: *n,
+                    fp: None,
                 },
                 Kind::SendFile(o, i, n) => EventKind::SendFile {
                     out_fd: fd(*o),
@@ -260,6 +263,7 @@ fn events(input: &Input) -> Vec<Event> {
                     fd: fd(*f),
                     bytes: u64::from(*n),
                     data: Payload(h.render()),
+                    body_fp: (*n % 3 != 0).then_some(u64::from(*n % 4)),
                 },
                 Kind::SockClose(f) => EventKind::SockClose { fd: fd(*f) },
                 Kind::Lost(n) => EventKind::Lost {

@@ -9,7 +9,17 @@
 //!   had no request in scope);
 //! - `thread`: the read happened on the thread that read the current request head (thread per
 //!   request, prefork workers, pool threads);
+//! - `fingerprint`: the first bytes of the document (hashed in the kernel) are the first bytes
+//!   of a response body written on a connection (hashed by [`crate::fingerprint`]): the document
+//!   was read on a helper thread (async runtimes' blocking pools) or by an event loop serving
+//!   several connections at once;
 //! - none: `unattributed`.
+//!
+//! Event loops. A thread that reads a second request head while the response to its first one
+//! (on another connection) has not started is serving several requests at once: its "current
+//! request" means nothing, so from then on its reads get no thread scope. They wait, like reads
+//! on helper threads, for a response body carrying their fingerprint (or for the idle horizon,
+//! and are then `unattributed`).
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
@@ -68,6 +78,7 @@ pub enum Evidence {
     Sendfile,
     Flow,
     Thread,
+    Fingerprint,
 }
 
 /// The request an access was attributed to, as known when the access was judged.
@@ -170,6 +181,8 @@ struct Request {
     on_conn: bool,
     /// Still in scope of the thread that read it.
     on_thread: bool,
+    /// A response was written on its connection.
+    responded: bool,
     /// Documents already reported for this request (one finding per request and document).
     reported: Vec<String>,
 }
@@ -186,6 +199,8 @@ struct OpenAccess {
     access: Access,
     owner: Owner,
     fd: i32,
+    /// Fingerprint of the first bytes read (from the kernel).
+    fp: Option<u64>,
 }
 
 pub struct Correlator {
@@ -195,6 +210,9 @@ pub struct Correlator {
     conns: HashMap<(u32, i32), Conn>,
     /// tid -> (pid, request in scope)
     threads: HashMap<u32, (u32, u64)>,
+    /// Event-loop threads (tid -> pid): they serve several requests at once, so their reads
+    /// get no thread scope.
+    multiplexed: HashMap<u32, u32>,
     docs: HashMap<(u32, i32), String>,
     requests: HashMap<u64, Request>,
     /// Open accesses by id: a BTreeMap so expiry and flush emit in a deterministic order.
@@ -211,6 +229,7 @@ impl Correlator {
             next_access: 1,
             conns: HashMap::new(),
             threads: HashMap::new(),
+            multiplexed: HashMap::new(),
             docs: HashMap::new(),
             requests: HashMap::new(),
             open: BTreeMap::new(),
@@ -272,11 +291,15 @@ impl Correlator {
                     .or_else(|| paths::resolve(base.as_deref(), path));
                 self.track_document(pid, *fd, resolved);
             }
-            EventKind::FileRead { fd, bytes } => {
+            EventKind::FileRead { fd, bytes, fp } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
-                    let scope = self.thread_scope(pid, ev.tid);
+                    let scope = if self.is_multiplexed(pid, ev.tid) {
+                        None
+                    } else {
+                        self.thread_scope(pid, ev.tid)
+                    };
                     let evidence = scope.map(|_| Evidence::Thread);
-                    self.record_access(ev, *fd, path, *bytes, scope, evidence);
+                    self.record_access(ev, *fd, path, *bytes, *fp, scope, evidence);
                 }
             }
             EventKind::SendFile {
@@ -293,12 +316,26 @@ impl Correlator {
                             (scope, scope.map(|_| Evidence::Thread))
                         }
                     };
-                    self.record_access(ev, *in_fd, path, *bytes, scope, evidence);
+                    self.record_access(ev, *in_fd, path, *bytes, None, scope, evidence);
                 }
             }
             EventKind::FileClose { fd } => {
                 self.docs.remove(&(pid, *fd));
-                self.finish_where(out, |a| a.access.pid == pid && a.fd == *fd);
+                // A read no request was in scope for, with a fingerprint, waits for its content
+                // to go out on a connection (until the idle horizon); later reads of the same
+                // document are other accesses. Every other access of the fd is complete.
+                let waiting: Vec<u64> = self
+                    .open
+                    .iter()
+                    .filter(|(_, a)| a.access.pid == pid && a.fd == *fd && a.awaits_fingerprint())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in waiting {
+                    self.unindex(id);
+                }
+                self.finish_where(out, |a| {
+                    a.access.pid == pid && a.fd == *fd && !a.awaits_fingerprint()
+                });
             }
             EventKind::SockAccept { fd } => {
                 self.drop_conn(pid, *fd, out);
@@ -307,7 +344,9 @@ impl Correlator {
             EventKind::SockRead { fd, bytes, data } => {
                 self.on_sock_read(ev, *fd, *bytes, &data.0, out)
             }
-            EventKind::SockWrite { fd, data, .. } => self.on_sock_write(ev, *fd, &data.0),
+            EventKind::SockWrite {
+                fd, data, body_fp, ..
+            } => self.on_sock_write(ev, *fd, &data.0, *body_fp),
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
             EventKind::Lost { reason, count } => {
                 // A lost event may be a request head we never saw: rather than attribute later
@@ -358,6 +397,20 @@ impl Correlator {
         }
     }
 
+    fn is_multiplexed(&self, pid: u32, tid: u32) -> bool {
+        self.multiplexed.get(&tid) == Some(&pid)
+    }
+
+    /// Forgets where open access `id` is indexed, so that later reads start a new access.
+    fn unindex(&mut self, id: u64) {
+        if let Some(open) = self.open.get(&id) {
+            let key = (open.owner.clone(), open.access.document.clone());
+            if self.index.get(&key) == Some(&id) {
+                self.index.remove(&key);
+            }
+        }
+    }
+
     fn thread_scope(&self, pid: u32, tid: u32) -> Option<u64> {
         match self.threads.get(&tid) {
             Some(&(p, req)) if p == pid => Some(req),
@@ -365,12 +418,17 @@ impl Correlator {
         }
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call per event kind, each passing what its event carries"
+    )]
     fn record_access(
         &mut self,
         ev: &Event,
         fd: i32,
         path: String,
         bytes: u64,
+        fp: Option<u64>,
         scope: Option<u64>,
         evidence: Option<Evidence>,
     ) {
@@ -393,6 +451,7 @@ impl Correlator {
             open.access.bytes = open.access.bytes.saturating_add(bytes);
             open.access.last_ts_ns = ev.ts_ns;
             open.fd = fd;
+            open.fp = open.fp.or(fp);
             if let Some(e) = evidence
                 && !open.access.evidence.contains(&e)
             {
@@ -417,7 +476,15 @@ impl Correlator {
             evidence: evidence.into_iter().collect(),
             request: None,
         };
-        self.open.insert(id, OpenAccess { access, owner, fd });
+        self.open.insert(
+            id,
+            OpenAccess {
+                access,
+                owner,
+                fd,
+                fp,
+            },
+        );
     }
 
     fn on_sock_read(
@@ -565,6 +632,17 @@ impl Correlator {
         }
         let id = self.next_request;
         self.next_request += 1;
+        // Its previous request, on another connection, still waits for its response: this
+        // thread serves several requests at once.
+        if let Some(&(p, prev)) = self.threads.get(&ev.tid)
+            && p == ev.pid
+            && let Some(r) = self.requests.get(&prev)
+            && r.info.fd != fd
+            && r.on_conn
+            && !r.responded
+        {
+            self.multiplexed.insert(ev.tid, ev.pid);
+        }
         self.end_scope(ev.pid, ev.tid, fd, out);
         let info = RequestInfo {
             id,
@@ -585,14 +663,18 @@ impl Correlator {
                 pid: ev.pid,
                 on_conn: true,
                 on_thread: true,
+                responded: false,
                 reported: Vec::new(),
             },
         );
         self.conns.entry((ev.pid, fd)).or_default().current = Some(id);
         self.threads.insert(ev.tid, (ev.pid, id));
-        // Reads this thread made with no request in scope are judged now, unattributed.
-        let tid = ev.tid;
-        self.finish_where(out, |a| a.owner == Owner::Thread(tid));
+        // Reads this thread made with no request in scope are judged now, unattributed; an
+        // event loop's wait for their fingerprint.
+        if !self.is_multiplexed(ev.pid, ev.tid) {
+            let tid = ev.tid;
+            self.finish_where(out, |a| a.owner == Owner::Thread(tid));
+        }
     }
 
     /// The thread and the connection move on: their current requests end.
@@ -612,41 +694,83 @@ impl Correlator {
         }
     }
 
-    fn on_sock_write(&mut self, ev: &Event, fd: i32, data: &[u8]) {
+    fn on_sock_write(&mut self, ev: &Event, fd: i32, data: &[u8], body_fp: Option<u64>) {
         let Some(req) = self.conns.get(&(ev.pid, fd)).and_then(|c| c.current) else {
             return;
         };
-        if let Some(r) = self.requests.get_mut(&req)
-            && r.info.status.is_none()
-        {
-            r.info.status = http::response_status(data);
+        if let Some(r) = self.requests.get_mut(&req) {
+            r.responded = true;
+            if r.info.status.is_none() {
+                r.info.status = http::response_status(data);
+            }
         }
-        // Flow: documents this thread read with no request in scope go out on this connection.
-        let pending: Vec<u64> = self
-            .open
-            .iter()
-            .filter(|(_, a)| a.owner == Owner::Thread(ev.tid) && a.access.pid == ev.pid)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in pending {
-            let Some(mut open) = self.open.remove(&id) else {
+        let multiplexed = self.is_multiplexed(ev.pid, ev.tid);
+        // Reads with no request in scope that this write tells the request of:
+        // - flow: this thread's, when it serves one request at a time (all of them);
+        // - fingerprint: any thread's whose first bytes open this response body (the oldest
+        //   one: the same document read twice for two requests goes once to each response).
+        let mut moved: Vec<(u64, Vec<Evidence>)> = Vec::new();
+        let mut by_content: Option<u64> = None;
+        for (id, a) in &self.open {
+            let Owner::Thread(tid) = a.owner else {
                 continue;
             };
-            self.index
-                .remove(&(open.owner.clone(), open.access.document.clone()));
-            let key = (Owner::Request(req), open.access.document.clone());
-            if let Some(existing) = self.index.get(&key).and_then(|i| self.open.get_mut(i)) {
-                existing.access.bytes = existing.access.bytes.saturating_add(open.access.bytes);
-                existing.access.evidence.push(Evidence::Flow);
-                existing.access.evidence.sort();
-                existing.access.evidence.dedup();
+            if a.access.pid != ev.pid {
                 continue;
             }
-            open.owner = Owner::Request(req);
-            open.access.evidence = vec![Evidence::Flow];
-            self.index.insert(key, id);
-            self.open.insert(id, open);
+            let same_thread = tid == ev.tid;
+            let content = body_fp.is_some() && a.fp == body_fp;
+            if same_thread && !multiplexed {
+                let mut evidence = vec![Evidence::Flow];
+                if content {
+                    evidence.push(Evidence::Fingerprint);
+                }
+                moved.push((*id, evidence));
+            } else if content && by_content.is_none() {
+                by_content = Some(*id);
+            }
         }
+        if let Some(id) = by_content {
+            let same_thread = self
+                .open
+                .get(&id)
+                .is_some_and(|a| a.owner == Owner::Thread(ev.tid));
+            let mut evidence = vec![Evidence::Fingerprint];
+            if same_thread {
+                evidence.insert(0, Evidence::Flow);
+            }
+            moved.push((id, evidence));
+        }
+        moved.sort_unstable_by_key(|(id, _)| *id);
+        for (id, evidence) in moved {
+            self.attach(id, req, evidence);
+        }
+    }
+
+    /// Moves open access `id` (read with no request in scope) to request `req`.
+    fn attach(&mut self, id: u64, req: u64, evidence: Vec<Evidence>) {
+        self.unindex(id);
+        let Some(mut open) = self.open.remove(&id) else {
+            return;
+        };
+        if let Some(r) = self.requests.get(&req)
+            && r.reported.contains(&open.access.document)
+        {
+            self.stats.repeated_reads += 1;
+            return;
+        }
+        let key = (Owner::Request(req), open.access.document.clone());
+        if let Some(existing) = self.index.get(&key).and_then(|i| self.open.get_mut(i)) {
+            existing.access.bytes = existing.access.bytes.saturating_add(open.access.bytes);
+            existing.access.evidence.extend(evidence);
+            existing.access.evidence.sort();
+            existing.access.evidence.dedup();
+            return;
+        }
+        open.owner = Owner::Request(req);
+        open.access.evidence = evidence;
+        self.index.insert(key, id);
+        self.open.insert(id, open);
     }
 
     fn drop_conn(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
@@ -704,6 +828,7 @@ impl Correlator {
         }
         self.docs.retain(|(p, _), _| *p != pid);
         self.requests.retain(|_, r| r.pid != pid);
+        self.multiplexed.retain(|_, p| *p != pid);
     }
 
     /// Judges (emits) every open access matching `pred`, in access order.
@@ -715,11 +840,10 @@ impl Correlator {
             .map(|(id, _)| *id)
             .collect();
         for id in done {
+            self.unindex(id);
             let Some(open) = self.open.remove(&id) else {
                 continue;
             };
-            self.index
-                .remove(&(open.owner.clone(), open.access.document.clone()));
             let mut access = open.access;
             if let Owner::Request(req) = open.owner
                 && let Some(r) = self.requests.get_mut(&req)
@@ -730,6 +854,13 @@ impl Correlator {
             self.stats.accesses += 1;
             out.push(Finding::Access(access));
         }
+    }
+}
+
+impl OpenAccess {
+    /// Read with no request in scope, and its content can still be recognised in a response.
+    fn awaits_fingerprint(&self) -> bool {
+        matches!(self.owner, Owner::Thread(_)) && self.fp.is_some()
     }
 }
 

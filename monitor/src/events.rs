@@ -49,7 +49,14 @@ pub enum EventKind {
         flags: u32,
     },
     /// `bytes` read from a document fd.
-    FileRead { fd: i32, bytes: u64 },
+    FileRead {
+        fd: i32,
+        bytes: u64,
+        /// Content fingerprint of the first bytes read, computed in the kernel
+        /// (`monitor_common::files::fingerprint`); absent when fewer than 16 bytes were read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fp: Option<u64>,
+    },
     /// `sendfile(out_fd, in_fd)` moved `bytes` from a document.
     SendFile { out_fd: i32, in_fd: i32, bytes: u64 },
     /// A document fd was closed.
@@ -58,8 +65,17 @@ pub enum EventKind {
     SockAccept { fd: i32 },
     /// `bytes` read from a socket; `data` is the captured prefix.
     SockRead { fd: i32, bytes: u64, data: Payload },
-    /// `bytes` written to a socket; `data` is the captured prefix.
-    SockWrite { fd: i32, bytes: u64, data: Payload },
+    /// `bytes` written to a socket; `data` is the captured prefix, cut at the end of the
+    /// response head: body bytes (document content) are never kept, only their fingerprint.
+    SockWrite {
+        fd: i32,
+        bytes: u64,
+        data: Payload,
+        /// Fingerprint of the first bytes of the response body, when this write carries them
+        /// (see [`crate::fingerprint`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body_fp: Option<u64>,
+    },
     /// A socket was closed.
     SockClose { fd: i32 },
     /// `count` events were lost in the kernel since the previous report, for `reason`.
@@ -191,7 +207,11 @@ mod tests {
             pid: 1,
             tid: 2,
             comm: "portal".into(),
-            kind: EventKind::FileRead { fd: 7, bytes: 100 },
+            kind: EventKind::FileRead {
+                fd: 7,
+                bytes: 100,
+                fp: None,
+            },
         };
         let json = serde_json::to_string(&ev).unwrap();
         assert_eq!(

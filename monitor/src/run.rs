@@ -77,6 +77,7 @@ struct Live {
     lost: [u64; loss::COUNT as usize],
     trace: Option<TraceWriter>,
     redactor: Redactor,
+    bodies: crate::fingerprint::Bodies,
     summary: Summary,
     metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
     ring_usage: Option<crate::loader::RingUsage>,
@@ -120,6 +121,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         lost: [0; loss::COUNT as usize],
         trace: None,
         redactor: Redactor::new(cfg_jwt),
+        bodies: crate::fingerprint::Bodies::new(),
         summary: Summary::default(),
         metrics,
         ring_usage: None,
@@ -265,12 +267,28 @@ impl Live {
             EventKind::SockRead { fd, bytes, data } => {
                 let whole = *bytes <= data.0.len() as u64;
                 self.redactor.redact_request(pid, *fd, &mut data.0, whole);
+                if !data.0.is_empty() {
+                    self.bodies.request(pid, *fd);
+                }
             }
-            EventKind::SockWrite { data, .. } => self.redactor.redact_response(&mut data.0),
+            EventKind::SockWrite {
+                fd,
+                bytes,
+                data,
+                body_fp,
+            } => {
+                // Document content in a response body is cut here, before anything keeps it.
+                *body_fp = self.bodies.response(pid, *fd, *bytes, &mut data.0);
+                self.redactor.redact_response(&mut data.0);
+            }
             EventKind::SockAccept { fd } | EventKind::SockClose { fd } => {
-                self.redactor.forget(pid, *fd)
+                self.redactor.forget(pid, *fd);
+                self.bodies.forget(pid, *fd);
             }
-            EventKind::ProcessExit => self.redactor.forget_process(pid),
+            EventKind::ProcessExit => {
+                self.redactor.forget_process(pid);
+                self.bodies.forget_process(pid);
+            }
             EventKind::FileOpen { .. } => procfs::enrich(ev),
             EventKind::ProcessExec if !self.targets.contains(&ev.pid) => {
                 // Matched by name in the kernel: an executable selector must also match the path.

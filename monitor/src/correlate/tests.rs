@@ -83,7 +83,15 @@ impl Scenario {
     }
 
     fn read(&mut self, pid: u32, tid: u32, fd: i32, bytes: u64) -> &mut Self {
-        self.ev(pid, tid, EventKind::FileRead { fd, bytes })
+        self.ev(
+            pid,
+            tid,
+            EventKind::FileRead {
+                fd,
+                bytes,
+                fp: None,
+            },
+        )
     }
 
     fn close(&mut self, pid: u32, tid: u32, fd: i32) -> &mut Self {
@@ -91,6 +99,31 @@ impl Scenario {
     }
 
     fn respond(&mut self, pid: u32, tid: u32, fd: i32, status: u16) -> &mut Self {
+        self.respond_fp(pid, tid, fd, status, None)
+    }
+
+    /// A document read whose first bytes have fingerprint `fp`.
+    fn read_fp(&mut self, pid: u32, tid: u32, fd: i32, bytes: u64, fp: u64) -> &mut Self {
+        self.ev(
+            pid,
+            tid,
+            EventKind::FileRead {
+                fd,
+                bytes,
+                fp: Some(fp),
+            },
+        )
+    }
+
+    /// A response (head and body start) whose body starts with bytes of fingerprint `body_fp`.
+    fn respond_fp(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        fd: i32,
+        status: u16,
+        body_fp: Option<u64>,
+    ) -> &mut Self {
         let data = format!("HTTP/1.1 {status} X\r\nContent-Length: 3\r\n\r\n").into_bytes();
         self.ev(
             pid,
@@ -99,6 +132,7 @@ impl Scenario {
                 fd,
                 bytes: data.len() as u64,
                 data: Payload(data),
+                body_fp,
             },
         )
     }
@@ -389,7 +423,15 @@ fn read_with_no_request_is_unattributed_then_flow_can_claim_it() {
     // Read on a thread with no scope, then written to a connection with a request.
     let mut s = Scenario::new();
     s.get_as(1, 2, 5, "alice", "/x");
-    s.ev(1, 3, EventKind::FileRead { fd: 7, bytes: 1 }); // unknown fd: ignored
+    s.ev(
+        1,
+        3,
+        EventKind::FileRead {
+            fd: 7,
+            bytes: 1,
+            fp: None,
+        },
+    ); // unknown fd: ignored
     s.open(1, 3, 7, "/srv/users/bob/x").read(1, 3, 7, 5);
     s.respond(1, 3, 5, 200);
     let got = s.finish();
@@ -639,4 +681,143 @@ fn bearer_token_expiry_is_judged_at_the_event_time() {
         (None, Some(IdentityProblem::JwtExpired), 1)
     );
     assert_eq!(run(None), (u("alice"), None, 0));
+}
+
+#[test]
+fn blocking_pool_reads_are_attributed_by_fingerprint() {
+    // An async runtime: worker 2 reads both heads; pool threads 20 and 21 read the documents
+    // (open, read, close) and worker 3 writes the responses, in the other order.
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5).accept(1, 2, 6);
+    s.get_as(1, 2, 5, "alice", "/api/a")
+        .get_as(1, 2, 6, "bob", "/api/b");
+    s.open(1, 20, 7, "/srv/users/bob/x")
+        .read_fp(1, 20, 7, 900, 0xb0b)
+        .close(1, 20, 7);
+    s.open(1, 21, 8, "/srv/users/bob/y")
+        .read_fp(1, 21, 8, 700, 0xb0b2)
+        .close(1, 21, 8);
+    assert!(s.found.is_empty(), "judged before its response was seen");
+    s.respond_fp(1, 3, 6, 200, Some(0xb0b2))
+        .respond_fp(1, 3, 5, 200, Some(0xb0b));
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("alice"),
+                "/srv/users/bob/x".into(),
+                vec![Evidence::Fingerprint]
+            ),
+            (
+                u("bob"),
+                "/srv/users/bob/y".into(),
+                vec![Evidence::Fingerprint]
+            ),
+        ]
+    );
+    assert_eq!(got[0].tid, 20, "the access names the thread that read");
+    assert_eq!(got[0].request.as_ref().unwrap().status, Some(200));
+}
+
+#[test]
+fn event_loop_serving_two_connections_does_not_use_thread_scope() {
+    // One thread, two connections: heads of alice then bob are read before either response;
+    // alice's document is read after bob's head (thread scope would say bob).
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5).accept(1, 2, 6);
+    s.get_as(1, 2, 5, "alice", "/a");
+    s.get_as(1, 2, 6, "bob", "/b");
+    s.open(1, 2, 7, "/srv/users/alice/a")
+        .read_fp(1, 2, 7, 100, 0xa)
+        .close(1, 2, 7);
+    s.open(1, 2, 8, "/srv/users/alice/b")
+        .read_fp(1, 2, 8, 100, 0xb)
+        .close(1, 2, 8);
+    // A third request on the loop must not judge the waiting reads.
+    s.accept(1, 2, 9).get_as(1, 2, 9, "carol", "/c");
+    // The response head alone (no body yet) attributes nothing on an event loop.
+    s.respond_fp(1, 2, 6, 200, None);
+    s.respond_fp(1, 2, 6, 200, Some(0xb));
+    s.respond_fp(1, 2, 5, 200, Some(0xa));
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("alice"),
+                "/srv/users/alice/a".into(),
+                vec![Evidence::Flow, Evidence::Fingerprint]
+            ),
+            (
+                u("bob"),
+                "/srv/users/alice/b".into(),
+                vec![Evidence::Flow, Evidence::Fingerprint]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn event_loop_detection_keeps_earlier_thread_scope_and_sequential_servers_alone() {
+    // Sequential keep-alive on one thread: a response before each next head, no multiplexing.
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5).accept(1, 2, 6);
+    s.get_as(1, 2, 5, "alice", "/a")
+        .respond(1, 2, 5, 200)
+        .get_as(1, 2, 6, "bob", "/b")
+        .open(1, 2, 7, "/srv/users/alice/a")
+        .read(1, 2, 7, 10)
+        .close(1, 2, 7);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("bob"),
+            "/srv/users/alice/a".into(),
+            vec![Evidence::Thread]
+        )]
+    );
+    assert!(s.c.multiplexed.is_empty());
+}
+
+#[test]
+fn unmatched_fingerprint_reads_are_unattributed_at_the_horizon() {
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5).get_as(1, 2, 5, "alice", "/a");
+    s.open(1, 20, 7, "/srv/users/bob/x")
+        .read_fp(1, 20, 7, 900, 0x1)
+        .close(1, 20, 7);
+    s.respond_fp(1, 2, 5, 200, Some(0x2));
+    assert!(s.found.is_empty());
+    s.tick(600_000_000);
+    let got = s.finish();
+    assert_eq!(summary(&got), [(None, "/srv/users/bob/x".into(), vec![])]);
+}
+
+#[test]
+fn same_document_read_twice_by_a_pool_goes_once_to_each_response() {
+    // Two requests for the same document, read by the same pool thread before either response:
+    // two accesses, each claimed by one response.
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5).accept(1, 2, 6);
+    s.get_as(1, 2, 5, "alice", "/a")
+        .get_as(1, 2, 6, "bob", "/b");
+    for fd in [7, 8] {
+        s.open(1, 20, fd, "/srv/users/carol/x")
+            .read_fp(1, 20, fd, 900, 0xc)
+            .close(1, 20, fd);
+    }
+    s.respond_fp(1, 3, 6, 200, Some(0xc))
+        .respond_fp(1, 3, 5, 403, Some(0xc));
+    let got = s.finish();
+    let mut who: Vec<(Option<String>, Option<u16>)> = got
+        .iter()
+        .map(|a| {
+            let r = a.request.as_ref().unwrap();
+            (r.identity.as_ref().map(|i| i.user.clone()), r.status)
+        })
+        .collect();
+    who.sort();
+    assert_eq!(who, [(u("alice"), Some(403)), (u("bob"), Some(200))]);
 }

@@ -203,7 +203,11 @@ mod tests {
             pid: 1,
             tid: 1,
             comm: "p".into(),
-            kind: EventKind::FileRead { fd: 3, bytes: i },
+            kind: EventKind::FileRead {
+                fd: 3,
+                bytes: i,
+                fp: None,
+            },
         }
     }
 

@@ -94,7 +94,7 @@ impl Request {
 
     /// The declared body length: 0 without Content-Length, an error status when it cannot be
     /// relied upon (chunked bodies are not supported by this demo).
-    fn body_len(&self) -> Result<u64, u16> {
+    pub(crate) fn body_len(&self) -> Result<u64, u16> {
         if self.header("transfer-encoding").is_some() {
             return Err(501);
         }
@@ -164,7 +164,7 @@ pub(crate) fn read_request(wire: &mut impl Wire, buf: &mut Vec<u8>) -> Result<Re
 }
 
 /// Parses a complete head at the start of `buf`, returning it with its length.
-fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ReadError> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ReadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {

@@ -10,6 +10,14 @@
 //! | `thread`  | `accept4` | `read(2)`           | `openat` + `read(2)`  | `write(2)`            |
 //! | `prefork` | `accept4` | `recvfrom` (`recv`) | `openat` + `sendfile` | `sendto` + `sendfile` |
 //! | `pool`    | `accept4` | `recvfrom`          | `openat` + `pread64`  | `sendto`              |
+//! | `async`   | `accept4` | `recvfrom` (worker) | `read(2)` on a blocking-pool thread | `sendto` (worker) |
+//! | `event-loop` | `accept4` | `recvfrom`       | `read(2)`, same thread | `sendto`, same thread |
+//!
+//! `async` runs on a multi-threaded tokio runtime whose documents are read by `tokio::fs` (the
+//! runtime's blocking pool); `event-loop` serves every connection on one thread and yields
+//! between a request's head, its document and its response, so that concurrent requests
+//! interleave. Neither leaves the reading thread in charge of the connection: Vigie has to
+//! attribute those reads by content fingerprint.
 //!
 //! With `--cache`, documents are opened once per process and re-read with `pread64` (or sent
 //! with `sendfile` at an explicit offset in `prefork`), so a document read may happen on a file
@@ -19,6 +27,7 @@ mod docs;
 mod generate;
 mod http;
 mod prefork;
+mod runtime;
 mod serve;
 mod wire;
 
@@ -50,7 +59,8 @@ pub struct Config {
     #[arg(long, value_enum)]
     pub model: Model,
 
-    /// Worker processes (prefork, default 2) or worker threads (pool, default 4).
+    /// Worker processes (prefork, default 2) or worker threads (pool, default 4; async,
+    /// default 2).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=prefork::MAX_WORKERS as i64))]
     pub workers: Option<u16>,
 
@@ -91,6 +101,10 @@ pub enum Model {
     Prefork,
     /// An acceptor thread handing connections to worker threads; recvfrom, pread64, sendto.
     Pool,
+    /// A multi-threaded async runtime reading documents on its blocking pool.
+    Async,
+    /// One thread serving every connection concurrently, documents read on that thread.
+    EventLoop,
 }
 
 impl Config {
@@ -99,7 +113,8 @@ impl Config {
         let default = match self.model {
             Model::Prefork => 2,
             Model::Pool => 4,
-            Model::Thread => 1,
+            Model::Async => 2,
+            Model::Thread | Model::EventLoop => 1,
         };
         self.workers.map_or(default, usize::from)
     }
@@ -136,6 +151,10 @@ pub fn run(config: Config) -> io::Result<()> {
             config.worker_count(),
             Duration::from_millis(config.fork_delay_ms),
         ),
+        Model::Async | Model::EventLoop => {
+            prefork::exit_on_termination_signals()?;
+            runtime::run(listener, ctx, config.model, config.worker_count())
+        }
     }
 }
 
@@ -196,10 +215,10 @@ pub struct Server {
 impl Server {
     /// Prepares the root as `run` does and starts accepting on a background thread.
     pub fn start(config: &Config) -> io::Result<Server> {
-        if config.model == Model::Prefork {
+        if !matches!(config.model, Model::Thread | Model::Pool) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "the prefork model cannot run in-process",
+                "only the thread and pool models can run in-process",
             ));
         }
         let (listener, ctx) = prepare(config)?;

@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
@@ -65,6 +66,8 @@ pub(crate) fn accept_loop(
                 }
             }
             Model::Prefork => serve_connection(SockWire(stream), &ctx),
+            // Served by `runtime`, never by this loop.
+            Model::Async | Model::EventLoop => drop(stream),
         }
     }
 }
@@ -210,6 +213,49 @@ fn route(request: &Request) -> Route<'_> {
     }
 }
 
+/// What a request gets, short of reading the document: the file to send, or a status and
+/// text body. Shared by every model (the async ones included).
+pub(crate) enum Plan {
+    Document(PathBuf),
+    Text(u16, &'static str),
+}
+
+/// Routes the request and applies the portal's (deliberately weak) access check.
+pub(crate) fn plan(ctx: &Context, request: &Request, user: Option<&str>) -> Plan {
+    let (area, rest, needs_identity) = match route(request) {
+        Route::Health => return Plan::Text(200, "ok"),
+        Route::Unknown => return Plan::Text(404, "Not Found\n"),
+        Route::File {
+            area,
+            rest,
+            needs_identity,
+        } => (area, rest, needs_identity),
+    };
+    // A real portal consults its own database before serving anything: a file access that is
+    // not a document read, which the monitor must not report.
+    if let Err(e) = read_portal_db(&ctx.root) {
+        log_line(&format!("portal.db: {e}"));
+        return Plan::Text(500, "portal database unavailable\n");
+    }
+    let Some(relative) = http::percent_decode(rest).filter(|p| !p.contains(&0)) else {
+        return Plan::Text(400, "Bad Request\n");
+    };
+    // The IDOR: any identity may read any owner's document; only its presence is checked.
+    if needs_identity && user.is_none() && !ctx.allow_anonymous {
+        return Plan::Text(401, "Unauthorized\n");
+    }
+    Plan::Document(document_path(&ctx.root, area, &relative))
+}
+
+/// Status and body for a document that could not be opened or read.
+pub(crate) fn failure(e: &io::Error) -> (u16, &'static str) {
+    match e.kind() {
+        io::ErrorKind::NotFound => (404, "Not Found\n"),
+        io::ErrorKind::PermissionDenied => (403, "Forbidden\n"),
+        _ => (500, "Internal Server Error\n"),
+    }
+}
+
 fn respond(
     wire: &mut impl Wire,
     ctx: &Context,
@@ -217,37 +263,17 @@ fn respond(
     connection: Option<&'static str>,
 ) -> Outcome {
     let user = request.identity();
-    let (area, rest, needs_identity) = match route(request) {
-        Route::Health => return text(wire, user, 200, "ok", connection),
-        Route::Unknown => return text(wire, user, 404, "Not Found\n", connection),
-        Route::File {
-            area,
-            rest,
-            needs_identity,
-        } => (area, rest, needs_identity),
+    let path = match plan(ctx, request, user.as_deref()) {
+        Plan::Document(path) => path,
+        Plan::Text(status, body) => {
+            let user = if status == 401 { None } else { user };
+            return text(wire, user, status, body, connection);
+        }
     };
-
-    // A real portal consults its own database before serving anything: a file access that is
-    // not a document read, which the monitor must not report.
-    if let Err(e) = read_portal_db(&ctx.root) {
-        log_line(&format!("portal.db: {e}"));
-        return text(wire, user, 500, "portal database unavailable\n", connection);
-    }
-    let Some(relative) = http::percent_decode(rest).filter(|p| !p.contains(&0)) else {
-        return text(wire, user, 400, "Bad Request\n", connection);
-    };
-    // The IDOR: any identity may read any owner's document; only its presence is checked.
-    if needs_identity && user.is_none() && !ctx.allow_anonymous {
-        return text(wire, None, 401, "Unauthorized\n", connection);
-    }
-    let doc = match Document::open(&document_path(&ctx.root, area, &relative), ctx.cache) {
+    let doc = match Document::open(&path, ctx.cache) {
         Ok(doc) => doc,
         Err(e) => {
-            let (status, body) = match e.kind() {
-                io::ErrorKind::NotFound => (404, "Not Found\n"),
-                io::ErrorKind::PermissionDenied => (403, "Forbidden\n"),
-                _ => (500, "Internal Server Error\n"),
-            };
+            let (status, body) = failure(&e);
             return text(wire, user, status, body, connection);
         }
     };
@@ -309,7 +335,7 @@ fn text(
 
 /// `pid tid user method target status bytes`: pid and tid let tests match requests with the
 /// processes and threads the monitor reports.
-fn log_request(user: &str, method: &str, target: &str, status: u16, bytes: u64) {
+pub(crate) fn log_request(user: &str, method: &str, target: &str, status: u16, bytes: u64) {
     // SAFETY: getpid and gettid cannot fail.
     let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
     log_line(&format!(
