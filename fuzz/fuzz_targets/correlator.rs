@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use vigie::{
     correlate::{Correlator, CorrelatorConfig, Finding},
     events::{Event, EventKind, FoundFd, Payload},
-    identity::{IdentityConfig, IdentitySource},
+    identity::{IdentityConfig, IdentitySource, SessionConfig},
     paths,
 };
 
@@ -302,7 +302,16 @@ fuzz_target!(|input: Input| {
                 IdentitySource::TrustedHeader,
                 IdentitySource::Basic,
                 IdentitySource::Jwt,
+                IdentitySource::Session,
             ],
+            session: Some(SessionConfig {
+                cookie: "sid".to_owned(),
+                login_path: "/login".to_owned(),
+                user_field: "user".to_owned(),
+                logout_path: Some("/logout".to_owned()),
+                idle_timeout_seconds: 60,
+                max_sessions: 8,
+            }),
             ..IdentityConfig::default()
         },
         request_cap: usize::from(input.request_cap % 4096).max(16),

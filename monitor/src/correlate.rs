@@ -27,7 +27,10 @@ use serde::Serialize;
 use crate::{
     events::{Event, EventKind, FoundFd},
     http::{self, HeadParse},
-    identity::{self, Identity, IdentityConfig, IdentityProblem, IdentitySource},
+    identity::{
+        self, Identity, IdentityConfig, IdentityProblem, IdentitySource,
+        session::{self, Sessions},
+    },
     paths,
 };
 
@@ -183,6 +186,11 @@ struct Request {
     on_thread: bool,
     /// A response was written on its connection.
     responded: bool,
+    /// The portal's login request: its (bounded) form body names the user its response's
+    /// session cookie is bound to.
+    login: Option<Vec<u8>>,
+    /// The session cookie it carried (hashed by the redactor), if sessions are configured.
+    session_id: Option<Vec<u8>>,
     /// Documents already reported for this request (one finding per request and document).
     reported: Vec<String>,
 }
@@ -218,8 +226,13 @@ pub struct Correlator {
     /// Open accesses by id: a BTreeMap so expiry and flush emit in a deterministic order.
     open: BTreeMap<u64, OpenAccess>,
     index: HashMap<(Owner, String), u64>,
+    /// Session cookies bound by logins (`identity.session`).
+    sessions: Sessions,
     stats: Stats,
 }
+
+/// Most bytes of a login request body kept (the form naming the user).
+const LOGIN_BODY_CAP: usize = 4096;
 
 impl Correlator {
     pub fn new(cfg: CorrelatorConfig) -> Self {
@@ -234,6 +247,7 @@ impl Correlator {
             requests: HashMap::new(),
             open: BTreeMap::new(),
             index: HashMap::new(),
+            sessions: Sessions::new(),
             stats: Stats::default(),
         }
     }
@@ -505,6 +519,16 @@ impl Correlator {
             match conn.state {
                 ConnState::Body { remaining } => {
                     let take = remaining.min(total);
+                    let captured =
+                        &data[..usize::try_from(take).unwrap_or(usize::MAX).min(data.len())];
+                    if let Some(body) = conn
+                        .current
+                        .and_then(|req| self.requests.get_mut(&req))
+                        .and_then(|r| r.login.as_mut())
+                    {
+                        let room = LOGIN_BODY_CAP.saturating_sub(body.len());
+                        body.extend_from_slice(&captured[..room.min(captured.len())]);
+                    }
                     conn.state = if remaining == take {
                         ConnState::AwaitHead
                     } else {
@@ -604,14 +628,35 @@ impl Correlator {
         out: &mut Vec<Finding>,
     ) {
         self.stats.requests += 1;
+        let session_cfg = self.cfg.identity.session.as_ref();
+        let session_id = session_cfg.and_then(|s| {
+            session::cookie_values(head.header_values("cookie"), &s.cookie)
+                .next()
+                .map(<[u8]>::to_vec)
+        });
         let who = if truncated {
             identity::Identified {
                 identity: None,
                 problem: None,
             }
         } else {
-            identity::identify(head, &self.cfg.identity, self.cfg.unix_seconds(ev.ts_ns))
+            let now = self.cfg.unix_seconds(ev.ts_ns);
+            let sessions = &mut self.sessions;
+            identity::identify_with_sessions(head, &self.cfg.identity, now, &mut |id| {
+                session_cfg.and_then(|s| sessions.user(s, id, ev.ts_ns))
+            })
         };
+        let path = head.target.split(['?', '#']).next().unwrap_or_default();
+        let login = session_cfg
+            .filter(|s| head.method == "POST" && path == s.login_path)
+            .map(|_| Vec::new());
+        // Logging out ends the session; this request itself was still made as its user.
+        if let Some(s) = session_cfg
+            && s.logout_path.as_deref() == Some(path)
+            && let Some(id) = &session_id
+        {
+            self.sessions.unbind(id);
+        }
         match who.problem {
             Some(p) if p.is_forged_token() => self.stats.forged_tokens += 1,
             Some(IdentityProblem::JwtExpired) => self.stats.expired_tokens += 1,
@@ -664,6 +709,8 @@ impl Correlator {
                 on_conn: true,
                 on_thread: true,
                 responded: false,
+                login,
+                session_id,
                 reported: Vec::new(),
             },
         );
@@ -699,9 +746,13 @@ impl Correlator {
             return;
         };
         if let Some(r) = self.requests.get_mut(&req) {
+            let first = !r.responded;
             r.responded = true;
             if r.info.status.is_none() {
                 r.info.status = http::response_status(data);
+            }
+            if first && let Some(s) = &self.cfg.identity.session {
+                learn_session(&mut self.sessions, s, r, data, ev.ts_ns);
             }
         }
         let multiplexed = self.is_multiplexed(ev.pid, ev.tid);
@@ -853,6 +904,39 @@ impl Correlator {
             }
             self.stats.accesses += 1;
             out.push(Finding::Access(access));
+        }
+    }
+}
+
+/// What the first write of `r`'s response says about sessions: a successful login binds the
+/// session cookie it sets to the user of its form; a new session id set on a request with an
+/// identity (the portal renewing the id) is bound to that user; a cleared cookie ends the
+/// request's session.
+fn learn_session(
+    sessions: &mut Sessions,
+    cfg: &identity::SessionConfig,
+    r: &Request,
+    head: &[u8],
+    ts_ns: u64,
+) {
+    let succeeded = r.info.status.is_some_and(|s| (200..400).contains(&s));
+    for value in http::response_header_values(head, "set-cookie") {
+        match session::set_cookie(value, &cfg.cookie) {
+            Some(Some(id)) if succeeded => {
+                let user = match &r.login {
+                    Some(body) => session::form_user(body, &cfg.user_field),
+                    None => r.info.identity.as_ref().map(|i| i.user.clone()),
+                };
+                if let Some(user) = user {
+                    sessions.bind(cfg, &id, &user, ts_ns);
+                }
+            }
+            Some(None) => {
+                if let Some(id) = &r.session_id {
+                    sessions.unbind(id);
+                }
+            }
+            _ => {}
         }
     }
 }

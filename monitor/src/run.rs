@@ -112,6 +112,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     // The redactor holds the portal's JWT key (loaded by Config::normalize): signatures are
     // checked at capture time, never by the correlator.
     let cfg_jwt = cfg.identity.jwt.clone();
+    let cfg_session = cfg.identity.session.clone();
     let mut live = Live {
         cfg,
         probes,
@@ -120,7 +121,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
         trace: None,
-        redactor: Redactor::new(cfg_jwt),
+        redactor: Redactor::new(cfg_jwt).with_session(cfg_session),
         bodies: crate::fingerprint::Bodies::new(),
         summary: Summary::default(),
         metrics,

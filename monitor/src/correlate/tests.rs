@@ -13,9 +13,13 @@ struct Scenario {
 
 impl Scenario {
     fn new() -> Self {
+        Self::with_identity(IdentityConfig::default())
+    }
+
+    fn with_identity(identity: IdentityConfig) -> Self {
         let cfg = CorrelatorConfig {
             roots: vec![ROOT.into()],
-            identity: IdentityConfig::default(),
+            identity,
             request_cap: 4096,
             idle_flush_ns: 500_000_000,
             realtime_offset_ns: None,
@@ -820,4 +824,194 @@ fn same_document_read_twice_by_a_pool_goes_once_to_each_response() {
         .collect();
     who.sort();
     assert_eq!(who, [(u("alice"), Some(403)), (u("bob"), Some(200))]);
+}
+
+fn sessions() -> Scenario {
+    Scenario::with_identity(IdentityConfig {
+        sources: vec![IdentitySource::Session, IdentitySource::TrustedHeader],
+        session: Some(identity::SessionConfig {
+            cookie: "sid".into(),
+            login_path: "/login".into(),
+            user_field: "user".into(),
+            logout_path: Some("/logout".into()),
+            idle_timeout_seconds: 60,
+            max_sessions: 100,
+        }),
+        ..IdentityConfig::default()
+    })
+}
+
+impl Scenario {
+    /// POST /login for `user` (form body in the same read), answered `status` with a session
+    /// cookie `sid` (as hashed by the redactor).
+    fn login(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        fd: i32,
+        user: &str,
+        status: u16,
+        sid: &str,
+    ) -> &mut Self {
+        let body = format!("user={user}&password=********");
+        self.request(
+            pid,
+            tid,
+            fd,
+            &format!(
+                "POST /login HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        self.set_cookie(
+            pid,
+            tid,
+            fd,
+            status,
+            &format!("sid={sid}; Path=/; HttpOnly"),
+        )
+    }
+
+    fn set_cookie(&mut self, pid: u32, tid: u32, fd: i32, status: u16, cookie: &str) -> &mut Self {
+        let data =
+            format!("HTTP/1.1 {status} X\r\nSet-Cookie: {cookie}\r\nContent-Length: 0\r\n\r\n")
+                .into_bytes();
+        self.ev(
+            pid,
+            tid,
+            EventKind::SockWrite {
+                fd,
+                bytes: data.len() as u64,
+                data: Payload(data),
+                body_fp: None,
+            },
+        )
+    }
+
+    fn get_with_session(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        fd: i32,
+        sid: &str,
+        target: &str,
+    ) -> &mut Self {
+        self.request(
+            pid,
+            tid,
+            fd,
+            &format!("GET {target} HTTP/1.1\r\nCookie: theme=x; sid={sid}\r\n\r\n"),
+        )
+    }
+
+    fn read_doc(&mut self, pid: u32, tid: u32, path: &str) -> &mut Self {
+        self.open(pid, tid, 40, path)
+            .read(pid, tid, 40, 10)
+            .close(pid, tid, 40)
+    }
+}
+
+#[test]
+fn sessions_learned_in_one_worker_serve_another() {
+    let mut s = sessions();
+    // Worker 1 logs alice and bob in; worker 2 serves their reads.
+    s.accept(1, 1, 5).login(1, 1, 5, "alice", 302, "aaaa");
+    s.accept(1, 1, 6).login(1, 1, 6, "bob", 200, "bbbb");
+    // A failed login binds nothing, even with a cookie.
+    s.accept(1, 1, 7).login(1, 1, 7, "mallory", 401, "mmmm");
+    s.accept(2, 2, 5)
+        .get_with_session(2, 2, 5, "aaaa", "/d/bob")
+        .read_doc(2, 2, "/srv/users/bob/x")
+        .respond(2, 2, 5, 200);
+    s.get_with_session(2, 2, 5, "bbbb", "/d/bob")
+        .read_doc(2, 2, "/srv/users/bob/x")
+        .respond(2, 2, 5, 200);
+    s.get_with_session(2, 2, 5, "mmmm", "/d/bob")
+        .read_doc(2, 2, "/srv/users/bob/x")
+        .respond(2, 2, 5, 200);
+    let got = s.finish();
+    let who: Vec<(
+        Option<String>,
+        Option<IdentitySource>,
+        Option<IdentityProblem>,
+    )> = got
+        .iter()
+        .map(|a| {
+            let r = a.request.as_ref().unwrap();
+            (
+                r.identity.as_ref().map(|i| i.user.clone()),
+                r.identity.as_ref().map(|i| i.source),
+                r.identity_problem,
+            )
+        })
+        .collect();
+    assert_eq!(
+        who,
+        [
+            (u("alice"), Some(IdentitySource::Session), None),
+            (u("bob"), Some(IdentitySource::Session), None),
+            (None, None, Some(IdentityProblem::UnknownSession)),
+        ]
+    );
+}
+
+#[test]
+fn logout_expiry_and_cleared_cookies_unbind_sessions() {
+    let mut s = sessions();
+    s.accept(1, 1, 5).login(1, 1, 5, "alice", 302, "aaaa");
+    // Logout is still made as alice; afterwards the cookie names nobody.
+    s.get_with_session(1, 1, 5, "aaaa", "/logout")
+        .read_doc(1, 1, "/srv/users/alice/x")
+        .respond(1, 1, 5, 200);
+    s.get_with_session(1, 1, 5, "aaaa", "/d")
+        .read_doc(1, 1, "/srv/users/alice/x")
+        .respond(1, 1, 5, 200);
+    // A response clearing the cookie ends the session it was sent for.
+    s.login(1, 1, 5, "bob", 302, "bbbb");
+    s.get_with_session(1, 1, 5, "bbbb", "/d")
+        .read_doc(1, 1, "/srv/users/bob/x")
+        .set_cookie(1, 1, 5, 200, "sid=; Max-Age=0");
+    s.get_with_session(1, 1, 5, "bbbb", "/d")
+        .read_doc(1, 1, "/srv/users/bob/x")
+        .respond(1, 1, 5, 200);
+    // Idle past the timeout (60 s).
+    s.login(1, 1, 5, "carol", 302, "cccc");
+    s.tick(61_000_000_000);
+    s.get_with_session(1, 1, 5, "cccc", "/d")
+        .read_doc(1, 1, "/srv/users/carol/x")
+        .respond(1, 1, 5, 200);
+    let got = s.finish();
+    let users: Vec<Option<String>> = got
+        .iter()
+        .map(|a| {
+            a.request
+                .as_ref()
+                .unwrap()
+                .identity
+                .as_ref()
+                .map(|i| i.user.clone())
+        })
+        .collect();
+    assert_eq!(users, [u("alice"), None, u("bob"), None, None]);
+}
+
+#[test]
+fn renewed_session_ids_follow_their_user() {
+    let mut s = sessions();
+    s.accept(1, 1, 5).login(1, 1, 5, "alice", 302, "aaaa");
+    // The portal rotates the id on the next request.
+    s.get_with_session(1, 1, 5, "aaaa", "/home")
+        .set_cookie(1, 1, 5, 200, "sid=a2a2; Path=/");
+    s.get_with_session(1, 1, 5, "a2a2", "/d")
+        .read_doc(1, 1, "/srv/users/bob/x")
+        .respond(1, 1, 5, 200);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("alice"),
+            "/srv/users/bob/x".into(),
+            vec![Evidence::Thread]
+        )]
+    );
 }

@@ -29,6 +29,7 @@ mod http;
 mod prefork;
 mod runtime;
 mod serve;
+mod sessions;
 mod wire;
 
 use std::io::{self, Write};

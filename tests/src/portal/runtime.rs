@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use super::http::{self, Head, ReadError, Request};
-use super::serve::{Plan, failure, log_line, log_request, plan};
+use super::serve::{Plan, failure, log_line, log_request, plan, user_of};
 use super::{Context, Model};
 
 const RECV_CHUNK: usize = 4096;
@@ -75,15 +75,21 @@ async fn serve(mut stream: TcpStream, ctx: &Context, model: Model) {
                     "text/plain",
                     body.as_bytes(),
                     false,
+                    None,
                 )
                 .await;
                 return;
             }
         };
         let keep_alive = request.keep_alive();
-        let user = request.identity();
+        let user = user_of(ctx, &request);
+        let mut cookie = None;
         let (status, body, content_type) = match plan(ctx, &request, user.as_deref()) {
             Plan::Text(status, text) => (status, text.as_bytes().to_vec(), "text/plain"),
+            Plan::Cookie(status, text, set) => {
+                cookie = Some(set);
+                (status, text.as_bytes().to_vec(), "text/plain")
+            }
             Plan::Document(path) => {
                 if model == Model::EventLoop {
                     // Let the loop read other connections' requests before this document.
@@ -106,7 +112,16 @@ async fn serve(mut stream: TcpStream, ctx: &Context, model: Model) {
             tokio::task::yield_now().await;
         }
         let shown = if status == 401 { None } else { user.as_deref() };
-        let sent = send(&mut stream, shown, status, content_type, &body, keep_alive).await;
+        let sent = send(
+            &mut stream,
+            shown,
+            status,
+            content_type,
+            &body,
+            keep_alive,
+            cookie.as_deref(),
+        )
+        .await;
         log_request(
             shown.unwrap_or("-"),
             &request.method,
@@ -127,6 +142,7 @@ async fn send(
     content_type: &str,
     body: &[u8],
     keep_alive: bool,
+    set_cookie: Option<&str>,
 ) -> io::Result<()> {
     let mut response = Head {
         status,
@@ -134,6 +150,7 @@ async fn send(
         user: user.unwrap_or("-"),
         connection: (!keep_alive).then_some("close"),
         challenge: status == 401,
+        set_cookie,
     }
     .to_bytes(body.len() as u64);
     response.extend_from_slice(body);
@@ -145,20 +162,24 @@ async fn send(
 async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Request, ReadError> {
     loop {
         if !buf.is_empty() {
-            if let Some((request, head_len)) = http::parse_head(buf)? {
+            if let Some((mut request, head_len)) = http::parse_head(buf)? {
                 let body_len = request.body_len().map_err(ReadError::Reject)?;
                 buf.drain(..head_len);
                 let buffered = usize::try_from(body_len)
                     .unwrap_or(usize::MAX)
                     .min(buf.len());
-                buf.drain(..buffered);
+                request.body = buf.drain(..buffered).take(http::MAX_BODY_KEPT).collect();
                 let mut left = body_len - buffered as u64;
                 let mut chunk = [0; RECV_CHUNK];
                 while left > 0 {
                     let want = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
                     match stream.read(&mut chunk[..want]).await {
                         Ok(0) | Err(_) => return Err(ReadError::Closed),
-                        Ok(n) => left -= n as u64,
+                        Ok(n) => {
+                            let room = http::MAX_BODY_KEPT.saturating_sub(request.body.len());
+                            request.body.extend_from_slice(&chunk[..room.min(n)]);
+                            left -= n as u64;
+                        }
                     }
                 }
                 return Ok(request);

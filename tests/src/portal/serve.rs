@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::docs::{Document, document_path, read_portal_db};
 use super::http::{self, Head, ReadError, Request};
+use super::sessions;
 use super::wire::{FdWire, SockWire, StreamWire, Wire};
 use super::{Context, Model};
 
@@ -122,7 +123,7 @@ pub(crate) fn serve_connection(mut wire: impl Wire, ctx: &Context) {
             Err(ReadError::Closed) => return,
             Err(ReadError::Reject(status)) => {
                 let body = format!("{}\n", http::reason(status));
-                let sent = text(&mut wire, None, status, &body, Some("close")).bytes;
+                let sent = text(&mut wire, None, status, &body, Some("close"), None).bytes;
                 log_request("-", "-", "-", status, sent);
                 linger(&mut wire);
                 return;
@@ -181,6 +182,10 @@ struct Outcome {
 /// Where a request goes.
 enum Route<'a> {
     Health,
+    /// `POST /login` with a form body.
+    Login,
+    /// `/logout`: clears the session cookie.
+    Logout,
     /// A file under `ROOT/<area>/`, named by the still percent-encoded `rest` of the path.
     File {
         area: &'static str,
@@ -192,7 +197,11 @@ enum Route<'a> {
 
 fn route(request: &Request) -> Route<'_> {
     let path = request.target.split(['?', '#']).next().unwrap_or_default();
-    if request.method != "GET" {
+    if request.method == "POST" && path == "/login" {
+        Route::Login
+    } else if path == "/logout" {
+        Route::Logout
+    } else if request.method != "GET" {
         Route::Unknown
     } else if path == "/healthz" {
         Route::Health
@@ -218,12 +227,43 @@ fn route(request: &Request) -> Route<'_> {
 pub(crate) enum Plan {
     Document(PathBuf),
     Text(u16, &'static str),
+    /// A text answer setting a cookie (login, logout).
+    Cookie(u16, &'static str, String),
+}
+
+/// The user a request is made as: an identity it carries (header, Basic, bearer), else its
+/// session cookie.
+pub(crate) fn user_of(ctx: &Context, request: &Request) -> Option<String> {
+    request
+        .identity()
+        .or_else(|| sessions::user(&ctx.root, request))
 }
 
 /// Routes the request and applies the portal's (deliberately weak) access check.
 pub(crate) fn plan(ctx: &Context, request: &Request, user: Option<&str>) -> Plan {
     let (area, rest, needs_identity) = match route(request) {
         Route::Health => return Plan::Text(200, "ok"),
+        Route::Login => {
+            return match sessions::login(&ctx.root, &request.body) {
+                Ok(Some(id)) => Plan::Cookie(
+                    302,
+                    "logged in\n",
+                    format!("{}={id}; Path=/; HttpOnly", sessions::COOKIE),
+                ),
+                Ok(None) => Plan::Text(401, "Unauthorized\n"),
+                Err(e) => {
+                    log_line(&format!("creating a session: {e}"));
+                    Plan::Text(500, "Internal Server Error\n")
+                }
+            };
+        }
+        Route::Logout => {
+            return Plan::Cookie(
+                200,
+                "logged out\n",
+                format!("{}=; Path=/; Max-Age=0", sessions::COOKIE),
+            );
+        }
         Route::Unknown => return Plan::Text(404, "Not Found\n"),
         Route::File {
             area,
@@ -262,19 +302,22 @@ fn respond(
     request: &Request,
     connection: Option<&'static str>,
 ) -> Outcome {
-    let user = request.identity();
+    let user = user_of(ctx, request);
     let path = match plan(ctx, request, user.as_deref()) {
         Plan::Document(path) => path,
         Plan::Text(status, body) => {
             let user = if status == 401 { None } else { user };
-            return text(wire, user, status, body, connection);
+            return text(wire, user, status, body, connection, None);
+        }
+        Plan::Cookie(status, body, cookie) => {
+            return text(wire, user, status, body, connection, Some(&cookie));
         }
     };
     let doc = match Document::open(&path, ctx.cache) {
         Ok(doc) => doc,
         Err(e) => {
             let (status, body) = failure(&e);
-            return text(wire, user, status, body, connection);
+            return text(wire, user, status, body, connection, None);
         }
     };
     let shown = user.as_deref().unwrap_or("-");
@@ -285,6 +328,7 @@ fn respond(
             user: shown,
             connection,
             challenge: false,
+            set_cookie: None,
         }
         .to_bytes(len)
     };
@@ -314,6 +358,7 @@ fn text(
     status: u16,
     body: &str,
     connection: Option<&'static str>,
+    set_cookie: Option<&str>,
 ) -> Outcome {
     let head = Head {
         status,
@@ -321,6 +366,7 @@ fn text(
         user: user.as_deref().unwrap_or("-"),
         connection,
         challenge: status == 401,
+        set_cookie,
     };
     let mut response = head.to_bytes(body.len() as u64);
     response.extend_from_slice(body.as_bytes());

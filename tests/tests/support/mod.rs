@@ -252,6 +252,16 @@ impl Drop for Vigie {
     }
 }
 
+/// The files of a trace directory, in order.
+pub fn trace_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("trace directory")
+        .map(|e| e.expect("trace directory entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
 pub fn parse_alerts(text: &str) -> Vec<Value> {
     text.lines()
         .map(|l| {
