@@ -209,6 +209,8 @@ struct OpenAccess {
     fd: i32,
     /// Fingerprint of the first bytes read (from the kernel).
     fp: Option<u64>,
+    /// Its fd was closed: complete, waiting only for its request's response status.
+    closed: bool,
 }
 
 pub struct Correlator {
@@ -347,9 +349,28 @@ impl Correlator {
                 for id in waiting {
                     self.unindex(id);
                 }
-                self.finish_where(out, |a| {
-                    a.access.pid == pid && a.fd == *fd && !a.awaits_fingerprint()
-                });
+                // A read for a request still waiting for its response waits for its status
+                // (a 403 after reading someone else's document is still a read, and the alert
+                // says so); the response's first write, or the request's end, judges it.
+                let requests = &self.requests;
+                let awaits_status = |a: &OpenAccess| match a.owner {
+                    Owner::Request(req) => requests
+                        .get(&req)
+                        .is_some_and(|r| r.on_conn && !r.responded),
+                    Owner::Thread(_) => false,
+                };
+                let mut done = Vec::new();
+                for (id, a) in self.open.iter_mut() {
+                    if a.access.pid != pid || a.fd != *fd || a.awaits_fingerprint() {
+                        continue;
+                    }
+                    if awaits_status(a) {
+                        a.closed = true;
+                    } else {
+                        done.push(*id);
+                    }
+                }
+                self.finish_where(out, |a| done.contains(&a.access.id));
             }
             EventKind::SockAccept { fd } => {
                 self.drop_conn(pid, *fd, out);
@@ -360,7 +381,7 @@ impl Correlator {
             }
             EventKind::SockWrite {
                 fd, data, body_fp, ..
-            } => self.on_sock_write(ev, *fd, &data.0, *body_fp),
+            } => self.on_sock_write(ev, *fd, &data.0, *body_fp, out),
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
             EventKind::Lost { reason, count } => {
                 // A lost event may be a request head we never saw: rather than attribute later
@@ -497,6 +518,7 @@ impl Correlator {
                 owner,
                 fd,
                 fp,
+                closed: false,
             },
         );
     }
@@ -741,7 +763,14 @@ impl Correlator {
         }
     }
 
-    fn on_sock_write(&mut self, ev: &Event, fd: i32, data: &[u8], body_fp: Option<u64>) {
+    fn on_sock_write(
+        &mut self,
+        ev: &Event,
+        fd: i32,
+        data: &[u8],
+        body_fp: Option<u64>,
+        out: &mut Vec<Finding>,
+    ) {
         let Some(req) = self.conns.get(&(ev.pid, fd)).and_then(|c| c.current) else {
             return;
         };
@@ -753,6 +782,9 @@ impl Correlator {
             }
             if first && let Some(s) = &self.cfg.identity.session {
                 learn_session(&mut self.sessions, s, r, data, ev.ts_ns);
+            }
+            if first {
+                self.finish_where(out, |a| a.closed && a.owner == Owner::Request(req));
             }
         }
         let multiplexed = self.is_multiplexed(ev.pid, ev.tid);

@@ -220,14 +220,29 @@ fn thread_per_request_read_then_close() {
 }
 
 #[test]
-fn access_is_judged_at_close_without_waiting() {
+fn access_is_judged_with_its_response_status() {
     let mut s = Scenario::new();
     s.get_as(1, 2, 5, "alice", "/a")
         .open(1, 2, 7, "/srv/users/bob/x")
         .read(1, 2, 7, 1);
     assert!(s.found.is_empty(), "judged before the document was closed");
     s.close(1, 2, 7);
+    assert!(s.found.is_empty(), "judged before its response");
+    // The portal read the document, then refused it: still a read, with its status.
+    s.respond(1, 2, 5, 403);
     assert_eq!(s.found.len(), 1);
+    let got = s.finish();
+    assert_eq!(got[0].request.as_ref().unwrap().status, Some(403));
+
+    // No response at all: judged when the connection goes, without a status.
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/a")
+        .open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7)
+        .sock_close(1, 2, 5);
+    assert_eq!(s.found.len(), 1);
+    assert_eq!(s.finish()[0].request.as_ref().unwrap().status, None);
 }
 
 #[test]
@@ -558,8 +573,9 @@ fn same_document_twice_in_one_request_is_one_access() {
     s.open(1, 2, 7, "/srv/users/bob/x")
         .read(1, 2, 7, 1)
         .close(1, 2, 7);
-    assert_eq!(s.finish().len(), 1);
-    assert_eq!(s.c.stats().repeated_reads, 1);
+    let got = s.finish();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].bytes, 2);
 }
 
 #[test]

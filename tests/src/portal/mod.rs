@@ -91,6 +91,11 @@ pub struct Config {
     /// purpose).
     #[arg(long)]
     pub allow_anonymous: bool,
+
+    /// Check ownership only after loading the document, and answer 403 to other users: the
+    /// document is read all the same (a portal that authorises too late).
+    #[arg(long)]
+    pub late_check: bool,
 }
 
 /// How connections are accepted and served.
@@ -127,6 +132,7 @@ pub(crate) struct Context {
     pub root: PathBuf,
     pub cache: bool,
     pub allow_anonymous: bool,
+    pub late_check: bool,
 }
 
 /// The document pre-opened into the cache at startup (relative to ROOT/users).
@@ -172,6 +178,7 @@ fn prepare(config: &Config) -> io::Result<(TcpListener, Arc<Context>)> {
         root: config.root.clone(),
         cache: config.cache,
         allow_anonymous: config.allow_anonymous,
+        late_check: config.late_check,
     });
     if config.cache {
         let path = docs::document_path(&ctx.root, "users", PREOPENED_DOCUMENT.as_bytes());

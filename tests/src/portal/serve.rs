@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use super::docs::{Document, document_path, read_portal_db};
+use super::docs::{Document, ReadWith, document_path, read_portal_db};
 use super::http::{self, Head, ReadError, Request};
 use super::sessions;
 use super::wire::{FdWire, SockWire, StreamWire, Wire};
@@ -320,6 +320,17 @@ fn respond(
             return text(wire, user, status, body, connection, None);
         }
     };
+    // `--late-check`: the document is loaded first, and only then refused to other users.
+    let owner = request
+        .target
+        .strip_prefix("/docs/")
+        .and_then(|rest| rest.split('/').next());
+    if ctx.late_check && owner.is_some() && owner != user.as_deref() {
+        if let Err(e) = doc.read_all(ReadWith::Read) {
+            log_line(&format!("loading {}: {e}", request.target));
+        }
+        return text(wire, user, 403, "Forbidden\n", connection, None);
+    }
     let shown = user.as_deref().unwrap_or("-");
     let head = |len| {
         Head {
