@@ -321,6 +321,45 @@ mod tests {
     }
 
     #[test]
+    fn hostile_cookie_and_form_input_has_defined_outcomes() {
+        let huge = vec![b'a'; 1 << 20];
+        let mut header = b"sid=".to_vec();
+        header.extend_from_slice(&huge);
+        let got: Vec<&[u8]> = cookie_values([&header[..]].into_iter(), "sid").collect();
+        assert_eq!(got[0].len(), huge.len());
+        let many = "x=1; ".repeat(100_000) + "sid=z";
+        assert_eq!(
+            cookie_values([many.as_bytes()].into_iter(), "sid").collect::<Vec<_>>(),
+            [&b"z"[..]]
+        );
+        for hostile in [
+            &b"\xff\xfe=\x00; sid"[..],
+            b";;;;=;=",
+            b"sid",
+            b"=sid=",
+            b"sid==",
+        ] {
+            let _ = cookie_values([hostile].into_iter(), "sid").count();
+            let _ = set_cookie(hostile, "sid");
+            assert_eq!(form_user(hostile, "user"), None);
+        }
+        assert_eq!(
+            set_cookie(b"sid==; Max-Age=99999999999999999999", "sid"),
+            Some(Some(b"=".to_vec()))
+        );
+        let mut form = b"user=".to_vec();
+        form.extend_from_slice(&huge);
+        assert_eq!(form_user(&form, "user"), None, "longer than a user name");
+        assert_eq!(form_user(b"user=%", "user"), None);
+        assert_eq!(form_user(b"user=%4", "user"), None);
+        assert_eq!(
+            form_user(b"user=%C3%A9lise", "user").as_deref(),
+            Some("élise")
+        );
+        assert_eq!(form_user(b"user=%FF", "user"), None, "not UTF-8");
+    }
+
+    #[test]
     fn config_checks() {
         assert!(cfg().check().is_ok());
         let bad = |f: fn(&mut SessionConfig)| {
