@@ -311,6 +311,7 @@ fuzz_target!(|input: Input| {
                 logout_path: Some("/logout".to_owned()),
                 idle_timeout_seconds: 60,
                 max_sessions: 8,
+                store: None,
             }),
             ..IdentityConfig::default()
         },

@@ -31,6 +31,7 @@ fn config(jwt: JwtConfig) -> IdentityConfig {
             logout_path: Some("/logout".to_owned()),
             idle_timeout_seconds: 60,
             max_sessions: 8,
+            store: None,
         }),
     }
 }

@@ -135,6 +135,7 @@ fuzz_target!(|input: &[u8]| {
         logout_path: Some("/logout".to_owned()),
         idle_timeout_seconds: 60,
         max_sessions: 8,
+        store: None,
     }));
     let mut redacted = Vec::with_capacity(data.len());
     for chunk in data.chunks(step) {

@@ -258,6 +258,11 @@ impl Correlator {
         &self.stats
     }
 
+    /// Whether session `id` (hashed cookie value) is bound to a user.
+    pub fn knows_session(&self, id: &[u8]) -> bool {
+        self.sessions.contains(id)
+    }
+
     /// Document fds `pid` holds, as far as the events told (ascending).
     pub fn documents_of(&self, pid: u32) -> Vec<i32> {
         let mut fds: Vec<i32> = self
@@ -383,6 +388,11 @@ impl Correlator {
                 fd, data, body_fp, ..
             } => self.on_sock_write(ev, *fd, &data.0, *body_fp, out),
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
+            EventKind::SessionFound { session, user } => {
+                if let Some(s) = &self.cfg.identity.session {
+                    self.sessions.bind(s, session.as_bytes(), user, ev.ts_ns);
+                }
+            }
             EventKind::Lost { reason, count } => {
                 // A lost event may be a request head we never saw: rather than attribute later
                 // reads to a stale request, forget every scope (reads become unattributed).

@@ -78,6 +78,10 @@ pub enum EventKind {
     },
     /// A socket was closed.
     SockClose { fd: i32 },
+    /// The portal's session store says session `session` (the cookie value as the redactor
+    /// hashed it) is `user`'s: a session Vigie did not see created. Found live, recorded so
+    /// that replay needs no store.
+    SessionFound { session: String, user: String },
     /// `count` events were lost in the kernel since the previous report, for `reason`.
     Lost { reason: String, count: u64 },
     /// Time passes (live: the reader's timer). Lets the pure correlator expire state without a

@@ -14,6 +14,7 @@ use crate::http::RequestHead;
 
 pub mod jwt;
 pub mod session;
+pub mod store;
 
 pub use jwt::JwtConfig;
 pub use session::SessionConfig;

@@ -43,6 +43,9 @@ pub struct Redactor {
     pending: HashMap<(u32, i32), Vec<u8>>,
     /// Per connection: where a login request is (its head, then its form body).
     logins: HashMap<(u32, i32), Login>,
+    /// With a session store: the session cookies of the last redacted chunk, raw and hashed
+    /// (see [`Redactor::take_session_ids`]).
+    session_ids: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A login request being read on a connection.
@@ -83,7 +86,15 @@ impl Redactor {
             session: None,
             pending: HashMap::new(),
             logins: HashMap::new(),
+            session_ids: Vec::new(),
         }
+    }
+
+    /// The session cookies (raw value, hashed value) the redacted request chunks carried since
+    /// the last call, when a session store is configured: the raw value is what the store
+    /// knows, the hashed one what the correlator sees. Taken at once, kept nowhere else.
+    pub fn take_session_ids(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut self.session_ids)
     }
 
     /// With the portal's login exchange (`identity.session`): its form bodies are redacted.
@@ -228,7 +239,7 @@ impl Redactor {
     }
 
     /// Redacts a captured chunk of a response (socket write) in place: `Set-Cookie` values.
-    pub fn redact_response(&self, data: &mut [u8]) {
+    pub fn redact_response(&mut self, data: &mut [u8]) {
         let mut start = 0;
         while let Some((end, complete)) = next_line(data, start) {
             self.redact_line(&mut data[start..end], complete);
@@ -249,7 +260,7 @@ impl Redactor {
 
     /// Redacts one header line; `complete` says it ended in this capture (a credential in an
     /// incomplete line cannot be checked yet and is masked).
-    fn redact_line(&self, line: &mut [u8], complete: bool) {
+    fn redact_line(&mut self, line: &mut [u8], complete: bool) {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             return;
         };
@@ -270,7 +281,12 @@ impl Redactor {
             }
         } else if name.eq_ignore_ascii_case(b"cookie") {
             for pair in value.split_mut(|&b| b == b';') {
+                let raw = self.session_cookie(pair).filter(|_| complete);
                 self.hash_cookie_value(pair, complete);
+                if let Some((start, raw)) = raw {
+                    let hashed = pair[start..start + raw.len()].to_vec();
+                    self.session_ids.push((raw, hashed));
+                }
             }
         } else if name.eq_ignore_ascii_case(b"set-cookie") {
             // Only the first pair is the cookie; the rest are attributes (Path, Expires, ...).
@@ -278,6 +294,19 @@ impl Redactor {
                 self.hash_cookie_value(pair, complete);
             }
         }
+    }
+
+    /// With a session store configured: where the value of `pair` starts and its raw bytes, if
+    /// `pair` is the session cookie.
+    fn session_cookie(&self, pair: &[u8]) -> Option<(usize, Vec<u8>)> {
+        let session = self.session.as_ref().filter(|s| s.store.is_some())?;
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        if pair[..eq].trim_ascii() != session.cookie.as_bytes() {
+            return None;
+        }
+        // The bytes `hash_cookie_value` replaces: the value up to trailing blanks.
+        let raw = pair[eq + 1..].trim_ascii_end();
+        (!raw.is_empty()).then(|| (eq + 1, raw.to_vec()))
     }
 
     /// `name=value` -> `name=<keyed hash of value, same length>`.
@@ -639,6 +668,7 @@ mod tests {
             logout_path: None,
             idle_timeout_seconds: 60,
             max_sessions: 10,
+            store: None,
         }
     }
 

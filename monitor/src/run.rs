@@ -20,6 +20,7 @@ use crate::{
     correlate::{Correlator, CorrelatorConfig},
     decode::decode,
     events::{Event, EventKind, FoundFd},
+    identity::store::{Found, SessionStore},
     judge::Judge,
     loader::Probes,
     pipeline::Pipeline,
@@ -78,6 +79,9 @@ struct Live {
     trace: Option<TraceWriter>,
     redactor: Redactor,
     bodies: crate::fingerprint::Bodies,
+    /// The portal's session store (`identity.session.store`), if configured.
+    session_store: Option<SessionStore>,
+    store_errors: u64,
     summary: Summary,
     metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
     ring_usage: Option<crate::loader::RingUsage>,
@@ -113,6 +117,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     // checked at capture time, never by the correlator.
     let cfg_jwt = cfg.identity.jwt.clone();
     let cfg_session = cfg.identity.session.clone();
+    let session_store = cfg_session
+        .as_ref()
+        .and_then(|s| s.store.clone())
+        .map(SessionStore::new)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("identity.session.store: {e}"))?;
     let mut live = Live {
         cfg,
         probes,
@@ -123,6 +133,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         trace: None,
         redactor: Redactor::new(cfg_jwt).with_session(cfg_session),
         bodies: crate::fingerprint::Bodies::new(),
+        session_store,
+        store_errors: 0,
         summary: Summary::default(),
         metrics,
         ring_usage: None,
@@ -250,7 +262,10 @@ impl Live {
             };
             match decoded {
                 Ok(mut ev) => {
-                    self.before_feed(&mut ev)?;
+                    for found in self.before_feed(&mut ev)? {
+                        self.feed(&found)?;
+                        self.after_feed(&found)?;
+                    }
                     self.feed(&ev)?;
                     self.after_feed(&ev)?;
                 }
@@ -262,14 +277,31 @@ impl Live {
         }
     }
 
-    fn before_feed(&mut self, ev: &mut Event) -> anyhow::Result<()> {
+    /// Redacts and enriches `ev` before anything else sees it; returns the events to feed
+    /// before it (sessions found in the portal's store for the cookies it carries).
+    fn before_feed(&mut self, ev: &mut Event) -> anyhow::Result<Vec<Event>> {
         let pid = ev.pid;
+        let mut first = Vec::new();
         match &mut ev.kind {
             EventKind::SockRead { fd, bytes, data } => {
                 let whole = *bytes <= data.0.len() as u64;
                 self.redactor.redact_request(pid, *fd, &mut data.0, whole);
                 if !data.0.is_empty() {
                     self.bodies.request(pid, *fd);
+                }
+                for (raw, hashed) in self.redactor.take_session_ids() {
+                    if let Some(user) = self.session_from_store(&raw, &hashed) {
+                        first.push(Event {
+                            ts_ns: ev.ts_ns,
+                            pid,
+                            tid: ev.tid,
+                            comm: ev.comm.clone(),
+                            kind: EventKind::SessionFound {
+                                session: String::from_utf8_lossy(&hashed).into_owned(),
+                                user,
+                            },
+                        });
+                    }
                 }
             }
             EventKind::SockWrite {
@@ -296,7 +328,7 @@ impl Live {
                 let by_name = self.cfg.targets.names.contains(&ev.comm);
                 if !by_name && !procfs::matches(&self.cfg, ev.pid) {
                     self.probes.remove_target(ev.pid)?;
-                    return Ok(());
+                    return Ok(first);
                 }
                 self.targets.insert(ev.pid);
                 self.seen.insert(ev.pid);
@@ -304,7 +336,33 @@ impl Live {
             }
             _ => {}
         }
-        Ok(())
+        Ok(first)
+    }
+
+    /// The user of a session cookie the correlator does not know, from the portal's session
+    /// store (if one is configured).
+    fn session_from_store(&mut self, raw: &[u8], hashed: &[u8]) -> Option<String> {
+        if self.pipeline.correlator().knows_session(hashed) {
+            return None;
+        }
+        let store = self.session_store.as_mut()?;
+        match store.lookup(raw) {
+            Ok(Found::User(user)) => {
+                tracing::debug!(user, "session found in the portal's store");
+                Some(user)
+            }
+            Ok(Found::Nothing | Found::Refused) => None,
+            Err(e) => {
+                self.store_errors += 1;
+                if self.store_errors.is_power_of_two() {
+                    tracing::warn!(
+                        errors = self.store_errors,
+                        "session store lookup failed: {e}"
+                    );
+                }
+                None
+            }
+        }
     }
 
     fn after_feed(&mut self, ev: &Event) -> anyhow::Result<()> {
@@ -401,6 +459,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::SockAccept { .. } => "sock_accept",
         EventKind::SockRead { .. } => "sock_read",
         EventKind::SockWrite { .. } => "sock_write",
+        EventKind::SessionFound { .. } => "session_found",
         EventKind::SockClose { .. } => "sock_close",
         EventKind::Lost { .. } => "lost",
         EventKind::Tick => "tick",

@@ -60,7 +60,13 @@ fn cookie_sessions_bind_users_across_worker_processes_until_logout() {
     let (status, alice) = login(&addr, "alice", "alice-pw").expect("login");
     assert_eq!(status, 302);
     let alice = alice.expect("alice's session cookie");
-    let alice_login = *served_by(&portal, "POST", "/login").last().expect("logged");
+    // The portal logs a request after answering it: wait for the line.
+    let alice_login = poll_until(
+        "the login in the portal's log",
+        std::time::Duration::from_secs(10),
+        || served_by(&portal, "POST", "/login").last().copied(),
+        || portal.guard.stderr_lines().join("\n"),
+    );
     let (status, bob) = login(&addr, "bob", "bob-pw").expect("login");
     assert_eq!(status, 302);
     let bob = bob.expect("bob's session cookie");
@@ -84,7 +90,15 @@ fn cookie_sessions_bind_users_across_worker_processes_until_logout() {
         get(&alice, "alice", NOTES);
         get(&bob, "alice", NOTES);
     }
-    let workers: Vec<u32> = served_by(&portal, "GET", &format!("/docs/bob/{HR}"));
+    let workers: Vec<u32> = poll_until(
+        "every read in the portal's log",
+        std::time::Duration::from_secs(10),
+        || {
+            let w = served_by(&portal, "GET", &format!("/docs/bob/{HR}"));
+            (w.len() == 2 * rounds).then_some(w)
+        },
+        || portal.guard.stderr_lines().join("\n"),
+    );
     assert!(
         workers.iter().any(|&pid| pid != alice_login),
         "no read served by another worker than alice's login ({alice_login}): {workers:?}"
@@ -148,4 +162,126 @@ fn cookie_sessions_bind_users_across_worker_processes_until_logout() {
     let (ok, _, stderr) = vigie_cmd(&p, &args);
     assert!(ok, "{stderr}");
     assert_eq!(std::fs::read_to_string(&replayed).expect("replayed"), live);
+}
+
+/// A session store configuration for Vigie, appended to the session config.
+fn with_store(store: &str) -> String {
+    format!("{SESSION_CONFIG}[identity.session.store]\n{store}")
+}
+
+#[test]
+fn sessions_created_before_vigie_resolve_from_the_portals_session_files() {
+    let Some(p) =
+        privileged("sessions_created_before_vigie_resolve_from_the_portals_session_files")
+    else {
+        return;
+    };
+    let portal = Portal::start("store-files", &["--model", "thread", "--allow-anonymous"]);
+    let addr = portal.addr();
+    // Logged in before Vigie exists: no login exchange to learn from.
+    let (status, alice) = login(&addr, "alice", "alice-pw").expect("login");
+    assert_eq!(status, 302);
+    let alice = alice.expect("cookie");
+    let sessions = portal.dir.path().join("portal/sessions");
+    let config = format!(
+        "{}{}",
+        portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        with_store(&format!(
+            "files = \"{}/{{id}}\"\nformat = \"plain\"\n",
+            sessions.display()
+        ))
+    );
+    let vigie = Vigie::start(&p, "store-files", &config, &[]);
+    let get = |cookie: &str| {
+        http_get(&addr, &format!("/docs/bob/{HR}"), &[("Cookie", cookie)])
+            .expect("GET")
+            .0
+    };
+    assert_eq!(get(&alice), 200);
+    // A hostile cookie is never used as a path (the portal itself serves it anonymously).
+    assert_eq!(get("session=../../../../etc/passwd"), 200);
+    let (alerts, log) = vigie.stop();
+    assert_eq!(
+        verdicts(&alerts),
+        [
+            t("unauthenticated", "-", "bob", &portal.doc("bob", HR)),
+            t("violation", "alice", "bob", &portal.doc("bob", HR)),
+        ],
+        "{log}"
+    );
+    for a in &alerts {
+        if a["verdict"] == "violation" {
+            assert_eq!(a["request"]["identity"]["source"], "session");
+        } else {
+            assert_eq!(a["request"]["identity_problem"], "unknown_session");
+        }
+    }
+}
+
+/// A throwaway `redis-server` on a free port, without persistence.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(bin: &std::path::Path, dir: &std::path::Path) -> Self {
+        let port = free_port();
+        let child = std::process::Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        poll_until(
+            "redis-server accepting",
+            std::time::Duration::from_secs(10),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+            String::new,
+        );
+        Self { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sessions_created_before_vigie_resolve_from_the_portals_redis() {
+    const TEST: &str = "sessions_created_before_vigie_resolve_from_the_portals_redis";
+    let Some(p) = privileged(TEST) else {
+        return;
+    };
+    let Some(redis_server) = require_tool(TEST, "redis-server") else {
+        return;
+    };
+    let dir = TempDir::new("store-redis-data");
+    let redis = Redis::start(&redis_server, dir.path());
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let portal = Portal::start("store-redis", &["--model", "pool", "--session-redis", &url]);
+    let addr = portal.addr();
+    let (status, alice) = login(&addr, "alice", "alice-pw").expect("login");
+    assert_eq!(status, 302);
+    let alice = alice.expect("cookie");
+    let config = format!(
+        "{}{}",
+        portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        with_store(&format!("redis = \"{url}\"\nkey = \"session:{{id}}\"\n"))
+    );
+    let vigie = Vigie::start(&p, "store-redis", &config, &[]);
+    let (status, _) =
+        http_get(&addr, &format!("/docs/bob/{HR}"), &[("Cookie", &alice)]).expect("GET");
+    assert_eq!(status, 200);
+    let (alerts, log) = vigie.stop();
+    assert_eq!(
+        verdicts(&alerts),
+        [t("violation", "alice", "bob", &portal.doc("bob", HR))],
+        "{log}"
+    );
+    assert_eq!(alerts[0]["request"]["identity"]["source"], "session");
 }

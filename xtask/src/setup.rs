@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     // end-to-end test runs its own instances of both (see `tests/tests/prometheus.rs`).
     "prometheus",
     "prometheus-alertmanager",
+    // A portal's Redis session store, run by `tests/tests/sessions.rs`.
+    "redis-server",
 ];
 
 /// Debian's policy-rc.d protocol: while this file exists and exits 101, maintainer scripts do not

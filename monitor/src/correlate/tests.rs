@@ -852,6 +852,7 @@ fn sessions() -> Scenario {
             logout_path: Some("/logout".into()),
             idle_timeout_seconds: 60,
             max_sessions: 100,
+            store: None,
         }),
         ..IdentityConfig::default()
     })

@@ -35,6 +35,10 @@ pub struct SessionConfig {
     /// Most sessions kept; the least recently used go first.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// The portal's session store (`[identity.session.store]`), read to resolve sessions Vigie
+    /// did not see being created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<super::store::StoreConfig>,
 }
 
 fn default_user_field() -> String {
@@ -80,6 +84,18 @@ impl SessionConfig {
         if self.max_sessions == 0 || self.max_sessions > 10_000_000 {
             return Err(("max_sessions", "must be 1 to 10000000".to_owned()));
         }
+        if let Some(store) = &self.store {
+            store.check().map_err(|(field, reason)| {
+                let field = match field {
+                    "files" => "store.files",
+                    "redis" => "store.redis",
+                    "key" => "store.key",
+                    "user_key" => "store.user_key",
+                    _ => "store.timeout_ms",
+                };
+                (field, reason)
+            })?;
+        }
         Ok(())
     }
 }
@@ -103,6 +119,11 @@ pub struct Sessions {
 impl Sessions {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether session `id` is bound (expired or not).
+    pub fn contains(&self, id: &[u8]) -> bool {
+        self.bound.contains_key(id)
     }
 
     /// Binds session `id` to `user` at `ts_ns` (a login, or the portal renewing the id).
@@ -249,6 +270,7 @@ mod tests {
             logout_path: Some("/logout".into()),
             idle_timeout_seconds: 10,
             max_sessions: 4,
+            store: None,
         }
     }
 

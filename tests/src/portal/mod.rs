@@ -96,6 +96,11 @@ pub struct Config {
     /// document is read all the same (a portal that authorises too late).
     #[arg(long)]
     pub late_check: bool,
+
+    /// Keep sessions in this Redis (`redis://host:port`, keys `session:<id>` holding the user)
+    /// instead of files under ROOT/sessions.
+    #[arg(long, value_name = "URL")]
+    pub session_redis: Option<String>,
 }
 
 /// How connections are accepted and served.
@@ -133,6 +138,7 @@ pub(crate) struct Context {
     pub cache: bool,
     pub allow_anonymous: bool,
     pub late_check: bool,
+    pub session_redis: Option<redis::Client>,
 }
 
 /// The document pre-opened into the cache at startup (relative to ROOT/users).
@@ -179,6 +185,14 @@ fn prepare(config: &Config) -> io::Result<(TcpListener, Arc<Context>)> {
         cache: config.cache,
         allow_anonymous: config.allow_anonymous,
         late_check: config.late_check,
+        session_redis: config
+            .session_redis
+            .as_deref()
+            .map(redis::Client::open)
+            .transpose()
+            .map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("--session-redis: {e}"))
+            })?,
     });
     if config.cache {
         let path = docs::document_path(&ctx.root, "users", PREOPENED_DOCUMENT.as_bytes());

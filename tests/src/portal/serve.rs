@@ -234,9 +234,7 @@ pub(crate) enum Plan {
 /// The user a request is made as: an identity it carries (header, Basic, bearer), else its
 /// session cookie.
 pub(crate) fn user_of(ctx: &Context, request: &Request) -> Option<String> {
-    request
-        .identity()
-        .or_else(|| sessions::user(&ctx.root, request))
+    request.identity().or_else(|| sessions::user(ctx, request))
 }
 
 /// Routes the request and applies the portal's (deliberately weak) access check.
@@ -244,7 +242,7 @@ pub(crate) fn plan(ctx: &Context, request: &Request, user: Option<&str>) -> Plan
     let (area, rest, needs_identity) = match route(request) {
         Route::Health => return Plan::Text(200, "ok"),
         Route::Login => {
-            return match sessions::login(&ctx.root, &request.body) {
+            return match sessions::login(ctx, &request.body) {
                 Ok(Some(id)) => Plan::Cookie(
                     302,
                     "logged in\n",

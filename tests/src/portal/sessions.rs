@@ -1,7 +1,8 @@
-//! Cookie sessions, stored as files as PHP does: `POST /login` with the form
-//! `user=<name>&password=<name>-pw` creates `ROOT/sessions/<id>` holding the user name and sets
-//! the cookie `session=<id>`. Every worker process reads the same directory, so a session made
-//! by one worker serves requests handled by another.
+//! Cookie sessions, stored as files as PHP does (or in Redis with `--session-redis`):
+//! `POST /login` with the form `user=<name>&password=<name>-pw` creates `ROOT/sessions/<id>`
+//! (or the Redis key `session:<id>`) holding the user name and sets the cookie `session=<id>`.
+//! Every worker process reads the same store, so a session made by one worker serves requests
+//! handled by another.
 //!
 //! `/logout` clears the cookie in the browser but, a bug on purpose, leaves the session file in
 //! place: whoever kept the old cookie is still logged in, as far as the portal is concerned.
@@ -9,6 +10,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::Context;
 use super::http::{Request, valid_user};
 
 /// Name of the session cookie.
@@ -19,7 +21,7 @@ fn dir(root: &Path) -> PathBuf {
 }
 
 /// Checks the form's credentials and creates a session; returns its id.
-pub(crate) fn login(root: &Path, form: &[u8]) -> io::Result<Option<String>> {
+pub(crate) fn login(ctx: &Context, form: &[u8]) -> io::Result<Option<String>> {
     let field = |name: &str| {
         form.split(|&b| b == b'&').find_map(|pair| {
             let (k, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
@@ -39,13 +41,25 @@ pub(crate) fn login(root: &Path, form: &[u8]) -> io::Result<Option<String>> {
         return Err(io::Error::last_os_error());
     }
     let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    fs::create_dir_all(dir(root))?;
-    fs::write(dir(root).join(&id), &user)?;
+    match &ctx.session_redis {
+        Some(client) => {
+            let mut conn = client.get_connection().map_err(io::Error::other)?;
+            redis::cmd("SET")
+                .arg(format!("session:{id}"))
+                .arg(&user)
+                .exec(&mut conn)
+                .map_err(io::Error::other)?;
+        }
+        None => {
+            fs::create_dir_all(dir(&ctx.root))?;
+            fs::write(dir(&ctx.root).join(&id), &user)?;
+        }
+    }
     Ok(Some(id))
 }
 
-/// The user of the request's session cookie, if its session file exists.
-pub(crate) fn user(root: &Path, request: &Request) -> Option<String> {
+/// The user of the request's session cookie, if its session exists.
+pub(crate) fn user(ctx: &Context, request: &Request) -> Option<String> {
     let cookies = std::str::from_utf8(request.header("cookie")?).ok()?;
     let id = cookies.split(';').find_map(|pair| {
         let (name, value) = pair.trim().split_once('=')?;
@@ -54,6 +68,15 @@ pub(crate) fn user(root: &Path, request: &Request) -> Option<String> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let user = fs::read_to_string(dir(root).join(id)).ok()?;
+    let user = match &ctx.session_redis {
+        Some(client) => {
+            let mut conn = client.get_connection().ok()?;
+            redis::cmd("GET")
+                .arg(format!("session:{id}"))
+                .query::<Option<String>>(&mut conn)
+                .ok()??
+        }
+        None => fs::read_to_string(dir(&ctx.root).join(id)).ok()?,
+    };
     valid_user(&user).then_some(user)
 }
