@@ -140,6 +140,22 @@ pub enum Finding {
     },
 }
 
+/// How much state the correlator holds right now: what must return to near zero once a
+/// portal's connections close (the `vigie_correlator_tracked` gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tracked {
+    /// Connections with HTTP state (accepted, or found in `/proc`, and not closed).
+    pub connections: usize,
+    /// Requests still current on their connection or in scope of their thread.
+    pub requests: usize,
+    /// Threads with a request in scope.
+    pub threads: usize,
+    /// Document reads not judged yet.
+    pub open_accesses: usize,
+    /// Open document fds.
+    pub documents: usize,
+}
+
 /// Counters for summaries and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
@@ -261,6 +277,16 @@ impl Correlator {
     /// Whether session `id` (hashed cookie value) is bound to a user.
     pub fn knows_session(&self, id: &[u8]) -> bool {
         self.sessions.contains(id)
+    }
+
+    pub fn tracked(&self) -> Tracked {
+        Tracked {
+            connections: self.conns.len(),
+            requests: self.requests.len(),
+            threads: self.threads.len(),
+            open_accesses: self.open.len(),
+            documents: self.docs.len(),
+        }
     }
 
     /// Document fds `pid` holds, as far as the events told (ascending).

@@ -503,6 +503,7 @@ impl Live {
         m.sync_requests(&self.pipeline.correlator().stats().requests_by_identity);
         m.sync_alerts_written(self.pipeline.alerts_written());
         m.set_targets(self.targets.len());
+        m.set_tracked(&self.pipeline.correlator().tracked());
         m.set_probes(self.probes.attached.len(), Probes::expected());
     }
 }
