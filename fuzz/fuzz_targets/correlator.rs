@@ -158,6 +158,7 @@ enum Kind {
     SockWrite(u8, u32, HeadShape),
     SockClose(u8),
     Lost(u8),
+    ThreadExit,
     Tick,
     /// Byte counts near the top of `u64` (a hostile trace).
     HugeRead(u8, u64),
@@ -271,6 +272,7 @@ fn events(input: &Input) -> Vec<Event> {
                     count: u64::from(*n),
                 },
                 Kind::Tick => EventKind::Tick,
+                Kind::ThreadExit => EventKind::ThreadExit,
             };
             Event {
                 ts_ns: ts,

@@ -36,6 +36,7 @@ pub mod kind {
     pub const PROCESS_EXEC: u32 = 1;
     pub const PROCESS_FORK: u32 = 2;
     pub const PROCESS_EXIT: u32 = 3;
+    pub const THREAD_EXIT: u32 = 4;
 
     pub const FILE_OPEN: u32 = 100;
     pub const FILE_READ: u32 = 101;

@@ -320,6 +320,7 @@ impl Correlator {
                 }
             }
             EventKind::ProcessExit => self.on_exit(pid, out),
+            EventKind::ThreadExit => self.on_thread_exit(pid, ev.tid, out),
             EventKind::FdFound { fd, found } => match found {
                 FoundFd::Document { path } => self.track_document(pid, *fd, Some(path.clone())),
                 FoundFd::Socket => {
@@ -948,6 +949,21 @@ impl Correlator {
         self.docs.retain(|(p, _), _| *p != pid);
         self.requests.retain(|_, r| r.pid != pid);
         self.multiplexed.retain(|_, p| *p != pid);
+    }
+
+    /// A thread is gone: its request scope ends (else every thread-per-connection request would
+    /// be kept forever), and what it read with no request in scope can no longer flow to a
+    /// connection: judged now, unattributed.
+    fn on_thread_exit(&mut self, pid: u32, tid: u32, out: &mut Vec<Finding>) {
+        if let Some(&(p, req)) = self.threads.get(&tid)
+            && p == pid
+        {
+            self.threads.remove(&tid);
+            self.release(req, Release::Thread, out);
+        }
+        self.finish_where(out, |a| {
+            a.owner == Owner::Thread(tid) && a.access.pid == pid
+        });
     }
 
     /// Judges (emits) every open access matching `pred`, in access order.

@@ -51,6 +51,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             }
         }
         kind::PROCESS_EXIT => EventKind::ProcessExit,
+        kind::THREAD_EXIT => EventKind::ThreadExit,
         kind::FILE_OPEN => {
             let ev: OpenEvent = read(bytes, k)?;
             let len = (ev.path_len as usize).min(PATH_CAP);

@@ -27,6 +27,8 @@ pub enum EventKind {
     ProcessFork { child_pid: u32 },
     /// The target's thread-group leader exited.
     ProcessExit,
+    /// Another thread of the target exited (`tid`).
+    ThreadExit,
     /// An fd found open when the process became a target: its open predates Vigie.
     FdFound { fd: i32, found: FoundFd },
     /// A file opened under a document root (or a path the kernel could not rule out).

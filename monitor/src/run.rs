@@ -451,6 +451,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::ProcessExec => "process_exec",
         EventKind::ProcessFork { .. } => "process_fork",
         EventKind::ProcessExit => "process_exit",
+        EventKind::ThreadExit => "thread_exit",
         EventKind::FdFound { .. } => "fd_found",
         EventKind::FileOpen { .. } => "file_open",
         EventKind::FileRead { .. } => "file_read",

@@ -629,6 +629,55 @@ fn state_is_released_when_connections_close() {
 }
 
 #[test]
+fn thread_per_connection_state_is_released_when_threads_exit() {
+    let mut s = Scenario::new();
+    // A new thread per connection, as the `thread` model and many servers do: each thread's
+    // scope must go with the thread, or requests and scopes pile up forever.
+    for i in 0..1000 {
+        let tid = 100 + i;
+        s.accept(1, 1, 5)
+            .get_as(1, tid, 5, "alice", "/x")
+            .open(1, tid, 7, "/srv/users/alice/x");
+        s.read(1, tid, 7, 1)
+            .close(1, tid, 7)
+            .respond(1, tid, 5, 200)
+            .sock_close(1, tid, 5);
+        s.ev(1, tid, EventKind::ThreadExit);
+    }
+    assert_eq!(s.c.tracked(), Tracked::default());
+    assert_eq!(s.finish().len(), 1000);
+}
+
+#[test]
+fn thread_exit_judges_its_unattributed_reads_and_keeps_the_connection() {
+    let mut s = Scenario::new();
+    s.accept(1, 1, 5).get_as(1, 2, 5, "alice", "/x");
+    // Thread 3 reads a document with no request in scope and exits without writing anything.
+    s.open(1, 3, 8, "/srv/users/bob/y").read(1, 3, 8, 4);
+    s.ev(1, 3, EventKind::ThreadExit);
+    assert_eq!(s.found.len(), 1, "judged at the thread's exit");
+    assert!(matches!(&s.found[0], Finding::Access(a) if a.request.is_none() && a.tid == 3));
+    // Thread 2's request is still current on its connection: its reads are still its own.
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got[1..]),
+        [(
+            u("alice"),
+            "/srv/users/bob/x".into(),
+            vec![Evidence::Thread]
+        )]
+    );
+    // Another thread exiting with the same tid in another process changes nothing here.
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/x");
+    s.ev(9, 2, EventKind::ThreadExit);
+    assert_eq!(s.c.tracked().threads, 1);
+}
+
+#[test]
 fn same_stream_same_findings() {
     let run = || {
         let mut s = Scenario::new();
