@@ -184,11 +184,71 @@ impl Live {
         self.probes.add_target(pid)?;
         self.targets.insert(pid);
         self.seen.insert(pid);
+        let mut sockets = Vec::new();
         for ev in procfs::describe(pid, &self.cfg.documents.roots, procfs::monotonic_ns()) {
+            if let EventKind::FdFound {
+                fd,
+                found: FoundFd::Socket,
+            } = ev.kind
+            {
+                sockets.push(fd);
+            }
             self.tell_kernel(&ev)?;
             self.feed(&ev)?;
         }
+        self.stash_sleeping_reads(pid, &sockets);
         Ok(())
+    }
+
+    /// A thread of an adopted process that sleeps in a read on a socket entered that read
+    /// before the probes were attached: its exit would find no stash, and the request head it
+    /// returns would be missed (a keep-alive connection idle across a Vigie restart would lose
+    /// its next request). Such threads get the stash the entry probe would have left.
+    ///
+    /// Only a stash that provably went in while the thread sat in that very read is kept: same
+    /// syscall and arguments before and after the insert, and no voluntary context switch in
+    /// between (a thread that left the read and slept again would have one). A stale stash
+    /// would be consumed by the exit of some later syscall and capture whatever the buffer then
+    /// held, so when in doubt it is taken back: the request is then missed, never misread.
+    fn stash_sleeping_reads(&mut self, pid: u32, sockets: &[i32]) {
+        for tid in procfs::threads_of(pid) {
+            let Some(switches) = procfs::voluntary_switches(pid, tid) else {
+                continue;
+            };
+            let Some(before) = procfs::sleeping_syscall(pid, tid) else {
+                continue;
+            };
+            let Some(op) = crate::loader::socket_read_op(before.nr) else {
+                continue;
+            };
+            let fd = i32::try_from(before.args[0]).unwrap_or(-1);
+            if !sockets.contains(&fd) {
+                continue;
+            }
+            let stash = monitor_common::Stash {
+                op,
+                kind: u32::from(monitor_common::fd_kind::SOCKET),
+                fd,
+                fd2: -1,
+                ptr: before.args[1],
+                arg: before.args[2],
+            };
+            match self.probes.stash_for(pid, tid, &stash) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(pid, tid, "cannot stash a sleeping read: {e}");
+                    continue;
+                }
+            }
+            let still = procfs::sleeping_syscall(pid, tid) == Some(before)
+                && procfs::voluntary_switches(pid, tid) == Some(switches);
+            if still {
+                tracing::debug!(pid, tid, fd, "adopted a read in progress");
+            } else if let Err(e) = self.probes.unstash(pid, tid, &stash) {
+                tracing::warn!(pid, tid, "cannot take back a stale stash: {e}");
+            }
+        }
     }
 
     fn tell_kernel(&mut self, ev: &Event) -> anyhow::Result<()> {
