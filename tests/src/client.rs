@@ -87,6 +87,16 @@ impl KeepAlive {
         read_response(&mut self.stream, &mut self.buf)
     }
 
+    /// Sends raw bytes on this connection, e.g. one part of a request head sent in pieces.
+    pub fn send_part(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads the next response (after a request sent with [`KeepAlive::send_part`]).
+    pub fn response(&mut self) -> io::Result<(u16, Vec<u8>)> {
+        read_response(&mut self.stream, &mut self.buf)
+    }
+
     /// The local address of the connection (the client side of the 4-tuple).
     pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         self.stream.local_addr()

@@ -101,6 +101,12 @@ pub struct Config {
     /// instead of files under ROOT/sessions.
     #[arg(long, value_name = "URL")]
     pub session_redis: Option<String>,
+    /// Fault injection: a document request whose query is `?crash` reads the whole document,
+    /// then the serving process aborts (SIGABRT, no core dump) with the document still open and
+    /// nothing answered. In `prefork` only that worker dies (and is replaced); in `thread` and
+    /// `pool` the whole portal does.
+    #[arg(long)]
+    pub crash_hook: bool,
 }
 
 /// How connections are accepted and served.
@@ -139,6 +145,7 @@ pub(crate) struct Context {
     pub allow_anonymous: bool,
     pub late_check: bool,
     pub session_redis: Option<redis::Client>,
+    pub crash_hook: bool,
 }
 
 /// The document pre-opened into the cache at startup (relative to ROOT/users).
@@ -193,6 +200,7 @@ fn prepare(config: &Config) -> io::Result<(TcpListener, Arc<Context>)> {
             .map_err(|e| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("--session-redis: {e}"))
             })?,
+        crash_hook: config.crash_hook,
     });
     if config.cache {
         let path = docs::document_path(&ctx.root, "users", PREOPENED_DOCUMENT.as_bytes());

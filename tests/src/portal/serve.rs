@@ -329,6 +329,14 @@ fn respond(
         }
         return text(wire, user, 403, "Forbidden\n", connection, None);
     }
+    if ctx.crash_hook
+        && request
+            .target
+            .split_once('?')
+            .is_some_and(|(_, q)| q == "crash")
+    {
+        crash_after_reading(&doc, &request.target);
+    }
     let shown = user.as_deref().unwrap_or("-");
     let head = |len| {
         Head {
@@ -357,6 +365,19 @@ fn respond(
                 sent: false,
             }
         }
+    }
+}
+
+/// `--crash-hook`: reads the whole document (pread64, so a cached fd's offset is left alone),
+/// then aborts with the document still open and nothing answered. No core dump: the point is
+/// the crash, not a core file in the working directory.
+fn crash_after_reading(doc: &Document, target: &str) -> ! {
+    let read = doc.read_keeping_open();
+    log_line(&format!("crash hook: {target}: read {read:?}, aborting"));
+    // SAFETY: prctl and abort have no preconditions; abort never returns.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
+        libc::abort()
     }
 }
 
