@@ -245,6 +245,18 @@ impl Vigie {
     }
 }
 
+impl Vigie {
+    /// SIGKILL: no detach, no drain, no flush. Returns the alerts file as written and the log.
+    pub fn kill(mut self) -> (String, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (
+            std::fs::read_to_string(&self.alerts).unwrap_or_default(),
+            self.log(),
+        )
+    }
+}
+
 impl Drop for Vigie {
     fn drop(&mut self) {
         let _ = self.child.kill();
