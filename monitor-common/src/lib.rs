@@ -130,6 +130,8 @@ pub struct Stash {
     /// `fd_kind::*` of `fd` at entry.
     pub kind: u32,
     pub fd: i32,
+    /// The second fd (`sendfile`'s in_fd, `openat`'s dirfd); -1 when unused, or
+    /// [`Stash::ADOPTED`] in a stash userspace wrote.
     pub fd2: i32,
     /// User pointer: buffer, iovec array, msghdr or path.
     pub ptr: u64,
@@ -137,6 +139,12 @@ pub struct Stash {
     pub arg: u64,
 }
 const _: () = assert!(core::mem::size_of::<Stash>() == 32);
+
+impl Stash {
+    /// `fd2` of a stash written by userspace for a socket read (where `fd2` is otherwise -1),
+    /// so that userspace can tell it from the probe's own when it takes a stale one back.
+    pub const ADOPTED: i32 = -2;
+}
 
 /// Names of the read-only globals userspace sets at load time (`EbpfLoader::override_global`).
 /// Kernel struct offsets come from the running kernel's BTF, tracepoint field offsets from its

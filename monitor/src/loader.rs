@@ -489,7 +489,8 @@ impl Probes {
         }
     }
 
-    /// Takes back a stash given by [`Probes::stash_for`], if it is still there unchanged.
+    /// Takes back a stash given by [`Probes::stash_for`], if it is still there unchanged (mark
+    /// it, e.g. with [`Stash::ADOPTED`], to tell it from one the probes wrote since).
     pub fn unstash(&mut self, pid: u32, tid: u32, stash: &Stash) -> Result<(), LoadError> {
         let mut map: HashMap<_, u64, Stash> =
             HashMap::try_from(self.map_mut("STASH")?).map_err(map_err("STASH"))?;

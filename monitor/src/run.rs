@@ -210,6 +210,8 @@ impl Live {
     /// between (a thread that left the read and slept again would have one). A stale stash
     /// would be consumed by the exit of some later syscall and capture whatever the buffer then
     /// held, so when in doubt it is taken back: the request is then missed, never misread.
+    /// (Taken back only if it is still ours: marked [`monitor_common::Stash::ADOPTED`], so a
+    /// stash the entry probe wrote for the thread's next read is never removed.)
     fn stash_sleeping_reads(&mut self, pid: u32, sockets: &[i32]) {
         for tid in procfs::threads_of(pid) {
             let Some(switches) = procfs::voluntary_switches(pid, tid) else {
@@ -229,7 +231,7 @@ impl Live {
                 op,
                 kind: u32::from(monitor_common::fd_kind::SOCKET),
                 fd,
-                fd2: -1,
+                fd2: monitor_common::Stash::ADOPTED,
                 ptr: before.args[1],
                 arg: before.args[2],
             };
