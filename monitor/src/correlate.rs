@@ -154,6 +154,8 @@ pub struct Tracked {
     pub open_accesses: usize,
     /// Open document fds.
     pub documents: usize,
+    /// Session cookies bound to users (`identity.session`).
+    pub sessions: usize,
 }
 
 /// Counters for summaries and metrics.
@@ -286,6 +288,7 @@ impl Correlator {
             threads: self.threads.len(),
             open_accesses: self.open.len(),
             documents: self.docs.len(),
+            sessions: self.sessions.len(),
         }
     }
 
@@ -961,8 +964,24 @@ impl Correlator {
             self.threads.remove(&tid);
             self.release(req, Release::Thread, out);
         }
+        if self.multiplexed.get(&tid) == Some(&pid) {
+            self.multiplexed.remove(&tid);
+        }
+        // Its reads with a fingerprint may still go out on a connection from another thread:
+        // they wait for it (unindexed, so that a reused thread id starts new accesses).
+        let waiting: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, a)| {
+                a.owner == Owner::Thread(tid) && a.access.pid == pid && a.awaits_fingerprint()
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.unindex(id);
+        }
         self.finish_where(out, |a| {
-            a.owner == Owner::Thread(tid) && a.access.pid == pid
+            a.owner == Owner::Thread(tid) && a.access.pid == pid && !a.awaits_fingerprint()
         });
     }
 

@@ -317,7 +317,7 @@ impl Metrics {
             .set(i64::try_from(expected).unwrap_or(i64::MAX));
     }
 
-    /// The correlator's state sizes (bounded labels: the five kinds of [`Tracked`]).
+    /// The correlator's state sizes (bounded labels: the kinds of [`Tracked`]).
     pub fn set_tracked(&self, t: &crate::correlate::Tracked) {
         for (kind, n) in [
             ("connections", t.connections),
@@ -325,6 +325,7 @@ impl Metrics {
             ("threads", t.threads),
             ("open_accesses", t.open_accesses),
             ("documents", t.documents),
+            ("sessions", t.sessions),
         ] {
             self.tracked
                 .with_label_values(&[kind])
@@ -550,6 +551,7 @@ mod tests {
             r#"vigie_correlator_tracked{kind="threads"}"#,
             r#"vigie_correlator_tracked{kind="open_accesses"}"#,
             r#"vigie_correlator_tracked{kind="documents"}"#,
+            r#"vigie_correlator_tracked{kind="sessions"}"#,
         ] {
             assert_eq!(value(&t, series), Some(0.0), "{series} in\n{t}");
         }

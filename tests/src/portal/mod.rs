@@ -101,6 +101,7 @@ pub struct Config {
     /// instead of files under ROOT/sessions.
     #[arg(long, value_name = "URL")]
     pub session_redis: Option<String>,
+
     /// Fault injection: a document request whose query is `?crash` reads the whole document,
     /// then the serving process aborts (SIGABRT, no core dump) with the document still open and
     /// nothing answered. In `prefork` only that worker dies (and is replaced); in `thread` and
