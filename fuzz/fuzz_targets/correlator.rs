@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use vigie::{
     correlate::{Correlator, CorrelatorConfig, Finding},
     events::{Event, EventKind, FoundFd, Payload},
-    identity::{IdentityConfig, IdentitySource},
+    identity::{IdentityConfig, IdentitySource, SessionConfig},
     paths,
 };
 
@@ -158,6 +158,7 @@ enum Kind {
     SockWrite(u8, u32, HeadShape),
     SockClose(u8),
     Lost(u8),
+    ThreadExit,
     Tick,
     /// Byte counts near the top of `u64` (a hostile trace).
     HugeRead(u8, u64),
@@ -233,13 +234,16 @@ fn events(input: &Input) -> Vec<Event> {
                         flags: 0,
                     }
                 }
+                // A handful of fingerprint values, so that matches and collisions happen.
                 Kind::FileRead(f, n) => EventKind::FileRead {
                     fd: fd(*f),
                     bytes: u64::from(*n),
+                    fp: (*n % 5 != 0).then_some(u64::from(*n % 4)),
                 },
                 Kind::HugeRead(f, n) => EventKind::FileRead {
                     fd: fd(*f),
                     bytes: *n,
+                    fp: None,
                 },
                 Kind::SendFile(o, i, n) => EventKind::SendFile {
                     out_fd: fd(*o),
@@ -260,6 +264,7 @@ fn events(input: &Input) -> Vec<Event> {
                     fd: fd(*f),
                     bytes: u64::from(*n),
                     data: Payload(h.render()),
+                    body_fp: (*n % 3 != 0).then_some(u64::from(*n % 4)),
                 },
                 Kind::SockClose(f) => EventKind::SockClose { fd: fd(*f) },
                 Kind::Lost(n) => EventKind::Lost {
@@ -267,6 +272,7 @@ fn events(input: &Input) -> Vec<Event> {
                     count: u64::from(*n),
                 },
                 Kind::Tick => EventKind::Tick,
+                Kind::ThreadExit => EventKind::ThreadExit,
             };
             Event {
                 ts_ns: ts,
@@ -298,7 +304,17 @@ fuzz_target!(|input: Input| {
                 IdentitySource::TrustedHeader,
                 IdentitySource::Basic,
                 IdentitySource::Jwt,
+                IdentitySource::Session,
             ],
+            session: Some(SessionConfig {
+                cookie: "sid".to_owned(),
+                login_path: "/login".to_owned(),
+                user_field: "user".to_owned(),
+                logout_path: Some("/logout".to_owned()),
+                idle_timeout_seconds: 60,
+                max_sessions: 8,
+                store: None,
+            }),
             ..IdentityConfig::default()
         },
         request_cap: usize::from(input.request_cap % 4096).max(16),

@@ -30,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     // temp dir, unix socket only; see `tests/tests/support/postgres.rs`). No system cluster
     // is started (see below).
     "postgresql",
+    // A portal's Redis session store, run by `tests/tests/sessions.rs`.
+    "redis-server",
 ];
 
 /// Debian's policy-rc.d protocol: while this file exists and exits 101, maintainer scripts do not
@@ -81,9 +83,9 @@ fn apt() -> anyhow::Result<()> {
     need_root("installing apt packages")?;
     step("setup", &format!("apt-get install {}", missing.join(" ")));
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
-    // prometheus, prometheus-alertmanager and postgresql would start system daemons on
-    // 9090/9093/5432 (and fail the install where they cannot start): the tests run their own,
-    // so none is started.
+    // prometheus, prometheus-alertmanager, postgresql and redis-server would start system
+    // daemons on 9090/9093/5432/6379 (and fail the install where they cannot start): the tests
+    // run their own, so none is started.
     let _no_daemons = NoServiceStarts::new()?;
     run_cmd(
         Command::new("apt-get")

@@ -61,7 +61,14 @@ fn events() -> Vec<Event> {
                 flags: 0,
             },
         ),
-        e(30, EventKind::FileRead { fd: 7, bytes: 9 }),
+        e(
+            30,
+            EventKind::FileRead {
+                fd: 7,
+                bytes: 9,
+                fp: None,
+            },
+        ),
         e(40, EventKind::FileClose { fd: 7 }),
     ]
 }
@@ -265,7 +272,14 @@ fn request_reading(ts: u64, n: u32, user: &str, path: &str) -> Vec<Event> {
                 flags: 0,
             },
         ),
-        e(3, EventKind::FileRead { fd: 50, bytes: 100 }),
+        e(
+            3,
+            EventKind::FileRead {
+                fd: 50,
+                bytes: 100,
+                fp: None,
+            },
+        ),
         e(4, EventKind::FileClose { fd: 50 }),
         e(5, EventKind::SockClose { fd }),
     ]
@@ -475,7 +489,11 @@ fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
         live.handle(&open2).unwrap();
         live.handle(&Event {
             ts_ns: 1_006 + u64::from(n) * 10,
-            kind: EventKind::FileRead { fd: 60, bytes: 1 },
+            kind: EventKind::FileRead {
+                fd: 60,
+                bytes: 1,
+                fp: None,
+            },
             ..open2
         })
         .unwrap();
