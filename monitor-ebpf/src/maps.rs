@@ -7,7 +7,7 @@ use aya_ebpf::{
 use monitor_common::{Header, MAX_SYSCALL_NR, files::OpenEvent, loss, sockets::DataEvent};
 
 /// Bytes of a path the document-root trie compares (roots must be shorter).
-pub const ROOT_KEY_LEN: usize = 128;
+pub use monitor_common::files::ROOT_KEY_LEN;
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);

@@ -8,14 +8,12 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
 };
 use btfparse::{Offset, Readable, TypeInformation, TypeVariant};
-use monitor_common::{MAX_SYSCALL_NR, Stash, fd_kind, globals, loss, op};
+use monitor_common::{MAX_SYSCALL_NR, Stash, fd_kind, files::ROOT_KEY_LEN, globals, loss, op};
 
 use crate::config::Config;
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
-/// Must match `ROOT_KEY_LEN` in the probes.
-const ROOT_KEY_LEN: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     fd_kind,
-    files::{FP_BYTES, FP_MIN, FdEvent, PATH_CAP, fingerprint},
+    files::{FP_BYTES, FP_MIN, FdEvent, PATH_CAP, fingerprint, has_dotdot},
     kind, loss, op,
 };
 
@@ -78,21 +78,6 @@ pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
     set_fd_kind(tgid, fd, fd_kind::DOCUMENT);
     emit_open(&stash, fd);
     0
-}
-
-#[inline(always)]
-fn has_dotdot(path: &[u8; ROOT_KEY_LEN]) -> bool {
-    let mut i = 0;
-    while i < ROOT_KEY_LEN - 1 {
-        if path[i] == 0 {
-            return false;
-        }
-        if path[i] == b'.' && path[i + 1] == b'.' {
-            return true;
-        }
-        i += 1;
-    }
-    false
 }
 
 #[inline(always)]
