@@ -8,7 +8,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-/// Socket timeout: a test fails with an error instead of hanging on a silent server.
+/// Socket timeout (times [`crate::time_scale`]): a test fails with an error instead of hanging
+/// on a silent server.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `Authorization` header value for HTTP Basic credentials.
@@ -105,8 +106,8 @@ impl KeepAlive {
 
 fn connect(addr: &str) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
+    stream.set_read_timeout(Some(crate::scaled(TIMEOUT)))?;
+    stream.set_write_timeout(Some(crate::scaled(TIMEOUT)))?;
     Ok(stream)
 }
 

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-/// How long the portal may take to print its LISTENING line.
+/// How long the portal may take to print its LISTENING line (times [`crate::time_scale`]).
 const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
 
-/// How long SIGTERM is given before SIGKILL.
+/// How long SIGTERM is given before SIGKILL (times [`crate::time_scale`]).
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Starts `bin` (the demo-portal binary, e.g. `env!("CARGO_BIN_EXE_demo-portal")`) with
@@ -63,12 +63,13 @@ where
         stderr_lines,
         stderr_reader: Some(stderr_reader),
     };
-    let announced = match rx.recv_timeout(STARTUP_DEADLINE) {
+    let announced = match rx.recv_timeout(crate::scaled(STARTUP_DEADLINE)) {
         Ok(addr) => addr,
         Err(mpsc::RecvTimeoutError::Timeout) => {
-            return Err(
-                guard.startup_failure(io::ErrorKind::TimedOut, "no LISTENING line within 10 s")
-            );
+            return Err(guard.startup_failure(
+                io::ErrorKind::TimedOut,
+                "no LISTENING line within the start-up deadline",
+            ));
         }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             return Err(guard.startup_failure(
@@ -133,7 +134,7 @@ impl PortalGuard {
         let pid = libc::pid_t::try_from(self.child.id()).map_err(io::Error::other)?;
         // SAFETY: the child has not been reaped (try_wait said so), so the pid is still ours.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_GRACE;
+        let deadline = Instant::now() + crate::scaled(STOP_GRACE);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);

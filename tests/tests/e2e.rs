@@ -197,7 +197,8 @@ fn prefork_workers_forked_after_vigie_started_with_sendfile_bodies() {
     else {
         return;
     };
-    // The master forks its workers 1.5 s after listening: Vigie is attached by then.
+    // The master forks its workers 1.5 s after listening (times the test time scale): Vigie is
+    // attached by then.
     let portal = Portal::start(
         "prefork",
         &[
@@ -206,7 +207,7 @@ fn prefork_workers_forked_after_vigie_started_with_sendfile_bodies() {
             "--workers",
             "2",
             "--fork-delay-ms",
-            "1500",
+            &fork_delay_ms(),
         ],
     );
     let master = portal.guard.pid();
@@ -504,7 +505,7 @@ fn capabilities_are_dropped_once_attached_and_workers_are_still_followed() {
             "--workers",
             "2",
             "--fork-delay-ms",
-            "1500",
+            &fork_delay_ms(),
         ],
     );
     let vigie = Vigie::start(

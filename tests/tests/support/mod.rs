@@ -19,6 +19,7 @@ use serde_json::Value;
 pub use vigie_tests::{
     client::{KeepAlive, basic, http_get, send_raw},
     process::{PortalGuard, spawn_portal},
+    scaled,
 };
 
 pub mod postgres;
@@ -185,9 +186,10 @@ impl Vigie {
             if let Ok(Some(status)) = v.child.try_wait() {
                 panic!("vigie exited before attaching ({status}):\n{}", v.log());
             }
+            let deadline = scaled(Duration::from_secs(30));
             assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "vigie did not attach in 30 s:\n{}",
+                start.elapsed() < deadline,
+                "vigie did not attach in {deadline:?}:\n{}",
                 v.log()
             );
             std::thread::sleep(Duration::from_millis(10));
@@ -217,7 +219,7 @@ impl Vigie {
                 return alerts;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(10),
+                start.elapsed() < scaled(Duration::from_secs(10)),
                 "timed out waiting for {what}; alerts: {alerts:#?}\n{}",
                 self.log()
             );
@@ -354,14 +356,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`; then panics with `what`
-/// and whatever `facts` says about the state.
+/// Polls `f` every 50 ms until it returns `Some`, for at most `timeout` (times the test time
+/// scale); then panics with `what` and whatever `facts` says about the state.
 pub fn poll_until<T>(
     what: &str,
     timeout: Duration,
     mut f: impl FnMut() -> Option<T>,
     facts: impl Fn() -> String,
 ) -> T {
+    let timeout = scaled(timeout);
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -380,4 +383,10 @@ impl Vigie {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// `--fork-delay-ms` for prefork portals whose workers must fork after Vigie has attached:
+/// 1.5 s, times the test time scale (Vigie attaches far slower under software emulation).
+pub fn fork_delay_ms() -> String {
+    scaled(Duration::from_millis(1500)).as_millis().to_string()
 }
