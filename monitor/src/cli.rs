@@ -32,6 +32,14 @@ pub enum Command {
         /// The TOML file.
         file: PathBuf,
     },
+    /// Print the kernel's facts (release, BTF, lockdown, active LSMs) and which program Vigie
+    /// puts on which hook, and why. As root, load and attach them for real (watching nothing),
+    /// check that each one runs, print what happened and detach; exit 1 if Vigie could not run.
+    Probes {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -152,6 +160,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Probes { json } => crate::run::probes_command(json),
         Command::Replay(args) => {
             let opts = replay_options(args)?;
             let summary = crate::replay::replay(&opts)?;

@@ -4,6 +4,7 @@
 //! `events`) -> `correlate` (requests, identities, document accesses; pure) -> `judge` (verdicts;
 //! pure) -> `sinks` (alerts). `procfs` holds what only a live run can read from `/proc`; `run`
 //! wires the live pipeline, `pipeline` the part shared with replay.
+pub mod attach;
 pub mod cli;
 pub mod config;
 pub mod correlate;
@@ -13,6 +14,7 @@ pub mod fingerprint;
 pub mod http;
 pub mod identity;
 pub mod judge;
+pub mod kernel;
 pub mod loader;
 pub mod ownership;
 pub mod paths;

@@ -1,16 +1,28 @@
 //! Load and attach the probes. Everything kernel-specific is read from the running kernel: struct
 //! offsets from `/sys/kernel/btf/vmlinux`, tracepoint record layouts from tracefs `format` files.
-use std::path::Path;
+//! Which program goes on which hook is decided by the attach table (`attach`), from the kernel's
+//! facts (`kernel`); after attaching, each program is made to run once (the fire check).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{RawTracePoint, TracePoint},
+    programs::{Program, RawTracePoint, TracePoint},
 };
 use btfparse::{Offset, Readable, TypeInformation, TypeVariant};
 use monitor_common::{MAX_SYSCALL_NR, Stash, fd_kind, files::ROOT_KEY_LEN, globals, loss, op};
 
-use crate::config::Config;
+use crate::{
+    attach::{self, AttachReport, Decision, HookKind, HookReport, Planned, Refusal},
+    config::Config,
+    kernel::KernelFacts,
+};
+
+mod fire;
+use fire::fire_check;
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -29,8 +41,10 @@ pub enum LoadError {
     Btf(String),
     #[error("kernel BTF has no {0}: unsupported kernel layout")]
     MissingField(String),
-    #[error("tracefs is not mounted at {TRACEFS} and mounting it failed: {0}")]
-    Mount(std::io::Error),
+    #[error("this kernel cannot run Vigie's probes: {1} [{0}]")]
+    Unsupported(String, Refusal),
+    #[error("{0} is required and cannot be used: {1}")]
+    Required(String, String),
     #[error("tracepoint {0}: {1}")]
     Tracepoint(String, String),
     #[error("loading the eBPF object: {0}")]
@@ -45,34 +59,10 @@ fn map_err(name: &str) -> impl Fn(aya::maps::MapError) -> LoadError + '_ {
     move |e| LoadError::Map(name.to_string(), e.to_string())
 }
 
-/// The syscalls each generic program is attached to, with the `op` it reports them as.
-const IO_SYSCALLS: &[(&str, i64, u32)] = &[
-    ("read", libc::SYS_read, op::READ),
-    ("pread64", libc::SYS_pread64, op::PREAD64),
-    ("readv", libc::SYS_readv, op::READV),
-    ("preadv", libc::SYS_preadv, op::PREADV),
-    ("recvfrom", libc::SYS_recvfrom, op::RECVFROM),
-    ("recvmsg", libc::SYS_recvmsg, op::RECVMSG),
-    ("write", libc::SYS_write, op::WRITE),
-    ("writev", libc::SYS_writev, op::WRITEV),
-    ("sendto", libc::SYS_sendto, op::SENDTO),
-    ("sendmsg", libc::SYS_sendmsg, op::SENDMSG),
-    ("sendfile64", libc::SYS_sendfile, op::SENDFILE64),
-];
-const OPEN_SYSCALLS: &[(&str, i64, u32)] = &[
-    ("openat", libc::SYS_openat, op::OPENAT),
-    ("openat2", libc::SYS_openat2, op::OPENAT2),
-];
-const ACCEPT_SYSCALLS: &[(&str, i64, u32)] = &[
-    ("accept", libc::SYS_accept, op::ACCEPT),
-    ("accept4", libc::SYS_accept4, op::ACCEPT4),
-];
-const CLOSE_SYSCALLS: &[(&str, i64, u32)] = &[("close", libc::SYS_close, op::CLOSE)];
-
 /// The `op` of a syscall that reads from a socket (`read`, `readv`, `recvfrom`, `recvmsg`), by
 /// number: for threads found asleep in one when a running process is adopted.
 pub fn socket_read_op(nr: i64) -> Option<u32> {
-    IO_SYSCALLS
+    attach::IO_SYSCALLS
         .iter()
         .find(|(_, n, op)| {
             *n == nr && matches!(*op, op::READ | op::READV | op::RECVFROM | op::RECVMSG)
@@ -83,51 +73,11 @@ pub fn socket_read_op(nr: i64) -> Option<u32> {
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
 
-/// Declarative attach table: program name, tracepoint category, tracepoint names.
-fn attach_table() -> Vec<(&'static str, &'static str, Vec<String>)> {
-    let names = |prefix: &str, set: &[(&str, i64, u32)]| -> Vec<String> {
-        set.iter().map(|(n, _, _)| format!("{prefix}{n}")).collect()
-    };
-    vec![
-        (
-            "sys_enter_open",
-            "syscalls",
-            names("sys_enter_", OPEN_SYSCALLS),
-        ),
-        (
-            "sys_exit_open",
-            "syscalls",
-            names("sys_exit_", OPEN_SYSCALLS),
-        ),
-        ("sys_enter_io", "syscalls", names("sys_enter_", IO_SYSCALLS)),
-        ("sys_exit_io", "syscalls", names("sys_exit_", IO_SYSCALLS)),
-        (
-            "sys_exit_accept",
-            "syscalls",
-            names("sys_exit_", ACCEPT_SYSCALLS),
-        ),
-        (
-            "sys_enter_close",
-            "syscalls",
-            names("sys_enter_", CLOSE_SYSCALLS),
-        ),
-        (
-            "sched_process_exec",
-            "sched",
-            vec!["sched_process_exec".into()],
-        ),
-        (
-            "sched_process_exit",
-            "sched",
-            vec!["sched_process_exit".into()],
-        ),
-    ]
-}
-
 /// Loaded and attached probes; dropping this detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
-    pub attached: Vec<String>,
+    /// What was attached on which hook and why, and the kernel facts behind it.
+    pub report: AttachReport,
 }
 
 /// BTF bytes for btfparse.
@@ -220,19 +170,13 @@ fn parse_format(text: &str) -> Vec<(String, u64, u64)> {
     fields
 }
 
-/// Checks that every syscall tracepoint we attach has the layout the probes assume (a
-/// `__syscall_nr`, then 8-byte argument slots / an 8-byte `ret`), and returns the offsets.
-fn syscall_layout() -> Result<Vec<(&'static str, u64)>, LoadError> {
+/// Checks that every syscall tracepoint in the plan has the layout the probes assume (a
+/// `__syscall_nr`, then 8-byte argument slots / an 8-byte `ret`), and returns the offsets. A
+/// tracepoint this kernel lacks gets its entry's fallback.
+fn syscall_layout(planned: &mut [Planned]) -> Result<Vec<(&'static str, u64)>, LoadError> {
     let mut nr_off = None;
     let mut args_off = None;
     let mut ret_off = None;
-    let all: Vec<&str> = IO_SYSCALLS
-        .iter()
-        .chain(OPEN_SYSCALLS)
-        .chain(ACCEPT_SYSCALLS)
-        .chain(CLOSE_SYSCALLS)
-        .map(|(n, _, _)| *n)
-        .collect();
     let same = |slot: &mut Option<u64>, v: u64, what: &str| -> Result<(), LoadError> {
         match *slot {
             Some(prev) if prev != v => Err(LoadError::Tracepoint(
@@ -245,61 +189,66 @@ fn syscall_layout() -> Result<Vec<(&'static str, u64)>, LoadError> {
             }
         }
     };
-    for sc in all {
-        let enter = format!("sys_enter_{sc}");
-        let fields = tracepoint_fields("syscalls", &enter)?;
-        let nr = fields.iter().find(|f| f.0 == "__syscall_nr");
-        let Some(nr) = nr else {
-            return Err(LoadError::Tracepoint(enter, "no __syscall_nr field".into()));
+    for i in 0..planned.len() {
+        let hook = &planned[i].entry.hook;
+        if planned[i].decision != Decision::Attach
+            || hook.kind != HookKind::Tracepoint
+            || hook.category != "syscalls"
+        {
+            continue;
+        }
+        let name = hook.name.clone();
+        let fields = match tracepoint_fields("syscalls", &name) {
+            Ok(f) => f,
+            Err(e) => {
+                attach::give_up(planned, i, e.to_string()).map_err(|reason| {
+                    LoadError::Required(format!("tracepoint syscalls/{name}"), reason)
+                })?;
+                continue;
+            }
         };
-        same(&mut nr_off, nr.1, &enter)?;
-        let args: Vec<_> = fields.iter().filter(|f| f.1 > nr.1).collect();
-        if let Some(first) = args.first() {
-            same(&mut args_off, first.1, &enter)?;
-            for (i, f) in args.iter().enumerate() {
-                if f.1 != first.1 + 8 * i as u64 || f.2 != 8 {
-                    return Err(LoadError::Tracepoint(
-                        enter,
-                        format!("argument {} is not an 8-byte slot", f.0),
-                    ));
+        if name.starts_with("sys_enter_") {
+            let nr = fields.iter().find(|f| f.0 == "__syscall_nr");
+            let Some(nr) = nr else {
+                return Err(LoadError::Tracepoint(name, "no __syscall_nr field".into()));
+            };
+            same(&mut nr_off, nr.1, &name)?;
+            let args: Vec<_> = fields.iter().filter(|f| f.1 > nr.1).collect();
+            if let Some(first) = args.first() {
+                same(&mut args_off, first.1, &name)?;
+                for (i, f) in args.iter().enumerate() {
+                    if f.1 != first.1 + 8 * i as u64 || f.2 != 8 {
+                        return Err(LoadError::Tracepoint(
+                            name,
+                            format!("argument {} is not an 8-byte slot", f.0),
+                        ));
+                    }
                 }
             }
+        } else {
+            let Some(ret) = fields.iter().find(|f| f.0 == "ret" && f.2 == 8) else {
+                return Err(LoadError::Tracepoint(name, "no 8-byte ret field".into()));
+            };
+            same(&mut ret_off, ret.1, &name)?;
         }
-        let exit = format!("sys_exit_{sc}");
-        let fields = tracepoint_fields("syscalls", &exit)?;
-        let Some(ret) = fields.iter().find(|f| f.0 == "ret" && f.2 == 8) else {
-            return Err(LoadError::Tracepoint(exit, "no 8-byte ret field".into()));
-        };
-        same(&mut ret_off, ret.1, &exit)?;
     }
-    Ok(vec![
-        (globals::TP_SYSCALL_NR, nr_off.unwrap_or(8)),
-        (globals::TP_ENTER_ARGS, args_off.unwrap_or(16)),
-        (globals::TP_EXIT_RET, ret_off.unwrap_or(16)),
-    ])
-}
-
-/// Mounts tracefs if it is not there (a fresh machine may not have it).
-pub fn ensure_tracefs() -> Result<(), LoadError> {
-    if Path::new(TRACEFS).join("events").exists() {
-        return Ok(());
-    }
-    let target = std::ffi::CString::new(TRACEFS).unwrap_or_default();
-    let fstype = c"tracefs";
-    // SAFETY: plain mount(2) with NUL-terminated strings.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
+    let missing = |what: &str| {
+        LoadError::Tracepoint(
+            "syscalls".into(),
+            format!("no syscall tracepoint in the plan gave the offset of {what}"),
         )
     };
-    if rc != 0 {
-        return Err(LoadError::Mount(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    Ok(vec![
+        (
+            globals::TP_SYSCALL_NR,
+            nr_off.ok_or_else(|| missing("__syscall_nr"))?,
+        ),
+        (
+            globals::TP_ENTER_ARGS,
+            args_off.ok_or_else(|| missing("the arguments"))?,
+        ),
+        (globals::TP_EXIT_RET, ret_off.ok_or_else(|| missing("ret"))?),
+    ])
 }
 
 fn raise_memlock() {
@@ -318,16 +267,21 @@ fn raise_memlock() {
 }
 
 impl Probes {
-    /// Loads the probes with this kernel's layouts and the config's filters, and attaches them.
+    /// Loads the probes with this kernel's layouts and the config's filters, and attaches them
+    /// as the attach table decides for this kernel.
     pub fn load(cfg: &Config, object: &[u8]) -> Result<Self, LoadError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(LoadError::NotRoot);
         }
-        ensure_tracefs()?;
+        // A fresh machine may have neither mounted; the facts say what is missing if this fails.
+        crate::kernel::mount_if_missing("tracefs", TRACEFS, "events");
+        let facts = KernelFacts::read();
+        let mut planned = attach::plan(&facts, attach::table())
+            .map_err(|refusal| LoadError::Unsupported(facts.to_string(), refusal))?;
         raise_memlock();
         let mut values = kernel_offsets()?;
-        values.extend(syscall_layout()?);
+        values.extend(syscall_layout(&mut planned)?);
         values.push((
             globals::REQUEST_CAPTURE,
             u64::from(cfg.capture.request_bytes),
@@ -351,22 +305,21 @@ impl Probes {
         let ebpf = loader.load(object)?;
         let mut probes = Self {
             ebpf,
-            attached: Vec::new(),
+            report: AttachReport {
+                facts,
+                hooks: Vec::new(),
+                fire_check_unavailable: None,
+            },
         };
         probes.configure(cfg)?;
-        probes.attach()?;
+        probes.attach(planned)?;
         Ok(probes)
     }
 
     fn configure(&mut self, cfg: &Config) -> Result<(), LoadError> {
         let mut ops: Array<_, u32> =
             Array::try_from(self.map_mut("SYSCALL_OPS")?).map_err(map_err("SYSCALL_OPS"))?;
-        for (_, nr, op) in IO_SYSCALLS
-            .iter()
-            .chain(OPEN_SYSCALLS)
-            .chain(ACCEPT_SYSCALLS)
-            .chain(CLOSE_SYSCALLS)
-        {
+        for (_, nr, op) in attach::all_syscalls() {
             let nr = u32::try_from(*nr).ok().filter(|n| *n < MAX_SYSCALL_NR);
             if let Some(nr) = nr {
                 ops.set(nr, op, 0).map_err(map_err("SYSCALL_OPS"))?;
@@ -410,35 +363,136 @@ impl Probes {
             .ok_or_else(|| LoadError::Map(name.into(), "not in the object".into()))
     }
 
-    fn attach(&mut self) -> Result<(), LoadError> {
-        for (prog, category, tracepoints) in attach_table() {
-            let program = self
-                .ebpf
-                .program_mut(prog)
-                .ok_or_else(|| LoadError::Map(prog.into(), "program not in the object".into()))?;
-            let tp: &mut TracePoint = program
-                .try_into()
-                .map_err(|e| LoadError::Program(prog.into(), e))?;
-            tp.load().map_err(|e| LoadError::Program(prog.into(), e))?;
-            for name in tracepoints {
-                tp.attach(category, &name)
-                    .map_err(|e| LoadError::Program(format!("{prog} -> {category}/{name}"), e))?;
-                self.attached.push(format!("{category}/{name}"));
+    /// Attaches what the plan says, then makes each new program run (the fire check). An entry
+    /// that fails to attach, or whose program did not run, gets its fallback: a required one
+    /// stops Vigie, a fallback program is attached (and checked) in turn.
+    fn attach(&mut self, mut planned: Vec<Planned>) -> Result<(), LoadError> {
+        let mut attached = BTreeSet::new();
+        let mut loaded = BTreeSet::new();
+        let mut fired = BTreeMap::new();
+        loop {
+            let mut new_programs = BTreeMap::new();
+            for i in 0..planned.len() {
+                if planned[i].decision != Decision::Attach || attached.contains(&i) {
+                    continue;
+                }
+                let entry = planned[i].entry.clone();
+                match self.attach_entry(&entry, &mut loaded) {
+                    Ok(()) => {
+                        attached.insert(i);
+                        new_programs.insert(entry.program, entry.fire_check);
+                    }
+                    Err(e) => attach::give_up(&mut planned, i, e.to_string())
+                        .map_err(|reason| LoadError::Required(entry.hook.to_string(), reason))?,
+                }
+            }
+            if new_programs.is_empty() {
+                break;
+            }
+            let counts = match fire_check(&self.ebpf, &new_programs) {
+                Ok(counts) => counts,
+                Err(why) => {
+                    self.report.fire_check_unavailable = Some(why);
+                    BTreeMap::new()
+                }
+            };
+            for (program, trigger) in &new_programs {
+                let runs = counts.get(program).copied();
+                fired.insert(*program, runs);
+                if runs != Some(0) {
+                    continue;
+                }
+                // Attached, and yet it did not run when made to: as good as not attached.
+                self.unload(program);
+                for i in 0..planned.len() {
+                    if planned[i].entry.program == *program && attached.remove(&i) {
+                        let reason = format!(
+                            "attached, but did not run when Vigie made it fire ({})",
+                            trigger.describe()
+                        );
+                        attach::give_up(&mut planned, i, reason).map_err(|reason| {
+                            LoadError::Required(planned[i].entry.hook.to_string(), reason)
+                        })?;
+                    }
+                }
             }
         }
-        let prog = "sched_process_fork";
+        self.report.hooks = planned
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (status, reason) = match &p.decision {
+                    Decision::Attach if attached.contains(&i) => ("attached", p.entry.why.into()),
+                    Decision::Attach => ("skipped", "not attached".into()),
+                    Decision::Skip(why) => ("skipped", why.clone()),
+                    Decision::Standby => ("standby", p.entry.why.into()),
+                };
+                HookReport {
+                    program: p.entry.program,
+                    hook: p.entry.hook.to_string(),
+                    status,
+                    reason,
+                    fire_check: p.entry.fire_check.describe(),
+                    fired: if status == "attached" {
+                        fired.get(p.entry.program).copied().flatten()
+                    } else {
+                        None
+                    },
+                }
+            })
+            .collect();
+        Ok(())
+    }
+
+    fn attach_entry(
+        &mut self,
+        entry: &attach::Entry,
+        loaded: &mut BTreeSet<&'static str>,
+    ) -> Result<(), LoadError> {
+        let name = entry.program;
         let program = self
             .ebpf
-            .program_mut(prog)
-            .ok_or_else(|| LoadError::Map(prog.into(), "program not in the object".into()))?;
-        let raw: &mut RawTracePoint = program
-            .try_into()
-            .map_err(|e| LoadError::Program(prog.into(), e))?;
-        raw.load().map_err(|e| LoadError::Program(prog.into(), e))?;
-        raw.attach("sched_process_fork")
-            .map_err(|e| LoadError::Program(prog.into(), e))?;
-        self.attached.push("raw:sched_process_fork".into());
+            .program_mut(name)
+            .ok_or_else(|| LoadError::Map(name.into(), "program not in the object".into()))?;
+        let err = |e| LoadError::Program(format!("{name} -> {}", entry.hook), e);
+        match entry.hook.kind {
+            HookKind::Tracepoint => {
+                let tp: &mut TracePoint = program.try_into().map_err(err)?;
+                if loaded.insert(name) {
+                    tp.load().map_err(err)?;
+                }
+                tp.attach(entry.hook.category, &entry.hook.name)
+                    .map_err(err)?;
+            }
+            HookKind::RawTracepoint => {
+                let raw: &mut RawTracePoint = program.try_into().map_err(err)?;
+                if loaded.insert(name) {
+                    raw.load().map_err(err)?;
+                }
+                raw.attach(&entry.hook.name).map_err(err)?;
+            }
+            HookKind::Lsm | HookKind::Fentry => {
+                return Err(LoadError::Map(
+                    name.into(),
+                    format!("{} programs are not in this build", entry.hook),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Detaches and unloads a program (one that attached but did not run).
+    fn unload(&mut self, name: &str) {
+        let result = match self.ebpf.program_mut(name) {
+            Some(Program::TracePoint(p)) => p.unload(),
+            Some(Program::RawTracePoint(p)) => p.unload(),
+            Some(Program::Lsm(p)) => p.unload(),
+            Some(Program::FEntry(p)) => p.unload(),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!("unloading {name}: {e}");
+        }
     }
 
     /// Makes `pid` a target (its threads included).
@@ -517,14 +571,13 @@ impl Probes {
         Ok(out)
     }
 
-    /// How many tracepoints [`Probes::load`] attaches: fewer in [`Probes::attached`] means a
-    /// blind spot.
-    pub fn expected() -> usize {
-        attach_table()
-            .iter()
-            .map(|(_, _, tps)| tps.len())
-            .sum::<usize>()
-            + 1
+    /// How many hooks the plan meant to attach on this kernel: fewer attached means a blind spot.
+    pub fn expected(&self) -> usize {
+        self.report.expected()
+    }
+
+    pub fn attached(&self) -> usize {
+        self.report.attached()
     }
 
     /// The ring buffer, for the reader.

@@ -97,7 +97,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     let cfg = opts.config;
     let metrics = crate::sinks::metrics::start(&cfg).await?;
     let mut probes = Probes::load(&cfg, PROBES)?;
-    tracing::info!(tracepoints = probes.attached.len(), "probes attached");
+    log_report(&probes.report);
     // SAFETY: the ring buffer owns its fd and keeps it open until the AsyncFd drops it.
     let ring =
         unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
@@ -517,6 +517,113 @@ impl Live {
     }
 }
 
+/// `vigie probes`: the start-up report without a run. Without root, the plan only (nothing is
+/// loaded, so nothing is verified).
+pub fn probes_command(json: bool) -> anyhow::Result<std::process::ExitCode> {
+    use crate::attach::{self, AttachReport, Decision, HookReport};
+    if PROBES.is_empty() {
+        anyhow::bail!("this binary was built with VIGIE_SKIP_EBPF_BUILD=1 and has no probes");
+    }
+    let print = |report: &AttachReport| -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(report)?);
+        } else {
+            println!("{report}");
+        }
+        Ok(())
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return match Probes::load(&Config::default(), PROBES) {
+            Ok(probes) => {
+                print(&probes.report)?;
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("vigie: {e}");
+                Ok(std::process::ExitCode::FAILURE)
+            }
+        };
+    }
+    let facts = crate::kernel::KernelFacts::read();
+    match attach::plan(&facts, attach::table()) {
+        Ok(planned) => {
+            let hooks = planned
+                .iter()
+                .map(|p| {
+                    let (status, reason) = match &p.decision {
+                        Decision::Attach => ("planned", p.entry.why.to_string()),
+                        Decision::Skip(why) => ("skipped", why.clone()),
+                        Decision::Standby => ("standby", p.entry.why.to_string()),
+                    };
+                    HookReport {
+                        program: p.entry.program,
+                        hook: p.entry.hook.to_string(),
+                        status,
+                        reason,
+                        fire_check: p.entry.fire_check.describe(),
+                        fired: None,
+                    }
+                })
+                .collect();
+            print(&AttachReport {
+                facts,
+                hooks,
+                fire_check_unavailable: Some("not root: nothing was loaded".into()),
+            })?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(refusal) => {
+            eprintln!("vigie: this kernel cannot run Vigie's probes: {refusal} [{facts}]");
+            Ok(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The start-up report in the log: the kernel facts, then one line per program with its hooks,
+/// why it is there and whether it ran when made to; a warning for each hook not attached.
+fn log_report(report: &crate::attach::AttachReport) {
+    tracing::info!("{}", report.facts);
+    let mut programs: Vec<&str> = report.hooks.iter().map(|h| h.program).collect();
+    programs.dedup();
+    for program in programs {
+        let hooks: Vec<_> = report
+            .hooks
+            .iter()
+            .filter(|h| h.program == program && h.status == "attached")
+            .collect();
+        let Some(first) = hooks.first() else {
+            continue;
+        };
+        // `tracepoint syscalls/sys_enter_read, sys_enter_pread64, ...`: the common prefix once.
+        let prefix = first.hook.rsplit_once(['/', ' ']).map_or("", |(p, _)| p);
+        let names: Vec<&str> = hooks
+            .iter()
+            .enumerate()
+            .map(|(i, h)| match h.hook.strip_prefix(prefix) {
+                Some(rest) if i > 0 && !prefix.is_empty() => &rest[1..],
+                _ => h.hook.as_str(),
+            })
+            .collect();
+        let fired = match first.fired {
+            Some(n) => format!("; ran {n}x when made to ({})", first.fire_check),
+            None => String::new(),
+        };
+        tracing::info!(
+            "attached {program} on {}: {}{fired}",
+            names.join(", "),
+            first.reason
+        );
+    }
+    for h in report.hooks.iter().filter(|h| h.status == "skipped") {
+        tracing::warn!("not attached: {} ({}): {}", h.hook, h.program, h.reason);
+    }
+    if let Some(why) = &report.fire_check_unavailable {
+        tracing::warn!("fire check not run: {why}");
+    }
+    tracing::info!("probes: {}", report.summary());
+}
+
 pub fn kind_name(kind: &EventKind) -> &'static str {
     match kind {
         EventKind::ProcessExec => "process_exec",
@@ -548,7 +655,7 @@ impl Live {
         };
         self.pipeline.set_metrics(m.clone());
         self.pipeline.resolver_mut().set_metrics(m.clone());
-        m.set_probes(self.probes.attached.len(), Probes::expected());
+        m.set_probes(self.probes.attached(), self.probes.expected());
         m.set_ring_size(u64::from(self.cfg.kernel.ring_buffer_bytes));
         use std::os::fd::AsFd as _;
         match crate::loader::RingUsage::new(
@@ -578,6 +685,6 @@ impl Live {
         m.sync_alerts_written(self.pipeline.alerts_written());
         m.set_targets(self.targets.len());
         m.set_tracked(&self.pipeline.correlator().tracked());
-        m.set_probes(self.probes.attached.len(), Probes::expected());
+        m.set_probes(self.probes.attached(), self.probes.expected());
     }
 }

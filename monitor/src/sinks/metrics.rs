@@ -194,12 +194,12 @@ impl Metrics {
             probes_attached: gauge(
                 &r,
                 "vigie_probes_attached",
-                "Tracepoints with a Vigie probe attached.",
+                "Kernel hooks with a Vigie probe attached; a program seen not to run at start-up does not count.",
             )?,
             probes_expected: gauge(
                 &r,
                 "vigie_probes_expected",
-                "Tracepoints Vigie attaches when complete.",
+                "Kernel hooks the attach table chose on this kernel (`vigie probes` lists them).",
             )?,
             latency: histogram(
                 &r,
