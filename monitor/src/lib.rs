@@ -5,6 +5,7 @@
 //! pure) -> `sinks` (alerts). `procfs` holds what only a live run can read from `/proc`; `run`
 //! wires the live pipeline, `pipeline` the part shared with replay.
 pub mod attach;
+pub mod btf;
 pub mod cli;
 pub mod config;
 pub mod correlate;
