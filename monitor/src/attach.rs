@@ -316,8 +316,10 @@ pub fn unmet(facts: &KernelFacts, entry: &Entry) -> Option<String> {
             Need::Tracefs if !facts.tracefs => {
                 Some("tracefs events are not readable at /sys/kernel/tracing".to_string())
             }
+            // Verified on 6.12: aya, finding bpf_probe_read_kernel refused, rewrites the calls
+            // to the legacy bpf_probe_read, which the verifier refuses as well.
             Need::KernelReads if confidential => Some(
-                "kernel lockdown is `confidentiality`, which refuses bpf_probe_read_kernel to BPF programs"
+                "kernel lockdown is `confidentiality`, which refuses BPF reads of kernel memory (bpf_probe_read_kernel and bpf_probe_read)"
                     .to_string(),
             ),
             Need::BpfLsm => match (facts.bpf_lsm_active(), &facts.lsms) {
@@ -540,7 +542,10 @@ mod tests {
         assert_eq!(refusal.0.len(), 2, "{refusal}");
         let text = refusal.to_string();
         assert!(text.contains("closes tracefs"), "{text}");
-        assert!(text.contains("refuses bpf_probe_read_kernel"), "{text}");
+        assert!(
+            text.contains("refuses BPF reads of kernel memory"),
+            "{text}"
+        );
     }
 
     #[test]

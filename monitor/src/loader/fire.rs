@@ -31,7 +31,8 @@ pub fn fire_check(
         Err(_) if stats_enabled_by_sysctl() => None,
         Err(e) => {
             return Err(format!(
-                "BPF run statistics unavailable: {e}; they need CAP_SYS_ADMIN or kernel.bpf_stats_enabled=1"
+                "BPF run statistics unavailable: {e}: {}; they need CAP_SYS_ADMIN or kernel.bpf_stats_enabled=1",
+                e.io_error
             ));
         }
     };
