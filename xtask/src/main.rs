@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | demo | test | fuzz`.
+//! Project tasks: `cargo xtask setup | build | demo | test | vm-test | fuzz`.
 mod bench;
 mod demo;
 mod fuzz;
 mod setup;
 mod test;
+mod vm;
 
 use std::{path::PathBuf, process::Command};
 
@@ -35,12 +36,17 @@ enum Task {
     /// (root; about 10 minutes; see BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Set up, build, run the whole test suite (unit, then end-to-end with real probes, then the
-    /// fuzz targets for `fuzz::DEFAULT_SECONDS` each).
+    /// kernel matrix (`vm-test`; `VIGIE_SKIP_VM=1` skips it), then the fuzz targets for
+    /// `fuzz::DEFAULT_SECONDS` each).
     Test {
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Set up, build, then run the privileged end-to-end tests on Debian's 6.1 and 6.12 kernels
+    /// (and lockdown variants) in QEMU with software emulation; print a per-kernel table (about
+    /// 6 minutes on 2 cores).
+    VmTest(vm::VmArgs),
     /// Build the cargo-fuzz targets of `fuzz/` (installing cargo-fuzz when missing) and run each
     /// for a bounded time from a copy of its seed corpus; fails on any crash.
     Fuzz {
@@ -75,6 +81,10 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => {
             setup::run()?;
             test::run(&build()?, &args)
+        }
+        Task::VmTest(args) => {
+            setup::run()?;
+            vm::run(&build()?, &args)
         }
         Task::Fuzz { seconds, asan } => fuzz::run(seconds, asan),
     }

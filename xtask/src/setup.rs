@@ -32,6 +32,10 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql",
     // A portal's Redis session store, run by `tests/tests/sessions.rs`.
     "redis-server",
+    // The kernel matrix (`cargo xtask vm-test`): QEMU with software emulation, and a static
+    // busybox for the initramfs's `/init` (the initramfs itself is written by xtask).
+    "qemu-system-x86",
+    "busybox-static",
 ];
 
 /// Debian's policy-rc.d protocol: while this file exists and exits 101, maintainer scripts do not
@@ -82,7 +86,7 @@ fn apt() -> anyhow::Result<()> {
     }
     need_root("installing apt packages")?;
     step("setup", &format!("apt-get install {}", missing.join(" ")));
-    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    apt_update()?;
     // prometheus, prometheus-alertmanager, postgresql and redis-server would start system
     // daemons on 9090/9093/5432/6379 (and fail the install where they cannot start): the tests
     // run their own, so none is started.
@@ -93,6 +97,11 @@ fn apt() -> anyhow::Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing),
     )
+}
+
+pub fn apt_update() -> anyhow::Result<()> {
+    need_root("apt-get update")?;
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))
 }
 
 /// Forbids service starts by maintainer scripts for as long as it lives, through a temporary

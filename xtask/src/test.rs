@@ -1,7 +1,8 @@
 //! The whole test suite: unit tests (no root), then the end-to-end tests, which start real
 //! portals and a real `vigie` with its probes. Without root those report themselves SKIPPED;
-//! with `VIGIE_REQUIRE_PRIVILEGED=1` (set by .ci/run) a skip is a failure. Then the fuzz targets
-//! (`cargo xtask fuzz`), unless arguments select particular tests.
+//! with `VIGIE_REQUIRE_PRIVILEGED=1` (set by .ci/run) a skip is a failure. Then the same
+//! end-to-end tests on other kernels (`cargo xtask vm-test`) and the fuzz targets (`cargo xtask
+//! fuzz`), unless arguments select particular tests.
 use crate::{Binaries, cargo, is_root, step};
 
 pub fn run(bins: &Binaries, args: &[String]) -> anyhow::Result<()> {
@@ -22,9 +23,17 @@ pub fn run(bins: &Binaries, args: &[String]) -> anyhow::Result<()> {
     let mut cmd = vec!["test", "--"];
     cmd.extend(args.iter().map(String::as_str));
     cargo(&cmd)?;
-    // Last, the bounded fuzzing run; not when a filter selects particular tests.
+    // Then the kernel matrix and, last, the bounded fuzzing run; not when a filter selects
+    // particular tests.
     if args.is_empty() {
+        step("test", "the kernel matrix (cargo xtask vm-test)");
+        crate::vm::run_from_test(bins)?;
         crate::fuzz::run(crate::fuzz::DEFAULT_SECONDS, false)?;
+    } else {
+        step(
+            "test",
+            "a test filter was given: the kernel matrix and the fuzz targets are not run",
+        );
     }
     Ok(())
 }
