@@ -423,7 +423,7 @@ pub fn give_up(planned: &mut [Planned], i: usize, reason: String) -> Result<(), 
 pub struct HookReport {
     pub program: &'static str,
     pub hook: String,
-    /// `attached`, `skipped` or `standby`.
+    /// `attached`, `skipped` or `standby` (`planned` when nothing was loaded).
     pub status: &'static str,
     /// Why it is attached (the table's `why`), or why not.
     pub reason: String,
@@ -442,6 +442,34 @@ pub struct AttachReport {
 }
 
 impl AttachReport {
+    /// The report of a plan that was not carried out (`vigie probes` without root): what would
+    /// be attached is `planned`, nothing is verified.
+    pub fn of_plan(facts: KernelFacts, planned: &[Planned]) -> Self {
+        let hooks = planned
+            .iter()
+            .map(|p| {
+                let (status, reason) = match &p.decision {
+                    Decision::Attach => ("planned", p.entry.why.to_string()),
+                    Decision::Skip(why) => ("skipped", why.clone()),
+                    Decision::Standby => ("standby", p.entry.why.to_string()),
+                };
+                HookReport {
+                    program: p.entry.program,
+                    hook: p.entry.hook.to_string(),
+                    status,
+                    reason,
+                    fire_check: p.entry.fire_check.describe(),
+                    fired: None,
+                }
+            })
+            .collect();
+        Self {
+            facts,
+            hooks,
+            fire_check_unavailable: Some("not root: nothing was loaded".into()),
+        }
+    }
+
     pub fn attached(&self) -> usize {
         self.hooks.iter().filter(|h| h.status == "attached").count()
     }

@@ -520,7 +520,7 @@ impl Live {
 /// `vigie probes`: the start-up report without a run. Without root, the plan only (nothing is
 /// loaded, so nothing is verified).
 pub fn probes_command(json: bool) -> anyhow::Result<std::process::ExitCode> {
-    use crate::attach::{self, AttachReport, Decision, HookReport};
+    use crate::attach::{self, AttachReport};
     if PROBES.is_empty() {
         anyhow::bail!("this binary was built with VIGIE_SKIP_EBPF_BUILD=1 and has no probes");
     }
@@ -548,29 +548,7 @@ pub fn probes_command(json: bool) -> anyhow::Result<std::process::ExitCode> {
     let facts = crate::kernel::KernelFacts::read();
     match attach::plan(&facts, attach::table()) {
         Ok(planned) => {
-            let hooks = planned
-                .iter()
-                .map(|p| {
-                    let (status, reason) = match &p.decision {
-                        Decision::Attach => ("planned", p.entry.why.to_string()),
-                        Decision::Skip(why) => ("skipped", why.clone()),
-                        Decision::Standby => ("standby", p.entry.why.to_string()),
-                    };
-                    HookReport {
-                        program: p.entry.program,
-                        hook: p.entry.hook.to_string(),
-                        status,
-                        reason,
-                        fire_check: p.entry.fire_check.describe(),
-                        fired: None,
-                    }
-                })
-                .collect();
-            print(&AttachReport {
-                facts,
-                hooks,
-                fire_check_unavailable: Some("not root: nothing was loaded".into()),
-            })?;
+            print(&AttachReport::of_plan(facts, &planned))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Err(refusal) => {
@@ -600,9 +578,15 @@ fn log_report(report: &crate::attach::AttachReport) {
         let names: Vec<&str> = hooks
             .iter()
             .enumerate()
-            .map(|(i, h)| match h.hook.strip_prefix(prefix) {
-                Some(rest) if i > 0 && !prefix.is_empty() => &rest[1..],
-                _ => h.hook.as_str(),
+            .map(|(i, h)| {
+                let rest = h
+                    .hook
+                    .strip_prefix(prefix)
+                    .filter(|_| i > 0 && !prefix.is_empty());
+                match rest.and_then(|r| r.strip_prefix(['/', ' '])) {
+                    Some(name) => name,
+                    None => h.hook.as_str(),
+                }
             })
             .collect();
         let fired = match first.fired {
