@@ -313,8 +313,8 @@ pub fn unmet(facts: &KernelFacts, entry: &Entry) -> Option<String> {
                 "kernel lockdown is `confidentiality`, which closes tracefs (tracepoint ids and layouts)"
                     .to_string(),
             ),
-            Need::Tracefs if !facts.tracefs => {
-                Some("tracefs events are not readable at /sys/kernel/tracing".to_string())
+            Need::Tracefs if facts.tracefs == Some(false) => {
+                Some("tracefs events are not readable at /sys/kernel/tracing (no tracefs?)".to_string())
             }
             // Verified on 6.12: aya, finding bpf_probe_read_kernel refused, rewrites the calls
             // to the legacy bpf_probe_read, which the verifier refuses as well.
@@ -537,7 +537,7 @@ mod tests {
             release: release.into(),
             version: KernelVersion::parse(release),
             btf: true,
-            tracefs: lockdown != Lockdown::Confidentiality,
+            tracefs: Some(lockdown != Lockdown::Confidentiality),
             lockdown: Some(lockdown),
             lsms: Some(parse_lsms(lsms)),
         }
@@ -588,6 +588,20 @@ mod tests {
         no_btf.btf = false;
         let err = plan(&no_btf, table()).unwrap_err();
         assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+    }
+
+    #[test]
+    fn tracefs_missing_refuses_but_unreadable_does_not() {
+        let mut f = facts("6.12.0", Lockdown::None, LSMS);
+        f.tracefs = Some(false);
+        let err = plan(&f, table()).unwrap_err();
+        assert!(
+            err.to_string().contains("tracefs events are not readable"),
+            "{err}"
+        );
+        // Not root: tracefs is root's, so the facts cannot say; the plan stands.
+        f.tracefs = None;
+        assert!(plan(&f, table()).is_ok());
     }
 
     /// A preferred LSM program with a tracepoint fallback: the shape the table takes for BTF

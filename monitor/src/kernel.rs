@@ -89,8 +89,9 @@ pub struct KernelFacts {
     pub version: Option<KernelVersion>,
     /// `/sys/kernel/btf/vmlinux` exists (struct offsets come from it).
     pub btf: bool,
-    /// tracefs events are readable (tracepoint ids and layouts come from them).
-    pub tracefs: bool,
+    /// tracefs has its events (tracepoint ids and layouts come from them); `None` when this user
+    /// may not look (tracefs is root's).
+    pub tracefs: Option<bool>,
     /// `None` when unknown: securityfs not mounted, or no lockdown LSM in this kernel.
     pub lockdown: Option<Lockdown>,
     /// Active LSMs in order (`/sys/kernel/security/lsm`); `None` when unknown.
@@ -108,7 +109,11 @@ impl KernelFacts {
             version: KernelVersion::parse(&release),
             release,
             btf: Path::new(BTF_VMLINUX).exists(),
-            tracefs: std::fs::read_dir(TRACEFS_EVENTS).is_ok(),
+            tracefs: match std::fs::read_dir(TRACEFS_EVENTS) {
+                Ok(_) => Some(true),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
+                Err(_) => Some(false),
+            },
             lockdown: security("lockdown").ok().and_then(|t| Lockdown::parse(&t)),
             lsms: security("lsm").ok().map(|t| parse_lsms(&t)),
         }
@@ -126,12 +131,16 @@ impl KernelFacts {
 impl fmt::Display for KernelFacts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yes = |b: bool| if b { "yes" } else { "no" };
+        let tracefs = match self.tracefs {
+            Some(b) => yes(b),
+            None => "unknown (not readable by this user)",
+        };
         write!(
             f,
             "kernel {}, BTF {}, tracefs {}, lockdown {}, LSMs ",
             self.release,
             yes(self.btf),
-            yes(self.tracefs),
+            tracefs,
             self.lockdown.map_or("unknown", Lockdown::name),
         )?;
         match (&self.lsms, self.bpf_lsm_active()) {
@@ -237,7 +246,7 @@ mod tests {
             release: "6.12.0".into(),
             version: KernelVersion::parse("6.12.0"),
             btf: true,
-            tracefs: true,
+            tracefs: Some(true),
             lockdown: Some(Lockdown::None),
             lsms: lsms.map(parse_lsms),
         };
