@@ -116,13 +116,11 @@ impl Default for VmArgs {
 /// loudly, except under `VIGIE_REQUIRE_PRIVILEGED=1` (CI), where a skip is a failure like any
 /// skipped privileged test.
 pub fn run_from_test(bins: &Binaries) -> anyhow::Result<()> {
-    if std::env::var("VIGIE_SKIP_VM").is_ok_and(|v| v == "1") {
-        if std::env::var("VIGIE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-            bail!(
-                "VIGIE_SKIP_VM=1 is refused with VIGIE_REQUIRE_PRIVILEGED=1: the kernel matrix is \
-                 part of the privileged suite"
-            );
-        }
+    let var = |name| std::env::var(name).ok();
+    if skip(
+        var("VIGIE_SKIP_VM").as_deref(),
+        var("VIGIE_REQUIRE_PRIVILEGED").as_deref(),
+    )? {
         step(
             "test",
             "!!!!!!!! SKIPPED the kernel matrix (VIGIE_SKIP_VM=1): only the running kernel was tested !!!!!!!!",
@@ -130,6 +128,20 @@ pub fn run_from_test(bins: &Binaries) -> anyhow::Result<()> {
         return Ok(());
     }
     run(bins, &VmArgs::default())
+}
+
+/// Whether to skip the matrix, from `VIGIE_SKIP_VM` and `VIGIE_REQUIRE_PRIVILEGED`.
+fn skip(skip_vm: Option<&str>, require_privileged: Option<&str>) -> anyhow::Result<bool> {
+    if skip_vm != Some("1") {
+        return Ok(false);
+    }
+    if require_privileged == Some("1") {
+        bail!(
+            "VIGIE_SKIP_VM=1 is refused with VIGIE_REQUIRE_PRIVILEGED=1: the kernel matrix is \
+             part of the privileged suite"
+        );
+    }
+    Ok(true)
 }
 
 pub fn run(bins: &Binaries, args: &VmArgs) -> anyhow::Result<()> {
@@ -780,6 +792,16 @@ fn tail(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipping_the_matrix_is_refused_when_privileged_tests_are_required() {
+        assert!(!skip(None, None).unwrap());
+        assert!(!skip(Some("0"), Some("1")).unwrap());
+        assert!(skip(Some("1"), None).unwrap());
+        assert!(skip(Some("1"), Some("0")).unwrap());
+        let err = skip(Some("1"), Some("1")).unwrap_err().to_string();
+        assert!(err.contains("VIGIE_SKIP_VM=1 is refused"), "{err}");
+    }
 
     #[test]
     fn picks_the_newest_plain_flavour() {
