@@ -83,6 +83,7 @@ fn main() -> anyhow::Result<()> {
             test::run(&build()?, &args)
         }
         Task::VmTest(args) => {
+            args.check()?;
             setup::run()?;
             vm::run(&build()?, &args)
         }

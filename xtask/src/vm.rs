@@ -102,6 +102,19 @@ pub struct VmArgs {
     pub filter: Option<String>,
 }
 
+impl VmArgs {
+    /// Refuses an unknown `--only` row before anything is built.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for o in &self.only {
+            if o != "host" && !MATRIX.iter().any(|r| r.id == o) {
+                let ids: Vec<&str> = MATRIX.iter().map(|r| r.id).chain(["host"]).collect();
+                bail!("--only {o}: no such row (rows: {})", ids.join(", "));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for VmArgs {
     fn default() -> Self {
         Self {
@@ -145,18 +158,12 @@ fn skip(skip_vm: Option<&str>, require_privileged: Option<&str>) -> anyhow::Resu
 }
 
 pub fn run(bins: &Binaries, args: &VmArgs) -> anyhow::Result<()> {
+    args.check()?;
     let started = Instant::now();
     let vm_dir = workspace_root().join("target").join("vm");
     let host = host_kernel();
     let rows: Vec<(&str, PathBuf, &str, &[&str])> = {
         let wanted = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
-        for o in &args.only {
-            if o != "host" && !MATRIX.iter().any(|r| r.id == o) {
-                bail!(
-                    "--only {o}: no such row (rows: 6.1, 6.12, 6.1-integrity-nobpflsm, 6.12-confidentiality, host)"
-                );
-            }
-        }
         let mut kernels = BTreeMap::new();
         let mut rows = Vec::new();
         for row in MATRIX.iter().filter(|r| wanted(r.id)) {
