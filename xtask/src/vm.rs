@@ -184,6 +184,9 @@ pub fn run(bins: &Binaries, args: &VmArgs) -> anyhow::Result<()> {
         }
         rows
     };
+    if rows.is_empty() {
+        bail!("nothing to boot (--only {})", args.only.join(" --only "));
+    }
     step(
         "vm-test",
         "cargo test -p vigie-tests --no-run (test binaries for the VMs)",
