@@ -9,6 +9,7 @@ pub mod config;
 pub mod correlate;
 pub mod decode;
 pub mod events;
+pub mod fastcgi;
 pub mod http;
 pub mod identity;
 pub mod judge;
