@@ -85,25 +85,43 @@ impl Header {
     }
 }
 
-/// Whether `data` starts with a whole `BEGIN_REQUEST` record, checked strictly: request id not
-/// 0, 8 bytes of content and no padding, a defined role, a flags byte of 0 or 1 and zero reserved
-/// bytes. 16 fixed-shape bytes: what a lost stream may resynchronise on.
+/// Whether `data` starts with a `BEGIN_REQUEST` record, checked strictly: request id not 0, 8
+/// bytes of content and no padding, then (as far as `data` holds them) a defined role, a flags
+/// byte of 0 or 1 and zero reserved bytes. At least the 8 header bytes are needed: applications
+/// that read a header, then its content, get exactly those. What a lost stream resumes on.
 #[must_use]
 pub fn is_begin_request(data: &[u8]) -> bool {
-    let Some(b) = data.get(..16) else {
-        return false;
-    };
-    b[0] == 1
-        && b[1] == kind::BEGIN_REQUEST
-        && (b[2], b[3]) != (0, 0)
-        && (b[4], b[5], b[6]) == (0, 8, 0)
-        && b[8] == 0
-        && (1..=3).contains(&b[9])
-        && b[10] <= 1
-        && b[11..16].iter().all(|&x| x == 0)
+    // Per byte, `mask` and the value the masked byte must have: version 1, type 1, any id,
+    // content length 8, no padding, any reserved; role 1..=3 (0 is ruled out below), flags 0
+    // or 1, five zero bytes.
+    const SHAPE: [(u8, u8); 16] = [
+        (0xff, 1),
+        (0xff, kind::BEGIN_REQUEST),
+        (0, 0),
+        (0, 0),
+        (0xff, 0),
+        (0xff, 8),
+        (0xff, 0),
+        (0, 0),
+        (0xff, 0),
+        (0xfc, 0),
+        (0xfe, 0),
+        (0xff, 0),
+        (0xff, 0),
+        (0xff, 0),
+        (0xff, 0),
+        (0xff, 0),
+    ];
+    data.len() >= HEADER_LEN
+        && (data[2], data[3]) != (0, 0)
+        && data.get(9).is_none_or(|&role| role != 0)
+        && data
+            .iter()
+            .zip(SHAPE)
+            .all(|(&b, (mask, value))| b & mask == value)
 }
 
-/// Whether the first bytes a connection carries are FastCGI from a front server: a
+/// Whether bytes read from a connection joined mid-stream start FastCGI from a front server: a
 /// `BEGIN_REQUEST` record ([`is_begin_request`]) or a management `GET_VALUES` record.
 #[must_use]
 pub fn starts_fastcgi(data: &[u8]) -> bool {
@@ -120,7 +138,8 @@ pub enum Protocol {
     /// read that starts a FastCGI request or an HTTP request line.
     #[default]
     Unknown,
-    /// Accepted under Vigie's eyes, nothing read yet: the first bytes decide.
+    /// Accepted under Vigie's eyes, nothing read yet: the first byte decides. FastCGI records
+    /// start with their version, 1; no HTTP request (nor TLS, nor HTTP/2) starts with that byte.
     Fresh,
     Http,
     FastCgi,
@@ -134,7 +153,7 @@ impl Protocol {
             return *self;
         }
         match *self {
-            Protocol::Fresh if starts_fastcgi(data) => *self = Protocol::FastCgi,
+            Protocol::Fresh if data[0] == 1 => *self = Protocol::FastCgi,
             Protocol::Fresh => *self = Protocol::Http,
             Protocol::Unknown if starts_fastcgi(data) => *self = Protocol::FastCgi,
             Protocol::Unknown if http::looks_like_request_start(data) => *self = Protocol::Http,
@@ -148,7 +167,7 @@ impl Protocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     /// Front server to application (what the target reads): a lost stream resumes only at a
-    /// read that starts with a whole `BEGIN_REQUEST` ([`is_begin_request`]).
+    /// read that starts with a `BEGIN_REQUEST` ([`is_begin_request`]).
     ToApp,
     /// Application to front server (what the target writes): a lost stream resumes at a write
     /// that starts with a STDOUT, STDERR or END_REQUEST header for a request id other than 0.
@@ -172,8 +191,8 @@ pub enum Piece<'a> {
     /// The current record's content is complete (its padding may still follow).
     End(Header),
     /// The stream was lost: a header that is not FastCGI, or one the capture did not hold.
-    /// Bytes are skipped until the stream resumes.
-    Desync,
+    /// Bytes from `data[at..]` on are skipped until the stream resumes.
+    Desync { at: usize },
     /// The lost stream resumed at the start of this chunk.
     Resync,
 }
@@ -240,7 +259,7 @@ impl Reader {
                         if unseen > 0 {
                             // The next header is out of sight: the framing is lost.
                             self.state = State::Lost;
-                            f(Piece::Desync);
+                            f(Piece::Desync { at: data.len() });
                         }
                         return;
                     }
@@ -254,7 +273,7 @@ impl Reader {
                     }
                     let Some(header) = Header::parse(&buf) else {
                         self.state = State::Lost;
-                        f(Piece::Desync);
+                        f(Piece::Desync { at: pos });
                         return;
                     };
                     f(Piece::Header(header));
@@ -622,7 +641,7 @@ impl Connection {
             ..
         } = self;
         input.feed(data, total, |piece| match piece {
-            Piece::Desync => out.push(Happening::Desync),
+            Piece::Desync { .. } => out.push(Happening::Desync),
             Piece::End(h) if h.kind == kind::BEGIN_REQUEST => {
                 if exchanges.remove(&h.request_id).is_some() {
                     out.push(Happening::Ended { id: h.request_id });
@@ -694,7 +713,7 @@ impl Connection {
             output, exchanges, ..
         } = self;
         output.feed(data, total, |piece| match piece {
-            Piece::Desync => out.push(Happening::Desync),
+            Piece::Desync { .. } => out.push(Happening::Desync),
             Piece::Content { header, bytes, .. } if header.kind == kind::STDOUT => {
                 output_for(header.request_id, &mut out);
                 if let Some(e) = exchanges.get_mut(&header.request_id)

@@ -263,13 +263,13 @@ impl Live {
         let pid = ev.pid;
         match &mut ev.kind {
             EventKind::SockRead { fd, bytes, data } => {
-                let whole = *bytes <= data.0.len() as u64;
-                self.redactor.redact_request(pid, *fd, &mut data.0, whole);
+                self.redactor.redact_read(pid, *fd, &mut data.0, *bytes);
             }
-            EventKind::SockWrite { data, .. } => self.redactor.redact_response(&mut data.0),
-            EventKind::SockAccept { fd } | EventKind::SockClose { fd } => {
-                self.redactor.forget(pid, *fd)
+            EventKind::SockWrite { fd, bytes, data } => {
+                self.redactor.redact_write(pid, *fd, &mut data.0, *bytes);
             }
+            EventKind::SockAccept { fd } => self.redactor.accepted(pid, *fd),
+            EventKind::SockClose { fd } => self.redactor.forget(pid, *fd),
             EventKind::ProcessExit => self.redactor.forget_process(pid),
             EventKind::FileOpen { .. } => procfs::enrich(ev),
             EventKind::ProcessExec if !self.targets.contains(&ev.pid) => {
@@ -316,6 +316,11 @@ impl Live {
 
     fn report_loss(&mut self) -> anyhow::Result<()> {
         let now = self.probes.lost()?;
+        if now != self.lost {
+            // A lost read may have been part of a FastCGI stream: both the redactor and the
+            // correlator (at the `Lost` event below) wait for a point to resume.
+            self.redactor.lost();
+        }
         for (reason, (&total, before)) in now.iter().zip(self.lost).enumerate() {
             let delta = total.saturating_sub(before);
             if delta > 0 {

@@ -271,7 +271,7 @@ fn hostile_records_have_defined_outcomes() {
         let mut r = Reader::new(Direction::ToApp);
         let mut pieces = Vec::new();
         r.feed(&bad, 8, |p| pieces.push(format!("{p:?}")));
-        assert_eq!(pieces, ["Desync"]);
+        assert_eq!(pieces, ["Desync { at: 8 }"]);
     }
     // Bogus lengths: a params record claiming 65535 bytes that never come is content, not a
     // crash; a pair claiming 2^31 bytes is a truncated params stream.
@@ -390,6 +390,12 @@ fn protocol_is_decided_by_the_first_bytes() {
     assert_eq!(p.observe(&begin), Protocol::FastCgi);
     assert_eq!(p.observe(b"GET / HTTP/1.1\r\n"), Protocol::FastCgi);
     let mut p = Protocol::Fresh;
+    assert_eq!(
+        p.observe(&begin[..1]),
+        Protocol::FastCgi,
+        "php-fpm reads 8, or less"
+    );
+    let mut p = Protocol::Fresh;
     assert_eq!(p.observe(b"\x16\x03\x01"), Protocol::Http, "garbage: HTTP");
     assert_eq!(p.observe(&begin), Protocol::Http, "decided once");
     // Joined mid-stream: the first recognisable start decides.
@@ -399,10 +405,16 @@ fn protocol_is_decided_by_the_first_bytes() {
     let mut p = Protocol::Unknown;
     assert_eq!(p.observe(b"GET / HTTP/1.1\r\n"), Protocol::Http);
     assert!(starts_fastcgi(&[1, 9, 0, 0, 0, 0, 0, 0]));
-    assert!(!is_begin_request(&begin[..15]));
+    assert!(is_begin_request(&begin[..8]), "a header read alone");
+    assert!(!is_begin_request(&begin[..7]));
     let mut bad_role = begin.clone();
     bad_role[9] = 4;
     assert!(!is_begin_request(&bad_role));
+    assert!(!is_begin_request(&bad_role[..10]));
+    assert!(is_begin_request(&bad_role[..9]));
+    let mut id_zero = begin.clone();
+    id_zero[3] = 0;
+    assert!(!is_begin_request(&id_zero));
 }
 
 #[test]
