@@ -10,6 +10,10 @@
 //! - `thread`: the read happened on the thread that read the current request head (thread per
 //!   request, prefork workers, pool threads);
 //! - none: `unattributed`.
+//!
+//! Each connection speaks HTTP or FastCGI, decided from its first bytes
+//! ([`crate::fastcgi::Protocol`]); FastCGI requests are handled in [`fastcgi`] and become
+//! requests through the same path as HTTP heads.
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
@@ -20,6 +24,8 @@ use crate::{
     identity::{self, Identity, IdentityConfig, IdentityProblem, IdentitySource},
     paths,
 };
+
+mod fastcgi;
 
 /// Settings the correlator needs (a slice of [`crate::config::Config`]).
 #[derive(Debug, Clone)]
@@ -140,6 +146,8 @@ pub struct Stats {
     pub forged_tokens: u64,
     pub expired_tokens: u64,
     pub malformed_tokens: u64,
+    /// Times a FastCGI stream was lost (a record header malformed or not captured).
+    pub fastcgi_desyncs: u64,
     /// Requests by the source of their identity (`None`: no usable identity). A short list:
     /// one entry per configured source at most, plus `None`.
     pub requests_by_identity: Vec<(Option<IdentitySource>, u64)>,
@@ -160,6 +168,19 @@ struct Conn {
     state: ConnState,
     head: Vec<u8>,
     current: Option<u64>,
+    protocol: crate::fastcgi::Protocol,
+    /// FastCGI requests of this connection, once it spoke FastCGI.
+    fastcgi: Option<Box<fastcgi::FastCgiConn>>,
+}
+
+impl Conn {
+    /// Accepted under our eyes: the first bytes decide the protocol.
+    fn accepted() -> Self {
+        Self {
+            protocol: crate::fastcgi::Protocol::Fresh,
+            ..Self::default()
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -302,12 +323,22 @@ impl Correlator {
             }
             EventKind::SockAccept { fd } => {
                 self.drop_conn(pid, *fd, out);
-                self.conns.insert((pid, *fd), Conn::default());
+                self.conns.insert((pid, *fd), Conn::accepted());
             }
             EventKind::SockRead { fd, bytes, data } => {
                 self.on_sock_read(ev, *fd, *bytes, &data.0, out)
             }
-            EventKind::SockWrite { fd, data, .. } => self.on_sock_write(ev, *fd, &data.0),
+            EventKind::SockWrite { fd, bytes, data } => {
+                if self
+                    .conns
+                    .get(&(pid, *fd))
+                    .is_some_and(|c| c.fastcgi.is_some())
+                {
+                    self.on_fastcgi_write(ev, *fd, *bytes, &data.0, out);
+                } else {
+                    self.on_sock_write(ev, *fd, &data.0);
+                }
+            }
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
             EventKind::Lost { reason, count } => {
                 // A lost event may be a request head we never saw: rather than attribute later
@@ -327,6 +358,12 @@ impl Correlator {
                 current.sort_unstable();
                 for req in current {
                     self.release(req, Release::Conn, out);
+                }
+                // A lost read may have been part of a FastCGI stream.
+                for conn in self.conns.values_mut() {
+                    if let Some(f) = conn.fastcgi.as_mut() {
+                        f.lose_sync();
+                    }
                 }
                 out.push(Finding::Gap {
                     ts_ns: ev.ts_ns,
@@ -429,6 +466,10 @@ impl Correlator {
         out: &mut Vec<Finding>,
     ) {
         let key = (ev.pid, fd);
+        let conn = self.conns.entry(key).or_default();
+        if conn.protocol.observe(data) == crate::fastcgi::Protocol::FastCgi {
+            return self.on_fastcgi_read(ev, fd, bytes, data, out);
+        }
         let mut data = data;
         // Bytes of this read still to account for, captured or not.
         let mut total = bytes.max(data.len() as u64);
@@ -528,6 +569,8 @@ impl Correlator {
         }
     }
 
+    /// A new request read on `fd` by `ev`'s thread: it becomes the current request of both.
+    /// Returns its id.
     fn new_request(
         &mut self,
         ev: &Event,
@@ -535,7 +578,7 @@ impl Correlator {
         head: &http::RequestHead,
         truncated: bool,
         out: &mut Vec<Finding>,
-    ) {
+    ) -> u64 {
         self.stats.requests += 1;
         let who = if truncated {
             identity::Identified {
@@ -593,6 +636,7 @@ impl Correlator {
         // Reads this thread made with no request in scope are judged now, unattributed.
         let tid = ev.tid;
         self.finish_where(out, |a| a.owner == Owner::Thread(tid));
+        id
     }
 
     /// The thread and the connection move on: their current requests end.
@@ -621,7 +665,11 @@ impl Correlator {
         {
             r.info.status = http::response_status(data);
         }
-        // Flow: documents this thread read with no request in scope go out on this connection.
+        self.flow(ev, req);
+    }
+
+    /// Flow: documents `ev`'s thread read with no request in scope go out with request `req`.
+    fn flow(&mut self, ev: &Event, req: u64) {
         let pending: Vec<u64> = self
             .open
             .iter()
