@@ -26,6 +26,7 @@ const _: () = assert!(core::mem::size_of::<OpenEvent>() == 40 + 16 + PATH_CAP);
 /// Small fd-level records:
 /// - `kind::FILE_READ`: `fd` read `ret` bytes (op: read, pread64, readv, preadv);
 /// - `kind::FILE_SENDFILE`: `sendfile(out = fd, in = fd2)` moved `ret` bytes;
+/// - `kind::FILE_MAP`: `fd` was mapped readable, `ret` bytes long (op: mmap);
 /// - `kind::FILE_CLOSE` / `kind::SOCK_CLOSE`: `fd` closed;
 /// - `kind::SOCK_ACCEPT`: `fd` is a new connection.
 #[repr(C)]

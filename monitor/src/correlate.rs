@@ -207,6 +207,9 @@ struct OpenAccess {
     access: Access,
     owner: Owner,
     fd: i32,
+    /// The document was mapped (`mmap`): it is read through the mapping, which outlives a close
+    /// of the fd, so the close does not end the access.
+    mapped: bool,
 }
 
 pub struct Correlator {
@@ -300,6 +303,19 @@ impl Correlator {
                     self.record_access(ev, *fd, path, *bytes, scope, evidence);
                 }
             }
+            // A mapping is a read with the same evidence rules (thread scope, or flow to the
+            // write that follows on this thread), judged when its request ends, not at close.
+            EventKind::FileMap { fd, bytes } => {
+                if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
+                    let scope = self.thread_scope(pid, ev.tid);
+                    let evidence = scope.map(|_| Evidence::Thread);
+                    if let Some(id) = self.record_access(ev, *fd, path, *bytes, scope, evidence)
+                        && let Some(open) = self.open.get_mut(&id)
+                    {
+                        open.mapped = true;
+                    }
+                }
+            }
             EventKind::SendFile {
                 out_fd,
                 in_fd,
@@ -319,7 +335,7 @@ impl Correlator {
             }
             EventKind::FileClose { fd } => {
                 self.docs.remove(&(pid, *fd));
-                self.finish_where(out, |a| a.access.pid == pid && a.fd == *fd);
+                self.finish_where(out, |a| a.access.pid == pid && a.fd == *fd && !a.mapped);
             }
             EventKind::SockAccept { fd } => {
                 self.drop_conn(pid, *fd, out);
@@ -402,6 +418,8 @@ impl Correlator {
         }
     }
 
+    /// Adds a read to its open access (a new one if needed) and returns the access id; `None`
+    /// when the request already reported this document.
     fn record_access(
         &mut self,
         ev: &Event,
@@ -410,14 +428,14 @@ impl Correlator {
         bytes: u64,
         scope: Option<u64>,
         evidence: Option<Evidence>,
-    ) {
+    ) -> Option<u64> {
         let owner = match scope {
             Some(req) => {
                 if let Some(r) = self.requests.get(&req)
                     && r.reported.contains(&path)
                 {
                     self.stats.repeated_reads += 1;
-                    return;
+                    return None;
                 }
                 Owner::Request(req)
             }
@@ -436,7 +454,7 @@ impl Correlator {
                 open.access.evidence.push(e);
                 open.access.evidence.sort();
             }
-            return;
+            return Some(*id);
         }
         let id = self.next_access;
         self.next_access += 1;
@@ -454,7 +472,16 @@ impl Correlator {
             evidence: evidence.into_iter().collect(),
             request: None,
         };
-        self.open.insert(id, OpenAccess { access, owner, fd });
+        self.open.insert(
+            id,
+            OpenAccess {
+                access,
+                owner,
+                fd,
+                mapped: false,
+            },
+        );
+        Some(id)
     }
 
     fn on_sock_read(

@@ -65,6 +65,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             }
         }
         kind::FILE_READ
+        | kind::FILE_MAP
         | kind::FILE_SENDFILE
         | kind::FILE_CLOSE
         | kind::SOCK_ACCEPT
@@ -73,6 +74,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let n = u64::try_from(ev.ret).unwrap_or(0);
             match k {
                 kind::FILE_READ => EventKind::FileRead {
+                    fd: ev.fd,
+                    bytes: n,
+                },
+                kind::FILE_MAP => EventKind::FileMap {
                     fd: ev.fd,
                     bytes: n,
                 },
@@ -235,6 +240,22 @@ mod tests {
             decode(&bytes_of(&h)),
             Err(DecodeError::Short { .. })
         ));
+    }
+
+    #[test]
+    fn decodes_a_mapping() {
+        let ev = FdEvent {
+            header: header(kind::FILE_MAP),
+            fd: 7,
+            fd2: -1,
+            ret: 9500,
+            op: op::MMAP,
+            _pad: 0,
+        };
+        assert_eq!(
+            decode(&bytes_of(&ev)).unwrap().kind,
+            EventKind::FileMap { fd: 7, bytes: 9500 }
+        );
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum EventKind {
     },
     /// `bytes` read from a document fd.
     FileRead { fd: i32, bytes: u64 },
+    /// A document fd was mapped readable (`mmap`), `bytes` long: read through memory, without
+    /// read syscalls. The mapping outlives a close of the fd.
+    FileMap { fd: i32, bytes: u64 },
     /// `sendfile(out_fd, in_fd)` moved `bytes` from a document.
     SendFile { out_fd: i32, in_fd: i32, bytes: u64 },
     /// A document fd was closed.

@@ -70,6 +70,7 @@ const ACCEPT_SYSCALLS: &[(&str, i64, u32)] = &[
     ("accept4", libc::SYS_accept4, op::ACCEPT4),
 ];
 const CLOSE_SYSCALLS: &[(&str, i64, u32)] = &[("close", libc::SYS_close, op::CLOSE)];
+const MMAP_SYSCALLS: &[(&str, i64, u32)] = &[("mmap", libc::SYS_mmap, op::MMAP)];
 
 /// Declarative attach table: program name, tracepoint category, tracepoint names.
 fn attach_table() -> Vec<(&'static str, &'static str, Vec<String>)> {
@@ -98,6 +99,16 @@ fn attach_table() -> Vec<(&'static str, &'static str, Vec<String>)> {
             "sys_enter_close",
             "syscalls",
             names("sys_enter_", CLOSE_SYSCALLS),
+        ),
+        (
+            "sys_enter_mmap",
+            "syscalls",
+            names("sys_enter_", MMAP_SYSCALLS),
+        ),
+        (
+            "sys_exit_mmap",
+            "syscalls",
+            names("sys_exit_", MMAP_SYSCALLS),
         ),
         (
             "sched_process_exec",
@@ -219,6 +230,7 @@ fn syscall_layout() -> Result<Vec<(&'static str, u64)>, LoadError> {
         .chain(OPEN_SYSCALLS)
         .chain(ACCEPT_SYSCALLS)
         .chain(CLOSE_SYSCALLS)
+        .chain(MMAP_SYSCALLS)
         .map(|(n, _, _)| *n)
         .collect();
     let same = |slot: &mut Option<u64>, v: u64, what: &str| -> Result<(), LoadError> {
@@ -265,6 +277,30 @@ fn syscall_layout() -> Result<Vec<(&'static str, u64)>, LoadError> {
         (globals::TP_ENTER_ARGS, args_off.unwrap_or(16)),
         (globals::TP_EXIT_RET, ret_off.unwrap_or(16)),
     ])
+}
+
+/// Offsets of the `sys_enter_mmap` fields the mmap probe reads, by name.
+fn mmap_layout() -> Result<Vec<(&'static str, u64)>, LoadError> {
+    mmap_fields(&tracepoint_fields("syscalls", "sys_enter_mmap")?)
+}
+
+fn mmap_fields(fields: &[(String, u64, u64)]) -> Result<Vec<(&'static str, u64)>, LoadError> {
+    [
+        (globals::TP_MMAP_LEN, "len"),
+        (globals::TP_MMAP_PROT, "prot"),
+        (globals::TP_MMAP_FD, "fd"),
+    ]
+    .into_iter()
+    .map(|(global, name)| {
+        fields
+            .iter()
+            .find(|f| f.0 == name && f.2 == 8)
+            .map(|f| (global, f.1))
+            .ok_or_else(|| {
+                LoadError::Tracepoint("sys_enter_mmap".into(), format!("no 8-byte `{name}` field"))
+            })
+    })
+    .collect()
 }
 
 /// Mounts tracefs if it is not there (a fresh machine may not have it).
@@ -316,6 +352,7 @@ impl Probes {
         raise_memlock();
         let mut values = kernel_offsets()?;
         values.extend(syscall_layout()?);
+        values.extend(mmap_layout()?);
         values.push((
             globals::REQUEST_CAPTURE,
             u64::from(cfg.capture.request_bytes),
@@ -354,6 +391,7 @@ impl Probes {
             .chain(OPEN_SYSCALLS)
             .chain(ACCEPT_SYSCALLS)
             .chain(CLOSE_SYSCALLS)
+            .chain(MMAP_SYSCALLS)
         {
             let nr = u32::try_from(*nr).ok().filter(|n| *n < MAX_SYSCALL_NR);
             if let Some(nr) = nr {
@@ -587,5 +625,25 @@ mod tests {
         assert_eq!(f[2], ("fd".to_string(), 16, 8));
         assert_eq!(f[3], ("buf".to_string(), 24, 8));
         assert_eq!(f[4], ("comm".to_string(), 32, 16));
+    }
+
+    #[test]
+    fn mmap_offsets_come_from_the_format_file() {
+        let text = "name: sys_enter_mmap\nformat:\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:unsigned long addr;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:unsigned long len;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:unsigned long prot;\toffset:32;\tsize:8;\tsigned:0;\n\tfield:unsigned long flags;\toffset:40;\tsize:8;\tsigned:0;\n\tfield:unsigned long fd;\toffset:48;\tsize:8;\tsigned:0;\n";
+        assert_eq!(
+            mmap_fields(&parse_format(text)).unwrap(),
+            [
+                (globals::TP_MMAP_LEN, 24),
+                (globals::TP_MMAP_PROT, 32),
+                (globals::TP_MMAP_FD, 48)
+            ]
+        );
+        let missing = parse_format("\tfield:unsigned long len;\toffset:24;\tsize:8;\tsigned:0;\n");
+        assert!(
+            mmap_fields(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("`prot`")
+        );
     }
 }

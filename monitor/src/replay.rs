@@ -596,7 +596,7 @@ fn explain_access(
                 doc_fds.push(*fd);
                 false
             }
-            EventKind::FileRead { fd, .. } => {
+            EventKind::FileRead { fd, .. } | EventKind::FileMap { fd, .. } => {
                 doc_fds.contains(fd) && ev.tid == access.tid && (lo..=hi).contains(&ev.ts_ns)
             }
             EventKind::SendFile { .. } => (lo..=hi).contains(&ev.ts_ns) && ev.tid == access.tid,
@@ -633,6 +633,9 @@ fn describe(kind: &EventKind) -> String {
         EventKind::FileOpen { fd, path, .. } => format!("opened {path} as fd {fd}"),
         EventKind::FileRead { fd, bytes } => {
             format!("read {bytes} bytes of the document (fd {fd})")
+        }
+        EventKind::FileMap { fd, bytes } => {
+            format!("mapped {bytes} bytes of the document (fd {fd})")
         }
         EventKind::SendFile {
             out_fd,

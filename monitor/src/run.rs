@@ -382,6 +382,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::FdFound { .. } => "fd_found",
         EventKind::FileOpen { .. } => "file_open",
         EventKind::FileRead { .. } => "file_read",
+        EventKind::FileMap { .. } => "file_map",
         EventKind::SendFile { .. } => "sendfile",
         EventKind::FileClose { .. } => "file_close",
         EventKind::SockAccept { .. } => "sock_accept",

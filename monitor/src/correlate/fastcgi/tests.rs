@@ -124,6 +124,10 @@ impl App {
         self.ev(tid, EventKind::FileRead { fd, bytes })
     }
 
+    fn map(&mut self, tid: u32, fd: i32, bytes: u64) -> &mut Self {
+        self.ev(tid, EventKind::FileMap { fd, bytes })
+    }
+
     fn close(&mut self, tid: u32, fd: i32) -> &mut Self {
         self.ev(tid, EventKind::FileClose { fd })
     }
@@ -417,4 +421,114 @@ fn hostile_streams_do_not_panic() {
         }
     }
     app.accesses();
+}
+
+/// The `mmap` serving style: open, map, close at once, then write from the mapping.
+mod mapped {
+    use super::*;
+
+    #[test]
+    fn fastcgi_mapped_then_closed_is_judged_at_the_end_with_its_status() {
+        let mut app = App::new(vec![IdentitySource::RemoteUser]);
+        app.ev(1, EventKind::SockAccept { fd: 5 });
+        app.request(2, 5, 1, &params("/docs/bob/a.pdf?deny=1", "alice"))
+            .open(2, 7, "/srv/users/bob/a.pdf")
+            .map(2, 7, 9500)
+            .close(2, 7);
+        assert!(app.found.is_empty(), "the mapping outlives the close");
+        app.respond(2, 5, 1, "Status: 403 Forbidden\r\n\r\n", 9);
+        assert_eq!(app.found.len(), 1, "judged at END_REQUEST");
+        let got = app.accesses();
+        assert_eq!(
+            rows(&got),
+            [row(
+                Some("alice"),
+                Some(IdentitySource::RemoteUser),
+                "/srv/users/bob/a.pdf",
+                &[Evidence::Thread],
+                Some(403)
+            )]
+        );
+        assert_eq!(got[0].bytes, 9500);
+    }
+
+    #[test]
+    fn http_mapped_document_counts_once_per_request() {
+        let mut app = App::new(vec![IdentitySource::TrustedHeader]);
+        app.ev(1, EventKind::SockAccept { fd: 5 });
+        for user in ["alice", "bob"] {
+            app.sock_read(
+                2,
+                5,
+                format!("GET /docs/bob/a HTTP/1.1\r\nX-Remote-User: {user}\r\n\r\n").as_bytes(),
+            )
+            .open(2, 7, "/srv/users/bob/a")
+            .map(2, 7, 100)
+            // Mapped twice, and read too: still one access of this request and document.
+            .map(2, 7, 100)
+            .read(2, 7, 10)
+            .close(2, 7)
+            .sock_write(2, 5, b"HTTP/1.1 200 OK\r\n\r\n", 119);
+        }
+        app.ev(2, EventKind::SockClose { fd: 5 });
+        let got = app.accesses();
+        let users: Vec<_> = rows(&got).into_iter().map(|r| (r.0, r.4)).collect();
+        assert_eq!(
+            users,
+            [
+                (Some("alice".into()), Some(200)),
+                (Some("bob".into()), Some(200))
+            ]
+        );
+        assert_eq!(got[0].bytes, 210);
+    }
+
+    #[test]
+    fn a_mapping_with_no_scope_goes_to_the_write_that_follows() {
+        let mut app = App::new(vec![IdentitySource::TrustedHeader]);
+        app.ev(1, EventKind::SockAccept { fd: 5 });
+        // Thread 2 reads the request; thread 3 maps, closes, then writes the response.
+        app.sock_read(2, 5, b"GET /x HTTP/1.1\r\nX-Remote-User: carol\r\n\r\n");
+        app.open(3, 7, "/srv/users/bob/a")
+            .map(3, 7, 100)
+            .close(3, 7)
+            .sock_write(3, 5, b"HTTP/1.1 200 OK\r\n\r\n", 119);
+        app.ev(2, EventKind::SockClose { fd: 5 });
+        let got = app.accesses();
+        assert_eq!(
+            rows(&got),
+            [row(
+                Some("carol"),
+                Some(IdentitySource::TrustedHeader),
+                "/srv/users/bob/a",
+                &[Evidence::Flow],
+                Some(200)
+            )]
+        );
+    }
+
+    #[test]
+    fn a_mapping_nobody_sends_is_unattributed_after_the_idle_delay() {
+        let mut app = App::new(vec![IdentitySource::TrustedHeader]);
+        app.open(3, 7, "/srv/users/bob/a")
+            .map(3, 7, 100)
+            .close(3, 7);
+        assert!(app.found.is_empty());
+        app.ts += 600_000_000;
+        app.ev(0, EventKind::Tick);
+        assert_eq!(
+            rows(&app.accesses()),
+            [row(None, None, "/srv/users/bob/a", &[], None)]
+        );
+    }
+
+    #[test]
+    fn mapping_a_non_document_is_nothing() {
+        let mut app = App::new(vec![IdentitySource::TrustedHeader]);
+        app.open(3, 7, "/etc/passwd")
+            .map(3, 7, 100)
+            .map(3, 99, 5)
+            .close(3, 7);
+        assert!(app.accesses().is_empty());
+    }
 }
