@@ -24,8 +24,11 @@ pub(super) struct FastCgiConn {
 }
 
 impl FastCgiConn {
+    /// Events were lost: the stream waits for a point to resume, and the requests in flight
+    /// are over (the correlator dropped every scope).
     pub(super) fn lose_sync(&mut self) {
         self.stream.lose_sync();
+        self.ids.clear();
     }
 }
 
@@ -73,8 +76,10 @@ impl Correlator {
 
     fn on_fastcgi(&mut self, ev: &Event, fd: i32, h: Happening, out: &mut Vec<Finding>) {
         let key = (ev.pid, fd);
+        // Only a request still known: one that ended (its scopes released) takes nothing more.
         let request_of = |c: &Self, id: u16| -> Option<u64> {
-            c.conns.get(&key)?.fastcgi.as_ref()?.ids.get(&id).copied()
+            let req = *c.conns.get(&key)?.fastcgi.as_ref()?.ids.get(&id)?;
+            c.requests.contains_key(&req).then_some(req)
         };
         match h {
             Happening::Request {

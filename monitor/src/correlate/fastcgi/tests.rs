@@ -532,3 +532,23 @@ mod mapped {
         assert!(app.accesses().is_empty());
     }
 }
+
+/// Found by fuzzing: after lost events released a request, a STDOUT record resuming the stream
+/// gave a read to the released request (evidence, no request).
+#[test]
+fn output_after_a_loss_does_not_revive_a_released_request() {
+    let mut app = App::new(vec![IdentitySource::RemoteUser]);
+    app.ev(1, EventKind::SockAccept { fd: 5 });
+    app.request(2, 5, 1, &params("/a", "alice"));
+    app.open(3, 7, "/srv/users/bob/a").read(3, 7, 1);
+    app.ev(
+        0,
+        EventKind::Lost {
+            reason: "ringbuf_full".into(),
+            count: 1,
+        },
+    );
+    app.respond(3, 5, 1, "\r\n", 1).close(3, 7);
+    let got = app.accesses();
+    assert_eq!(rows(&got), [row(None, None, "/srv/users/bob/a", &[], None)]);
+}
