@@ -51,7 +51,7 @@ pub const MAX_PARAMS: usize = 256;
 pub const MAX_RESPONSE_HEAD: usize = 8 * 1024;
 
 /// Most requests in flight on one connection (between BEGIN_REQUEST and END_REQUEST). A front
-/// server that multiplexes keeps a few; past this the oldest is forgotten.
+/// server that multiplexes keeps a few; past this the lowest request id is forgotten.
 pub const MAX_EXCHANGES: usize = 64;
 
 /// A record header.
@@ -590,7 +590,6 @@ pub enum Happening {
 
 #[derive(Debug, Default)]
 struct Exchange {
-    seq: u64,
     params: Vec<u8>,
     params_truncated: bool,
     params_done: bool,
@@ -604,7 +603,6 @@ pub struct Connection {
     input: Reader,
     output: Reader,
     exchanges: BTreeMap<u16, Exchange>,
-    seq: u64,
 }
 
 impl Default for Connection {
@@ -613,7 +611,6 @@ impl Default for Connection {
             input: Reader::new(Direction::ToApp),
             output: Reader::new(Direction::FromApp),
             exchanges: BTreeMap::new(),
-            seq: 0,
         }
     }
 }
@@ -635,10 +632,7 @@ impl Connection {
     pub fn on_read(&mut self, data: &[u8], total: u64) -> Vec<Happening> {
         let mut out = Vec::new();
         let Self {
-            input,
-            exchanges,
-            seq,
-            ..
+            input, exchanges, ..
         } = self;
         input.feed(data, total, |piece| match piece {
             Piece::Desync { .. } => out.push(Happening::Desync),
@@ -646,23 +640,13 @@ impl Connection {
                 if exchanges.remove(&h.request_id).is_some() {
                     out.push(Happening::Ended { id: h.request_id });
                 }
+                // The redactor forgets the same one (the lowest id).
                 if exchanges.len() >= MAX_EXCHANGES
-                    && let Some(oldest) = exchanges
-                        .iter()
-                        .min_by_key(|(_, e)| e.seq)
-                        .map(|(id, _)| *id)
+                    && let Some((lowest, _)) = exchanges.pop_first()
                 {
-                    exchanges.remove(&oldest);
-                    out.push(Happening::Ended { id: oldest });
+                    out.push(Happening::Ended { id: lowest });
                 }
-                *seq += 1;
-                exchanges.insert(
-                    h.request_id,
-                    Exchange {
-                        seq: *seq,
-                        ..Exchange::default()
-                    },
-                );
+                exchanges.insert(h.request_id, Exchange::default());
             }
             Piece::End(h) if h.kind == kind::ABORT_REQUEST => {
                 if exchanges.contains_key(&h.request_id) {
