@@ -100,6 +100,11 @@ impl Document {
         self.file.as_file()
     }
 
+    /// Maps the whole document, then closes it (unless cached): the mapping outlives the fd.
+    pub(crate) fn map(self) -> io::Result<crate::mapped::Mapping> {
+        crate::mapped::Mapping::of(self.file.as_file(), self.len)
+    }
+
     /// Reads the whole document in 16 KiB chunks, then closes it unless cached.
     ///
     /// A cached file is always read with `pread64`: its offset is shared by every request.

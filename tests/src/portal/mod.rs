@@ -11,6 +11,9 @@
 //! | `prefork` | `accept4` | `recvfrom` (`recv`) | `openat` + `sendfile` | `sendto` + `sendfile` |
 //! | `pool`    | `accept4` | `recvfrom`          | `openat` + `pread64`  | `sendto`              |
 //!
+//! With `--mmap` (thread model), documents are mapped and closed, then written from the mapping
+//! with `writev(2)` (head and body in one call): `openat` + `mmap` + `close`, no `read(2)`.
+//!
 //! With `--cache`, documents are opened once per process and re-read with `pread64` (or sent
 //! with `sendfile` at an explicit offset in `prefork`), so a document read may happen on a file
 //! descriptor opened long before, possibly before the monitor started.
@@ -80,6 +83,11 @@ pub struct Config {
     /// purpose).
     #[arg(long)]
     pub allow_anonymous: bool,
+
+    /// thread: serve documents from a memory mapping (open, mmap, close, writev) instead of
+    /// reading them.
+    #[arg(long)]
+    pub mmap: bool,
 }
 
 /// How connections are accepted and served.
@@ -111,6 +119,7 @@ pub(crate) struct Context {
     pub root: PathBuf,
     pub cache: bool,
     pub allow_anonymous: bool,
+    pub mmap: bool,
 }
 
 /// The document pre-opened into the cache at startup (relative to ROOT/users).
@@ -152,6 +161,7 @@ fn prepare(config: &Config) -> io::Result<(TcpListener, Arc<Context>)> {
         root: config.root.clone(),
         cache: config.cache,
         allow_anonymous: config.allow_anonymous,
+        mmap: config.mmap,
     });
     if config.cache {
         let path = docs::document_path(&ctx.root, "users", PREOPENED_DOCUMENT.as_bytes());
