@@ -26,6 +26,9 @@ const APT_PACKAGES: &[&str] = &[
     // end-to-end test runs its own instances of both (see `tests/tests/prometheus.rs`).
     "prometheus",
     "prometheus-alertmanager",
+    // The front web server of the FastCGI demo (`tests/tests/fastcgi.rs` runs its own, on a
+    // temporary prefix): never started as a system service (see `NoServiceStarts`).
+    "nginx",
 ];
 
 /// Debian's policy-rc.d protocol: while this file exists and exits 101, maintainer scripts do not
