@@ -629,11 +629,15 @@ mod tests {
     fn params_and_cookies() {
         let mut b = vec![11, 3];
         b.extend_from_slice(b"REMOTE_USERbob");
-        b.extend_from_slice(&[0x80, 0, 0, 4, 1]);
+        b.extend_from_slice(&[0x80, 0, 0, 4, 5]);
         b.extend_from_slice(b"LONGx");
         let p = parse_params(&b);
         assert_eq!(p["REMOTE_USER"], "bob");
         assert_eq!(p.len(), 1, "cut pair dropped");
+        // The four-byte length form.
+        let mut long = vec![0x80, 0, 0, 4, 1];
+        long.extend_from_slice(b"LONGx");
+        assert_eq!(parse_params(&long)["LONG"], "x");
         assert_eq!(
             session_cookie("theme=dark; session=ab12"),
             Some("ab12".into())
