@@ -375,7 +375,11 @@ fn login(addr: &str, user: &str) -> String {
         "POST /login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let response = String::from_utf8(send_raw(addr, request.as_bytes()).unwrap()).unwrap();
+    // Not `send_raw`: nginx takes a half-closed client for one that went away (499).
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut conn, request.as_bytes()).unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 303"), "{response}");
     response
         .lines()
