@@ -13,7 +13,7 @@ use vigie::{
     correlate::{Correlator, CorrelatorConfig, Finding},
     events::{Event, EventKind, FoundFd, Payload},
     fastcgi,
-    identity::{IdentityConfig, IdentitySource},
+    identity::{IdentityConfig, IdentitySource, SessionConfig},
     paths,
 };
 
@@ -198,6 +198,7 @@ enum Kind {
     SockWrite(u8, u32, HeadShape),
     SockClose(u8),
     Lost(u8),
+    ThreadExit,
     Tick,
     /// Byte counts near the top of `u64` (a hostile trace).
     HugeRead(u8, u64),
@@ -273,9 +274,11 @@ fn events(input: &Input) -> Vec<Event> {
                         flags: 0,
                     }
                 }
+                // A handful of fingerprint values, so that matches and collisions happen.
                 Kind::FileRead(f, n) => EventKind::FileRead {
                     fd: fd(*f),
                     bytes: u64::from(*n),
+                    fp: (*n % 5 != 0).then_some(u64::from(*n % 4)),
                 },
                 Kind::FileMap(f, n) => EventKind::FileMap {
                     fd: fd(*f),
@@ -284,6 +287,7 @@ fn events(input: &Input) -> Vec<Event> {
                 Kind::HugeRead(f, n) => EventKind::FileRead {
                     fd: fd(*f),
                     bytes: *n,
+                    fp: None,
                 },
                 Kind::SendFile(o, i, n) => EventKind::SendFile {
                     out_fd: fd(*o),
@@ -304,6 +308,7 @@ fn events(input: &Input) -> Vec<Event> {
                     fd: fd(*f),
                     bytes: u64::from(*n),
                     data: Payload(h.render()),
+                    body_fp: (*n % 3 != 0).then_some(u64::from(*n % 4)),
                 },
                 Kind::SockClose(f) => EventKind::SockClose { fd: fd(*f) },
                 Kind::Lost(n) => EventKind::Lost {
@@ -311,6 +316,7 @@ fn events(input: &Input) -> Vec<Event> {
                     count: u64::from(*n),
                 },
                 Kind::Tick => EventKind::Tick,
+                Kind::ThreadExit => EventKind::ThreadExit,
             };
             Event {
                 ts_ns: ts,
@@ -343,7 +349,17 @@ fuzz_target!(|input: Input| {
                 IdentitySource::Basic,
                 IdentitySource::Jwt,
                 IdentitySource::RemoteUser,
+                IdentitySource::Session,
             ],
+            session: Some(SessionConfig {
+                cookie: "sid".to_owned(),
+                login_path: "/login".to_owned(),
+                user_field: "user".to_owned(),
+                logout_path: Some("/logout".to_owned()),
+                idle_timeout_seconds: 60,
+                max_sessions: 8,
+                store: None,
+            }),
             ..IdentityConfig::default()
         },
         request_cap: usize::from(input.request_cap % 4096).max(16),

@@ -51,6 +51,11 @@ fn shape(h: &Happening) -> String {
             head.target,
             head.headers.len()
         ),
+        // What redaction rewrites (cookie values, form values) is not framing.
+        Happening::Status { id, status, head } => {
+            format!("status {id} {status:?} {}", head.len())
+        }
+        Happening::Stdin { id, data } => format!("stdin {id} {}", data.len()),
         other => format!("{other:?}"),
     }
 }

@@ -20,9 +20,19 @@ fn config(jwt: JwtConfig) -> IdentityConfig {
             IdentitySource::TrustedHeader,
             IdentitySource::Basic,
             IdentitySource::Jwt,
+            IdentitySource::Session,
         ],
         trusted_header: "X-Remote-User".to_owned(),
         jwt,
+        session: Some(identity::SessionConfig {
+            cookie: "sid".to_owned(),
+            login_path: "/login".to_owned(),
+            user_field: "user".to_owned(),
+            logout_path: Some("/logout".to_owned()),
+            idle_timeout_seconds: 60,
+            max_sessions: 8,
+            store: None,
+        }),
     }
 }
 

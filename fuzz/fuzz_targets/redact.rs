@@ -49,6 +49,7 @@ static IDENTITY: LazyLock<IdentityConfig> = LazyLock::new(|| IdentityConfig {
     sources: vec![IdentitySource::Jwt, IdentitySource::Basic],
     trusted_header: "X-Remote-User".to_owned(),
     jwt: JWT.clone(),
+    session: None,
 });
 
 /// The Basic credentials of every `Authorization` line, decoded as `identify` would: (user,
@@ -98,14 +99,21 @@ fn basic_tokens_canonical(head: &[u8]) -> bool {
     );
     head.split(|&b| b == b'\n').all(|line| {
         let text = String::from_utf8_lossy(line);
-        let Some((_, value)) = text.split_once(':') else { return true };
+        let Some((_, value)) = text.split_once(':') else {
+            return true;
+        };
         let mut words = value.split_ascii_whitespace();
-        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("basic")) {
+        if !words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("basic"))
+        {
             return true;
         }
         let token = words.next().unwrap_or_default();
         std.decode(token).is_ok_and(|d| std.encode(&d) == token)
-            || no_pad.decode(token).is_ok_and(|d| no_pad.encode(&d) == token)
+            || no_pad
+                .decode(token)
+                .is_ok_and(|d| no_pad.encode(&d) == token)
     })
 }
 
@@ -119,7 +127,16 @@ fuzz_target!(|input: &[u8]| {
     } else {
         usize::from(cut)
     };
-    let mut redactor = Redactor::new(JWT.clone());
+    // With a login exchange configured, so that login form bodies are redacted too.
+    let mut redactor = Redactor::new(JWT.clone()).with_session(Some(identity::SessionConfig {
+        cookie: "sid".to_owned(),
+        login_path: "/login".to_owned(),
+        user_field: "user".to_owned(),
+        logout_path: Some("/logout".to_owned()),
+        idle_timeout_seconds: 60,
+        max_sessions: 8,
+        store: None,
+    }));
     let mut redacted = Vec::with_capacity(data.len());
     for chunk in data.chunks(step) {
         let mut bytes = chunk.to_vec();
@@ -164,7 +181,10 @@ fuzz_target!(|input: &[u8]| {
         }
         _ => false,
     };
-    if whole_head && basic_tokens_canonical(data) && let Some(user) = basic_user(data) {
+    if whole_head
+        && basic_tokens_canonical(data)
+        && let Some(user) = basic_user(data)
+    {
         assert_eq!(
             basic_user(&redacted).as_deref(),
             Some(user.as_str()),

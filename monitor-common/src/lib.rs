@@ -36,6 +36,7 @@ pub mod kind {
     pub const PROCESS_EXEC: u32 = 1;
     pub const PROCESS_FORK: u32 = 2;
     pub const PROCESS_EXIT: u32 = 3;
+    pub const THREAD_EXIT: u32 = 4;
 
     pub const FILE_OPEN: u32 = 100;
     pub const FILE_READ: u32 = 101;
@@ -121,6 +122,33 @@ pub mod loss {
     }
 }
 
+/// Syscall arguments stashed at `sys_enter` and consumed at `sys_exit` (values of the `STASH`
+/// map, keyed by pid_tgid). Userspace writes one too, for a thread it finds blocked in a socket
+/// read when it adopts a running process: that read's `sys_enter` came before the probes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stash {
+    /// One of [`op`].
+    pub op: u32,
+    /// `fd_kind::*` of `fd` at entry.
+    pub kind: u32,
+    pub fd: i32,
+    /// The second fd (`sendfile`'s in_fd, `openat`'s dirfd); -1 when unused, or
+    /// [`Stash::ADOPTED`] in a stash userspace wrote.
+    pub fd2: i32,
+    /// User pointer: buffer, iovec array, msghdr or path.
+    pub ptr: u64,
+    /// Third argument: count, iovcnt or flags.
+    pub arg: u64,
+}
+const _: () = assert!(core::mem::size_of::<Stash>() == 32);
+
+impl Stash {
+    /// `fd2` of a stash written by userspace for a socket read (where `fd2` is otherwise -1),
+    /// so that userspace can tell it from the probe's own when it takes a stale one back.
+    pub const ADOPTED: i32 = -2;
+}
+
 /// Names of the read-only globals userspace sets at load time (`EbpfLoader::override_global`).
 /// Kernel struct offsets come from the running kernel's BTF, tracepoint field offsets from its
 /// tracefs `format` files: never from constants.
@@ -154,11 +182,12 @@ pub mod globals {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Header, files, process, sockets};
+    use super::{Header, Stash, files, process, sockets};
     // SAFETY: plain #[repr(C)] integers and byte arrays, no padding holes, no pointers.
     unsafe impl aya::Pod for Header {}
     unsafe impl aya::Pod for files::OpenEvent {}
     unsafe impl aya::Pod for files::FdEvent {}
     unsafe impl aya::Pod for process::ProcEvent {}
     unsafe impl aya::Pod for sockets::DataEvent {}
+    unsafe impl aya::Pod for Stash {}
 }

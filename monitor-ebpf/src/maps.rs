@@ -47,19 +47,7 @@ pub static DATA_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(
 #[map]
 pub static OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(1, 0);
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Stash {
-    pub op: u32,
-    /// `fd_kind::*` of `fd` at entry.
-    pub kind: u32,
-    pub fd: i32,
-    pub fd2: i32,
-    /// User pointer: buffer, iovec array, msghdr or path.
-    pub ptr: u64,
-    /// Third argument: count, iovcnt or flags.
-    pub arg: u64,
-}
+pub use monitor_common::Stash;
 
 macro_rules! global {
     ($name:ident) => {

@@ -134,6 +134,7 @@ fn main() -> anyhow::Result<()> {
             EventKind::FileRead {
                 fd: 100,
                 bytes: 16384,
+                fp: None,
             },
             &mut n,
             &mut ts,
@@ -144,6 +145,7 @@ fn main() -> anyhow::Result<()> {
             EventKind::FileRead {
                 fd: 100,
                 bytes: 3616,
+                fp: None,
             },
             &mut n,
             &mut ts,
@@ -162,6 +164,7 @@ fn main() -> anyhow::Result<()> {
                 fd,
                 bytes: 20_080,
                 data: Payload(resp),
+                body_fp: None,
             },
             &mut n,
             &mut ts,

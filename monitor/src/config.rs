@@ -314,6 +314,28 @@ impl Config {
             .jwt
             .load_key()
             .map_err(|e| invalid(format!("identity.jwt.{}", e.field), e.reason))?;
+        let uses_session = self
+            .identity
+            .sources
+            .contains(&crate::identity::IdentitySource::Session);
+        match (&self.identity.session, uses_session) {
+            (None, true) => {
+                return Err(invalid(
+                    "identity.session",
+                    "is required when `session` is in `identity.sources`",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(invalid(
+                    "identity.session",
+                    "is configured but `session` is not in `identity.sources`",
+                ));
+            }
+            (Some(session), true) => session
+                .check()
+                .map_err(|(field, reason)| invalid(format!("identity.session.{field}"), reason))?,
+            (None, false) => {}
+        }
         let header = &self.identity.trusted_header;
         if header.is_empty()
             || !header
@@ -457,6 +479,30 @@ mod tests {
             err("[documents]\nroots = [\"/d\"]\n[identity]\ntrusted_header = \"X Bad\"")
                 .contains("identity.trusted_header")
         );
+    }
+
+    #[test]
+    fn session_identity() {
+        let base = "[documents]\nroots = [\"/d\"]\n";
+        let ok = format!(
+            "{base}[identity]\nsources = [\"session\", \"basic\"]\n[identity.session]\n\
+             cookie = \"PHPSESSID\"\nlogin_path = \"/login\"\nlogout_path = \"/logout\"\n"
+        );
+        let cfg = Config::parse(&ok, "test").unwrap();
+        let session = cfg.identity.session.as_ref().unwrap();
+        assert_eq!(
+            (session.user_field.as_str(), session.idle_timeout_seconds),
+            ("user", 3600)
+        );
+        assert!(
+            err(&format!("{base}[identity]\nsources = [\"session\"]\n"))
+                .contains("identity.session")
+        );
+        assert!(err(&ok.replace("\"session\", ", "")).contains("`session` is not in"));
+        assert!(
+            err(&ok.replace("\"/login\"", "\"login\"")).contains("identity.session.login_path")
+        );
+        assert!(err(&format!("{ok}bogus = 1\n")).contains("bogus"));
     }
 
     #[test]

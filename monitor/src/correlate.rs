@@ -9,7 +9,17 @@
 //!   had no request in scope);
 //! - `thread`: the read happened on the thread that read the current request head (thread per
 //!   request, prefork workers, pool threads);
+//! - `fingerprint`: the first bytes of the document (hashed in the kernel) are the first bytes
+//!   of a response body written on a connection (hashed by [`crate::fingerprint`]): the document
+//!   was read on a helper thread (async runtimes' blocking pools) or by an event loop serving
+//!   several connections at once;
 //! - none: `unattributed`.
+//!
+//! Event loops. A thread that reads a second request head while the response to its first one
+//! (on another connection) has not started is serving several requests at once: its "current
+//! request" means nothing, so from then on its reads get no thread scope. They wait, like reads
+//! on helper threads, for a response body carrying their fingerprint (or for the idle horizon,
+//! and are then `unattributed`).
 //!
 //! Each connection speaks HTTP or FastCGI, decided from its first bytes
 //! ([`crate::fastcgi::Protocol`]); FastCGI requests are handled in [`fastcgi`] and become
@@ -21,7 +31,10 @@ use serde::Serialize;
 use crate::{
     events::{Event, EventKind, FoundFd},
     http::{self, HeadParse},
-    identity::{self, Identity, IdentityConfig, IdentityProblem, IdentitySource},
+    identity::{
+        self, Identity, IdentityConfig, IdentityProblem, IdentitySource,
+        session::{self, Sessions},
+    },
     paths,
 };
 
@@ -74,6 +87,7 @@ pub enum Evidence {
     Sendfile,
     Flow,
     Thread,
+    Fingerprint,
 }
 
 /// The request an access was attributed to, as known when the access was judged.
@@ -130,6 +144,24 @@ pub enum Finding {
         reason: String,
         count: u64,
     },
+}
+
+/// How much state the correlator holds right now: what must return to near zero once a
+/// portal's connections close (the `vigie_correlator_tracked` gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tracked {
+    /// Connections with HTTP state (accepted, or found in `/proc`, and not closed).
+    pub connections: usize,
+    /// Requests still current on their connection or in scope of their thread.
+    pub requests: usize,
+    /// Threads with a request in scope.
+    pub threads: usize,
+    /// Document reads not judged yet.
+    pub open_accesses: usize,
+    /// Open document fds.
+    pub documents: usize,
+    /// Session cookies bound to users (`identity.session`).
+    pub sessions: usize,
 }
 
 /// Counters for summaries and metrics.
@@ -191,6 +223,13 @@ struct Request {
     on_conn: bool,
     /// Still in scope of the thread that read it.
     on_thread: bool,
+    /// A response was written on its connection.
+    responded: bool,
+    /// The portal's login request: its (bounded) form body names the user its response's
+    /// session cookie is bound to.
+    login: Option<Vec<u8>>,
+    /// The session cookie it carried (hashed by the redactor), if sessions are configured.
+    session_id: Option<Vec<u8>>,
     /// Documents already reported for this request (one finding per request and document).
     reported: Vec<String>,
 }
@@ -207,6 +246,10 @@ struct OpenAccess {
     access: Access,
     owner: Owner,
     fd: i32,
+    /// Fingerprint of the first bytes read (from the kernel).
+    fp: Option<u64>,
+    /// Its fd was closed: complete, waiting only for its request's response status.
+    closed: bool,
     /// The document was mapped (`mmap`): it is read through the mapping, which outlives a close
     /// of the fd, so the close does not end the access.
     mapped: bool,
@@ -219,13 +262,21 @@ pub struct Correlator {
     conns: HashMap<(u32, i32), Conn>,
     /// tid -> (pid, request in scope)
     threads: HashMap<u32, (u32, u64)>,
+    /// Event-loop threads (tid -> pid): they serve several requests at once, so their reads
+    /// get no thread scope.
+    multiplexed: HashMap<u32, u32>,
     docs: HashMap<(u32, i32), String>,
     requests: HashMap<u64, Request>,
     /// Open accesses by id: a BTreeMap so expiry and flush emit in a deterministic order.
     open: BTreeMap<u64, OpenAccess>,
     index: HashMap<(Owner, String), u64>,
+    /// Session cookies bound by logins (`identity.session`).
+    sessions: Sessions,
     stats: Stats,
 }
+
+/// Most bytes of a login request body kept (the form naming the user).
+const LOGIN_BODY_CAP: usize = 4096;
 
 impl Correlator {
     pub fn new(cfg: CorrelatorConfig) -> Self {
@@ -235,16 +286,34 @@ impl Correlator {
             next_access: 1,
             conns: HashMap::new(),
             threads: HashMap::new(),
+            multiplexed: HashMap::new(),
             docs: HashMap::new(),
             requests: HashMap::new(),
             open: BTreeMap::new(),
             index: HashMap::new(),
+            sessions: Sessions::new(),
             stats: Stats::default(),
         }
     }
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Whether session `id` (hashed cookie value) is bound to a user.
+    pub fn knows_session(&self, id: &[u8]) -> bool {
+        self.sessions.contains(id)
+    }
+
+    pub fn tracked(&self) -> Tracked {
+        Tracked {
+            connections: self.conns.len(),
+            requests: self.requests.len(),
+            threads: self.threads.len(),
+            open_accesses: self.open.len(),
+            documents: self.docs.len(),
+            sessions: self.sessions.len(),
+        }
     }
 
     /// Document fds `pid` holds, as far as the events told (ascending).
@@ -278,6 +347,7 @@ impl Correlator {
                 }
             }
             EventKind::ProcessExit => self.on_exit(pid, out),
+            EventKind::ThreadExit => self.on_thread_exit(pid, ev.tid, out),
             EventKind::FdFound { fd, found } => match found {
                 FoundFd::Document { path } => self.track_document(pid, *fd, Some(path.clone())),
                 FoundFd::Socket => {
@@ -296,20 +366,30 @@ impl Correlator {
                     .or_else(|| paths::resolve(base.as_deref(), path));
                 self.track_document(pid, *fd, resolved);
             }
-            EventKind::FileRead { fd, bytes } => {
+            EventKind::FileRead { fd, bytes, fp } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
-                    let scope = self.thread_scope(pid, ev.tid);
+                    let scope = if self.is_multiplexed(pid, ev.tid) {
+                        None
+                    } else {
+                        self.thread_scope(pid, ev.tid)
+                    };
                     let evidence = scope.map(|_| Evidence::Thread);
-                    self.record_access(ev, *fd, path, *bytes, scope, evidence);
+                    self.record_access(ev, *fd, path, *bytes, *fp, scope, evidence);
                 }
             }
             // A mapping is a read with the same evidence rules (thread scope, or flow to the
             // write that follows on this thread), judged when its request ends, not at close.
             EventKind::FileMap { fd, bytes } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
-                    let scope = self.thread_scope(pid, ev.tid);
+                    let scope = if self.is_multiplexed(pid, ev.tid) {
+                        None
+                    } else {
+                        self.thread_scope(pid, ev.tid)
+                    };
                     let evidence = scope.map(|_| Evidence::Thread);
-                    if let Some(id) = self.record_access(ev, *fd, path, *bytes, scope, evidence)
+                    // No fingerprint: the kernel sees no bytes of a mapping.
+                    if let Some(id) =
+                        self.record_access(ev, *fd, path, *bytes, None, scope, evidence)
                         && let Some(open) = self.open.get_mut(&id)
                     {
                         open.mapped = true;
@@ -330,12 +410,47 @@ impl Correlator {
                             (scope, scope.map(|_| Evidence::Thread))
                         }
                     };
-                    self.record_access(ev, *in_fd, path, *bytes, scope, evidence);
+                    self.record_access(ev, *in_fd, path, *bytes, None, scope, evidence);
                 }
             }
             EventKind::FileClose { fd } => {
                 self.docs.remove(&(pid, *fd));
-                self.finish_where(out, |a| a.access.pid == pid && a.fd == *fd && !a.mapped);
+                // A read no request was in scope for, with a fingerprint, waits for its content
+                // to go out on a connection (until the idle horizon); later reads of the same
+                // document are other accesses. Every other access of the fd is complete.
+                let waiting: Vec<u64> = self
+                    .open
+                    .iter()
+                    .filter(|(_, a)| a.access.pid == pid && a.fd == *fd && a.awaits_fingerprint())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in waiting {
+                    self.unindex(id);
+                }
+                // A read for a request still waiting for its response waits for its status
+                // (a 403 after reading someone else's document is still a read, and the alert
+                // says so); the response's first write, or the request's end, judges it.
+                let requests = &self.requests;
+                let awaits_status = |a: &OpenAccess| match a.owner {
+                    Owner::Request(req) => requests
+                        .get(&req)
+                        .is_some_and(|r| r.on_conn && !r.responded),
+                    Owner::Thread(_) => false,
+                };
+                let mut done = Vec::new();
+                for (id, a) in self.open.iter_mut() {
+                    // A mapping outlives the close of its fd: it ends with its request, by flow,
+                    // or at the idle horizon.
+                    if a.access.pid != pid || a.fd != *fd || a.awaits_fingerprint() || a.mapped {
+                        continue;
+                    }
+                    if awaits_status(a) {
+                        a.closed = true;
+                    } else {
+                        done.push(*id);
+                    }
+                }
+                self.finish_where(out, |a| done.contains(&a.access.id));
             }
             EventKind::SockAccept { fd } => {
                 self.drop_conn(pid, *fd, out);
@@ -344,7 +459,12 @@ impl Correlator {
             EventKind::SockRead { fd, bytes, data } => {
                 self.on_sock_read(ev, *fd, *bytes, &data.0, out)
             }
-            EventKind::SockWrite { fd, bytes, data } => {
+            EventKind::SockWrite {
+                fd,
+                bytes,
+                data,
+                body_fp,
+            } => {
                 if self
                     .conns
                     .get(&(pid, *fd))
@@ -352,10 +472,15 @@ impl Correlator {
                 {
                     self.on_fastcgi_write(ev, *fd, *bytes, &data.0, out);
                 } else {
-                    self.on_sock_write(ev, *fd, &data.0);
+                    self.on_sock_write(ev, *fd, &data.0, *body_fp, out);
                 }
             }
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
+            EventKind::SessionFound { session, user } => {
+                if let Some(s) = &self.cfg.identity.session {
+                    self.sessions.bind(s, session.as_bytes(), user, ev.ts_ns);
+                }
+            }
             EventKind::Lost { reason, count } => {
                 // A lost event may be a request head we never saw: rather than attribute later
                 // reads to a stale request, forget every scope (reads become unattributed).
@@ -411,6 +536,20 @@ impl Correlator {
         }
     }
 
+    fn is_multiplexed(&self, pid: u32, tid: u32) -> bool {
+        self.multiplexed.get(&tid) == Some(&pid)
+    }
+
+    /// Forgets where open access `id` is indexed, so that later reads start a new access.
+    fn unindex(&mut self, id: u64) {
+        if let Some(open) = self.open.get(&id) {
+            let key = (open.owner.clone(), open.access.document.clone());
+            if self.index.get(&key) == Some(&id) {
+                self.index.remove(&key);
+            }
+        }
+    }
+
     fn thread_scope(&self, pid: u32, tid: u32) -> Option<u64> {
         match self.threads.get(&tid) {
             Some(&(p, req)) if p == pid => Some(req),
@@ -420,12 +559,17 @@ impl Correlator {
 
     /// Adds a read to its open access (a new one if needed) and returns the access id; `None`
     /// when the request already reported this document.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call per event kind, each passing what its event carries"
+    )]
     fn record_access(
         &mut self,
         ev: &Event,
         fd: i32,
         path: String,
         bytes: u64,
+        fp: Option<u64>,
         scope: Option<u64>,
         evidence: Option<Evidence>,
     ) -> Option<u64> {
@@ -448,6 +592,7 @@ impl Correlator {
             open.access.bytes = open.access.bytes.saturating_add(bytes);
             open.access.last_ts_ns = ev.ts_ns;
             open.fd = fd;
+            open.fp = open.fp.or(fp);
             if let Some(e) = evidence
                 && !open.access.evidence.contains(&e)
             {
@@ -478,6 +623,8 @@ impl Correlator {
                 access,
                 owner,
                 fd,
+                fp,
+                closed: false,
                 mapped: false,
             },
         );
@@ -506,6 +653,16 @@ impl Correlator {
             match conn.state {
                 ConnState::Body { remaining } => {
                     let take = remaining.min(total);
+                    let captured =
+                        &data[..usize::try_from(take).unwrap_or(usize::MAX).min(data.len())];
+                    if let Some(body) = conn
+                        .current
+                        .and_then(|req| self.requests.get_mut(&req))
+                        .and_then(|r| r.login.as_mut())
+                    {
+                        let room = LOGIN_BODY_CAP.saturating_sub(body.len());
+                        body.extend_from_slice(&captured[..room.min(captured.len())]);
+                    }
                     conn.state = if remaining == take {
                         ConnState::AwaitHead
                     } else {
@@ -607,14 +764,35 @@ impl Correlator {
         out: &mut Vec<Finding>,
     ) -> u64 {
         self.stats.requests += 1;
+        let session_cfg = self.cfg.identity.session.as_ref();
+        let session_id = session_cfg.and_then(|s| {
+            session::cookie_values(head.header_values("cookie"), &s.cookie)
+                .next()
+                .map(<[u8]>::to_vec)
+        });
         let who = if truncated {
             identity::Identified {
                 identity: None,
                 problem: None,
             }
         } else {
-            identity::identify(head, &self.cfg.identity, self.cfg.unix_seconds(ev.ts_ns))
+            let now = self.cfg.unix_seconds(ev.ts_ns);
+            let sessions = &mut self.sessions;
+            identity::identify_with_sessions(head, &self.cfg.identity, now, &mut |id| {
+                session_cfg.and_then(|s| sessions.user(s, id, ev.ts_ns))
+            })
         };
+        let path = head.target.split(['?', '#']).next().unwrap_or_default();
+        let login = session_cfg
+            .filter(|s| head.method == "POST" && path == s.login_path)
+            .map(|_| Vec::new());
+        // Logging out ends the session; this request itself was still made as its user.
+        if let Some(s) = session_cfg
+            && s.logout_path.as_deref() == Some(path)
+            && let Some(id) = &session_id
+        {
+            self.sessions.unbind(id);
+        }
         match who.problem {
             Some(p) if p.is_forged_token() => self.stats.forged_tokens += 1,
             Some(IdentityProblem::JwtExpired) => self.stats.expired_tokens += 1,
@@ -635,6 +813,17 @@ impl Correlator {
         }
         let id = self.next_request;
         self.next_request += 1;
+        // Its previous request, on another connection, still waits for its response: this
+        // thread serves several requests at once.
+        if let Some(&(p, prev)) = self.threads.get(&ev.tid)
+            && p == ev.pid
+            && let Some(r) = self.requests.get(&prev)
+            && r.info.fd != fd
+            && r.on_conn
+            && !r.responded
+        {
+            self.multiplexed.insert(ev.tid, ev.pid);
+        }
         self.end_scope(ev.pid, ev.tid, fd, out);
         let info = RequestInfo {
             id,
@@ -655,14 +844,20 @@ impl Correlator {
                 pid: ev.pid,
                 on_conn: true,
                 on_thread: true,
+                responded: false,
+                login,
+                session_id,
                 reported: Vec::new(),
             },
         );
         self.conns.entry((ev.pid, fd)).or_default().current = Some(id);
         self.threads.insert(ev.tid, (ev.pid, id));
-        // Reads this thread made with no request in scope are judged now, unattributed.
-        let tid = ev.tid;
-        self.finish_where(out, |a| a.owner == Owner::Thread(tid));
+        // Reads this thread made with no request in scope are judged now, unattributed; an
+        // event loop's wait for their fingerprint.
+        if !self.is_multiplexed(ev.pid, ev.tid) {
+            let tid = ev.tid;
+            self.finish_where(out, |a| a.owner == Owner::Thread(tid));
+        }
         id
     }
 
@@ -683,45 +878,103 @@ impl Correlator {
         }
     }
 
-    fn on_sock_write(&mut self, ev: &Event, fd: i32, data: &[u8]) {
+    fn on_sock_write(
+        &mut self,
+        ev: &Event,
+        fd: i32,
+        data: &[u8],
+        body_fp: Option<u64>,
+        out: &mut Vec<Finding>,
+    ) {
         let Some(req) = self.conns.get(&(ev.pid, fd)).and_then(|c| c.current) else {
             return;
         };
-        if let Some(r) = self.requests.get_mut(&req)
-            && r.info.status.is_none()
-        {
-            r.info.status = http::response_status(data);
+        if let Some(r) = self.requests.get_mut(&req) {
+            let first = !r.responded;
+            r.responded = true;
+            if r.info.status.is_none() {
+                r.info.status = http::response_status(data);
+            }
+            if first && let Some(s) = &self.cfg.identity.session {
+                learn_session(&mut self.sessions, s, r, data, ev.ts_ns);
+            }
+            if first {
+                self.finish_where(out, |a| a.closed && a.owner == Owner::Request(req));
+            }
         }
-        self.flow(ev, req);
+        self.claim(ev, req, body_fp);
     }
 
-    /// Flow: documents `ev`'s thread read with no request in scope go out with request `req`.
-    fn flow(&mut self, ev: &Event, req: u64) {
-        let pending: Vec<u64> = self
-            .open
-            .iter()
-            .filter(|(_, a)| a.owner == Owner::Thread(ev.tid) && a.access.pid == ev.pid)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in pending {
-            let Some(mut open) = self.open.remove(&id) else {
+    /// Reads with no request in scope that a write of request `req`'s response (by `ev`'s
+    /// thread, its body starting with bytes of fingerprint `body_fp`) tells the request of.
+    fn claim(&mut self, ev: &Event, req: u64, body_fp: Option<u64>) {
+        let multiplexed = self.is_multiplexed(ev.pid, ev.tid);
+        // Reads with no request in scope that this write tells the request of:
+        // - flow: this thread's, when it serves one request at a time (all of them);
+        // - fingerprint: any thread's whose first bytes open this response body (the oldest
+        //   one: the same document read twice for two requests goes once to each response).
+        let mut moved: Vec<(u64, Vec<Evidence>)> = Vec::new();
+        let mut by_content: Option<u64> = None;
+        for (id, a) in &self.open {
+            let Owner::Thread(tid) = a.owner else {
                 continue;
             };
-            self.index
-                .remove(&(open.owner.clone(), open.access.document.clone()));
-            let key = (Owner::Request(req), open.access.document.clone());
-            if let Some(existing) = self.index.get(&key).and_then(|i| self.open.get_mut(i)) {
-                existing.access.bytes = existing.access.bytes.saturating_add(open.access.bytes);
-                existing.access.evidence.push(Evidence::Flow);
-                existing.access.evidence.sort();
-                existing.access.evidence.dedup();
+            if a.access.pid != ev.pid {
                 continue;
             }
-            open.owner = Owner::Request(req);
-            open.access.evidence = vec![Evidence::Flow];
-            self.index.insert(key, id);
-            self.open.insert(id, open);
+            let same_thread = tid == ev.tid;
+            let content = body_fp.is_some() && a.fp == body_fp;
+            if same_thread && !multiplexed {
+                let mut evidence = vec![Evidence::Flow];
+                if content {
+                    evidence.push(Evidence::Fingerprint);
+                }
+                moved.push((*id, evidence));
+            } else if content && by_content.is_none() {
+                by_content = Some(*id);
+            }
         }
+        if let Some(id) = by_content {
+            let same_thread = self
+                .open
+                .get(&id)
+                .is_some_and(|a| a.owner == Owner::Thread(ev.tid));
+            let mut evidence = vec![Evidence::Fingerprint];
+            if same_thread {
+                evidence.insert(0, Evidence::Flow);
+            }
+            moved.push((id, evidence));
+        }
+        moved.sort_unstable_by_key(|(id, _)| *id);
+        for (id, evidence) in moved {
+            self.attach(id, req, evidence);
+        }
+    }
+
+    /// Moves open access `id` (read with no request in scope) to request `req`.
+    fn attach(&mut self, id: u64, req: u64, evidence: Vec<Evidence>) {
+        self.unindex(id);
+        let Some(mut open) = self.open.remove(&id) else {
+            return;
+        };
+        if let Some(r) = self.requests.get(&req)
+            && r.reported.contains(&open.access.document)
+        {
+            self.stats.repeated_reads += 1;
+            return;
+        }
+        let key = (Owner::Request(req), open.access.document.clone());
+        if let Some(existing) = self.index.get(&key).and_then(|i| self.open.get_mut(i)) {
+            existing.access.bytes = existing.access.bytes.saturating_add(open.access.bytes);
+            existing.access.evidence.extend(evidence);
+            existing.access.evidence.sort();
+            existing.access.evidence.dedup();
+            return;
+        }
+        open.owner = Owner::Request(req);
+        open.access.evidence = evidence;
+        self.index.insert(key, id);
+        self.open.insert(id, open);
     }
 
     fn drop_conn(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
@@ -779,6 +1032,38 @@ impl Correlator {
         }
         self.docs.retain(|(p, _), _| *p != pid);
         self.requests.retain(|_, r| r.pid != pid);
+        self.multiplexed.retain(|_, p| *p != pid);
+    }
+
+    /// A thread is gone: its request scope ends (else every thread-per-connection request would
+    /// be kept forever), and what it read with no request in scope can no longer flow to a
+    /// connection: judged now, unattributed.
+    fn on_thread_exit(&mut self, pid: u32, tid: u32, out: &mut Vec<Finding>) {
+        if let Some(&(p, req)) = self.threads.get(&tid)
+            && p == pid
+        {
+            self.threads.remove(&tid);
+            self.release(req, Release::Thread, out);
+        }
+        if self.multiplexed.get(&tid) == Some(&pid) {
+            self.multiplexed.remove(&tid);
+        }
+        // Its reads with a fingerprint may still go out on a connection from another thread:
+        // they wait for it (unindexed, so that a reused thread id starts new accesses).
+        let waiting: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, a)| {
+                a.owner == Owner::Thread(tid) && a.access.pid == pid && a.awaits_fingerprint()
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.unindex(id);
+        }
+        self.finish_where(out, |a| {
+            a.owner == Owner::Thread(tid) && a.access.pid == pid && !a.awaits_fingerprint()
+        });
     }
 
     /// Judges (emits) every open access matching `pred`, in access order.
@@ -790,11 +1075,10 @@ impl Correlator {
             .map(|(id, _)| *id)
             .collect();
         for id in done {
+            self.unindex(id);
             let Some(open) = self.open.remove(&id) else {
                 continue;
             };
-            self.index
-                .remove(&(open.owner.clone(), open.access.document.clone()));
             let mut access = open.access;
             if let Owner::Request(req) = open.owner
                 && let Some(r) = self.requests.get_mut(&req)
@@ -805,6 +1089,46 @@ impl Correlator {
             self.stats.accesses += 1;
             out.push(Finding::Access(access));
         }
+    }
+}
+
+/// What the first write of `r`'s response says about sessions: a successful login binds the
+/// session cookie it sets to the user of its form; a new session id set on a request with an
+/// identity (the portal renewing the id) is bound to that user; a cleared cookie ends the
+/// request's session.
+fn learn_session(
+    sessions: &mut Sessions,
+    cfg: &identity::SessionConfig,
+    r: &Request,
+    head: &[u8],
+    ts_ns: u64,
+) {
+    let succeeded = r.info.status.is_some_and(|s| (200..400).contains(&s));
+    for value in http::response_header_values(head, "set-cookie") {
+        match session::set_cookie(value, &cfg.cookie) {
+            Some(Some(id)) if succeeded => {
+                let user = match &r.login {
+                    Some(body) => session::form_user(body, &cfg.user_field),
+                    None => r.info.identity.as_ref().map(|i| i.user.clone()),
+                };
+                if let Some(user) = user {
+                    sessions.bind(cfg, &id, &user, ts_ns);
+                }
+            }
+            Some(None) => {
+                if let Some(id) = &r.session_id {
+                    sessions.unbind(id);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl OpenAccess {
+    /// Read with no request in scope, and its content can still be recognised in a response.
+    fn awaits_fingerprint(&self) -> bool {
+        matches!(self.owner, Owner::Thread(_)) && self.fp.is_some()
     }
 }
 

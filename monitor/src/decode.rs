@@ -51,6 +51,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             }
         }
         kind::PROCESS_EXIT => EventKind::ProcessExit,
+        kind::THREAD_EXIT => EventKind::ThreadExit,
         kind::FILE_OPEN => {
             let ev: OpenEvent = read(bytes, k)?;
             let len = (ev.path_len as usize).min(PATH_CAP);
@@ -76,6 +77,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 kind::FILE_READ => EventKind::FileRead {
                     fd: ev.fd,
                     bytes: n,
+                    fp: (ev.fp != 0).then_some(ev.fp),
                 },
                 kind::FILE_MAP => EventKind::FileMap {
                     fd: ev.fd,
@@ -131,6 +133,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     fd: ev.fd,
                     bytes: n,
                     data,
+                    body_fp: None,
                 }
             }
         }
@@ -251,6 +254,7 @@ mod tests {
             ret: 9500,
             op: op::MMAP,
             _pad: 0,
+            fp: 0,
         };
         assert_eq!(
             decode(&bytes_of(&ev)).unwrap().kind,
@@ -267,10 +271,36 @@ mod tests {
             ret: -5,
             op: op::READ,
             _pad: 0,
+            fp: 0,
         };
         assert_eq!(
             decode(&bytes_of(&ev)).unwrap().kind,
-            EventKind::FileRead { fd: 3, bytes: 0 }
+            EventKind::FileRead {
+                fd: 3,
+                bytes: 0,
+                fp: None
+            }
+        );
+    }
+
+    #[test]
+    fn read_fingerprints_are_decoded() {
+        let ev = FdEvent {
+            header: header(kind::FILE_READ),
+            fd: 3,
+            fd2: -1,
+            ret: 100,
+            op: op::READ,
+            _pad: 0,
+            fp: 0xfeed,
+        };
+        assert_eq!(
+            decode(&bytes_of(&ev)).unwrap().kind,
+            EventKind::FileRead {
+                fd: 3,
+                bytes: 100,
+                fp: Some(0xfeed)
+            }
         );
     }
 }

@@ -27,6 +27,8 @@ pub enum EventKind {
     ProcessFork { child_pid: u32 },
     /// The target's thread-group leader exited.
     ProcessExit,
+    /// Another thread of the target exited (`tid`).
+    ThreadExit,
     /// An fd found open when the process became a target: its open predates Vigie.
     FdFound { fd: i32, found: FoundFd },
     /// A file opened under a document root (or a path the kernel could not rule out).
@@ -49,7 +51,14 @@ pub enum EventKind {
         flags: u32,
     },
     /// `bytes` read from a document fd.
-    FileRead { fd: i32, bytes: u64 },
+    FileRead {
+        fd: i32,
+        bytes: u64,
+        /// Content fingerprint of the first bytes read, computed in the kernel
+        /// (`monitor_common::files::fingerprint`); absent when fewer than 16 bytes were read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fp: Option<u64>,
+    },
     /// A document fd was mapped readable (`mmap`), `bytes` long: read through memory, without
     /// read syscalls. The mapping outlives a close of the fd.
     FileMap { fd: i32, bytes: u64 },
@@ -61,10 +70,23 @@ pub enum EventKind {
     SockAccept { fd: i32 },
     /// `bytes` read from a socket; `data` is the captured prefix.
     SockRead { fd: i32, bytes: u64, data: Payload },
-    /// `bytes` written to a socket; `data` is the captured prefix.
-    SockWrite { fd: i32, bytes: u64, data: Payload },
+    /// `bytes` written to a socket; `data` is the captured prefix, cut at the end of the
+    /// response head: body bytes (document content) are never kept, only their fingerprint.
+    SockWrite {
+        fd: i32,
+        bytes: u64,
+        data: Payload,
+        /// Fingerprint of the first bytes of the response body, when this write carries them
+        /// (see [`crate::fingerprint`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body_fp: Option<u64>,
+    },
     /// A socket was closed.
     SockClose { fd: i32 },
+    /// The portal's session store says session `session` (the cookie value as the redactor
+    /// hashed it) is `user`'s: a session Vigie did not see created. Found live, recorded so
+    /// that replay needs no store.
+    SessionFound { session: String, user: String },
     /// `count` events were lost in the kernel since the previous report, for `reason`.
     Lost { reason: String, count: u64 },
     /// Time passes (live: the reader's timer). Lets the pure correlator expire state without a
@@ -194,7 +216,11 @@ mod tests {
             pid: 1,
             tid: 2,
             comm: "portal".into(),
-            kind: EventKind::FileRead { fd: 7, bytes: 100 },
+            kind: EventKind::FileRead {
+                fd: 7,
+                bytes: 100,
+                fp: None,
+            },
         };
         let json = serde_json::to_string(&ev).unwrap();
         assert_eq!(

@@ -578,10 +578,17 @@ pub enum Happening {
     },
     /// The front server aborted request `id`.
     Aborted { id: u16 },
+    /// The front server sent body bytes of request `id` (STDIN content, as captured).
+    Stdin { id: u16, data: Vec<u8> },
     /// The application wrote STDOUT for request `id` (once per chunk and request).
     Output { id: u16 },
-    /// The CGI head of the response of `id` is over (or can no longer be read): its status.
-    Status { id: u16, status: Option<u16> },
+    /// The CGI head of the response of `id` is over (or can no longer be read): its status,
+    /// and the head as seen (header lines, for `Set-Cookie`; bounded).
+    Status {
+        id: u16,
+        status: Option<u16>,
+        head: Vec<u8>,
+    },
     /// The application ended request `id` (END_REQUEST), or a new BEGIN_REQUEST reused its id.
     Ended { id: u16 },
     /// One direction of the stream was lost (see [`Piece::Desync`]).
@@ -666,6 +673,14 @@ impl Connection {
                     e.params.extend_from_slice(&bytes[..bytes.len().min(room)]);
                 }
             }
+            Piece::Content { header, bytes, .. } if header.kind == kind::STDIN => {
+                if exchanges.contains_key(&header.request_id) {
+                    out.push(Happening::Stdin {
+                        id: header.request_id,
+                        data: bytes.to_vec(),
+                    });
+                }
+            }
             Piece::Unseen { header, .. } if header.kind == kind::PARAMS => {
                 if let Some(e) = exchanges.get_mut(&header.request_id) {
                     e.params_truncated = true;
@@ -707,18 +722,19 @@ impl Connection {
                     e.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
                     if let Some(end) = response_head_end(&e.head) {
                         e.head_done = true;
+                        e.head.truncate(end);
                         out.push(Happening::Status {
                             id: header.request_id,
-                            status: response_status(&e.head[..end], true),
+                            status: response_status(&e.head, true),
+                            head: std::mem::take(&mut e.head),
                         });
-                        e.head = Vec::new();
                     } else if bytes.len() > room {
                         e.head_done = true;
                         out.push(Happening::Status {
                             id: header.request_id,
                             status: response_status(&e.head, false),
+                            head: std::mem::take(&mut e.head),
                         });
-                        e.head = Vec::new();
                     }
                 }
             }
@@ -738,8 +754,8 @@ impl Connection {
                     out.push(Happening::Status {
                         id: header.request_id,
                         status: response_status(&e.head, false),
+                        head: std::mem::take(&mut e.head),
                     });
-                    e.head = Vec::new();
                 }
             }
             Piece::End(h) if h.kind == kind::END_REQUEST => {

@@ -428,6 +428,23 @@ pub fn response_status(buf: &[u8]) -> Option<u16> {
     u16::try_from(status).ok()
 }
 
+/// Values of header `name` (lowercase) in the complete lines of a captured response head (the
+/// status line and anything past the blank line are skipped), trimmed.
+pub fn response_header_values<'b>(
+    head: &'b [u8],
+    name: &'b str,
+) -> impl Iterator<Item = &'b [u8]> + 'b {
+    head.split(|&b| b == b'\n')
+        .skip(1)
+        .take_while(|line| !strip_line_end(line).is_empty())
+        .filter_map(move |line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| strip_line_end(&line[colon + 1..]).trim_ascii())
+        })
+}
+
 /// Offset of the first byte that is not part of a leading empty line (`CRLF` or bare `LF`).
 fn skip_empty_lines(buf: &[u8]) -> usize {
     let mut pos = 0;
@@ -884,6 +901,19 @@ mod tests {
         ] {
             assert!(!looks_like_request_start(no), "{no:?}");
         }
+    }
+
+    #[test]
+    fn response_headers() {
+        let head = b"HTTP/1.1 302 Found\r\nSet-Cookie: a=1; Path=/\r\nset-cookie:b=2\r\n\r\nSet-Cookie: body";
+        let got: Vec<&[u8]> = response_header_values(head, "set-cookie").collect();
+        assert_eq!(got, [&b"a=1; Path=/"[..], b"b=2"]);
+        assert_eq!(response_header_values(b"", "set-cookie").count(), 0);
+        assert_eq!(
+            response_header_values(b"Set-Cookie: x=1\r\n", "set-cookie").count(),
+            0,
+            "the first line is the status line"
+        );
     }
 
     #[test]

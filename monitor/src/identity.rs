@@ -1,6 +1,7 @@
 //! Who made a request: the authenticated user named by a trusted proxy header, by HTTP Basic
-//! credentials, by a JWT bearer token ([`jwt`]), or by the front server of a FastCGI
-//! application (`REMOTE_USER`).
+//! credentials, by a JWT bearer token ([`jwt`]), by a session cookie learned from the
+//! portal's login exchange ([`session`]), or by the front server of a FastCGI application
+//! (`REMOTE_USER`).
 //!
 //! Only the user name (and a token's roles) ever leaves this module. Basic passwords are decoded
 //! into a buffer that is zeroed when dropped, on every path, and never copied elsewhere. Bearer
@@ -13,8 +14,11 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use crate::http::RequestHead;
 
 pub mod jwt;
+pub mod session;
+pub mod store;
 
 pub use jwt::JwtConfig;
+pub use session::SessionConfig;
 
 /// Longest user name accepted, in bytes.
 pub const MAX_USER_NAME_LEN: usize = 256;
@@ -42,6 +46,8 @@ pub enum IdentitySource {
     Basic,
     /// `Authorization: Bearer` JSON Web Token ([`IdentityConfig::jwt`]).
     Jwt,
+    /// A session cookie bound to a user by an earlier login ([`IdentityConfig::session`]).
+    Session,
     /// `REMOTE_USER` (or `AUTH_USER`) set by the front server of a FastCGI application after it
     /// authenticated the user. Only FastCGI requests carry it ([`crate::fastcgi`]): no HTTP
     /// header can.
@@ -73,6 +79,9 @@ pub struct IdentityConfig {
     /// How to read bearer tokens (`[identity.jwt]`), for the `jwt` source.
     #[serde(default)]
     pub jwt: JwtConfig,
+    /// How the portal logs users in (`[identity.session]`), for the `session` source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionConfig>,
 }
 
 fn default_sources() -> Vec<IdentitySource> {
@@ -89,6 +98,7 @@ impl Default for IdentityConfig {
             sources: default_sources(),
             trusted_header: default_trusted_header(),
             jwt: JwtConfig::default(),
+            session: None,
         }
     }
 }
@@ -117,6 +127,9 @@ pub enum IdentityProblem {
     /// A valid bearer token without a usable user claim (missing, not a string, not a valid
     /// user name).
     JwtNoUserClaim,
+    /// A session cookie Vigie has not seen bound by a login (created before Vigie started, or
+    /// on another host), or that was logged out or expired.
+    UnknownSession,
 }
 
 impl IdentityProblem {
@@ -159,6 +172,17 @@ pub struct Identified {
 /// from the request's event timestamp, never from the system clock, so that a replay decides as
 /// the live run did; `None` when no clock is known, and then expiry is not checked.
 pub fn identify(head: &RequestHead, cfg: &IdentityConfig, now_unix: Option<i64>) -> Identified {
+    identify_with_sessions(head, cfg, now_unix, &mut |_| None)
+}
+
+/// [`identify`], with `session_user` resolving the session cookie's (hashed) value to the user
+/// it is bound to, for the `session` source.
+pub fn identify_with_sessions(
+    head: &RequestHead,
+    cfg: &IdentityConfig,
+    now_unix: Option<i64>,
+    session_user: &mut dyn FnMut(&[u8]) -> Option<String>,
+) -> Identified {
     let mut identified = Identified::default();
     for &source in &cfg.sources {
         let outcome = match source {
@@ -169,6 +193,14 @@ pub fn identify(head: &RequestHead, cfg: &IdentityConfig, now_unix: Option<i64>)
             IdentitySource::Jwt => {
                 jwt::bearer_user(head, &cfg.jwt, now_unix).map(|r| r.map(|p| (p.user, p.roles)))
             }
+            IdentitySource::Session => cfg.session.as_ref().and_then(|s| {
+                let id = session::cookie_values(head.header_values("cookie"), &s.cookie).next()?;
+                Some(
+                    session_user(id)
+                        .map(|u| (u, Vec::new()))
+                        .ok_or(IdentityProblem::UnknownSession),
+                )
+            }),
             IdentitySource::RemoteUser => remote_user(head).map(|r| r.map(|u| (u, Vec::new()))),
         };
         match outcome {

@@ -10,6 +10,7 @@ pub mod correlate;
 pub mod decode;
 pub mod events;
 pub mod fastcgi;
+pub mod fingerprint;
 pub mod http;
 pub mod identity;
 pub mod judge;

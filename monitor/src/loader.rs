@@ -8,7 +8,7 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
 };
 use btfparse::{Offset, Readable, TypeInformation, TypeVariant};
-use monitor_common::{MAX_SYSCALL_NR, fd_kind, globals, loss, op};
+use monitor_common::{MAX_SYSCALL_NR, Stash, fd_kind, globals, loss, op};
 
 use crate::config::Config;
 
@@ -71,6 +71,20 @@ const ACCEPT_SYSCALLS: &[(&str, i64, u32)] = &[
 ];
 const CLOSE_SYSCALLS: &[(&str, i64, u32)] = &[("close", libc::SYS_close, op::CLOSE)];
 const MMAP_SYSCALLS: &[(&str, i64, u32)] = &[("mmap", libc::SYS_mmap, op::MMAP)];
+
+/// The `op` of a syscall that reads from a socket (`read`, `readv`, `recvfrom`, `recvmsg`), by
+/// number: for threads found asleep in one when a running process is adopted.
+pub fn socket_read_op(nr: i64) -> Option<u32> {
+    IO_SYSCALLS
+        .iter()
+        .find(|(_, n, op)| {
+            *n == nr && matches!(*op, op::READ | op::READV | op::RECVFROM | op::RECVMSG)
+        })
+        .map(|(_, _, op)| *op)
+}
+
+/// `BPF_NOEXIST`: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// Declarative attach table: program name, tracepoint category, tracepoint names.
 fn attach_table() -> Vec<(&'static str, &'static str, Vec<String>)> {
@@ -494,6 +508,38 @@ impl Probes {
             fd_kind::SOCKET
         };
         kinds.insert(&key, &kind, 0).map_err(map_err("FD_KIND"))
+    }
+
+    /// Gives thread `tid` of `pid` the stash its `sys_enter` would have left, unless it already
+    /// has one (the probes' own entry wins). True when inserted.
+    pub fn stash_for(&mut self, pid: u32, tid: u32, stash: &Stash) -> Result<bool, LoadError> {
+        let mut map: HashMap<_, u64, Stash> =
+            HashMap::try_from(self.map_mut("STASH")?).map_err(map_err("STASH"))?;
+        let key = (u64::from(pid) << 32) | u64::from(tid);
+        match map.insert(&key, stash, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(map_err("STASH")(e)),
+        }
+    }
+
+    /// Takes back a stash given by [`Probes::stash_for`], if it is still there unchanged (mark
+    /// it, e.g. with [`Stash::ADOPTED`], to tell it from one the probes wrote since).
+    pub fn unstash(&mut self, pid: u32, tid: u32, stash: &Stash) -> Result<(), LoadError> {
+        let mut map: HashMap<_, u64, Stash> =
+            HashMap::try_from(self.map_mut("STASH")?).map_err(map_err("STASH"))?;
+        let key = (u64::from(pid) << 32) | u64::from(tid);
+        if map.get(&key, 0).is_ok_and(|s| s == *stash) {
+            match map.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("STASH")(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Events lost in the kernel so far, per reason (summed over CPUs).

@@ -155,6 +155,58 @@ pub fn found_fds(at: &Event, roots: &[String]) -> Vec<Event> {
         .collect()
 }
 
+/// A thread asleep in a syscall, as `/proc/<pid>/task/<tid>/syscall` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sleeping {
+    pub nr: i64,
+    /// The six argument registers, as the syscall received them.
+    pub args: [u64; 6],
+}
+
+/// Parses `/proc/<pid>/task/<tid>/syscall`: `nr a0 a1 a2 a3 a4 a5 sp pc` (the number in
+/// decimal, the rest in hex) while the thread sleeps in a syscall; `-1 sp pc` outside of one,
+/// `running` when it is on a CPU.
+pub fn parse_syscall(text: &str) -> Option<Sleeping> {
+    let mut fields = text.split_whitespace();
+    let nr: i64 = fields.next()?.parse().ok()?;
+    if nr < 0 {
+        return None;
+    }
+    let mut args = [0u64; 6];
+    for a in &mut args {
+        *a = u64::from_str_radix(fields.next()?.strip_prefix("0x")?, 16).ok()?;
+    }
+    Some(Sleeping { nr, args })
+}
+
+/// The syscall thread `tid` of `pid` sleeps in now, if any.
+pub fn sleeping_syscall(pid: u32, tid: u32) -> Option<Sleeping> {
+    parse_syscall(&fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
+}
+
+/// Voluntary context switches of thread `tid` so far: it goes up each time the thread sleeps.
+pub fn voluntary_switches(pid: u32, tid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The threads of `pid` (ascending).
+pub fn threads_of(pid: u32) -> Vec<u32> {
+    let mut tids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    tids.sort_unstable();
+    tids
+}
+
 /// Fills in what a live `FileOpen` needs from `/proc`: the base of a relative path, the full
 /// path when the probe's capture was too short.
 pub fn enrich(ev: &mut Event) {
@@ -202,4 +254,61 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     // SAFETY: clock_gettime writes into a valid timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscall_file_forms() {
+        assert_eq!(
+            parse_syscall(
+                "0 0x5 0x7fb8ee6d2000 0x1000 0x7fb8ee765b60 0xffffffff 0x0 0x7ffcd916d998 0x7fb8ee84e2ad\n"
+            ),
+            Some(Sleeping {
+                nr: 0,
+                args: [
+                    5,
+                    0x7fb8_ee6d_2000,
+                    0x1000,
+                    0x7fb8_ee76_5b60,
+                    0xffff_ffff,
+                    0
+                ],
+            })
+        );
+        assert_eq!(parse_syscall("-1 0x7ffcd916d998 0x7fb8ee84e2ad\n"), None);
+        assert_eq!(parse_syscall("running\n"), None);
+        assert_eq!(parse_syscall("0 0x5 0x6\n"), None);
+        assert_eq!(parse_syscall(""), None);
+    }
+
+    #[test]
+    fn a_sleeping_thread_of_this_process_is_seen_in_its_syscall() {
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let mut b = [0u8; 7];
+            std::io::Read::read(&mut reader, &mut b).unwrap()
+        });
+        let tid = rx.recv().unwrap();
+        let me = std::process::id();
+        // Until the thread is asleep in read(2) on the pipe (bounded).
+        let start = std::time::Instant::now();
+        let seen = loop {
+            if let Some(s) = sleeping_syscall(me, tid).filter(|s| s.nr == libc::SYS_read) {
+                break s;
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(5));
+            std::thread::yield_now();
+        };
+        assert_eq!(seen.args[2], 7);
+        assert!(threads_of(me).contains(&tid));
+        assert!(voluntary_switches(me, tid).is_some());
+        drop(writer);
+        assert_eq!(t.join().unwrap(), 0);
+    }
 }

@@ -14,6 +14,10 @@
 //!   the value's length). The key is random per run and never written anywhere, so the same
 //!   cookie maps to the same hash within a run (sessions can be followed) and to nothing outside.
 //!
+//! - the body of the portal's login request (`identity.session`): every form value but the user
+//!   field's is replaced by `*`s (the password, CSRF tokens), so the correlator can bind the
+//!   session to its user and nothing else of the form is kept.
+//!
 //! Request bytes are redacted as a stream per connection: a header line split across two socket
 //! reads (a slow client, or one that tries to slip a forged mark past the check) is recognised
 //! across the split. What was already passed on cannot be rewritten, so the part of a credential
@@ -31,7 +35,10 @@ use base64::Engine as _;
 use crate::{
     fastcgi::Protocol,
     http,
-    identity::jwt::{self, JwtConfig},
+    identity::{
+        SessionConfig,
+        jwt::{self, JwtConfig},
+    },
 };
 
 mod fcgi;
@@ -39,13 +46,37 @@ mod fcgi;
 pub struct Redactor {
     key: std::collections::hash_map::RandomState,
     jwt: JwtConfig,
+    session: Option<SessionConfig>,
     /// Per connection: the raw bytes of the header line the last capture ended in the middle of.
     pending: HashMap<(u32, i32), Vec<u8>>,
     /// Per connection: its protocol, as far as decided (absent: joined mid-stream).
     protocols: HashMap<(u32, i32), Protocol>,
     /// Per FastCGI connection: the record framing and the params and heads in progress.
     fastcgi: HashMap<(u32, i32), Box<fcgi::Stream>>,
+    /// Per connection: where a login request is (its head, then its form body).
+    logins: HashMap<(u32, i32), Login>,
+    /// With a session store: the session cookies of the last redacted chunk, raw and hashed
+    /// (see [`Redactor::take_session_ids`]).
+    session_ids: Vec<(Vec<u8>, Vec<u8>)>,
 }
+
+/// A login request being read on a connection.
+#[derive(Debug)]
+enum Login {
+    /// Its head: the body length, once its header was seen.
+    Head { content_length: Option<u64> },
+    /// Its form body: bytes left (`None`: up to the end of the current read), and the form
+    /// field being read.
+    Body {
+        remaining: Option<u64>,
+        name: Vec<u8>,
+        /// `None` while reading a field name, then whether its value is kept (the user field).
+        keep: Option<bool>,
+    },
+}
+
+/// Longest form field name compared with the user field; longer ones are masked anyway.
+const MAX_FIELD_NAME: usize = 256;
 
 /// Longest partial line kept per connection (a head line longer than this is not a credential
 /// Vigie could use anyway: tokens are at most 16 KiB).
@@ -64,9 +95,12 @@ impl Redactor {
         Self {
             key: std::collections::hash_map::RandomState::new(),
             jwt,
+            session: None,
             pending: HashMap::new(),
             protocols: HashMap::new(),
             fastcgi: HashMap::new(),
+            logins: HashMap::new(),
+            session_ids: Vec::new(),
         }
     }
 
@@ -130,23 +164,63 @@ impl Redactor {
         }
     }
 
+    /// The session cookies (raw value, hashed value) the redacted request chunks carried since
+    /// the last call, when a session store is configured: the raw value is what the store
+    /// knows, the hashed one what the correlator sees. Taken at once, kept nowhere else.
+    pub fn take_session_ids(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut self.session_ids)
+    }
+
+    /// With the portal's login exchange (`identity.session`): its form bodies are redacted.
+    #[must_use]
+    pub fn with_session(mut self, session: Option<SessionConfig>) -> Self {
+        self.session = session;
+        self
+    }
+
     /// Redacts, in place, the next captured chunk of what process `pid` read from connection
     /// `fd`. `whole` says the capture holds every byte the read returned; when it does not, the
     /// stream position is lost and the partial line is dropped.
     pub fn redact_request(&mut self, pid: u32, fd: i32, data: &mut [u8], whole: bool) {
-        let mut carried = self.pending.remove(&(pid, fd)).unwrap_or_default();
-        self.redact_lines(&mut carried, data, false);
+        let key = (pid, fd);
+        let mut carried = self.pending.remove(&key).unwrap_or_default();
+        let mut start = 0;
+        loop {
+            if let Some(Login::Body { .. }) = self.logins.get(&key) {
+                start += self.mask_login_body(key, &mut data[start..], whole);
+                if start >= data.len() {
+                    break;
+                }
+                continue;
+            }
+            let Some((end, complete)) = next_line(data, start) else {
+                break;
+            };
+            let prefix = carried.len();
+            let mut raw = std::mem::take(&mut carried);
+            raw.extend_from_slice(&data[start..end]);
+            if complete && self.session.is_some() {
+                self.follow_line_of_login(key, &raw);
+            }
+            let mut line = raw.clone();
+            self.redact_line(&mut line, complete);
+            data[start..end].copy_from_slice(&line[prefix..]);
+            if !complete && raw.len() <= MAX_PENDING {
+                carried = raw;
+            }
+            start = end + 1;
+        }
         if whole && !carried.is_empty() {
-            self.pending.insert((pid, fd), carried);
+            self.pending.insert(key, carried);
         }
     }
 
-    /// Redacts the header lines of the next chunk of a stream in place. `carried` holds the raw
-    /// bytes of the line the previous chunk ended in (and, after, the one this chunk ends in).
-    /// With `stop_at_blank`, stops after the first empty line (the end of a head) and returns
-    /// where it ends.
+    /// Redacts the header lines of the next chunk of a stream in place (a FastCGI CGI head).
+    /// `carried` holds the raw bytes of the line the previous chunk ended in (and, after, the
+    /// one this chunk ends in). With `stop_at_blank`, stops after the first empty line (the end
+    /// of a head) and returns where it ends.
     fn redact_lines(
-        &self,
+        &mut self,
         carried: &mut Vec<u8>,
         data: &mut [u8],
         stop_at_blank: bool,
@@ -169,8 +243,90 @@ impl Redactor {
         None
     }
 
+    /// Tracks a login request through the complete head line `line`: its request line, its
+    /// `Content-Length`, and the blank line after which its form body starts.
+    fn follow_line_of_login(&mut self, key: (u32, i32), line: &[u8]) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if http::looks_like_request_start(line) {
+            let mut with_end = line.to_vec();
+            with_end.push(b'\n');
+            let is_login = http::request_line(&with_end).is_some_and(|(method, target)| {
+                method == "POST"
+                    && target.split(['?', '#']).next() == Some(session.login_path.as_str())
+            });
+            if is_login {
+                self.logins.insert(
+                    key,
+                    Login::Head {
+                        content_length: None,
+                    },
+                );
+            } else {
+                self.logins.remove(&key);
+            }
+            return;
+        }
+        let Some(Login::Head { content_length }) = self.logins.get_mut(&key) else {
+            return;
+        };
+        if line.is_empty() {
+            let remaining = *content_length;
+            self.logins.insert(
+                key,
+                Login::Body {
+                    remaining,
+                    name: Vec::new(),
+                    keep: None,
+                },
+            );
+        } else if let Some(colon) = line.iter().position(|&b| b == b':')
+            && line[..colon]
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"content-length")
+        {
+            *content_length = std::str::from_utf8(&line[colon + 1..])
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+        }
+    }
+
+    /// Masks the login form body at the start of `data`; returns the bytes it covered.
+    fn mask_login_body(&mut self, key: (u32, i32), data: &mut [u8], whole: bool) -> usize {
+        let user_field = self
+            .session
+            .as_ref()
+            .map_or(&b""[..], |s| s.user_field.as_bytes());
+        let Some(Login::Body {
+            remaining,
+            name,
+            keep,
+        }) = self.logins.get_mut(&key)
+        else {
+            return 0;
+        };
+        let n = remaining.map_or(data.len(), |r| {
+            usize::try_from(r).unwrap_or(usize::MAX).min(data.len())
+        });
+        mask_form(&mut data[..n], name, keep, user_field);
+        let done = match remaining {
+            // A cut capture loses the position in the body: stop at the end of this read.
+            Some(r) if whole => {
+                *r -= n as u64;
+                *r == 0
+            }
+            _ => true,
+        };
+        if done {
+            self.logins.remove(&key);
+        }
+        n
+    }
+
     /// Redacts a captured chunk of a response (socket write) in place: `Set-Cookie` values.
-    pub fn redact_response(&self, data: &mut [u8]) {
+    pub fn redact_response(&mut self, data: &mut [u8]) {
         let mut start = 0;
         while let Some((end, complete)) = next_line(data, start) {
             self.redact_line(&mut data[start..end], complete);
@@ -183,17 +339,19 @@ impl Redactor {
         self.pending.remove(&(pid, fd));
         self.protocols.remove(&(pid, fd));
         self.fastcgi.remove(&(pid, fd));
+        self.logins.remove(&(pid, fd));
     }
 
     pub fn forget_process(&mut self, pid: u32) {
         self.pending.retain(|(p, _), _| *p != pid);
         self.protocols.retain(|(p, _), _| *p != pid);
         self.fastcgi.retain(|(p, _), _| *p != pid);
+        self.logins.retain(|(p, _), _| *p != pid);
     }
 
     /// Redacts one header line; `complete` says it ended in this capture (a credential in an
     /// incomplete line cannot be checked yet and is masked).
-    fn redact_line(&self, line: &mut [u8], complete: bool) {
+    fn redact_line(&mut self, line: &mut [u8], complete: bool) {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             return;
         };
@@ -205,7 +363,7 @@ impl Redactor {
 
     /// Redacts the value of the header field `name` (any case), if it carries a credential;
     /// `complete` says the whole value is there.
-    fn redact_field(&self, name: &[u8], value: &mut [u8], complete: bool) {
+    fn redact_field(&mut self, name: &[u8], value: &mut [u8], complete: bool) {
         if name.eq_ignore_ascii_case(b"authorization")
             || name.eq_ignore_ascii_case(b"proxy-authorization")
         {
@@ -218,7 +376,12 @@ impl Redactor {
             }
         } else if name.eq_ignore_ascii_case(b"cookie") {
             for pair in value.split_mut(|&b| b == b';') {
+                let raw = self.session_cookie(pair).filter(|_| complete);
                 self.hash_cookie_value(pair, complete);
+                if let Some((start, raw)) = raw {
+                    let hashed = pair[start..start + raw.len()].to_vec();
+                    self.session_ids.push((raw, hashed));
+                }
             }
         } else if name.eq_ignore_ascii_case(b"set-cookie") {
             // Only the first pair is the cookie; the rest are attributes (Path, Expires, ...).
@@ -226,6 +389,19 @@ impl Redactor {
                 self.hash_cookie_value(pair, complete);
             }
         }
+    }
+
+    /// With a session store configured: where the value of `pair` starts and its raw bytes, if
+    /// `pair` is the session cookie.
+    fn session_cookie(&self, pair: &[u8]) -> Option<(usize, Vec<u8>)> {
+        let session = self.session.as_ref().filter(|s| s.store.is_some())?;
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        if pair[..eq].trim_ascii() != session.cookie.as_bytes() {
+            return None;
+        }
+        // The bytes `hash_cookie_value` replaces: the value up to trailing blanks.
+        let raw = pair[eq + 1..].trim_ascii_end();
+        (!raw.is_empty()).then(|| (eq + 1, raw.to_vec()))
     }
 
     /// `name=value` -> `name=<keyed hash of value, same length>`.
@@ -249,6 +425,28 @@ impl Redactor {
         let hex = format!("{:016x}", self.key.hash_one(&*value));
         for (dst, src) in value.iter_mut().zip(hex.bytes().cycle()) {
             *dst = src;
+        }
+    }
+}
+
+/// Masks the next bytes of a form body (`a=1&b=2`) in place but the value of `user_field`.
+/// `name` and `keep` carry the field being read across chunks (`keep`: `None` while reading a
+/// field name, then whether its value is kept).
+fn mask_form(data: &mut [u8], name: &mut Vec<u8>, keep: &mut Option<bool>, user_field: &[u8]) {
+    for b in data {
+        match (*b, *keep) {
+            (b'&', _) => {
+                name.clear();
+                *keep = None;
+            }
+            (b'=', None) => *keep = Some(name.as_slice() == user_field),
+            (c, None) => {
+                if name.len() <= MAX_FIELD_NAME {
+                    name.push(c);
+                }
+            }
+            (_, Some(false)) => *b = b'*',
+            (_, Some(true)) => {}
         }
     }
 }
@@ -576,6 +774,65 @@ mod tests {
                 &mut Redactor::default(),
                 "Cookie: sid=abcdef0123456789xyz\r\n"
             ))
+        );
+    }
+
+    fn session_cfg() -> SessionConfig {
+        SessionConfig {
+            cookie: "session".into(),
+            login_path: "/login".into(),
+            user_field: "user".into(),
+            logout_path: None,
+            idle_timeout_seconds: 60,
+            max_sessions: 10,
+            store: None,
+        }
+    }
+
+    #[test]
+    fn login_forms_keep_the_user_only() {
+        let mut r = Redactor::default().with_session(Some(session_cfg()));
+        let body = "user=alice&password=s3cret&csrf=abc";
+        let head = format!(
+            "POST /login?next=/ HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        // Head and body in one read, then the next request on the connection is untouched.
+        let next = "GET /docs/a HTTP/1.1\r\nX-Remote-User: bob\r\n\r\n";
+        let out = redacted(&mut r, &format!("{head}{body}{next}"));
+        assert_eq!(
+            out,
+            format!("{head}user=alice&password=******&csrf=***{next}")
+        );
+        // Split anywhere: the same result.
+        let all = format!("{head}{body}{next}");
+        for cut in 1..all.len() {
+            let mut r = Redactor::default().with_session(Some(session_cfg()));
+            let got = stream(&mut r, &[&all.as_bytes()[..cut], &all.as_bytes()[cut..]]);
+            assert!(
+                !String::from_utf8_lossy(&got).contains("s3cret"),
+                "cut {cut}"
+            );
+            assert!(
+                String::from_utf8_lossy(&got).contains("user=alice"),
+                "cut {cut}"
+            );
+        }
+        // Other requests' bodies and login without a session config are left alone.
+        let mut r = Redactor::default().with_session(Some(session_cfg()));
+        let other = "POST /comment HTTP/1.1\r\nContent-Length: 5\r\n\r\na=b&c";
+        assert_eq!(redacted(&mut r, other), other);
+        let mut r = Redactor::default();
+        assert_eq!(
+            redacted(&mut r, &format!("{head}{body}")),
+            format!("{head}{body}")
+        );
+        // Without Content-Length the rest of the read is the form.
+        let mut r = Redactor::default().with_session(Some(session_cfg()));
+        let no_len = "POST /login HTTP/1.1\r\n\r\nuser=bob&pw=x";
+        assert_eq!(
+            redacted(&mut r, no_len),
+            "POST /login HTTP/1.1\r\n\r\nuser=bob&pw=*"
         );
     }
 

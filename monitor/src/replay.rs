@@ -532,6 +532,7 @@ fn explain_access(
             crate::correlate::Evidence::Sendfile => "sendfile",
             crate::correlate::Evidence::Flow => "flow",
             crate::correlate::Evidence::Thread => "thread",
+            crate::correlate::Evidence::Fingerprint => "fingerprint",
         })
         .collect();
     writeln!(
@@ -626,14 +627,21 @@ fn describe(kind: &EventKind) -> String {
         EventKind::SockRead { fd, bytes, data } => {
             format!("read request on fd {fd} ({bytes} bytes): {}", head(&data.0))
         }
-        EventKind::SockWrite { fd, bytes, data } => format!(
-            "wrote response on fd {fd} ({bytes} bytes): {}",
-            head(&data.0)
+        EventKind::SockWrite {
+            fd,
+            bytes,
+            data,
+            body_fp,
+        } => format!(
+            "wrote response on fd {fd} ({bytes} bytes): {}{}",
+            head(&data.0),
+            body_fp.map_or(String::new(), |fp| format!(" [body fingerprint {fp:016x}]"))
         ),
         EventKind::FileOpen { fd, path, .. } => format!("opened {path} as fd {fd}"),
-        EventKind::FileRead { fd, bytes } => {
-            format!("read {bytes} bytes of the document (fd {fd})")
-        }
+        EventKind::FileRead { fd, bytes, fp } => format!(
+            "read {bytes} bytes of the document (fd {fd}){}",
+            fp.map_or(String::new(), |fp| format!(" [fingerprint {fp:016x}]"))
+        ),
         EventKind::FileMap { fd, bytes } => {
             format!("mapped {bytes} bytes of the document (fd {fd})")
         }

@@ -20,6 +20,7 @@ use crate::{
     correlate::{Correlator, CorrelatorConfig},
     decode::decode,
     events::{Event, EventKind, FoundFd},
+    identity::store::{Found, SessionStore},
     judge::Judge,
     loader::Probes,
     pipeline::Pipeline,
@@ -77,6 +78,10 @@ struct Live {
     lost: [u64; loss::COUNT as usize],
     trace: Option<TraceWriter>,
     redactor: Redactor,
+    bodies: crate::fingerprint::Bodies,
+    /// The portal's session store (`identity.session.store`), if configured.
+    session_store: Option<SessionStore>,
+    store_errors: u64,
     summary: Summary,
     metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
     ring_usage: Option<crate::loader::RingUsage>,
@@ -111,6 +116,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     // The redactor holds the portal's JWT key (loaded by Config::normalize): signatures are
     // checked at capture time, never by the correlator.
     let cfg_jwt = cfg.identity.jwt.clone();
+    let cfg_session = cfg.identity.session.clone();
+    let session_store = cfg_session
+        .as_ref()
+        .and_then(|s| s.store.clone())
+        .map(SessionStore::new)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("identity.session.store: {e}"))?;
     let mut live = Live {
         cfg,
         probes,
@@ -119,7 +131,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
         trace: None,
-        redactor: Redactor::new(cfg_jwt),
+        redactor: Redactor::new(cfg_jwt).with_session(cfg_session),
+        bodies: crate::fingerprint::Bodies::new(),
+        session_store,
+        store_errors: 0,
         summary: Summary::default(),
         metrics,
         ring_usage: None,
@@ -169,11 +184,73 @@ impl Live {
         self.probes.add_target(pid)?;
         self.targets.insert(pid);
         self.seen.insert(pid);
+        let mut sockets = Vec::new();
         for ev in procfs::describe(pid, &self.cfg.documents.roots, procfs::monotonic_ns()) {
+            if let EventKind::FdFound {
+                fd,
+                found: FoundFd::Socket,
+            } = ev.kind
+            {
+                sockets.push(fd);
+            }
             self.tell_kernel(&ev)?;
             self.feed(&ev)?;
         }
+        self.stash_sleeping_reads(pid, &sockets);
         Ok(())
+    }
+
+    /// A thread of an adopted process that sleeps in a read on a socket entered that read
+    /// before the probes were attached: its exit would find no stash, and the request head it
+    /// returns would be missed (a keep-alive connection idle across a Vigie restart would lose
+    /// its next request). Such threads get the stash the entry probe would have left.
+    ///
+    /// Only a stash that provably went in while the thread sat in that very read is kept: same
+    /// syscall and arguments before and after the insert, and no voluntary context switch in
+    /// between (a thread that left the read and slept again would have one). A stale stash
+    /// would be consumed by the exit of some later syscall and capture whatever the buffer then
+    /// held, so when in doubt it is taken back: the request is then missed, never misread.
+    /// (Taken back only if it is still ours: marked [`monitor_common::Stash::ADOPTED`], so a
+    /// stash the entry probe wrote for the thread's next read is never removed.)
+    fn stash_sleeping_reads(&mut self, pid: u32, sockets: &[i32]) {
+        for tid in procfs::threads_of(pid) {
+            let Some(switches) = procfs::voluntary_switches(pid, tid) else {
+                continue;
+            };
+            let Some(before) = procfs::sleeping_syscall(pid, tid) else {
+                continue;
+            };
+            let Some(op) = crate::loader::socket_read_op(before.nr) else {
+                continue;
+            };
+            let fd = i32::try_from(before.args[0]).unwrap_or(-1);
+            if !sockets.contains(&fd) {
+                continue;
+            }
+            let stash = monitor_common::Stash {
+                op,
+                kind: u32::from(monitor_common::fd_kind::SOCKET),
+                fd,
+                fd2: monitor_common::Stash::ADOPTED,
+                ptr: before.args[1],
+                arg: before.args[2],
+            };
+            match self.probes.stash_for(pid, tid, &stash) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(pid, tid, "cannot stash a sleeping read: {e}");
+                    continue;
+                }
+            }
+            let still = procfs::sleeping_syscall(pid, tid) == Some(before)
+                && procfs::voluntary_switches(pid, tid) == Some(switches);
+            if still {
+                tracing::debug!(pid, tid, fd, "adopted a read in progress");
+            } else if let Err(e) = self.probes.unstash(pid, tid, &stash) {
+                tracing::warn!(pid, tid, "cannot take back a stale stash: {e}");
+            }
+        }
     }
 
     fn tell_kernel(&mut self, ev: &Event) -> anyhow::Result<()> {
@@ -247,7 +324,10 @@ impl Live {
             };
             match decoded {
                 Ok(mut ev) => {
-                    self.before_feed(&mut ev)?;
+                    for found in self.before_feed(&mut ev)? {
+                        self.feed(&found)?;
+                        self.after_feed(&found)?;
+                    }
                     self.feed(&ev)?;
                     self.after_feed(&ev)?;
                 }
@@ -259,25 +339,62 @@ impl Live {
         }
     }
 
-    fn before_feed(&mut self, ev: &mut Event) -> anyhow::Result<()> {
+    /// Redacts and enriches `ev` before anything else sees it; returns the events to feed
+    /// before it (sessions found in the portal's store for the cookies it carries).
+    fn before_feed(&mut self, ev: &mut Event) -> anyhow::Result<Vec<Event>> {
         let pid = ev.pid;
+        let mut first = Vec::new();
         match &mut ev.kind {
             EventKind::SockRead { fd, bytes, data } => {
                 self.redactor.redact_read(pid, *fd, &mut data.0, *bytes);
+                if !data.0.is_empty() {
+                    self.bodies.request(pid, *fd);
+                }
+                for (raw, hashed) in self.redactor.take_session_ids() {
+                    if let Some(user) = self.session_from_store(&raw, &hashed) {
+                        first.push(Event {
+                            ts_ns: ev.ts_ns,
+                            pid,
+                            tid: ev.tid,
+                            comm: ev.comm.clone(),
+                            kind: EventKind::SessionFound {
+                                session: String::from_utf8_lossy(&hashed).into_owned(),
+                                user,
+                            },
+                        });
+                    }
+                }
             }
-            EventKind::SockWrite { fd, bytes, data } => {
+            EventKind::SockWrite {
+                fd,
+                bytes,
+                data,
+                body_fp,
+            } => {
+                // Document content in an HTTP response body is cut here, before anything keeps
+                // it (FastCGI writes are left alone here: the redactor masks their bodies).
+                *body_fp = self.bodies.response(pid, *fd, *bytes, &mut data.0);
                 self.redactor.redact_write(pid, *fd, &mut data.0, *bytes);
             }
-            EventKind::SockAccept { fd } => self.redactor.accepted(pid, *fd),
-            EventKind::SockClose { fd } => self.redactor.forget(pid, *fd),
-            EventKind::ProcessExit => self.redactor.forget_process(pid),
+            EventKind::SockAccept { fd } => {
+                self.redactor.accepted(pid, *fd);
+                self.bodies.forget(pid, *fd);
+            }
+            EventKind::SockClose { fd } => {
+                self.redactor.forget(pid, *fd);
+                self.bodies.forget(pid, *fd);
+            }
+            EventKind::ProcessExit => {
+                self.redactor.forget_process(pid);
+                self.bodies.forget_process(pid);
+            }
             EventKind::FileOpen { .. } => procfs::enrich(ev),
             EventKind::ProcessExec if !self.targets.contains(&ev.pid) => {
                 // Matched by name in the kernel: an executable selector must also match the path.
                 let by_name = self.cfg.targets.names.contains(&ev.comm);
                 if !by_name && !procfs::matches(&self.cfg, ev.pid) {
                     self.probes.remove_target(ev.pid)?;
-                    return Ok(());
+                    return Ok(first);
                 }
                 self.targets.insert(ev.pid);
                 self.seen.insert(ev.pid);
@@ -285,7 +402,33 @@ impl Live {
             }
             _ => {}
         }
-        Ok(())
+        Ok(first)
+    }
+
+    /// The user of a session cookie the correlator does not know, from the portal's session
+    /// store (if one is configured).
+    fn session_from_store(&mut self, raw: &[u8], hashed: &[u8]) -> Option<String> {
+        if self.pipeline.correlator().knows_session(hashed) {
+            return None;
+        }
+        let store = self.session_store.as_mut()?;
+        match store.lookup(raw) {
+            Ok(Found::User(user)) => {
+                tracing::debug!(user, "session found in the portal's store");
+                Some(user)
+            }
+            Ok(Found::Nothing | Found::Refused) => None,
+            Err(e) => {
+                self.store_errors += 1;
+                if self.store_errors.is_power_of_two() {
+                    tracing::warn!(
+                        errors = self.store_errors,
+                        "session store lookup failed: {e}"
+                    );
+                }
+                None
+            }
+        }
     }
 
     fn after_feed(&mut self, ev: &Event) -> anyhow::Result<()> {
@@ -379,6 +522,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::ProcessExec => "process_exec",
         EventKind::ProcessFork { .. } => "process_fork",
         EventKind::ProcessExit => "process_exit",
+        EventKind::ThreadExit => "thread_exit",
         EventKind::FdFound { .. } => "fd_found",
         EventKind::FileOpen { .. } => "file_open",
         EventKind::FileRead { .. } => "file_read",
@@ -388,6 +532,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::SockAccept { .. } => "sock_accept",
         EventKind::SockRead { .. } => "sock_read",
         EventKind::SockWrite { .. } => "sock_write",
+        EventKind::SessionFound { .. } => "session_found",
         EventKind::SockClose { .. } => "sock_close",
         EventKind::Lost { .. } => "lost",
         EventKind::Tick => "tick",
@@ -431,6 +576,7 @@ impl Live {
         m.sync_requests(&self.pipeline.correlator().stats().requests_by_identity);
         m.sync_alerts_written(self.pipeline.alerts_written());
         m.set_targets(self.targets.len());
+        m.set_tracked(&self.pipeline.correlator().tracked());
         m.set_probes(self.probes.attached.len(), Probes::expected());
     }
 }

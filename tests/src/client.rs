@@ -36,6 +36,31 @@ pub fn send_raw(addr: &str, bytes: &[u8]) -> io::Result<Vec<u8>> {
     Ok(response)
 }
 
+/// `POST /login` with the demo portal's form on a new connection; returns the status and the
+/// `name=value` of the cookie the response sets, if any.
+pub fn login(addr: &str, user: &str, password: &str) -> io::Result<(u16, Option<String>)> {
+    let body = format!("user={user}&password={password}");
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let response = send_raw(addr, request.as_bytes())?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid(io::ErrorKind::InvalidData, "no status line"))?;
+    let cookie = text
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
+    Ok((status, cookie))
+}
+
 /// One persistent connection carrying successive requests, e.g. from different users, as a
 /// reverse proxy multiplexing users over a pooled upstream connection would.
 #[derive(Debug)]
@@ -59,6 +84,16 @@ impl KeepAlive {
     pub fn get(&mut self, target: &str, headers: &[(&str, &str)]) -> io::Result<(u16, Vec<u8>)> {
         self.stream
             .write_all(&request_head(&self.addr, target, headers, false))?;
+        read_response(&mut self.stream, &mut self.buf)
+    }
+
+    /// Sends raw bytes on this connection, e.g. one part of a request head sent in pieces.
+    pub fn send_part(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads the next response (after a request sent with [`KeepAlive::send_part`]).
+    pub fn response(&mut self) -> io::Result<(u16, Vec<u8>)> {
         read_response(&mut self.stream, &mut self.buf)
     }
 

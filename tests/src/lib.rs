@@ -10,5 +10,5 @@ pub mod process;
 #[cfg(test)]
 mod selftest;
 
-pub use client::{KeepAlive, basic, http_get, send_raw};
+pub use client::{KeepAlive, basic, http_get, login, send_raw};
 pub use process::{PortalGuard, spawn_portal};

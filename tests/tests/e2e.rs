@@ -546,3 +546,31 @@ fn capabilities_are_dropped_once_attached_and_workers_are_still_followed() {
         "served by a worker forked after the drop"
     );
 }
+
+#[test]
+fn a_document_read_then_refused_is_still_a_read_and_the_alert_says_so() {
+    let Some(p) = privileged("a_document_read_then_refused_is_still_a_read_and_the_alert_says_so")
+    else {
+        return;
+    };
+    let portal = Portal::start("late-check", &["--model", "thread", "--late-check"]);
+    let vigie = Vigie::start(
+        &p,
+        "late-check",
+        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        &[],
+    );
+    assert_eq!(
+        get_as(&portal.addr(), "alice", "/docs/alice/notes.txt"),
+        200
+    );
+    assert_eq!(get_as(&portal.addr(), "alice", "/docs/bob/notes.txt"), 403);
+    let (alerts, log) = vigie.stop();
+    assert_eq!(
+        verdicts(&alerts),
+        [t("violation", "alice", "bob", &portal.doc("bob", NOTES))],
+        "{log}"
+    );
+    assert_eq!(alerts[0]["request"]["status"], 403);
+    assert_eq!(alerts[0]["refused_after_read"], true);
+}

@@ -112,3 +112,63 @@ fn spawn_portal_reports_startup_failures() {
     .unwrap_err();
     assert!(error.to_string().contains("nonexistent"), "{error}");
 }
+
+#[test]
+fn crash_hook_kills_a_prefork_worker_and_the_master_replaces_it() {
+    let bin = env!("CARGO_BIN_EXE_demo-portal");
+    let root = TempRoot::new();
+    let dir = root.path().to_str().unwrap();
+    // Without the flag, `?crash` is an ordinary query.
+    let plain = spawn_portal(bin, ["--root", dir, "--model", "prefork", "--generate"]).unwrap();
+    let (status, _) = http_get(
+        plain.addr(),
+        "/docs/bob/notes.txt?crash",
+        &[("X-Remote-User", "bob")],
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    drop(plain);
+
+    let mut portal = spawn_portal(
+        bin,
+        [
+            "--root",
+            dir,
+            "--model",
+            "prefork",
+            "--workers",
+            "1",
+            "--crash-hook",
+        ],
+    )
+    .unwrap();
+    let crashed = http_get(
+        portal.addr(),
+        "/docs/bob/notes.txt?crash",
+        &[("X-Remote-User", "bob")],
+    );
+    assert!(crashed.is_err(), "the worker answered: {crashed:?}");
+    // The only worker died: this request is served by its replacement.
+    let (status, body) = http_get(
+        portal.addr(),
+        "/docs/bob/notes.txt",
+        &[("X-Remote-User", "bob")],
+    )
+    .unwrap();
+    assert_eq!((status, body), (200, document_content("bob", "notes.txt")));
+    assert!(portal.stop().unwrap().success());
+    let logged = portal.stderr_lines();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("crash hook: /docs/bob/notes.txt?crash: read Ok(")),
+        "{logged:#?}"
+    );
+    let replaced = logged
+        .iter()
+        .find(|l| l.starts_with("worker ") && l.contains("(wait status 0x6); replaced by worker"));
+    assert!(
+        replaced.is_some(),
+        "SIGABRT, then a new worker: {logged:#?}"
+    );
+}

@@ -2,18 +2,9 @@
 //! explain on the same trace. Needs root (see `support::privileged`).
 mod support;
 
-use std::{ffi::OsStr, os::unix::fs::PermissionsExt as _, path::PathBuf};
+use std::{ffi::OsStr, os::unix::fs::PermissionsExt as _};
 
 use support::*;
-
-fn trace_files(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-}
 
 #[test]
 fn replay_gives_the_live_alerts_byte_for_byte_and_answers_what_if_and_explain() {

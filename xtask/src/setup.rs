@@ -29,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     // The front web server of the FastCGI demo (`tests/tests/fastcgi.rs` runs its own, on a
     // temporary prefix): never started as a system service (see `NoServiceStarts`).
     "nginx",
+    // A portal's Redis session store, run by `tests/tests/sessions.rs`.
+    "redis-server",
 ];
 
 /// Debian's policy-rc.d protocol: while this file exists and exits 101, maintainer scripts do not

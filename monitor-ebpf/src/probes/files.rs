@@ -7,11 +7,11 @@ use aya_ebpf::{
 };
 use monitor_common::{
     fd_kind,
-    files::{FdEvent, PATH_CAP},
+    files::{FP_BYTES, FP_MIN, FdEvent, PATH_CAP, fingerprint},
     kind, loss, op,
 };
 
-use super::{arg, ret, syscall_op};
+use super::{arg, ret, sockets, syscall_op};
 use crate::maps::{
     DOC_ROOTS, FD_KIND, OPEN_SCRATCH, ROOT_KEY_LEN, STASH, Stash, count_loss, fd_key, fill_header,
     is_target, output_bytes, set_fd_kind, submit,
@@ -139,10 +139,10 @@ fn submit_copy(ev: &monitor_common::files::OpenEvent) {
 /// Read of a document fd (`ret` bytes), or sendfile from one.
 #[inline(always)]
 pub fn emit_io(stash: &Stash, ret: i64) {
-    let (kind, fd, fd2) = if stash.op == op::SENDFILE64 {
-        (kind::FILE_SENDFILE, stash.fd, stash.fd2)
+    let (kind, fd, fd2, fp) = if stash.op == op::SENDFILE64 {
+        (kind::FILE_SENDFILE, stash.fd, stash.fd2, 0)
     } else {
-        (kind::FILE_READ, stash.fd, -1)
+        (kind::FILE_READ, stash.fd, -1, read_fingerprint(stash, ret))
     };
     submit::<FdEvent>(|ev| {
         fill_header(&mut ev.header, kind);
@@ -151,7 +151,44 @@ pub fn emit_io(stash: &Stash, ret: i64) {
         ev.ret = ret;
         ev.op = stash.op;
         ev._pad = 0;
+        ev.fp = fp;
     });
+}
+
+/// Fingerprint of the first bytes a document read returned (first iovec): the bytes are hashed
+/// here and never leave the kernel.
+#[inline(always)]
+fn read_fingerprint(stash: &Stash, ret: i64) -> u64 {
+    let (buf, buf_len) = sockets::user_buffer(stash);
+    let mut n = ret as u64;
+    if n > buf_len {
+        n = buf_len;
+    }
+    if n < FP_MIN as u64 {
+        return 0;
+    }
+    if n > FP_BYTES as u64 {
+        n = FP_BYTES as u64;
+    }
+    let mut bytes = [0u8; FP_BYTES];
+    // The mask keeps the verifier's range for the size within the stack buffer.
+    let size = (n as u32) & (FP_BYTES as u32 * 2 - 1);
+    let size = if size > FP_BYTES as u32 {
+        FP_BYTES as u32
+    } else {
+        size
+    };
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            bytes.as_mut_ptr().cast(),
+            size,
+            buf as *const _,
+        )
+    };
+    if r != 0 {
+        return 0;
+    }
+    fingerprint(&bytes, size as usize)
 }
 
 /// close(unsigned int fd): forget the fd, and tell userspace when it was one we follow.
@@ -179,6 +216,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         ev.ret = 0;
         ev.op = op::CLOSE;
         ev._pad = 0;
+        ev.fp = 0;
     });
     0
 }

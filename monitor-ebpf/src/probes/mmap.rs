@@ -80,6 +80,8 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
         ev.ret = stash.arg as i64;
         ev.op = op::MMAP;
         ev._pad = 0;
+        // No bytes of a mapping are seen: no fingerprint.
+        ev.fp = 0;
     });
     0
 }

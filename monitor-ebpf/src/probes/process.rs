@@ -1,4 +1,5 @@
-//! Following targets: exec of a selected program name, fork of a target, exit of a target.
+//! Following targets: exec of a selected program name, fork of a target, exit of a target or of
+//! one of its threads.
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{raw_tracepoint, tracepoint},
@@ -56,12 +57,19 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// sched_process_exit: when the thread-group leader of a target exits, stop following it.
+/// sched_process_exit, run by every exiting thread: when the thread-group leader of a target
+/// exits, stop following it. Any other thread of a target is reported too, so that userspace
+/// forgets what it kept for that thread (thread-per-connection servers end a thread per
+/// connection).
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if pid_tgid as u32 != tgid || !is_target(tgid) {
+    if !is_target(tgid) {
+        return 0;
+    }
+    if pid_tgid as u32 != tgid {
+        emit(kind::THREAD_EXIT, 0, 0);
         return 0;
     }
     let _ = TARGETS.remove(&tgid);

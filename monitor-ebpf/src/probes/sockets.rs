@@ -38,6 +38,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         ev.ret = 0;
         ev.op = op;
         ev._pad = 0;
+        ev.fp = 0;
     });
     0
 }
@@ -116,7 +117,7 @@ pub fn emit_data(stash: &Stash, ret: i64) {
 
 /// User buffer and its length for the stashed syscall ((0, 0) when unreadable).
 #[inline(always)]
-fn user_buffer(stash: &Stash) -> (u64, u64) {
+pub fn user_buffer(stash: &Stash) -> (u64, u64) {
     if op::is_vectored(stash.op) {
         let iov = read_user_iovec(stash.ptr);
         (iov.base, iov.len)

@@ -3,13 +3,17 @@
 //!
 //! - The params of a request become a request through [`Correlator::new_request`], like an HTTP
 //!   head (identity, thread and connection scope), keyed by (connection, request id).
-//! - STDOUT of a request is the response: its CGI head gives the status, and documents the
-//!   writing thread read with no request in scope go out with it (flow evidence).
+//! - STDIN is the request body: the form of a login request (`identity.session`) is kept, as
+//!   an HTTP login body is.
+//! - STDOUT of a request is the response: its CGI head gives the status and the `Set-Cookie`
+//!   that sessions are learnt from, and documents the writing thread read with no request in
+//!   scope go out with it (flow evidence). No fingerprint evidence: the body is masked by the
+//!   redactor, never fingerprinted.
 //! - END_REQUEST ends the request on its connection, and on the thread that wrote it: later
 //!   reads by that thread are not this request's.
 use std::collections::BTreeMap;
 
-use super::{Correlator, Finding, Release};
+use super::{Correlator, Finding, LOGIN_BODY_CAP, Owner, Release, learn_session};
 use crate::{
     events::Event,
     fastcgi::{Connection, Happening, MAX_EXCHANGES},
@@ -97,18 +101,37 @@ impl Correlator {
                     }
                 }
             }
-            Happening::Output { id } => {
-                if let Some(req) = request_of(self, id) {
-                    self.flow(ev, req);
+            Happening::Stdin { id, data } => {
+                if let Some(req) = request_of(self, id)
+                    && let Some(body) = self.requests.get_mut(&req).and_then(|r| r.login.as_mut())
+                {
+                    let room = LOGIN_BODY_CAP.saturating_sub(body.len());
+                    body.extend_from_slice(&data[..room.min(data.len())]);
                 }
             }
-            Happening::Status { id, status } => {
-                if let Some(req) = request_of(self, id)
-                    && let Some(r) = self.requests.get_mut(&req)
-                    && r.info.status.is_none()
-                {
-                    r.info.status = status;
+            Happening::Output { id } => {
+                if let Some(req) = request_of(self, id) {
+                    self.claim(ev, req, None);
                 }
+            }
+            // The response head is in: what an HTTP response's first write does.
+            Happening::Status { id, status, head } => {
+                let Some(req) = request_of(self, id) else {
+                    return;
+                };
+                if let Some(r) = self.requests.get_mut(&req) {
+                    r.responded = true;
+                    if r.info.status.is_none() {
+                        r.info.status = status;
+                    }
+                    if let Some(s) = &self.cfg.identity.session {
+                        // Read as an HTTP response head: its first line is skipped.
+                        let mut lines = b"\n".to_vec();
+                        lines.extend_from_slice(&head);
+                        learn_session(&mut self.sessions, s, r, &lines, ev.ts_ns);
+                    }
+                }
+                self.finish_where(out, |a| a.closed && a.owner == Owner::Request(req));
             }
             Happening::Ended { id } => {
                 let Some(req) = request_of(self, id) else {

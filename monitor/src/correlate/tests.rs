@@ -13,9 +13,13 @@ struct Scenario {
 
 impl Scenario {
     fn new() -> Self {
+        Self::with_identity(IdentityConfig::default())
+    }
+
+    fn with_identity(identity: IdentityConfig) -> Self {
         let cfg = CorrelatorConfig {
             roots: vec![ROOT.into()],
-            identity: IdentityConfig::default(),
+            identity,
             request_cap: 4096,
             idle_flush_ns: 500_000_000,
             realtime_offset_ns: None,
@@ -83,7 +87,15 @@ impl Scenario {
     }
 
     fn read(&mut self, pid: u32, tid: u32, fd: i32, bytes: u64) -> &mut Self {
-        self.ev(pid, tid, EventKind::FileRead { fd, bytes })
+        self.ev(
+            pid,
+            tid,
+            EventKind::FileRead {
+                fd,
+                bytes,
+                fp: None,
+            },
+        )
     }
 
     fn close(&mut self, pid: u32, tid: u32, fd: i32) -> &mut Self {
@@ -91,6 +103,31 @@ impl Scenario {
     }
 
     fn respond(&mut self, pid: u32, tid: u32, fd: i32, status: u16) -> &mut Self {
+        self.respond_fp(pid, tid, fd, status, None)
+    }
+
+    /// A document read whose first bytes have fingerprint `fp`.
+    fn read_fp(&mut self, pid: u32, tid: u32, fd: i32, bytes: u64, fp: u64) -> &mut Self {
+        self.ev(
+            pid,
+            tid,
+            EventKind::FileRead {
+                fd,
+                bytes,
+                fp: Some(fp),
+            },
+        )
+    }
+
+    /// A response (head and body start) whose body starts with bytes of fingerprint `body_fp`.
+    fn respond_fp(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        fd: i32,
+        status: u16,
+        body_fp: Option<u64>,
+    ) -> &mut Self {
         let data = format!("HTTP/1.1 {status} X\r\nContent-Length: 3\r\n\r\n").into_bytes();
         self.ev(
             pid,
@@ -99,6 +136,7 @@ impl Scenario {
                 fd,
                 bytes: data.len() as u64,
                 data: Payload(data),
+                body_fp,
             },
         )
     }
@@ -182,14 +220,29 @@ fn thread_per_request_read_then_close() {
 }
 
 #[test]
-fn access_is_judged_at_close_without_waiting() {
+fn access_is_judged_with_its_response_status() {
     let mut s = Scenario::new();
     s.get_as(1, 2, 5, "alice", "/a")
         .open(1, 2, 7, "/srv/users/bob/x")
         .read(1, 2, 7, 1);
     assert!(s.found.is_empty(), "judged before the document was closed");
     s.close(1, 2, 7);
+    assert!(s.found.is_empty(), "judged before its response");
+    // The portal read the document, then refused it: still a read, with its status.
+    s.respond(1, 2, 5, 403);
     assert_eq!(s.found.len(), 1);
+    let got = s.finish();
+    assert_eq!(got[0].request.as_ref().unwrap().status, Some(403));
+
+    // No response at all: judged when the connection goes, without a status.
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/a")
+        .open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7)
+        .sock_close(1, 2, 5);
+    assert_eq!(s.found.len(), 1);
+    assert_eq!(s.finish()[0].request.as_ref().unwrap().status, None);
 }
 
 #[test]
@@ -389,7 +442,15 @@ fn read_with_no_request_is_unattributed_then_flow_can_claim_it() {
     // Read on a thread with no scope, then written to a connection with a request.
     let mut s = Scenario::new();
     s.get_as(1, 2, 5, "alice", "/x");
-    s.ev(1, 3, EventKind::FileRead { fd: 7, bytes: 1 }); // unknown fd: ignored
+    s.ev(
+        1,
+        3,
+        EventKind::FileRead {
+            fd: 7,
+            bytes: 1,
+            fp: None,
+        },
+    ); // unknown fd: ignored
     s.open(1, 3, 7, "/srv/users/bob/x").read(1, 3, 7, 5);
     s.respond(1, 3, 5, 200);
     let got = s.finish();
@@ -512,8 +573,9 @@ fn same_document_twice_in_one_request_is_one_access() {
     s.open(1, 2, 7, "/srv/users/bob/x")
         .read(1, 2, 7, 1)
         .close(1, 2, 7);
-    assert_eq!(s.finish().len(), 1);
-    assert_eq!(s.c.stats().repeated_reads, 1);
+    let got = s.finish();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].bytes, 2);
 }
 
 #[test]
@@ -564,6 +626,55 @@ fn state_is_released_when_connections_close() {
     s.tick(1);
     assert!(s.c.requests.len() <= 1 && s.c.open.is_empty() && s.c.index.is_empty());
     assert_eq!(s.finish().len(), 100);
+}
+
+#[test]
+fn thread_per_connection_state_is_released_when_threads_exit() {
+    let mut s = Scenario::new();
+    // A new thread per connection, as the `thread` model and many servers do: each thread's
+    // scope must go with the thread, or requests and scopes pile up forever.
+    for i in 0..1000 {
+        let tid = 100 + i;
+        s.accept(1, 1, 5)
+            .get_as(1, tid, 5, "alice", "/x")
+            .open(1, tid, 7, "/srv/users/alice/x");
+        s.read(1, tid, 7, 1)
+            .close(1, tid, 7)
+            .respond(1, tid, 5, 200)
+            .sock_close(1, tid, 5);
+        s.ev(1, tid, EventKind::ThreadExit);
+    }
+    assert_eq!(s.c.tracked(), Tracked::default());
+    assert_eq!(s.finish().len(), 1000);
+}
+
+#[test]
+fn thread_exit_judges_its_unattributed_reads_and_keeps_the_connection() {
+    let mut s = Scenario::new();
+    s.accept(1, 1, 5).get_as(1, 2, 5, "alice", "/x");
+    // Thread 3 reads a document with no request in scope and exits without writing anything.
+    s.open(1, 3, 8, "/srv/users/bob/y").read(1, 3, 8, 4);
+    s.ev(1, 3, EventKind::ThreadExit);
+    assert_eq!(s.found.len(), 1, "judged at the thread's exit");
+    assert!(matches!(&s.found[0], Finding::Access(a) if a.request.is_none() && a.tid == 3));
+    // Thread 2's request is still current on its connection: its reads are still its own.
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got[1..]),
+        [(
+            u("alice"),
+            "/srv/users/bob/x".into(),
+            vec![Evidence::Thread]
+        )]
+    );
+    // Another thread exiting with the same tid in another process changes nothing here.
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/x");
+    s.ev(9, 2, EventKind::ThreadExit);
+    assert_eq!(s.c.tracked().threads, 1);
 }
 
 #[test]
@@ -639,4 +750,334 @@ fn bearer_token_expiry_is_judged_at_the_event_time() {
         (None, Some(IdentityProblem::JwtExpired), 1)
     );
     assert_eq!(run(None), (u("alice"), None, 0));
+}
+
+#[test]
+fn blocking_pool_reads_are_attributed_by_fingerprint() {
+    // An async runtime: worker 2 reads both heads; pool threads 20 and 21 read the documents
+    // (open, read, close) and worker 3 writes the responses, in the other order.
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5).accept(1, 2, 6);
+    s.get_as(1, 2, 5, "alice", "/api/a")
+        .get_as(1, 2, 6, "bob", "/api/b");
+    s.open(1, 20, 7, "/srv/users/bob/x")
+        .read_fp(1, 20, 7, 900, 0xb0b)
+        .close(1, 20, 7);
+    s.open(1, 21, 8, "/srv/users/bob/y")
+        .read_fp(1, 21, 8, 700, 0xb0b2)
+        .close(1, 21, 8);
+    assert!(s.found.is_empty(), "judged before its response was seen");
+    s.respond_fp(1, 3, 6, 200, Some(0xb0b2))
+        .respond_fp(1, 3, 5, 200, Some(0xb0b));
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("alice"),
+                "/srv/users/bob/x".into(),
+                vec![Evidence::Fingerprint]
+            ),
+            (
+                u("bob"),
+                "/srv/users/bob/y".into(),
+                vec![Evidence::Fingerprint]
+            ),
+        ]
+    );
+    assert_eq!(got[0].tid, 20, "the access names the thread that read");
+    assert_eq!(got[0].request.as_ref().unwrap().status, Some(200));
+}
+
+#[test]
+fn event_loop_serving_two_connections_does_not_use_thread_scope() {
+    // One thread, two connections: heads of alice then bob are read before either response;
+    // alice's document is read after bob's head (thread scope would say bob).
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5).accept(1, 2, 6);
+    s.get_as(1, 2, 5, "alice", "/a");
+    s.get_as(1, 2, 6, "bob", "/b");
+    s.open(1, 2, 7, "/srv/users/alice/a")
+        .read_fp(1, 2, 7, 100, 0xa)
+        .close(1, 2, 7);
+    s.open(1, 2, 8, "/srv/users/alice/b")
+        .read_fp(1, 2, 8, 100, 0xb)
+        .close(1, 2, 8);
+    // A third request on the loop must not judge the waiting reads.
+    s.accept(1, 2, 9).get_as(1, 2, 9, "carol", "/c");
+    // The response head alone (no body yet) attributes nothing on an event loop.
+    s.respond_fp(1, 2, 6, 200, None);
+    s.respond_fp(1, 2, 6, 200, Some(0xb));
+    s.respond_fp(1, 2, 5, 200, Some(0xa));
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("alice"),
+                "/srv/users/alice/a".into(),
+                vec![Evidence::Flow, Evidence::Fingerprint]
+            ),
+            (
+                u("bob"),
+                "/srv/users/alice/b".into(),
+                vec![Evidence::Flow, Evidence::Fingerprint]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn event_loop_detection_keeps_earlier_thread_scope_and_sequential_servers_alone() {
+    // Sequential keep-alive on one thread: a response before each next head, no multiplexing.
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5).accept(1, 2, 6);
+    s.get_as(1, 2, 5, "alice", "/a")
+        .respond(1, 2, 5, 200)
+        .get_as(1, 2, 6, "bob", "/b")
+        .open(1, 2, 7, "/srv/users/alice/a")
+        .read(1, 2, 7, 10)
+        .close(1, 2, 7);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("bob"),
+            "/srv/users/alice/a".into(),
+            vec![Evidence::Thread]
+        )]
+    );
+    assert!(s.c.multiplexed.is_empty());
+}
+
+#[test]
+fn unmatched_fingerprint_reads_are_unattributed_at_the_horizon() {
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5).get_as(1, 2, 5, "alice", "/a");
+    s.open(1, 20, 7, "/srv/users/bob/x")
+        .read_fp(1, 20, 7, 900, 0x1)
+        .close(1, 20, 7);
+    s.respond_fp(1, 2, 5, 200, Some(0x2));
+    assert!(s.found.is_empty());
+    s.tick(600_000_000);
+    let got = s.finish();
+    assert_eq!(summary(&got), [(None, "/srv/users/bob/x".into(), vec![])]);
+}
+
+#[test]
+fn same_document_read_twice_by_a_pool_goes_once_to_each_response() {
+    // Two requests for the same document, read by the same pool thread before either response:
+    // two accesses, each claimed by one response.
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5).accept(1, 2, 6);
+    s.get_as(1, 2, 5, "alice", "/a")
+        .get_as(1, 2, 6, "bob", "/b");
+    for fd in [7, 8] {
+        s.open(1, 20, fd, "/srv/users/carol/x")
+            .read_fp(1, 20, fd, 900, 0xc)
+            .close(1, 20, fd);
+    }
+    s.respond_fp(1, 3, 6, 200, Some(0xc))
+        .respond_fp(1, 3, 5, 403, Some(0xc));
+    let got = s.finish();
+    let mut who: Vec<(Option<String>, Option<u16>)> = got
+        .iter()
+        .map(|a| {
+            let r = a.request.as_ref().unwrap();
+            (r.identity.as_ref().map(|i| i.user.clone()), r.status)
+        })
+        .collect();
+    who.sort();
+    assert_eq!(who, [(u("alice"), Some(403)), (u("bob"), Some(200))]);
+}
+
+fn sessions() -> Scenario {
+    Scenario::with_identity(IdentityConfig {
+        sources: vec![IdentitySource::Session, IdentitySource::TrustedHeader],
+        session: Some(identity::SessionConfig {
+            cookie: "sid".into(),
+            login_path: "/login".into(),
+            user_field: "user".into(),
+            logout_path: Some("/logout".into()),
+            idle_timeout_seconds: 60,
+            max_sessions: 100,
+            store: None,
+        }),
+        ..IdentityConfig::default()
+    })
+}
+
+impl Scenario {
+    /// POST /login for `user` (form body in the same read), answered `status` with a session
+    /// cookie `sid` (as hashed by the redactor).
+    fn login(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        fd: i32,
+        user: &str,
+        status: u16,
+        sid: &str,
+    ) -> &mut Self {
+        let body = format!("user={user}&password=********");
+        self.request(
+            pid,
+            tid,
+            fd,
+            &format!(
+                "POST /login HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        self.set_cookie(
+            pid,
+            tid,
+            fd,
+            status,
+            &format!("sid={sid}; Path=/; HttpOnly"),
+        )
+    }
+
+    fn set_cookie(&mut self, pid: u32, tid: u32, fd: i32, status: u16, cookie: &str) -> &mut Self {
+        let data =
+            format!("HTTP/1.1 {status} X\r\nSet-Cookie: {cookie}\r\nContent-Length: 0\r\n\r\n")
+                .into_bytes();
+        self.ev(
+            pid,
+            tid,
+            EventKind::SockWrite {
+                fd,
+                bytes: data.len() as u64,
+                data: Payload(data),
+                body_fp: None,
+            },
+        )
+    }
+
+    fn get_with_session(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        fd: i32,
+        sid: &str,
+        target: &str,
+    ) -> &mut Self {
+        self.request(
+            pid,
+            tid,
+            fd,
+            &format!("GET {target} HTTP/1.1\r\nCookie: theme=x; sid={sid}\r\n\r\n"),
+        )
+    }
+
+    fn read_doc(&mut self, pid: u32, tid: u32, path: &str) -> &mut Self {
+        self.open(pid, tid, 40, path)
+            .read(pid, tid, 40, 10)
+            .close(pid, tid, 40)
+    }
+}
+
+#[test]
+fn sessions_learned_in_one_worker_serve_another() {
+    let mut s = sessions();
+    // Worker 1 logs alice and bob in; worker 2 serves their reads.
+    s.accept(1, 1, 5).login(1, 1, 5, "alice", 302, "aaaa");
+    s.accept(1, 1, 6).login(1, 1, 6, "bob", 200, "bbbb");
+    // A failed login binds nothing, even with a cookie.
+    s.accept(1, 1, 7).login(1, 1, 7, "mallory", 401, "mmmm");
+    s.accept(2, 2, 5)
+        .get_with_session(2, 2, 5, "aaaa", "/d/bob")
+        .read_doc(2, 2, "/srv/users/bob/x")
+        .respond(2, 2, 5, 200);
+    s.get_with_session(2, 2, 5, "bbbb", "/d/bob")
+        .read_doc(2, 2, "/srv/users/bob/x")
+        .respond(2, 2, 5, 200);
+    s.get_with_session(2, 2, 5, "mmmm", "/d/bob")
+        .read_doc(2, 2, "/srv/users/bob/x")
+        .respond(2, 2, 5, 200);
+    let got = s.finish();
+    let who: Vec<(
+        Option<String>,
+        Option<IdentitySource>,
+        Option<IdentityProblem>,
+    )> = got
+        .iter()
+        .map(|a| {
+            let r = a.request.as_ref().unwrap();
+            (
+                r.identity.as_ref().map(|i| i.user.clone()),
+                r.identity.as_ref().map(|i| i.source),
+                r.identity_problem,
+            )
+        })
+        .collect();
+    assert_eq!(
+        who,
+        [
+            (u("alice"), Some(IdentitySource::Session), None),
+            (u("bob"), Some(IdentitySource::Session), None),
+            (None, None, Some(IdentityProblem::UnknownSession)),
+        ]
+    );
+}
+
+#[test]
+fn logout_expiry_and_cleared_cookies_unbind_sessions() {
+    let mut s = sessions();
+    s.accept(1, 1, 5).login(1, 1, 5, "alice", 302, "aaaa");
+    // Logout is still made as alice; afterwards the cookie names nobody.
+    s.get_with_session(1, 1, 5, "aaaa", "/logout")
+        .read_doc(1, 1, "/srv/users/alice/x")
+        .respond(1, 1, 5, 200);
+    s.get_with_session(1, 1, 5, "aaaa", "/d")
+        .read_doc(1, 1, "/srv/users/alice/x")
+        .respond(1, 1, 5, 200);
+    // A response clearing the cookie ends the session it was sent for.
+    s.login(1, 1, 5, "bob", 302, "bbbb");
+    s.get_with_session(1, 1, 5, "bbbb", "/d")
+        .read_doc(1, 1, "/srv/users/bob/x")
+        .set_cookie(1, 1, 5, 200, "sid=; Max-Age=0");
+    s.get_with_session(1, 1, 5, "bbbb", "/d")
+        .read_doc(1, 1, "/srv/users/bob/x")
+        .respond(1, 1, 5, 200);
+    // Idle past the timeout (60 s).
+    s.login(1, 1, 5, "carol", 302, "cccc");
+    s.tick(61_000_000_000);
+    s.get_with_session(1, 1, 5, "cccc", "/d")
+        .read_doc(1, 1, "/srv/users/carol/x")
+        .respond(1, 1, 5, 200);
+    let got = s.finish();
+    let users: Vec<Option<String>> = got
+        .iter()
+        .map(|a| {
+            a.request
+                .as_ref()
+                .unwrap()
+                .identity
+                .as_ref()
+                .map(|i| i.user.clone())
+        })
+        .collect();
+    assert_eq!(users, [u("alice"), None, u("bob"), None, None]);
+}
+
+#[test]
+fn renewed_session_ids_follow_their_user() {
+    let mut s = sessions();
+    s.accept(1, 1, 5).login(1, 1, 5, "alice", 302, "aaaa");
+    // The portal rotates the id on the next request.
+    s.get_with_session(1, 1, 5, "aaaa", "/home")
+        .set_cookie(1, 1, 5, 200, "sid=a2a2; Path=/");
+    s.get_with_session(1, 1, 5, "a2a2", "/d")
+        .read_doc(1, 1, "/srv/users/bob/x")
+        .respond(1, 1, 5, 200);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("alice"),
+            "/srv/users/bob/x".into(),
+            vec![Evidence::Thread]
+        )]
+    );
 }

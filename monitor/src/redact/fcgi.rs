@@ -12,7 +12,7 @@
 //! the redacted bytes exactly as the raw ones.
 use std::{collections::BTreeMap, ops::Range};
 
-use super::{MAX_PENDING, Redactor};
+use super::{MAX_PENDING, Redactor, mask_form};
 use crate::fastcgi::{self, Direction, Piece, Reader, kind};
 
 /// What a credential param is redacted as.
@@ -71,7 +71,15 @@ struct Pairs {
     overlong: bool,
     /// Bytes of the stream went unseen: pair boundaries are unknown, so the rest is masked.
     broken: bool,
+    /// `REQUEST_METHOD` and `REQUEST_URI` (bounded), to recognise the portal's login request.
+    method: Vec<u8>,
+    uri: Vec<u8>,
+    /// The current value is one of those two (`true`: the method).
+    wanted: Option<bool>,
 }
+
+/// Longest `REQUEST_METHOD` or `REQUEST_URI` kept.
+const MAX_KEPT: usize = 2048;
 
 impl Pairs {
     fn broken() -> Self {
@@ -82,7 +90,7 @@ impl Pairs {
     }
 
     /// Redacts the next bytes of the params stream in place.
-    fn redact(&mut self, r: &Redactor, buf: &mut [u8]) {
+    fn redact(&mut self, r: &mut Redactor, buf: &mut [u8]) {
         if self.broken {
             buf.fill(b'*');
             return;
@@ -122,25 +130,48 @@ impl Pairs {
                         return;
                     }
                     self.field = sensitive(&self.name);
+                    self.wanted = match self.name.as_slice() {
+                        b"REQUEST_METHOD" => Some(true),
+                        b"REQUEST_URI" => Some(false),
+                        _ => None,
+                    };
                     self.stage = Stage::Value;
                 }
                 Stage::Value => {
                     let take = (self.value_left as usize).min(buf.len() - i);
                     self.value_left -= take as u32;
                     let done = self.value_left == 0;
+                    if let Some(method) = self.wanted {
+                        let kept = if method {
+                            &mut self.method
+                        } else {
+                            &mut self.uri
+                        };
+                        let room = MAX_KEPT.saturating_sub(kept.len());
+                        kept.extend_from_slice(&buf[i..i + take.min(room)]);
+                    }
                     self.redact_value(r, &mut buf[i..i + take], done);
                     i += take;
                     if !done {
                         return;
                     }
-                    *self = Self::default();
+                    // The next pair; what identifies the request is kept.
+                    let (method, uri) = (
+                        std::mem::take(&mut self.method),
+                        std::mem::take(&mut self.uri),
+                    );
+                    *self = Self {
+                        method,
+                        uri,
+                        ..Self::default()
+                    };
                 }
             }
         }
     }
 
     /// The next `part` of the current value; `done` says the value ends with it.
-    fn redact_value(&mut self, r: &Redactor, part: &mut [u8], done: bool) {
+    fn redact_value(&mut self, r: &mut Redactor, part: &mut [u8], done: bool) {
         match self.field {
             None => {}
             Some(Field::Mask) => part.fill(b'*'),
@@ -164,14 +195,24 @@ impl Pairs {
     }
 }
 
-/// The CGI head at the start of one request's STDOUT.
+/// The CGI head at the start of one request's STDOUT, then its body.
 #[derive(Debug, Default)]
 struct Head {
     /// Raw bytes of the line the last chunk ended in.
     carried: Vec<u8>,
     /// Bytes of the head went unseen: the line they were in is masked to its end.
     skip_line: bool,
+    /// The head is over: the rest is the body (document content: masked).
     done: bool,
+}
+
+/// The login form in the STDIN of a request to the portal's login path (`identity.session`).
+#[derive(Debug, Default)]
+struct Form {
+    name: Vec<u8>,
+    keep: Option<bool>,
+    /// Bytes of the form went unseen: the position in it is lost, the rest is masked.
+    lost: bool,
 }
 
 /// One FastCGI connection, both directions.
@@ -180,6 +221,7 @@ pub(super) struct Stream {
     input: Reader,
     output: Reader,
     params: BTreeMap<u16, Pairs>,
+    forms: BTreeMap<u16, Form>,
     heads: BTreeMap<u16, Head>,
 }
 
@@ -189,22 +231,67 @@ impl Default for Stream {
             input: Reader::new(Direction::ToApp),
             output: Reader::new(Direction::FromApp),
             params: BTreeMap::new(),
+            forms: BTreeMap::new(),
             heads: BTreeMap::new(),
         }
     }
 }
 
-/// Where a piece of a chunk goes.
+/// Where a piece of a chunk goes. `kind` is the record type of the stream (PARAMS, STDIN,
+/// STDOUT).
 enum Seg {
     Begin(u16),
-    /// Captured content of a PARAMS or STDOUT record (by direction).
-    Content(u16, Range<usize>),
+    /// Captured content of a stream.
+    Content(u8, u16, Range<usize>),
     /// Content of that stream went unseen.
-    Gap(u16),
-    /// The stream of that request ended (empty PARAMS or STDOUT record, END_REQUEST).
-    End(u16),
+    Gap(u8, u16),
+    /// That stream of that request ended (its empty record; END_REQUEST ends STDOUT).
+    End(u8, u16),
     /// The framing was lost from here on.
     Lost(usize),
+}
+
+/// The streams of the front server's records that are redacted.
+fn input_seg(p: Piece<'_>) -> Option<Seg> {
+    match p {
+        Piece::End(h) if h.kind == kind::BEGIN_REQUEST => Some(Seg::Begin(h.request_id)),
+        Piece::Content { header, at, bytes }
+            if matches!(header.kind, kind::PARAMS | kind::STDIN) =>
+        {
+            Some(Seg::Content(
+                header.kind,
+                header.request_id,
+                at..at + bytes.len(),
+            ))
+        }
+        Piece::Unseen { header, .. } if matches!(header.kind, kind::PARAMS | kind::STDIN) => {
+            Some(Seg::Gap(header.kind, header.request_id))
+        }
+        Piece::End(h) if matches!(h.kind, kind::PARAMS | kind::STDIN) && h.content_len == 0 => {
+            Some(Seg::End(h.kind, h.request_id))
+        }
+        _ => None,
+    }
+}
+
+/// The application's STDOUT records.
+fn output_seg(p: Piece<'_>) -> Option<Seg> {
+    match p {
+        Piece::Content { header, at, bytes } if header.kind == kind::STDOUT => Some(Seg::Content(
+            kind::STDOUT,
+            header.request_id,
+            at..at + bytes.len(),
+        )),
+        Piece::Unseen { header, .. } if header.kind == kind::STDOUT => {
+            Some(Seg::Gap(kind::STDOUT, header.request_id))
+        }
+        Piece::End(h)
+            if (h.kind == kind::STDOUT && h.content_len == 0) || h.kind == kind::END_REQUEST =>
+        {
+            Some(Seg::End(kind::STDOUT, h.request_id))
+        }
+        _ => None,
+    }
 }
 
 impl Stream {
@@ -214,38 +301,61 @@ impl Stream {
     }
 
     /// Redacts a read of `total` bytes whose capture is `data`.
-    pub(super) fn redact_read(&mut self, r: &Redactor, data: &mut [u8], total: u64) {
-        let segs = frame(&mut self.input, data, total, |p| match p {
-            Piece::End(h) if h.kind == kind::BEGIN_REQUEST => Some(Seg::Begin(h.request_id)),
-            Piece::Content { header, at, bytes } if header.kind == kind::PARAMS => {
-                Some(Seg::Content(header.request_id, at..at + bytes.len()))
-            }
-            Piece::Unseen { header, .. } if header.kind == kind::PARAMS => {
-                Some(Seg::Gap(header.request_id))
-            }
-            Piece::End(h) if h.kind == kind::PARAMS && h.content_len == 0 => {
-                Some(Seg::End(h.request_id))
-            }
-            _ => None,
-        });
-        let Some(segs) = segs else {
+    pub(super) fn redact_read(&mut self, r: &mut Redactor, data: &mut [u8], total: u64) {
+        let Some(segs) = frame(&mut self.input, data, total, input_seg) else {
             data.fill(b'*');
             return;
         };
         for (id, seg) in batches(segs) {
             match seg {
                 Batch::Begin => {
+                    // A new request with this id: its response starts afresh, as the decoder's.
                     bounded_insert(&mut self.params, id, Pairs::default());
+                    self.forms.remove(&id);
+                    self.heads.remove(&id);
                 }
-                Batch::Content(ranges) => {
+                Batch::Content(kind::PARAMS, ranges) => {
                     let pairs = self.params.entry(id).or_insert_with(Pairs::broken);
                     scattered(data, &ranges, |buf| pairs.redact(r, buf));
                 }
-                Batch::Gap => {
+                Batch::Content(_, ranges) => {
+                    if let Some(form) = self.forms.get_mut(&id) {
+                        let user_field = r
+                            .session
+                            .as_ref()
+                            .map_or(&b""[..], |s| s.user_field.as_bytes());
+                        scattered(data, &ranges, |buf| {
+                            if form.lost {
+                                buf.fill(b'*');
+                            } else {
+                                mask_form(buf, &mut form.name, &mut form.keep, user_field);
+                            }
+                        });
+                    }
+                }
+                Batch::Gap(kind::PARAMS) => {
                     self.params.insert(id, Pairs::broken());
                 }
-                Batch::End => {
-                    self.params.remove(&id);
+                Batch::Gap(_) => {
+                    if let Some(form) = self.forms.get_mut(&id) {
+                        form.lost = true;
+                    }
+                }
+                Batch::End(kind::PARAMS) => {
+                    // The params are complete: a POST to the login path has its form in STDIN.
+                    let login = self.params.remove(&id).is_some_and(|p| {
+                        r.session.as_ref().is_some_and(|s| {
+                            p.method == b"POST"
+                                && p.uri.split(|&b| b == b'?' || b == b'#').next()
+                                    == Some(s.login_path.as_bytes())
+                        })
+                    });
+                    if login {
+                        bounded_insert(&mut self.forms, id, Form::default());
+                    }
+                }
+                Batch::End(_) => {
+                    self.forms.remove(&id);
                 }
                 Batch::Lost(at) => data[at..].fill(b'*'),
             }
@@ -253,30 +363,15 @@ impl Stream {
     }
 
     /// Redacts a write of `total` bytes whose capture is `data`.
-    pub(super) fn redact_write(&mut self, r: &Redactor, data: &mut [u8], total: u64) {
-        let segs = frame(&mut self.output, data, total, |p| match p {
-            Piece::Content { header, at, bytes } if header.kind == kind::STDOUT => {
-                Some(Seg::Content(header.request_id, at..at + bytes.len()))
-            }
-            Piece::Unseen { header, .. } if header.kind == kind::STDOUT => {
-                Some(Seg::Gap(header.request_id))
-            }
-            Piece::End(h)
-                if (h.kind == kind::STDOUT && h.content_len == 0)
-                    || h.kind == kind::END_REQUEST =>
-            {
-                Some(Seg::End(h.request_id))
-            }
-            _ => None,
-        });
-        let Some(segs) = segs else {
+    pub(super) fn redact_write(&mut self, r: &mut Redactor, data: &mut [u8], total: u64) {
+        let Some(segs) = frame(&mut self.output, data, total, output_seg) else {
             data.fill(b'*');
             return;
         };
         for (id, seg) in batches(segs) {
             match seg {
                 Batch::Begin => {}
-                Batch::Content(ranges) => {
+                Batch::Content(_, ranges) => {
                     if !self.heads.contains_key(&id) {
                         bounded_insert(&mut self.heads, id, Head::default());
                     }
@@ -284,13 +379,13 @@ impl Stream {
                         scattered(data, &ranges, |buf| redact_head(r, head, buf));
                     }
                 }
-                Batch::Gap => {
+                Batch::Gap(_) => {
                     if let Some(head) = self.heads.get_mut(&id) {
                         head.carried.clear();
                         head.skip_line = true;
                     }
                 }
-                Batch::End => {
+                Batch::End(_) => {
                     self.heads.remove(&id);
                 }
                 Batch::Lost(at) => data[at..].fill(b'*'),
@@ -322,25 +417,27 @@ fn frame(
 enum Batch {
     Begin,
     /// Consecutive captured content of one request's stream: one logical run of bytes.
-    Content(Vec<Range<usize>>),
-    Gap,
-    End,
+    Content(u8, Vec<Range<usize>>),
+    Gap(u8),
+    End(u8),
     Lost(usize),
 }
 
-/// Groups consecutive content of one request into one batch, so that a value or line that
-/// spans two records of the same chunk is seen whole.
+/// Groups consecutive content of one request's stream into one batch, so that a value or line
+/// that spans two records of the same chunk is seen whole.
 fn batches(segs: Vec<Seg>) -> Vec<(u16, Batch)> {
     let mut out: Vec<(u16, Batch)> = Vec::new();
     for seg in segs {
         match seg {
-            Seg::Content(id, range) => match out.last_mut() {
-                Some((last, Batch::Content(ranges))) if *last == id => ranges.push(range),
-                _ => out.push((id, Batch::Content(vec![range]))),
+            Seg::Content(kind, id, range) => match out.last_mut() {
+                Some((last, Batch::Content(k, ranges))) if *last == id && *k == kind => {
+                    ranges.push(range);
+                }
+                _ => out.push((id, Batch::Content(kind, vec![range]))),
             },
             Seg::Begin(id) => out.push((id, Batch::Begin)),
-            Seg::Gap(id) => out.push((id, Batch::Gap)),
-            Seg::End(id) => out.push((id, Batch::End)),
+            Seg::Gap(kind, id) => out.push((id, Batch::Gap(kind))),
+            Seg::End(kind, id) => out.push((id, Batch::End(kind))),
             Seg::Lost(at) => out.push((0, Batch::Lost(at))),
         }
     }
@@ -370,8 +467,10 @@ fn bounded_insert<T>(map: &mut BTreeMap<u16, T>, id: u16, value: T) {
 }
 
 /// The next bytes of a STDOUT stream: header lines until the head ends.
-fn redact_head(r: &Redactor, head: &mut Head, buf: &mut [u8]) {
+fn redact_head(r: &mut Redactor, head: &mut Head, buf: &mut [u8]) {
     if head.done {
+        // The body: document content never reaches the correlator or a trace.
+        buf.fill(b'*');
         return;
     }
     let mut start = 0;
@@ -384,11 +483,10 @@ fn redact_head(r: &Redactor, head: &mut Head, buf: &mut [u8]) {
         head.skip_line = false;
         start = nl + 1;
     }
-    if r.redact_lines(&mut head.carried, &mut buf[start..], true)
-        .is_some()
-    {
+    if let Some(end) = r.redact_lines(&mut head.carried, &mut buf[start..], true) {
         head.done = true;
         head.carried = Vec::new();
+        buf[start + end..].fill(b'*');
     }
 }
 

@@ -61,7 +61,14 @@ fn events() -> Vec<Event> {
                 flags: 0,
             },
         ),
-        e(30, EventKind::FileRead { fd: 7, bytes: 9 }),
+        e(
+            30,
+            EventKind::FileRead {
+                fd: 7,
+                bytes: 9,
+                fp: None,
+            },
+        ),
         e(40, EventKind::FileClose { fd: 7 }),
     ]
 }

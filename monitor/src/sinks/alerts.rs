@@ -89,6 +89,10 @@ struct AccessAlert<'a> {
     bytes: u64,
     rule: &'static str,
     access_id: u64,
+    /// The portal answered the request with an error (4xx/5xx) after the document was read:
+    /// the read happened all the same, but the document may not have been sent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    refused_after_read: bool,
 }
 
 #[derive(Serialize)]
@@ -168,6 +172,11 @@ impl AlertSink {
             bytes: access.bytes,
             rule: judgement.rule,
             access_id: access.id,
+            refused_after_read: access
+                .request
+                .as_ref()
+                .and_then(|r| r.status)
+                .is_some_and(|s| s >= 400),
         };
         self.write_line(&line)
     }

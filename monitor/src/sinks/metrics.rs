@@ -66,6 +66,7 @@ pub struct Metrics {
     latency: Histogram,
     ring_fill: Histogram,
     ring_size: IntGauge,
+    tracked: IntGaugeVec,
 }
 
 /// The label value of an identity source: its name in the alert schema (`trusted_header`, ...).
@@ -218,6 +219,19 @@ impl Metrics {
                 "vigie_ringbuf_size_bytes",
                 "Size of the kernel ring buffer.",
             )?,
+            tracked: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "vigie_correlator_tracked",
+                        "State the correlator holds now, by kind: connections, requests, threads \
+                         (with a request in scope), open_accesses (reads not judged yet), \
+                         documents (open document fds). Returns to near zero when the portal is idle.",
+                    ),
+                    &["kind"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             registry: r,
         };
         for reason in 0..monitor_common::loss::COUNT {
@@ -236,6 +250,7 @@ impl Metrics {
         // Forged or expired bearer tokens make violations without an identity.
         m.violations.with_label_values(&[NO_IDENTITY]).reset();
         m.requests.with_label_values(&[NO_IDENTITY]).reset();
+        m.set_tracked(&crate::correlate::Tracked::default());
         Ok(m)
     }
 
@@ -300,6 +315,22 @@ impl Metrics {
             .set(i64::try_from(attached).unwrap_or(i64::MAX));
         self.probes_expected
             .set(i64::try_from(expected).unwrap_or(i64::MAX));
+    }
+
+    /// The correlator's state sizes (bounded labels: the kinds of [`Tracked`]).
+    pub fn set_tracked(&self, t: &crate::correlate::Tracked) {
+        for (kind, n) in [
+            ("connections", t.connections),
+            ("requests", t.requests),
+            ("threads", t.threads),
+            ("open_accesses", t.open_accesses),
+            ("documents", t.documents),
+            ("sessions", t.sessions),
+        ] {
+            self.tracked
+                .with_label_values(&[kind])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn set_ring_size(&self, bytes: u64) {
@@ -515,6 +546,12 @@ mod tests {
             r#"vigie_requests_total{identity_source="none"}"#,
             "vigie_targets",
             "vigie_probes_attached",
+            r#"vigie_correlator_tracked{kind="connections"}"#,
+            r#"vigie_correlator_tracked{kind="requests"}"#,
+            r#"vigie_correlator_tracked{kind="threads"}"#,
+            r#"vigie_correlator_tracked{kind="open_accesses"}"#,
+            r#"vigie_correlator_tracked{kind="documents"}"#,
+            r#"vigie_correlator_tracked{kind="sessions"}"#,
         ] {
             assert_eq!(value(&t, series), Some(0.0), "{series} in\n{t}");
         }

@@ -127,13 +127,15 @@ impl TraceWriter {
         &self.files
     }
 
-    /// Writes the header with its own buffer: `record` may be holding the next event's line.
+    /// Writes the header with its own buffer (`record` may be holding the next event's line),
+    /// and flushes it at once: a file killed before its first flush is still a trace that
+    /// replays, not an empty file replay refuses.
     fn write_header(&mut self) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(&self.header).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.out.write_all(&line)?;
         self.file_bytes += line.len() as u64;
-        Ok(())
+        self.out.flush()
     }
 
     pub fn record(&mut self, ev: &Event) -> std::io::Result<()> {
@@ -203,7 +205,11 @@ mod tests {
             pid: 1,
             tid: 1,
             comm: "p".into(),
-            kind: EventKind::FileRead { fd: 3, bytes: i },
+            kind: EventKind::FileRead {
+                fd: 3,
+                bytes: i,
+                fp: None,
+            },
         }
     }
 
@@ -251,6 +257,28 @@ mod tests {
                 serde_json::from_str::<Event>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
             }
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_new_file_holds_its_header_before_any_flush() {
+        let dir = tmp("header");
+        let header = TraceHeader::new(
+            &config(),
+            WallClock {
+                realtime_offset_ns: 5,
+            },
+        );
+        let mut w = TraceWriter::create(&dir, header.clone(), Rotation::default()).unwrap();
+        w.record(&ev(1)).unwrap();
+        // As a SIGKILL would find it: no flush since creation.
+        let text = std::fs::read_to_string(&w.files()[0]).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(
+            serde_json::from_str::<TraceHeader>(lines[0]).unwrap(),
+            header
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -105,6 +105,18 @@ impl Document {
         crate::mapped::Mapping::of(self.file.as_file(), self.len)
     }
 
+    /// Reads the whole document with `pread64` and keeps it open; returns the bytes read.
+    pub(crate) fn read_keeping_open(&self) -> io::Result<u64> {
+        let mut chunk = vec![0; CHUNK];
+        let mut total = 0u64;
+        loop {
+            match retry(|| self.file().read_at(&mut chunk, total))? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    }
+
     /// Reads the whole document in 16 KiB chunks, then closes it unless cached.
     ///
     /// A cached file is always read with `pread64`: its offset is shared by every request.

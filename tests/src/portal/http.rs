@@ -23,7 +23,12 @@ pub(crate) struct Request {
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The body, up to [`MAX_BODY_KEPT`] bytes (the rest is discarded).
+    pub body: Vec<u8>,
 }
+
+/// Body bytes kept per request (login forms); the rest is read and dropped.
+pub(crate) const MAX_BODY_KEPT: usize = 4096;
 
 /// Why no request could be read.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,7 +99,7 @@ impl Request {
 
     /// The declared body length: 0 without Content-Length, an error status when it cannot be
     /// relied upon (chunked bodies are not supported by this demo).
-    fn body_len(&self) -> Result<u64, u16> {
+    pub(crate) fn body_len(&self) -> Result<u64, u16> {
         if self.header("transfer-encoding").is_some() {
             return Err(501);
         }
@@ -130,7 +135,7 @@ fn jwt_subject(token: &str) -> Option<String> {
 
 /// User names are echoed in a response header and in the log, so only a tame alphabet is
 /// accepted.
-fn valid_user(user: &str) -> bool {
+pub(crate) fn valid_user(user: &str) -> bool {
     (1..=64).contains(&user.len())
         && user
             .bytes()
@@ -143,9 +148,10 @@ pub(crate) fn read_request(wire: &mut impl Wire, buf: &mut Vec<u8>) -> Result<Re
     loop {
         if !buf.is_empty() {
             if let Some((request, head_len)) = parse_head(buf)? {
+                let mut request = request;
                 let body_len = request.body_len().map_err(ReadError::Reject)?;
                 buf.drain(..head_len);
-                discard_body(wire, buf, body_len)?;
+                request.body = read_body(wire, buf, body_len)?;
                 return Ok(request);
             }
             if buf.len() >= MAX_HEAD {
@@ -164,7 +170,7 @@ pub(crate) fn read_request(wire: &mut impl Wire, buf: &mut Vec<u8>) -> Result<Re
 }
 
 /// Parses a complete head at the start of `buf`, returning it with its length.
-fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ReadError> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ReadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
@@ -189,24 +195,30 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ReadError> {
             .iter()
             .map(|h| (h.name.to_owned(), h.value.to_owned()))
             .collect(),
+        body: Vec::new(),
     };
     Ok(Some((request, head_len)))
 }
 
-/// Drops `len` body bytes, first from `buf`, then from the socket.
-fn discard_body(wire: &mut impl Wire, buf: &mut Vec<u8>, len: u64) -> Result<(), ReadError> {
+/// Reads `len` body bytes, first from `buf`, then from the socket; keeps the first
+/// [`MAX_BODY_KEPT`].
+fn read_body(wire: &mut impl Wire, buf: &mut Vec<u8>, len: u64) -> Result<Vec<u8>, ReadError> {
     let buffered = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
-    buf.drain(..buffered);
+    let mut body: Vec<u8> = buf.drain(..buffered).take(MAX_BODY_KEPT).collect();
     let mut left = len - buffered as u64;
     let mut chunk = [0; RECV_CHUNK];
     while left > 0 {
         let want = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
         match wire.recv(&mut chunk[..want]) {
             Ok(0) | Err(_) => return Err(ReadError::Closed),
-            Ok(n) => left -= n as u64,
+            Ok(n) => {
+                let room = MAX_BODY_KEPT.saturating_sub(body.len()).min(n);
+                body.extend_from_slice(&chunk[..room]);
+                left -= n as u64;
+            }
         }
     }
-    Ok(())
+    Ok(body)
 }
 
 /// Decodes `%XX` escapes; `None` on a malformed escape. `+` stays literal (this is a path).
@@ -233,6 +245,7 @@ pub(crate) fn percent_decode(input: &str) -> Option<Vec<u8>> {
 pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        302 => "Found",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -254,6 +267,8 @@ pub(crate) struct Head<'a> {
     /// not say what the server will do.
     pub connection: Option<&'static str>,
     pub challenge: bool,
+    /// A `Set-Cookie` value (and a `Location: /` with it).
+    pub set_cookie: Option<&'a str>,
 }
 
 impl Head<'_> {
@@ -267,6 +282,11 @@ impl Head<'_> {
         );
         if self.challenge {
             head.push_str("WWW-Authenticate: Basic realm=\"vigie-demo-portal\"\r\n");
+        }
+        if let Some(cookie) = self.set_cookie {
+            head.push_str("Set-Cookie: ");
+            head.push_str(cookie);
+            head.push_str("\r\nLocation: /\r\n");
         }
         if let Some(connection) = self.connection {
             head.push_str("Connection: ");
@@ -291,6 +311,7 @@ mod tests {
                 .iter()
                 .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
                 .collect(),
+            body: Vec::new(),
         }
     }
 

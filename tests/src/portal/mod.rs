@@ -10,6 +10,14 @@
 //! | `thread`  | `accept4` | `read(2)`           | `openat` + `read(2)`  | `write(2)`            |
 //! | `prefork` | `accept4` | `recvfrom` (`recv`) | `openat` + `sendfile` | `sendto` + `sendfile` |
 //! | `pool`    | `accept4` | `recvfrom`          | `openat` + `pread64`  | `sendto`              |
+//! | `async`   | `accept4` | `recvfrom` (worker) | `read(2)` on a blocking-pool thread | `sendto` (worker) |
+//! | `event-loop` | `accept4` | `recvfrom`       | `read(2)`, same thread | `sendto`, same thread |
+//!
+//! `async` runs on a multi-threaded tokio runtime whose documents are read by `tokio::fs` (the
+//! runtime's blocking pool); `event-loop` serves every connection on one thread and yields
+//! between a request's head, its document and its response, so that concurrent requests
+//! interleave. Neither leaves the reading thread in charge of the connection: Vigie has to
+//! attribute those reads by content fingerprint.
 //!
 //! With `--mmap` (thread model), documents are mapped and closed, then written from the mapping
 //! with `writev(2)` (head and body in one call): `openat` + `mmap` + `close`, no `read(2)`.
@@ -22,7 +30,9 @@ mod docs;
 mod generate;
 mod http;
 mod prefork;
+mod runtime;
 mod serve;
+mod sessions;
 mod wire;
 
 use std::io::{self, Write};
@@ -53,7 +63,8 @@ pub struct Config {
     #[arg(long, value_enum)]
     pub model: Model,
 
-    /// Worker processes (prefork, default 2) or worker threads (pool, default 4).
+    /// Worker processes (prefork, default 2) or worker threads (pool, default 4; async,
+    /// default 2).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=prefork::MAX_WORKERS as i64))]
     pub workers: Option<u16>,
 
@@ -88,6 +99,23 @@ pub struct Config {
     /// reading them.
     #[arg(long)]
     pub mmap: bool,
+
+    /// Check ownership only after loading the document, and answer 403 to other users: the
+    /// document is read all the same (a portal that authorises too late).
+    #[arg(long)]
+    pub late_check: bool,
+
+    /// Keep sessions in this Redis (`redis://host:port`, keys `session:<id>` holding the user)
+    /// instead of files under ROOT/sessions.
+    #[arg(long, value_name = "URL")]
+    pub session_redis: Option<String>,
+
+    /// Fault injection: a document request whose query is `?crash` reads the whole document,
+    /// then the serving process aborts (SIGABRT, no core dump) with the document still open and
+    /// nothing answered. In `prefork` only that worker dies (and is replaced); in `thread` and
+    /// `pool` the whole portal does.
+    #[arg(long)]
+    pub crash_hook: bool,
 }
 
 /// How connections are accepted and served.
@@ -99,6 +127,10 @@ pub enum Model {
     Prefork,
     /// An acceptor thread handing connections to worker threads; recvfrom, pread64, sendto.
     Pool,
+    /// A multi-threaded async runtime reading documents on its blocking pool.
+    Async,
+    /// One thread serving every connection concurrently, documents read on that thread.
+    EventLoop,
 }
 
 impl Config {
@@ -107,7 +139,8 @@ impl Config {
         let default = match self.model {
             Model::Prefork => 2,
             Model::Pool => 4,
-            Model::Thread => 1,
+            Model::Async => 2,
+            Model::Thread | Model::EventLoop => 1,
         };
         self.workers.map_or(default, usize::from)
     }
@@ -120,6 +153,9 @@ pub(crate) struct Context {
     pub cache: bool,
     pub allow_anonymous: bool,
     pub mmap: bool,
+    pub late_check: bool,
+    pub session_redis: Option<redis::Client>,
+    pub crash_hook: bool,
 }
 
 /// The document pre-opened into the cache at startup (relative to ROOT/users).
@@ -145,6 +181,10 @@ pub fn run(config: Config) -> io::Result<()> {
             config.worker_count(),
             Duration::from_millis(config.fork_delay_ms),
         ),
+        Model::Async | Model::EventLoop => {
+            prefork::exit_on_termination_signals()?;
+            runtime::run(listener, ctx, config.model, config.worker_count())
+        }
     }
 }
 
@@ -162,6 +202,16 @@ fn prepare(config: &Config) -> io::Result<(TcpListener, Arc<Context>)> {
         cache: config.cache,
         allow_anonymous: config.allow_anonymous,
         mmap: config.mmap,
+        late_check: config.late_check,
+        session_redis: config
+            .session_redis
+            .as_deref()
+            .map(redis::Client::open)
+            .transpose()
+            .map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("--session-redis: {e}"))
+            })?,
+        crash_hook: config.crash_hook,
     });
     if config.cache {
         let path = docs::document_path(&ctx.root, "users", PREOPENED_DOCUMENT.as_bytes());
@@ -206,10 +256,10 @@ pub struct Server {
 impl Server {
     /// Prepares the root as `run` does and starts accepting on a background thread.
     pub fn start(config: &Config) -> io::Result<Server> {
-        if config.model == Model::Prefork {
+        if !matches!(config.model, Model::Thread | Model::Pool) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "the prefork model cannot run in-process",
+                "only the thread and pool models can run in-process",
             ));
         }
         let (listener, ctx) = prepare(config)?;

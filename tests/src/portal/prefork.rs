@@ -15,6 +15,9 @@ use super::{Context, Model};
 /// Upper bound of `--workers`: worker pids live in a fixed array that a signal handler reads.
 pub(crate) const MAX_WORKERS: usize = 64;
 
+/// Workers replaced over the master's life, at most.
+const MAX_RESPAWNS: usize = 100;
+
 /// Pids of the live workers (0 for none), read by the parent's SIGTERM/SIGINT handler, which
 /// may neither allocate nor lock.
 static WORKERS: [AtomicI32; MAX_WORKERS] = [const { AtomicI32::new(0) }; MAX_WORKERS];
@@ -32,7 +35,8 @@ pub(crate) fn exit_on_termination_signals() -> io::Result<()> {
 }
 
 /// Sleeps `fork_delay`, forks `workers` processes that accept on `listener`, then waits for
-/// them. Returns only if every worker exited on its own (an error unless all exited with 0).
+/// them, replacing each worker that dies abnormally (a crash, a kill) as a real prefork server
+/// does. Returns only if every worker exited on its own (an error unless all exited with 0).
 pub(crate) fn run(
     listener: TcpListener,
     ctx: Arc<Context>,
@@ -45,26 +49,46 @@ pub(crate) fn run(
     // SAFETY: getpid cannot fail.
     let parent = unsafe { libc::getpid() };
     for slot in WORKERS.iter().take(workers) {
-        // Termination signals stay blocked across fork: the parent records the pid before its
-        // handler can run, and the child resets the inherited handler before receiving any.
-        let old_mask = block_termination_signals()?;
-        // SAFETY: this process is single-threaded here (nothing spawned threads before), so
-        // the child may keep running ordinary Rust code.
-        match unsafe { libc::fork() } {
-            -1 => {
-                let error = io::Error::last_os_error();
-                restore_mask(&old_mask);
-                stop_workers();
-                return Err(error);
-            }
-            0 => worker(listener, ctx, parent, &old_mask),
-            pid => {
-                slot.store(pid, Ordering::SeqCst);
-                restore_mask(&old_mask);
-            }
+        if let Err(error) = spawn_worker(slot, &listener, &ctx, parent) {
+            stop_workers();
+            return Err(error);
         }
     }
-    reap_workers()
+    reap_workers(&listener, &ctx, parent)
+}
+
+/// Forks one worker and records its pid in `slot`.
+fn spawn_worker(
+    slot: &AtomicI32,
+    listener: &TcpListener,
+    ctx: &Arc<Context>,
+    parent: libc::pid_t,
+) -> io::Result<libc::pid_t> {
+    // Termination signals stay blocked across fork: the parent records the pid before its
+    // handler can run, and the child resets the inherited handler before receiving any.
+    let old_mask = block_termination_signals()?;
+    // SAFETY: this process is single-threaded (nothing spawned threads in it), so the child may
+    // keep running ordinary Rust code.
+    match unsafe { libc::fork() } {
+        -1 => {
+            let error = io::Error::last_os_error();
+            restore_mask(&old_mask);
+            Err(error)
+        }
+        0 => {
+            let listener = listener.try_clone().unwrap_or_else(|e| {
+                log_line(&format!("worker: cannot use the listening socket: {e}"));
+                // SAFETY: see `worker`.
+                unsafe { libc::_exit(1) }
+            });
+            worker(listener, Arc::clone(ctx), parent, &old_mask)
+        }
+        pid => {
+            slot.store(pid, Ordering::SeqCst);
+            restore_mask(&old_mask);
+            Ok(pid)
+        }
+    }
 }
 
 /// The body of a worker process; never returns.
@@ -92,9 +116,12 @@ fn worker(
     unsafe { libc::_exit(0) }
 }
 
-/// Waits for every worker. A worker that dies is not replaced.
-fn reap_workers() -> io::Result<()> {
+/// Waits for every worker. A worker that dies abnormally is replaced in its slot (at most
+/// [`MAX_RESPAWNS`] times over the master's life, so that a worker crashing at start cannot make
+/// it fork forever); one that exits on its own is not.
+fn reap_workers(listener: &TcpListener, ctx: &Arc<Context>, parent: libc::pid_t) -> io::Result<()> {
     let mut all_clean = true;
+    let mut respawns = 0;
     loop {
         let mut status = 0;
         // SAFETY: `status` is a valid out-pointer.
@@ -107,10 +134,23 @@ fn reap_workers() -> io::Result<()> {
                 _ => return Err(error),
             }
         }
-        for slot in &WORKERS {
-            let _ = slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst);
-        }
+        let slot = WORKERS.iter().find(|slot| {
+            slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        });
         let clean = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        if let Some(slot) = slot.filter(|_| !clean && respawns < MAX_RESPAWNS) {
+            respawns += 1;
+            match spawn_worker(slot, listener, ctx, parent) {
+                Ok(new) => {
+                    log_line(&format!(
+                        "worker {pid} ended (wait status {status:#x}); replaced by worker {new}"
+                    ));
+                    continue;
+                }
+                Err(e) => log_line(&format!("cannot replace worker {pid}: {e}")),
+            }
+        }
         all_clean &= clean;
         log_line(&format!(
             "worker {pid} ended (wait status {status:#x}); not replaced"

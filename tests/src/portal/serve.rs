@@ -2,13 +2,15 @@
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use super::docs::{Document, document_path, read_portal_db};
+use super::docs::{Document, ReadWith, document_path, read_portal_db};
 use super::http::{self, Head, ReadError, Request};
+use super::sessions;
 use super::wire::{FdWire, MapWire, SockWire, StreamWire, Wire};
 use super::{Context, Model};
 
@@ -71,6 +73,8 @@ pub(crate) fn accept_loop(
                 }
             }
             Model::Prefork => serve_connection(SockWire(stream), &ctx),
+            // Served by `runtime`, never by this loop.
+            Model::Async | Model::EventLoop => drop(stream),
         }
     }
 }
@@ -125,7 +129,7 @@ pub(crate) fn serve_connection(mut wire: impl Wire, ctx: &Context) {
             Err(ReadError::Closed) => return,
             Err(ReadError::Reject(status)) => {
                 let body = format!("{}\n", http::reason(status));
-                let sent = text(&mut wire, None, status, &body, Some("close")).bytes;
+                let sent = text(&mut wire, None, status, &body, Some("close"), None).bytes;
                 log_request("-", "-", "-", status, sent);
                 linger(&mut wire);
                 return;
@@ -184,6 +188,10 @@ struct Outcome {
 /// Where a request goes.
 enum Route<'a> {
     Health,
+    /// `POST /login` with a form body.
+    Login,
+    /// `/logout`: clears the session cookie.
+    Logout,
     /// A file under `ROOT/<area>/`, named by the still percent-encoded `rest` of the path.
     File {
         area: &'static str,
@@ -195,7 +203,11 @@ enum Route<'a> {
 
 fn route(request: &Request) -> Route<'_> {
     let path = request.target.split(['?', '#']).next().unwrap_or_default();
-    if request.method != "GET" {
+    if request.method == "POST" && path == "/login" {
+        Route::Login
+    } else if path == "/logout" {
+        Route::Logout
+    } else if request.method != "GET" {
         Route::Unknown
     } else if path == "/healthz" {
         Route::Health
@@ -216,47 +228,121 @@ fn route(request: &Request) -> Route<'_> {
     }
 }
 
-fn respond(
-    wire: &mut impl Wire,
-    ctx: &Context,
-    request: &Request,
-    connection: Option<&'static str>,
-) -> Outcome {
-    let user = request.identity();
+/// What a request gets, short of reading the document: the file to send, or a status and
+/// text body. Shared by every model (the async ones included).
+pub(crate) enum Plan {
+    Document(PathBuf),
+    Text(u16, &'static str),
+    /// A text answer setting a cookie (login, logout).
+    Cookie(u16, &'static str, String),
+}
+
+/// The user a request is made as: an identity it carries (header, Basic, bearer), else its
+/// session cookie.
+pub(crate) fn user_of(ctx: &Context, request: &Request) -> Option<String> {
+    request.identity().or_else(|| sessions::user(ctx, request))
+}
+
+/// Routes the request and applies the portal's (deliberately weak) access check.
+pub(crate) fn plan(ctx: &Context, request: &Request, user: Option<&str>) -> Plan {
     let (area, rest, needs_identity) = match route(request) {
-        Route::Health => return text(wire, user, 200, "ok", connection),
-        Route::Unknown => return text(wire, user, 404, "Not Found\n", connection),
+        Route::Health => return Plan::Text(200, "ok"),
+        Route::Login => {
+            return match sessions::login(ctx, &request.body) {
+                Ok(Some(id)) => Plan::Cookie(
+                    302,
+                    "logged in\n",
+                    format!("{}={id}; Path=/; HttpOnly", sessions::COOKIE),
+                ),
+                Ok(None) => Plan::Text(401, "Unauthorized\n"),
+                Err(e) => {
+                    log_line(&format!("creating a session: {e}"));
+                    Plan::Text(500, "Internal Server Error\n")
+                }
+            };
+        }
+        Route::Logout => {
+            return Plan::Cookie(
+                200,
+                "logged out\n",
+                format!("{}=; Path=/; Max-Age=0", sessions::COOKIE),
+            );
+        }
+        Route::Unknown => return Plan::Text(404, "Not Found\n"),
         Route::File {
             area,
             rest,
             needs_identity,
         } => (area, rest, needs_identity),
     };
-
     // A real portal consults its own database before serving anything: a file access that is
     // not a document read, which the monitor must not report.
     if let Err(e) = read_portal_db(&ctx.root) {
         log_line(&format!("portal.db: {e}"));
-        return text(wire, user, 500, "portal database unavailable\n", connection);
+        return Plan::Text(500, "portal database unavailable\n");
     }
     let Some(relative) = http::percent_decode(rest).filter(|p| !p.contains(&0)) else {
-        return text(wire, user, 400, "Bad Request\n", connection);
+        return Plan::Text(400, "Bad Request\n");
     };
     // The IDOR: any identity may read any owner's document; only its presence is checked.
     if needs_identity && user.is_none() && !ctx.allow_anonymous {
-        return text(wire, None, 401, "Unauthorized\n", connection);
+        return Plan::Text(401, "Unauthorized\n");
     }
-    let doc = match Document::open(&document_path(&ctx.root, area, &relative), ctx.cache) {
-        Ok(doc) => doc,
-        Err(e) => {
-            let (status, body) = match e.kind() {
-                io::ErrorKind::NotFound => (404, "Not Found\n"),
-                io::ErrorKind::PermissionDenied => (403, "Forbidden\n"),
-                _ => (500, "Internal Server Error\n"),
-            };
-            return text(wire, user, status, body, connection);
+    Plan::Document(document_path(&ctx.root, area, &relative))
+}
+
+/// Status and body for a document that could not be opened or read.
+pub(crate) fn failure(e: &io::Error) -> (u16, &'static str) {
+    match e.kind() {
+        io::ErrorKind::NotFound => (404, "Not Found\n"),
+        io::ErrorKind::PermissionDenied => (403, "Forbidden\n"),
+        _ => (500, "Internal Server Error\n"),
+    }
+}
+
+fn respond(
+    wire: &mut impl Wire,
+    ctx: &Context,
+    request: &Request,
+    connection: Option<&'static str>,
+) -> Outcome {
+    let user = user_of(ctx, request);
+    let path = match plan(ctx, request, user.as_deref()) {
+        Plan::Document(path) => path,
+        Plan::Text(status, body) => {
+            let user = if status == 401 { None } else { user };
+            return text(wire, user, status, body, connection, None);
+        }
+        Plan::Cookie(status, body, cookie) => {
+            return text(wire, user, status, body, connection, Some(&cookie));
         }
     };
+    let doc = match Document::open(&path, ctx.cache) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let (status, body) = failure(&e);
+            return text(wire, user, status, body, connection, None);
+        }
+    };
+    // `--late-check`: the document is loaded first, and only then refused to other users.
+    let owner = request
+        .target
+        .strip_prefix("/docs/")
+        .and_then(|rest| rest.split('/').next());
+    if ctx.late_check && owner.is_some() && owner != user.as_deref() {
+        if let Err(e) = doc.read_all(ReadWith::Read) {
+            log_line(&format!("loading {}: {e}", request.target));
+        }
+        return text(wire, user, 403, "Forbidden\n", connection, None);
+    }
+    if ctx.crash_hook
+        && request
+            .target
+            .split_once('?')
+            .is_some_and(|(_, q)| q == "crash")
+    {
+        crash_after_reading(&doc, &request.target);
+    }
     let shown = user.as_deref().unwrap_or("-");
     let head = |len| {
         Head {
@@ -265,6 +351,7 @@ fn respond(
             user: shown,
             connection,
             challenge: false,
+            set_cookie: None,
         }
         .to_bytes(len)
     };
@@ -287,6 +374,19 @@ fn respond(
     }
 }
 
+/// `--crash-hook`: reads the whole document (pread64, so a cached fd's offset is left alone),
+/// then aborts with the document still open and nothing answered. No core dump: the point is
+/// the crash, not a core file in the working directory.
+fn crash_after_reading(doc: &Document, target: &str) -> ! {
+    let read = doc.read_keeping_open();
+    log_line(&format!("crash hook: {target}: read {read:?}, aborting"));
+    // SAFETY: prctl and abort have no preconditions; abort never returns.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
+        libc::abort()
+    }
+}
+
 /// Sends a small text response.
 fn text(
     wire: &mut impl Wire,
@@ -294,6 +394,7 @@ fn text(
     status: u16,
     body: &str,
     connection: Option<&'static str>,
+    set_cookie: Option<&str>,
 ) -> Outcome {
     let head = Head {
         status,
@@ -301,6 +402,7 @@ fn text(
         user: user.as_deref().unwrap_or("-"),
         connection,
         challenge: status == 401,
+        set_cookie,
     };
     let mut response = head.to_bytes(body.len() as u64);
     response.extend_from_slice(body.as_bytes());
@@ -315,7 +417,7 @@ fn text(
 
 /// `pid tid user method target status bytes`: pid and tid let tests match requests with the
 /// processes and threads the monitor reports.
-fn log_request(user: &str, method: &str, target: &str, status: u16, bytes: u64) {
+pub(crate) fn log_request(user: &str, method: &str, target: &str, status: u16, bytes: u64) {
     // SAFETY: getpid and gettid cannot fail.
     let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
     log_line(&format!(

@@ -247,11 +247,33 @@ impl Vigie {
     }
 }
 
+impl Vigie {
+    /// SIGKILL: no detach, no drain, no flush. Returns the alerts file as written and the log.
+    pub fn kill(mut self) -> (String, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (
+            std::fs::read_to_string(&self.alerts).unwrap_or_default(),
+            self.log(),
+        )
+    }
+}
+
 impl Drop for Vigie {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The files of a trace directory, in order.
+pub fn trace_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("trace directory")
+        .map(|e| e.expect("trace directory entry").path())
+        .collect();
+    files.sort();
+    files
 }
 
 pub fn parse_alerts(text: &str) -> Vec<Value> {

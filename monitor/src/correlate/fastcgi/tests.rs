@@ -78,6 +78,7 @@ impl App {
                 fd,
                 bytes: total,
                 data: Payload(data.to_vec()),
+                body_fp: None,
             },
         )
     }
@@ -121,7 +122,14 @@ impl App {
     }
 
     fn read(&mut self, tid: u32, fd: i32, bytes: u64) -> &mut Self {
-        self.ev(tid, EventKind::FileRead { fd, bytes })
+        self.ev(
+            tid,
+            EventKind::FileRead {
+                fd,
+                bytes,
+                fp: None,
+            },
+        )
     }
 
     fn map(&mut self, tid: u32, fd: i32, bytes: u64) -> &mut Self {
@@ -219,19 +227,20 @@ fn kept_connection_two_users_in_turn_with_remote_user() {
     assert_eq!(
         rows(&got),
         [
+            // Closed before the response, each read waited for its status.
             row(
                 Some("alice"),
                 src,
                 "/srv/users/bob/a.pdf",
                 &[Evidence::Thread],
-                None
+                Some(200)
             ),
             row(
                 Some("bob"),
                 src,
                 "/srv/users/bob/a.pdf",
                 &[Evidence::Thread],
-                None
+                Some(403)
             ),
             row(None, None, "/srv/users/carol/c.pdf", &[], None),
         ]
@@ -356,12 +365,14 @@ fn multiplexed_requests_read_by_two_threads() {
                 &[Evidence::Thread],
                 None
             ),
+            // bob's request took the connection over: alice's read was judged at its close,
+            // without a status; bob's waited for its own.
             row(
                 Some("bob"),
                 src,
                 "/srv/users/carol/b",
                 &[Evidence::Thread],
-                None
+                Some(404)
             ),
         ]
     );
