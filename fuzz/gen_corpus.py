@@ -155,6 +155,53 @@ EVENTS = [
 ]
 
 
+def fcgi_record(kind, rid, content=b"", padding=0):
+    return struct.pack(">BBHHBB", 1, kind, rid, len(content), padding, 0) + content + bytes(padding)
+
+
+def fcgi_pair(name, value):
+    out = b""
+    for n in (len(name), len(value)):
+        out += bytes([n]) if n < 128 else struct.pack(">I", n | 0x80000000)
+    return out + name + value
+
+
+def fcgi_request(rid, params, split=65535, padding=0):
+    out = fcgi_record(1, rid, b"\x00\x01\x01\x00\x00\x00\x00\x00")
+    stream = b"".join(fcgi_pair(n.encode(), v.encode()) for n, v in params)
+    for i in range(0, len(stream), split):
+        out += fcgi_record(4, rid, stream[i:i + split], padding)
+    return out + fcgi_record(4, rid) + fcgi_record(5, rid)
+
+
+def fcgi_response(rid, body):
+    return fcgi_record(6, rid, body) + fcgi_record(6, rid) + fcgi_record(3, rid, bytes(8))
+
+
+NGINX_PARAMS = [
+    ("QUERY_STRING", ""), ("REQUEST_METHOD", "GET"), ("CONTENT_TYPE", ""), ("CONTENT_LENGTH", ""),
+    ("SCRIPT_NAME", "/docs/bob/health-record.pdf"), ("REQUEST_URI", "/docs/bob/health-record.pdf"),
+    ("SERVER_PROTOCOL", "HTTP/1.1"), ("REMOTE_ADDR", "127.0.0.1"), ("REMOTE_USER", "alice"),
+    ("HTTP_HOST", "127.0.0.1:8080"),
+]
+FCGI = {
+    "basic": fcgi_request(1, NGINX_PARAMS + [("HTTP_AUTHORIZATION", "Basic " + basic("alice", "secret"))])
+    + fcgi_response(1, b"Content-Type: application/pdf\r\n\r\n%PDF"),
+    "bearer-cookie": fcgi_request(1, NGINX_PARAMS + [("HTTP_AUTHORIZATION", "Bearer " + SIGNED),
+                                                     ("HTTP_COOKIE", "session=abcdef0123456789; theme=dark")], split=40)
+    + fcgi_response(1, b"Status: 403 Forbidden\r\nSet-Cookie: session=abcdef0123456789; Path=/\r\n\r\nno"),
+    "login": fcgi_request(1, [("REQUEST_METHOD", "POST"), ("REQUEST_URI", "/login"), ("CONTENT_LENGTH", "27")])[:-8]
+    + fcgi_record(5, 1, b"user=alice&password=secret1") + fcgi_record(5, 1)
+    + fcgi_response(1, b"Status: 303 See Other\r\nSet-Cookie: session=0123456789abcdef; HttpOnly\r\nLocation: /\r\n\r\n"),
+    "multiplexed": fcgi_request(1, NGINX_PARAMS, split=9) + fcgi_request(2, [("REMOTE_USER", "bob"), ("PHP_AUTH_PW", "pw")])
+    + fcgi_response(2, b"\r\n") + fcgi_response(1, b"Location: https://idp/\r\n\r\n"),
+    "padding": fcgi_request(3, NGINX_PARAMS, split=7, padding=255) + fcgi_response(3, b"\r\nx"),
+    "long-cookie": fcgi_request(1, [("HTTP_COOKIE", "session=" + "x" * 300)]) + fcgi_response(1, b"\r\n"),
+    "management": fcgi_record(9, 0, fcgi_pair(b"FCGI_MAX_CONNS", b"")) + fcgi_record(10, 0, fcgi_pair(b"FCGI_MAX_CONNS", b"8")),
+    "bogus-length": fcgi_request(1, [])[:16] + fcgi_record(4, 1, b"\xff\xff\xff\xff\x01HTTP_COOKIEx") + bytes([1, 4, 0, 1, 0xff, 0xff]),
+}
+
+
 def main():
     for name, data in HEADS.items():
         write("http_head", name, data)
@@ -163,6 +210,11 @@ def main():
     write("redact", "basic-split", b"\x19" + HEADS["basic"])
     write("redact", "bearer-split", b"\x30" + HEADS["bearer-signed"])
     write("identity", "signed-no-clock", b"\x00" + HEADS["bearer-signed"])
+    for name, data in FCGI.items():
+        # Seed, split point (the response starts where the requests end), then the stream.
+        split = data.find(b"\x01\x06") if b"\x01\x06" in data else len(data)
+        for i, seed in enumerate((1, 7, 300)):
+            write("fastcgi", f"{name}-{i}", struct.pack("<HH", seed, split) + data)
     for name, data in RECORDS.items():
         write("decode", name, data)
     for i, line in enumerate(EVENTS):

@@ -12,6 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use vigie::{
     correlate::{Correlator, CorrelatorConfig, Finding},
     events::{Event, EventKind, FoundFd, Payload},
+    fastcgi,
     identity::{IdentityConfig, IdentitySource, SessionConfig},
     paths,
 };
@@ -81,6 +82,20 @@ enum HeadShape {
         second: bool,
     },
     Response(u16),
+    /// FastCGI from a front server: a request (records cut every `split` bytes of params) with
+    /// `REMOTE_USER`, or the part of it starting at byte `from` (a read cut anywhere).
+    FastCgi {
+        id: u8,
+        doc: u8,
+        user: u8,
+        split: u8,
+        from: u8,
+    },
+    /// FastCGI from the application: STDOUT with a status, and END_REQUEST.
+    FastCgiResponse {
+        id: u8,
+        code: u16,
+    },
     Raw(Vec<u8>),
 }
 
@@ -132,6 +147,30 @@ impl HeadShape {
             Self::Response(code) => {
                 format!("HTTP/1.1 {} X\r\nContent-Length: 10\r\n\r\n", code % 700).into_bytes()
             }
+            Self::FastCgi {
+                id,
+                doc,
+                user,
+                split,
+                from,
+            } => {
+                let uri = format!("/docs/{}/doc{}.pdf", USERS[*doc as usize % 3], doc % 4);
+                let bytes = fastcgi::build::request(
+                    u16::from(id % 3),
+                    &[
+                        ("REQUEST_METHOD", "GET"),
+                        ("REQUEST_URI", &uri),
+                        ("REMOTE_USER", USERS[*user as usize % 3]),
+                    ],
+                    usize::from(*split),
+                );
+                let from = usize::from(*from) % 4 * 8;
+                bytes[from.min(bytes.len())..].to_vec()
+            }
+            Self::FastCgiResponse { id, code } => fastcgi::build::response(
+                u16::from(id % 3),
+                format!("Status: {} X\r\n\r\nbody", code % 700).as_bytes(),
+            ),
             Self::Raw(bytes) => bytes.clone(),
         }
     }
@@ -151,6 +190,7 @@ enum Kind {
         full: bool,
     },
     FileRead(u8, u32),
+    FileMap(u8, u32),
     SendFile(u8, u8, u32),
     FileClose(u8),
     SockAccept(u8),
@@ -240,6 +280,10 @@ fn events(input: &Input) -> Vec<Event> {
                     bytes: u64::from(*n),
                     fp: (*n % 5 != 0).then_some(u64::from(*n % 4)),
                 },
+                Kind::FileMap(f, n) => EventKind::FileMap {
+                    fd: fd(*f),
+                    bytes: u64::from(*n),
+                },
                 Kind::HugeRead(f, n) => EventKind::FileRead {
                     fd: fd(*f),
                     bytes: *n,
@@ -304,6 +348,7 @@ fuzz_target!(|input: Input| {
                 IdentitySource::TrustedHeader,
                 IdentitySource::Basic,
                 IdentitySource::Jwt,
+                IdentitySource::RemoteUser,
                 IdentitySource::Session,
             ],
             session: Some(SessionConfig {

@@ -27,6 +27,7 @@ const _: () = assert!(core::mem::size_of::<OpenEvent>() == 40 + 16 + PATH_CAP);
 /// - `kind::FILE_READ`: `fd` read `ret` bytes (op: read, pread64, readv, preadv), whose first
 ///   bytes hash to `fp` (see [`fingerprint`]; 0 when there is none);
 /// - `kind::FILE_SENDFILE`: `sendfile(out = fd, in = fd2)` moved `ret` bytes;
+/// - `kind::FILE_MAP`: `fd` was mapped readable, `ret` bytes long (op: mmap);
 /// - `kind::FILE_CLOSE` / `kind::SOCK_CLOSE`: `fd` closed;
 /// - `kind::SOCK_ACCEPT`: `fd` is a new connection.
 #[repr(C)]

@@ -42,6 +42,8 @@ pub mod kind {
     pub const FILE_READ: u32 = 101;
     pub const FILE_CLOSE: u32 = 102;
     pub const FILE_SENDFILE: u32 = 103;
+    /// A document mapped into memory (`mmap` with `PROT_READ`): a read without `read(2)`.
+    pub const FILE_MAP: u32 = 104;
 
     pub const SOCK_ACCEPT: u32 = 200;
     pub const SOCK_READ: u32 = 201;
@@ -70,8 +72,9 @@ pub mod op {
     pub const ACCEPT4: u32 = 14;
     pub const CLOSE: u32 = 15;
     pub const PREADV: u32 = 16;
+    pub const MMAP: u32 = 17;
     /// One past the highest op.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Ops whose buffer argument is an `iovec` array.
     pub const fn is_vectored(op: u32) -> bool {
@@ -164,6 +167,10 @@ pub mod globals {
     pub const TP_ENTER_ARGS: &str = "TP_ENTER_ARGS";
     /// Offset of `ret` in `sys_exit_*` records.
     pub const TP_EXIT_RET: &str = "TP_EXIT_RET";
+    /// Offsets of the `len`, `prot` and `fd` fields of `sys_enter_mmap` records.
+    pub const TP_MMAP_LEN: &str = "TP_MMAP_LEN";
+    pub const TP_MMAP_PROT: &str = "TP_MMAP_PROT";
+    pub const TP_MMAP_FD: &str = "TP_MMAP_FD";
     /// Bytes of each socket read captured (at most [`crate::sockets::DATA_CAP`]).
     pub const REQUEST_CAPTURE: &str = "REQUEST_CAPTURE";
     /// Bytes of each socket write captured (at most [`crate::sockets::DATA_CAP`]).

@@ -69,6 +69,9 @@ global!(OFF_INODE_MODE);
 global!(TP_SYSCALL_NR);
 global!(TP_ENTER_ARGS);
 global!(TP_EXIT_RET);
+global!(TP_MMAP_LEN);
+global!(TP_MMAP_PROT);
+global!(TP_MMAP_FD);
 // Capture bounds.
 global!(REQUEST_CAPTURE);
 global!(RESPONSE_CAPTURE);

@@ -40,6 +40,7 @@ pub const ACCEPT_SYSCALLS: &[(&str, i64, u32)] = &[
     ("accept4", libc::SYS_accept4, op::ACCEPT4),
 ];
 pub const CLOSE_SYSCALLS: &[(&str, i64, u32)] = &[("close", libc::SYS_close, op::CLOSE)];
+pub const MMAP_SYSCALLS: &[(&str, i64, u32)] = &[("mmap", libc::SYS_mmap, op::MMAP)];
 
 /// Every syscall a program is attached to, for the `SYSCALL_OPS` map.
 pub fn all_syscalls() -> impl Iterator<Item = &'static (&'static str, i64, u32)> {
@@ -48,6 +49,7 @@ pub fn all_syscalls() -> impl Iterator<Item = &'static (&'static str, i64, u32)>
         .chain(OPEN_SYSCALLS)
         .chain(ACCEPT_SYSCALLS)
         .chain(CLOSE_SYSCALLS)
+        .chain(MMAP_SYSCALLS)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -232,6 +234,20 @@ pub fn table() -> Vec<Entry> {
         CLOSE_SYSCALLS,
         Trigger::FileIo,
         "baseline: end of documents and connections",
+    );
+    syscalls(
+        "sys_enter_mmap",
+        "sys_enter_",
+        MMAP_SYSCALLS,
+        Trigger::Spawn,
+        "baseline: stashes mappings of document fds by targets",
+    );
+    syscalls(
+        "sys_exit_mmap",
+        "sys_exit_",
+        MMAP_SYSCALLS,
+        Trigger::Spawn,
+        "baseline: memory-mapped documents (a mapping counts as a read)",
     );
     // openat2 exists since 5.6, below MIN_KERNEL; the row still says what its absence costs.
     for row in rows
@@ -494,7 +510,7 @@ impl AttachReport {
         (programs.len(), ran)
     }
 
-    /// One line for logs and the VM matrix: `32/32 hooks attached, 9/9 programs fired`.
+    /// One line for logs and the VM matrix: `34/34 hooks attached, 11/11 programs fired`.
     pub fn summary(&self) -> String {
         let (programs, ran) = self.fired();
         let fired = match &self.fire_check_unavailable {
@@ -546,11 +562,11 @@ mod tests {
     const LSMS: &str = "lockdown,capability,landlock,yama,apparmor,tomoyo,bpf";
 
     #[test]
-    fn the_table_attaches_32_hooks_on_the_matrix_kernels() {
+    fn the_table_attaches_34_hooks_on_the_matrix_kernels() {
         for release in ["6.1.0-56-amd64", "6.12.117+deb12-amd64", "6.18.44-fc-v595"] {
             for lockdown in [Lockdown::None, Lockdown::Integrity] {
                 let plan = plan(&facts(release, lockdown, LSMS), table()).unwrap();
-                assert_eq!(plan.len(), 32);
+                assert_eq!(plan.len(), 34);
                 assert!(plan.iter().all(|p| p.decision == Decision::Attach));
             }
         }

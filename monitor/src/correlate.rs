@@ -20,6 +20,10 @@
 //! request" means nothing, so from then on its reads get no thread scope. They wait, like reads
 //! on helper threads, for a response body carrying their fingerprint (or for the idle horizon,
 //! and are then `unattributed`).
+//!
+//! Each connection speaks HTTP or FastCGI, decided from its first bytes
+//! ([`crate::fastcgi::Protocol`]); FastCGI requests are handled in [`fastcgi`] and become
+//! requests through the same path as HTTP heads.
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
@@ -33,6 +37,8 @@ use crate::{
     },
     paths,
 };
+
+mod fastcgi;
 
 /// Settings the correlator needs (a slice of [`crate::config::Config`]).
 #[derive(Debug, Clone)]
@@ -172,6 +178,8 @@ pub struct Stats {
     pub forged_tokens: u64,
     pub expired_tokens: u64,
     pub malformed_tokens: u64,
+    /// Times a FastCGI stream was lost (a record header malformed or not captured).
+    pub fastcgi_desyncs: u64,
     /// Requests by the source of their identity (`None`: no usable identity). A short list:
     /// one entry per configured source at most, plus `None`.
     pub requests_by_identity: Vec<(Option<IdentitySource>, u64)>,
@@ -192,6 +200,19 @@ struct Conn {
     state: ConnState,
     head: Vec<u8>,
     current: Option<u64>,
+    protocol: crate::fastcgi::Protocol,
+    /// FastCGI requests of this connection, once it spoke FastCGI.
+    fastcgi: Option<Box<fastcgi::FastCgiConn>>,
+}
+
+impl Conn {
+    /// Accepted under our eyes: the first bytes decide the protocol.
+    fn accepted() -> Self {
+        Self {
+            protocol: crate::fastcgi::Protocol::Fresh,
+            ..Self::default()
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -229,6 +250,9 @@ struct OpenAccess {
     fp: Option<u64>,
     /// Its fd was closed: complete, waiting only for its request's response status.
     closed: bool,
+    /// The document was mapped (`mmap`): it is read through the mapping, which outlives a close
+    /// of the fd, so the close does not end the access.
+    mapped: bool,
 }
 
 pub struct Correlator {
@@ -353,6 +377,25 @@ impl Correlator {
                     self.record_access(ev, *fd, path, *bytes, *fp, scope, evidence);
                 }
             }
+            // A mapping is a read with the same evidence rules (thread scope, or flow to the
+            // write that follows on this thread), judged when its request ends, not at close.
+            EventKind::FileMap { fd, bytes } => {
+                if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
+                    let scope = if self.is_multiplexed(pid, ev.tid) {
+                        None
+                    } else {
+                        self.thread_scope(pid, ev.tid)
+                    };
+                    let evidence = scope.map(|_| Evidence::Thread);
+                    // No fingerprint: the kernel sees no bytes of a mapping.
+                    if let Some(id) =
+                        self.record_access(ev, *fd, path, *bytes, None, scope, evidence)
+                        && let Some(open) = self.open.get_mut(&id)
+                    {
+                        open.mapped = true;
+                    }
+                }
+            }
             EventKind::SendFile {
                 out_fd,
                 in_fd,
@@ -396,7 +439,9 @@ impl Correlator {
                 };
                 let mut done = Vec::new();
                 for (id, a) in self.open.iter_mut() {
-                    if a.access.pid != pid || a.fd != *fd || a.awaits_fingerprint() {
+                    // A mapping outlives the close of its fd: it ends with its request, by flow,
+                    // or at the idle horizon.
+                    if a.access.pid != pid || a.fd != *fd || a.awaits_fingerprint() || a.mapped {
                         continue;
                     }
                     if awaits_status(a) {
@@ -409,14 +454,27 @@ impl Correlator {
             }
             EventKind::SockAccept { fd } => {
                 self.drop_conn(pid, *fd, out);
-                self.conns.insert((pid, *fd), Conn::default());
+                self.conns.insert((pid, *fd), Conn::accepted());
             }
             EventKind::SockRead { fd, bytes, data } => {
                 self.on_sock_read(ev, *fd, *bytes, &data.0, out)
             }
             EventKind::SockWrite {
-                fd, data, body_fp, ..
-            } => self.on_sock_write(ev, *fd, &data.0, *body_fp, out),
+                fd,
+                bytes,
+                data,
+                body_fp,
+            } => {
+                if self
+                    .conns
+                    .get(&(pid, *fd))
+                    .is_some_and(|c| c.fastcgi.is_some())
+                {
+                    self.on_fastcgi_write(ev, *fd, *bytes, &data.0, out);
+                } else {
+                    self.on_sock_write(ev, *fd, &data.0, *body_fp, out);
+                }
+            }
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
             EventKind::SessionFound { session, user } => {
                 if let Some(s) = &self.cfg.identity.session {
@@ -441,6 +499,12 @@ impl Correlator {
                 current.sort_unstable();
                 for req in current {
                     self.release(req, Release::Conn, out);
+                }
+                // A lost read may have been part of a FastCGI stream.
+                for conn in self.conns.values_mut() {
+                    if let Some(f) = conn.fastcgi.as_mut() {
+                        f.lose_sync();
+                    }
                 }
                 out.push(Finding::Gap {
                     ts_ns: ev.ts_ns,
@@ -495,6 +559,8 @@ impl Correlator {
         }
     }
 
+    /// Adds a read to its open access (a new one if needed) and returns the access id; `None`
+    /// when the request already reported this document.
     #[allow(
         clippy::too_many_arguments,
         reason = "one call per event kind, each passing what its event carries"
@@ -508,14 +574,14 @@ impl Correlator {
         fp: Option<u64>,
         scope: Option<u64>,
         evidence: Option<Evidence>,
-    ) {
+    ) -> Option<u64> {
         let owner = match scope {
             Some(req) => {
                 if let Some(r) = self.requests.get(&req)
                     && r.reported.contains(&path)
                 {
                     self.stats.repeated_reads += 1;
-                    return;
+                    return None;
                 }
                 Owner::Request(req)
             }
@@ -535,7 +601,7 @@ impl Correlator {
                 open.access.evidence.push(e);
                 open.access.evidence.sort();
             }
-            return;
+            return Some(*id);
         }
         let id = self.next_access;
         self.next_access += 1;
@@ -561,8 +627,10 @@ impl Correlator {
                 fd,
                 fp,
                 closed: false,
+                mapped: false,
             },
         );
+        Some(id)
     }
 
     fn on_sock_read(
@@ -574,6 +642,10 @@ impl Correlator {
         out: &mut Vec<Finding>,
     ) {
         let key = (ev.pid, fd);
+        let conn = self.conns.entry(key).or_default();
+        if conn.protocol.observe(data) == crate::fastcgi::Protocol::FastCgi {
+            return self.on_fastcgi_read(ev, fd, bytes, data, out);
+        }
         let mut data = data;
         // Bytes of this read still to account for, captured or not.
         let mut total = bytes.max(data.len() as u64);
@@ -683,6 +755,8 @@ impl Correlator {
         }
     }
 
+    /// A new request read on `fd` by `ev`'s thread: it becomes the current request of both.
+    /// Returns its id.
     fn new_request(
         &mut self,
         ev: &Event,
@@ -690,7 +764,7 @@ impl Correlator {
         head: &http::RequestHead,
         truncated: bool,
         out: &mut Vec<Finding>,
-    ) {
+    ) -> u64 {
         self.stats.requests += 1;
         let session_cfg = self.cfg.identity.session.as_ref();
         let session_id = session_cfg.and_then(|s| {
@@ -786,6 +860,7 @@ impl Correlator {
             let tid = ev.tid;
             self.finish_where(out, |a| a.owner == Owner::Thread(tid));
         }
+        id
     }
 
     /// The thread and the connection move on: their current requests end.
@@ -829,6 +904,12 @@ impl Correlator {
                 self.finish_where(out, |a| a.closed && a.owner == Owner::Request(req));
             }
         }
+        self.claim(ev, req, body_fp);
+    }
+
+    /// Reads with no request in scope that a write of request `req`'s response (by `ev`'s
+    /// thread, its body starting with bytes of fingerprint `body_fp`) tells the request of.
+    fn claim(&mut self, ev: &Event, req: u64, body_fp: Option<u64>) {
         let multiplexed = self.is_multiplexed(ev.pid, ev.tid);
         // Reads with no request in scope that this write tells the request of:
         // - flow: this thread's, when it serves one request at a time (all of them);

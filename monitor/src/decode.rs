@@ -66,6 +66,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             }
         }
         kind::FILE_READ
+        | kind::FILE_MAP
         | kind::FILE_SENDFILE
         | kind::FILE_CLOSE
         | kind::SOCK_ACCEPT
@@ -77,6 +78,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     fd: ev.fd,
                     bytes: n,
                     fp: (ev.fp != 0).then_some(ev.fp),
+                },
+                kind::FILE_MAP => EventKind::FileMap {
+                    fd: ev.fd,
+                    bytes: n,
                 },
                 kind::FILE_SENDFILE => EventKind::SendFile {
                     out_fd: ev.fd,
@@ -238,6 +243,23 @@ mod tests {
             decode(&bytes_of(&h)),
             Err(DecodeError::Short { .. })
         ));
+    }
+
+    #[test]
+    fn decodes_a_mapping() {
+        let ev = FdEvent {
+            header: header(kind::FILE_MAP),
+            fd: 7,
+            fd2: -1,
+            ret: 9500,
+            op: op::MMAP,
+            _pad: 0,
+            fp: 0,
+        };
+        assert_eq!(
+            decode(&bytes_of(&ev)).unwrap().kind,
+            EventKind::FileMap { fd: 7, bytes: 9500 }
+        );
     }
 
     #[test]

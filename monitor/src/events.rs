@@ -59,6 +59,9 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fp: Option<u64>,
     },
+    /// A document fd was mapped readable (`mmap`), `bytes` long: read through memory, without
+    /// read syscalls. The mapping outlives a close of the fd.
+    FileMap { fd: i32, bytes: u64 },
     /// `sendfile(out_fd, in_fd)` moved `bytes` from a document.
     SendFile { out_fd: i32, in_fd: i32, bytes: u64 },
     /// A document fd was closed.

@@ -1,6 +1,7 @@
 //! Who made a request: the authenticated user named by a trusted proxy header, by HTTP Basic
-//! credentials, by a JWT bearer token ([`jwt`]), or by a session cookie learned from the
-//! portal's login exchange ([`session`]).
+//! credentials, by a JWT bearer token ([`jwt`]), by a session cookie learned from the
+//! portal's login exchange ([`session`]), or by the front server of a FastCGI application
+//! (`REMOTE_USER`).
 //!
 //! Only the user name (and a token's roles) ever leaves this module. Basic passwords are decoded
 //! into a buffer that is zeroed when dropped, on every path, and never copied elsewhere. Bearer
@@ -47,6 +48,10 @@ pub enum IdentitySource {
     Jwt,
     /// A session cookie bound to a user by an earlier login ([`IdentityConfig::session`]).
     Session,
+    /// `REMOTE_USER` (or `AUTH_USER`) set by the front server of a FastCGI application after it
+    /// authenticated the user. Only FastCGI requests carry it ([`crate::fastcgi`]): no HTTP
+    /// header can.
+    RemoteUser,
 }
 
 /// The user a request was made as, and how we know.
@@ -196,6 +201,7 @@ pub fn identify_with_sessions(
                         .ok_or(IdentityProblem::UnknownSession),
                 )
             }),
+            IdentitySource::RemoteUser => remote_user(head).map(|r| r.map(|u| (u, Vec::new()))),
         };
         match outcome {
             None => {}
@@ -231,6 +237,20 @@ pub fn valid_user_name(s: &str) -> bool {
 /// than replaces would let the client choose).
 fn trusted_header_user(head: &RequestHead, name: &str) -> Option<Result<String, IdentityProblem>> {
     let mut values = head.header_values(name).map(<[u8]>::trim_ascii);
+    let first = values.next()?;
+    if values.any(|other| other != first) {
+        return Some(Err(IdentityProblem::InvalidUserName));
+    }
+    Some(user_name(first).ok_or(IdentityProblem::InvalidUserName))
+}
+
+/// User named by the FastCGI front server (`REMOTE_USER`, `AUTH_USER`): `None` when absent or
+/// empty (CGI's "no authenticated user": nginx sends `$remote_user` empty without
+/// credentials). Several different values are a problem, as for the trusted header.
+fn remote_user(head: &RequestHead) -> Option<Result<String, IdentityProblem>> {
+    let mut values = head
+        .header_values(crate::fastcgi::REMOTE_USER_HEADER)
+        .filter(|v| !v.is_empty());
     let first = values.next()?;
     if values.any(|other| other != first) {
         return Some(Err(IdentityProblem::InvalidUserName));
@@ -635,6 +655,57 @@ mod tests {
         };
         let got = identify(&parsed, &IdentityConfig::default());
         assert_eq!(got.identity, user("alice", IdentitySource::Basic));
+    }
+
+    #[test]
+    fn remote_user_comes_from_fastcgi_params_only() {
+        use crate::fastcgi::{Params, build::pair};
+        let cfg = only(IdentitySource::RemoteUser);
+        let params = |pairs: &[(&[u8], &[u8])]| {
+            Params::parse(
+                &pairs
+                    .iter()
+                    .flat_map(|(n, v)| pair(n, v))
+                    .collect::<Vec<_>>(),
+            )
+            .request_head()
+        };
+        let got = identify(&params(&[(b"REMOTE_USER", b"alice")]), &cfg);
+        assert_eq!(got.identity, user("alice", IdentitySource::RemoteUser));
+        let got = identify(&params(&[(b"AUTH_USER", b"bob")]), &cfg);
+        assert_eq!(got.identity, user("bob", IdentitySource::RemoteUser));
+        // Both, agreeing: fine; disagreeing: nobody.
+        let both = params(&[(b"REMOTE_USER", b"bob"), (b"AUTH_USER", b"bob")]);
+        assert_eq!(
+            identify(&both, &cfg).identity,
+            user("bob", IdentitySource::RemoteUser)
+        );
+        let differ = params(&[(b"REMOTE_USER", b"bob"), (b"AUTH_USER", b"agent")]);
+        assert_eq!(
+            identify(&differ, &cfg),
+            problem(IdentityProblem::InvalidUserName)
+        );
+        // Empty (nginx's `$remote_user` without credentials): nobody, and no problem.
+        assert_eq!(
+            identify(&params(&[(b"REMOTE_USER", b"")]), &cfg),
+            Identified::default()
+        );
+        assert_eq!(
+            identify(&params(&[(b"REMOTE_USER", b" x")]), &cfg),
+            problem(IdentityProblem::InvalidUserName)
+        );
+        // An HTTP client cannot send it: the header line is invalid and skipped.
+        let wire = b"GET /x HTTP/1.1\r\n:remote-user: agent\r\nremote-user: agent\r\n\r\n";
+        let crate::http::HeadParse::Complete(parsed) = crate::http::parse_request_head(wire) else {
+            panic!("head did not parse");
+        };
+        assert_eq!(identify(&parsed, &cfg), Identified::default());
+        // Not a default source.
+        assert!(
+            !IdentityConfig::default()
+                .sources
+                .contains(&IdentitySource::RemoteUser)
+        );
     }
 
     #[test]

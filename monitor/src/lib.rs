@@ -11,6 +11,7 @@ pub mod config;
 pub mod correlate;
 pub mod decode;
 pub mod events;
+pub mod fastcgi;
 pub mod fingerprint;
 pub mod http;
 pub mod identity;

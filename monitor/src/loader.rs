@@ -159,6 +159,30 @@ fn parse_format(text: &str) -> Vec<(String, u64, u64)> {
     fields
 }
 
+/// Offsets of the `sys_enter_mmap` fields the mmap probe reads, by name.
+fn mmap_layout() -> Result<Vec<(&'static str, u64)>, LoadError> {
+    mmap_fields(&tracepoint_fields("syscalls", "sys_enter_mmap")?)
+}
+
+fn mmap_fields(fields: &[(String, u64, u64)]) -> Result<Vec<(&'static str, u64)>, LoadError> {
+    [
+        (globals::TP_MMAP_LEN, "len"),
+        (globals::TP_MMAP_PROT, "prot"),
+        (globals::TP_MMAP_FD, "fd"),
+    ]
+    .into_iter()
+    .map(|(global, name)| {
+        fields
+            .iter()
+            .find(|f| f.0 == name && f.2 == 8)
+            .map(|f| (global, f.1))
+            .ok_or_else(|| {
+                LoadError::Tracepoint("sys_enter_mmap".into(), format!("no 8-byte `{name}` field"))
+            })
+    })
+    .collect()
+}
+
 /// Checks that every syscall tracepoint in the plan has the layout the probes assume (a
 /// `__syscall_nr`, then 8-byte argument slots / an 8-byte `ret`), and returns the offsets. A
 /// tracepoint this kernel lacks gets its entry's fallback.
@@ -271,6 +295,7 @@ impl Probes {
         raise_memlock();
         let mut values = kernel_offsets()?;
         values.extend(syscall_layout(&mut planned)?);
+        values.extend(mmap_layout()?);
         values.push((
             globals::REQUEST_CAPTURE,
             u64::from(cfg.capture.request_bytes),
@@ -704,5 +729,25 @@ mod tests {
         assert_eq!(f[2], ("fd".to_string(), 16, 8));
         assert_eq!(f[3], ("buf".to_string(), 24, 8));
         assert_eq!(f[4], ("comm".to_string(), 32, 16));
+    }
+
+    #[test]
+    fn mmap_offsets_come_from_the_format_file() {
+        let text = "name: sys_enter_mmap\nformat:\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:unsigned long addr;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:unsigned long len;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:unsigned long prot;\toffset:32;\tsize:8;\tsigned:0;\n\tfield:unsigned long flags;\toffset:40;\tsize:8;\tsigned:0;\n\tfield:unsigned long fd;\toffset:48;\tsize:8;\tsigned:0;\n";
+        assert_eq!(
+            mmap_fields(&parse_format(text)).unwrap(),
+            [
+                (globals::TP_MMAP_LEN, 24),
+                (globals::TP_MMAP_PROT, 32),
+                (globals::TP_MMAP_FD, 48)
+            ]
+        );
+        let missing = parse_format("\tfield:unsigned long len;\toffset:24;\tsize:8;\tsigned:0;\n");
+        assert!(
+            mmap_fields(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("`prot`")
+        );
     }
 }

@@ -23,11 +23,17 @@
 //! across the split. What was already passed on cannot be rewritten, so the part of a credential
 //! seen before its line was complete is masked with `*`: such a credential fails closed
 //! (no identity) instead of leaking or being trusted.
+//!
+//! FastCGI connections (decided per connection by [`fastcgi::Protocol`], the correlator's own
+//! rule) get the same rules on their records ([`fcgi`]): the values of the `HTTP_AUTHORIZATION`,
+//! `HTTP_PROXY_AUTHORIZATION` and `HTTP_COOKIE` params (and `PHP_AUTH_PW`, masked), and
+//! `Set-Cookie` in the CGI head of STDOUT, across record and read boundaries.
 use std::{collections::HashMap, hash::BuildHasher as _};
 
 use base64::Engine as _;
 
 use crate::{
+    fastcgi::Protocol,
     http,
     identity::{
         SessionConfig,
@@ -35,12 +41,18 @@ use crate::{
     },
 };
 
+mod fcgi;
+
 pub struct Redactor {
     key: std::collections::hash_map::RandomState,
     jwt: JwtConfig,
     session: Option<SessionConfig>,
     /// Per connection: the raw bytes of the header line the last capture ended in the middle of.
     pending: HashMap<(u32, i32), Vec<u8>>,
+    /// Per connection: its protocol, as far as decided (absent: joined mid-stream).
+    protocols: HashMap<(u32, i32), Protocol>,
+    /// Per FastCGI connection: the record framing and the params and heads in progress.
+    fastcgi: HashMap<(u32, i32), Box<fcgi::Stream>>,
     /// Per connection: where a login request is (its head, then its form body).
     logins: HashMap<(u32, i32), Login>,
     /// With a session store: the session cookies of the last redacted chunk, raw and hashed
@@ -85,8 +97,70 @@ impl Redactor {
             jwt,
             session: None,
             pending: HashMap::new(),
+            protocols: HashMap::new(),
+            fastcgi: HashMap::new(),
             logins: HashMap::new(),
             session_ids: Vec::new(),
+        }
+    }
+
+    /// Redacts, in place, what process `pid` read from socket `fd`: `data` is the capture of a
+    /// read of `total` bytes. HTTP or FastCGI, as the connection's first bytes decided.
+    pub fn redact_read(&mut self, pid: u32, fd: i32, data: &mut [u8], total: u64) {
+        let key = (pid, fd);
+        let before = self.protocols.get(&key).copied().unwrap_or_default();
+        // The correlator decides on the redacted bytes: decide FastCGI on bytes that FastCGI
+        // redaction leaves as they are (its record headers), and HTTP only after redacting.
+        let mut protocol = before;
+        if before != Protocol::Unknown || crate::fastcgi::starts_fastcgi(data) {
+            protocol.observe(data);
+        }
+        match protocol {
+            Protocol::FastCgi => {
+                let mut stream = self.fastcgi.remove(&key).unwrap_or_default();
+                stream.redact_read(self, data, total);
+                self.fastcgi.insert(key, stream);
+            }
+            Protocol::Http | Protocol::Fresh => {
+                self.redact_request(pid, fd, data, total <= data.len() as u64);
+            }
+            Protocol::Unknown => {
+                self.redact_request(pid, fd, data, total <= data.len() as u64);
+                // Possibly FastCGI joined in the middle: no framing, but no credential either.
+                fcgi::mask_params_by_name(data);
+                protocol.observe(data);
+            }
+        }
+        self.protocols.insert(key, protocol);
+    }
+
+    /// Redacts, in place, what process `pid` wrote to socket `fd` (`data` captured of `total`).
+    pub fn redact_write(&mut self, pid: u32, fd: i32, data: &mut [u8], total: u64) {
+        let key = (pid, fd);
+        match self.protocols.get(&key).copied().unwrap_or_default() {
+            Protocol::FastCgi => {
+                let mut stream = self.fastcgi.remove(&key).unwrap_or_default();
+                stream.redact_write(self, data, total);
+                self.fastcgi.insert(key, stream);
+            }
+            Protocol::Http | Protocol::Fresh => self.redact_response(data),
+            Protocol::Unknown => {
+                self.redact_response(data);
+                fcgi::mask_set_cookie_anywhere(data);
+            }
+        }
+    }
+
+    /// A connection was accepted on `fd`: its first bytes will decide its protocol.
+    pub fn accepted(&mut self, pid: u32, fd: i32) {
+        self.forget(pid, fd);
+        self.protocols.insert((pid, fd), Protocol::Fresh);
+    }
+
+    /// Events were lost: FastCGI streams may be out of step, and wait for a point to resume.
+    pub fn lost(&mut self) {
+        for stream in self.fastcgi.values_mut() {
+            stream.lose_sync();
         }
     }
 
@@ -139,6 +213,34 @@ impl Redactor {
         if whole && !carried.is_empty() {
             self.pending.insert(key, carried);
         }
+    }
+
+    /// Redacts the header lines of the next chunk of a stream in place (a FastCGI CGI head).
+    /// `carried` holds the raw bytes of the line the previous chunk ended in (and, after, the
+    /// one this chunk ends in). With `stop_at_blank`, stops after the first empty line (the end
+    /// of a head) and returns where it ends.
+    fn redact_lines(
+        &mut self,
+        carried: &mut Vec<u8>,
+        data: &mut [u8],
+        stop_at_blank: bool,
+    ) -> Option<usize> {
+        let mut start = 0;
+        while let Some((end, complete)) = next_line(data, start) {
+            let prefix = carried.len();
+            let mut raw = std::mem::take(carried);
+            raw.extend_from_slice(&data[start..end]);
+            let mut line = raw.clone();
+            self.redact_line(&mut line, complete);
+            data[start..end].copy_from_slice(&line[prefix..]);
+            if !complete && raw.len() <= MAX_PENDING {
+                *carried = raw;
+            } else if complete && stop_at_blank && matches!(raw.as_slice(), b"" | b"\r") {
+                return Some(end + 1);
+            }
+            start = end + 1;
+        }
+        None
     }
 
     /// Tracks a login request through the complete head line `line`: its request line, its
@@ -208,22 +310,7 @@ impl Redactor {
         let n = remaining.map_or(data.len(), |r| {
             usize::try_from(r).unwrap_or(usize::MAX).min(data.len())
         });
-        for b in &mut data[..n] {
-            match (*b, *keep) {
-                (b'&', _) => {
-                    name.clear();
-                    *keep = None;
-                }
-                (b'=', None) => *keep = Some(name.as_slice() == user_field),
-                (c, None) => {
-                    if name.len() <= MAX_FIELD_NAME {
-                        name.push(c);
-                    }
-                }
-                (_, Some(false)) => *b = b'*',
-                (_, Some(true)) => {}
-            }
-        }
+        mask_form(&mut data[..n], name, keep, user_field);
         let done = match remaining {
             // A cut capture loses the position in the body: stop at the end of this read.
             Some(r) if whole => {
@@ -250,11 +337,15 @@ impl Redactor {
     /// The connection is gone (closed, or its fd reused by a new accept).
     pub fn forget(&mut self, pid: u32, fd: i32) {
         self.pending.remove(&(pid, fd));
+        self.protocols.remove(&(pid, fd));
+        self.fastcgi.remove(&(pid, fd));
         self.logins.remove(&(pid, fd));
     }
 
     pub fn forget_process(&mut self, pid: u32) {
         self.pending.retain(|(p, _), _| *p != pid);
+        self.protocols.retain(|(p, _), _| *p != pid);
+        self.fastcgi.retain(|(p, _), _| *p != pid);
         self.logins.retain(|(p, _), _| *p != pid);
     }
 
@@ -267,8 +358,12 @@ impl Redactor {
         let (name, rest) = line.split_at_mut(colon);
         // Blanks around the name (`\rAuthorization:`, ` Authorization :`) make an invalid field
         // that a lenient server may still honour: its credentials are redacted all the same.
-        let name = name.trim_ascii();
-        let value = &mut rest[1..];
+        self.redact_field(name.trim_ascii(), &mut rest[1..], complete);
+    }
+
+    /// Redacts the value of the header field `name` (any case), if it carries a credential;
+    /// `complete` says the whole value is there.
+    fn redact_field(&mut self, name: &[u8], value: &mut [u8], complete: bool) {
         if name.eq_ignore_ascii_case(b"authorization")
             || name.eq_ignore_ascii_case(b"proxy-authorization")
         {
@@ -330,6 +425,28 @@ impl Redactor {
         let hex = format!("{:016x}", self.key.hash_one(&*value));
         for (dst, src) in value.iter_mut().zip(hex.bytes().cycle()) {
             *dst = src;
+        }
+    }
+}
+
+/// Masks the next bytes of a form body (`a=1&b=2`) in place but the value of `user_field`.
+/// `name` and `keep` carry the field being read across chunks (`keep`: `None` while reading a
+/// field name, then whether its value is kept).
+fn mask_form(data: &mut [u8], name: &mut Vec<u8>, keep: &mut Option<bool>, user_field: &[u8]) {
+    for b in data {
+        match (*b, *keep) {
+            (b'&', _) => {
+                name.clear();
+                *keep = None;
+            }
+            (b'=', None) => *keep = Some(name.as_slice() == user_field),
+            (c, None) => {
+                if name.len() <= MAX_FIELD_NAME {
+                    name.push(c);
+                }
+            }
+            (_, Some(false)) => *b = b'*',
+            (_, Some(true)) => {}
         }
     }
 }

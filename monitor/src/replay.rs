@@ -630,7 +630,7 @@ fn explain_access(
                 doc_fds.push(*fd);
                 false
             }
-            EventKind::FileRead { fd, .. } => {
+            EventKind::FileRead { fd, .. } | EventKind::FileMap { fd, .. } => {
                 doc_fds.contains(fd) && ev.tid == access.tid && (lo..=hi).contains(&ev.ts_ns)
             }
             EventKind::SendFile { .. } => (lo..=hi).contains(&ev.ts_ns) && ev.tid == access.tid,
@@ -708,6 +708,9 @@ fn describe(kind: &EventKind) -> String {
             "read {bytes} bytes of the document (fd {fd}){}",
             fp.map_or(String::new(), |fp| format!(" [fingerprint {fp:016x}]"))
         ),
+        EventKind::FileMap { fd, bytes } => {
+            format!("mapped {bytes} bytes of the document (fd {fd})")
+        }
         EventKind::SendFile {
             out_fd,
             in_fd,

@@ -355,8 +355,7 @@ impl Live {
         let mut first = Vec::new();
         match &mut ev.kind {
             EventKind::SockRead { fd, bytes, data } => {
-                let whole = *bytes <= data.0.len() as u64;
-                self.redactor.redact_request(pid, *fd, &mut data.0, whole);
+                self.redactor.redact_read(pid, *fd, &mut data.0, *bytes);
                 if !data.0.is_empty() {
                     self.bodies.request(pid, *fd);
                 }
@@ -381,11 +380,16 @@ impl Live {
                 data,
                 body_fp,
             } => {
-                // Document content in a response body is cut here, before anything keeps it.
+                // Document content in an HTTP response body is cut here, before anything keeps
+                // it (FastCGI writes are left alone here: the redactor masks their bodies).
                 *body_fp = self.bodies.response(pid, *fd, *bytes, &mut data.0);
-                self.redactor.redact_response(&mut data.0);
+                self.redactor.redact_write(pid, *fd, &mut data.0, *bytes);
             }
-            EventKind::SockAccept { fd } | EventKind::SockClose { fd } => {
+            EventKind::SockAccept { fd } => {
+                self.redactor.accepted(pid, *fd);
+                self.bodies.forget(pid, *fd);
+            }
+            EventKind::SockClose { fd } => {
                 self.redactor.forget(pid, *fd);
                 self.bodies.forget(pid, *fd);
             }
@@ -464,6 +468,11 @@ impl Live {
 
     fn report_loss(&mut self) -> anyhow::Result<()> {
         let now = self.probes.lost()?;
+        if now != self.lost {
+            // A lost read may have been part of a FastCGI stream: both the redactor and the
+            // correlator (at the `Lost` event below) wait for a point to resume.
+            self.redactor.lost();
+        }
         for (reason, (&total, before)) in now.iter().zip(self.lost).enumerate() {
             let delta = total.saturating_sub(before);
             if delta > 0 {
@@ -617,6 +626,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::FdFound { .. } => "fd_found",
         EventKind::FileOpen { .. } => "file_open",
         EventKind::FileRead { .. } => "file_read",
+        EventKind::FileMap { .. } => "file_map",
         EventKind::SendFile { .. } => "sendfile",
         EventKind::FileClose { .. } => "file_close",
         EventKind::SockAccept { .. } => "sock_accept",

@@ -3,6 +3,8 @@
 //! process.
 
 pub mod client;
+pub mod fcgi;
+pub mod mapped;
 pub mod portal;
 pub mod process;
 #[cfg(test)]

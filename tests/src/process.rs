@@ -16,8 +16,9 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
 /// How long SIGTERM is given before SIGKILL (times [`crate::time_scale`]).
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// Starts `bin` (the demo-portal binary, e.g. `env!("CARGO_BIN_EXE_demo-portal")`) with
-/// `args` and waits until it prints `LISTENING <ip:port>`.
+/// Starts `bin` (the demo-portal binary, e.g. `env!("CARGO_BIN_EXE_demo-portal")`, or the
+/// demo-fcgi one) with `args` and waits until it prints `LISTENING <ip:port>` (or
+/// `LISTENING unix:<path>`).
 ///
 /// The portal's stderr (one line per request) is collected, see [`PortalGuard::stderr_lines`].
 pub fn spawn_portal<I, S>(bin: impl AsRef<Path>, args: I) -> io::Result<PortalGuard>
@@ -59,7 +60,7 @@ where
     let mut guard = PortalGuard {
         child,
         addr: String::new(),
-        socket_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        socket_addr: None,
         stderr_lines,
         stderr_reader: Some(stderr_reader),
     };
@@ -78,10 +79,12 @@ where
             ));
         }
     };
-    guard.socket_addr = announced.parse().map_err(|_| {
-        let message = format!("bad LISTENING address {announced:?}");
-        guard.startup_failure(io::ErrorKind::InvalidData, &message)
-    })?;
+    if !announced.starts_with("unix:") {
+        guard.socket_addr = Some(announced.parse().map_err(|_| {
+            let message = format!("bad LISTENING address {announced:?}");
+            guard.startup_failure(io::ErrorKind::InvalidData, &message)
+        })?);
+    }
     guard.addr = announced;
     Ok(guard)
 }
@@ -91,7 +94,7 @@ where
 pub struct PortalGuard {
     child: Child,
     addr: String,
-    socket_addr: SocketAddr,
+    socket_addr: Option<SocketAddr>,
     stderr_lines: Arc<Mutex<Vec<String>>>,
     stderr_reader: Option<JoinHandle<()>>,
 }
@@ -102,7 +105,8 @@ impl PortalGuard {
         &self.addr
     }
 
-    pub fn socket_addr(&self) -> SocketAddr {
+    /// The announced address, unless it is a unix socket.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
         self.socket_addr
     }
 

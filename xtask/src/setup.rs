@@ -30,6 +30,9 @@ const APT_PACKAGES: &[&str] = &[
     // temp dir, unix socket only; see `tests/tests/support/postgres.rs`). No system cluster
     // is started (see below).
     "postgresql",
+    // The front web server of the FastCGI demo (`tests/tests/fastcgi.rs` runs its own, on a
+    // temporary prefix): never started as a system service (see `NoServiceStarts`).
+    "nginx",
     // A portal's Redis session store, run by `tests/tests/sessions.rs`.
     "redis-server",
     // The kernel matrix (`cargo xtask vm-test`): QEMU with software emulation, and a static

@@ -2,6 +2,7 @@
 //! attached to: each reads `__syscall_nr` and maps it to an `op` through `SYSCALL_OPS`.
 pub mod files;
 pub mod io;
+pub mod mmap;
 pub mod process;
 pub mod sockets;
 

@@ -100,6 +100,11 @@ impl Document {
         self.file.as_file()
     }
 
+    /// Maps the whole document, then closes it (unless cached): the mapping outlives the fd.
+    pub(crate) fn map(self) -> io::Result<crate::mapped::Mapping> {
+        crate::mapped::Mapping::of(self.file.as_file(), self.len)
+    }
+
     /// Reads the whole document with `pread64` and keeps it open; returns the bytes read.
     pub(crate) fn read_keeping_open(&self) -> io::Result<u64> {
         let mut chunk = vec![0; CHUNK];

@@ -19,6 +19,9 @@
 //! interleave. Neither leaves the reading thread in charge of the connection: Vigie has to
 //! attribute those reads by content fingerprint.
 //!
+//! With `--mmap` (thread model), documents are mapped and closed, then written from the mapping
+//! with `writev(2)` (head and body in one call): `openat` + `mmap` + `close`, no `read(2)`.
+//!
 //! With `--cache`, documents are opened once per process and re-read with `pread64` (or sent
 //! with `sendfile` at an explicit offset in `prefork`), so a document read may happen on a file
 //! descriptor opened long before, possibly before the monitor started.
@@ -94,6 +97,11 @@ pub struct Config {
     #[arg(long)]
     pub allow_anonymous: bool,
 
+    /// thread: serve documents from a memory mapping (open, mmap, close, writev) instead of
+    /// reading them.
+    #[arg(long)]
+    pub mmap: bool,
+
     /// Check ownership only after loading the document, and answer 403 to other users: the
     /// document is read all the same (a portal that authorises too late).
     #[arg(long)]
@@ -146,6 +154,7 @@ pub(crate) struct Context {
     pub root: PathBuf,
     pub cache: bool,
     pub allow_anonymous: bool,
+    pub mmap: bool,
     pub late_check: bool,
     pub session_redis: Option<redis::Client>,
     pub crash_hook: bool,
@@ -194,6 +203,7 @@ fn prepare(config: &Config) -> io::Result<(TcpListener, Arc<Context>)> {
         root: config.root.clone(),
         cache: config.cache,
         allow_anonymous: config.allow_anonymous,
+        mmap: config.mmap,
         late_check: config.late_check,
         session_redis: config
             .session_redis

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::docs::{Document, ReadWith, document_path, read_portal_db};
 use super::http::{self, Head, ReadError, Request};
 use super::sessions;
-use super::wire::{FdWire, SockWire, StreamWire, Wire};
+use super::wire::{FdWire, MapWire, SockWire, StreamWire, Wire};
 use super::{Context, Model};
 
 /// An idle keep-alive connection is dropped after this long, so that a forgotten client
@@ -56,7 +56,13 @@ pub(crate) fn accept_loop(
                 let ctx = Arc::clone(&ctx);
                 let spawned = thread::Builder::new()
                     .name("portal-conn".into())
-                    .spawn(move || serve_connection(FdWire(stream), &ctx));
+                    .spawn(move || {
+                        if ctx.mmap {
+                            serve_connection(MapWire(FdWire(stream)), &ctx);
+                        } else {
+                            serve_connection(FdWire(stream), &ctx);
+                        }
+                    });
                 if let Err(e) = spawned {
                     log_line(&format!("cannot spawn a connection thread: {e}"));
                 }

@@ -63,6 +63,31 @@ impl Wire for FdWire {
     }
 }
 
+/// `thread` model with `--mmap`: as [`FdWire`], but documents are mapped, closed, and written
+/// from the mapping with the head in one `writev(2)`.
+pub(crate) struct MapWire(pub FdWire);
+
+impl Wire for MapWire {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.recv(buf)
+    }
+
+    fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.send(data)
+    }
+
+    fn send_document(&mut self, head: &dyn Fn(u64) -> Vec<u8>, doc: Document) -> io::Result<u64> {
+        let len = doc.len();
+        let map = doc.map()?;
+        crate::mapped::writev_all(self.0.0.as_raw_fd(), &[&head(len), map.as_slice()])?;
+        Ok(len)
+    }
+
+    fn stream(&self) -> &TcpStream {
+        self.0.stream()
+    }
+}
+
 /// `prefork` model: `recv`/`send` on the socket (recvfrom/sendto syscalls), document bodies
 /// copied by the kernel with `sendfile`.
 pub(crate) struct SockWire(pub TcpStream);

@@ -16,6 +16,7 @@ use std::{
 };
 
 use serde_json::Value;
+pub mod nginx;
 pub use vigie_tests::{
     client::{KeepAlive, basic, http_get, send_raw},
     process::{PortalGuard, spawn_portal},
@@ -28,6 +29,7 @@ pub mod postgres;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 pub const PORTAL: &str = env!("CARGO_BIN_EXE_demo-portal");
+pub const FCGI_APP: &str = env!("CARGO_BIN_EXE_demo-fcgi");
 
 /// What a privileged test needs, or `None` (after saying why, loudly) when it must be skipped.
 pub struct Privileged {

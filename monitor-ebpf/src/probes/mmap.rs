@@ -1,0 +1,87 @@
+//! mmap(unsigned long addr, unsigned long len, unsigned long prot, unsigned long flags,
+//!      unsigned long fd, unsigned long off)
+//!
+//! A document mapped readable is a document read: servers map a file and write from the mapping
+//! (PHP's `readfile()`, many static servers), with no `read(2)` to see. Only document fds of
+//! targets count, known from `FD_KIND` (set at open, or by userspace for inherited and found
+//! fds): one lookup, no walk of the task's file table. The record is emitted at exit, when the
+//! mapping is known to exist; the fd may be closed right after while the mapping is served.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use monitor_common::{fd_kind, files::FdEvent, kind, loss, op};
+
+use super::ret;
+use crate::maps::{
+    FD_KIND, STASH, Stash, TP_MMAP_FD, TP_MMAP_LEN, TP_MMAP_PROT, count_loss, fd_key, fill_header,
+    global, is_target, submit,
+};
+
+/// `PROT_READ` (uapi asm-generic/mman-common.h).
+const PROT_READ: u64 = 1;
+
+/// A `sys_enter_mmap` field at an offset from the tracefs format file.
+#[inline(always)]
+fn field(ctx: &TracePointContext, offset: &'static u64) -> u64 {
+    unsafe { ctx.read_at::<u64>(global(offset) as usize) }.unwrap_or(0)
+}
+
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    // The slot is 8 bytes; the fd is an int (anonymous mappings pass -1).
+    let fd = field(&ctx, &TP_MMAP_FD) as i32;
+    if fd < 0 {
+        return 0;
+    }
+    let Some(&kind) = (unsafe { FD_KIND.get(&fd_key(tgid, fd)) }) else {
+        return 0;
+    };
+    if kind != fd_kind::DOCUMENT || field(&ctx, &TP_MMAP_PROT) & PROT_READ == 0 {
+        return 0;
+    }
+    let stash = Stash {
+        op: op::MMAP,
+        kind: u32::from(kind),
+        fd,
+        fd2: -1,
+        ptr: 0,
+        arg: field(&ctx, &TP_MMAP_LEN),
+    };
+    if STASH.insert(&pid_tgid, &stash, 0).is_err() {
+        count_loss(loss::STASH_FULL);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(stash) = (unsafe { STASH.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    // Only what sys_enter_mmap stashed (never another syscall's leftover).
+    if stash.op != op::MMAP {
+        return 0;
+    }
+    let _ = STASH.remove(&pid_tgid);
+    // MAP_FAILED: the syscall returns -errno. User addresses are positive.
+    if ret(&ctx) < 0 {
+        return 0;
+    }
+    submit::<FdEvent>(|ev| {
+        fill_header(&mut ev.header, kind::FILE_MAP);
+        ev.fd = stash.fd;
+        ev.fd2 = -1;
+        ev.ret = stash.arg as i64;
+        ev.op = op::MMAP;
+        ev._pad = 0;
+        // No bytes of a mapping are seen: no fingerprint.
+        ev.fp = 0;
+    });
+    0
+}

@@ -1,0 +1,156 @@
+//! A real nginx (Debian's package) in front of the FastCGI demo application, as a portal would
+//! run behind it: `fastcgi_pass` to a unix socket or TCP, `fastcgi_keep_conn on` with an upstream
+//! keepalive pool (connections reused by requests of different users), `REMOTE_USER` set from
+//! `$remote_user`, and HTTP Basic checked by nginx itself under `/secure/` (`auth_basic`).
+//!
+//! nginx is started by root on a temporary prefix of its own (config, pid, logs, temp paths)
+//! with `daemon off`, so it is this process's child; its workers run as `nobody`. Dropping the
+//! guard stops it (SIGTERM, then SIGKILL) and reaps it.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::{TempDir, free_port, require_tool};
+
+/// Users nginx knows under `/secure/` (`user:{PLAIN}password` in its htpasswd file).
+pub const PASSWORDS: [(&str, &str); 4] = [
+    ("alice", "alice-pw"),
+    ("bob", "bob-pw"),
+    ("carol", "carol-pw"),
+    ("agent", "agent-pw"),
+];
+
+pub struct Nginx {
+    child: Child,
+    dir: TempDir,
+    /// `127.0.0.1:port` it listens on.
+    pub addr: String,
+}
+
+impl Nginx {
+    /// Starts nginx in front of `upstream` (`unix:/path` or `127.0.0.1:port`); `None` after a
+    /// loud SKIPPED line when nginx is not installed (`cargo xtask setup` installs it).
+    pub fn start(test: &str, upstream: &str) -> Option<Nginx> {
+        let bin = require_tool(test, "nginx").or_else(|| {
+            Path::new("/usr/sbin/nginx")
+                .exists()
+                .then(|| PathBuf::from("/usr/sbin/nginx"))
+        })?;
+        let dir = TempDir::new(&format!("{test}-nginx"));
+        let d = dir.path().display().to_string();
+        let port = free_port();
+        let fcgi = String::from(
+            "fastcgi_pass app;\nfastcgi_keep_conn on;\n\
+             fastcgi_param QUERY_STRING $query_string;\n\
+             fastcgi_param REQUEST_METHOD $request_method;\n\
+             fastcgi_param CONTENT_TYPE $content_type;\n\
+             fastcgi_param CONTENT_LENGTH $content_length;\n\
+             fastcgi_param SCRIPT_NAME $fastcgi_script_name;\n\
+             fastcgi_param REQUEST_URI $request_uri;\n\
+             fastcgi_param DOCUMENT_URI $document_uri;\n\
+             fastcgi_param SERVER_PROTOCOL $server_protocol;\n\
+             fastcgi_param GATEWAY_INTERFACE CGI/1.1;\n\
+             fastcgi_param SERVER_SOFTWARE nginx/$nginx_version;\n\
+             fastcgi_param REMOTE_ADDR $remote_addr;\n\
+             fastcgi_param REMOTE_PORT $remote_port;\n\
+             fastcgi_param SERVER_ADDR $server_addr;\n\
+             fastcgi_param SERVER_PORT $server_port;\n\
+             fastcgi_param SERVER_NAME $server_name;\n\
+             fastcgi_param REMOTE_USER $remote_user;\n",
+        );
+        let conf = format!(
+            "user nobody nogroup;\nworker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log info;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n\
+               access_log {d}/access.log;\n\
+               client_body_temp_path {d}/tmp-body;\n\
+               fastcgi_temp_path {d}/tmp-fastcgi;\n\
+               proxy_temp_path {d}/tmp-proxy;\n\
+               uwsgi_temp_path {d}/tmp-uwsgi;\n\
+               scgi_temp_path {d}/tmp-scgi;\n\
+               upstream app {{ server {upstream}; keepalive 8; }}\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 location / {{ include {d}/fcgi.conf; }}\n\
+                 location /secure/ {{\n\
+                   auth_basic \"portal\";\n\
+                   auth_basic_user_file {d}/htpasswd;\n\
+                   include {d}/fcgi.conf;\n\
+                 }}\n\
+               }}\n\
+             }}\n"
+        );
+        let htpasswd: String = PASSWORDS
+            .iter()
+            .map(|(u, p)| format!("{u}:{{PLAIN}}{p}\n"))
+            .collect();
+        for (name, text) in [
+            ("nginx.conf", conf),
+            ("fcgi.conf", fcgi),
+            ("htpasswd", htpasswd),
+        ] {
+            std::fs::write(dir.path().join(name), text).expect("writing nginx files");
+        }
+        // Workers (nobody) read the htpasswd file through this directory.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod nginx dir");
+        let child = Command::new(&bin)
+            .args(["-p", &format!("{d}/"), "-c", &format!("{d}/nginx.conf")])
+            .args(["-e", &format!("{d}/error.log")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nginx");
+        let mut nginx = Nginx {
+            child,
+            dir,
+            addr: format!("127.0.0.1:{port}"),
+        };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&nginx.addr).is_err() {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!("nginx exited ({status}):\n{}", nginx.error_log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nginx did not listen in 10 s:\n{}",
+                nginx.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(nginx)
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child (not reaped yet: we hold it).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
