@@ -265,6 +265,9 @@ pub struct Correlator {
     /// Event-loop threads (tid -> pid): they serve several requests at once, so their reads
     /// get no thread scope.
     multiplexed: HashMap<u32, u32>,
+    /// Threads that read from sockets (tid -> pid): connection threads, whose reads with no
+    /// request in scope go to their own connections only, never by content to another thread's.
+    socket_threads: HashMap<u32, u32>,
     docs: HashMap<(u32, i32), String>,
     requests: HashMap<u64, Request>,
     /// Open accesses by id: a BTreeMap so expiry and flush emit in a deterministic order.
@@ -287,6 +290,7 @@ impl Correlator {
             conns: HashMap::new(),
             threads: HashMap::new(),
             multiplexed: HashMap::new(),
+            socket_threads: HashMap::new(),
             docs: HashMap::new(),
             requests: HashMap::new(),
             open: BTreeMap::new(),
@@ -368,11 +372,7 @@ impl Correlator {
             }
             EventKind::FileRead { fd, bytes, fp } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
-                    let scope = if self.is_multiplexed(pid, ev.tid) {
-                        None
-                    } else {
-                        self.thread_scope(pid, ev.tid)
-                    };
+                    let scope = self.read_scope(pid, ev.tid);
                     let evidence = scope.map(|_| Evidence::Thread);
                     self.record_access(ev, *fd, path, *bytes, *fp, scope, evidence);
                 }
@@ -381,11 +381,7 @@ impl Correlator {
             // write that follows on this thread), judged when its request ends, not at close.
             EventKind::FileMap { fd, bytes } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
-                    let scope = if self.is_multiplexed(pid, ev.tid) {
-                        None
-                    } else {
-                        self.thread_scope(pid, ev.tid)
-                    };
+                    let scope = self.read_scope(pid, ev.tid);
                     let evidence = scope.map(|_| Evidence::Thread);
                     // No fingerprint: the kernel sees no bytes of a mapping.
                     if let Some(id) =
@@ -457,6 +453,7 @@ impl Correlator {
                 self.conns.insert((pid, *fd), Conn::accepted());
             }
             EventKind::SockRead { fd, bytes, data } => {
+                self.socket_threads.insert(ev.tid, pid);
                 self.on_sock_read(ev, *fd, *bytes, &data.0, out)
             }
             EventKind::SockWrite {
@@ -549,6 +546,16 @@ impl Correlator {
             if self.index.get(&key) == Some(&id) {
                 self.index.remove(&key);
             }
+        }
+    }
+
+    /// The request a document read on this thread belongs to by thread scope: none on an
+    /// event loop, where "the thread's current request" means nothing.
+    fn read_scope(&self, pid: u32, tid: u32) -> Option<u64> {
+        if self.is_multiplexed(pid, tid) {
+            None
+        } else {
+            self.thread_scope(pid, tid)
         }
     }
 
@@ -913,8 +920,11 @@ impl Correlator {
         let multiplexed = self.is_multiplexed(ev.pid, ev.tid);
         // Reads with no request in scope that this write tells the request of:
         // - flow: this thread's, when it serves one request at a time (all of them);
-        // - fingerprint: any thread's whose first bytes open this response body (the oldest
-        //   one: the same document read twice for two requests goes once to each response).
+        // - fingerprint: a helper thread's (one that never reads sockets: a blocking pool), or
+        //   this event loop's own, whose first bytes open this response body (the oldest one:
+        //   the same document read twice for two requests goes once to each response). A
+        //   connection thread's unscoped read (its request head unseen) is never claimed by
+        //   another connection's response that happens to carry the same document.
         let mut moved: Vec<(u64, Vec<Evidence>)> = Vec::new();
         let mut by_content: Option<u64> = None;
         for (id, a) in &self.open {
@@ -932,7 +942,10 @@ impl Correlator {
                     evidence.push(Evidence::Fingerprint);
                 }
                 moved.push((*id, evidence));
-            } else if content && by_content.is_none() {
+            } else if content
+                && by_content.is_none()
+                && (same_thread || self.socket_threads.get(&tid) != Some(&ev.pid))
+            {
                 by_content = Some(*id);
             }
         }
@@ -1035,12 +1048,16 @@ impl Correlator {
         self.docs.retain(|(p, _), _| *p != pid);
         self.requests.retain(|_, r| r.pid != pid);
         self.multiplexed.retain(|_, p| *p != pid);
+        self.socket_threads.retain(|_, p| *p != pid);
     }
 
     /// A thread is gone: its request scope ends (else every thread-per-connection request would
     /// be kept forever), and what it read with no request in scope can no longer flow to a
     /// connection: judged now, unattributed.
     fn on_thread_exit(&mut self, pid: u32, tid: u32, out: &mut Vec<Finding>) {
+        if self.socket_threads.get(&tid) == Some(&pid) {
+            self.socket_threads.remove(&tid);
+        }
         if let Some(&(p, req)) = self.threads.get(&tid)
             && p == pid
         {

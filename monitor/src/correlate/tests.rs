@@ -1081,3 +1081,35 @@ fn renewed_session_ids_follow_their_user() {
         )]
     );
 }
+
+#[test]
+fn a_connection_threads_unscoped_read_is_never_claimed_by_another_connections_response() {
+    // Thread 2 serves a connection whose head Vigie never saw whole (it started mid-request):
+    // its read has no scope. Thread 3 answers alice with the same document at the same time.
+    let mut s = Scenario::new();
+    s.accept(1, 1, 5).accept(1, 1, 6);
+    s.request(1, 2, 5, "X-Remote-User: carol\r\n\r\n");
+    s.open(1, 2, 7, "/srv/users/alice/n")
+        .read_fp(1, 2, 7, 900, 0xa1)
+        .close(1, 2, 7);
+    s.get_as(1, 3, 6, "bob", "/docs/alice/n")
+        .open(1, 3, 8, "/srv/users/alice/n")
+        .read_fp(1, 3, 8, 900, 0xa1)
+        .close(1, 3, 8)
+        .respond_fp(1, 3, 6, 200, Some(0xa1));
+    let got = s.finish();
+    let mut who: Vec<(Option<String>, u32)> = got
+        .iter()
+        .map(|a| {
+            (
+                a.request
+                    .as_ref()
+                    .and_then(|r| r.identity.as_ref())
+                    .map(|i| i.user.clone()),
+                a.tid,
+            )
+        })
+        .collect();
+    who.sort();
+    assert_eq!(who, [(None, 2), (u("bob"), 3)]);
+}
