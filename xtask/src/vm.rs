@@ -543,7 +543,9 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
+# No tmpfs on /tmp: the initramfs root is already in RAM and writable, and a checkout under
+# /tmp (binaries packed at their host paths) would be hidden by it.
+mkdir -p /tmp && chmod 1777 /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t securityfs securityfs /sys/kernel/security
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
