@@ -414,15 +414,7 @@ impl Correlator {
                 // A read no request was in scope for, with a fingerprint, waits for its content
                 // to go out on a connection (until the idle horizon); later reads of the same
                 // document are other accesses. Every other access of the fd is complete.
-                let waiting: Vec<u64> = self
-                    .open
-                    .iter()
-                    .filter(|(_, a)| a.access.pid == pid && a.fd == *fd && a.awaits_fingerprint())
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in waiting {
-                    self.unindex(id);
-                }
+                self.keep_for_fingerprint(|a| a.access.pid == pid && a.fd == *fd);
                 // A read for a request still waiting for its response waits for its status
                 // (a 403 after reading someone else's document is still a read, and the alert
                 // says so); the response's first write, or the request's end, judges it.
@@ -537,6 +529,21 @@ impl Correlator {
 
     fn is_multiplexed(&self, pid: u32, tid: u32) -> bool {
         self.multiplexed.get(&tid) == Some(&pid)
+    }
+
+    /// The open accesses matching `pred` that await a fingerprint go on waiting for it, but are
+    /// no longer indexed: a later read of the same document (on a reused fd or thread id) starts
+    /// an access of its own.
+    fn keep_for_fingerprint(&mut self, pred: impl Fn(&OpenAccess) -> bool) {
+        let waiting: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, a)| a.awaits_fingerprint() && pred(a))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.unindex(id);
+        }
     }
 
     /// Forgets where open access `id` is indexed, so that later reads start a new access.
@@ -1069,17 +1076,7 @@ impl Correlator {
         }
         // Its reads with a fingerprint may still go out on a connection from another thread:
         // they wait for it (unindexed, so that a reused thread id starts new accesses).
-        let waiting: Vec<u64> = self
-            .open
-            .iter()
-            .filter(|(_, a)| {
-                a.owner == Owner::Thread(tid) && a.access.pid == pid && a.awaits_fingerprint()
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in waiting {
-            self.unindex(id);
-        }
+        self.keep_for_fingerprint(|a| a.owner == Owner::Thread(tid) && a.access.pid == pid);
         self.finish_where(out, |a| {
             a.owner == Owner::Thread(tid) && a.access.pid == pid && !a.awaits_fingerprint()
         });

@@ -13,7 +13,7 @@ pub(crate) const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 
 /// How many bytes one `recv` asks for.
-const RECV_CHUNK: usize = 4096;
+pub(crate) const RECV_CHUNK: usize = 4096;
 
 /// A request head, owned so that the receive buffer can be reused for the next request.
 #[derive(Debug)]
@@ -203,22 +203,50 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ReadErr
 /// Reads `len` body bytes, first from `buf`, then from the socket; keeps the first
 /// [`MAX_BODY_KEPT`].
 fn read_body(wire: &mut impl Wire, buf: &mut Vec<u8>, len: u64) -> Result<Vec<u8>, ReadError> {
-    let buffered = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
-    let mut body: Vec<u8> = buf.drain(..buffered).take(MAX_BODY_KEPT).collect();
-    let mut left = len - buffered as u64;
+    let mut body = Body::start(buf, len);
     let mut chunk = [0; RECV_CHUNK];
-    while left > 0 {
-        let want = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
-        match wire.recv(&mut chunk[..want]) {
+    while body.want() > 0 {
+        match wire.recv(&mut chunk[..body.want()]) {
             Ok(0) | Err(_) => return Err(ReadError::Closed),
-            Ok(n) => {
-                let room = MAX_BODY_KEPT.saturating_sub(body.len()).min(n);
-                body.extend_from_slice(&chunk[..room]);
-                left -= n as u64;
-            }
+            Ok(n) => body.feed(&chunk[..n]),
         }
     }
-    Ok(body)
+    Ok(body.kept)
+}
+
+/// A request body being read: the first [`MAX_BODY_KEPT`] bytes kept, the rest counted and
+/// dropped. The same for the blocking and the async models (only the reads differ).
+pub(crate) struct Body {
+    pub kept: Vec<u8>,
+    left: u64,
+}
+
+impl Body {
+    /// A body of `len` bytes, starting with what `buf` already holds past the head.
+    pub(crate) fn start(buf: &mut Vec<u8>, len: u64) -> Body {
+        let buffered = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
+        let kept = buf.drain(..buffered).take(MAX_BODY_KEPT).collect();
+        Body {
+            kept,
+            left: len - buffered as u64,
+        }
+    }
+
+    /// How many bytes to read next (at most one receive chunk); 0 once complete.
+    pub(crate) fn want(&self) -> usize {
+        usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(RECV_CHUNK)
+    }
+
+    /// Bytes received for the body (at most [`Body::want`]).
+    pub(crate) fn feed(&mut self, chunk: &[u8]) {
+        let room = MAX_BODY_KEPT
+            .saturating_sub(self.kept.len())
+            .min(chunk.len());
+        self.kept.extend_from_slice(&chunk[..room]);
+        self.left = self.left.saturating_sub(chunk.len() as u64);
+    }
 }
 
 /// Decodes `%XX` escapes; `None` on a malformed escape. `+` stays literal (this is a path).

@@ -18,11 +18,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use super::http::{self, Head, ReadError, Request};
+use super::http::{self, Head, RECV_CHUNK, ReadError, Request};
 use super::serve::{Plan, failure, log_line, log_request, plan, user_of};
 use super::{Context, Model};
-
-const RECV_CHUNK: usize = 4096;
 
 /// Runs the model's runtime and serves `listener` forever.
 pub(crate) fn run(
@@ -165,23 +163,15 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Reque
             if let Some((mut request, head_len)) = http::parse_head(buf)? {
                 let body_len = request.body_len().map_err(ReadError::Reject)?;
                 buf.drain(..head_len);
-                let buffered = usize::try_from(body_len)
-                    .unwrap_or(usize::MAX)
-                    .min(buf.len());
-                request.body = buf.drain(..buffered).take(http::MAX_BODY_KEPT).collect();
-                let mut left = body_len - buffered as u64;
+                let mut body = http::Body::start(buf, body_len);
                 let mut chunk = [0; RECV_CHUNK];
-                while left > 0 {
-                    let want = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
-                    match stream.read(&mut chunk[..want]).await {
+                while body.want() > 0 {
+                    match stream.read(&mut chunk[..body.want()]).await {
                         Ok(0) | Err(_) => return Err(ReadError::Closed),
-                        Ok(n) => {
-                            let room = http::MAX_BODY_KEPT.saturating_sub(request.body.len());
-                            request.body.extend_from_slice(&chunk[..room.min(n)]);
-                            left -= n as u64;
-                        }
+                        Ok(n) => body.feed(&chunk[..n]),
                     }
                 }
+                request.body = body.kept;
                 return Ok(request);
             }
             if buf.len() >= http::MAX_HEAD {
