@@ -75,6 +75,20 @@ impl Stack {
         )
     }
 
+    /// The request lines once the application has logged at least `n`: it logs a request just
+    /// after answering it, so its last lines may trail the client's last response.
+    fn served_at_least(&self, n: usize) -> Vec<(String, String, String, u16)> {
+        poll_until(
+            &format!("{n} request lines from the application"),
+            Duration::from_secs(5),
+            || {
+                let served = self.served();
+                (served.len() >= n).then_some(served)
+            },
+            || format!("{} logged", self.served().len()),
+        )
+    }
+
     /// Request lines the application logged: (tid, user, target, status).
     fn served(&self) -> Vec<(String, String, String, u16)> {
         self.app
@@ -640,7 +654,7 @@ fn concurrent_fastcgi_run_precision_and_recall() {
     });
     // Expected: every request the application served (it logs each) whose user is neither the
     // owner nor privileged. Statuses 200 and 403 both read the document.
-    let served = stack.served();
+    let served = stack.served_at_least(users.len() * PER_USER);
     assert_eq!(served.len(), users.len() * PER_USER, "{served:?}");
     let mut expected: Vec<(String, String, String)> = served
         .iter()
