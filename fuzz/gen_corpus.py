@@ -2,7 +2,7 @@
 """Writes the checked-in seed corpora under corpus/<target>/ (run from anywhere; idempotent).
 
 Raw records follow the #[repr(C)] layouts of monitor-common (sizes asserted there): Header is 40
-bytes, OpenEvent 312, FdEvent 64, ProcEvent 48, DataEvent 64 + captured bytes. The HS256 secret
+bytes, OpenEvent 320, FdEvent 64, ProcEvent 48, DataEvent 64 + captured bytes. The HS256 secret
 of the signed tokens is the fuzz targets' `fuzz-secret`.
 """
 import base64, hashlib, hmac, json, os, struct, sys
@@ -78,9 +78,10 @@ def header(kind, tgid=4242, tid=4243, ts=1_011_504_041_551, comm=b"portal-conn")
     return struct.pack("<IIIIQ16s", kind, tgid, tid, 0, ts, comm)
 
 
-def open_ev(path, fd=7, dirfd=-100, flags=0, path_len=None):
+def open_ev(path, fd=7, dirfd=-100, flags=0, path_len=None, source=0):
     p = path.encode()
-    return header(100) + struct.pack("<iiII256s", fd, dirfd, flags, len(p) + 1 if path_len is None else path_len, p)
+    n = len(p) + 1 if path_len is None else path_len
+    return header(100) + struct.pack("<iiIIII256s", fd, dirfd, flags, n, source, 0, p)
 
 
 def fd_ev(kind, fd, fd2=0, ret=0, op=0):
@@ -98,8 +99,9 @@ RECORDS = {
     "exit": header(3),
     "open": open_ev("/srv/portal/users/bob/health-record.pdf"),
     "open-relative": open_ev("bob/x.pdf", dirfd=9),
+    "open-exact": open_ev("/data/portal/users/bob/health-record.pdf", source=1),
     "open-truncated": open_ev("/srv/portal/users/" + "a" * 300, path_len=256),
-    "open-invalid-utf8": header(100) + struct.pack("<iiII256s", 7, -100, 0, 8, b"/srv/\xff\\x"),
+    "open-invalid-utf8": header(100) + struct.pack("<iiIIII256s", 7, -100, 0, 8, 0, 0, b"/srv/\xff\\x"),
     "read": fd_ev(101, 7, ret=9500, op=1),
     "read-error": fd_ev(101, 7, ret=-14, op=1),
     "close": fd_ev(102, 7, op=15),

@@ -272,6 +272,7 @@ fn events(input: &Input) -> Vec<Event> {
                         truncated: *truncated,
                         base,
                         flags: 0,
+                        exact: false,
                     }
                 }
                 // A handful of fingerprint values, so that matches and collisions happen.

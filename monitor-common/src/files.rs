@@ -7,6 +7,11 @@ pub const PATH_CAP: usize = 256;
 
 /// `kind::FILE_OPEN`: a successful `openat`/`openat2` of a path under a document root, or of a path
 /// the probe cannot rule out (relative, or containing `..`).
+///
+/// Where the kernel runs BTF programs, `file_open` gives the exact path (`source` is
+/// [`path_source::KERNEL`]): absolute, with symlinks and `..` resolved, so nothing is left
+/// undecided. Elsewhere it is the `openat` argument as the process wrote it
+/// ([`path_source::SYSCALL`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OpenEvent {
@@ -19,9 +24,20 @@ pub struct OpenEvent {
     pub flags: u32,
     /// Bytes of `path` before the NUL; `PATH_CAP` means truncated.
     pub path_len: u32,
+    /// One of [`path_source`].
+    pub source: u32,
+    pub _pad: u32,
     pub path: [u8; PATH_CAP],
 }
-const _: () = assert!(core::mem::size_of::<OpenEvent>() == 40 + 16 + PATH_CAP);
+const _: () = assert!(core::mem::size_of::<OpenEvent>() == 40 + 24 + PATH_CAP);
+
+/// Where [`OpenEvent::path`] comes from.
+pub mod path_source {
+    /// The `openat` path argument, read from the process's memory at the syscall's exit.
+    pub const SYSCALL: u32 = 0;
+    /// `bpf_d_path` of the opened file in the `file_open` LSM hook or `security_file_open`.
+    pub const KERNEL: u32 = 1;
+}
 
 /// Small fd-level records:
 /// - `kind::FILE_READ`: `fd` read `ret` bytes (op: read, pread64, readv, preadv), whose first

@@ -47,6 +47,23 @@ pub static DATA_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(
 #[map]
 pub static OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(1, 0);
 
+/// What a BTF `file_open` program saw of a target thread's open, kept for that thread's `openat`
+/// exit (which knows the fd). The record is written in place and sent from the map.
+#[repr(C)]
+pub struct Opened {
+    pub ev: OpenEvent,
+    /// The `struct file *` opened: the exit checks that its fd is this file.
+    pub file: u64,
+    /// `fd_kind::DOCUMENT` (under a root, or undecided) or `fd_kind::OTHER`.
+    pub kind: u8,
+}
+
+/// Key: pid_tgid. LRU: an open no `openat` exit collects (exec, `open(2)`, io_uring) ages out.
+#[map]
+pub static OPENED: LruHashMap<u64, Opened> = LruHashMap::with_max_entries(4096, 0);
+#[map]
+pub static OPENED_SCRATCH: PerCpuArray<Opened> = PerCpuArray::with_max_entries(1, 0);
+
 pub use monitor_common::Stash;
 
 macro_rules! global {
@@ -65,6 +82,8 @@ global!(OFF_FDT_MAX_FDS);
 global!(OFF_FDT_FD);
 global!(OFF_FILE_INODE);
 global!(OFF_INODE_MODE);
+global!(OFF_FILE_PATH);
+global!(OFF_FILE_FLAGS);
 // Tracepoint record layout, from tracefs `format` files.
 global!(TP_SYSCALL_NR);
 global!(TP_ENTER_ARGS);

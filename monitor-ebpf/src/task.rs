@@ -9,10 +9,10 @@ use crate::maps::{
 pub const S_IFMT: u32 = 0o170000;
 pub const S_IFSOCK: u32 = 0o140000;
 
-/// `i_mode` of the file behind `fd` in the current task: task->files->fdt->fd[fd]->f_inode->i_mode.
-/// `None` when any step is unreadable or the fd is not open.
+/// The `struct file *` behind `fd` in the current task: task->files->fdt->fd[fd]. `None` when any
+/// step is unreadable or the fd is not open.
 #[inline(always)]
-pub fn fd_mode(fd: i32) -> Option<u32> {
+pub fn fd_file(fd: i32) -> Option<u64> {
     if fd < 0 {
         return None;
     }
@@ -26,6 +26,15 @@ pub fn fd_mode(fd: i32) -> Option<u32> {
         }
         let fd_array: u64 = read(fdt as *const u8, global(&OFF_FDT_FD))?;
         let file: u64 = read(fd_array as *const u8, (fd as u64) * 8)?;
+        (file != 0).then_some(file)
+    }
+}
+
+/// `i_mode` of the file behind `fd` in the current task: `fd_file(fd)->f_inode->i_mode`.
+#[inline(always)]
+pub fn fd_mode(fd: i32) -> Option<u32> {
+    let file = fd_file(fd)?;
+    unsafe {
         let inode: u64 = read(file as *const u8, global(&OFF_FILE_INODE))?;
         let mode: u16 = read(inode as *const u8, global(&OFF_INODE_MODE))?;
         Some(mode as u32)

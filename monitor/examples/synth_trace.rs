@@ -124,6 +124,7 @@ fn main() -> anyhow::Result<()> {
                 base: None,
                 full_path: None,
                 flags: 0,
+                exact: false,
             },
             &mut n,
             &mut ts,

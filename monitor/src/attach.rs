@@ -171,10 +171,48 @@ pub struct Entry {
 const TRACEPOINT: &[Need] = &[Need::Tracefs, Need::KernelReads];
 const TRACEPOINT_NO_READS: &[Need] = &[Need::Tracefs];
 
+/// `bpf_d_path` (5.10) in a BTF program on `file_open`.
+const EXACT_PATHS: KernelVersion = KernelVersion::new(5, 10, 0);
+
 /// The attach table. A program with a [`Fallback::Program`] comes before the standby entries it
 /// falls back to.
+///
+/// Opens have three ways in, best first: the BPF LSM `file_open` hook, `fentry` on
+/// `security_file_open` (BPF trampolines, where the BPF LSM is not active), then the `openat`
+/// tracepoints. The first two read the opened file's exact path with `bpf_d_path`; the
+/// tracepoint reads the path argument as the process wrote it. `sys_exit_open` is needed by all
+/// three: the fd is only known at the syscall's exit.
 pub fn table() -> Vec<Entry> {
-    let mut rows = Vec::new();
+    let mut rows = vec![
+        Entry {
+            program: "lsm_file_open",
+            hook: Hook {
+                kind: HookKind::Lsm,
+                category: "",
+                name: "file_open".into(),
+            },
+            min_kernel: EXACT_PATHS,
+            needs: &[Need::BpfLsm],
+            fallback: Fallback::Program("fentry_file_open"),
+            fire_check: Trigger::FileIo,
+            standby: false,
+            why: "preferred: exact path of every open by a target (bpf_d_path: symlinks and `..` resolved)",
+        },
+        Entry {
+            program: "fentry_file_open",
+            hook: Hook {
+                kind: HookKind::Fentry,
+                category: "",
+                name: "security_file_open".into(),
+            },
+            min_kernel: EXACT_PATHS,
+            needs: &[],
+            fallback: Fallback::Program("sys_enter_open"),
+            fire_check: Trigger::FileIo,
+            standby: true,
+            why: "exact path of every open by a target (bpf_d_path), without the BPF LSM",
+        },
+    ];
     let mut syscalls = |program: &'static str,
                         prefix: &str,
                         set: &[(&str, i64, u32)],
@@ -198,14 +236,14 @@ pub fn table() -> Vec<Entry> {
         "sys_enter_",
         OPEN_SYSCALLS,
         Trigger::FileIo,
-        "baseline: stashes the path of opens by targets",
+        "",
     );
     syscalls(
         "sys_exit_open",
         "sys_exit_",
         OPEN_SYSCALLS,
         Trigger::FileIo,
-        "baseline: document opens under the roots (path read at exit)",
+        "baseline: document opens under the roots (the fd, and the path from file_open or the argument)",
     );
     syscalls(
         "sys_enter_io",
@@ -257,6 +295,10 @@ pub fn table() -> Vec<Entry> {
         row.min_kernel = MIN_KERNEL.max(KernelVersion::new(5, 6, 0));
         row.fallback = Fallback::Skip("opens through openat2 are not seen");
     }
+    for row in rows.iter_mut().filter(|r| r.program == "sys_enter_open") {
+        row.standby = true;
+        row.why = "fallback: stashes the path argument of opens by targets (as written: symlinks not resolved)";
+    }
     let sched = |program: &'static str, why: &'static str| Entry {
         program,
         hook: Hook::tracepoint("sched", program),
@@ -300,6 +342,24 @@ pub enum Decision {
 pub struct Planned {
     pub entry: Entry,
     pub decision: Decision,
+}
+
+impl Planned {
+    /// Its status in the report, and why: `attached` says whether it was (`None`: nothing was
+    /// loaded). An entry another program took over from is `replaced`, not missing.
+    pub fn status(&self, attached: Option<bool>) -> (&'static str, String) {
+        let why = || self.entry.why.to_string();
+        match (&self.decision, attached) {
+            (Decision::Attach, None) => ("planned", why()),
+            (Decision::Attach, Some(true)) => ("attached", why()),
+            (Decision::Attach, Some(false)) => ("skipped", "not attached".into()),
+            (Decision::Skip(reason), _) if matches!(self.entry.fallback, Fallback::Program(_)) => {
+                ("replaced", reason.clone())
+            }
+            (Decision::Skip(reason), _) => ("skipped", reason.clone()),
+            (Decision::Standby, _) => ("standby", why()),
+        }
+    }
 }
 
 /// The kernel cannot run what Vigie requires: every reason, once.
@@ -439,7 +499,8 @@ pub fn give_up(planned: &mut [Planned], i: usize, reason: String) -> Result<(), 
 pub struct HookReport {
     pub program: &'static str,
     pub hook: String,
-    /// `attached`, `skipped` or `standby` (`planned` when nothing was loaded).
+    /// `attached`, `skipped`, `replaced` (by its fallback program) or `standby` (`planned` when
+    /// nothing was loaded).
     pub status: &'static str,
     /// Why it is attached (the table's `why`), or why not.
     pub reason: String,
@@ -464,11 +525,7 @@ impl AttachReport {
         let hooks = planned
             .iter()
             .map(|p| {
-                let (status, reason) = match &p.decision {
-                    Decision::Attach => ("planned", p.entry.why.to_string()),
-                    Decision::Skip(why) => ("skipped", why.clone()),
-                    Decision::Standby => ("standby", p.entry.why.to_string()),
-                };
+                let (status, reason) = p.status(None);
                 HookReport {
                     program: p.entry.program,
                     hook: p.entry.hook.to_string(),
@@ -490,10 +547,13 @@ impl AttachReport {
         self.hooks.iter().filter(|h| h.status == "attached").count()
     }
 
-    /// Hooks the plan meant to attach: attached, or failed at attach time (not skipped for
-    /// lack of kernel support).
+    /// Hooks that should be attached: attached, or skipped (something is then not seen). Not
+    /// those on standby, nor those another program replaced.
     pub fn expected(&self) -> usize {
-        self.hooks.iter().filter(|h| h.status != "standby").count()
+        self.hooks
+            .iter()
+            .filter(|h| h.status != "standby" && h.status != "replaced")
+            .count()
     }
 
     /// Programs attached, and how many of them the fire check saw run.
@@ -510,15 +570,37 @@ impl AttachReport {
         (programs.len(), ran)
     }
 
-    /// One line for logs and the VM matrix: `34/34 hooks attached, 11/11 programs fired`.
+    /// Where open paths come from: the first of the three ways in (see [`table`]) that is
+    /// attached. `None` when none is (nothing was loaded).
+    pub fn open_paths(&self) -> Option<&'static str> {
+        let attached = |program: &str| {
+            self.hooks
+                .iter()
+                .any(|h| h.program == program && h.status == "attached")
+        };
+        [
+            ("lsm_file_open", "exact, lsm file_open"),
+            ("fentry_file_open", "exact, fentry security_file_open"),
+            ("sys_enter_open", "as written, openat tracepoints"),
+        ]
+        .into_iter()
+        .find_map(|(program, how)| attached(program).then_some(how))
+    }
+
+    /// One line for logs and the VM matrix:
+    /// `33/33 hooks attached, 11/11 programs fired, open paths exact, lsm file_open`.
     pub fn summary(&self) -> String {
         let (programs, ran) = self.fired();
         let fired = match &self.fire_check_unavailable {
             None => format!("{ran}/{programs} programs fired"),
             Some(why) => format!("fire check not run ({why})"),
         };
+        let opens = match self.open_paths() {
+            Some(how) => format!(", open paths {how}"),
+            None => String::new(),
+        };
         format!(
-            "{}/{} hooks attached, {fired}",
+            "{}/{} hooks attached, {fired}{opens}",
             self.attached(),
             self.expected()
         )
@@ -545,6 +627,8 @@ impl fmt::Display for AttachReport {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::kernel::parse_lsms;
 
@@ -561,18 +645,44 @@ mod tests {
 
     const LSMS: &str = "lockdown,capability,landlock,yama,apparmor,tomoyo,bpf";
 
+    /// The decision for each program (the same for all of a program's hooks).
+    fn decisions(plan: &[Planned]) -> BTreeMap<&'static str, Decision> {
+        let mut by_program = BTreeMap::new();
+        for p in plan {
+            let previous = by_program.insert(p.entry.program, p.decision.clone());
+            // openat2's row may differ only by its own skip.
+            if let Some(previous) = previous
+                && !p.entry.hook.name.ends_with("openat2")
+            {
+                assert_eq!(previous, p.decision, "{}", p.entry.program);
+            }
+        }
+        by_program
+    }
+
     #[test]
-    fn the_table_attaches_34_hooks_on_the_matrix_kernels() {
+    fn the_table_attaches_36_hooks_with_the_lsm_on_the_matrix_kernels() {
         for release in ["6.1.0-56-amd64", "6.12.117+deb12-amd64", "6.18.44-fc-v595"] {
             for lockdown in [Lockdown::None, Lockdown::Integrity] {
                 let plan = plan(&facts(release, lockdown, LSMS), table()).unwrap();
-                assert_eq!(plan.len(), 34);
-                assert!(plan.iter().all(|p| p.decision == Decision::Attach));
+                assert_eq!(plan.len(), 36);
+                let d = decisions(&plan);
+                assert_eq!(d["lsm_file_open"], Decision::Attach);
+                assert_eq!(d["fentry_file_open"], Decision::Standby);
+                assert_eq!(d["sys_enter_open"], Decision::Standby);
+                assert!(
+                    d.iter()
+                        .filter(|(p, _)| !["fentry_file_open", "sys_enter_open"].contains(p))
+                        .all(|(_, d)| *d == Decision::Attach),
+                    "{d:?}"
+                );
             }
         }
         let names: Vec<String> = table().iter().map(|e| e.hook.to_string()).collect();
         assert!(names.contains(&"tracepoint syscalls/sys_enter_read".to_string()));
         assert!(names.contains(&"raw_tracepoint sched_process_fork".to_string()));
+        assert!(names.contains(&"lsm file_open".to_string()));
+        assert!(names.contains(&"fentry security_file_open".to_string()));
     }
 
     #[test]
@@ -620,46 +730,13 @@ mod tests {
         assert!(plan(&f, table()).is_ok());
     }
 
-    /// A preferred LSM program with a tracepoint fallback: the shape the table takes for BTF
-    /// programs.
-    fn lsm_table() -> Vec<Entry> {
-        let mut rows = vec![Entry {
-            program: "lsm_file_open",
-            hook: Hook {
-                kind: HookKind::Lsm,
-                category: "",
-                name: "file_open".into(),
-            },
-            min_kernel: KernelVersion::new(5, 7, 0),
-            needs: &[Need::BpfLsm],
-            fallback: Fallback::Program("sys_exit_open"),
-            fire_check: Trigger::FileIo,
-            standby: false,
-            why: "preferred: every open, by inode",
-        }];
-        rows.extend(
-            table()
-                .into_iter()
-                .filter(|e| e.program == "sys_exit_open")
-                .map(|mut e| {
-                    e.standby = true;
-                    e
-                }),
-        );
-        rows
-    }
-
     #[test]
     fn an_lsm_program_that_could_not_fire_falls_back() {
-        // `bpf` active: the LSM program, and its fallback stays on standby.
-        let on = plan(&facts("6.12.0", Lockdown::None, LSMS), lsm_table()).unwrap();
-        assert_eq!(on[0].decision, Decision::Attach);
-        assert!(on[1..].iter().all(|p| p.decision == Decision::Standby));
-        // Built in but not active: it would attach and never run. Detected, and the
-        // tracepoints are used instead.
+        // Built in but not active: it would attach and never run. Detected, and fentry is used
+        // instead; the openat tracepoints stay on standby.
         let off = plan(
             &facts("6.12.0", Lockdown::None, "lockdown,capability,yama"),
-            lsm_table(),
+            table(),
         )
         .unwrap();
         let Decision::Skip(why) = &off[0].decision else {
@@ -667,33 +744,71 @@ mod tests {
         };
         assert!(
             why.contains("`bpf` is not an active LSM (lockdown,capability,yama)")
-                && why.ends_with("sys_exit_open instead"),
+                && why.ends_with("fentry_file_open instead"),
             "{why}"
         );
-        assert!(off[1..].iter().all(|p| p.decision == Decision::Attach));
+        let d = decisions(&off);
+        assert_eq!(d["fentry_file_open"], Decision::Attach);
+        assert_eq!(d["sys_enter_open"], Decision::Standby);
         // Unknown LSMs: not trusted either.
         let mut unknown = facts("6.12.0", Lockdown::None, LSMS);
         unknown.lsms = None;
-        let plan = plan(&unknown, lsm_table()).unwrap();
+        let plan = plan(&unknown, table()).unwrap();
         assert!(matches!(plan[0].decision, Decision::Skip(_)));
-        // Too old a kernel for the hook: same fallback.
-        let old = super::plan(&facts("5.4.0", Lockdown::None, LSMS), lsm_table());
-        assert!(
-            old.is_err(),
-            "5.4 is below MIN_KERNEL for the tracepoints too"
-        );
+        assert_eq!(decisions(&plan)["fentry_file_open"], Decision::Attach);
+    }
+
+    #[test]
+    fn kernels_before_bpf_d_path_use_the_openat_tracepoints() {
+        let plan = plan(&facts("5.8.0", Lockdown::None, LSMS), table()).unwrap();
+        let d = decisions(&plan);
+        for program in ["lsm_file_open", "fentry_file_open"] {
+            let Decision::Skip(why) = &d[program] else {
+                panic!("{program}: {:?}", d[program])
+            };
+            assert!(
+                why.contains("needs Linux 5.10 or later, this is 5.8"),
+                "{why}"
+            );
+        }
+        assert_eq!(d["sys_enter_open"], Decision::Attach);
     }
 
     #[test]
     fn a_failure_at_attach_time_applies_the_same_fallback() {
-        let mut planned = plan(&facts("6.18.44", Lockdown::None, LSMS), lsm_table()).unwrap();
-        // The host refuses LSM programs with EPERM although `bpf` is listed.
+        let mut planned = plan(&facts("6.18.44", Lockdown::None, LSMS), table()).unwrap();
+        // The host refuses LSM and fentry programs with EPERM although `bpf` is listed.
         give_up(&mut planned, 0, "attach: Operation not permitted".into()).unwrap();
-        assert!(planned[1..].iter().all(|p| p.decision == Decision::Attach));
+        assert_eq!(decisions(&planned)["fentry_file_open"], Decision::Attach);
+        assert_eq!(decisions(&planned)["sys_enter_open"], Decision::Standby);
+        give_up(&mut planned, 1, "attach: Operation not permitted".into()).unwrap();
+        let d = decisions(&planned);
+        assert_eq!(d["sys_enter_open"], Decision::Attach);
+        assert_eq!(
+            d["fentry_file_open"],
+            Decision::Skip("attach: Operation not permitted; sys_enter_open instead".into())
+        );
+        // Replaced by their fallback: not missing.
+        let report = AttachReport::of_plan(facts("6.18.44", Lockdown::None, LSMS), &planned);
+        let status = |program: &str| {
+            report
+                .hooks
+                .iter()
+                .find(|h| h.program == program)
+                .map(|h| h.status)
+        };
+        assert_eq!(status("lsm_file_open"), Some("replaced"));
+        assert_eq!(status("fentry_file_open"), Some("replaced"));
+        assert_eq!(status("sys_enter_open"), Some("planned"));
+        assert_eq!(report.expected(), 34);
         // A required entry gives its reason back for the caller to refuse.
         let mut base = plan(&facts("6.18.44", Lockdown::None, LSMS), table()).unwrap();
+        let read = base
+            .iter()
+            .position(|p| p.entry.hook.name == "sys_enter_read")
+            .unwrap();
         assert_eq!(
-            give_up(&mut base, 0, "boom".into()),
+            give_up(&mut base, read, "boom".into()),
             Err("boom".to_string())
         );
         // openat2 is optional: skipped, saying what is not seen.
@@ -710,7 +825,7 @@ mod tests {
 
     #[test]
     fn standby_entries_come_after_what_they_replace() {
-        for t in [table(), lsm_table()] {
+        for t in [table()] {
             for (i, e) in t.iter().enumerate() {
                 if let Fallback::Program(other) = e.fallback {
                     assert!(

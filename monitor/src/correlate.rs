@@ -365,10 +365,8 @@ impl Correlator {
                 full_path,
                 ..
             } => {
-                let resolved = full_path
-                    .clone()
-                    .or_else(|| paths::resolve(base.as_deref(), path));
-                self.track_document(pid, *fd, resolved);
+                let opened = paths::of_open(path, base.as_deref(), full_path.as_deref());
+                self.track_document(pid, *fd, opened);
             }
             EventKind::FileRead { fd, bytes, fp } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {

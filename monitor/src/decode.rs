@@ -2,7 +2,7 @@
 //! kind or with inconsistent lengths is an error, never a panic.
 use monitor_common::{
     Header,
-    files::{FdEvent, OpenEvent, PATH_CAP},
+    files::{FdEvent, OpenEvent, PATH_CAP, path_source},
     kind,
     process::ProcEvent,
     sockets::{DATA_CAP, DATA_HEADER_LEN, DataEvent},
@@ -54,15 +54,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         kind::THREAD_EXIT => EventKind::ThreadExit,
         kind::FILE_OPEN => {
             let ev: OpenEvent = read(bytes, k)?;
-            let len = (ev.path_len as usize).min(PATH_CAP);
+            let len = (ev.path_len as usize).min(PATH_CAP - 1);
+            // A path has no NUL: bytes past one are left over from an earlier record.
+            let path = ev.path[..len].split(|b| *b == 0).next().unwrap_or_default();
             EventKind::FileOpen {
                 fd: ev.fd,
-                path: paths::from_bytes(&ev.path[..len.min(PATH_CAP - 1)]),
+                path: paths::from_bytes(path),
                 dirfd: ev.dirfd,
                 truncated: ev.path_len as usize >= PATH_CAP,
                 base: None,
                 full_path: None,
                 flags: ev.flags,
+                exact: ev.source == path_source::KERNEL,
             }
         }
         kind::FILE_READ
@@ -187,6 +190,8 @@ mod tests {
             dirfd: -100,
             flags: 0,
             path_len: 12,
+            source: path_source::KERNEL,
+            _pad: 0,
             path,
         };
         let e = decode(&bytes_of(&ev)).unwrap();
@@ -195,7 +200,28 @@ mod tests {
             (10, 11, 99, "portal")
         );
         assert!(
-            matches!(e.kind, EventKind::FileOpen { fd: 5, ref path, .. } if path == "/docs/a/x.pd")
+            matches!(e.kind, EventKind::FileOpen { fd: 5, ref path, exact: true, .. } if path == "/docs/a/x.pd")
+        );
+    }
+
+    #[test]
+    fn an_open_path_ends_at_its_first_nul() {
+        let mut path = [b'x'; PATH_CAP];
+        path[0] = 0;
+        let ev = OpenEvent {
+            header: header(kind::FILE_OPEN),
+            fd: 5,
+            dirfd: -100,
+            flags: 0,
+            path_len: PATH_CAP as u32,
+            source: path_source::KERNEL,
+            _pad: 0,
+            path,
+        };
+        let e = decode(&bytes_of(&ev)).unwrap();
+        assert!(
+            matches!(e.kind, EventKind::FileOpen { ref path, truncated: true, .. } if path.is_empty()),
+            "{e:?}"
         );
     }
 

@@ -49,6 +49,10 @@ pub enum EventKind {
         full_path: Option<String>,
         /// `open(2)` flags.
         flags: u32,
+        /// `path` is the kernel's exact path of the opened file (`bpf_d_path` in `file_open`):
+        /// absolute, symlinks and `..` resolved. Otherwise it is the `openat` argument as written.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        exact: bool,
     },
     /// `bytes` read from a document fd.
     FileRead {

@@ -11,8 +11,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        Program, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
-        trace_point::TracePointLinkId,
+        FEntry, Lsm, Program, RawTracePoint, TracePoint, fentry::FEntryLinkId, lsm::LsmLinkId,
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
 use monitor_common::{MAX_SYSCALL_NR, Stash, fd_kind, files::ROOT_KEY_LEN, globals, loss, op};
@@ -83,11 +83,19 @@ pub struct Probes {
     pub report: AttachReport,
     /// Every link, to detach them all at once on drop.
     links: Vec<(&'static str, LinkId)>,
+    /// The document roots, with the real paths of those behind symbolic links (all of them
+    /// are in the kernel's filter).
+    pub roots: crate::procfs::Roots,
+    /// The kernel's BTF as aya reads it, parsed on first need: BTF programs (LSM, fentry) are
+    /// loaded against it. Tracepoint-only kernels never pay for the parse.
+    kernel_btf: Option<aya::Btf>,
 }
 
 enum LinkId {
     Tracepoint(TracePointLinkId),
     Raw(RawTracePointLinkId),
+    Lsm(LsmLinkId),
+    Fentry(FEntryLinkId),
 }
 
 /// Byte offsets of the kernel struct fields the probes walk, from the running kernel's BTF.
@@ -106,6 +114,8 @@ pub fn kernel_offsets() -> Result<Vec<(&'static str, u64)>, LoadError> {
         (globals::OFF_FDT_FD, "fdtable", "fd"),
         (globals::OFF_FILE_INODE, "file", "f_inode"),
         (globals::OFF_INODE_MODE, "inode", "i_mode"),
+        (globals::OFF_FILE_PATH, "file", "f_path"),
+        (globals::OFF_FILE_FLAGS, "file", "f_flags"),
     ];
     let names: Vec<&str> = wanted.iter().map(|(_, s, _)| *s).collect();
     let ids = btf.struct_ids(&names);
@@ -122,6 +132,30 @@ pub fn kernel_offsets() -> Result<Vec<(&'static str, u64)>, LoadError> {
         }
     }
     Ok(out)
+}
+
+/// The facts the planner decides on. `VIGIE_ASSUME_BPF_LSM=1` (for tests) makes it believe `bpf`
+/// is an active LSM: the LSM program is then attached where it cannot run, and the fire check
+/// must catch it. The report keeps the real facts.
+fn plan_facts(facts: &KernelFacts) -> KernelFacts {
+    let mut facts = facts.clone();
+    if std::env::var_os("VIGIE_ASSUME_BPF_LSM").is_some_and(|v| v == "1") {
+        let lsms = facts.lsms.get_or_insert_with(Vec::new);
+        if !lsms.iter().any(|l| l == "bpf") {
+            tracing::warn!("VIGIE_ASSUME_BPF_LSM=1: planning as if `bpf` were an active LSM");
+            lsms.push("bpf".into());
+        }
+    }
+    facts
+}
+
+/// The reason an entry could not be attached, without aya's empty verifier log.
+fn attach_failure(e: &LoadError) -> String {
+    let text = e.to_string();
+    match text.strip_suffix(" Verifier output: ") {
+        Some(short) => short.trim_end_matches('.').to_string(),
+        None => text,
+    }
 }
 
 /// Field offsets of one tracefs event `format` file.
@@ -290,7 +324,7 @@ impl Probes {
         // A fresh machine may have neither mounted; the facts say what is missing if this fails.
         crate::kernel::mount_if_missing("tracefs", TRACEFS, "events");
         let facts = KernelFacts::read();
-        let mut planned = attach::plan(&facts, attach::table())
+        let mut planned = attach::plan(&plan_facts(&facts), attach::table())
             .map_err(|refusal| LoadError::Unsupported(facts.to_string(), refusal))?;
         raise_memlock();
         let mut values = kernel_offsets()?;
@@ -325,6 +359,8 @@ impl Probes {
                 fire_check_unavailable: None,
             },
             links: Vec::new(),
+            roots: crate::procfs::Roots::read(&cfg.documents.roots),
+            kernel_btf: None,
         };
         probes.configure(cfg)?;
         probes.attach(planned)?;
@@ -340,9 +376,10 @@ impl Probes {
                 ops.set(nr, op, 0).map_err(map_err("SYSCALL_OPS"))?;
             }
         }
+        let all_roots = self.roots.all();
         let mut roots: LpmTrie<_, [u8; ROOT_KEY_LEN], u32> =
             LpmTrie::try_from(self.map_mut("DOC_ROOTS")?).map_err(map_err("DOC_ROOTS"))?;
-        for root in &cfg.documents.roots {
+        for root in &all_roots {
             let mut data = [0u8; ROOT_KEY_LEN];
             let with_slash = format!("{root}/");
             let bytes = with_slash.as_bytes();
@@ -397,7 +434,7 @@ impl Probes {
                         attached.insert(i);
                         new_programs.insert(entry.program, entry.fire_check);
                     }
-                    Err(e) => attach::give_up(&mut planned, i, e.to_string())
+                    Err(e) => attach::give_up(&mut planned, i, attach_failure(&e))
                         .map_err(|reason| LoadError::Required(entry.hook.to_string(), reason))?,
                 }
             }
@@ -436,12 +473,7 @@ impl Probes {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let (status, reason) = match &p.decision {
-                    Decision::Attach if attached.contains(&i) => ("attached", p.entry.why.into()),
-                    Decision::Attach => ("skipped", "not attached".into()),
-                    Decision::Skip(why) => ("skipped", why.clone()),
-                    Decision::Standby => ("standby", p.entry.why.into()),
-                };
+                let (status, reason) = p.status(Some(attached.contains(&i)));
                 HookReport {
                     program: p.entry.program,
                     hook: p.entry.hook.to_string(),
@@ -465,6 +497,16 @@ impl Probes {
         loaded: &mut BTreeSet<&'static str>,
     ) -> Result<(), LoadError> {
         let name = entry.program;
+        if matches!(entry.hook.kind, HookKind::Lsm | HookKind::Fentry) && self.kernel_btf.is_none()
+        {
+            let started = std::time::Instant::now();
+            let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Btf(e.to_string()))?;
+            tracing::debug!(
+                "kernel BTF parsed for BTF programs in {:?}",
+                started.elapsed()
+            );
+            self.kernel_btf = Some(btf);
+        }
         let program = self
             .ebpf
             .program_mut(name)
@@ -489,11 +531,23 @@ impl Probes {
                 let link = raw.attach(&entry.hook.name).map_err(err)?;
                 self.links.push((name, LinkId::Raw(link)));
             }
-            HookKind::Lsm | HookKind::Fentry => {
-                return Err(LoadError::Map(
-                    name.into(),
-                    format!("{} programs are not in this build", entry.hook),
-                ));
+            HookKind::Lsm => {
+                let lsm: &mut Lsm = program.try_into().map_err(err)?;
+                if loaded.insert(name) {
+                    let btf = self.kernel_btf.as_ref().ok_or(LoadError::NoBtf)?;
+                    lsm.load(&entry.hook.name, btf).map_err(err)?;
+                }
+                let link = lsm.attach().map_err(err)?;
+                self.links.push((name, LinkId::Lsm(link)));
+            }
+            HookKind::Fentry => {
+                let fentry: &mut FEntry = program.try_into().map_err(err)?;
+                if loaded.insert(name) {
+                    let btf = self.kernel_btf.as_ref().ok_or(LoadError::NoBtf)?;
+                    fentry.load(&entry.hook.name, btf).map_err(err)?;
+                }
+                let link = fentry.attach().map_err(err)?;
+                self.links.push((name, LinkId::Fentry(link)));
             }
         }
         Ok(())
@@ -621,6 +675,12 @@ impl Drop for Probes {
                     p.take_link(id).ok().map(|l| Box::new(l) as Box<dyn Send>)
                 }
                 (Some(Program::RawTracePoint(p)), LinkId::Raw(id)) => {
+                    p.take_link(id).ok().map(|l| Box::new(l) as Box<dyn Send>)
+                }
+                (Some(Program::Lsm(p)), LinkId::Lsm(id)) => {
+                    p.take_link(id).ok().map(|l| Box::new(l) as Box<dyn Send>)
+                }
+                (Some(Program::FEntry(p)), LinkId::Fentry(id)) => {
                     p.take_link(id).ok().map(|l| Box::new(l) as Box<dyn Send>)
                 }
                 _ => None,

@@ -76,6 +76,16 @@ pub fn resolve(base: Option<&str>, path: &str) -> Option<String> {
     normalize(&format!("{base}/{path}"))
 }
 
+/// The file a `FileOpen` names: the full path when the capture was too short, else `path`
+/// resolved against `base`.
+#[must_use]
+pub fn of_open(path: &str, base: Option<&str>, full_path: Option<&str>) -> Option<String> {
+    match full_path {
+        Some(full) => Some(full.to_string()),
+        None => resolve(base, path),
+    }
+}
+
 /// True when `path` is `root` or below it, component-wise (`/srv/docs2` is not under
 /// `/srv/docs`). Both must be normalized absolute paths; a trailing slash on `root` is
 /// tolerated. Relative paths are never under anything.
@@ -90,9 +100,32 @@ pub fn is_under(path: &str, root: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// `path` with its leading `from` directory replaced by `to`, when `path` is under `from`
+/// (component-wise, see [`is_under`]).
+#[must_use]
+pub fn rebase(path: &str, from: &str, to: &str) -> Option<String> {
+    if !is_under(path, from) {
+        return None;
+    }
+    let rest = &path[from.trim_end_matches('/').len()..];
+    Some(format!("{}{rest}", to.trim_end_matches('/')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebase_swaps_a_whole_leading_directory() {
+        let r = |p| rebase(p, "/data/docs", "/srv/portal/current/docs");
+        assert_eq!(r("/data/docs").as_deref(), Some("/srv/portal/current/docs"));
+        assert_eq!(
+            r("/data/docs/bob/x.pdf").as_deref(),
+            Some("/srv/portal/current/docs/bob/x.pdf")
+        );
+        assert_eq!(r("/data/docs2/bob/x.pdf"), None);
+        assert_eq!(r("relative/x"), None);
+    }
 
     fn norm(p: &str) -> Option<String> {
         normalize(p)

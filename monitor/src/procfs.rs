@@ -126,6 +126,91 @@ fn warn_fds_unreadable(pid: u32) {
     );
 }
 
+/// The document roots as the live side sees them. A root that is, or passes through, a symbolic
+/// link (`/srv/portal/current/docs` -> `/data/docs`) has two names: the kernel's exact open paths
+/// (`bpf_d_path`) and `/proc` fd links give the real one, a process may open either. Both are
+/// watched, and documents are always named as configured, so owner templates, alerts and replay
+/// do not depend on which way the kernel gave the path.
+#[derive(Debug, Clone, Default)]
+pub struct Roots {
+    pub configured: Vec<String>,
+    /// `(real, configured)` for each root whose real path differs.
+    pub aliases: Vec<(String, String)>,
+}
+
+impl Roots {
+    /// Resolves each configured root's symbolic links now (a root that does not exist yet has
+    /// no alias).
+    pub fn read(configured: &[String]) -> Self {
+        let aliases = configured
+            .iter()
+            .filter_map(|root| {
+                let real = fs::canonicalize(root).ok()?.to_str()?.to_string();
+                (real != root.trim_end_matches('/')).then(|| (real, root.clone()))
+            })
+            .collect();
+        Self {
+            configured: configured.to_vec(),
+            aliases,
+        }
+    }
+
+    /// Every name of every root: for the kernel's filter and the fd scans.
+    pub fn all(&self) -> Vec<String> {
+        let mut all = self.configured.clone();
+        all.extend(self.aliases.iter().map(|(real, _)| real.clone()));
+        all
+    }
+
+    /// `path` named as configured, when it is under a root's real path.
+    pub fn configured_name(&self, path: &str) -> Option<String> {
+        // A path under a configured root keeps its name, even when another root's real path
+        // also covers it.
+        if self.configured.iter().any(|r| paths::is_under(path, r)) {
+            return None;
+        }
+        self.aliases
+            .iter()
+            .find_map(|(real, configured)| paths::rebase(path, real, configured))
+    }
+
+    /// Renames, in a live event, every path that names a document by a root's real path.
+    pub fn rename(&self, ev: &mut Event) {
+        if self.aliases.is_empty() {
+            return;
+        }
+        match &mut ev.kind {
+            // The path the correlator will resolve, renamed.
+            EventKind::FileOpen {
+                path,
+                base,
+                full_path,
+                ..
+            } => {
+                let opened = paths::of_open(path, base.as_deref(), full_path.as_deref());
+                if let Some(named) = opened.and_then(|p| self.configured_name(&p)) {
+                    match full_path {
+                        Some(full) => *full = named,
+                        None => {
+                            *path = named;
+                            *base = None;
+                        }
+                    }
+                }
+            }
+            EventKind::FdFound {
+                found: FoundFd::Document { path },
+                ..
+            } => {
+                if let Some(named) = self.configured_name(path) {
+                    *path = named;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Events describing a process that just became a target, as of now.
 pub fn describe(pid: u32, roots: &[String], now_ns: u64) -> Vec<Event> {
     let exec = Event {
@@ -259,6 +344,69 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn documents_reached_by_a_roots_real_path_are_named_as_configured() {
+        let roots = Roots {
+            configured: vec!["/srv/current/docs".into()],
+            aliases: vec![("/data/docs".into(), "/srv/current/docs".into())],
+        };
+        assert_eq!(roots.all(), ["/srv/current/docs", "/data/docs"]);
+        let open = |path: &str, base: Option<&str>| Event {
+            ts_ns: 1,
+            pid: 2,
+            tid: 2,
+            comm: "portal".into(),
+            kind: EventKind::FileOpen {
+                fd: 3,
+                path: path.into(),
+                dirfd: AT_FDCWD,
+                truncated: false,
+                base: base.map(str::to_string),
+                full_path: None,
+                flags: 0,
+                exact: true,
+            },
+        };
+        let renamed = |mut ev: Event| {
+            roots.rename(&mut ev);
+            match ev.kind {
+                EventKind::FileOpen { path, base, .. } => (path, base),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(
+            renamed(open("/data/docs/bob/x.pdf", None)),
+            ("/srv/current/docs/bob/x.pdf".to_string(), None)
+        );
+        // Relative to a working directory given by its real path.
+        assert_eq!(
+            renamed(open("bob/../bob/x.pdf", Some("/data/docs"))),
+            ("/srv/current/docs/bob/x.pdf".to_string(), None)
+        );
+        // Already named as configured, or not a document: unchanged.
+        for p in [
+            "/srv/current/docs/bob/x.pdf",
+            "/data/docs2/x",
+            "/etc/passwd",
+        ] {
+            assert_eq!(renamed(open(p, None)), (p.to_string(), None));
+        }
+        let mut found = Event {
+            kind: EventKind::FdFound {
+                fd: 4,
+                found: FoundFd::Document {
+                    path: "/data/docs/alice/y".into(),
+                },
+            },
+            ..open("", None)
+        };
+        roots.rename(&mut found);
+        assert!(matches!(
+            found.kind,
+            EventKind::FdFound { found: FoundFd::Document { ref path }, .. } if path == "/srv/current/docs/alice/y"
+        ));
+    }
 
     #[test]
     fn syscall_file_forms() {

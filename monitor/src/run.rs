@@ -194,7 +194,9 @@ impl Live {
         self.targets.insert(pid);
         self.seen.insert(pid);
         let mut sockets = Vec::new();
-        for ev in procfs::describe(pid, &self.cfg.documents.roots, procfs::monotonic_ns()) {
+        let roots = self.probes.roots.all();
+        for mut ev in procfs::describe(pid, &roots, procfs::monotonic_ns()) {
+            self.probes.roots.rename(&mut ev);
             if let EventKind::FdFound {
                 fd,
                 found: FoundFd::Socket,
@@ -397,7 +399,10 @@ impl Live {
                 self.redactor.forget_process(pid);
                 self.bodies.forget_process(pid);
             }
-            EventKind::FileOpen { .. } => procfs::enrich(ev),
+            EventKind::FileOpen { .. } => {
+                procfs::enrich(ev);
+                self.probes.roots.rename(ev);
+            }
             EventKind::ProcessExec if !self.targets.contains(&ev.pid) => {
                 // Matched by name in the kernel: an executable selector must also match the path.
                 let by_name = self.cfg.targets.names.contains(&ev.comm);
@@ -453,7 +458,8 @@ impl Live {
             }
             EventKind::ProcessExec if self.targets.contains(&ev.pid) => {
                 // fds that survived exec.
-                for found in procfs::found_fds(ev, &self.cfg.documents.roots) {
+                for mut found in procfs::found_fds(ev, &self.probes.roots.all()) {
+                    self.probes.roots.rename(&mut found);
                     self.tell_kernel(&found)?;
                     self.feed(&found)?;
                 }
@@ -608,8 +614,12 @@ fn log_report(report: &crate::attach::AttachReport) {
             first.reason
         );
     }
-    for h in report.hooks.iter().filter(|h| h.status == "skipped") {
-        tracing::warn!("not attached: {} ({}): {}", h.hook, h.program, h.reason);
+    for h in &report.hooks {
+        match h.status {
+            "skipped" => tracing::warn!("not attached: {} ({}): {}", h.hook, h.program, h.reason),
+            "replaced" => tracing::info!("replaced: {} ({}): {}", h.hook, h.program, h.reason),
+            _ => {}
+        }
     }
     if let Some(why) = &report.fire_check_unavailable {
         tracing::warn!("fire check not run: {why}");

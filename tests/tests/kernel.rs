@@ -7,10 +7,17 @@ mod support;
 use serde_json::Value;
 use support::*;
 
-/// Every hook of the attach table: all of them attach on the kernels Vigie supports.
-const HOOKS: usize = 34;
-/// The programs behind them.
+/// Every hook of the attach table.
+const HOOKS: usize = 36;
+/// The programs behind the hooks attached on any kernel: one of the three ways in for opens,
+/// and the ten others.
 const PROGRAMS: usize = 11;
+/// The ways in for opens, best first, and how the start-up summary names each.
+const OPEN_WAYS: [(&str, &str); 3] = [
+    ("lsm_file_open", "exact, lsm file_open"),
+    ("fentry_file_open", "exact, fentry security_file_open"),
+    ("sys_enter_open", "as written, openat tracepoints"),
+];
 
 fn read(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok()
@@ -67,7 +74,20 @@ fn probes_report_matches_the_kernel_and_every_program_fires() {
     assert_eq!(report["fire_check_unavailable"], Value::Null);
     let hooks = report["hooks"].as_array().expect("hooks");
     assert_eq!(hooks.len(), HOOKS, "{report:#}");
+    let bpf_lsm = facts["lsms"]
+        .as_array()
+        .is_some_and(|l| l.iter().any(|l| l == "bpf"));
+    let way = check_open_ways(hooks, bpf_lsm);
+    // Set by `cargo xtask vm-test` for each kernel of the matrix.
+    if let Ok(want) = std::env::var("VIGIE_EXPECT_OPEN_PROGRAM")
+        && !want.is_empty()
+    {
+        assert_eq!(OPEN_WAYS[way].0, want, "{report:#}");
+    }
     for h in hooks {
+        if OPEN_WAYS.iter().any(|(p, _)| h["program"] == *p) {
+            continue;
+        }
         assert_eq!(h["status"], "attached", "{h:#}");
         assert!(h["fired"].as_u64().is_some_and(|n| n > 0), "{h:#}");
         assert!(
@@ -86,6 +106,93 @@ fn probes_report_matches_the_kernel_and_every_program_fires() {
         "raw_tracepoint sched_process_fork",
     ] {
         assert!(names.contains(&want), "{want} missing: {names:?}");
+    }
+}
+
+/// Exactly one way in for opens is attached (and ran); the better ones before it were replaced,
+/// saying why; the ones after it wait on standby. Returns its index in [`OPEN_WAYS`].
+fn check_open_ways(hooks: &[Value], bpf_lsm: bool) -> usize {
+    let statuses = |program: &str| -> Vec<&Value> {
+        hooks.iter().filter(|h| h["program"] == program).collect()
+    };
+    let chosen = OPEN_WAYS
+        .iter()
+        .position(|(p, _)| statuses(p).iter().any(|h| h["status"] == "attached"))
+        .expect("no way in for opens is attached");
+    for (i, (program, _)) in OPEN_WAYS.iter().enumerate() {
+        for h in statuses(program) {
+            let want = match i.cmp(&chosen) {
+                std::cmp::Ordering::Less => "replaced",
+                std::cmp::Ordering::Equal => "attached",
+                std::cmp::Ordering::Greater => "standby",
+            };
+            assert_eq!(h["status"], want, "{h:#}");
+            if want == "attached" {
+                assert!(h["fired"].as_u64().is_some_and(|n| n > 0), "{h:#}");
+            }
+        }
+    }
+    let lsm = statuses("lsm_file_open")[0];
+    if !bpf_lsm {
+        assert!(
+            lsm["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("`bpf` is not an active LSM")),
+            "{lsm:#}"
+        );
+    }
+    chosen
+}
+
+/// Planned as if `bpf` were an active LSM where it is not, the LSM program attaches without
+/// error and never runs: the fire check must catch it, and the next way in take over.
+#[test]
+fn an_lsm_program_that_attaches_but_cannot_run_is_caught() {
+    let Some(p) = privileged("an_lsm_program_that_attaches_but_cannot_run_is_caught") else {
+        return;
+    };
+    if lockdown().as_deref() == Some("confidentiality") {
+        return; // Refused before any program loads: see the test above.
+    }
+    let lsms = read("/sys/kernel/security/lsm").unwrap_or_default();
+    let bpf_lsm = lsms.trim().split(',').any(|l| l == "bpf");
+    let mut cmd = std::process::Command::new(&p.vigie);
+    cmd.args(["probes", "--json"])
+        .env("VIGIE_ASSUME_BPF_LSM", "1");
+    let out = cmd.output().expect("vigie probes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("vigie probes --json");
+    let hooks = report["hooks"].as_array().expect("hooks");
+    let lsm = hooks
+        .iter()
+        .find(|h| h["program"] == "lsm_file_open")
+        .expect("lsm_file_open row");
+    let way = check_open_ways(hooks, true);
+    eprintln!("LSMs {}: {lsm:#}", lsms.trim());
+    if bpf_lsm {
+        // Nothing to catch: the LSM runs (or the kernel refuses BPF LSM programs outright).
+        assert!(
+            lsm["status"] == "attached"
+                || lsm["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("BPF_PROG_LOAD")),
+            "{lsm:#}"
+        );
+    } else {
+        assert_eq!(lsm["status"], "replaced", "{lsm:#}");
+        // A kernel built without the BPF LSM refuses the load instead. The matrix's kernels
+        // have it built in (not active on this row), so there it must be the fire check.
+        let in_matrix = std::env::var("VIGIE_EXPECT_OPEN_PROGRAM").is_ok_and(|v| !v.is_empty());
+        let reason = lsm["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains(
+                "attached, but did not run when Vigie made it fire (open, read and close a file)"
+            ) || (!in_matrix && reason.contains("BPF_PROG_LOAD")),
+            "{lsm:#}"
+        );
+        assert_ne!(way, 0);
+        assert!(stderr.contains("VIGIE_ASSUME_BPF_LSM=1"), "{stderr}");
     }
 }
 
@@ -125,9 +232,23 @@ fn vigie_run_logs_what_it_attached_and_why() {
         format!("kernel {}, BTF yes, tracefs yes, lockdown ", release.trim()),
         "attached sys_enter_io on tracepoint syscalls/sys_enter_read, sys_enter_pread64, ".into(),
         "attached sched_process_fork on raw_tracepoint sched_process_fork: baseline: ".into(),
-        format!("probes: {HOOKS}/{HOOKS} hooks attached, {PROGRAMS}/{PROGRAMS} programs fired"),
+        format!("hooks attached, {PROGRAMS}/{PROGRAMS} programs fired, open paths "),
     ] {
         assert!(log.contains(&want), "{want:?} not in the log:\n{log}");
     }
+    assert!(
+        OPEN_WAYS
+            .iter()
+            .any(|(_, how)| log.contains(&format!("programs fired, open paths {how}\n"))),
+        "{log}"
+    );
     assert!(!log.contains("not attached"), "{log}");
+    // The better ways in for opens that this kernel cannot use are replaced, with their reason.
+    for line in log.lines().filter(|l| l.contains("replaced: ")) {
+        assert!(
+            line.contains("replaced: lsm file_open (lsm_file_open): ")
+                || line.contains("replaced: fentry security_file_open (fentry_file_open): "),
+            "{line}\n{log}"
+        );
+    }
 }

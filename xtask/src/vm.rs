@@ -24,9 +24,11 @@ use crate::{Binaries, step, workspace_root};
 /// `sessions` a Redis server, which the initramfs does not hold; `portal_process` tests the
 /// portal alone (no probes); `faults` opens 10,000 connections, too slow under emulation: they
 /// stay with the native run.
-const FULL: &[&str] = &["e2e", "jwt", "replay", "kernel", "concurrency"];
+const FULL: &[&str] = &["e2e", "jwt", "replay", "kernel", "concurrency", "paths"];
 /// The start-up report only: facts, attach table, fire check (or the refusal).
 const REPORT: &[&str] = &["kernel"];
+/// The report, and the tests that tell exact open paths from paths as written.
+const FENTRY: &[&str] = &["kernel", "paths"];
 
 /// A Debian kernel line: the newest `linux-image-<prefix><n><suffix>` that apt offers.
 #[derive(Clone, Copy)]
@@ -54,6 +56,8 @@ struct Row {
     /// Extra kernel command line.
     cmdline: &'static str,
     tests: &'static [&'static str],
+    /// The program that must give open paths there (the `kernel` tests check it).
+    opens: &'static str,
 }
 
 const MATRIX: &[Row] = &[
@@ -62,20 +66,24 @@ const MATRIX: &[Row] = &[
         series: DEBIAN_6_1,
         cmdline: "",
         tests: FULL,
+        opens: "lsm_file_open",
     },
     Row {
         id: "6.12",
         series: DEBIAN_6_12,
         cmdline: "",
         tests: FULL,
+        opens: "lsm_file_open",
     },
     // Secure Boot's lockdown mode, and a kernel built with the BPF LSM that does not run it:
-    // the facts must say so, and the baseline must not care.
+    // the facts must say so, the LSM program must not be trusted (nor, attached anyway, pass
+    // the fire check), and opens come through fentry instead.
     Row {
         id: "6.1-integrity-nobpflsm",
         series: DEBIAN_6_1,
         cmdline: "lockdown=integrity lsm=lockdown,capability,landlock,yama",
-        tests: REPORT,
+        tests: FENTRY,
+        opens: "fentry_file_open",
     },
     // Vigie must refuse, saying why (tracefs and kernel reads are closed).
     Row {
@@ -83,6 +91,7 @@ const MATRIX: &[Row] = &[
         series: DEBIAN_6_12,
         cmdline: "lockdown=confidentiality",
         tests: REPORT,
+        opens: "",
     },
 ];
 
@@ -163,7 +172,7 @@ pub fn run(bins: &Binaries, args: &VmArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let vm_dir = workspace_root().join("target").join("vm");
     let host = host_kernel();
-    let rows: Vec<(&str, PathBuf, &str, &[&str])> = {
+    let rows: Vec<(&str, PathBuf, &str, &[&str], &str)> = {
         let wanted = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
         let mut kernels = BTreeMap::new();
         let mut rows = Vec::new();
@@ -175,11 +184,11 @@ pub fn run(bins: &Binaries, args: &VmArgs) -> anyhow::Result<()> {
                     kernels.entry(row.series.name).or_insert(k)
                 }
             };
-            rows.push((row.id, vmlinuz.clone(), row.cmdline, row.tests));
+            rows.push((row.id, vmlinuz.clone(), row.cmdline, row.tests, row.opens));
         }
         if wanted("host") {
             match &host {
-                Ok(vmlinuz) => rows.push(("host", vmlinuz.clone(), "", FULL)),
+                Ok(vmlinuz) => rows.push(("host", vmlinuz.clone(), "", FULL, "")),
                 Err(why) => step("vm-test", why),
             }
         }
@@ -206,11 +215,14 @@ pub fn run(bins: &Binaries, args: &VmArgs) -> anyhow::Result<()> {
     let logs = vm_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let mut results = Vec::new();
-    for (id, vmlinuz, extra, names) in rows {
+    for (id, vmlinuz, extra, names, opens) in rows {
         let mut cmdline = format!(
             "console=ttyS0 panic=-1 quiet vigie.tests={} vigie.scale={TIME_SCALE}",
             names.join(",")
         );
+        if !opens.is_empty() {
+            cmdline.push_str(&format!(" vigie.opens={opens}"));
+        }
         if let Some(f) = &args.filter {
             cmdline.push_str(&format!(" vigie.filter={f}"));
         }
@@ -554,6 +566,7 @@ ip link set lo up
 arg() {{ tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p"; }}
 echo "VIGIE-VM-KERNEL $(uname -r) lockdown=$(cat /sys/kernel/security/lockdown 2>/dev/null | tr ' ' ,) lsm=$(cat /sys/kernel/security/lsm 2>/dev/null)"
 export VIGIE_BIN={vigie} VIGIE_REQUIRE_PRIVILEGED=1 VIGIE_TEST_TIME_SCALE=$(arg vigie.scale) RUST_BACKTRACE=1
+export VIGIE_EXPECT_OPEN_PROGRAM=$(arg vigie.opens)
 cd /tmp
 start=$(date +%s)
 {vigie} probes

@@ -1,20 +1,28 @@
 //! openat/openat2 under the document roots, document reads, sendfile, close.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
-    macros::tracepoint,
+    bindings::path,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        generated::bpf_d_path,
+    },
+    macros::{fentry, lsm, tracepoint},
     maps::lpm_trie::Key,
-    programs::TracePointContext,
+    programs::{FEntryContext, LsmContext, TracePointContext},
 };
 use monitor_common::{
     fd_kind,
-    files::{FP_BYTES, FP_MIN, FdEvent, PATH_CAP, fingerprint, has_dotdot},
+    files::{FP_BYTES, FP_MIN, FdEvent, OpenEvent, PATH_CAP, fingerprint, has_dotdot, path_source},
     kind, loss, op,
 };
 
 use super::{arg, ret, sockets, syscall_op};
-use crate::maps::{
-    DOC_ROOTS, FD_KIND, OPEN_SCRATCH, ROOT_KEY_LEN, STASH, Stash, count_loss, fd_key, fill_header,
-    is_target, output_bytes, set_fd_kind, submit,
+use crate::{
+    maps::{
+        DOC_ROOTS, FD_KIND, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED, OPENED_SCRATCH,
+        ROOT_KEY_LEN, STASH, Stash, count_loss, fd_key, fill_header, global, is_target,
+        output_bytes, set_fd_kind, submit,
+    },
+    task,
 };
 
 const AT_FDCWD: i32 = -100;
@@ -42,9 +50,73 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// BPF LSM `file_open(struct file *file)`, where `bpf` is an active LSM. It only observes: it
+/// returns what the previous BPF LSM program decided (the last argument).
+#[lsm(hook = "file_open")]
+pub fn lsm_file_open(ctx: LsmContext) -> i32 {
+    on_file_open(ctx.arg(0));
+    ctx.arg(1)
+}
+
+/// `security_file_open(struct file *file)`, where BPF trampolines work but the BPF LSM does not
+/// run.
+#[fentry(function = "security_file_open")]
+pub fn fentry_file_open(ctx: FEntryContext) -> u32 {
+    on_file_open(ctx.arg(0));
+    0
+}
+
+/// A target opened `file`: its exact path (`bpf_d_path`), judged against the roots here, kept
+/// for the thread's `openat` exit.
+#[inline(always)]
+fn on_file_open(file: *const u8) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target((pid_tgid >> 32) as u32) {
+        return;
+    }
+    let Some(o) = OPENED_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let o = unsafe { &mut *o };
+    o.file = file as u64;
+    o.ev.flags = unsafe { task::read::<u32>(file, global(&OFF_FILE_FLAGS)) }.unwrap_or(0);
+    o.ev.dirfd = AT_FDCWD;
+    o.ev.source = path_source::KERNEL;
+    o.ev._pad = 0;
+    // `&file->f_path`: a constant offset into the BTF-typed `file`, which the verifier checks
+    // lands on a `struct path`.
+    let f_path = file.wrapping_add(global(&OFF_FILE_PATH) as usize) as *const path;
+    let n = unsafe { bpf_d_path(f_path, o.ev.path.as_mut_ptr().cast(), PATH_CAP as u32) };
+    if n <= 0 {
+        // Longer than the capture (or unnamed): undecided, userspace reads /proc/<pid>/fd. The
+        // scratch still holds an earlier path: cut it.
+        o.ev.path[0] = 0;
+        o.ev.path_len = PATH_CAP as u32;
+        o.kind = fd_kind::DOCUMENT;
+    } else {
+        o.ev.path_len = (n as u32).saturating_sub(1);
+        let mut key = Key::new((ROOT_KEY_LEN * 8) as u32, [0u8; ROOT_KEY_LEN]);
+        key.data.copy_from_slice(&o.ev.path[..ROOT_KEY_LEN]);
+        // Exact and absolute: the root prefix decides (roots are shorter than the key).
+        o.kind = if DOC_ROOTS.get(&key).is_some() {
+            fd_kind::DOCUMENT
+        } else {
+            fd_kind::OTHER
+        };
+    }
+    if OPENED.insert(&pid_tgid, o, 0).is_err() {
+        count_loss(loss::STASH_FULL);
+    }
+}
+
 #[tracepoint]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(o) = OPENED.get_ptr_mut(&pid_tgid) {
+        exit_opened(&ctx, unsafe { &mut *o });
+        let _ = OPENED.remove(&pid_tgid);
+        return 0;
+    }
     let Some(stash) = (unsafe { STASH.get(&pid_tgid) }).copied() else {
         return 0;
     };
@@ -80,6 +152,28 @@ pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The `openat` exit of an open a `file_open` program saw.
+#[inline(always)]
+fn exit_opened(ctx: &TracePointContext, o: &mut crate::maps::Opened) {
+    let fd = ret(ctx);
+    if fd < 0 {
+        return;
+    }
+    let fd = fd as i32;
+    // An `O_PATH` open does not reach `file_open`; the entry is then another open's.
+    if task::fd_file(fd) != Some(o.file) {
+        return;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    set_fd_kind(tgid, fd, o.kind);
+    if o.kind != fd_kind::DOCUMENT {
+        return;
+    }
+    fill_header(&mut o.ev.header, kind::FILE_OPEN);
+    o.ev.fd = fd;
+    submit_copy(&o.ev);
+}
+
 #[inline(always)]
 fn emit_open(stash: &Stash, fd: i32) {
     let Some(ev) = OPEN_SCRATCH.get_ptr_mut(0) else {
@@ -107,15 +201,17 @@ fn emit_open(stash: &Stash, fd: i32) {
     if ev.path_len as usize >= PATH_CAP - 1 {
         ev.path_len = PATH_CAP as u32;
     }
+    ev.source = path_source::SYSCALL;
+    ev._pad = 0;
     submit_copy(ev);
 }
 
 #[inline(always)]
-fn submit_copy(ev: &monitor_common::files::OpenEvent) {
+fn submit_copy(ev: &OpenEvent) {
     let bytes = unsafe {
         core::slice::from_raw_parts(
-            (ev as *const monitor_common::files::OpenEvent).cast::<u8>(),
-            core::mem::size_of::<monitor_common::files::OpenEvent>(),
+            (ev as *const OpenEvent).cast::<u8>(),
+            core::mem::size_of::<OpenEvent>(),
         )
     };
     output_bytes(bytes);

@@ -82,6 +82,7 @@ impl Scenario {
                 base: Some("/srv".into()),
                 full_path: None,
                 flags: 0,
+                exact: false,
             },
         )
     }

@@ -59,6 +59,7 @@ fn events() -> Vec<Event> {
                 base: None,
                 full_path: None,
                 flags: 0,
+                exact: false,
             },
         ),
         e(
@@ -270,6 +271,7 @@ fn request_reading(ts: u64, n: u32, user: &str, path: &str) -> Vec<Event> {
                 base: None,
                 full_path: None,
                 flags: 0,
+                exact: false,
             },
         ),
         e(
@@ -484,6 +486,7 @@ fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
                 base: None,
                 full_path: None,
                 flags: 0,
+                exact: false,
             },
         };
         live.handle(&open2).unwrap();

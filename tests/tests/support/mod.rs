@@ -107,6 +107,12 @@ impl Portal {
     pub fn start(name: &str, args: &[&str]) -> Self {
         let dir = TempDir::new(name);
         let root = dir.path().join("portal");
+        Self::start_in(dir, &root, &root, args)
+    }
+
+    /// A portal serving `root`, whose documents Vigie is configured to find under `named`
+    /// (the same directory, reached another way, e.g. through a symbolic link).
+    pub fn start_in(dir: TempDir, root: &Path, named: &Path, args: &[&str]) -> Self {
         let mut all = vec![
             "--root",
             root.to_str().expect("utf-8 temp dir"),
@@ -116,7 +122,7 @@ impl Portal {
         let guard = spawn_portal(PORTAL, &all).expect("starting the demo portal");
         Self {
             guard,
-            users: root.join("users"),
+            users: named.join("users"),
             dir,
         }
     }

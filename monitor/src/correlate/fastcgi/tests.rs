@@ -117,6 +117,7 @@ impl App {
                 base: None,
                 full_path: None,
                 flags: 0,
+                exact: false,
             },
         )
     }
