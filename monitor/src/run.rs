@@ -680,5 +680,6 @@ impl Live {
         m.set_targets(self.targets.len());
         m.set_tracked(&self.pipeline.correlator().tracked());
         m.set_probes(self.probes.attached(), self.probes.expected());
+        m.sync_probe_stats(&self.probes.program_stats());
     }
 }

@@ -227,6 +227,7 @@ impl Bench {
         )?;
         md.push_str("| case | conns | detached req/s (median) | attached req/s (median) | throughput loss | p99 detached | p99 attached | p99 ratio | vigie CPU s / 1k req | vigie VmHWM | events/s (attached) | lost |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         let mut out = Vec::new();
+        let mut profiles = String::new();
         let mut hist_all: BTreeMap<String, f64> = BTreeMap::new();
         for case in &cases {
             let root = self.dir.join(format!("portal-{}", case.model));
@@ -296,6 +297,7 @@ impl Bench {
                 a_p99.push(a.p99_ms);
                 b_p99.push(bb.p99_ms);
             }
+            let prof = self.profile(&portal, &root, &url, case, script)?;
             drop(portal);
             let loss: Vec<f64> = ratio.iter().map(|r| (1.0 - r) * 100.0).collect();
             writeln!(
@@ -319,8 +321,11 @@ impl Bench {
                 "detached_rps": a_rps, "attached_rps": b_rps, "throughput_loss_pct": loss,
                 "detached_p99_ms": a_p99, "attached_p99_ms": b_p99, "p99_ratio": p99r,
                 "cpu_s_per_1k_requests": cpu_per_k, "vmhwm_kib": hwm, "events_per_s": evs, "lost": lost,
+                "profile": prof.1,
             }));
+            profiles.push_str(&prof.0);
         }
+        md.push_str(&profiles);
         let (p50, p99, n) = hist_quantiles(&hist_all);
         writeln!(
             md,
@@ -332,6 +337,87 @@ impl Bench {
         Ok((
             md,
             json!({ "cases": out, "latency_histogram": hist_all, "hist_p50_le_s": p50, "hist_p99_le_s": p99 }),
+        ))
+    }
+
+    /// One more attached run of `case`, with the kernel's BPF run statistics on (they cost two
+    /// clock reads per program run, so the A/B rounds run without them): where the kernel-side
+    /// time goes, program by program, against the daemon's CPU in the same run.
+    fn profile(
+        &self,
+        portal: &Portal,
+        root: &Path,
+        url: &str,
+        case: &PortalCase,
+        script: &Path,
+    ) -> anyhow::Result<(String, Value)> {
+        let _stats = BpfStats::enable()?;
+        let v = Vigie::start(&self.bins.vigie, &self.dir, &[portal.pid], root, None)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let m0 = v.metrics()?;
+        let cpu0 = cpu_seconds(v.pid)?;
+        let w = wrk(url, self.secs, case.conns, script)?;
+        let cpu1 = cpu_seconds(v.pid)?;
+        // The run statistics are published on the reader's 100 ms tick.
+        std::thread::sleep(Duration::from_millis(250));
+        let m1 = v.metrics()?;
+        v.stop()?;
+        let requests = w.requests.max(1) as f64;
+        let runs0 = by_label(&m0, "vigie_probe_runs_total", "program");
+        let runs1 = by_label(&m1, "vigie_probe_runs_total", "program");
+        let secs0 = by_label(&m0, "vigie_probe_run_seconds_total", "program");
+        let secs1 = by_label(&m1, "vigie_probe_run_seconds_total", "program");
+        let mut rows: Vec<(String, f64, f64)> = runs1
+            .iter()
+            .map(|(p, r1)| {
+                let runs = r1 - runs0.get(p).copied().unwrap_or(0.0);
+                let ns = (secs1.get(p).copied().unwrap_or(0.0)
+                    - secs0.get(p).copied().unwrap_or(0.0))
+                    * 1e9;
+                (p.clone(), runs, ns)
+            })
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let kernel_ns: f64 = rows.iter().map(|r| r.2).sum();
+        let daemon_ns = (cpu1 - cpu0) * 1e9;
+        let mut md = format!(
+            "\n**Where the time goes: {}** (one more attached run of {} s with \
+             `kernel.bpf_stats_enabled=1`: {:.0} req/s, {} requests). Program run time only: the \
+             tracepoint's own cost around each run (the host tax) is not in it.\n\n\
+             | program | runs per request | ns per run | ns per request |\n|---|---|---|---|\n",
+            case.name, self.secs, w.rps, w.requests
+        );
+        let mut js = vec![];
+        for (p, runs, ns) in &rows {
+            let per_run = if *runs > 0.0 { ns / runs } else { 0.0 };
+            writeln!(
+                md,
+                "| `{p}` | {:.2} | {per_run:.0} | {:.0} |",
+                runs / requests,
+                ns / requests
+            )?;
+            js.push(json!({ "program": p, "runs": runs, "run_ns": ns }));
+        }
+        writeln!(
+            md,
+            "| **all programs** | {:.2} | | **{:.0}** |\n\n\
+             Kernel-side program time {:.2} us per request against Vigie's own CPU {:.2} us per \
+             request in the same run ({:.1}x).\n",
+            rows.iter().map(|r| r.1).sum::<f64>() / requests,
+            kernel_ns / requests,
+            kernel_ns / requests / 1e3,
+            daemon_ns / requests / 1e3,
+            if kernel_ns > 0.0 {
+                daemon_ns / kernel_ns
+            } else {
+                f64::NAN
+            }
+        )?;
+        Ok((
+            md,
+            json!({ "rps": w.rps, "requests": w.requests, "programs": js,
+                    "kernel_ns_per_request": kernel_ns / requests,
+                    "daemon_cpu_ns_per_request": daemon_ns / requests }),
         ))
     }
 
@@ -1141,6 +1227,43 @@ fn metric_sum(text: &str, name: &str, label: Option<&str>) -> f64 {
         .filter(|l| label.is_none_or(|x| l.contains(x)))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// A metric's series by the value of its one label `label`.
+fn by_label(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
+    let prefix = format!("{name}{{{label}=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| {
+            let (value, rest) = l.split_once("\"}")?;
+            Some((value.to_string(), rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// `kernel.bpf_stats_enabled` on for as long as this lives, then back to what it was.
+struct BpfStats {
+    before: String,
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<BpfStats> {
+        let before = std::fs::read_to_string(BPF_STATS_SYSCTL)
+            .with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?;
+        std::fs::write(BPF_STATS_SYSCTL, "1")
+            .with_context(|| format!("turning on BPF run statistics ({BPF_STATS_SYSCTL})"))?;
+        Ok(BpfStats {
+            before: before.trim().to_string(),
+        })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS_SYSCTL, &self.before);
+    }
 }
 
 /// Cumulative buckets of a histogram: le -> count.
