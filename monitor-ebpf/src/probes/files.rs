@@ -7,14 +7,14 @@ use aya_ebpf::{
 };
 use monitor_common::{
     fd_kind,
-    files::{FP_BYTES, FP_MIN, FdEvent, PATH_CAP, fingerprint, has_dotdot},
-    kind, loss, op,
+    files::{FP_BYTES, FP_MIN, FP_WORDS, FdEvent, PATH_CAP, fingerprint_words, has_dotdot},
+    kind, op,
 };
 
 use super::{arg, ret, sockets, syscall_op};
 use crate::maps::{
-    DOC_ROOTS, FD_KIND, OPEN_SCRATCH, ROOT_KEY_LEN, STASH, Stash, count_loss, fd_key, fill_header,
-    is_target, output_bytes, set_fd_kind, submit,
+    DOC_ROOTS, FD_KIND, OPEN_SCRATCH, ROOT_KEY_LEN, Stash, fd_key, fill_header, is_target,
+    output_bytes, set_fd_kind, stash_put, stash_take, submit,
 };
 
 const AT_FDCWD: i32 = -100;
@@ -36,19 +36,16 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
         ptr: arg(&ctx, 1),
         arg: arg(&ctx, 2),
     };
-    if STASH.insert(&pid_tgid, &stash, 0).is_err() {
-        count_loss(loss::STASH_FULL);
-    }
+    stash_put(pid_tgid, &stash);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(stash) = (unsafe { STASH.get(&pid_tgid) }).copied() else {
+    let Some(stash) = stash_take(pid_tgid) else {
         return 0;
     };
-    let _ = STASH.remove(&pid_tgid);
     let fd = ret(&ctx);
     if fd < 0 {
         return 0;
@@ -155,7 +152,8 @@ fn read_fingerprint(stash: &Stash, ret: i64) -> u64 {
     if n > FP_BYTES as u64 {
         n = FP_BYTES as u64;
     }
-    let mut bytes = [0u8; FP_BYTES];
+    // Words, not bytes: the hash takes 8 bytes at a time, and the stack slot is then aligned.
+    let mut words = [0u64; FP_WORDS];
     // The mask keeps the verifier's range for the size within the stack buffer.
     let size = (n as u32) & (FP_BYTES as u32 * 2 - 1);
     let size = if size > FP_BYTES as u32 {
@@ -165,7 +163,7 @@ fn read_fingerprint(stash: &Stash, ret: i64) -> u64 {
     };
     let r = unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_user(
-            bytes.as_mut_ptr().cast(),
+            words.as_mut_ptr().cast(),
             size,
             buf as *const _,
         )
@@ -173,7 +171,7 @@ fn read_fingerprint(stash: &Stash, ret: i64) -> u64 {
     if r != 0 {
         return 0;
     }
-    fingerprint(&bytes, size as usize)
+    fingerprint_words(&words, size as usize)
 }
 
 /// close(unsigned int fd): forget the fd, and tell userspace when it was one we follow.
