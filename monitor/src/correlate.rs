@@ -24,7 +24,7 @@
 //! Each connection speaks HTTP or FastCGI, decided from its first bytes
 //! ([`crate::fastcgi::Protocol`]); FastCGI requests are handled in [`fastcgi`] and become
 //! requests through the same path as HTTP heads.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -35,6 +35,7 @@ use crate::{
         self, Identity, IdentityConfig, IdentityProblem, IdentitySource,
         session::{self, Sessions},
     },
+    idmap::IdMap,
     paths,
 };
 
@@ -259,20 +260,22 @@ pub struct Correlator {
     cfg: CorrelatorConfig,
     next_request: u64,
     next_access: u64,
-    conns: HashMap<(u32, i32), Conn>,
+    conns: IdMap<(u32, i32), Conn>,
     /// tid -> (pid, request in scope)
-    threads: HashMap<u32, (u32, u64)>,
+    threads: IdMap<u32, (u32, u64)>,
     /// Event-loop threads (tid -> pid): they serve several requests at once, so their reads
     /// get no thread scope.
-    multiplexed: HashMap<u32, u32>,
+    multiplexed: IdMap<u32, u32>,
     /// Threads that read from sockets (tid -> pid): connection threads, whose reads with no
     /// request in scope go to their own connections only, never by content to another thread's.
-    socket_threads: HashMap<u32, u32>,
-    docs: HashMap<(u32, i32), String>,
-    requests: HashMap<u64, Request>,
+    socket_threads: IdMap<u32, u32>,
+    docs: IdMap<(u32, i32), String>,
+    requests: IdMap<u64, Request>,
     /// Open accesses by id: a BTreeMap so expiry and flush emit in a deterministic order.
     open: BTreeMap<u64, OpenAccess>,
-    index: HashMap<(Owner, String), u64>,
+    /// Open accesses still taking reads, by owner: at most one per document. An owner has one
+    /// or a few, found by comparing their paths, so a read hashes and copies no path.
+    index: IdMap<Owner, Vec<u64>>,
     /// Session cookies bound by logins (`identity.session`).
     sessions: Sessions,
     stats: Stats,
@@ -287,14 +290,14 @@ impl Correlator {
             cfg,
             next_request: 1,
             next_access: 1,
-            conns: HashMap::new(),
-            threads: HashMap::new(),
-            multiplexed: HashMap::new(),
-            socket_threads: HashMap::new(),
-            docs: HashMap::new(),
-            requests: HashMap::new(),
+            conns: IdMap::default(),
+            threads: IdMap::default(),
+            multiplexed: IdMap::default(),
+            socket_threads: IdMap::default(),
+            docs: IdMap::default(),
+            requests: IdMap::default(),
             open: BTreeMap::new(),
-            index: HashMap::new(),
+            index: IdMap::default(),
             sessions: Sessions::new(),
             stats: Stats::default(),
         }
@@ -516,7 +519,7 @@ impl Correlator {
     }
 
     fn track_document(&mut self, pid: u32, fd: i32, path: Option<String>) {
-        let path = path.and_then(|p| paths::normalize(&p));
+        let path = path.and_then(paths::normalize_owned);
         match path {
             Some(p) if self.cfg.roots.iter().any(|r| paths::is_under(&p, r)) => {
                 self.docs.insert((pid, fd), p);
@@ -548,12 +551,23 @@ impl Correlator {
 
     /// Forgets where open access `id` is indexed, so that later reads start a new access.
     fn unindex(&mut self, id: u64) {
-        if let Some(open) = self.open.get(&id) {
-            let key = (open.owner.clone(), open.access.document.clone());
-            if self.index.get(&key) == Some(&id) {
-                self.index.remove(&key);
+        if let Some(open) = self.open.get(&id)
+            && let Some(ids) = self.index.get_mut(&open.owner)
+        {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.index.remove(&open.owner);
             }
         }
+    }
+
+    /// The open access of `owner` still taking reads of `document`.
+    fn indexed(&self, owner: &Owner, document: &str) -> Option<u64> {
+        self.index.get(owner)?.iter().copied().find(|id| {
+            self.open
+                .get(id)
+                .is_some_and(|o| o.access.document == document)
+        })
     }
 
     /// The request a document read on this thread belongs to by thread scope: none on an
@@ -601,9 +615,8 @@ impl Correlator {
             }
             None => Owner::Thread(ev.tid),
         };
-        let key = (owner.clone(), path);
-        if let Some(id) = self.index.get(&key)
-            && let Some(open) = self.open.get_mut(id)
+        if let Some(id) = self.indexed(&owner, &path)
+            && let Some(open) = self.open.get_mut(&id)
         {
             open.access.bytes = open.access.bytes.saturating_add(bytes);
             open.access.last_ts_ns = ev.ts_ns;
@@ -615,12 +628,11 @@ impl Correlator {
                 open.access.evidence.push(e);
                 open.access.evidence.sort();
             }
-            return Some(*id);
+            return Some(id);
         }
         let id = self.next_access;
         self.next_access += 1;
-        let (owner, path) = key;
-        self.index.insert((owner.clone(), path.clone()), id);
+        self.index.entry(owner.clone()).or_default().push(id);
         let access = Access {
             id,
             pid: ev.pid,
@@ -985,17 +997,20 @@ impl Correlator {
             self.stats.repeated_reads += 1;
             return;
         }
-        let key = (Owner::Request(req), open.access.document.clone());
-        if let Some(existing) = self.index.get(&key).and_then(|i| self.open.get_mut(i)) {
+        let owner = Owner::Request(req);
+        if let Some(existing) = self
+            .indexed(&owner, &open.access.document)
+            .and_then(|i| self.open.get_mut(&i))
+        {
             existing.access.bytes = existing.access.bytes.saturating_add(open.access.bytes);
             existing.access.evidence.extend(evidence);
             existing.access.evidence.sort();
             existing.access.evidence.dedup();
             return;
         }
-        open.owner = Owner::Request(req);
+        open.owner = owner.clone();
         open.access.evidence = evidence;
-        self.index.insert(key, id);
+        self.index.entry(owner).or_default().push(id);
         self.open.insert(id, open);
     }
 
