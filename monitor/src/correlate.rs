@@ -119,7 +119,7 @@ pub struct Access {
     pub id: u64,
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: crate::events::Comm,
     /// Absolute, normalized path.
     pub document: String,
     /// Bytes read or sent from the document within this request.
