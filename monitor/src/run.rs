@@ -163,6 +163,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         signal(SignalKind::interrupt())?,
         signal(SignalKind::terminate())?,
     );
+    // Before the drop: raising the priority needs CAP_SYS_NICE.
+    match crate::privilege::set_nice(live.cfg.kernel.reader_nice) {
+        Ok(Some(nice)) => tracing::info!(nice, "reader priority set"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(
+            "could not set the reader's nice value to {} (kernel.reader_nice): {e}; alerts may wait behind the portal on saturated CPUs",
+            live.cfg.kernel.reader_nice
+        ),
+    }
     // Everything that needed privilege is done: loading, attaching, mounting, binding.
     match crate::privilege::drop_after_attach() {
         Ok(kept) => {
