@@ -13,7 +13,7 @@ use monitor_common::{
 
 use super::{arg, ret, sockets, syscall_op};
 use crate::maps::{
-    DOC_ROOTS, FD_KIND, OPEN_SCRATCH, ROOT_KEY_LEN, Stash, fd_key, fill_header, is_target,
+    DOC_ROOTS, OPEN_SCRATCH, ROOT_KEY_LEN, Stash, fill_header, forget_fd_kind, is_target,
     output_bytes, set_fd_kind, stash_put, stash_take, submit,
 };
 
@@ -182,12 +182,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let fd = arg(&ctx, 0) as i32;
-    let key = fd_key(tgid, fd);
-    let Some(kind) = (unsafe { FD_KIND.get(&key) }).copied() else {
-        return 0;
-    };
-    let _ = FD_KIND.remove(&key);
-    let record = match kind {
+    let record = match forget_fd_kind(tgid, fd) {
         fd_kind::DOCUMENT => kind::FILE_CLOSE,
         fd_kind::SOCKET => kind::SOCK_CLOSE,
         _ => return 0,

@@ -27,8 +27,10 @@ pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
 /// (sockets accepted before Vigie started, sockets inherited over fork, client sockets).
 #[inline(always)]
 pub fn fd_kind_of(tgid: u32, fd: i32) -> u8 {
-    if let Some(kind) = unsafe { FD_KIND.get(&fd_key(tgid, fd)) } {
-        return *kind;
+    if let Some(&kind) = unsafe { FD_KIND.get(&fd_key(tgid, fd)) }
+        && kind != fd_kind::UNKNOWN
+    {
+        return kind;
     }
     match fd_mode(fd) {
         Some(mode) => {
