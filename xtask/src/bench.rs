@@ -225,7 +225,7 @@ impl Bench {
              Ratios are attached/detached per round: median [min, max].\n",
             self.rounds, self.secs
         )?;
-        md.push_str("| case | conns | detached req/s (median) | attached req/s (median) | throughput loss | p99 detached | p99 attached | p99 ratio | vigie CPU s / 1k req | vigie VmHWM | events/s (attached) | lost |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("| case | conns | detached req/s (median) | attached req/s (median) | throughput loss | p99 detached | p99 attached | p99 ratio | vigie CPU s / 1k req | portal CPU us / req, detached -> attached | vigie VmHWM | events/s (attached) | lost |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         let mut out = Vec::new();
         let mut profiles = String::new();
         let mut hist_all: BTreeMap<String, f64> = BTreeMap::new();
@@ -242,6 +242,9 @@ impl Bench {
             let (mut ratio, mut p99r, mut a_rps, mut b_rps, mut a_p99, mut b_p99) =
                 (vec![], vec![], vec![], vec![], vec![], vec![]);
             let (mut cpu_per_k, mut hwm, mut evs, mut lost) = (vec![], 0u64, vec![], 0u64);
+            // The portal's own CPU per request (its processes, kernel time in its syscalls and
+            // the probes run there included), detached and attached: robust to other load.
+            let (mut portal_us_a, mut portal_us_b) = (vec![], vec![]);
             for r in 0..self.rounds {
                 let mut detached = None;
                 let mut attached = None;
@@ -252,7 +255,11 @@ impl Bench {
                 };
                 for with in order {
                     if !with {
-                        detached = Some(wrk(&url, self.secs, case.conns, script)?);
+                        let c0 = tree_cpu_seconds(portal.pid);
+                        let w = wrk(&url, self.secs, case.conns, script)?;
+                        let c1 = tree_cpu_seconds(portal.pid);
+                        portal_us_a.push((c1 - c0) / w.requests.max(1) as f64 * 1e6);
+                        detached = Some(w);
                         continue;
                     }
                     let record = case.record.then(|| self.dir.join(format!("rec-{r}")));
@@ -265,8 +272,11 @@ impl Bench {
                     )?;
                     std::thread::sleep(Duration::from_millis(200));
                     let cpu0 = cpu_seconds(v.pid)?;
+                    let p0 = tree_cpu_seconds(portal.pid);
                     let w = wrk(&url, self.secs, case.conns, script)?;
                     let cpu1 = cpu_seconds(v.pid)?;
+                    let p1 = tree_cpu_seconds(portal.pid);
+                    portal_us_b.push((p1 - p0) / w.requests.max(1) as f64 * 1e6);
                     std::thread::sleep(Duration::from_millis(250));
                     let metrics = v.metrics().unwrap_or_default();
                     for (le, c) in histogram(&metrics, "vigie_pipeline_latency_seconds") {
@@ -302,7 +312,7 @@ impl Bench {
             let loss: Vec<f64> = ratio.iter().map(|r| (1.0 - r) * 100.0).collect();
             writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.0} | {} % | {:.2} ms | {:.2} ms | {} | {} | {:.1} MiB | {:.0} | {} |",
+                "| {} | {} | {:.0} | {:.0} | {} % | {:.2} ms | {:.2} ms | {} | {} | {:.1} -> {:.1} | {:.1} MiB | {:.0} | {} |",
                 case.name,
                 case.conns,
                 median(&a_rps),
@@ -312,6 +322,8 @@ impl Bench {
                 median(&b_p99),
                 spread(&p99r, 2),
                 spread(&cpu_per_k, 3),
+                median(&portal_us_a),
+                median(&portal_us_b),
                 hwm as f64 / 1024.0,
                 median(&evs),
                 lost
@@ -321,6 +333,8 @@ impl Bench {
                 "detached_rps": a_rps, "attached_rps": b_rps, "throughput_loss_pct": loss,
                 "detached_p99_ms": a_p99, "attached_p99_ms": b_p99, "p99_ratio": p99r,
                 "cpu_s_per_1k_requests": cpu_per_k, "vmhwm_kib": hwm, "events_per_s": evs, "lost": lost,
+                "portal_cpu_us_per_request_detached": portal_us_a,
+                "portal_cpu_us_per_request_attached": portal_us_b,
                 "profile": prof.1,
             }));
             profiles.push_str(&prof.0);
@@ -330,7 +344,7 @@ impl Bench {
         writeln!(
             md,
             "\nAlert latency under this load (`vigie_pipeline_latency_seconds`, all attached rounds, {n:.0} accesses; \
-             buckets 1, 2, 4, 8, 16 ms..., so the quantile is the bucket's upper bound): p50 <= {}, p99 <= {}.\n",
+             buckets 0.25, 0.5, 1, 2, 5, 10, 20, 50 ms..., so a quantile is its bucket's upper bound): p50 <= {}, p99 <= {}.\n",
             fmt_le(p50),
             fmt_le(p99)
         )?;
@@ -1209,6 +1223,23 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / hz)
 }
 
+/// CPU seconds of `pid` and its descendants now alive (prefork workers).
+fn tree_cpu_seconds(pid: u32) -> f64 {
+    let mut total = 0.0;
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        total += cpu_seconds(p).unwrap_or(0.0);
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            todo.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+    }
+    total
+}
+
 fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -1305,7 +1336,8 @@ fn hist_quantiles(h: &BTreeMap<String, f64>) -> (f64, f64, f64) {
 
 fn fmt_le(s: f64) -> String {
     if s.is_finite() {
-        format!("{:.0} ms", s * 1e3)
+        // Bucket bounds: 0.25 ms, 10 ms, 100 ms...
+        format!("{} ms", (s * 1e5).round() / 100.0)
     } else {
         "+Inf".into()
     }
