@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Idle keep-alive connections for the RSS measurement.
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
+    /// Another `vigie` binary (e.g. built from main) attached as a third side of every portal
+    /// round: before/after figures from the same rounds.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
     /// Skip sections (comma-separated): portal, tax, pipeline, latency, conns, replay.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
@@ -107,6 +111,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         dir: dir.clone(),
         secs: args.secs,
         rounds: args.rounds,
+        baseline: args.baseline.clone(),
     };
     let sections: [(&str, Section); 6] = [
         ("portal", Bench::portal),
@@ -164,10 +169,21 @@ struct Bench {
     dir: PathBuf,
     secs: u64,
     rounds: usize,
+    baseline: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------------------------
 // Sections.
+
+/// One side of a portal round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Detached,
+    /// This build's Vigie attached.
+    Current,
+    /// The `--baseline` Vigie attached.
+    Baseline,
+}
 
 /// One portal configuration for the overhead comparison.
 struct PortalCase {
@@ -228,6 +244,7 @@ impl Bench {
         md.push_str("| case | conns | detached req/s (median) | attached req/s (median) | throughput loss | p99 detached | p99 attached | p99 ratio | vigie CPU s / 1k req | portal CPU us / req, detached -> attached | vigie VmHWM | events/s (attached) | lost |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         let mut out = Vec::new();
         let mut profiles = String::new();
+        let mut before_after = String::new();
         let mut hist_all: BTreeMap<String, f64> = BTreeMap::new();
         for case in &cases {
             let root = self.dir.join(format!("portal-{}", case.model));
@@ -245,61 +262,87 @@ impl Bench {
             // The portal's own CPU per request (its processes, kernel time in its syscalls and
             // the probes run there included), detached and attached: robust to other load.
             let (mut portal_us_a, mut portal_us_b) = (vec![], vec![]);
+            // With --baseline: the same for the other build, and its throughput ratio.
+            let (mut base_ratio, mut base_cpu_per_k, mut base_portal_us) = (vec![], vec![], vec![]);
             for r in 0..self.rounds {
                 let mut detached = None;
                 let mut attached = None;
-                let order = if r % 2 == 0 {
-                    [false, true]
-                } else {
-                    [true, false]
-                };
-                for with in order {
-                    if !with {
-                        let c0 = tree_cpu_seconds(portal.pid);
-                        let w = wrk(&url, self.secs, case.conns, script)?;
-                        let c1 = tree_cpu_seconds(portal.pid);
-                        portal_us_a.push((c1 - c0) / w.requests.max(1) as f64 * 1e6);
-                        detached = Some(w);
-                        continue;
-                    }
+                let mut baseline = None;
+                // Every side in every position across rounds: AB, BA, ... (ABC, BCA, CAB, ...
+                // with a baseline).
+                let mut order = vec![Side::Detached, Side::Current];
+                if self.baseline.is_some() {
+                    order.push(Side::Baseline);
+                }
+                let n = order.len();
+                order.rotate_left(r % n);
+                for side in order {
+                    let bin = match side {
+                        Side::Detached => {
+                            let c0 = tree_cpu_seconds(portal.pid);
+                            let w = wrk(&url, self.secs, case.conns, script)?;
+                            let c1 = tree_cpu_seconds(portal.pid);
+                            portal_us_a.push((c1 - c0) / w.requests.max(1) as f64 * 1e6);
+                            detached = Some(w);
+                            continue;
+                        }
+                        Side::Current => self.bins.vigie.clone(),
+                        Side::Baseline => self.baseline.clone().context("no baseline")?,
+                    };
                     let record = case.record.then(|| self.dir.join(format!("rec-{r}")));
-                    let v = Vigie::start(
-                        &self.bins.vigie,
-                        &self.dir,
-                        &[portal.pid],
-                        &root,
-                        record.as_deref(),
-                    )?;
+                    let v = Vigie::start(&bin, &self.dir, &[portal.pid], &root, record.as_deref())?;
                     std::thread::sleep(Duration::from_millis(200));
                     let cpu0 = cpu_seconds(v.pid)?;
                     let p0 = tree_cpu_seconds(portal.pid);
                     let w = wrk(&url, self.secs, case.conns, script)?;
                     let cpu1 = cpu_seconds(v.pid)?;
                     let p1 = tree_cpu_seconds(portal.pid);
-                    portal_us_b.push((p1 - p0) / w.requests.max(1) as f64 * 1e6);
+                    let portal_us = (p1 - p0) / w.requests.max(1) as f64 * 1e6;
+                    let vigie_per_k = (cpu1 - cpu0) / w.requests.max(1) as f64 * 1000.0;
                     std::thread::sleep(Duration::from_millis(250));
-                    let metrics = v.metrics().unwrap_or_default();
-                    for (le, c) in histogram(&metrics, "vigie_pipeline_latency_seconds") {
-                        *hist_all.entry(le).or_default() += c;
+                    if side == Side::Baseline {
+                        v.stop()?;
+                        base_portal_us.push(portal_us);
+                        base_cpu_per_k.push(vigie_per_k);
+                        baseline = Some(w);
+                    } else {
+                        let metrics = v.metrics().unwrap_or_default();
+                        for (le, c) in histogram(&metrics, "vigie_pipeline_latency_seconds") {
+                            *hist_all.entry(le).or_default() += c;
+                        }
+                        hwm = hwm.max(proc_status_kib(v.pid, "VmHWM").unwrap_or(0));
+                        let s = v.stop()?;
+                        lost += s.lost;
+                        evs.push(s.rate);
+                        portal_us_b.push(portal_us);
+                        cpu_per_k.push(vigie_per_k);
+                        attached = Some(w);
                     }
-                    hwm = hwm.max(proc_status_kib(v.pid, "VmHWM").unwrap_or(0));
-                    let s = v.stop()?;
-                    lost += s.lost;
-                    evs.push(s.rate);
-                    cpu_per_k.push((cpu1 - cpu0) / w.requests as f64 * 1000.0);
                     if let Some(rec) = record {
                         let _ = std::fs::remove_dir_all(rec);
                     }
-                    attached = Some(w);
                 }
-                let (a, bb) = (detached.unwrap(), attached.unwrap());
+                let (a, bb) = (
+                    detached.context("no detached side")?,
+                    attached.context("no attached side")?,
+                );
                 step(
                     "bench",
                     &format!(
-                        "  {} round {r}: detached {:.0} req/s p99 {:.2} ms, attached {:.0} req/s p99 {:.2} ms",
-                        case.name, a.rps, a.p99_ms, bb.rps, bb.p99_ms
+                        "  {} round {r}: detached {:.0} req/s p99 {:.2} ms, attached {:.0} req/s p99 {:.2} ms{}",
+                        case.name,
+                        a.rps,
+                        a.p99_ms,
+                        bb.rps,
+                        bb.p99_ms,
+                        baseline
+                            .as_ref()
+                            .map_or(String::new(), |b| format!(", baseline {:.0} req/s", b.rps))
                     ),
                 );
+                if let Some(b) = &baseline {
+                    base_ratio.push(b.rps / a.rps);
+                }
                 ratio.push(bb.rps / a.rps);
                 p99r.push(bb.p99_ms / a.p99_ms);
                 a_rps.push(a.rps);
@@ -338,6 +381,35 @@ impl Bench {
                 "profile": prof.1,
             }));
             profiles.push_str(&prof.0);
+            if self.baseline.is_some() {
+                let base_loss: Vec<f64> = base_ratio.iter().map(|r| (1.0 - r) * 100.0).collect();
+                writeln!(
+                    before_after,
+                    "| {} | {} % | {} % | {:.1} | {:.1} | {:.1} | {} | {} |",
+                    case.name,
+                    spread(&base_loss, 1),
+                    spread(&loss, 1),
+                    median(&portal_us_a),
+                    median(&base_portal_us),
+                    median(&portal_us_b),
+                    spread(&base_cpu_per_k, 4),
+                    spread(&cpu_per_k, 4),
+                )?;
+                out.last_mut().context("case")?["baseline"] = json!({
+                    "throughput_loss_pct": base_loss, "portal_cpu_us_per_request": base_portal_us,
+                    "cpu_s_per_1k_requests": base_cpu_per_k,
+                });
+            }
+        }
+        if let Some(b) = &self.baseline {
+            writeln!(
+                md,
+                "\nBefore/after in the same rounds: the baseline is `{}`, run as a third side of each \
+                 round (order rotating).\n\n\
+                 | case | throughput loss, baseline | throughput loss, this build | portal CPU us/req detached | baseline | this build | vigie CPU s / 1k req, baseline | this build |\n\
+                 |---|---|---|---|---|---|---|---|\n{before_after}",
+                b.display()
+            )?;
         }
         md.push_str(&profiles);
         let (p50, p99, n) = hist_quantiles(&hist_all);
@@ -1234,7 +1306,11 @@ fn tree_cpu_seconds(pid: u32) -> f64 {
         };
         for t in tasks.flatten() {
             let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            todo.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
         }
     }
     total
