@@ -24,7 +24,7 @@
 //! Each connection speaks HTTP or FastCGI, decided from its first bytes
 //! ([`crate::fastcgi::Protocol`]); FastCGI requests are handled in [`fastcgi`] and become
 //! requests through the same path as HTTP heads.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 
@@ -269,7 +269,8 @@ pub struct Correlator {
     /// Threads that read from sockets (tid -> pid): connection threads, whose reads with no
     /// request in scope go to their own connections only, never by content to another thread's.
     socket_threads: IdMap<u32, u32>,
-    docs: IdMap<(u32, i32), String>,
+    /// Open document fds and their paths (shared: every read of the fd takes one).
+    docs: IdMap<(u32, i32), Arc<str>>,
     requests: IdMap<u64, Request>,
     /// Open accesses by id: a BTreeMap so expiry and flush emit in a deterministic order.
     open: BTreeMap<u64, OpenAccess>,
@@ -343,7 +344,7 @@ impl Correlator {
             EventKind::ProcessExec => {}
             EventKind::ProcessFork { child_pid } => {
                 // The child's fd table is a copy of the parent's: so are its open documents.
-                let inherited: Vec<(i32, String)> = self
+                let inherited: Vec<(i32, Arc<str>)> = self
                     .docs
                     .iter()
                     .filter(|((p, _), _)| *p == pid)
@@ -522,7 +523,7 @@ impl Correlator {
         let path = path.and_then(paths::normalize_owned);
         match path {
             Some(p) if self.cfg.roots.iter().any(|r| paths::is_under(&p, r)) => {
-                self.docs.insert((pid, fd), p);
+                self.docs.insert((pid, fd), p.into());
             }
             _ => {
                 self.docs.remove(&(pid, fd));
@@ -597,7 +598,7 @@ impl Correlator {
         &mut self,
         ev: &Event,
         fd: i32,
-        path: String,
+        path: Arc<str>,
         bytes: u64,
         fp: Option<u64>,
         scope: Option<u64>,
@@ -606,7 +607,7 @@ impl Correlator {
         let owner = match scope {
             Some(req) => {
                 if let Some(r) = self.requests.get(&req)
-                    && r.reported.contains(&path)
+                    && r.reported.iter().any(|d| **d == *path)
                 {
                     self.stats.repeated_reads += 1;
                     return None;
@@ -638,7 +639,7 @@ impl Correlator {
             pid: ev.pid,
             tid: ev.tid,
             comm: ev.comm.clone(),
-            document: path,
+            document: path.to_string(),
             bytes,
             first_ts_ns: ev.ts_ns,
             last_ts_ns: ev.ts_ns,
