@@ -67,8 +67,11 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // Before the target check: a thread that exits after its leader (no longer a target then)
-    // still had an entry.
-    let _ = STASH.remove(&pid_tgid);
+    // still had an entry. Looked up first: a delete takes the bucket's lock even for a key that
+    // is not there, which is every other task's exit on the host.
+    if unsafe { STASH.get(&pid_tgid) }.is_some() {
+        let _ = STASH.remove(&pid_tgid);
+    }
     if !is_target(tgid) {
         return 0;
     }
