@@ -245,6 +245,10 @@ impl Bench {
         let mut out = Vec::new();
         let mut profiles = String::new();
         let mut before_after = String::new();
+        let mut base_hist: BTreeMap<String, f64> = BTreeMap::new();
+        // BPF programs of other processes on hooks while the rounds ran: they tax the detached
+        // side too, and make the comparison say less (the machine is shared).
+        let mut foreign = std::collections::BTreeSet::new();
         let mut hist_all: BTreeMap<String, f64> = BTreeMap::new();
         for case in &cases {
             let root = self.dir.join(format!("portal-{}", case.model));
@@ -279,6 +283,7 @@ impl Bench {
                 for side in order {
                     let bin = match side {
                         Side::Detached => {
+                            foreign.extend(foreign_attachments(None));
                             let c0 = tree_cpu_seconds(portal.pid);
                             let w = wrk(&url, self.secs, case.conns, script)?;
                             let c1 = tree_cpu_seconds(portal.pid);
@@ -291,6 +296,7 @@ impl Bench {
                     };
                     let record = case.record.then(|| self.dir.join(format!("rec-{r}")));
                     let v = Vigie::start(&bin, &self.dir, &[portal.pid], &root, record.as_deref())?;
+                    foreign.extend(foreign_attachments(Some(v.pid)));
                     std::thread::sleep(Duration::from_millis(200));
                     let cpu0 = cpu_seconds(v.pid)?;
                     let p0 = tree_cpu_seconds(portal.pid);
@@ -301,6 +307,10 @@ impl Bench {
                     let vigie_per_k = (cpu1 - cpu0) / w.requests.max(1) as f64 * 1000.0;
                     std::thread::sleep(Duration::from_millis(250));
                     if side == Side::Baseline {
+                        let metrics = v.metrics().unwrap_or_default();
+                        for (le, c) in histogram(&metrics, "vigie_pipeline_latency_seconds") {
+                            *base_hist.entry(le).or_default() += c;
+                        }
                         v.stop()?;
                         base_portal_us.push(portal_us);
                         base_cpu_per_k.push(vigie_per_k);
@@ -411,18 +421,41 @@ impl Bench {
                 b.display()
             )?;
         }
+        if !foreign.is_empty() {
+            writeln!(
+                md,
+                "\n**Other BPF programs were attached while these rounds ran** (`bpftool perf show`), \
+                 taxing the detached side as well: {}. Compare the CPU per request, not the \
+                 throughput, from this run.",
+                foreign.iter().cloned().collect::<Vec<_>>().join("; ")
+            )?;
+        }
         md.push_str(&profiles);
         let (p50, p99, n) = hist_quantiles(&hist_all);
         writeln!(
             md,
             "\nAlert latency under this load (`vigie_pipeline_latency_seconds`, all attached rounds, {n:.0} accesses; \
-             buckets 0.25, 0.5, 1, 2, 5, 10, 20, 50 ms..., so a quantile is its bucket's upper bound): p50 <= {}, p99 <= {}.\n",
+             buckets 0.25, 0.5, 1, 2, 5, 10, 20, 50 ms..., so a quantile is its bucket's upper bound): p50 <= {}, p99 <= {}; \
+             {:.2} % over 10 ms.\n",
             fmt_le(p50),
-            fmt_le(p99)
+            fmt_le(p99),
+            share_over(&hist_all, "0.01") * 100.0
         )?;
+        if self.baseline.is_some() {
+            let (b50, b99, bn) = hist_quantiles(&base_hist);
+            writeln!(
+                md,
+                "The baseline's, in the same rounds ({bn:.0} accesses): p50 <= {}, p99 <= {}; {:.2} % over 10 ms.\n",
+                fmt_le(b50),
+                fmt_le(b99),
+                share_over(&base_hist, "0.01") * 100.0
+            )?;
+        }
         Ok((
             md,
-            json!({ "cases": out, "latency_histogram": hist_all, "hist_p50_le_s": p50, "hist_p99_le_s": p99 }),
+            json!({ "cases": out, "latency_histogram": hist_all, "hist_p50_le_s": p50, "hist_p99_le_s": p99,
+                    "foreign_bpf_attachments": foreign,
+                    "baseline_latency_histogram": base_hist }),
         ))
     }
 
@@ -1295,6 +1328,42 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / hz)
 }
 
+/// BPF programs attached to perf-based hooks (tracepoints, raw tracepoints, kprobes) by processes
+/// other than `ours`, as `bpftool perf show` lists them, one line per process: `pid 123 (comm):
+/// raw_tracepoint sys_enter, ...`. Empty when bpftool is missing.
+fn foreign_attachments(ours: Option<u32>) -> Vec<String> {
+    let Ok(out) = Command::new("bpftool").args(["perf", "show"]).output() else {
+        return Vec::new();
+    };
+    let mut by_pid: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        // pid 31504  fd 29: prog_id 22581  raw_tracepoint  sys_enter
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let Some(pid) = w.get(1).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Some(pid) != ours && w.len() > 6 {
+            by_pid.entry(pid).or_default().push(w[6..].join(" "));
+        }
+    }
+    by_pid
+        .into_iter()
+        .map(|(pid, mut hooks)| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            hooks.sort();
+            hooks.dedup();
+            let n = hooks.len();
+            hooks.truncate(3);
+            let more = if n > 3 {
+                format!(" and {} more", n - 3)
+            } else {
+                String::new()
+            };
+            format!("pid {pid} ({}): {}{more}", comm.trim(), hooks.join(", "))
+        })
+        .collect()
+}
+
 /// CPU seconds of `pid` and its descendants now alive (prefork workers).
 fn tree_cpu_seconds(pid: u32) -> f64 {
     let mut total = 0.0;
@@ -1408,6 +1477,15 @@ fn hist_quantiles(h: &BTreeMap<String, f64>) -> (f64, f64, f64) {
             .map_or(f64::NAN, |x| x.0)
     };
     (q(0.5), q(0.99), total)
+}
+
+/// Share of a histogram's observations above the bucket bound `le` (as the metric spells it).
+fn share_over(h: &BTreeMap<String, f64>, le: &str) -> f64 {
+    let total = h.get("+Inf").copied().unwrap_or(0.0);
+    match h.get(le) {
+        Some(below) if total > 0.0 => 1.0 - below / total,
+        _ => f64::NAN,
+    }
 }
 
 fn fmt_le(s: f64) -> String {
