@@ -426,7 +426,7 @@ impl Bench {
                 md,
                 "\n**Other BPF programs were attached while these rounds ran** (`bpftool perf show`), \
                  taxing the detached side as well: {}. Compare the CPU per request, not the \
-                 throughput, from this run.",
+                 throughput, from this run.\n",
                 foreign.iter().cloned().collect::<Vec<_>>().join("; ")
             )?;
         }
