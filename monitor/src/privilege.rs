@@ -11,9 +11,9 @@
 //!
 //! Gone after start-up: `CAP_PERFMON` and `CAP_SYS_ADMIN` (loading programs, attaching
 //! tracepoints, mounting tracefs), `CAP_SYS_NICE` (the reader's priority, [`set_nice`]), and
-//! everything else root would have, e.g. `CAP_DAC_OVERRIDE`,
-//! `CAP_SETUID`, `CAP_NET_ADMIN`. A compromised Vigie can no longer load programs, mount
-//! filesystems or write files it does not own.
+//! everything else root would have, e.g. `CAP_DAC_OVERRIDE`, `CAP_SETUID`, `CAP_NET_ADMIN`. A
+//! compromised Vigie can no longer load programs, mount filesystems or write files it does not
+//! own.
 
 /// Capability numbers (linux/capability.h).
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
