@@ -67,30 +67,62 @@ pub const FP_BYTES: usize = 64;
 /// Fewer bytes than this make no fingerprint: too little to tell documents apart.
 pub const FP_MIN: usize = 16;
 
-/// FNV-1a (64 bit) of the first `len` bytes of `buf` (at most [`FP_BYTES`]), mixed with that
-/// length, so that a document shorter than [`FP_BYTES`] only matches a body of the same
-/// length. 0 means "no fingerprint" (fewer than [`FP_MIN`] bytes); a real hash of 0 becomes 1.
+/// [`FP_BYTES`] as 64-bit words.
+pub const FP_WORDS: usize = FP_BYTES / 8;
+
+/// Hash of the first `len` bytes of `buf` (at most [`FP_BYTES`]), mixed with that length, so
+/// that a document shorter than [`FP_BYTES`] only matches a body of the same length. 0 means
+/// "no fingerprint" (fewer than [`FP_MIN`] bytes); a real hash of 0 becomes 1.
 ///
 /// Computed in the kernel on document reads (the bytes never leave it) and in userspace on
 /// response bodies. Not a cryptographic hash: it only has to tell apart documents served at the
 /// same time; what it reveals of 64 bytes of a document is no more than its file name does.
 #[inline(always)]
 pub fn fingerprint(buf: &[u8; FP_BYTES], len: usize) -> u64 {
+    let mut words = [0u64; FP_WORDS];
+    let mut k = 0;
+    while k < FP_WORDS {
+        let b = |i: usize| buf[k * 8 + i];
+        words[k] = u64::from_le_bytes([b(0), b(1), b(2), b(3), b(4), b(5), b(6), b(7)]);
+        k += 1;
+    }
+    fingerprint_words(&words, len)
+}
+
+/// [`fingerprint`] of the bytes `words` hold in memory on a little-endian machine (word `k` is
+/// bytes `8k..8k + 8`, the first in its low bits), as the probe reads them into a word array.
+///
+/// A word at a time, with no loop the compiler cannot unroll: the byte-wise FNV-1a it replaces
+/// was ~280 ns of every document read in the probe (64 rounds of a data-dependent loop), this
+/// is a few dozen instructions. Bytes past `len` are masked off, whatever they hold.
+#[inline(always)]
+pub fn fingerprint_words(words: &[u64; FP_WORDS], len: usize) -> u64 {
     if len < FP_MIN {
         return 0;
     }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut i = 0;
-    while i < FP_BYTES && i < len {
-        h ^= buf[i] as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        i += 1;
-    }
     let n = if len > FP_BYTES { FP_BYTES } else { len };
-    h ^= n as u64;
-    h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ n as u64;
+    macro_rules! rounds {
+        ($($k:literal)*) => {$({
+            // Bytes of this word that are part of the document: 0 to 8.
+            let valid = n.saturating_sub($k * 8);
+            let mask = if valid >= 8 { u64::MAX } else { (1u64 << (valid * 8)) - 1 };
+            let w = u64::from_le(words[$k]) & mask;
+            h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            h ^= h >> 29;
+        })*};
+    }
+    rounds!(0 1 2 3 4 5 6 7);
+    const _: () = assert!(FP_WORDS == 8);
+    // Murmur3's finaliser: every input bit reaches every output bit.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
     if h == 0 { 1 } else { h }
 }
+
 /// Bytes of a path the probes compare against the document roots (and scan for `..`).
 pub const ROOT_KEY_LEN: usize = 128;
 
@@ -172,6 +204,38 @@ mod tests {
             k[i] = b'.';
             assert!(!has_dotdot(&k), "lone dot at {i}");
         }
+    }
+
+    #[test]
+    fn fingerprint_ignores_bytes_past_len_and_sees_every_byte_before() {
+        let doc: [u8; FP_BYTES] = core::array::from_fn(|i| (i * 7 + 3) as u8);
+        assert_eq!(fingerprint(&doc, FP_MIN - 1), 0);
+        for len in FP_MIN..=FP_BYTES {
+            let mut padded = [0xffu8; FP_BYTES];
+            padded[..len].copy_from_slice(&doc[..len]);
+            let fp = fingerprint(&doc, len);
+            assert_ne!(fp, 0);
+            assert_eq!(fingerprint(&padded, len), fp, "len {len}");
+            // Each byte, each bit of it, changes the fingerprint.
+            for i in 0..len {
+                for bit in 0..8 {
+                    let mut other = doc;
+                    other[i] ^= 1 << bit;
+                    assert_ne!(fingerprint(&other, len), fp, "len {len} byte {i} bit {bit}");
+                }
+            }
+        }
+        // The length counts, past FP_BYTES it is capped.
+        assert_ne!(fingerprint(&doc, 20), fingerprint(&doc, 21));
+        assert_eq!(fingerprint(&doc, FP_BYTES), fingerprint(&doc, 9500));
+    }
+
+    #[test]
+    fn words_are_the_bytes_in_little_endian_order() {
+        let doc: [u8; FP_BYTES] = core::array::from_fn(|i| (i * 13 + 1) as u8);
+        let words: [u64; FP_WORDS] =
+            core::array::from_fn(|k| u64::from_le_bytes(doc[k * 8..k * 8 + 8].try_into().unwrap()));
+        assert_eq!(fingerprint_words(&words, 40), fingerprint(&doc, 40));
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub const MAX_SYSCALL_NR: u32 = 512;
 
 /// What the probes know about a `(tgid, fd)` pair (values of the `FD_KIND` map).
 pub mod fd_kind {
+    /// Not known (the map's entry for a closed fd, whose number the next open or socket reuses):
+    /// classified again at its next use, like an fd without an entry.
+    pub const UNKNOWN: u8 = 0;
     /// Opened under a document root, or a relative/`..` path that userspace must resolve.
     pub const DOCUMENT: u8 = 1;
     pub const SOCKET: u8 = 2;

@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
                     ts_ns: *ts,
                     pid: 0,
                     tid: 0,
-                    comm: String::new(),
+                    comm: vigie::events::Comm::default(),
                     kind: EventKind::Tick,
                 },
             )?;

@@ -24,7 +24,7 @@
 //! Each connection speaks HTTP or FastCGI, decided from its first bytes
 //! ([`crate::fastcgi::Protocol`]); FastCGI requests are handled in [`fastcgi`] and become
 //! requests through the same path as HTTP heads.
-use std::collections::{BTreeMap, HashMap};
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 
@@ -35,6 +35,7 @@ use crate::{
         self, Identity, IdentityConfig, IdentityProblem, IdentitySource,
         session::{self, Sessions},
     },
+    idmap::IdMap,
     paths,
 };
 
@@ -118,7 +119,7 @@ pub struct Access {
     pub id: u64,
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: crate::events::Comm,
     /// Absolute, normalized path.
     pub document: String,
     /// Bytes read or sent from the document within this request.
@@ -259,20 +260,23 @@ pub struct Correlator {
     cfg: CorrelatorConfig,
     next_request: u64,
     next_access: u64,
-    conns: HashMap<(u32, i32), Conn>,
+    conns: IdMap<(u32, i32), Conn>,
     /// tid -> (pid, request in scope)
-    threads: HashMap<u32, (u32, u64)>,
+    threads: IdMap<u32, (u32, u64)>,
     /// Event-loop threads (tid -> pid): they serve several requests at once, so their reads
     /// get no thread scope.
-    multiplexed: HashMap<u32, u32>,
+    multiplexed: IdMap<u32, u32>,
     /// Threads that read from sockets (tid -> pid): connection threads, whose reads with no
     /// request in scope go to their own connections only, never by content to another thread's.
-    socket_threads: HashMap<u32, u32>,
-    docs: HashMap<(u32, i32), String>,
-    requests: HashMap<u64, Request>,
+    socket_threads: IdMap<u32, u32>,
+    /// Open document fds and their paths (shared: every read of the fd takes one).
+    docs: IdMap<(u32, i32), Arc<str>>,
+    requests: IdMap<u64, Request>,
     /// Open accesses by id: a BTreeMap so expiry and flush emit in a deterministic order.
     open: BTreeMap<u64, OpenAccess>,
-    index: HashMap<(Owner, String), u64>,
+    /// Open accesses still taking reads, by owner: at most one per document. An owner has one
+    /// or a few, found by comparing their paths, so a read hashes and copies no path.
+    index: IdMap<Owner, Vec<u64>>,
     /// Session cookies bound by logins (`identity.session`).
     sessions: Sessions,
     stats: Stats,
@@ -287,14 +291,14 @@ impl Correlator {
             cfg,
             next_request: 1,
             next_access: 1,
-            conns: HashMap::new(),
-            threads: HashMap::new(),
-            multiplexed: HashMap::new(),
-            socket_threads: HashMap::new(),
-            docs: HashMap::new(),
-            requests: HashMap::new(),
+            conns: IdMap::default(),
+            threads: IdMap::default(),
+            multiplexed: IdMap::default(),
+            socket_threads: IdMap::default(),
+            docs: IdMap::default(),
+            requests: IdMap::default(),
             open: BTreeMap::new(),
-            index: HashMap::new(),
+            index: IdMap::default(),
             sessions: Sessions::new(),
             stats: Stats::default(),
         }
@@ -340,7 +344,7 @@ impl Correlator {
             EventKind::ProcessExec => {}
             EventKind::ProcessFork { child_pid } => {
                 // The child's fd table is a copy of the parent's: so are its open documents.
-                let inherited: Vec<(i32, String)> = self
+                let inherited: Vec<(i32, Arc<str>)> = self
                     .docs
                     .iter()
                     .filter(|((p, _), _)| *p == pid)
@@ -514,10 +518,10 @@ impl Correlator {
     }
 
     fn track_document(&mut self, pid: u32, fd: i32, path: Option<String>) {
-        let path = path.and_then(|p| paths::normalize(&p));
+        let path = path.and_then(paths::normalize_owned);
         match path {
             Some(p) if self.cfg.roots.iter().any(|r| paths::is_under(&p, r)) => {
-                self.docs.insert((pid, fd), p);
+                self.docs.insert((pid, fd), p.into());
             }
             _ => {
                 self.docs.remove(&(pid, fd));
@@ -546,12 +550,23 @@ impl Correlator {
 
     /// Forgets where open access `id` is indexed, so that later reads start a new access.
     fn unindex(&mut self, id: u64) {
-        if let Some(open) = self.open.get(&id) {
-            let key = (open.owner.clone(), open.access.document.clone());
-            if self.index.get(&key) == Some(&id) {
-                self.index.remove(&key);
+        if let Some(open) = self.open.get(&id)
+            && let Some(ids) = self.index.get_mut(&open.owner)
+        {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.index.remove(&open.owner);
             }
         }
+    }
+
+    /// The open access of `owner` still taking reads of `document`.
+    fn indexed(&self, owner: &Owner, document: &str) -> Option<u64> {
+        self.index.get(owner)?.iter().copied().find(|id| {
+            self.open
+                .get(id)
+                .is_some_and(|o| o.access.document == document)
+        })
     }
 
     /// The request a document read on this thread belongs to by thread scope: none on an
@@ -581,7 +596,7 @@ impl Correlator {
         &mut self,
         ev: &Event,
         fd: i32,
-        path: String,
+        path: Arc<str>,
         bytes: u64,
         fp: Option<u64>,
         scope: Option<u64>,
@@ -590,7 +605,7 @@ impl Correlator {
         let owner = match scope {
             Some(req) => {
                 if let Some(r) = self.requests.get(&req)
-                    && r.reported.contains(&path)
+                    && r.reported.iter().any(|d| **d == *path)
                 {
                     self.stats.repeated_reads += 1;
                     return None;
@@ -599,9 +614,8 @@ impl Correlator {
             }
             None => Owner::Thread(ev.tid),
         };
-        let key = (owner.clone(), path);
-        if let Some(id) = self.index.get(&key)
-            && let Some(open) = self.open.get_mut(id)
+        if let Some(id) = self.indexed(&owner, &path)
+            && let Some(open) = self.open.get_mut(&id)
         {
             open.access.bytes = open.access.bytes.saturating_add(bytes);
             open.access.last_ts_ns = ev.ts_ns;
@@ -613,18 +627,17 @@ impl Correlator {
                 open.access.evidence.push(e);
                 open.access.evidence.sort();
             }
-            return Some(*id);
+            return Some(id);
         }
         let id = self.next_access;
         self.next_access += 1;
-        let (owner, path) = key;
-        self.index.insert((owner.clone(), path.clone()), id);
+        self.index.entry(owner.clone()).or_default().push(id);
         let access = Access {
             id,
             pid: ev.pid,
             tid: ev.tid,
             comm: ev.comm.clone(),
-            document: path,
+            document: path.to_string(),
             bytes,
             first_ts_ns: ev.ts_ns,
             last_ts_ns: ev.ts_ns,
@@ -983,17 +996,20 @@ impl Correlator {
             self.stats.repeated_reads += 1;
             return;
         }
-        let key = (Owner::Request(req), open.access.document.clone());
-        if let Some(existing) = self.index.get(&key).and_then(|i| self.open.get_mut(i)) {
+        let owner = Owner::Request(req);
+        if let Some(existing) = self
+            .indexed(&owner, &open.access.document)
+            .and_then(|i| self.open.get_mut(&i))
+        {
             existing.access.bytes = existing.access.bytes.saturating_add(open.access.bytes);
             existing.access.evidence.extend(evidence);
             existing.access.evidence.sort();
             existing.access.evidence.dedup();
             return;
         }
-        open.owner = Owner::Request(req);
+        open.owner = owner.clone();
         open.access.evidence = evidence;
-        self.index.insert(key, id);
+        self.index.entry(owner).or_default().push(id);
         self.open.insert(id, open);
     }
 

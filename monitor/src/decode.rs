@@ -1,7 +1,7 @@
 //! Raw ring-buffer records -> typed [`Event`]s. Pure: a record that is too short, of an unknown
 //! kind or with inconsistent lengths is an error, never a panic.
 use monitor_common::{
-    Header,
+    COMM_LEN, Header,
     files::{FdEvent, OpenEvent, PATH_CAP, path_source},
     kind,
     process::ProcEvent,
@@ -9,7 +9,8 @@ use monitor_common::{
 };
 
 use crate::{
-    events::{Event, EventKind, Payload},
+    events::{Comm, Event, EventKind, Payload},
+    idmap::IdMap,
     paths,
 };
 
@@ -38,8 +39,69 @@ fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// Decodes one ring-buffer record.
+/// Decodes records one after the other, sharing what can be shared between them, so that the
+/// usual record costs no allocation: thread names are interned (the same kernel bytes give the
+/// same [`Comm`]), and a captured payload reuses the buffer of an event given back with
+/// [`Decoder::recycle`].
+#[derive(Default)]
+pub struct Decoder {
+    comms: IdMap<[u8; COMM_LEN], Comm>,
+    spare: Vec<u8>,
+}
+
+/// Names kept interned at most: a process that keeps naming threads anew cannot grow the table
+/// without bound (it is emptied, then refilled with the names in use).
+const MAX_COMMS: usize = 4096;
+
+/// Largest payload buffer kept for reuse (a full capture is 4 KiB).
+const MAX_SPARE: usize = 8 * 1024;
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes one ring-buffer record.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        decode_with(bytes, self)
+    }
+
+    /// Takes back a decoded event once it has been handled, to reuse its payload buffer.
+    pub fn recycle(&mut self, ev: Event) {
+        if let EventKind::SockRead { data, .. } | EventKind::SockWrite { data, .. } = ev.kind
+            && data.0.capacity() <= MAX_SPARE
+            && data.0.capacity() > self.spare.capacity()
+        {
+            self.spare = data.0;
+        }
+    }
+
+    fn comm(&mut self, raw: &[u8; COMM_LEN]) -> Comm {
+        if let Some(c) = self.comms.get(raw) {
+            return c.clone();
+        }
+        if self.comms.len() >= MAX_COMMS {
+            self.comms.clear();
+        }
+        let c = Comm::from(comm(raw));
+        self.comms.insert(*raw, c.clone());
+        c
+    }
+
+    fn payload(&mut self, data: &[u8]) -> Payload {
+        let mut buf = std::mem::take(&mut self.spare);
+        buf.clear();
+        buf.extend_from_slice(data);
+        Payload(buf)
+    }
+}
+
+/// Decodes one ring-buffer record (on its own: see [`Decoder`] for a stream of them).
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    Decoder::new().decode(bytes)
+}
+
+fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError> {
     let header: Header = read(bytes, 0)?;
     let k = header.kind;
     let kind = match k {
@@ -124,7 +186,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     need: DATA_HEADER_LEN + captured,
                 })?;
             let n = u64::try_from(ev.ret).unwrap_or(0);
-            let data = Payload(data.to_vec());
+            let data = decoder.payload(data);
             if k == kind::SOCK_READ {
                 EventKind::SockRead {
                     fd: ev.fd,
@@ -146,7 +208,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         ts_ns: header.ts_ns,
         pid: header.tgid,
         tid: header.tid,
-        comm: comm(&header.comm),
+        comm: decoder.comm(&header.comm),
         kind,
     })
 }
@@ -257,6 +319,56 @@ mod tests {
             decode(&bytes_of(&ev)),
             Err(DecodeError::BadCapture { .. })
         ));
+    }
+
+    #[test]
+    fn a_decoder_shares_names_and_reuses_payload_buffers() {
+        let mut d = Decoder::new();
+        let data_event = |text: &[u8]| {
+            let mut ev = DataEvent {
+                header: header(kind::SOCK_READ),
+                fd: 4,
+                op: op::READ,
+                ret: text.len() as i64,
+                captured: text.len() as u32,
+                _pad: 0,
+                data: [0; DATA_CAP],
+            };
+            ev.data[..text.len()].copy_from_slice(text);
+            bytes_of(&ev)[..DATA_HEADER_LEN + text.len()].to_vec()
+        };
+        let first = d.decode(&data_event(b"GET /a HTTP/1.1\r\n")).unwrap();
+        let buffer = match &first.kind {
+            EventKind::SockRead { data, .. } => data.0.as_ptr(),
+            other => panic!("{other:?}"),
+        };
+        let name = first.comm.as_str().as_ptr();
+        d.recycle(first);
+        let second = d.decode(&data_event(b"GET /b")).unwrap();
+        assert_eq!(second.comm.as_str(), "portal");
+        assert_eq!(
+            second.comm.as_str().as_ptr(),
+            name,
+            "the same name, not a copy"
+        );
+        match &second.kind {
+            EventKind::SockRead { data, bytes, .. } => {
+                assert_eq!((data.0.as_slice(), *bytes), (&b"GET /b"[..], 6));
+                assert_eq!(data.0.as_ptr(), buffer, "the recycled buffer");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another name is another entry; the table is bounded.
+        let mut h = header(kind::PROCESS_EXEC);
+        h.comm = *b"worker-1\0\0\0\0\0\0\0\0";
+        assert_eq!(d.decode(&bytes_of(&h)).unwrap().comm.as_str(), "worker-1");
+        for i in 0..MAX_COMMS + 10 {
+            let mut h = header(kind::PROCESS_EXEC);
+            h.comm[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            h.comm[8] = b'x';
+            d.decode(&bytes_of(&h)).unwrap();
+        }
+        assert!(d.comms.len() <= MAX_COMMS);
     }
 
     #[test]

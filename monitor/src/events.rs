@@ -13,8 +13,8 @@ pub struct Event {
     /// Thread id.
     pub tid: u32,
     /// Thread name as the kernel knew it.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub comm: String,
+    #[serde(default, skip_serializing_if = "Comm::is_empty")]
+    pub comm: Comm,
     pub kind: EventKind,
 }
 
@@ -100,6 +100,79 @@ pub enum EventKind {
     /// accesses needed it; replay gives it to the ownership resolver instead of asking again.
     /// Never given to the correlator.
     OwnershipFact(crate::ownership::fact::Fact),
+}
+
+/// A thread's name (`comm`), as text. Shared rather than copied: every event carries one, a
+/// portal's threads have a handful of names, and the decoder hands out the same one for the
+/// same kernel bytes, so an event costs no allocation for its name. In traces it is a plain
+/// string, as a `String` was.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Comm(std::sync::Arc<str>);
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Comm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Comm;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a thread name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Comm, E> {
+                Ok(Comm(v.into()))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+impl Comm {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Deref for Comm {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<String> for Comm {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
 }
 
 /// Kinds of fds found by scanning `/proc/<pid>/fd`.

@@ -9,9 +9,9 @@
 //!
 //! Runs live, before the redactor and the recorder, so a trace holds the cut data and the
 //! fingerprint, and replay needs neither.
-use std::collections::HashMap;
-
 use monitor_common::files::{FP_BYTES, fingerprint};
+
+use crate::idmap::IdMap;
 
 /// Longest response head looked for: past it the connection is not treated as HTTP any more.
 const MAX_HEAD: usize = 64 * 1024;
@@ -30,7 +30,7 @@ enum State {
 #[derive(Debug, Default)]
 pub struct Bodies {
     /// Per connection: the state, and whether an HTTP response was ever seen on it.
-    conns: HashMap<(u32, i32), (State, bool)>,
+    conns: IdMap<(u32, i32), (State, bool)>,
 }
 
 impl Bodies {
@@ -109,10 +109,7 @@ impl Bodies {
                         fp
                     }
                     None => {
-                        let mut joined = tail.to_vec();
-                        joined.extend_from_slice(data);
-                        let mut tail = [0; 3];
-                        tail.copy_from_slice(&joined[joined.len() - 3..]);
+                        let tail = last3(&tail, seen, data);
                         let seen = seen.saturating_add(data.len());
                         *state = if seen > MAX_HEAD {
                             State::Other
@@ -152,21 +149,47 @@ fn starts_like_response(data: &[u8]) -> bool {
 }
 
 /// Offset in `data` just past the blank line that ends a response head, which may have started
-/// in the previous writes (`seen` bytes, ending with `tail`).
+/// in the previous writes (`seen` bytes, ending with `tail`): the first `\n` that ends `\n\n` or
+/// `\r\n\r\n`. Runs on every response write, so it scans with `memchr` and copies nothing.
 fn head_end(tail: &[u8; 3], seen: usize, data: &[u8]) -> Option<usize> {
     let carried = seen.min(3);
-    let mut joined = tail[3 - carried..].to_vec();
-    joined.extend_from_slice(data);
-    let crlf = joined
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4);
-    let lf = joined.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let end = match (crlf, lf) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b)?,
+    // Byte `back` places before `data[i]`, looking into the tail before `data`; 0 before the
+    // head's first byte.
+    let before = |i: usize, back: usize| -> u8 {
+        match i.checked_sub(back) {
+            Some(j) => data[j],
+            None => {
+                let k = back - i;
+                if k <= carried { tail[3 - k] } else { 0 }
+            }
+        }
     };
-    Some(end - carried)
+    memchr::memchr_iter(b'\n', data)
+        .find(|&i| {
+            before(i, 1) == b'\n'
+                || (before(i, 1) == b'\r' && before(i, 2) == b'\n' && before(i, 3) == b'\r')
+        })
+        .map(|i| i + 1)
+}
+
+/// The last 3 bytes of the head so far (`seen` bytes ending with `tail`, then `data`),
+/// zero-filled in front while fewer than 3 were seen.
+fn last3(tail: &[u8; 3], seen: usize, data: &[u8]) -> [u8; 3] {
+    let mut out = [0u8; 3];
+    let total = seen.saturating_add(data.len());
+    for (k, slot) in out.iter_mut().enumerate() {
+        // Byte `3 - k` places before the end.
+        let back = 3 - k;
+        if back > total {
+            continue;
+        }
+        *slot = if back <= data.len() {
+            data[data.len() - back]
+        } else {
+            tail[3 - (back - data.len())]
+        };
+    }
+    out
 }
 
 /// Fingerprint of a body's first bytes; `whole` says `body` is all the write carried (so a short
@@ -278,6 +301,55 @@ mod tests {
         let _ = write(&mut b, DOC);
         b.request(1, 5);
         assert_eq!(write(&mut b, DOC), (Vec::new(), None));
+    }
+
+    #[test]
+    fn head_end_is_found_across_any_split() {
+        // The naive definition: the end of the first `\n\n` or `\r\n\r\n` in the whole stream.
+        fn naive(stream: &[u8]) -> Option<usize> {
+            let crlf = stream
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| i + 4);
+            let lf = stream.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+            crlf.into_iter().chain(lf).min()
+        }
+        for stream in [
+            &b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody"[..],
+            b"HTTP/1.1 200 OK\nA: b\n\nbody\n\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: \r\r\n\n\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nA: \n\r\n",
+            b"HTTP/1.1 200 OK\r\nno end\r\n",
+        ] {
+            let want = naive(stream);
+            // Every way of cutting the stream in two or three writes.
+            for a in 0..=stream.len() {
+                for b in a..=stream.len() {
+                    let (mut tail, mut seen, mut found) = ([0u8; 3], 0usize, None);
+                    for part in [&stream[..a], &stream[a..b], &stream[b..]] {
+                        if found.is_some() {
+                            break;
+                        }
+                        match head_end(&tail, seen, part) {
+                            Some(end) => found = Some(seen + end),
+                            None => {
+                                tail = last3(&tail, seen, part);
+                                seen += part.len();
+                                let n = seen.min(3);
+                                assert_eq!(&tail[3 - n..], &stream[seen - n..seen]);
+                            }
+                        }
+                    }
+                    assert_eq!(
+                        found,
+                        want,
+                        "{:?} cut at {a}, {b}",
+                        String::from_utf8_lossy(stream)
+                    );
+                }
+            }
+        }
     }
 
     #[test]

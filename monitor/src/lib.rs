@@ -15,6 +15,7 @@ pub mod fastcgi;
 pub mod fingerprint;
 pub mod http;
 pub mod identity;
+pub mod idmap;
 pub mod judge;
 pub mod kernel;
 pub mod loader;

@@ -25,7 +25,9 @@ use crate::{
 };
 
 mod fire;
+mod stats;
 use fire::fire_check;
+pub use stats::ProgramStats;
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";

@@ -39,6 +39,9 @@ fn push_escaping_backslashes(out: &mut String, text: &str) {
 /// or empty path.
 #[must_use]
 pub fn normalize(path: &str) -> Option<String> {
+    if is_normal(path) {
+        return Some(path.to_owned());
+    }
     let rest = path.strip_prefix('/')?;
     let mut kept: Vec<&str> = Vec::new();
     for component in rest.split('/') {
@@ -59,6 +62,42 @@ pub fn normalize(path: &str) -> Option<String> {
         out.push('/');
     }
     Some(out)
+}
+
+/// [`normalize`] of an owned path, which is returned as is when already normal (the usual case:
+/// no copy, no allocation; every document open goes through here).
+#[must_use]
+pub fn normalize_owned(path: String) -> Option<String> {
+    if is_normal(&path) {
+        Some(path)
+    } else {
+        normalize(&path)
+    }
+}
+
+/// Whether [`normalize`] would return `path` unchanged: absolute, and no empty, `.` or `..`
+/// component, no trailing slash (but `/` itself). One pass over the bytes.
+fn is_normal(path: &str) -> bool {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
+        return false;
+    }
+    if b.len() == 1 {
+        return true;
+    }
+    // Each component starts after a `/` and runs to the next `/` or the end.
+    let mut start = 1;
+    loop {
+        let end = memchr::memchr(b'/', &b[start..]).map_or(b.len(), |i| start + i);
+        match &b[start..end] {
+            b"" | b"." | b".." => return false,
+            _ => {}
+        }
+        if end == b.len() {
+            return true;
+        }
+        start = end + 1;
+    }
 }
 
 /// `path` made absolute against `base` (an absolute directory, e.g. the process's working
@@ -129,6 +168,49 @@ mod tests {
 
     fn norm(p: &str) -> Option<String> {
         normalize(p)
+    }
+
+    #[test]
+    fn the_shortcut_for_normal_paths_agrees_with_the_full_normalisation() {
+        // Every string of up to 7 bytes over `/`, `.` and `a`.
+        let mut paths = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..7 {
+            let mut next = Vec::new();
+            for p in &frontier {
+                for c in ['/', '.', 'a'] {
+                    next.push(format!("{p}{c}"));
+                }
+            }
+            paths.extend(next.iter().cloned());
+            frontier = next;
+        }
+        for p in paths {
+            let full = {
+                // The normalisation without the shortcut.
+                p.strip_prefix('/').map(|rest| {
+                    let mut kept: Vec<&str> = Vec::new();
+                    for c in rest.split('/') {
+                        match c {
+                            "" | "." => {}
+                            ".." => {
+                                kept.pop();
+                            }
+                            name => kept.push(name),
+                        }
+                    }
+                    let joined: String = kept.iter().map(|n| format!("/{n}")).collect();
+                    if joined.is_empty() {
+                        "/".to_string()
+                    } else {
+                        joined
+                    }
+                })
+            };
+            assert_eq!(normalize(&p), full, "{p:?}");
+            assert_eq!(normalize_owned(p.clone()), full, "{p:?}");
+            assert_eq!(is_normal(&p), full.as_deref() == Some(p.as_str()), "{p:?}");
+        }
     }
 
     #[test]

@@ -10,9 +10,10 @@
 //!   readable by root's DAC alone.
 //!
 //! Gone after start-up: `CAP_PERFMON` and `CAP_SYS_ADMIN` (loading programs, attaching
-//! tracepoints, mounting tracefs), and everything else root would have, e.g. `CAP_DAC_OVERRIDE`,
-//! `CAP_SETUID`, `CAP_NET_ADMIN`. A compromised Vigie can no longer load programs, mount
-//! filesystems or write files it does not own.
+//! tracepoints, mounting tracefs), `CAP_SYS_NICE` (the reader's priority, [`set_nice`]), and
+//! everything else root would have, e.g. `CAP_DAC_OVERRIDE`, `CAP_SETUID`, `CAP_NET_ADMIN`. A
+//! compromised Vigie can no longer load programs, mount filesystems or write files it does not
+//! own.
 
 /// Capability numbers (linux/capability.h).
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
@@ -132,4 +133,30 @@ pub fn describe(mask: u64) -> Vec<&'static str> {
     .filter(|(c, _)| mask & (1 << c) != 0)
     .map(|(_, n)| n)
     .collect()
+}
+
+/// Sets the calling thread's nice value (and so that of the threads it starts afterwards) to
+/// `nice`, unless it is 0 or already that. Raising the priority needs `CAP_SYS_NICE`: called
+/// before the capabilities are dropped (under systemd, the unit's `Nice=` does it instead).
+/// Returns the value set, if it changed.
+pub fn set_nice(nice: i32) -> std::io::Result<Option<i32>> {
+    if nice == 0 {
+        return Ok(None);
+    }
+    // SAFETY: getpriority/setpriority on the calling thread; -1 is a valid priority, so errno
+    // is cleared first to tell it from an error.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if now == -1 && *libc::__errno_location() != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if now == nice {
+            return Ok(None);
+        }
+        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(Some(nice))
 }

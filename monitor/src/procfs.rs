@@ -217,7 +217,7 @@ pub fn describe(pid: u32, roots: &[String], now_ns: u64) -> Vec<Event> {
         ts_ns: now_ns,
         pid,
         tid: pid,
-        comm: comm_of(pid).unwrap_or_default(),
+        comm: comm_of(pid).unwrap_or_default().into(),
         kind: EventKind::ProcessExec,
     };
     let mut events = found_fds(&exec, roots);

@@ -28,7 +28,7 @@
 //! rule) get the same rules on their records ([`fcgi`]): the values of the `HTTP_AUTHORIZATION`,
 //! `HTTP_PROXY_AUTHORIZATION` and `HTTP_COOKIE` params (and `PHP_AUTH_PW`, masked), and
 //! `Set-Cookie` in the CGI head of STDOUT, across record and read boundaries.
-use std::{collections::HashMap, hash::BuildHasher as _};
+use std::hash::BuildHasher as _;
 
 use base64::Engine as _;
 
@@ -39,6 +39,7 @@ use crate::{
         SessionConfig,
         jwt::{self, JwtConfig},
     },
+    idmap::IdMap,
 };
 
 mod fcgi;
@@ -48,13 +49,13 @@ pub struct Redactor {
     jwt: JwtConfig,
     session: Option<SessionConfig>,
     /// Per connection: the raw bytes of the header line the last capture ended in the middle of.
-    pending: HashMap<(u32, i32), Vec<u8>>,
+    pending: IdMap<(u32, i32), Vec<u8>>,
     /// Per connection: its protocol, as far as decided (absent: joined mid-stream).
-    protocols: HashMap<(u32, i32), Protocol>,
+    protocols: IdMap<(u32, i32), Protocol>,
     /// Per FastCGI connection: the record framing and the params and heads in progress.
-    fastcgi: HashMap<(u32, i32), Box<fcgi::Stream>>,
+    fastcgi: IdMap<(u32, i32), Box<fcgi::Stream>>,
     /// Per connection: where a login request is (its head, then its form body).
-    logins: HashMap<(u32, i32), Login>,
+    logins: IdMap<(u32, i32), Login>,
     /// With a session store: the session cookies of the last redacted chunk, raw and hashed
     /// (see [`Redactor::take_session_ids`]).
     session_ids: Vec<(Vec<u8>, Vec<u8>)>,
@@ -96,10 +97,10 @@ impl Redactor {
             key: std::collections::hash_map::RandomState::new(),
             jwt,
             session: None,
-            pending: HashMap::new(),
-            protocols: HashMap::new(),
-            fastcgi: HashMap::new(),
-            logins: HashMap::new(),
+            pending: IdMap::default(),
+            protocols: IdMap::default(),
+            fastcgi: IdMap::default(),
+            logins: IdMap::default(),
             session_ids: Vec::new(),
         }
     }

@@ -18,8 +18,8 @@ use tokio::{
 use crate::{
     config::Config,
     correlate::{Correlator, CorrelatorConfig},
-    decode::decode,
-    events::{Event, EventKind, FoundFd},
+    decode::Decoder,
+    events::{Comm, Event, EventKind, FoundFd},
     identity::store::{Found, SessionStore},
     judge::Judge,
     loader::Probes,
@@ -86,6 +86,7 @@ struct Live {
     session_store: Option<SessionStore>,
     store_errors: u64,
     summary: Summary,
+    decoder: Decoder,
     metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
     ring_usage: Option<crate::loader::RingUsage>,
 }
@@ -139,6 +140,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         session_store,
         store_errors: 0,
         summary: Summary::default(),
+        decoder: Decoder::new(),
         metrics,
         ring_usage: None,
     };
@@ -161,6 +163,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         signal(SignalKind::interrupt())?,
         signal(SignalKind::terminate())?,
     );
+    // Before the drop: raising the priority needs CAP_SYS_NICE.
+    match crate::privilege::set_nice(live.cfg.kernel.reader_nice) {
+        Ok(Some(nice)) => tracing::info!(nice, "reader priority set"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(
+            "could not set the reader's nice value to {} (kernel.reader_nice): {e}; alerts may wait behind the portal on saturated CPUs",
+            live.cfg.kernel.reader_nice
+        ),
+    }
     // Everything that needed privilege is done: loading, attaching, mounting, binding.
     match crate::privilege::drop_after_attach() {
         Ok(kept) => {
@@ -312,7 +323,7 @@ impl Live {
                     if let Some(trace) = self.pipeline.trace_mut() {
                         trace.flush().context("writing the trace")?;
                     }
-                    self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: String::new(), kind: EventKind::Tick })?;
+                    self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: Comm::default(), kind: EventKind::Tick })?;
                 }
                 _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); break; }
@@ -330,7 +341,7 @@ impl Live {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         loop {
             let decoded = match ring.next() {
-                Some(item) => decode(&item),
+                Some(item) => self.decoder.decode(&item),
                 None => return Ok(()),
             };
             match decoded {
@@ -341,6 +352,7 @@ impl Live {
                     }
                     self.feed(&ev)?;
                     self.after_feed(&ev)?;
+                    self.decoder.recycle(ev);
                 }
                 Err(e) => {
                     self.summary.decode_errors += 1;
@@ -405,14 +417,14 @@ impl Live {
             }
             EventKind::ProcessExec if !self.targets.contains(&ev.pid) => {
                 // Matched by name in the kernel: an executable selector must also match the path.
-                let by_name = self.cfg.targets.names.contains(&ev.comm);
+                let by_name = self.cfg.targets.names.iter().any(|n| *n == *ev.comm);
                 if !by_name && !procfs::matches(&self.cfg, ev.pid) {
                     self.probes.remove_target(ev.pid)?;
                     return Ok(first);
                 }
                 self.targets.insert(ev.pid);
                 self.seen.insert(ev.pid);
-                tracing::info!(pid = ev.pid, comm = ev.comm, "new target (exec)");
+                tracing::info!(pid = ev.pid, comm = %ev.comm, "new target (exec)");
             }
             _ => {}
         }
@@ -488,7 +500,7 @@ impl Live {
                     ts_ns: procfs::monotonic_ns(),
                     pid: 0,
                     tid: 0,
-                    comm: String::new(),
+                    comm: Comm::default(),
                     kind: EventKind::Lost {
                         reason: name.to_string(),
                         count: delta,
@@ -690,5 +702,6 @@ impl Live {
         m.set_targets(self.targets.len());
         m.set_tracked(&self.pipeline.correlator().tracked());
         m.set_probes(self.probes.attached(), self.probes.expected());
+        m.sync_probe_stats(&self.probes.program_stats());
     }
 }

@@ -534,6 +534,14 @@ fn capabilities_are_dropped_once_attached_and_workers_are_still_followed() {
             .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
         "{status}"
     );
+    // The reader runs above the portal's priority (`kernel.reader_nice`, -10 by default): field
+    // 19 of /proc/<pid>/stat, after the parenthesised name.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", vigie.pid())).unwrap();
+    let nice = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(16))
+        .and_then(|v| v.parse::<i32>().ok());
+    assert_eq!(nice, Some(-10), "{stat}");
     assert_eq!(get_as(&portal.addr(), "carol", "/docs/bob/notes.txt"), 200);
     let (alerts, log) = vigie.stop();
     assert_eq!(

@@ -554,7 +554,12 @@ fn prometheus_and_alertmanager_deliver_violation_and_loss_alerts() {
                 && m("vigie_targets") == Some(1.0)
                 && m("vigie_probes_attached").is_some_and(|n| n > 0.0)
                 && m("vigie_probes_attached") == m("vigie_probes_expected")
-                && m("vigie_ringbuf_size_bytes") == Some(f64::from(RING_BYTES)))
+                && m("vigie_ringbuf_size_bytes") == Some(f64::from(RING_BYTES))
+                // The kernel's run statistics of each program: at least the run the start-up
+                // fire check made (statistics are on during it), with its time.
+                && m(r#"vigie_probe_runs_total{program="sys_enter_io"}"#).is_some_and(|n| n >= 1.0)
+                && m(r#"vigie_probe_run_seconds_total{program="sys_enter_io"}"#)
+                    .is_some_and(|s| s > 0.0))
             .then_some(())
         },
         || facts(""),

@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Idle keep-alive connections for the RSS measurement.
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
+    /// Another `vigie` binary (e.g. built from main) attached as a third side of every portal
+    /// round: before/after figures from the same rounds.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
     /// Skip sections (comma-separated): portal, tax, pipeline, latency, conns, replay.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
@@ -107,6 +111,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         dir: dir.clone(),
         secs: args.secs,
         rounds: args.rounds,
+        baseline: args.baseline.clone(),
     };
     let sections: [(&str, Section); 6] = [
         ("portal", Bench::portal),
@@ -164,10 +169,21 @@ struct Bench {
     dir: PathBuf,
     secs: u64,
     rounds: usize,
+    baseline: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------------------------
 // Sections.
+
+/// One side of a portal round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Detached,
+    /// This build's Vigie attached.
+    Current,
+    /// The `--baseline` Vigie attached.
+    Baseline,
+}
 
 /// One portal configuration for the overhead comparison.
 struct PortalCase {
@@ -225,8 +241,14 @@ impl Bench {
              Ratios are attached/detached per round: median [min, max].\n",
             self.rounds, self.secs
         )?;
-        md.push_str("| case | conns | detached req/s (median) | attached req/s (median) | throughput loss | p99 detached | p99 attached | p99 ratio | vigie CPU s / 1k req | vigie VmHWM | events/s (attached) | lost |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("| case | conns | detached req/s (median) | attached req/s (median) | throughput loss | p99 detached | p99 attached | p99 ratio | vigie CPU s / 1k req | portal CPU us / req, detached -> attached | vigie VmHWM | events/s (attached) | lost |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         let mut out = Vec::new();
+        let mut profiles = String::new();
+        let mut before_after = String::new();
+        let mut base_hist: BTreeMap<String, f64> = BTreeMap::new();
+        // BPF programs of other processes on hooks while the rounds ran: they tax the detached
+        // side too, and make the comparison say less (the machine is shared).
+        let mut foreign = std::collections::BTreeSet::new();
         let mut hist_all: BTreeMap<String, f64> = BTreeMap::new();
         for case in &cases {
             let root = self.dir.join(format!("portal-{}", case.model));
@@ -241,54 +263,96 @@ impl Bench {
             let (mut ratio, mut p99r, mut a_rps, mut b_rps, mut a_p99, mut b_p99) =
                 (vec![], vec![], vec![], vec![], vec![], vec![]);
             let (mut cpu_per_k, mut hwm, mut evs, mut lost) = (vec![], 0u64, vec![], 0u64);
+            // The portal's own CPU per request (its processes, kernel time in its syscalls and
+            // the probes run there included), detached and attached: robust to other load.
+            let (mut portal_us_a, mut portal_us_b) = (vec![], vec![]);
+            // With --baseline: the same for the other build, and its throughput ratio.
+            let (mut base_ratio, mut base_cpu_per_k, mut base_portal_us) = (vec![], vec![], vec![]);
             for r in 0..self.rounds {
                 let mut detached = None;
                 let mut attached = None;
-                let order = if r % 2 == 0 {
-                    [false, true]
-                } else {
-                    [true, false]
-                };
-                for with in order {
-                    if !with {
-                        detached = Some(wrk(&url, self.secs, case.conns, script)?);
-                        continue;
-                    }
+                let mut baseline = None;
+                // Every side in every position across rounds: AB, BA, ... (ABC, BCA, CAB, ...
+                // with a baseline).
+                let mut order = vec![Side::Detached, Side::Current];
+                if self.baseline.is_some() {
+                    order.push(Side::Baseline);
+                }
+                let n = order.len();
+                order.rotate_left(r % n);
+                for side in order {
+                    let bin = match side {
+                        Side::Detached => {
+                            foreign.extend(foreign_attachments(None));
+                            let c0 = tree_cpu_seconds(portal.pid);
+                            let w = wrk(&url, self.secs, case.conns, script)?;
+                            let c1 = tree_cpu_seconds(portal.pid);
+                            portal_us_a.push((c1 - c0) / w.requests.max(1) as f64 * 1e6);
+                            detached = Some(w);
+                            continue;
+                        }
+                        Side::Current => self.bins.vigie.clone(),
+                        Side::Baseline => self.baseline.clone().context("no baseline")?,
+                    };
                     let record = case.record.then(|| self.dir.join(format!("rec-{r}")));
-                    let v = Vigie::start(
-                        &self.bins.vigie,
-                        &self.dir,
-                        &[portal.pid],
-                        &root,
-                        record.as_deref(),
-                    )?;
+                    let v = Vigie::start(&bin, &self.dir, &[portal.pid], &root, record.as_deref())?;
+                    foreign.extend(foreign_attachments(Some(v.pid)));
                     std::thread::sleep(Duration::from_millis(200));
                     let cpu0 = cpu_seconds(v.pid)?;
+                    let p0 = tree_cpu_seconds(portal.pid);
                     let w = wrk(&url, self.secs, case.conns, script)?;
                     let cpu1 = cpu_seconds(v.pid)?;
+                    let p1 = tree_cpu_seconds(portal.pid);
+                    let portal_us = (p1 - p0) / w.requests.max(1) as f64 * 1e6;
+                    let vigie_per_k = (cpu1 - cpu0) / w.requests.max(1) as f64 * 1000.0;
                     std::thread::sleep(Duration::from_millis(250));
-                    let metrics = v.metrics().unwrap_or_default();
-                    for (le, c) in histogram(&metrics, "vigie_pipeline_latency_seconds") {
-                        *hist_all.entry(le).or_default() += c;
+                    if side == Side::Baseline {
+                        let metrics = v.metrics().unwrap_or_default();
+                        for (le, c) in histogram(&metrics, "vigie_pipeline_latency_seconds") {
+                            *base_hist.entry(le).or_default() += c;
+                        }
+                        v.stop()?;
+                        base_portal_us.push(portal_us);
+                        base_cpu_per_k.push(vigie_per_k);
+                        baseline = Some(w);
+                    } else {
+                        let metrics = v.metrics().unwrap_or_default();
+                        for (le, c) in histogram(&metrics, "vigie_pipeline_latency_seconds") {
+                            *hist_all.entry(le).or_default() += c;
+                        }
+                        hwm = hwm.max(proc_status_kib(v.pid, "VmHWM").unwrap_or(0));
+                        let s = v.stop()?;
+                        lost += s.lost;
+                        evs.push(s.rate);
+                        portal_us_b.push(portal_us);
+                        cpu_per_k.push(vigie_per_k);
+                        attached = Some(w);
                     }
-                    hwm = hwm.max(proc_status_kib(v.pid, "VmHWM").unwrap_or(0));
-                    let s = v.stop()?;
-                    lost += s.lost;
-                    evs.push(s.rate);
-                    cpu_per_k.push((cpu1 - cpu0) / w.requests as f64 * 1000.0);
                     if let Some(rec) = record {
                         let _ = std::fs::remove_dir_all(rec);
                     }
-                    attached = Some(w);
                 }
-                let (a, bb) = (detached.unwrap(), attached.unwrap());
+                let (a, bb) = (
+                    detached.context("no detached side")?,
+                    attached.context("no attached side")?,
+                );
                 step(
                     "bench",
                     &format!(
-                        "  {} round {r}: detached {:.0} req/s p99 {:.2} ms, attached {:.0} req/s p99 {:.2} ms",
-                        case.name, a.rps, a.p99_ms, bb.rps, bb.p99_ms
+                        "  {} round {r}: detached {:.0} req/s p99 {:.2} ms, attached {:.0} req/s p99 {:.2} ms{}",
+                        case.name,
+                        a.rps,
+                        a.p99_ms,
+                        bb.rps,
+                        bb.p99_ms,
+                        baseline
+                            .as_ref()
+                            .map_or(String::new(), |b| format!(", baseline {:.0} req/s", b.rps))
                     ),
                 );
+                if let Some(b) = &baseline {
+                    base_ratio.push(b.rps / a.rps);
+                }
                 ratio.push(bb.rps / a.rps);
                 p99r.push(bb.p99_ms / a.p99_ms);
                 a_rps.push(a.rps);
@@ -296,11 +360,12 @@ impl Bench {
                 a_p99.push(a.p99_ms);
                 b_p99.push(bb.p99_ms);
             }
+            let prof = self.profile(&portal, &root, &url, case, script)?;
             drop(portal);
             let loss: Vec<f64> = ratio.iter().map(|r| (1.0 - r) * 100.0).collect();
             writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.0} | {} % | {:.2} ms | {:.2} ms | {} | {} | {:.1} MiB | {:.0} | {} |",
+                "| {} | {} | {:.0} | {:.0} | {} % | {:.2} ms | {:.2} ms | {} | {} | {:.1} -> {:.1} | {:.1} MiB | {:.0} | {} |",
                 case.name,
                 case.conns,
                 median(&a_rps),
@@ -310,6 +375,8 @@ impl Bench {
                 median(&b_p99),
                 spread(&p99r, 2),
                 spread(&cpu_per_k, 3),
+                median(&portal_us_a),
+                median(&portal_us_b),
                 hwm as f64 / 1024.0,
                 median(&evs),
                 lost
@@ -319,19 +386,181 @@ impl Bench {
                 "detached_rps": a_rps, "attached_rps": b_rps, "throughput_loss_pct": loss,
                 "detached_p99_ms": a_p99, "attached_p99_ms": b_p99, "p99_ratio": p99r,
                 "cpu_s_per_1k_requests": cpu_per_k, "vmhwm_kib": hwm, "events_per_s": evs, "lost": lost,
+                "portal_cpu_us_per_request_detached": portal_us_a,
+                "portal_cpu_us_per_request_attached": portal_us_b,
+                "profile": prof.1,
             }));
+            profiles.push_str(&prof.0);
+            if self.baseline.is_some() {
+                let base_loss: Vec<f64> = base_ratio.iter().map(|r| (1.0 - r) * 100.0).collect();
+                writeln!(
+                    before_after,
+                    "| {} | {} % | {} % | {:.1} | {:.1} | {:.1} | {} | {} |",
+                    case.name,
+                    spread(&base_loss, 1),
+                    spread(&loss, 1),
+                    median(&portal_us_a),
+                    median(&base_portal_us),
+                    median(&portal_us_b),
+                    spread(&base_cpu_per_k, 4),
+                    spread(&cpu_per_k, 4),
+                )?;
+                out.last_mut().context("case")?["baseline"] = json!({
+                    "throughput_loss_pct": base_loss, "portal_cpu_us_per_request": base_portal_us,
+                    "cpu_s_per_1k_requests": base_cpu_per_k,
+                });
+            }
         }
+        if let Some(b) = &self.baseline {
+            writeln!(
+                md,
+                "\nBefore/after in the same rounds: the baseline is `{}`, run as a third side of each \
+                 round (order rotating).\n\n\
+                 | case | throughput loss, baseline | throughput loss, this build | portal CPU us/req detached | baseline | this build | vigie CPU s / 1k req, baseline | this build |\n\
+                 |---|---|---|---|---|---|---|---|\n{before_after}",
+                b.display()
+            )?;
+        }
+        if !foreign.is_empty() {
+            writeln!(
+                md,
+                "\n**Other BPF programs were attached while these rounds ran** (`bpftool perf show`), \
+                 taxing the detached side as well: {}. Compare the CPU per request, not the \
+                 throughput, from this run.\n",
+                foreign.iter().cloned().collect::<Vec<_>>().join("; ")
+            )?;
+        }
+        md.push_str(&profiles);
         let (p50, p99, n) = hist_quantiles(&hist_all);
         writeln!(
             md,
             "\nAlert latency under this load (`vigie_pipeline_latency_seconds`, all attached rounds, {n:.0} accesses; \
-             buckets 1, 2, 4, 8, 16 ms..., so the quantile is the bucket's upper bound): p50 <= {}, p99 <= {}.\n",
+             buckets 0.25, 0.5, 1, 2, 5, 10, 20, 50 ms..., so a quantile is its bucket's upper bound): p50 <= {}, p99 <= {}; \
+             {:.2} % over 10 ms.\n",
             fmt_le(p50),
-            fmt_le(p99)
+            fmt_le(p99),
+            share_over(&hist_all, "0.01") * 100.0
+        )?;
+        if self.baseline.is_some() {
+            let (b50, b99, bn) = hist_quantiles(&base_hist);
+            writeln!(
+                md,
+                "The baseline's, in the same rounds ({bn:.0} accesses): p50 <= {}, p99 <= {}; {:.2} % over 10 ms.\n",
+                fmt_le(b50),
+                fmt_le(b99),
+                share_over(&base_hist, "0.01") * 100.0
+            )?;
+        }
+        Ok((
+            md,
+            json!({ "cases": out, "latency_histogram": hist_all, "hist_p50_le_s": p50, "hist_p99_le_s": p99,
+                    "foreign_bpf_attachments": foreign,
+                    "baseline_latency_histogram": base_hist }),
+        ))
+    }
+
+    /// One more attached run of `case`, with the kernel's BPF run statistics on (they cost two
+    /// clock reads per program run, so the A/B rounds run without them): where the kernel-side
+    /// time goes, program by program, against the daemon's CPU in the same run.
+    fn profile(
+        &self,
+        portal: &Portal,
+        root: &Path,
+        url: &str,
+        case: &PortalCase,
+        script: &Path,
+    ) -> anyhow::Result<(String, Value)> {
+        let _stats = BpfStats::enable()?;
+        let v = Vigie::start(&self.bins.vigie, &self.dir, &[portal.pid], root, None)?;
+        std::thread::sleep(Duration::from_millis(200));
+        // The programs run for every process on the host: first the background (the portal
+        // idle, the other processes' syscalls) over as long as the load will last, to subtract.
+        // The statistics are published on the reader's 100 ms tick.
+        let idle0 = (Instant::now(), v.metrics()?);
+        std::thread::sleep(Duration::from_secs(self.secs));
+        let idle1 = (Instant::now(), v.metrics()?);
+        let m0 = (Instant::now(), v.metrics()?);
+        let cpu0 = cpu_seconds(v.pid)?;
+        let w = wrk(url, self.secs, case.conns, script)?;
+        let cpu1 = cpu_seconds(v.pid)?;
+        std::thread::sleep(Duration::from_millis(250));
+        let m1 = (Instant::now(), v.metrics()?);
+        v.stop()?;
+        let requests = w.requests.max(1) as f64;
+        let scale = (m1.0 - m0.0).as_secs_f64() / (idle1.0 - idle0.0).as_secs_f64();
+        let delta = |a: &(Instant, String), b: &(Instant, String), metric: &str| {
+            let (x, y) = (
+                by_label(&a.1, metric, "program"),
+                by_label(&b.1, metric, "program"),
+            );
+            y.into_iter()
+                .map(|(p, v)| {
+                    let d = v - x.get(&p).copied().unwrap_or(0.0);
+                    (p, d)
+                })
+                .collect::<BTreeMap<String, f64>>()
+        };
+        let (idle_runs, idle_secs) = (
+            delta(&idle0, &idle1, "vigie_probe_runs_total"),
+            delta(&idle0, &idle1, "vigie_probe_run_seconds_total"),
+        );
+        let (load_runs, load_secs) = (
+            delta(&m0, &m1, "vigie_probe_runs_total"),
+            delta(&m0, &m1, "vigie_probe_run_seconds_total"),
+        );
+        let background: f64 = idle_runs.values().sum::<f64>() * scale;
+        let mut rows: Vec<(String, f64, f64)> = load_runs
+            .iter()
+            .map(|(p, r)| {
+                let bg = |m: &BTreeMap<String, f64>| m.get(p).copied().unwrap_or(0.0) * scale;
+                let runs = (r - bg(&idle_runs)).max(0.0);
+                let ns = (load_secs.get(p).copied().unwrap_or(0.0) - bg(&idle_secs)).max(0.0) * 1e9;
+                (p.clone(), runs, ns)
+            })
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let kernel_ns: f64 = rows.iter().map(|r| r.2).sum();
+        let daemon_ns = (cpu1 - cpu0) * 1e9;
+        let mut md = format!(
+            "\n**Where the time goes: {}** (one more attached run of {} s with \
+             `kernel.bpf_stats_enabled=1`: {:.0} req/s, {} requests; the background of the same \
+             length with the portal idle, {:.0} runs, subtracted). Program run time only: the \
+             tracepoint's own cost around each run (the host tax) is not in it; counting adds \
+             about 45 ns to each run.\n\n\
+             | program | runs per request | ns per run | ns per request |\n|---|---|---|---|\n",
+            case.name, self.secs, w.rps, w.requests, background
+        );
+        let mut js = vec![];
+        for (p, runs, ns) in &rows {
+            let per_run = if *runs > 0.0 { ns / runs } else { 0.0 };
+            writeln!(
+                md,
+                "| `{p}` | {:.2} | {per_run:.0} | {:.0} |",
+                runs / requests,
+                ns / requests
+            )?;
+            js.push(json!({ "program": p, "runs": runs, "run_ns": ns }));
+        }
+        writeln!(
+            md,
+            "| **all programs** | {:.2} | | **{:.0}** |\n\n\
+             Kernel-side program time {:.2} us per request against Vigie's own CPU {:.2} us per \
+             request in the same run ({:.1}x).\n",
+            rows.iter().map(|r| r.1).sum::<f64>() / requests,
+            kernel_ns / requests,
+            kernel_ns / requests / 1e3,
+            daemon_ns / requests / 1e3,
+            if kernel_ns > 0.0 {
+                daemon_ns / kernel_ns
+            } else {
+                f64::NAN
+            }
         )?;
         Ok((
             md,
-            json!({ "cases": out, "latency_histogram": hist_all, "hist_p50_le_s": p50, "hist_p99_le_s": p99 }),
+            json!({ "rps": w.rps, "requests": w.requests, "programs": js, "background_runs": background,
+                    "kernel_ns_per_request": kernel_ns / requests,
+                    "daemon_cpu_ns_per_request": daemon_ns / requests }),
         ))
     }
 
@@ -1123,6 +1352,63 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / hz)
 }
 
+/// BPF programs attached to perf-based hooks (tracepoints, raw tracepoints, kprobes) by processes
+/// other than `ours`, as `bpftool perf show` lists them, one line per process: `pid 123 (comm):
+/// raw_tracepoint sys_enter, ...`. Empty when bpftool is missing.
+fn foreign_attachments(ours: Option<u32>) -> Vec<String> {
+    let Ok(out) = Command::new("bpftool").args(["perf", "show"]).output() else {
+        return Vec::new();
+    };
+    let mut by_pid: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        // pid 31504  fd 29: prog_id 22581  raw_tracepoint  sys_enter
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let Some(pid) = w.get(1).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Some(pid) != ours && w.len() > 6 {
+            by_pid.entry(pid).or_default().push(w[6..].join(" "));
+        }
+    }
+    by_pid
+        .into_iter()
+        .map(|(pid, mut hooks)| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            hooks.sort();
+            hooks.dedup();
+            let n = hooks.len();
+            hooks.truncate(3);
+            let more = if n > 3 {
+                format!(" and {} more", n - 3)
+            } else {
+                String::new()
+            };
+            format!("pid {pid} ({}): {}{more}", comm.trim(), hooks.join(", "))
+        })
+        .collect()
+}
+
+/// CPU seconds of `pid` and its descendants now alive (prefork workers).
+fn tree_cpu_seconds(pid: u32) -> f64 {
+    let mut total = 0.0;
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        total += cpu_seconds(p).unwrap_or(0.0);
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    total
+}
+
 fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -1141,6 +1427,43 @@ fn metric_sum(text: &str, name: &str, label: Option<&str>) -> f64 {
         .filter(|l| label.is_none_or(|x| l.contains(x)))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// A metric's series by the value of its one label `label`.
+fn by_label(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
+    let prefix = format!("{name}{{{label}=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| {
+            let (value, rest) = l.split_once("\"}")?;
+            Some((value.to_string(), rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// `kernel.bpf_stats_enabled` on for as long as this lives, then back to what it was.
+struct BpfStats {
+    before: String,
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<BpfStats> {
+        let before = std::fs::read_to_string(BPF_STATS_SYSCTL)
+            .with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?;
+        std::fs::write(BPF_STATS_SYSCTL, "1")
+            .with_context(|| format!("turning on BPF run statistics ({BPF_STATS_SYSCTL})"))?;
+        Ok(BpfStats {
+            before: before.trim().to_string(),
+        })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS_SYSCTL, &self.before);
+    }
 }
 
 /// Cumulative buckets of a histogram: le -> count.
@@ -1180,9 +1503,19 @@ fn hist_quantiles(h: &BTreeMap<String, f64>) -> (f64, f64, f64) {
     (q(0.5), q(0.99), total)
 }
 
+/// Share of a histogram's observations above the bucket bound `le` (as the metric spells it).
+fn share_over(h: &BTreeMap<String, f64>, le: &str) -> f64 {
+    let total = h.get("+Inf").copied().unwrap_or(0.0);
+    match h.get(le) {
+        Some(below) if total > 0.0 => 1.0 - below / total,
+        _ => f64::NAN,
+    }
+}
+
 fn fmt_le(s: f64) -> String {
     if s.is_finite() {
-        format!("{:.0} ms", s * 1e3)
+        // Bucket bounds: 0.25 ms, 10 ms, 100 ms...
+        format!("{} ms", (s * 1e5).round() / 100.0)
     } else {
         "+Inf".into()
     }

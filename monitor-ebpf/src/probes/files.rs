@@ -11,16 +11,19 @@ use aya_ebpf::{
 };
 use monitor_common::{
     fd_kind,
-    files::{FP_BYTES, FP_MIN, FdEvent, OpenEvent, PATH_CAP, fingerprint, has_dotdot, path_source},
+    files::{
+        FP_BYTES, FP_MIN, FP_WORDS, FdEvent, OpenEvent, PATH_CAP, fingerprint_words, has_dotdot,
+        path_source,
+    },
     kind, loss, op,
 };
 
 use super::{arg, ret, sockets, syscall_op};
 use crate::{
     maps::{
-        DOC_ROOTS, FD_KIND, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED, OPENED_SCRATCH,
-        ROOT_KEY_LEN, STASH, Stash, count_loss, fd_key, fill_header, global, is_target,
-        output_bytes, set_fd_kind, submit,
+        DOC_ROOTS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED, OPENED_SCRATCH,
+        ROOT_KEY_LEN, Stash, count_loss, fill_header, forget_fd_kind, global, is_target,
+        output_bytes, set_fd_kind, stash_put, stash_take, submit,
     },
     task,
 };
@@ -44,9 +47,7 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
         ptr: arg(&ctx, 1),
         arg: arg(&ctx, 2),
     };
-    if STASH.insert(&pid_tgid, &stash, 0).is_err() {
-        count_loss(loss::STASH_FULL);
-    }
+    stash_put(pid_tgid, &stash);
     0
 }
 
@@ -117,10 +118,9 @@ pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
         let _ = OPENED.remove(&pid_tgid);
         return 0;
     }
-    let Some(stash) = (unsafe { STASH.get(&pid_tgid) }).copied() else {
+    let Some(stash) = stash_take(pid_tgid) else {
         return 0;
     };
-    let _ = STASH.remove(&pid_tgid);
     let fd = ret(&ctx);
     if fd < 0 {
         return 0;
@@ -251,7 +251,8 @@ fn read_fingerprint(stash: &Stash, ret: i64) -> u64 {
     if n > FP_BYTES as u64 {
         n = FP_BYTES as u64;
     }
-    let mut bytes = [0u8; FP_BYTES];
+    // Words, not bytes: the hash takes 8 bytes at a time, and the stack slot is then aligned.
+    let mut words = [0u64; FP_WORDS];
     // The mask keeps the verifier's range for the size within the stack buffer.
     let size = (n as u32) & (FP_BYTES as u32 * 2 - 1);
     let size = if size > FP_BYTES as u32 {
@@ -261,7 +262,7 @@ fn read_fingerprint(stash: &Stash, ret: i64) -> u64 {
     };
     let r = unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_user(
-            bytes.as_mut_ptr().cast(),
+            words.as_mut_ptr().cast(),
             size,
             buf as *const _,
         )
@@ -269,7 +270,7 @@ fn read_fingerprint(stash: &Stash, ret: i64) -> u64 {
     if r != 0 {
         return 0;
     }
-    fingerprint(&bytes, size as usize)
+    fingerprint_words(&words, size as usize)
 }
 
 /// close(unsigned int fd): forget the fd, and tell userspace when it was one we follow.
@@ -280,12 +281,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let fd = arg(&ctx, 0) as i32;
-    let key = fd_key(tgid, fd);
-    let Some(kind) = (unsafe { FD_KIND.get(&key) }).copied() else {
-        return 0;
-    };
-    let _ = FD_KIND.remove(&key);
-    let record = match kind {
+    let record = match forget_fd_kind(tgid, fd) {
         fd_kind::DOCUMENT => kind::FILE_CLOSE,
         fd_kind::SOCKET => kind::SOCK_CLOSE,
         _ => return 0,

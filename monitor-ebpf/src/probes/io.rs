@@ -3,11 +3,11 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use monitor_common::{fd_kind, loss, op};
+use monitor_common::{fd_kind, op};
 
 use super::{arg, files, ret, sockets, syscall_op};
 use crate::{
-    maps::{FD_KIND, STASH, Stash, count_loss, fd_key, is_target, set_fd_kind},
+    maps::{FD_KIND, Stash, fd_key, is_target, set_fd_kind, stash_put, stash_take},
     task::{S_IFMT, S_IFSOCK, fd_mode},
 };
 
@@ -27,8 +27,10 @@ pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
 /// (sockets accepted before Vigie started, sockets inherited over fork, client sockets).
 #[inline(always)]
 pub fn fd_kind_of(tgid: u32, fd: i32) -> u8 {
-    if let Some(kind) = unsafe { FD_KIND.get(&fd_key(tgid, fd)) } {
-        return *kind;
+    if let Some(&kind) = unsafe { FD_KIND.get(&fd_key(tgid, fd)) }
+        && kind != fd_kind::UNKNOWN
+    {
+        return kind;
     }
     match fd_mode(fd) {
         Some(mode) => {
@@ -76,18 +78,15 @@ fn try_enter(ctx: &TracePointContext) {
         ptr: arg(ctx, 1),
         arg: arg(ctx, 2),
     };
-    if STASH.insert(&pid_tgid, &stash, 0).is_err() {
-        count_loss(loss::STASH_FULL);
-    }
+    stash_put(pid_tgid, &stash);
 }
 
 #[inline(always)]
 fn try_exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(stash) = (unsafe { STASH.get(&pid_tgid) }).copied() else {
+    let Some(stash) = stash_take(pid_tgid) else {
         return;
     };
-    let _ = STASH.remove(&pid_tgid);
     let ret = ret(ctx);
     if ret <= 0 {
         return;

@@ -9,12 +9,12 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use monitor_common::{fd_kind, files::FdEvent, kind, loss, op};
+use monitor_common::{fd_kind, files::FdEvent, kind, op};
 
 use super::ret;
 use crate::maps::{
-    FD_KIND, STASH, Stash, TP_MMAP_FD, TP_MMAP_LEN, TP_MMAP_PROT, count_loss, fd_key, fill_header,
-    global, is_target, submit,
+    FD_KIND, Stash, TP_MMAP_FD, TP_MMAP_LEN, TP_MMAP_PROT, fd_key, fill_header, global, is_target,
+    stash_put, stash_take_if, submit,
 };
 
 /// `PROT_READ` (uapi asm-generic/mman-common.h).
@@ -23,7 +23,7 @@ const PROT_READ: u64 = 1;
 /// A `sys_enter_mmap` field at an offset from the tracefs format file.
 #[inline(always)]
 fn field(ctx: &TracePointContext, offset: &'static u64) -> u64 {
-    unsafe { ctx.read_at::<u64>(global(offset) as usize) }.unwrap_or(0)
+    super::field(ctx, global(offset)).unwrap_or(0)
 }
 
 #[tracepoint]
@@ -52,23 +52,17 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
         ptr: 0,
         arg: field(&ctx, &TP_MMAP_LEN),
     };
-    if STASH.insert(&pid_tgid, &stash, 0).is_err() {
-        count_loss(loss::STASH_FULL);
-    }
+    stash_put(pid_tgid, &stash);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(stash) = (unsafe { STASH.get(&pid_tgid) }).copied() else {
+    // Only what sys_enter_mmap stashed (never another syscall's leftover).
+    let Some(stash) = stash_take_if(pid_tgid, op::MMAP) else {
         return 0;
     };
-    // Only what sys_enter_mmap stashed (never another syscall's leftover).
-    if stash.op != op::MMAP {
-        return 0;
-    }
-    let _ = STASH.remove(&pid_tgid);
     // MAP_FAILED: the syscall returns -errno. User addresses are positive.
     if ret(&ctx) < 0 {
         return 0;

@@ -9,7 +9,8 @@ use monitor_common::{kind, process::ProcEvent};
 
 use crate::{
     maps::{
-        OFF_TASK_PID, OFF_TASK_TGID, TARGET_COMMS, TARGETS, fill_header, global, is_target, submit,
+        OFF_TASK_PID, OFF_TASK_TGID, STASH, TARGET_COMMS, TARGETS, fill_header, global, is_target,
+        submit,
     },
     task::read,
 };
@@ -65,6 +66,12 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    // Before the target check: a thread that exits after its leader (no longer a target then)
+    // still had an entry. Looked up first: a delete takes the bucket's lock even for a key that
+    // is not there, which is every other task's exit on the host.
+    if unsafe { STASH.get(&pid_tgid) }.is_some() {
+        let _ = STASH.remove(&pid_tgid);
+    }
     if !is_target(tgid) {
         return 0;
     }

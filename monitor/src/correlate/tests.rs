@@ -152,7 +152,7 @@ impl Scenario {
             ts_ns: self.ts,
             pid: 0,
             tid: 0,
-            comm: String::new(),
+            comm: crate::events::Comm::default(),
             kind: EventKind::Tick,
         };
         self.c.handle(&ev, &mut self.found);

@@ -15,8 +15,8 @@
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -69,6 +69,8 @@ pub struct Metrics {
     ownership_lookups: IntCounterVec,
     ownership_latency: HistogramVec,
     tracked: IntGaugeVec,
+    probe_runs: IntCounterVec,
+    probe_run_seconds: CounterVec,
 }
 
 /// Outcomes of an ownership lookup (`vigie_ownership_lookups_total{outcome}`).
@@ -266,6 +268,25 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            probe_runs: counter_vec(
+                &r,
+                "vigie_probe_runs_total",
+                "Runs of each eBPF program (every process's hooked syscalls, targets or not), \
+                 counted only while the kernel's BPF statistics are on (kernel.bpf_stats_enabled).",
+                "program",
+            )?,
+            probe_run_seconds: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "vigie_probe_run_seconds_total",
+                        "Time spent in each eBPF program, counted only while the kernel's BPF \
+                         statistics are on. Excludes the tracepoint's own cost around the program.",
+                    ),
+                    &["program"],
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             registry: r,
         };
         for reason in 0..monitor_common::loss::COUNT {
@@ -387,6 +408,19 @@ impl Metrics {
             self.tracked
                 .with_label_values(&[kind])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The programs' cumulative run statistics (from the kernel, per program).
+    pub fn sync_probe_stats(&self, stats: &[crate::loader::ProgramStats]) {
+        for s in stats {
+            raise_to(&self.probe_runs.with_label_values(&[s.program]), s.runs);
+            let c = self.probe_run_seconds.with_label_values(&[s.program]);
+            let total = s.run_ns as f64 / 1e9;
+            let now = c.get();
+            if total > now {
+                c.inc_by(total - now);
+            }
         }
     }
 

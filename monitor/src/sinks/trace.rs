@@ -213,7 +213,7 @@ impl TraceWriter {
                 ts_ns,
                 pid: 0,
                 tid: 0,
-                comm: String::new(),
+                comm: crate::events::Comm::default(),
                 kind: EventKind::OwnershipFact(used.fact.clone()),
             };
             serde_json::to_writer(&mut lines, &ev).map_err(std::io::Error::other)?;
