@@ -136,6 +136,15 @@ pub fn kernel_offsets() -> Result<Vec<(&'static str, u64)>, LoadError> {
     Ok(out)
 }
 
+/// The kernel's `pid_max` (tgids are below it): the size of the `TARGETS` array. The largest
+/// value Linux allows (2^22) when it cannot be read.
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 22)
+}
+
 /// The facts the planner decides on. `VIGIE_ASSUME_BPF_LSM=1` (for tests) makes it believe `bpf`
 /// is an active LSM: the LSM program is then attached where it cannot run, and the fire check
 /// must catch it. The report keeps the real facts.
@@ -352,6 +361,7 @@ impl Probes {
             loader.override_global(name, value, true);
         }
         loader.map_max_entries("EVENTS", cfg.kernel.ring_buffer_bytes);
+        loader.map_max_entries("TARGETS", pid_max());
         let ebpf = loader.load(object)?;
         let mut probes = Self {
             ebpf,
@@ -572,18 +582,17 @@ impl Probes {
 
     /// Makes `pid` a target (its threads included).
     pub fn add_target(&mut self, pid: u32) -> Result<(), LoadError> {
-        let mut targets: HashMap<_, u32, u32> =
-            HashMap::try_from(self.map_mut("TARGETS")?).map_err(map_err("TARGETS"))?;
-        targets.insert(&pid, &1, 0).map_err(map_err("TARGETS"))
+        self.set_target(pid, 1)
     }
 
     pub fn remove_target(&mut self, pid: u32) -> Result<(), LoadError> {
-        let mut targets: HashMap<_, u32, u32> =
-            HashMap::try_from(self.map_mut("TARGETS")?).map_err(map_err("TARGETS"))?;
-        match targets.remove(&pid) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err("TARGETS")(e)),
-        }
+        self.set_target(pid, 0)
+    }
+
+    fn set_target(&mut self, pid: u32, value: u8) -> Result<(), LoadError> {
+        let mut targets: Array<_, u8> =
+            Array::try_from(self.map_mut("TARGETS")?).map_err(map_err("TARGETS"))?;
+        targets.set(pid, &value, 0).map_err(map_err("TARGETS"))
     }
 
     /// Tells the probes what an fd is (fds found in `/proc`, inherited over fork).

@@ -9,7 +9,7 @@ use monitor_common::{kind, process::ProcEvent};
 
 use crate::{
     maps::{
-        OFF_TASK_PID, OFF_TASK_TGID, STASH, TARGET_COMMS, TARGETS, fill_header, global, is_target,
+        OFF_TASK_PID, OFF_TASK_TGID, STASH, TARGET_COMMS, fill_header, global, is_target, set_target,
         submit,
     },
     task::read,
@@ -26,7 +26,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     if !selected && !is_target(tgid) {
         return 0;
     }
-    let _ = TARGETS.insert(&tgid, &1, 0);
+    set_target(tgid, true);
     emit(kind::PROCESS_EXEC, 0, 0);
     0
 }
@@ -53,7 +53,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if child_tgid == tgid {
         return 0; // a new thread of a target: already covered by its tgid
     }
-    let _ = TARGETS.insert(&child_tgid, &1, 0);
+    set_target(child_tgid, true);
     emit(kind::PROCESS_FORK, child_tgid, child_pid as u32);
     0
 }
@@ -79,7 +79,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         emit(kind::THREAD_EXIT, 0, 0);
         return 0;
     }
-    let _ = TARGETS.remove(&tgid);
+    set_target(tgid, false);
     emit(kind::PROCESS_EXIT, 0, 0);
     0
 }
