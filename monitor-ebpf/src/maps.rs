@@ -134,8 +134,9 @@ pub fn set_target(tgid: u32, on: bool) {
 
 /// Stashes a syscall's arguments for its exit. The thread's entry is overwritten in place when it
 /// has one: an update of a hash map takes a bucket lock and swaps in a new element, and with the
-/// delete at exit that cost ~100 ns per syscall here against a store through a lookup's pointer. Only the thread itself
-/// writes its entry (userspace adds one only where none exists), so nothing races the store.
+/// delete at exit that cost ~100 ns per syscall here against a store through a lookup's pointer.
+/// Only the thread itself writes its entry (userspace adds one only where none exists), so
+/// nothing races the store.
 #[inline(always)]
 pub fn stash_put(pid_tgid: u64, stash: &Stash) {
     if let Some(slot) = STASH.get_ptr_mut(&pid_tgid) {

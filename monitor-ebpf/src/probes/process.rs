@@ -9,8 +9,8 @@ use monitor_common::{kind, process::ProcEvent};
 
 use crate::{
     maps::{
-        OFF_TASK_PID, OFF_TASK_TGID, STASH, TARGET_COMMS, fill_header, global, is_target, set_target,
-        submit,
+        OFF_TASK_PID, OFF_TASK_TGID, STASH, TARGET_COMMS, fill_header, global, is_target,
+        set_target, submit,
     },
     task::read,
 };
