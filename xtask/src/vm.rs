@@ -603,8 +603,12 @@ fn boot(
     timeout: Duration,
 ) -> anyhow::Result<Boot> {
     let started = Instant::now();
+    // Two guest CPUs on one emulator thread. With a thread per vCPU (multi-threaded TCG), a
+    // kernel patching its own text (the tracepoints' static keys, BPF trampolines, at every
+    // attach and detach) raced the other vCPU's translated code: a CI run oopsed on a stale int3
+    // in syscall_trace_enter (6.12) and panicked. Real CPUs do not do that.
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "2G", "-smp", "2"])
+        .args(["-accel", "tcg,thread=single", "-cpu", "max", "-m", "2G", "-smp", "2"])
         .args([
             "-nographic",
             "-no-reboot",
