@@ -608,7 +608,8 @@ fn boot(
     // attach and detach) raced the other vCPU's translated code: a CI run oopsed on a stale int3
     // in syscall_trace_enter (6.12) and panicked. Real CPUs do not do that.
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg,thread=single", "-cpu", "max", "-m", "2G", "-smp", "2"])
+        .args(["-accel", "tcg,thread=single", "-cpu", "max"])
+        .args(["-m", "2G", "-smp", "2"])
         .args([
             "-nographic",
             "-no-reboot",
