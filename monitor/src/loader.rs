@@ -500,6 +500,8 @@ impl Probes {
                 }
             })
             .collect();
+        // Only loading needed it; kept, it would hold about 10 MiB for Vigie's whole life.
+        self.kernel_btf = None;
         Ok(())
     }
 
