@@ -113,7 +113,11 @@ fn on_file_open(file: *const u8) {
 #[tracepoint]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(o) = OPENED.get_ptr_mut(&pid_tgid) {
+    // `file_open` keeps entries for targets only: every other process's `openat` exit takes the
+    // inlined array lookup of the target check, not a hash lookup.
+    if is_target((pid_tgid >> 32) as u32)
+        && let Some(o) = OPENED.get_ptr_mut(&pid_tgid)
+    {
         exit_opened(&ctx, unsafe { &mut *o });
         let _ = OPENED.remove(&pid_tgid);
         return 0;
