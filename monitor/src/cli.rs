@@ -40,6 +40,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check an audit trail with the public key only: OK with the range covered, or the first
+    /// broken place and what broke. Exit 0 intact (ends with a stop record), 1 broken, 2 could
+    /// not verify (unreadable file, bad key), 3 intact but the last records are not signed yet
+    /// (Vigie running, killed and not restarted, or the end after the last checkpoint cut).
+    Verify(VerifyArgs),
+    /// Make a trail signing key: writes FILE (the secret, mode 0600) and FILE.pub (for verify).
+    TrailKeygen {
+        /// Where to write the secret key; must not exist.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Trail files in chain order, or a trail directory (its `trail-*.jsonl`, in order).
+    #[arg(required = true)]
+    pub trail: Vec<PathBuf>,
+    /// The public key file (`vigie trail-keygen` writes it as KEY.pub).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +120,12 @@ pub struct RunArgs {
     /// Keep at most this many trace files (the oldest are deleted).
     #[arg(long, default_value_t = 16)]
     pub record_max_files: usize,
+    /// Keep the signed audit trail in this directory (overrides `[trail] dir`).
+    #[arg(long, value_name = "DIR")]
+    pub trail: Option<PathBuf>,
+    /// The trail's signing key (overrides `[trail] key_file`; mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub trail_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -161,6 +190,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Probes { json } => crate::run::probes_command(json),
+        Command::Verify(args) => crate::trail_files::verify_command(&args),
+        Command::TrailKeygen { file } => crate::trail_files::keygen_command(&file),
         Command::Replay(args) => {
             let opts = replay_options(args)?;
             let summary = crate::replay::replay(&opts)?;
@@ -222,6 +253,12 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
     }
     if args.no_metrics {
         cfg.metrics.enabled = false;
+    }
+    if let Some(dir) = args.trail {
+        cfg.trail.dir = Some(dir);
+    }
+    if let Some(key) = args.trail_key {
+        cfg.trail.key_file = Some(key);
     }
     cfg.normalize().context("invalid configuration")?;
     if cfg.targets.pids.is_empty()

@@ -28,3 +28,5 @@ pub mod redact;
 pub mod replay;
 pub mod run;
 pub mod sinks;
+pub mod trail;
+pub mod trail_files;

@@ -11,7 +11,7 @@ use crate::{
     events::{Event, EventKind},
     judge::{Judge, Judgement, Verdict},
     ownership::resolver::{Ownership, Resolver, UsedFact},
-    sinks::{alerts::AlertSink, metrics::Metrics, trace::TraceWriter},
+    sinks::{alerts::AlertSink, metrics::Metrics, trace::TraceWriter, trail::TrailWriter},
 };
 
 /// Which accesses to report (replay's time window and pid filters).
@@ -56,6 +56,8 @@ pub struct Pipeline {
     memo: std::collections::HashMap<String, usize>,
     /// Live runs recording a trace.
     trace: Option<TraceWriter>,
+    /// Live runs keeping an audit trail.
+    trail: Option<TrailWriter>,
     filter: Option<Filter>,
     observer: Option<Observer>,
     /// Live runs only: verdict counts and latency need the live clock.
@@ -80,6 +82,7 @@ impl Pipeline {
             used: Vec::new(),
             memo: std::collections::HashMap::new(),
             trace: None,
+            trail: None,
             filter: None,
             observer: None,
             metrics: None,
@@ -104,6 +107,15 @@ impl Pipeline {
     /// Records every event handled, with the ownership facts before it (live runs).
     pub fn set_trace(&mut self, trace: TraceWriter) {
         self.trace = Some(trace);
+    }
+
+    /// Writes every judged access and coverage gap to the audit trail (live runs).
+    pub fn set_trail(&mut self, trail: TrailWriter) {
+        self.trail = Some(trail);
+    }
+
+    pub fn trail_mut(&mut self) -> Option<&mut TrailWriter> {
+        self.trail.as_mut()
     }
 
     pub fn trace_mut(&mut self) -> Option<&mut TraceWriter> {
@@ -236,6 +248,11 @@ impl Pipeline {
                         );
                     }
                     self.alerts.access(&access, &judgement)?;
+                    if let Some(trail) = self.trail.as_mut() {
+                        trail
+                            .access(&access, &judgement)
+                            .map_err(std::io::Error::other)?;
+                    }
                     if let Some(m) = &self.metrics {
                         let source = access
                             .request
@@ -258,6 +275,11 @@ impl Pipeline {
                     self.counts.lost_events += count;
                     tracing::warn!(reason, count, "events lost in the kernel: Vigie was blind");
                     self.alerts.gap(ts_ns, &reason, count)?;
+                    if let Some(trail) = self.trail.as_mut() {
+                        trail
+                            .gap(ts_ns, &reason, count)
+                            .map_err(std::io::Error::other)?;
+                    }
                 }
             }
         }

@@ -1,0 +1,1 @@
+//! Answers over the access records of a trail.
