@@ -45,11 +45,58 @@ pub enum Command {
     /// not verify (unreadable file, bad key), 3 intact but the last records are not signed yet
     /// (Vigie running, killed and not restarted, or the end after the last checkpoint cut).
     Verify(VerifyArgs),
+    /// Answer questions over an audit trail: every access to a person's documents (--subject),
+    /// everything an account read (--user), or every cross-user read between two times grouped
+    /// by affected owner (--breach), optionally re-judged under a corrected config.
+    Report(ReportArgs),
     /// Make a trail signing key: writes FILE (the secret, mode 0600) and FILE.pub (for verify).
     TrailKeygen {
         /// Where to write the secret key; must not exist.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("query").required(true).args(["subject", "user", "breach"])))]
+pub struct ReportArgs {
+    /// Trail files in chain order, or a trail directory.
+    #[arg(required = true)]
+    pub trail: Vec<PathBuf>,
+    /// Every access to documents owned by this person (a right-of-access request).
+    #[arg(long, value_name = "OWNER")]
+    pub subject: Option<String>,
+    /// Everything this account read.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Every cross-user read, grouped by affected owner (the notification list).
+    #[arg(long)]
+    pub breach: bool,
+    /// Only accesses at or after this time (RFC 3339, UTC).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only accesses before this time (RFC 3339, UTC).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Re-judge every access under this (corrected) configuration's ownership and policy.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the trail with this public key first, and say in the report whether it holds.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormat,
+    /// Write the report to this file instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Csv,
+    Json,
+    Html,
 }
 
 #[derive(Debug, clap::Args)]
@@ -191,6 +238,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Probes { json } => crate::run::probes_command(json),
         Command::Verify(args) => crate::trail_files::verify_command(&args),
+        Command::Report(args) => crate::trail_files::report_command(&args),
         Command::TrailKeygen { file } => crate::trail_files::keygen_command(&file),
         Command::Replay(args) => {
             let opts = replay_options(args)?;

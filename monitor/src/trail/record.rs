@@ -177,6 +177,8 @@ pub struct AccessRecord {
     pub time: String,
     pub verdict: String,
     pub user: Option<String>,
+    #[serde(default)]
+    pub identity_source: Option<IdentitySource>,
     pub owner: Option<String>,
     pub document: String,
     pub pid: u32,
@@ -194,6 +196,15 @@ pub struct AccessRecord {
 pub struct RequestLine {
     pub method: String,
     pub target: String,
+    /// Roles the identity came with (JWT): re-judging needs them for privileged roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<RecordedIdentity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedIdentity {
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
