@@ -72,7 +72,7 @@ fn live_trail_verifies_and_every_tampering_is_named() {
     let Some(p) = privileged("live_trail_verifies_and_every_tampering_is_named") else {
         return;
     };
-    let tmp = TempDir::new("trail");
+    let tmp = TempDir::new("trail-keys");
     let key = tmp.path().join("trail.key");
     let public = tmp.path().join("trail.key.pub");
     let (ok, out, err) = vigie_cmd(&p, &["trail-keygen".as_ref(), key.as_os_str()]);

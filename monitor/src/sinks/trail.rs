@@ -92,7 +92,8 @@ struct Found {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrailWriteError {
-    #[error("{path}: {source}")]
+    /// The cause is the source: printed after the path by error chains.
+    #[error("{path}")]
     Io {
         path: String,
         source: std::io::Error,

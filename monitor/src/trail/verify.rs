@@ -363,6 +363,7 @@ pub fn verify(files: &[TrailFile<'_>], key: &PublicKey) -> Report {
             {
                 v.report.last_seq = at.seq.and_then(|s| s.checked_sub(1));
                 v.report.last_time = None;
+                v.report.records = v.report.records.saturating_sub(1);
             }
             Outcome::Broken(b)
         }
