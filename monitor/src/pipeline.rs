@@ -7,11 +7,13 @@
 use std::collections::BTreeMap;
 
 use crate::{
+    ownership::resolver::{Ownership, Resolver, UsedFact},
+    sinks::{alerts::AlertSink, metrics::Metrics, trace::TraceWriter},
+};
+use monitor_core::{
     correlate::{Access, Correlator, Finding},
     events::{Event, EventKind},
     judge::{Judge, Judgement, Verdict},
-    ownership::resolver::{Ownership, Resolver, UsedFact},
-    sinks::{alerts::AlertSink, metrics::Metrics, trace::TraceWriter},
 };
 
 /// Which accesses to report (replay's time window and pid filters).

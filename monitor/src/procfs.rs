@@ -4,8 +4,8 @@
 //! the same facts.
 use std::{collections::HashMap, fs, path::Path};
 
-use crate::{
-    config::Config,
+use crate::config::Config;
+use monitor_core::{
     events::{Event, EventKind, FoundFd},
     paths,
 };

@@ -103,14 +103,14 @@ impl Mapping {
                 reason,
             };
             let pattern = Glob::parse(&raw.path).map_err(|r| entry_error("path", r))?;
-            if !crate::identity::valid_user_name(&raw.owner) {
+            if !monitor_core::identity::valid_user_name(&raw.owner) {
                 return Err(entry_error(
                     "owner",
                     format!("{:?} is not a valid user name", raw.owner),
                 ));
             }
             for (i, who) in raw.shared_with.iter().enumerate() {
-                if !crate::identity::valid_user_name(who) {
+                if !monitor_core::identity::valid_user_name(who) {
                     return Err(MappingError::Entry {
                         index,
                         field: "shared_with",

@@ -24,7 +24,7 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::{identity::IdentitySource, judge::Verdict};
+use monitor_core::{identity::IdentitySource, judge::Verdict};
 
 /// Label value for requests that carried no usable identity.
 pub const NO_IDENTITY: &str = "none";
@@ -305,7 +305,7 @@ impl Metrics {
         // Forged or expired bearer tokens make violations without an identity.
         m.violations.with_label_values(&[NO_IDENTITY]).reset();
         m.requests.with_label_values(&[NO_IDENTITY]).reset();
-        m.set_tracked(&crate::correlate::Tracked::default());
+        m.set_tracked(&monitor_core::correlate::Tracked::default());
         Ok(m)
     }
 
@@ -396,7 +396,7 @@ impl Metrics {
     }
 
     /// The correlator's state sizes (bounded labels: the kinds of [`Tracked`]).
-    pub fn set_tracked(&self, t: &crate::correlate::Tracked) {
+    pub fn set_tracked(&self, t: &monitor_core::correlate::Tracked) {
         for (kind, n) in [
             ("connections", t.connections),
             ("requests", t.requests),

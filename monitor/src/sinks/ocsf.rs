@@ -13,10 +13,11 @@
 //! README.
 use serde_json::{Value, json};
 
-use crate::{
+use crate::sinks::alerts::SCHEMA;
+use monitor_core::walltime::WallClock;
+use monitor_core::{
     correlate::Access,
     judge::{Judgement, Verdict},
-    sinks::alerts::{SCHEMA, WallClock},
 };
 
 pub const OCSF_VERSION: &str = "1.3.0";
@@ -178,7 +179,7 @@ impl Ocsf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use monitor_core::{
         correlate::{Evidence, RequestInfo},
         identity::{Identity, IdentitySource},
     };
