@@ -9,17 +9,15 @@ use std::{
 };
 
 use monitor_core::{
+    correlate::{Access, Correlator, Finding},
+    events::{Event, EventKind},
+    judge::{Judge, Judgement, Verdict},
     trace::{self, EventLines, Line, OnCorrupt, TraceError, TraceHeader, config_digest},
     walltime::{WallClock, rfc3339},
 };
 
 use crate::{
     config::Config, ownership::resolver::Resolver, pipeline::Pipeline, sinks::alerts::AlertSink,
-};
-use monitor_core::{
-    correlate::{Access, Correlator, Finding},
-    events::{Event, EventKind},
-    judge::{Judge, Judgement, Verdict},
 };
 
 /// Reads the events of one or more trace files, in order.

@@ -10,6 +10,13 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use monitor_common::loss;
+use monitor_core::{
+    correlate::Correlator,
+    decode::Decoder,
+    events::{Comm, Event, EventKind, FoundFd},
+    redact::Redactor,
+    walltime::WallClock,
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind, signal},
@@ -26,13 +33,6 @@ use crate::{
         alerts::AlertSink,
         trace::{self, Rotation, TraceWriter},
     },
-};
-use monitor_core::{
-    correlate::Correlator,
-    decode::Decoder,
-    events::{Comm, Event, EventKind, FoundFd},
-    redact::Redactor,
-    walltime::WallClock,
 };
 
 /// The probes, built by build.rs.

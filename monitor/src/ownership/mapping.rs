@@ -16,8 +16,7 @@
 //! nothing per access); then globs, in file order, the first that matches wins. In a glob, `*`
 //! matches any characters within one path segment, `?` one character, and a final `**` any
 //! number of segments. Paths are matched against normalized absolute paths, like templates.
-use std::collections::HashMap;
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use serde::Deserialize;
 

@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use monitor_core::ownership::Ownership;
+
 use super::{
     OwnershipRules,
     config::{FieldError, OwnershipConfig},
@@ -19,7 +21,6 @@ use super::{
     worker::Worker,
 };
 use crate::sinks::metrics::Metrics;
-pub use monitor_core::ownership::Ownership;
 
 /// A fact the resolution used, with the generation of the lookup that produced it (a cached
 /// answer keeps its generation): the trace writer records each generation once per file.

@@ -1,8 +1,9 @@
 //! Bad traces and the RFC 3339 parser. Live-vs-replay identity is proven end to end in
 //! tests/tests/replay.rs.
 
-use super::*;
 use monitor_core::events::Payload;
+
+use super::*;
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vigie-replay-{name}-{}", std::process::id()));

@@ -3,18 +3,16 @@
 //! flushed: an alert that sits in a buffer is an alert the SOC has not seen.
 use std::io::Write;
 
-use serde::Serialize;
-
-use monitor_core::walltime::WallClock;
-
-use crate::ownership::fact::{BackendKind, LookupError};
 use monitor_core::{
     correlate::{Access, Evidence, RequestInfo},
     identity::IdentitySource,
     judge::{Judgement, Verdict},
+    walltime::WallClock,
 };
+use serde::Serialize;
 
-pub const SCHEMA: &str = "vigie.alert/1";
+use super::ALERT_SCHEMA as SCHEMA;
+use crate::ownership::fact::{BackendKind, LookupError};
 
 /// Opens an alerts file for appending, creating it 0600: alerts name users and their documents.
 pub fn open_alert_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
