@@ -6,16 +6,16 @@
 //! per simulated millisecond, through the same writer as a live run.
 use std::{path::PathBuf, time::Duration};
 
-use vigie::{
+use monitor_core::{
     correlate::{Access, Evidence, RequestInfo},
     identity::{Identity, IdentitySource},
     judge::Judge,
-    ownership::{OwnershipRules, resolver::Resolver},
-    sinks::{
-        alerts::WallClock,
-        trail::{ConfigDigest, TrailPolicy, TrailWriter},
-    },
     trail::key::TrailKey,
+    walltime::WallClock,
+};
+use vigie::{
+    ownership::{OwnershipRules, resolver::Resolver},
+    sinks::trail::{ConfigDigest, TrailPolicy, TrailWriter},
 };
 
 fn main() -> anyhow::Result<()> {

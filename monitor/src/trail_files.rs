@@ -1,16 +1,15 @@
 //! The trail commands' file side: `vigie verify` and `vigie trail-keygen` read and write the
-//! files; the checks themselves are [`crate::trail::verify`]'s.
+//! files; the checks themselves are [`monitor_core::trail::verify`]'s.
 use std::{path::Path, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 
-use crate::{
-    cli::{ReportArgs, ReportFormat, VerifyArgs},
-    trail::{
-        key::{PublicKey, TrailKey},
-        verify::{Report, TrailFile, verify},
-    },
+use monitor_core::trail::{
+    key::{PublicKey, TrailKey},
+    verify::{Report, TrailFile, verify},
 };
+
+use crate::cli::{ReportArgs, ReportFormat, VerifyArgs};
 
 /// Trail files named on the command line, directories expanded, in chain order.
 pub fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -105,7 +104,7 @@ pub fn keygen_command(file: &Path) -> anyhow::Result<ExitCode> {
 fn bound(flag: &str, v: Option<&String>) -> anyhow::Result<Option<String>> {
     v.map(|s| {
         crate::replay::parse_rfc3339(s)
-            .map(crate::sinks::alerts::rfc3339)
+            .map(monitor_core::walltime::rfc3339)
             .ok_or_else(|| {
                 anyhow::anyhow!("--{flag} {s:?}: expected RFC 3339 UTC, e.g. 2026-11-22T16:41:26Z")
             })
@@ -114,7 +113,7 @@ fn bound(flag: &str, v: Option<&String>) -> anyhow::Result<Option<String>> {
 }
 
 pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
-    use crate::trail::report::{self, Query, Window};
+    use monitor_core::trail::report::{self, Query, Window};
     let window = Window {
         since: bound("since", args.since.as_ref())?,
         until: bound("until", args.until.as_ref())?,
@@ -156,7 +155,7 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let rejudge_fn = rejudge
         .as_ref()
-        .map(|r| move |a: &crate::trail::record::AccessRecord| r.judge(a));
+        .map(|r| move |a: &monitor_core::trail::record::AccessRecord| r.judge(a));
     let answer = report::answer(
         &records,
         &query,
@@ -182,7 +181,7 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
 /// Judges recorded accesses again under a corrected configuration (its ownership backends and
 /// privileged users), as the live judge would have.
 struct Rejudge {
-    judge: crate::judge::Judge,
+    judge: monitor_core::judge::Judge,
     resolver: std::cell::RefCell<crate::ownership::resolver::Resolver>,
 }
 
@@ -192,13 +191,13 @@ impl Rejudge {
         let mut resolver = crate::ownership::resolver::Resolver::from_config(&cfg)?;
         resolver.start(std::time::Duration::from_secs(5))?;
         Ok(Self {
-            judge: crate::judge::Judge::from_config(&cfg),
+            judge: cfg.judge(),
             resolver: std::cell::RefCell::new(resolver),
         })
     }
 
-    fn judge(&self, a: &crate::trail::record::AccessRecord) -> (String, Option<String>) {
-        use crate::{
+    fn judge(&self, a: &monitor_core::trail::record::AccessRecord) -> (String, Option<String>) {
+        use monitor_core::{
             correlate::{Access, RequestInfo},
             identity::{Identity, IdentitySource},
         };

@@ -1,4 +1,4 @@
-//! Writes the audit trail (`vigie.trail/1`, built by [`crate::trail`]) to files
+//! Writes the audit trail (`vigie.trail/1`, built by [`monitor_core::trail`]) to files
 //! `trail-NNNNNNNN.jsonl` (mode 0600) in a directory: one line per record, written with one
 //! `write` each (a record never waits in a buffer), synced at every signature. Rotates past a
 //! size (signed checkpoint as the last record of the old file), signs a checkpoint at an
@@ -16,10 +16,9 @@ use std::{
     time::Duration,
 };
 
-use crate::{
+use monitor_core::{
     correlate::Access,
     judge::Judgement,
-    sinks::alerts::{WallClock, rfc3339},
     trail::{
         chain::{Chain, Head},
         key::TrailKey,
@@ -28,6 +27,7 @@ use crate::{
             GapBody, PreviousEnd, RetentionBody, StartBody, StopBody, kind,
         },
     },
+    walltime::{WallClock, rfc3339},
 };
 
 /// What the trail keeps and how often it signs.
@@ -101,7 +101,7 @@ pub enum TrailWriteError {
     #[error("{path}: not a trail file this Vigie can continue: {why}")]
     Foreign { path: String, why: String },
     #[error(transparent)]
-    Record(#[from] crate::trail::TrailError),
+    Record(#[from] monitor_core::trail::TrailError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrailWriteError + '_ {

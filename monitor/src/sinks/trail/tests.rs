@@ -3,13 +3,14 @@
 use std::{os::unix::fs::PermissionsExt as _, time::Duration};
 
 use super::*;
-use crate::{
+use monitor_core::{
     correlate::{Evidence, RequestInfo},
     identity::{Identity, IdentitySource},
     judge::Judge,
-    ownership::{OwnershipRules, resolver::Resolver},
     trail::verify::{Outcome, TrailFile, verify},
 };
+
+use crate::ownership::{OwnershipRules, resolver::Resolver};
 
 /// A fresh directory under the system's temporary directory, removed on drop.
 struct TempDir(PathBuf);
@@ -104,7 +105,7 @@ fn read_all(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn check(dir: &Path, key: &TrailKey) -> crate::trail::verify::Report {
+fn check(dir: &Path, key: &TrailKey) -> monitor_core::trail::verify::Report {
     let files = read_all(dir);
     let trail: Vec<TrailFile<'_>> = files
         .iter()
@@ -161,7 +162,7 @@ fn one_hour_with_rotation_retention_a_kill_and_a_restart() {
                 s,
             );
             let j = judging.judge(&a);
-            violations += u64::from(j.verdict == crate::judge::Verdict::Violation);
+            violations += u64::from(j.verdict == monitor_core::judge::Verdict::Violation);
             w.access(&a, &j).unwrap();
         }
         w.tick(T0 + i128::from(s) * SEC).unwrap();

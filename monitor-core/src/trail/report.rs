@@ -268,7 +268,7 @@ fn esc(s: &str) -> String {
 
 /// Seconds since the epoch of a record time, for placing it on a timeline.
 fn seconds(time: &str) -> f64 {
-    crate::replay::parse_rfc3339(time).map_or(0.0, |ns| ns as f64 / 1e9)
+    crate::walltime::parse_rfc3339(time).map_or(0.0, |ns| ns as f64 / 1e9)
 }
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}\

@@ -16,7 +16,7 @@ use crate::{
     identity::IdentitySource,
     judge::{Judgement, Verdict},
     ownership::fact::{BackendKind, LookupError},
-    sinks::alerts::WallClock,
+    walltime::WallClock,
 };
 
 pub const SCHEMA: &str = "vigie.trail/1";
