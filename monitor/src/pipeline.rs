@@ -250,12 +250,13 @@ impl Pipeline {
                             "cross-user document read"
                         );
                     }
-                    self.alerts.access(&access, &judgement)?;
+                    // The trail first: it is the record that must survive a crash.
                     if let Some(trail) = self.trail.as_mut() {
                         trail
                             .access(&access, &judgement)
                             .map_err(std::io::Error::other)?;
                     }
+                    self.alerts.access(&access, &judgement)?;
                     if let Some(m) = &self.metrics {
                         let source = access
                             .request

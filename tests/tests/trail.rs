@@ -30,6 +30,13 @@ fn verify(p: &Privileged, public: &Path, trail: &[PathBuf]) -> (i32, String) {
     )
 }
 
+fn trail_text(dir: &Path) -> String {
+    files(dir)
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect()
+}
+
 fn files(dir: &Path) -> Vec<PathBuf> {
     trace_files(dir)
 }
@@ -96,6 +103,13 @@ fn live_trail_verifies_and_every_tampering_is_named() {
     );
     assert_eq!(get_as(&portal.addr(), "alice", "/docs/bob/notes.txt"), 200);
     vigie.wait_alerts("the violation", |a| !a.is_empty());
+    // The kill comes once both reads are in the trail (each record is its own write).
+    poll_until(
+        "both reads in the trail",
+        std::time::Duration::from_secs(10),
+        || (trail_text(&trail).matches("\"type\":\"access\"").count() >= 2).then_some(()),
+        || trail_text(&trail),
+    );
     let (_, log1) = vigie.kill();
     // Runs 2 and 3: more reads, clean stops.
     let mut logs = log1;
@@ -167,6 +181,7 @@ fn live_trail_verifies_and_every_tampering_is_named() {
     let (code, out) = verify(&p, &public, std::slice::from_ref(&dir));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("record deleted before it"), "{out}");
+    eprintln!("deleted:\n{out}");
 
     // Inserted: a copy of a record from another run.
     let dir = case("inserted");
@@ -179,6 +194,7 @@ fn live_trail_verifies_and_every_tampering_is_named() {
     let (code, out) = verify(&p, &public, std::slice::from_ref(&dir));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("record inserted"), "{out}");
+    eprintln!("inserted:\n{out}");
 
     // Reordered.
     let dir = case("reordered");
@@ -190,6 +206,7 @@ fn live_trail_verifies_and_every_tampering_is_named() {
     let (code, out) = verify(&p, &public, std::slice::from_ref(&dir));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("records reordered"), "{out}");
+    eprintln!("reordered:\n{out}");
 
     // A file missing from the middle.
     let dir = case("missing");
@@ -198,6 +215,7 @@ fn live_trail_verifies_and_every_tampering_is_named() {
     let (code, out) = verify(&p, &public, std::slice::from_ref(&dir));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("file 1 is missing from the trail"), "{out}");
+    eprintln!("missing file:\n{out}");
 
     // A truncated end: the stop record and the line before it cut.
     let dir = case("truncated");
@@ -208,6 +226,7 @@ fn live_trail_verifies_and_every_tampering_is_named() {
     let (code, out) = verify(&p, &public, std::slice::from_ref(&dir));
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("UNSIGNED TAIL"), "{out}");
+    eprintln!("truncated:\n{out}");
 
     // The end of a file in the middle cut: the next restart no longer matches it.
     let dir = case("cut");
@@ -218,6 +237,7 @@ fn live_trail_verifies_and_every_tampering_is_named() {
     let (code, out) = verify(&p, &public, std::slice::from_ref(&dir));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("BROKEN"), "{out}");
+    eprintln!("cut:\n{out}");
 
     // Signed by another key: the intruder re-signs a whole trail of its own.
     let other = tmp.path().join("other.key");
@@ -235,4 +255,133 @@ fn live_trail_verifies_and_every_tampering_is_named() {
     // Not a trail at all, or no such file: exit 2 (could not verify).
     let (code, out) = verify(&p, &public, &[tmp.path().join("nothing-here.jsonl")]);
     assert_eq!(code, 2, "{out}");
+
+    report_from_the_live_trail(&p, &trail, &public, &portal, tmp.path());
+}
+
+/// `vigie report` over the live trail: the answers, and the HTML page in headless Chromium.
+fn report_from_the_live_trail(
+    p: &Privileged,
+    trail: &Path,
+    public: &Path,
+    portal: &Portal,
+    tmp: &Path,
+) {
+    let report = |args: &[&str]| -> String {
+        let mut all: Vec<&std::ffi::OsStr> = vec!["report".as_ref(), trail.as_os_str()];
+        all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+        let (ok, out, err) = vigie_cmd(p, &all);
+        assert!(ok, "vigie report {args:?}: {out}{err}");
+        out
+    };
+    // alice's documents: her own read, bob's and carol's cross-user reads.
+    let subject = report(&["--subject", "alice", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&subject).unwrap();
+    let mut readers: Vec<(String, String)> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["user"].as_str().unwrap().to_string(),
+                r["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    readers.sort();
+    assert_eq!(
+        readers,
+        [
+            ("alice".to_string(), "allowed".to_string()),
+            ("bob".to_string(), "violation".to_string()),
+            ("carol".to_string(), "violation".to_string())
+        ],
+        "{subject}"
+    );
+    // The breach list: every cross-user read, grouped by owner (alice and bob).
+    let breach = report(&[
+        "--breach",
+        "--format",
+        "csv",
+        "--key",
+        public.to_str().unwrap(),
+    ]);
+    let owners: Vec<&str> = breach
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(owners, ["alice", "alice", "bob"], "{breach}");
+    let table = report(&["--user", "bob", "--key", public.to_str().unwrap()]);
+    assert!(table.contains("OK: seq 0.."), "the integrity line: {table}");
+    assert!(table.contains(&portal.doc("alice", "notes.txt")), "{table}");
+    // The HTML page, rendered by a real browser.
+    let Some(chromium) = require_tool("trail report html", "chromium") else {
+        return;
+    };
+    let html = tmp.join("breach.html");
+    report(&[
+        "--breach",
+        "--format",
+        "html",
+        "--key",
+        public.to_str().unwrap(),
+        "--output",
+        html.to_str().unwrap(),
+    ]);
+    let url = format!("file://{}", html.display());
+    let profile = tmp.join("chromium-profile");
+    let chrome = |extra: &[&str]| {
+        let out = Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(&url)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running chromium");
+        assert!(
+            out.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The DOM as the browser built it: the owners' sections and both timelines are there.
+    let dom = chrome(&["--dump-dom"]);
+    for needle in [
+        "alice: 2 cross-user reads",
+        "bob: 1 cross-user reads",
+        "Timeline per document",
+        "Timeline per user",
+        "OK: seq 0..",
+    ] {
+        assert!(
+            dom.contains(needle),
+            "{needle:?} not in the rendered page:\n{dom}"
+        );
+    }
+    // A screenshot to look at (kept under target/ for the reviewer).
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("trail-report.png");
+    let _ = std::fs::remove_file(&shot);
+    chrome(&[
+        "--window-size=1280,900",
+        &format!("--screenshot={}", shot.display()),
+    ]);
+    let png = std::fs::read(&shot).expect("chromium wrote no screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    eprintln!("report screenshot: {}", shot.display());
 }
