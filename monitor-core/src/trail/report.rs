@@ -276,7 +276,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}\
 .integrity{padding:.5em;background:#eef;border-left:4px solid #446}\
 table{border-collapse:collapse;margin:.5em 0}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}\
 .violation{color:#b00;font-weight:600}.allowed{color:#070}\
-.lane{display:flex;align-items:center;margin:3px 0}.lane .name{width:22em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;direction:rtl;text-align:left}\
+.lane{display:flex;align-items:center;margin:3px 0}.lane .name{width:22em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}\
 .track{position:relative;flex:1;height:14px;background:#f2f2f2;border-radius:3px}\
 .dot{position:absolute;top:2px;width:10px;height:10px;border-radius:50%;margin-left:-5px;background:#070}\
 .dot.violation{background:#b00}.dot.other{background:#c80}.axis{display:flex;justify-content:space-between;color:#666;font-size:12px;margin-left:22em}";
@@ -323,10 +323,18 @@ pub fn html(a: &Answer) -> String {
         }
         let _ = write!(out, "<h2>{}</h2>", esc(title));
         for (name, rows) in &groups {
+            // Long paths keep their end (the file name), the whole path is the tooltip.
+            let chars: Vec<char> = name.chars().collect();
+            let shown = if chars.len() > 40 {
+                format!("…{}", chars[chars.len() - 39..].iter().collect::<String>())
+            } else {
+                name.clone()
+            };
             let _ = write!(
                 out,
-                "<div class=\"lane\"><span class=\"name\" title=\"{0}\">{0}</span><div class=\"track\">",
-                esc(name)
+                "<div class=\"lane\"><span class=\"name\" title=\"{}\">{}</span><div class=\"track\">",
+                esc(name),
+                esc(&shown)
             );
             for r in rows {
                 let class = match r.verdict.as_str() {
