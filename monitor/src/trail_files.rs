@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use monitor_core::trail::{
     key::{PublicKey, TrailKey},
-    verify::{Report, TrailFile, verify},
+    verify::{Report, TrailFile, Verification},
 };
 
 use crate::cli::{ReportArgs, ReportFormat, VerifyArgs};
@@ -29,25 +29,23 @@ pub fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads and verifies a trail.
+/// Reads and verifies a trail, one file in memory at a time.
 pub fn verify_paths(paths: &[PathBuf], key: &PublicKey) -> anyhow::Result<Report> {
-    let files = expand(paths)?;
-    let contents = files
-        .iter()
-        .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let trail: Vec<TrailFile<'_>> = files
-        .iter()
-        .zip(&contents)
-        .map(|(f, bytes)| TrailFile {
-            name: f.file_name().map_or_else(
-                || f.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            ),
-            bytes,
-        })
-        .collect();
-    Ok(verify(&trail, key))
+    let mut v = Verification::new(key);
+    for f in expand(paths)? {
+        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        let name = f.file_name().map_or_else(
+            || f.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        if !v.file(&TrailFile {
+            name,
+            bytes: &bytes,
+        }) {
+            break;
+        }
+    }
+    Ok(v.finish())
 }
 
 pub fn read_public_key(path: &Path) -> anyhow::Result<PublicKey> {

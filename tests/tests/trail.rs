@@ -152,6 +152,20 @@ fn live_trail_verifies_and_every_tampering_is_named() {
     assert!(out.contains("3 runs"), "{out}");
     assert!(out.contains("killed or crashed"), "{out}");
     eprintln!("verify on the live trail:\n{out}");
+    let (ok, json, err) = vigie_cmd(
+        &p,
+        &[
+            "verify".as_ref(),
+            "--json".as_ref(),
+            "--key".as_ref(),
+            public.as_os_str(),
+            trail.as_os_str(),
+        ],
+    );
+    assert!(ok, "{json}{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["outcome"]["status"], "intact", "{json}");
+    assert_eq!(v["first_seq"], 0, "{json}");
 
     let case = |name: &str| tmp.path().join(name);
     // Modified: an allowed access turned into someone else's.

@@ -323,54 +323,92 @@ fn time_of(line: &[u8]) -> Option<String> {
 
 /// Verifies `files` (in chain order) with `key`.
 pub fn verify(files: &[TrailFile<'_>], key: &PublicKey) -> Report {
-    let mut v = Verifier {
-        key,
-        report: Report {
-            outcome: Outcome::Intact,
-            files: files.len(),
-            records: 0,
-            first_seq: None,
-            last_seq: None,
-            first_time: None,
-            last_time: None,
-            last_signed_seq: None,
-            checkpoints: 0,
-            runs: 0,
-            key_id: key.key_id().to_string(),
-            notes: Vec::new(),
-        },
-        expect: None,
-        names: Vec::new(),
-        prev_at: None,
-        last_file_index: None,
-        prev_file: None,
-        awaiting_start: None,
-        last_checkpoint_seq: None,
-        unanchored: None,
-        retention: Vec::new(),
-        last_line: None,
-    };
-    let result = files.iter().try_for_each(|f| v.file(f));
-    if let Some(line) = &v.last_line {
-        v.report.last_time = time_of(line);
-    }
-    let outcome = match result {
-        Err(b) => {
-            // A modified record is named by the link after it: it is not intact itself.
-            if let Break::Modified { at, .. } = &b
-                && at.seq.is_some()
-                && at.seq == v.report.last_seq
-            {
-                v.report.last_seq = at.seq.and_then(|s| s.checked_sub(1));
-                v.report.last_time = None;
-                v.report.records = v.report.records.saturating_sub(1);
-            }
-            Outcome::Broken(b)
+    let mut v = Verification::new(key);
+    for f in files {
+        if !v.file(f) {
+            break;
         }
-        Ok(()) => v.end(),
-    };
-    v.report.outcome = outcome;
-    v.report
+    }
+    v.finish()
+}
+
+/// A verification fed one file at a time, so that a trail of any size is checked in the
+/// memory of its largest file.
+pub struct Verification<'k> {
+    v: Verifier<'k>,
+    broken: Option<Break>,
+}
+
+impl<'k> Verification<'k> {
+    pub fn new(key: &'k PublicKey) -> Self {
+        Self {
+            v: Verifier {
+                key,
+                report: Report {
+                    outcome: Outcome::Intact,
+                    files: 0,
+                    records: 0,
+                    first_seq: None,
+                    last_seq: None,
+                    first_time: None,
+                    last_time: None,
+                    last_signed_seq: None,
+                    checkpoints: 0,
+                    runs: 0,
+                    key_id: key.key_id().to_string(),
+                    notes: Vec::new(),
+                },
+                expect: None,
+                names: Vec::new(),
+                prev_at: None,
+                last_file_index: None,
+                prev_file: None,
+                awaiting_start: None,
+                last_checkpoint_seq: None,
+                unanchored: None,
+                retention: Vec::new(),
+                last_line: None,
+            },
+            broken: None,
+        }
+    }
+
+    /// The next file in chain order; false once the trail is broken (later files add nothing).
+    pub fn file(&mut self, file: &TrailFile<'_>) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        self.v.report.files += 1;
+        if let Err(b) = self.v.file(file) {
+            self.broken = Some(b);
+            return false;
+        }
+        true
+    }
+
+    pub fn finish(self) -> Report {
+        let mut v = self.v;
+        if let Some(line) = &v.last_line {
+            v.report.last_time = time_of(line);
+        }
+        let outcome = match self.broken {
+            Some(b) => {
+                // A modified record is named by the link after it: it is not intact itself.
+                if let Break::Modified { at, .. } = &b
+                    && at.seq.is_some()
+                    && at.seq == v.report.last_seq
+                {
+                    v.report.last_seq = at.seq.and_then(|s| s.checked_sub(1));
+                    v.report.last_time = None;
+                    v.report.records = v.report.records.saturating_sub(1);
+                }
+                Outcome::Broken(b)
+            }
+            None => v.end(),
+        };
+        v.report.outcome = outcome;
+        v.report
+    }
 }
 
 impl Verifier<'_> {

@@ -451,43 +451,95 @@ fn create(path: &Path) -> Result<File, TrailWriteError> {
         .map_err(io_err(path))
 }
 
+/// How much of a file's start or end is read to find its first or last line (a record is a
+/// few hundred bytes; a request target is capped well below this).
+const EDGE: u64 = 256 << 10;
+
+/// The first `lines` complete lines of a file.
+fn head_lines(path: &Path, lines: usize) -> Result<Vec<Vec<u8>>, TrailWriteError> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(EDGE).read_to_end(&mut buf))
+        .map_err(io_err(path))?;
+    Ok(buf
+        .split_inclusive(|b| *b == b'\n')
+        .take_while(|l| l.ends_with(b"\n"))
+        .take(lines)
+        .map(|l| l[..l.len() - 1].to_vec())
+        .collect())
+}
+
+/// The last complete line of a file (a cut-short line after it is ignored).
+fn tail_line(path: &Path) -> Result<Option<Vec<u8>>, TrailWriteError> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let len = f.metadata().map_err(io_err(path))?.len();
+    let from = len.saturating_sub(EDGE);
+    let mut buf = Vec::new();
+    f.seek(SeekFrom::Start(from))
+        .and_then(|_| f.read_to_end(&mut buf))
+        .map_err(io_err(path))?;
+    let Some(end) = memchr::memrchr(b'\n', &buf) else {
+        return Ok(None);
+    };
+    match memchr::memrchr(b'\n', &buf[..end]) {
+        Some(start) => Ok(Some(buf[start + 1..end].to_vec())),
+        None if from == 0 => Ok(Some(buf[..end].to_vec())),
+        None => Ok(None),
+    }
+}
+
 /// Reads what the directory holds: the head of the chain, how the last run ended, the last
-/// configuration digest, and each file's range.
+/// configuration digest, and each file's range. Only the first and last lines of older files
+/// are read (a year of trail is not read at every start); the last file is read whole.
 fn scan(dir: &Path) -> Result<Found, TrailWriteError> {
-    let listed = list(dir).map_err(io_err(dir))?;
+    let mut listed = list(dir).map_err(io_err(dir))?;
+    if let Some((_, last)) = listed.last()
+        && std::fs::metadata(last).map_err(io_err(last))?.len() == 0
+    {
+        // Created by a run killed before its first record: nothing to keep or to chain.
+        std::fs::remove_file(last).map_err(io_err(last))?;
+        listed.pop();
+    }
+    let foreign = |path: &Path, why: String| TrailWriteError::Foreign {
+        path: path.display().to_string(),
+        why,
+    };
     let mut files = Vec::new();
+    for (index, path) in &listed[..listed.len().saturating_sub(1)] {
+        let first = head_lines(path, 1)?;
+        let last = tail_line(path)?;
+        let (Some(first), Some(last)) = (first.first(), last) else {
+            return Err(foreign(path, "no complete record".into()));
+        };
+        let f = record::parse_link(first).map_err(|e| foreign(path, e.to_string()))?;
+        let l = record::parse_link(&last).map_err(|e| foreign(path, e.to_string()))?;
+        let (last_time, last_time_text) = time_of(&last).unwrap_or_default();
+        files.push(FileInfo {
+            path: path.clone(),
+            index: *index,
+            first_seq: f.seq,
+            first_prev: hex::encode(f.prev),
+            last_seq: l.seq,
+            last_time,
+            last_time_text,
+        });
+    }
     let mut head = Head::GENESIS;
     let mut previous = PreviousEnd::None;
-    let mut config = None;
-    let mut last_signed: Option<u64> = None;
-    let mut end_kind: Vec<u8> = Vec::new();
-    let mut end_partial: Vec<u8> = Vec::new();
-    for (n, (index, path)) in listed.iter().enumerate() {
+    if let Some((index, path)) = listed.last() {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let foreign = |why: &str| TrailWriteError::Foreign {
-            path: path.display().to_string(),
-            why: why.to_string(),
-        };
         let end = memchr::memrchr(b'\n', &bytes).map_or(0, |e| e + 1);
         let (complete, partial) = bytes.split_at(end);
-        if bytes.is_empty() && n + 1 == listed.len() {
-            // Created by a run killed before its first record: nothing to keep or to chain.
-            std::fs::remove_file(path).map_err(io_err(path))?;
-            break;
-        }
         let mut info: Option<FileInfo> = None;
+        let mut last_signed = None;
         let mut last_kind = Vec::new();
         let mut last_line: &[u8] = &[];
         for line in complete.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let link = record::parse_link(line).map_err(|e| foreign(&e.to_string()))?;
-            last_line = line;
+            let link = record::parse_link(line).map_err(|e| foreign(path, e.to_string()))?;
             if kind::is_signed(link.kind) {
                 last_signed = Some(link.seq);
-            }
-            if link.kind == kind::START.as_bytes()
-                && let Ok(start) = serde_json::from_slice::<StartBody>(line)
-            {
-                config = Some((start.config_sha256, start.config_sections));
             }
             let info = info.get_or_insert_with(|| FileInfo {
                 path: path.clone(),
@@ -504,32 +556,45 @@ fn scan(dir: &Path) -> Result<Found, TrailWriteError> {
                 prev: record::digest(line),
             };
             last_kind = link.kind.to_vec();
+            last_line = line;
         }
-        end_kind = last_kind;
-        end_partial = partial.to_vec();
-        if let Some(mut info) = info {
-            if let Some((ns, text)) = time_of(last_line) {
-                info.last_time = ns;
-                info.last_time_text = text;
-            }
-            files.push(info);
+        let Some(mut info) = info else {
+            return Err(foreign(path, "no complete record".into()));
+        };
+        if let Some((ns, text)) = time_of(last_line) {
+            info.last_time = ns;
+            info.last_time_text = text;
         }
-    }
-    if !files.is_empty() {
-        previous = if end_kind == kind::STOP.as_bytes() && end_partial.is_empty() {
+        // A file without a signed record continues a rotated one, which ended signed.
+        let last_signed = last_signed.or_else(|| info.first_seq.checked_sub(1));
+        files.push(info);
+        previous = if last_kind == kind::STOP.as_bytes() && partial.is_empty() {
             PreviousEnd::Clean {
                 stop_seq: head.next_seq - 1,
             }
         } else {
             PreviousEnd::Unclean {
-                last_seq: head.next_seq.saturating_sub(1),
+                last_seq: head.next_seq - 1,
                 last_checkpoint_seq: last_signed,
                 unsigned_records: head.next_seq - last_signed.map_or(0, |s| s + 1),
-                partial_line_bytes: end_partial.len() as u64,
-                partial_line_sha256: (!end_partial.is_empty())
-                    .then(|| hex::encode(record::digest(&end_partial))),
+                partial_line_bytes: partial.len() as u64,
+                partial_line_sha256: (!partial.is_empty())
+                    .then(|| hex::encode(record::digest(partial))),
             }
         };
+    }
+    // The configuration of the last run: the `start` record that opens its first file.
+    let mut config = None;
+    for (_, path) in listed.iter().rev() {
+        let lines = head_lines(path, 2)?;
+        if let Some(line) = lines.get(1)
+            && record::parse_link(line).is_ok_and(|l| l.kind == kind::START.as_bytes())
+        {
+            let start: StartBody = serde_json::from_slice(line)
+                .map_err(|e| foreign(path, format!("unreadable start record: {e}")))?;
+            config = Some((start.config_sha256, start.config_sections));
+            break;
+        }
     }
     Ok(Found {
         head,
