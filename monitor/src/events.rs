@@ -25,6 +25,10 @@ pub enum EventKind {
     ProcessExec,
     /// A target forked a new process (its fd table is a copy of the parent's).
     ProcessFork { child_pid: u32 },
+    /// The program the process runs (since its exec, or when it was adopted) is built on a
+    /// runtime that multiplexes requests over OS threads: its threads never stand for its
+    /// requests (DESIGN.md §4). Found live from the executable, recorded so replay needs none.
+    RuntimeFound { runtime: Runtime },
     /// The target's thread-group leader exited.
     ProcessExit,
     /// Another thread of the target exited (`tid`).
@@ -100,6 +104,16 @@ pub enum EventKind {
     /// accesses needed it; replay gives it to the ownership resolver instead of asking again.
     /// Never given to the correlator.
     OwnershipFact(crate::ownership::fact::Fact),
+}
+
+/// Runtimes that schedule many tasks (requests) over few OS threads, recognised at exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// A Go program: goroutines move between OS threads at any blocking call.
+    Go,
+    /// Node.js: one event loop thread serves every connection, libuv pool threads do file I/O.
+    Node,
 }
 
 /// A thread's name (`comm`), as text. Shared rather than copied: every event carries one, a

@@ -27,4 +27,5 @@ pub mod procfs;
 pub mod redact;
 pub mod replay;
 pub mod run;
+pub mod runtime;
 pub mod sinks;

@@ -27,6 +27,7 @@ use crate::{
     pipeline::Pipeline,
     procfs,
     redact::Redactor,
+    runtime,
     sinks::{
         alerts::{AlertSink, WallClock},
         trace::{Rotation, TraceHeader, TraceWriter},
@@ -469,6 +470,10 @@ impl Live {
                 tracing::debug!(parent = ev.pid, child = child_pid, "new target (fork)");
             }
             EventKind::ProcessExec if self.targets.contains(&ev.pid) => {
+                if let Some(found) = runtime::found(ev) {
+                    tracing::info!(pid = ev.pid, ?found.kind, "no thread scope for this process");
+                    self.feed(&found)?;
+                }
                 // fds that survived exec.
                 for mut found in procfs::found_fds(ev, &self.probes.roots.all()) {
                     self.probes.roots.rename(&mut found);
@@ -643,6 +648,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
     match kind {
         EventKind::ProcessExec => "process_exec",
         EventKind::ProcessFork { .. } => "process_fork",
+        EventKind::RuntimeFound { .. } => "runtime_found",
         EventKind::ProcessExit => "process_exit",
         EventKind::ThreadExit => "thread_exit",
         EventKind::FdFound { .. } => "fd_found",
