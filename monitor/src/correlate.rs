@@ -453,10 +453,13 @@ impl Correlator {
                 self.docs.remove(&(pid, *fd));
                 self.by_open.remove(&(pid, *fd));
                 // A read attributed by thread scope, closed by another thread: the request's
-                // events come from several threads.
+                // events come from several threads. (Not a mapping, nor a read already closed:
+                // their fd number may be another file's by now.)
                 let split = self.open.values().any(|a| {
                     a.access.pid == pid
                         && a.fd == *fd
+                        && !a.mapped
+                        && !a.closed
                         && a.access.tid != ev.tid
                         && a.access.evidence == [Evidence::Thread]
                 });

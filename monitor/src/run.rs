@@ -26,7 +26,7 @@ use crate::{
     ownership::resolver::Resolver,
     pipeline::Pipeline,
     procfs,
-    redact::Redactor,
+    redact::{Redactor, payload::PayloadGate},
     runtime,
     sinks::{
         alerts::{AlertSink, WallClock},
@@ -82,6 +82,8 @@ struct Live {
     seen: HashSet<u32>,
     lost: [u64; loss::COUNT as usize],
     redactor: Redactor,
+    /// Clears the payloads of sockets that carry neither HTTP nor FastCGI.
+    gate: PayloadGate,
     bodies: crate::fingerprint::Bodies,
     /// The portal's session store (`identity.session.store`), if configured.
     session_store: Option<SessionStore>,
@@ -123,6 +125,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     // checked at capture time, never by the correlator.
     let cfg_jwt = cfg.identity.jwt.clone();
     let cfg_session = cfg.identity.session.clone();
+    let cfg_query_secrets = cfg.capture.secret_query_parameters.clone();
     let session_store = cfg_session
         .as_ref()
         .and_then(|s| s.store.clone())
@@ -136,7 +139,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         targets: HashSet::new(),
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
-        redactor: Redactor::new(cfg_jwt).with_session(cfg_session),
+        redactor: Redactor::new(cfg_jwt)
+            .with_session(cfg_session)
+            .with_query_secrets(cfg_query_secrets),
+        gate: PayloadGate::default(),
         bodies: crate::fingerprint::Bodies::new(),
         session_store,
         store_errors: 0,
@@ -371,6 +377,7 @@ impl Live {
         match &mut ev.kind {
             EventKind::SockRead { fd, bytes, data } => {
                 self.redactor.redact_read(pid, *fd, &mut data.0, *bytes);
+                self.gate.pass(pid, *fd, true, &mut data.0);
                 if !data.0.is_empty() {
                     self.bodies.request(pid, *fd);
                 }
@@ -399,17 +406,23 @@ impl Live {
                 // it (FastCGI writes are left alone here: the redactor masks their bodies).
                 *body_fp = self.bodies.response(pid, *fd, *bytes, &mut data.0);
                 self.redactor.redact_write(pid, *fd, &mut data.0, *bytes);
+                if !self.gate.pass(pid, *fd, false, &mut data.0) {
+                    *body_fp = None;
+                }
             }
             EventKind::SockAccept { fd } => {
                 self.redactor.accepted(pid, *fd);
+                self.gate.accepted(pid, *fd);
                 self.bodies.forget(pid, *fd);
             }
             EventKind::SockClose { fd } => {
                 self.redactor.forget(pid, *fd);
+                self.gate.forget(pid, *fd);
                 self.bodies.forget(pid, *fd);
             }
             EventKind::ProcessExit => {
                 self.redactor.forget_process(pid);
+                self.gate.forget_process(pid);
                 self.bodies.forget_process(pid);
             }
             EventKind::FileOpen { .. } => {

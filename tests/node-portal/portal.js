@@ -6,6 +6,11 @@
 //
 //   node portal.js --root DIR --serve read-file|stream [--cluster N]
 //
+// A request carrying a session id (`?sid=` or a `session` cookie) is checked first with an
+// internal HTTP call (`GET /internal/session?sid=...` on the portal itself), and, in cluster
+// workers, reported to the primary over the cluster's IPC channel, as session-sharing portals
+// do: both carry the raw session id, which Vigie must never record.
+//
 // Identity: the `X-Remote-User` header (an auth proxy's). Documents: ROOT/users/<owner>/<name>,
 // served at /docs/<owner>/<name>. Prints `LISTENING <ip:port>` once every worker listens.
 'use strict';
@@ -14,6 +19,7 @@ const cluster = require('node:cluster');
 const fs = require('node:fs');
 const path = require('node:path');
 const express = require('express');
+const http = require('node:http');
 
 function option(name, fallback) {
   const i = process.argv.indexOf(`--${name}`);
@@ -28,9 +34,37 @@ if (!root || !['read-file', 'stream'].includes(serve) || !(workers >= 0)) {
   process.exit(2);
 }
 
+// The session id a request carries, if any.
+function sessionOf(req) {
+  if (req.query.sid) return String(req.query.sid);
+  const m = /(?:^|;\s*)session=([^;]*)/.exec(req.get('cookie') || '');
+  return m ? m[1] : null;
+}
+
+// Asks the portal's own session endpoint about `sid` (an internal HTTP call, on loopback).
+function checkSession(port, sid) {
+  return new Promise((resolve) => {
+    const path = `/internal/session?sid=${encodeURIComponent(sid)}`;
+    http
+      .get({ host: '127.0.0.1', port, path, agent: false }, (r) => {
+        r.resume();
+        r.on('end', resolve);
+      })
+      .on('error', resolve);
+  });
+}
+
 function app() {
   const a = express();
+  a.get('/internal/session', (req, res) => {
+    res.json({ known: Boolean(req.query.sid) });
+  });
   a.get('/docs/:owner/:name', async (req, res) => {
+    const sid = sessionOf(req);
+    if (sid) {
+      await checkSession(req.socket.localPort, sid);
+      if (process.send) process.send({ cmd: 'session-seen', sid });
+    }
     if (!req.get('x-remote-user')) {
       res.status(401).end('no identity\n');
       return;
@@ -66,7 +100,9 @@ if (workers > 0 && cluster.isPrimary) {
   // connection to a worker over IPC, round-robin).
   let listening = 0;
   for (let i = 0; i < workers; i++) {
-    cluster.fork().on('listening', (address) => {
+    const w = cluster.fork();
+    w.on('message', () => {});
+    w.on('listening', (address) => {
       listening += 1;
       if (listening === workers) console.log(`LISTENING 127.0.0.1:${address.port}`);
     });

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use support::*;
 use vigie_tests::client::KeepAlive;
-use vigie_tests::portal::{DOCUMENTS, USERS, generate};
+use vigie_tests::portal::{DOCUMENTS, USERS};
 
 /// Connections per user, and requests per connection.
 const CONNECTIONS: usize = 2;
@@ -88,36 +88,13 @@ fn run_model(test: &str, serve: &str, cluster: Option<&str>) {
     let Some(p) = privileged(test) else {
         return;
     };
-    let Some(node) = require_tool(test, "node") else {
+    let Some(portal) = support::node::NodePortal::start(test, serve, cluster) else {
         return;
     };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node-portal/portal.js");
-    assert!(
-        script.with_file_name("node_modules/express").is_dir(),
-        "Express is not installed in tests/node-portal (run `cargo xtask setup`)"
-    );
-    let dir = TempDir::new(test);
-    let root = dir.path().join("portal");
-    generate(&root).expect("generating documents");
-    let mut args = vec![
-        script.to_str().expect("utf-8 path"),
-        "--root",
-        root.to_str().expect("utf-8 temp dir"),
-        "--serve",
-        serve,
-    ];
-    if let Some(n) = cluster {
-        args.extend(["--cluster", n]);
-    }
-    let portal = spawn_portal(&node, &args).expect("starting the Node.js portal");
-    let users = root.join("users");
-    let u = users.display();
-    let config = format!(
-        "[targets]\npids = [{}]\n[documents]\nroots = [\"{u}\"]\nowner_templates = [\"{u}/{{owner}}/**\"]\n",
-        portal.pid()
-    );
+    let users = portal.users.clone();
+    let config = portal.config();
     let vigie = Vigie::start(&p, test, &config, &["--audit"]);
-    let expected = load(portal.addr(), &users);
+    let expected = load(portal.guard.addr(), &users);
     let (alerts, log) = vigie.stop();
     drop(portal);
 

@@ -1326,3 +1326,33 @@ fn a_fingerprint_shared_by_two_documents_names_neither() {
     users.sort();
     assert_eq!(users, [u("alice"), u("bob")]);
 }
+
+#[test]
+fn a_mapping_outliving_its_fd_is_no_sign_of_mn_scheduling() {
+    // Thread per connection: thread 2 maps a document on fd 7 and closes it (the mapping lives
+    // on); thread 3 opens another document on fd 7, reads and closes it. Two threads closed
+    // "fd 7", each its own file: thread scope stays.
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/a");
+    s.open(1, 2, 7, "/srv/users/alice/a");
+    s.ev(1, 2, EventKind::FileMap { fd: 7, bytes: 100 });
+    s.close(1, 2, 7);
+    s.get_as(1, 3, 6, "bob", "/b");
+    s.open(1, 3, 7, "/srv/users/bob/b")
+        .read(1, 3, 7, 5)
+        .close(1, 3, 7);
+    assert_eq!(s.c.distrust(1), None);
+    s.respond(1, 2, 5, 200).respond(1, 3, 6, 200);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (u("bob"), "/srv/users/bob/b".into(), vec![Evidence::Thread]),
+            (
+                u("alice"),
+                "/srv/users/alice/a".into(),
+                vec![Evidence::Thread]
+            ),
+        ]
+    );
+}

@@ -1,0 +1,54 @@
+//! The Node.js Express demo portal (`tests/node-portal/portal.js`): Debian's nodejs, Express
+//! from npm, both installed by `cargo xtask setup`.
+use std::path::{Path, PathBuf};
+
+use super::{PortalGuard, TempDir, require_tool, spawn_portal};
+
+/// A running Node.js portal over generated documents.
+pub struct NodePortal {
+    pub guard: PortalGuard,
+    /// `ROOT/users`, where the documents are.
+    pub users: PathBuf,
+    _dir: TempDir,
+}
+
+impl NodePortal {
+    /// Starts the portal serving `serve` (`read-file` or `stream`), with `cluster` workers if
+    /// given; `None` (after a loud skip) when node is not installed.
+    pub fn start(test: &str, serve: &str, cluster: Option<&str>) -> Option<Self> {
+        let node = require_tool(test, "node")?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node-portal/portal.js");
+        assert!(
+            script.with_file_name("node_modules/express").is_dir(),
+            "Express is not installed in tests/node-portal (run `cargo xtask setup`)"
+        );
+        let dir = TempDir::new(&format!("{test}-node"));
+        let root = dir.path().join("portal");
+        vigie_tests::portal::generate(&root).expect("generating documents");
+        let mut args = vec![
+            script.to_str().expect("utf-8 path"),
+            "--root",
+            root.to_str().expect("utf-8 temp dir"),
+            "--serve",
+            serve,
+        ];
+        if let Some(n) = cluster {
+            args.extend(["--cluster", n]);
+        }
+        let guard = spawn_portal(&node, &args).expect("starting the Node.js portal");
+        Some(Self {
+            guard,
+            users: root.join("users"),
+            _dir: dir,
+        })
+    }
+
+    /// Config for Vigie watching this portal (and its cluster workers).
+    pub fn config(&self) -> String {
+        let u = self.users.display();
+        format!(
+            "[targets]\npids = [{}]\n[documents]\nroots = [\"{u}\"]\nowner_templates = [\"{u}/{{owner}}/**\"]\n",
+            self.guard.pid()
+        )
+    }
+}
