@@ -10,6 +10,13 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use monitor_common::loss;
+use monitor_core::{
+    correlate::Correlator,
+    decode::Decoder,
+    events::{Comm, Event, EventKind, FoundFd},
+    redact::{Redactor, payload::PayloadGate},
+    walltime::WallClock,
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind, signal},
@@ -17,20 +24,14 @@ use tokio::{
 
 use crate::{
     config::Config,
-    correlate::{Correlator, CorrelatorConfig},
-    decode::Decoder,
-    events::{Comm, Event, EventKind, FoundFd},
-    identity::store::{Found, SessionStore},
-    judge::Judge,
     loader::Probes,
     ownership::resolver::Resolver,
     pipeline::Pipeline,
-    procfs,
-    redact::{Redactor, payload::PayloadGate},
-    runtime,
+    procfs, runtime,
+    session_store::{Found, SessionStore},
     sinks::{
-        alerts::{AlertSink, WallClock},
-        trace::{Rotation, TraceHeader, TraceWriter},
+        alerts::AlertSink,
+        trace::{self, Rotation, TraceWriter},
     },
 };
 
@@ -84,7 +85,7 @@ struct Live {
     redactor: Redactor,
     /// Clears the payloads of sockets that carry neither HTTP nor FastCGI.
     gate: PayloadGate,
-    bodies: crate::fingerprint::Bodies,
+    bodies: monitor_core::fingerprint::Bodies,
     /// The portal's session store (`identity.session.store`), if configured.
     session_store: Option<SessionStore>,
     store_errors: u64,
@@ -115,9 +116,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     };
     let pipeline = Pipeline::new(
         Correlator::new(
-            CorrelatorConfig::from_config(&cfg).with_realtime_offset_ns(clock.realtime_offset_ns),
+            cfg.correlator()
+                .with_realtime_offset_ns(clock.realtime_offset_ns),
         ),
-        Judge::from_config(&cfg),
+        cfg.judge(),
         Resolver::from_config(&cfg)?,
         AlertSink::new(out, clock, opts.audit).with_format(opts.alerts_format),
     );
@@ -143,7 +145,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
             .with_session(cfg_session)
             .with_query_secrets(cfg_query_secrets),
         gate: PayloadGate::default(),
-        bodies: crate::fingerprint::Bodies::new(),
+        bodies: monitor_core::fingerprint::Bodies::new(),
         session_store,
         store_errors: 0,
         summary: Summary::default(),
@@ -153,7 +155,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     };
     live.init_metrics(&ring);
     if let Some((dir, rotation)) = &opts.record {
-        let header = TraceHeader::new(&live.cfg, clock);
+        let header = trace::header(&live.cfg, clock);
         let writer = TraceWriter::create(dir, header, *rotation)
             .with_context(|| format!("creating trace files in {}", dir.display()))?;
         tracing::info!(file = %writer.files()[0].display(), "recording");

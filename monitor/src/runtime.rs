@@ -6,7 +6,7 @@ use std::{fs::File, path::Path};
 
 use object::{Object as _, ReadCache};
 
-use crate::events::{Event, EventKind, Runtime};
+use monitor_core::events::{Event, EventKind, Runtime};
 
 /// The runtime of process `pid`'s program, if it is one Vigie recognises. `None` too when the
 /// executable cannot be read (the process is gone): such a process keeps thread scope until it
