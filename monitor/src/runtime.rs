@@ -55,6 +55,20 @@ mod tests {
     }
 
     #[test]
+    fn go_programs_are_recognised_by_their_build_info() {
+        // The Go toolchain's own `go` command is a Go program.
+        let Some(go) = ["/usr/bin/go", "/usr/local/go/bin/go"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+        else {
+            eprintln!("SKIPPED go_programs_are_recognised_by_their_build_info: no go installed");
+            return;
+        };
+        assert_eq!(of_executable(go), Some(Runtime::Go));
+    }
+
+    #[test]
     fn node_is_recognised_by_name() {
         let Some(node) = ["/usr/bin/node", "/usr/bin/nodejs"]
             .into_iter()

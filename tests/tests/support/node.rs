@@ -2,7 +2,12 @@
 //! from npm, both installed by `cargo xtask setup`.
 use std::path::{Path, PathBuf};
 
-use super::{PortalGuard, TempDir, require_tool, spawn_portal};
+use std::time::Duration;
+
+use super::{PortalGuard, TempDir, require_tool};
+
+/// How long the portal may take to listen (times the test time scale).
+const STARTUP: Duration = Duration::from_secs(30);
 
 /// A running Node.js portal over generated documents.
 pub struct NodePortal {
@@ -35,7 +40,10 @@ impl NodePortal {
         if let Some(n) = cluster {
             args.extend(["--cluster", n]);
         }
-        let guard = spawn_portal(&node, &args).expect("starting the Node.js portal");
+        // V8 starts in a fraction of a second natively, but a cluster's three processes under
+        // software emulation (the kernel matrix) take tens of seconds.
+        let guard = vigie_tests::process::spawn_portal_within(&node, &args, STARTUP)
+            .expect("starting the Node.js portal");
         Some(Self {
             guard,
             users: root.join("users"),
