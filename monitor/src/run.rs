@@ -293,6 +293,13 @@ impl Live {
     }
 
     fn feed(&mut self, ev: &Event) -> anyhow::Result<()> {
+        if let EventKind::RuntimeFound { runtime } = &ev.kind {
+            tracing::info!(
+                pid = ev.pid,
+                ?runtime,
+                "M:N runtime: no thread scope for this process, content evidence only"
+            );
+        }
         self.summary.events += 1;
         *self
             .summary
@@ -486,7 +493,6 @@ impl Live {
             }
             EventKind::ProcessExec if self.targets.contains(&ev.pid) => {
                 if let Some(found) = runtime::found(ev) {
-                    tracing::info!(pid = ev.pid, ?found.kind, "no thread scope for this process");
                     self.feed(&found)?;
                 }
                 // fds that survived exec.
