@@ -233,6 +233,8 @@ struct Request {
     on_thread: bool,
     /// A response was written on its connection.
     responded: bool,
+    /// The `Content-Length` of its response, from the response head.
+    body_length: Option<u64>,
     /// The portal's login request: its (bounded) form body names the user its response's
     /// session cookie is bound to.
     login: Option<Vec<u8>>,
@@ -259,6 +261,8 @@ struct OpenAccess {
     fd: i32,
     /// Fingerprint of the first bytes read (from the kernel).
     fp: Option<u64>,
+    /// The document's size when `fp` was taken: a response body of another length is not it.
+    size: Option<u64>,
     /// Its fd was closed: complete, waiting only for its request's response status.
     closed: bool,
     /// The document was mapped (`mmap`): it is read through the mapping, which outlives a close
@@ -399,11 +403,17 @@ impl Correlator {
                 let opened = paths::of_open(path, base.as_deref(), full_path.as_deref());
                 self.track_document(pid, *fd, opened);
             }
-            EventKind::FileRead { fd, bytes, fp } => {
+            EventKind::FileRead {
+                fd,
+                bytes,
+                fp,
+                size,
+            } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
                     let scope = self.read_scope(pid, ev.tid);
                     let evidence = scope.map(|_| Evidence::Thread);
-                    self.record_access(ev, *fd, path, *bytes, *fp, scope, evidence);
+                    let content = fp.map(|fp| (fp, *size));
+                    self.record_access(ev, *fd, path, *bytes, content, scope, evidence);
                 }
             }
             // A mapping is a read with the same evidence rules (thread scope, or flow to the
@@ -644,7 +654,7 @@ impl Correlator {
         fd: i32,
         path: Arc<str>,
         bytes: u64,
-        fp: Option<u64>,
+        content: Option<(u64, Option<u64>)>,
         scope: Option<u64>,
         evidence: Option<Evidence>,
     ) -> Option<u64> {
@@ -667,7 +677,7 @@ impl Correlator {
                         Some(open) if *open.access.document == *path => {
                             open.access.bytes = open.access.bytes.saturating_add(bytes);
                             open.access.last_ts_ns = ev.ts_ns;
-                            open.fp = open.fp.or(fp);
+                            open.take_content(content);
                             return Some(id);
                         }
                         Some(_) => {}
@@ -689,7 +699,7 @@ impl Correlator {
             open.access.bytes = open.access.bytes.saturating_add(bytes);
             open.access.last_ts_ns = ev.ts_ns;
             open.fd = fd;
-            open.fp = open.fp.or(fp);
+            open.take_content(content);
             if let Some(e) = evidence
                 && !open.access.evidence.contains(&e)
             {
@@ -722,7 +732,8 @@ impl Correlator {
                 access,
                 owner,
                 fd,
-                fp,
+                fp: content.map(|(fp, _)| fp),
+                size: content.and_then(|(_, size)| size),
                 closed: false,
                 mapped: false,
             },
@@ -948,6 +959,7 @@ impl Correlator {
                 on_conn: true,
                 on_thread: true,
                 responded: false,
+                body_length: None,
                 login,
                 session_id,
                 reported: Vec::new(),
@@ -1006,6 +1018,11 @@ impl Correlator {
             if r.info.status.is_none() {
                 r.info.status = http::response_status(data);
             }
+            if first {
+                r.body_length = http::response_header_values(data, "content-length")
+                    .next()
+                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
+            }
             if first && let Some(s) = &self.cfg.identity.session {
                 learn_session(&mut self.sessions, s, r, data, ev.ts_ns);
             }
@@ -1021,6 +1038,8 @@ impl Correlator {
     fn claim(&mut self, ev: &Event, req: u64, body_fp: Option<u64>) {
         let trusted = self.trust.trusts(ev.pid);
         let multiplexed = self.is_multiplexed(ev.pid, ev.tid);
+        // A body of a known length is not a document of another size.
+        let length = self.requests.get(&req).and_then(|r| r.body_length);
         // Reads with no request in scope that this write tells the request of:
         // - flow: this thread's, when its process has thread scope and it serves one request at
         //   a time (all of them);
@@ -1043,7 +1062,9 @@ impl Correlator {
                 Owner::Request(_) => continue,
             };
             let same_thread = tid == Some(ev.tid);
-            let content = body_fp.is_some() && a.fp == body_fp;
+            let content = body_fp.is_some()
+                && a.fp == body_fp
+                && (length.is_none() || a.size.is_none() || a.size == length);
             if same_thread && trusted && !multiplexed {
                 let mut evidence = vec![Evidence::Flow];
                 if content {
@@ -1289,6 +1310,17 @@ fn learn_session(
 }
 
 impl OpenAccess {
+    /// The first fingerprint of the access is kept (the document's first bytes), with the size
+    /// it was taken at.
+    fn take_content(&mut self, content: Option<(u64, Option<u64>)>) {
+        if self.fp.is_none()
+            && let Some((fp, size)) = content
+        {
+            self.fp = Some(fp);
+            self.size = size;
+        }
+    }
+
     /// Read with no request in scope, and its content can still be recognised in a response.
     fn awaits_fingerprint(&self) -> bool {
         matches!(self.owner, Owner::Thread(_) | Owner::File(..)) && self.fp.is_some()

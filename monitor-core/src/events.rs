@@ -66,6 +66,10 @@ pub enum EventKind {
         /// (`monitor_common::files::fingerprint`); absent when fewer than 16 bytes were read.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fp: Option<u64>,
+        /// The document's size at the read (with a fingerprint only): a response body of
+        /// another length is not this document.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
     /// A document fd was mapped readable (`mmap`), `bytes` long: read through memory, without
     /// read syscalls. The mapping outlives a close of the fd.
@@ -315,6 +319,7 @@ mod tests {
                 fd: 7,
                 bytes: 100,
                 fp: None,
+                size: None,
             },
         };
         let json = serde_json::to_string(&ev).unwrap();

@@ -101,6 +101,7 @@ global!(OFF_FDT_MAX_FDS);
 global!(OFF_FDT_FD);
 global!(OFF_FILE_INODE);
 global!(OFF_INODE_MODE);
+global!(OFF_INODE_SIZE);
 global!(OFF_FILE_PATH);
 global!(OFF_FILE_FLAGS);
 // Tracepoint record layout, from tracefs `format` files.

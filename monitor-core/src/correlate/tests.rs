@@ -96,6 +96,7 @@ impl Scenario {
                 fd,
                 bytes,
                 fp: None,
+                size: None,
             },
         )
     }
@@ -117,6 +118,7 @@ impl Scenario {
                 fd,
                 bytes,
                 fp: Some(fp),
+                size: None,
             },
         )
     }
@@ -460,6 +462,7 @@ fn read_with_no_request_is_unattributed_when_its_thread_moves_on() {
             fd: 7,
             bytes: 1,
             fp: None,
+            size: None,
         },
     ); // unknown fd: ignored
     s.open(1, 2, 7, "/srv/users/bob/x").read(1, 2, 7, 5);
@@ -1355,4 +1358,50 @@ fn a_mapping_outliving_its_fd_is_no_sign_of_mn_scheduling() {
             ),
         ]
     );
+}
+
+#[test]
+fn documents_sharing_their_first_bytes_are_told_apart_by_their_length() {
+    // Two PDFs with one header (same first 64 bytes), of different sizes, read at once by pool
+    // threads: each response's Content-Length names its document.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Node,
+        },
+    );
+    s.accept(1, 1, 5).accept(1, 1, 6);
+    s.get_as(1, 1, 5, "alice", "/docs/alice/a");
+    s.get_as(1, 1, 6, "bob", "/docs/alice/b");
+    for (tid, fd, doc, size) in [(10, 7, "a", 3), (11, 8, "b", 4)] {
+        s.open(1, tid, fd, &format!("/srv/users/alice/{doc}"));
+        s.ev(
+            1,
+            tid,
+            EventKind::FileRead {
+                fd,
+                bytes: size,
+                fp: Some(0xf),
+                size: Some(size),
+            },
+        );
+    }
+    // `respond_fp` writes `Content-Length: 3`: alice's document only.
+    s.respond_fp(1, 1, 5, 200, Some(0xf));
+    s.respond_fp(1, 1, 6, 200, None);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("alice"),
+                "/srv/users/alice/a".into(),
+                vec![Evidence::Fingerprint]
+            ),
+            (None, "/srv/users/alice/b".into(), vec![]),
+        ]
+    );
+    assert_eq!(s.c.stats().ambiguous_fingerprints, 0);
 }

@@ -37,7 +37,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         ev.fd2 = -1;
         ev.ret = 0;
         ev.op = op;
-        ev._pad = 0;
+        ev.size = 0;
         ev.fp = 0;
     });
     0

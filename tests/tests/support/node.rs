@@ -51,11 +51,22 @@ impl NodePortal {
         })
     }
 
-    /// Config for Vigie watching this portal (and its cluster workers).
+    /// Config for Vigie watching this portal (and its cluster workers). Under software
+    /// emulation V8 may take seconds between a pool thread's read and the reply that carries
+    /// it: reads wait that long for their fingerprint (natively, the default 500 ms).
     pub fn config(&self) -> String {
         let u = self.users.display();
+        let scale = vigie_tests::time_scale();
+        let wait = if scale > 1.0 {
+            format!(
+                "[correlation]\nidle_flush_ms = {}\n",
+                (2000.0 * scale) as u64
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "[targets]\npids = [{}]\n[documents]\nroots = [\"{u}\"]\nowner_templates = [\"{u}/{{owner}}/**\"]\n",
+            "[targets]\npids = [{}]\n[documents]\nroots = [\"{u}\"]\nowner_templates = [\"{u}/{{owner}}/**\"]\n{wait}",
             self.guard.pid()
         )
     }

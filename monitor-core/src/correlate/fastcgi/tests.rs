@@ -129,6 +129,7 @@ impl App {
                 fd,
                 bytes,
                 fp: None,
+                size: None,
             },
         )
     }
