@@ -2,10 +2,14 @@
 //! falls back silently.
 use std::path::Path;
 
-use monitor_core::{correlate::CorrelatorConfig, identity::IdentityConfig, judge::Judge, paths};
+use monitor_core::{
+    correlate::CorrelatorConfig,
+    identity::IdentityConfig,
+    judge::Judge,
+    ownership::{OwnershipRules, PathTemplate},
+    paths,
+};
 use serde::{Deserialize, Serialize};
-
-use crate::ownership::{OwnershipRules, PathTemplate};
 
 /// Longest document root the kernel's prefix trie can hold (its key is 128 bytes, with the `/`).
 pub const MAX_ROOT_LEN: usize = 126;

@@ -583,7 +583,7 @@ fn explain_access(
 
 /// How the owner was found, for `--explain`.
 fn ownership_words(j: &Judgement) -> String {
-    use crate::ownership::fact::BackendKind;
+    use monitor_core::ownership::fact::BackendKind;
     let owner = j.owner.as_deref().unwrap_or("-");
     let mut words = match (j.owner_source, j.ownership_error) {
         (source, Some(error)) => format!(
