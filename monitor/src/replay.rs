@@ -583,7 +583,7 @@ fn explain_access(
 
 /// How the owner was found, for `--explain`.
 fn ownership_words(j: &Judgement) -> String {
-    use crate::ownership::fact::BackendKind;
+    use monitor_core::ownership::fact::BackendKind;
     let owner = j.owner.as_deref().unwrap_or("-");
     let mut words = match (j.owner_source, j.ownership_error) {
         (source, Some(error)) => format!(
@@ -628,7 +628,7 @@ fn describe(kind: &EventKind) -> String {
             body_fp.map_or(String::new(), |fp| format!(" [body fingerprint {fp:016x}]"))
         ),
         EventKind::FileOpen { fd, path, .. } => format!("opened {path} as fd {fd}"),
-        EventKind::FileRead { fd, bytes, fp } => format!(
+        EventKind::FileRead { fd, bytes, fp, .. } => format!(
             "read {bytes} bytes of the document (fd {fd}){}",
             fp.map_or(String::new(), |fp| format!(" [fingerprint {fp:016x}]"))
         ),

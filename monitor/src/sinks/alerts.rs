@@ -7,12 +7,12 @@ use monitor_core::{
     correlate::{Access, Evidence, RequestInfo},
     identity::IdentitySource,
     judge::{Judgement, Verdict},
+    ownership::fact::{BackendKind, LookupError},
     walltime::WallClock,
 };
 use serde::Serialize;
 
 use super::ALERT_SCHEMA as SCHEMA;
-use crate::ownership::fact::{BackendKind, LookupError};
 
 /// Opens an alerts file for appending, creating it 0600: alerts name users and their documents.
 pub fn open_alert_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {

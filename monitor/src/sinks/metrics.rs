@@ -334,7 +334,7 @@ impl Metrics {
     }
 
     /// Lookup series at 0 for these backends, so the first failure is a visible increase.
-    pub fn init_ownership(&self, backends: &[crate::ownership::fact::BackendKind]) {
+    pub fn init_ownership(&self, backends: &[monitor_core::ownership::fact::BackendKind]) {
         for b in backends {
             for outcome in OWNERSHIP_OUTCOMES {
                 self.ownership_lookups

@@ -223,7 +223,7 @@ mod tests {
             owner: Some("bob".into()),
             rule: "cross_user_read",
             template: Some("/srv/users/{owner}/**".into()),
-            owner_source: Some(crate::ownership::fact::BackendKind::Templates),
+            owner_source: Some(monitor_core::ownership::fact::BackendKind::Templates),
             shared_with: Vec::new(),
             ownership_error: None,
         };

@@ -17,6 +17,7 @@ use std::{
 
 use serde_json::Value;
 pub mod nginx;
+pub mod node;
 pub use vigie_tests::{
     client::{KeepAlive, basic, http_get, send_raw},
     process::{PortalGuard, spawn_portal},
@@ -71,6 +72,13 @@ pub fn privileged(test: &str) -> Option<Privileged> {
             }
             None
         }
+    }
+}
+
+impl Privileged {
+    /// The same privileges, running another `vigie` (the installed package's, say).
+    pub fn with_binary(self, vigie: PathBuf) -> Self {
+        Self { vigie, ..self }
     }
 }
 
