@@ -324,6 +324,7 @@ fn events(input: &Input) -> Vec<Event> {
                 pid,
                 tid,
                 comm: "portal".into(),
+                goid: None,
                 kind,
             }
         })

@@ -23,4 +23,4 @@ pub struct DataEvent {
 
 /// Bytes before [`DataEvent::data`].
 pub const DATA_HEADER_LEN: usize = core::mem::offset_of!(DataEvent, data);
-const _: () = assert!(DATA_HEADER_LEN == 40 + 24);
+const _: () = assert!(DATA_HEADER_LEN == 48 + 24);

@@ -222,8 +222,10 @@ struct Request {
     pid: u32,
     /// Still the current request of its connection.
     on_conn: bool,
-    /// Still in scope of the thread that read it.
+    /// Still in scope of the thread (or goroutine) that read it.
     on_thread: bool,
+    /// That thread or goroutine.
+    actor: Actor,
     /// A response was written on its connection.
     responded: bool,
     /// The portal's login request: its (bounded) form body names the user its response's
@@ -238,8 +240,27 @@ struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Owner {
     Request(u64),
-    /// Read with no request in scope, on this thread.
+    /// Read with no request in scope, by this actor.
+    Thread(Actor),
+}
+
+/// What serves one request at a time, and so scopes requests: a thread, or in a Go target whose
+/// goroutines the probes follow, a goroutine (Go moves goroutines between threads at every
+/// blocking point; net/http serves each connection on one goroutine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Actor {
     Thread(u32),
+    /// (pid, goid): goroutine ids are per process, never reused.
+    Goroutine(u32, u64),
+    /// A thread of a Go target on no goroutine's behalf (the runtime's own stack), or whose
+    /// goroutine is not known: it scopes nothing, and nothing flows by it.
+    Unscoped(u32),
+}
+
+impl Actor {
+    fn scopes(self) -> bool {
+        !matches!(self, Self::Unscoped(_))
+    }
 }
 
 #[derive(Debug)]
@@ -261,14 +282,17 @@ pub struct Correlator {
     next_request: u64,
     next_access: u64,
     conns: IdMap<(u32, i32), Conn>,
-    /// tid -> (pid, request in scope)
-    threads: IdMap<u32, (u32, u64)>,
-    /// Event-loop threads (tid -> pid): they serve several requests at once, so their reads
+    /// actor -> (pid, request in scope)
+    threads: IdMap<Actor, (u32, u64)>,
+    /// Event-loop threads (actor -> pid): they serve several requests at once, so their reads
     /// get no thread scope.
-    multiplexed: IdMap<u32, u32>,
-    /// Threads that read from sockets (tid -> pid): connection threads, whose reads with no
+    multiplexed: IdMap<Actor, u32>,
+    /// Threads that read from sockets (actor -> pid): connection threads, whose reads with no
     /// request in scope go to their own connections only, never by content to another thread's.
-    socket_threads: IdMap<u32, u32>,
+    socket_threads: IdMap<Actor, u32>,
+    /// Go targets whose events carry goroutine ids: an event of theirs without one scopes
+    /// nothing (its thread may be serving any goroutine).
+    goroutine_pids: IdMap<u32, ()>,
     /// Open document fds and their paths (shared: every read of the fd takes one).
     docs: IdMap<(u32, i32), Arc<str>>,
     requests: IdMap<u64, Request>,
@@ -295,6 +319,7 @@ impl Correlator {
             threads: IdMap::default(),
             multiplexed: IdMap::default(),
             socket_threads: IdMap::default(),
+            goroutine_pids: IdMap::default(),
             docs: IdMap::default(),
             requests: IdMap::default(),
             open: BTreeMap::new(),
@@ -336,12 +361,32 @@ impl Correlator {
         fds
     }
 
+    /// What `ev` was done by, for scoping: its goroutine when it carries one.
+    fn actor(&self, ev: &Event) -> Actor {
+        match ev.goid {
+            Some(0) => Actor::Unscoped(ev.tid),
+            Some(goid) => Actor::Goroutine(ev.pid, goid),
+            None if self.goroutine_pids.contains_key(&ev.pid) => Actor::Unscoped(ev.tid),
+            None => Actor::Thread(ev.tid),
+        }
+    }
+
     /// Feeds one event; findings it completes are appended to `out`.
     pub fn handle(&mut self, ev: &Event, out: &mut Vec<Finding>) {
         self.stats.events += 1;
         let pid = ev.pid;
+        if ev.goid.is_some() {
+            self.goroutine_pids.insert(pid, ());
+        }
+        let actor = self.actor(ev);
         match &ev.kind {
-            EventKind::ProcessExec => {}
+            // A new program: whatever the old one was.
+            EventKind::ProcessExec => {
+                self.goroutine_pids.remove(&pid);
+            }
+            EventKind::GoRuntime { .. } => {
+                self.goroutine_pids.insert(pid, ());
+            }
             EventKind::ProcessFork { child_pid } => {
                 // The child's fd table is a copy of the parent's: so are its open documents.
                 let inherited: Vec<(i32, Arc<str>)> = self
@@ -374,20 +419,20 @@ impl Correlator {
             }
             EventKind::FileRead { fd, bytes, fp } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
-                    let scope = self.read_scope(pid, ev.tid);
+                    let scope = self.read_scope(pid, actor);
                     let evidence = scope.map(|_| Evidence::Thread);
-                    self.record_access(ev, *fd, path, *bytes, *fp, scope, evidence);
+                    self.record_access(ev, actor, *fd, path, *bytes, *fp, scope, evidence);
                 }
             }
             // A mapping is a read with the same evidence rules (thread scope, or flow to the
             // write that follows on this thread), judged when its request ends, not at close.
             EventKind::FileMap { fd, bytes } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
-                    let scope = self.read_scope(pid, ev.tid);
+                    let scope = self.read_scope(pid, actor);
                     let evidence = scope.map(|_| Evidence::Thread);
                     // No fingerprint: the kernel sees no bytes of a mapping.
                     if let Some(id) =
-                        self.record_access(ev, *fd, path, *bytes, None, scope, evidence)
+                        self.record_access(ev, actor, *fd, path, *bytes, None, scope, evidence)
                         && let Some(open) = self.open.get_mut(&id)
                     {
                         open.mapped = true;
@@ -404,11 +449,11 @@ impl Correlator {
                     let (scope, evidence) = match on_conn {
                         Some(req) => (Some(req), Some(Evidence::Sendfile)),
                         None => {
-                            let scope = self.thread_scope(pid, ev.tid);
+                            let scope = self.thread_scope(pid, actor);
                             (scope, scope.map(|_| Evidence::Thread))
                         }
                     };
-                    self.record_access(ev, *in_fd, path, *bytes, None, scope, evidence);
+                    self.record_access(ev, actor, *in_fd, path, *bytes, None, scope, evidence);
                 }
             }
             EventKind::FileClose { fd } => {
@@ -447,8 +492,10 @@ impl Correlator {
                 self.conns.insert((pid, *fd), Conn::accepted());
             }
             EventKind::SockRead { fd, bytes, data } => {
-                self.socket_threads.insert(ev.tid, pid);
-                self.on_sock_read(ev, *fd, *bytes, &data.0, out)
+                if actor.scopes() {
+                    self.socket_threads.insert(actor, pid);
+                }
+                self.on_sock_read(ev, actor, *fd, *bytes, &data.0, out)
             }
             EventKind::SockWrite {
                 fd,
@@ -463,7 +510,7 @@ impl Correlator {
                 {
                     self.on_fastcgi_write(ev, *fd, *bytes, &data.0, out);
                 } else {
-                    self.on_sock_write(ev, *fd, &data.0, *body_fp, out);
+                    self.on_sock_write(ev, actor, *fd, &data.0, *body_fp, out);
                 }
             }
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
@@ -529,8 +576,8 @@ impl Correlator {
         }
     }
 
-    fn is_multiplexed(&self, pid: u32, tid: u32) -> bool {
-        self.multiplexed.get(&tid) == Some(&pid)
+    fn is_multiplexed(&self, pid: u32, actor: Actor) -> bool {
+        self.multiplexed.get(&actor) == Some(&pid)
     }
 
     /// The open accesses matching `pred` that await a fingerprint go on waiting for it, but are
@@ -571,16 +618,16 @@ impl Correlator {
 
     /// The request a document read on this thread belongs to by thread scope: none on an
     /// event loop, where "the thread's current request" means nothing.
-    fn read_scope(&self, pid: u32, tid: u32) -> Option<u64> {
-        if self.is_multiplexed(pid, tid) {
+    fn read_scope(&self, pid: u32, actor: Actor) -> Option<u64> {
+        if self.is_multiplexed(pid, actor) {
             None
         } else {
-            self.thread_scope(pid, tid)
+            self.thread_scope(pid, actor)
         }
     }
 
-    fn thread_scope(&self, pid: u32, tid: u32) -> Option<u64> {
-        match self.threads.get(&tid) {
+    fn thread_scope(&self, pid: u32, actor: Actor) -> Option<u64> {
+        match self.threads.get(&actor) {
             Some(&(p, req)) if p == pid => Some(req),
             _ => None,
         }
@@ -595,6 +642,7 @@ impl Correlator {
     fn record_access(
         &mut self,
         ev: &Event,
+        actor: Actor,
         fd: i32,
         path: Arc<str>,
         bytes: u64,
@@ -612,7 +660,7 @@ impl Correlator {
                 }
                 Owner::Request(req)
             }
-            None => Owner::Thread(ev.tid),
+            None => Owner::Thread(actor),
         };
         if let Some(id) = self.indexed(&owner, &path)
             && let Some(open) = self.open.get_mut(&id)
@@ -661,6 +709,7 @@ impl Correlator {
     fn on_sock_read(
         &mut self,
         ev: &Event,
+        actor: Actor,
         fd: i32,
         bytes: u64,
         data: &[u8],
@@ -713,7 +762,7 @@ impl Correlator {
                     if data.is_empty() {
                         // The rest of this read was not captured: the head is out of sight.
                         if !conn.head.is_empty() {
-                            self.head_truncated(ev, fd, out);
+                            self.head_truncated(ev, actor, fd, out);
                         }
                         return;
                     }
@@ -730,14 +779,14 @@ impl Correlator {
                                 (false, Some(n)) if n > 0 => ConnState::Body { remaining: n },
                                 _ => ConnState::AwaitHead,
                             };
-                            self.new_request(ev, fd, &head, false, out);
+                            self.new_request(ev, actor, fd, &head, false, out);
                             data = &data[used..];
                             total = total.saturating_sub(used as u64);
                         }
                         HeadParse::Partial => {
                             let unseen = total > data.len() as u64;
                             if conn.head.len() >= cap || unseen {
-                                self.head_truncated(ev, fd, out);
+                                self.head_truncated(ev, actor, fd, out);
                             }
                             return;
                         }
@@ -746,7 +795,7 @@ impl Correlator {
                             conn.head.clear();
                             conn.state = ConnState::Desync;
                             // Whatever the peer sent, the previous request is over.
-                            self.end_scope(ev.pid, ev.tid, fd, out);
+                            self.end_scope(ev.pid, actor, fd, out);
                             return;
                         }
                     }
@@ -756,7 +805,7 @@ impl Correlator {
     }
 
     /// A head that does not fit the capture: the request line is kept, the rest is unseen.
-    fn head_truncated(&mut self, ev: &Event, fd: i32, out: &mut Vec<Finding>) {
+    fn head_truncated(&mut self, ev: &Event, actor: Actor, fd: i32, out: &mut Vec<Finding>) {
         self.stats.truncated_heads += 1;
         let conn = self.conns.entry((ev.pid, fd)).or_default();
         let line = http::request_line(&conn.head);
@@ -774,9 +823,9 @@ impl Correlator {
                     chunked: false,
                     keep_alive: true,
                 };
-                self.new_request(ev, fd, &head, true, out);
+                self.new_request(ev, actor, fd, &head, true, out);
             }
-            None => self.end_scope(ev.pid, ev.tid, fd, out),
+            None => self.end_scope(ev.pid, actor, fd, out),
         }
     }
 
@@ -785,6 +834,7 @@ impl Correlator {
     fn new_request(
         &mut self,
         ev: &Event,
+        actor: Actor,
         fd: i32,
         head: &http::RequestHead,
         truncated: bool,
@@ -842,16 +892,16 @@ impl Correlator {
         self.next_request += 1;
         // Its previous request, on another connection, still waits for its response: this
         // thread serves several requests at once.
-        if let Some(&(p, prev)) = self.threads.get(&ev.tid)
+        if let Some(&(p, prev)) = self.threads.get(&actor)
             && p == ev.pid
             && let Some(r) = self.requests.get(&prev)
             && r.info.fd != fd
             && r.on_conn
             && !r.responded
         {
-            self.multiplexed.insert(ev.tid, ev.pid);
+            self.multiplexed.insert(actor, ev.pid);
         }
-        self.end_scope(ev.pid, ev.tid, fd, out);
+        self.end_scope(ev.pid, actor, fd, out);
         let info = RequestInfo {
             id,
             method: head.method.clone(),
@@ -870,7 +920,8 @@ impl Correlator {
                 info,
                 pid: ev.pid,
                 on_conn: true,
-                on_thread: true,
+                on_thread: actor.scopes(),
+                actor,
                 responded: false,
                 login,
                 session_id,
@@ -878,18 +929,19 @@ impl Correlator {
             },
         );
         self.conns.entry((ev.pid, fd)).or_default().current = Some(id);
-        self.threads.insert(ev.tid, (ev.pid, id));
+        if actor.scopes() {
+            self.threads.insert(actor, (ev.pid, id));
+        }
         // Reads this thread made with no request in scope are judged now, unattributed; an
         // event loop's wait for their fingerprint.
-        if !self.is_multiplexed(ev.pid, ev.tid) {
-            let tid = ev.tid;
-            self.finish_where(out, |a| a.owner == Owner::Thread(tid));
+        if actor.scopes() && !self.is_multiplexed(ev.pid, actor) {
+            self.finish_where(out, |a| a.owner == Owner::Thread(actor));
         }
         id
     }
 
     /// The thread and the connection move on: their current requests end.
-    fn end_scope(&mut self, pid: u32, tid: u32, fd: i32, out: &mut Vec<Finding>) {
+    fn end_scope(&mut self, pid: u32, actor: Actor, fd: i32, out: &mut Vec<Finding>) {
         if let Some(req) = self
             .conns
             .get_mut(&(pid, fd))
@@ -897,10 +949,10 @@ impl Correlator {
         {
             self.release(req, Release::Conn, out);
         }
-        if let Some(&(p, req)) = self.threads.get(&tid)
+        if let Some(&(p, req)) = self.threads.get(&actor)
             && p == pid
         {
-            self.threads.remove(&tid);
+            self.threads.remove(&actor);
             self.release(req, Release::Thread, out);
         }
     }
@@ -908,6 +960,7 @@ impl Correlator {
     fn on_sock_write(
         &mut self,
         ev: &Event,
+        actor: Actor,
         fd: i32,
         data: &[u8],
         body_fp: Option<u64>,
@@ -929,13 +982,13 @@ impl Correlator {
                 self.finish_where(out, |a| a.closed && a.owner == Owner::Request(req));
             }
         }
-        self.claim(ev, req, body_fp);
+        self.claim(ev, actor, req, body_fp);
     }
 
     /// Reads with no request in scope that a write of request `req`'s response (by `ev`'s
     /// thread, its body starting with bytes of fingerprint `body_fp`) tells the request of.
-    fn claim(&mut self, ev: &Event, req: u64, body_fp: Option<u64>) {
-        let multiplexed = self.is_multiplexed(ev.pid, ev.tid);
+    fn claim(&mut self, ev: &Event, actor: Actor, req: u64, body_fp: Option<u64>) {
+        let multiplexed = self.is_multiplexed(ev.pid, actor);
         // Reads with no request in scope that this write tells the request of:
         // - flow: this thread's, when it serves one request at a time (all of them);
         // - fingerprint: a helper thread's (one that never reads sockets: a blocking pool), or
@@ -946,13 +999,15 @@ impl Correlator {
         let mut moved: Vec<(u64, Vec<Evidence>)> = Vec::new();
         let mut by_content: Option<u64> = None;
         for (id, a) in &self.open {
-            let Owner::Thread(tid) = a.owner else {
+            let Owner::Thread(by) = a.owner else {
                 continue;
             };
             if a.access.pid != ev.pid {
                 continue;
             }
-            let same_thread = tid == ev.tid;
+            // Flow needs one actor that both read and wrote: a thread of a Go target on no
+            // known goroutine is not one.
+            let same_thread = by == actor && actor.scopes();
             let content = body_fp.is_some() && a.fp == body_fp;
             if same_thread && !multiplexed {
                 let mut evidence = vec![Evidence::Flow];
@@ -962,7 +1017,7 @@ impl Correlator {
                 moved.push((*id, evidence));
             } else if content
                 && by_content.is_none()
-                && (same_thread || self.socket_threads.get(&tid) != Some(&ev.pid))
+                && (same_thread || self.socket_threads.get(&by) != Some(&ev.pid))
             {
                 by_content = Some(*id);
             }
@@ -971,7 +1026,7 @@ impl Correlator {
             let same_thread = self
                 .open
                 .get(&id)
-                .is_some_and(|a| a.owner == Owner::Thread(ev.tid));
+                .is_some_and(|a| a.owner == Owner::Thread(actor) && actor.scopes());
             let mut evidence = vec![Evidence::Fingerprint];
             if same_thread {
                 evidence.insert(0, Evidence::Flow);
@@ -1017,6 +1072,14 @@ impl Correlator {
         if let Some(conn) = self.conns.remove(&(pid, fd))
             && let Some(req) = conn.current
         {
+            // A goroutine serves one connection and ends with it (no event says so): its scope
+            // ends here, or every connection's last request would be kept.
+            if let Some(actor @ Actor::Goroutine(..)) = self.requests.get(&req).map(|r| r.actor)
+                && self.threads.get(&actor) == Some(&(pid, req))
+            {
+                self.threads.remove(&actor);
+                self.release(req, Release::Thread, out);
+            }
             self.release(req, Release::Conn, out);
         }
     }
@@ -1054,15 +1117,15 @@ impl Correlator {
         for fd in fds {
             self.drop_conn(pid, fd, out);
         }
-        let mut tids: Vec<u32> = self
+        let mut actors: Vec<Actor> = self
             .threads
             .iter()
             .filter(|(_, (p, _))| *p == pid)
-            .map(|(t, _)| *t)
+            .map(|(a, _)| *a)
             .collect();
-        tids.sort_unstable();
-        for tid in tids {
-            if let Some((_, req)) = self.threads.remove(&tid) {
+        actors.sort_unstable();
+        for actor in actors {
+            if let Some((_, req)) = self.threads.remove(&actor) {
                 self.release(req, Release::Thread, out);
             }
         }
@@ -1070,29 +1133,34 @@ impl Correlator {
         self.requests.retain(|_, r| r.pid != pid);
         self.multiplexed.retain(|_, p| *p != pid);
         self.socket_threads.retain(|_, p| *p != pid);
+        self.goroutine_pids.remove(&pid);
     }
 
     /// A thread is gone: its request scope ends (else every thread-per-connection request would
     /// be kept forever), and what it read with no request in scope can no longer flow to a
     /// connection: judged now, unattributed.
+    /// (A goroutine outlives the thread that ran it: a Go thread's exit ends no goroutine's
+    /// scope.)
     fn on_thread_exit(&mut self, pid: u32, tid: u32, out: &mut Vec<Finding>) {
-        if self.socket_threads.get(&tid) == Some(&pid) {
-            self.socket_threads.remove(&tid);
+        let thread = Actor::Thread(tid);
+        if self.socket_threads.get(&thread) == Some(&pid) {
+            self.socket_threads.remove(&thread);
         }
-        if let Some(&(p, req)) = self.threads.get(&tid)
+        if let Some(&(p, req)) = self.threads.get(&thread)
             && p == pid
         {
-            self.threads.remove(&tid);
+            self.threads.remove(&thread);
             self.release(req, Release::Thread, out);
         }
-        if self.multiplexed.get(&tid) == Some(&pid) {
-            self.multiplexed.remove(&tid);
+        if self.multiplexed.get(&thread) == Some(&pid) {
+            self.multiplexed.remove(&thread);
         }
         // Its reads with a fingerprint may still go out on a connection from another thread:
         // they wait for it (unindexed, so that a reused thread id starts new accesses).
-        self.keep_for_fingerprint(|a| a.owner == Owner::Thread(tid) && a.access.pid == pid);
+        let of_thread = |o: &Owner| matches!(o, Owner::Thread(Actor::Thread(t) | Actor::Unscoped(t)) if *t == tid);
+        self.keep_for_fingerprint(|a| of_thread(&a.owner) && a.access.pid == pid);
         self.finish_where(out, |a| {
-            a.owner == Owner::Thread(tid) && a.access.pid == pid && !a.awaits_fingerprint()
+            of_thread(&a.owner) && a.access.pid == pid && !a.awaits_fingerprint()
         });
     }
 

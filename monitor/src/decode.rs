@@ -3,7 +3,7 @@
 use monitor_common::{
     COMM_LEN, Header,
     files::{FdEvent, OpenEvent, PATH_CAP, path_source},
-    kind,
+    header_flags, kind,
     process::ProcEvent,
     sockets::{DATA_CAP, DATA_HEADER_LEN, DataEvent},
 };
@@ -209,6 +209,7 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
         pid: header.tgid,
         tid: header.tid,
         comm: decoder.comm(&header.comm),
+        goid: (header.flags & header_flags::GOID != 0).then_some(header.goid),
         kind,
     })
 }
@@ -231,8 +232,9 @@ mod tests {
             kind,
             tgid: 10,
             tid: 11,
-            _pad: 0,
+            flags: 0,
             ts_ns: 99,
+            goid: 0,
             comm,
         }
     }

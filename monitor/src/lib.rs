@@ -2,7 +2,8 @@
 //!
 //! `loader` (load + attach probes) -> `reader` (ring buffer) -> `decode` (raw records -> typed
 //! `events`) -> `correlate` (requests, identities, document accesses; pure) -> `judge` (verdicts;
-//! pure) -> `sinks` (alerts). `procfs` holds what only a live run can read from `/proc`; `run`
+//! pure) -> `sinks` (alerts). `procfs` holds what only a live run can read from `/proc`, `golang` what it
+//! reads from Go targets' binaries; `run`
 //! wires the live pipeline, `pipeline` the part shared with replay.
 pub mod attach;
 pub mod btf;
@@ -13,6 +14,7 @@ pub mod decode;
 pub mod events;
 pub mod fastcgi;
 pub mod fingerprint;
+pub mod golang;
 pub mod http;
 pub mod identity;
 pub mod idmap;

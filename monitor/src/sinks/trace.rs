@@ -214,6 +214,7 @@ impl TraceWriter {
                 pid: 0,
                 tid: 0,
                 comm: crate::events::Comm::default(),
+                goid: None,
                 kind: EventKind::OwnershipFact(used.fact.clone()),
             };
             serde_json::to_writer(&mut lines, &ev).map_err(std::io::Error::other)?;
@@ -278,6 +279,7 @@ mod tests {
             pid: 1,
             tid: 1,
             comm: "p".into(),
+            goid: None,
             kind: EventKind::FileRead {
                 fd: 3,
                 bytes: i,
