@@ -13,7 +13,10 @@ pub fn run(bins: &Binaries, args: &[String]) -> anyhow::Result<()> {
         );
     }
     // SAFETY (edition 2024 set_var): single-threaded at this point.
-    unsafe { std::env::set_var("VIGIE_BIN", &bins.vigie) };
+    unsafe {
+        std::env::set_var("VIGIE_BIN", &bins.vigie);
+        std::env::set_var("VIGIE_GO_PORTAL", &bins.go_portal);
+    }
     // Default members: everything but the eBPF crate, which only builds for the BPF target
     // (build.rs builds it).
     step("test", "cargo fmt --check, cargo clippy -D warnings");
