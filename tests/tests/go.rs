@@ -88,29 +88,61 @@ impl Score {
     }
 }
 
-fn run(test: &str, style: &str, goroutines: bool) -> Option<Score> {
+/// When the portal starts: before Vigie (found at start-up by pid), or after it (selected by
+/// name at its exec).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Before,
+    After,
+}
+
+fn run(test: &str, style: &str, goroutines: bool, start: Start) -> Option<Score> {
     let p = privileged(test)?;
     let bin = go_portal(test)?;
     let dir = TempDir::new(test);
     let root = dir.path().join("portal");
     vigie_tests::portal::generate(&root).expect("generating the documents");
-    let portal = spawn_portal(
-        &bin,
-        [
-            "--root",
-            root.to_str().expect("utf-8 temp dir"),
-            "--style",
-            style,
-        ],
-    )
-    .expect("starting the Go portal");
+    let spawn = || {
+        spawn_portal(
+            &bin,
+            [
+                "--root",
+                root.to_str().expect("utf-8 temp dir"),
+                "--style",
+                style,
+            ],
+        )
+        .expect("starting the Go portal")
+    };
     let users = root.join("users");
     let u = users.display();
-    let config = format!(
-        "[targets]\npids = [{}]\n[documents]\nroots = [\"{u}\"]\nowner_templates = [\"{u}/{{owner}}/**\"]\n[correlation]\ngoroutines = {goroutines}\n",
-        portal.pid()
-    );
-    let vigie = Vigie::start(&p, test, &config, &["--audit"]);
+    let config = |targets: &str| {
+        format!(
+            "[targets]\n{targets}\n[documents]\nroots = [\"{u}\"]\nowner_templates = [\"{u}/{{owner}}/**\"]\n[correlation]\ngoroutines = {goroutines}\n"
+        )
+    };
+    let (portal, vigie) = match start {
+        Start::Before => {
+            let portal = spawn();
+            let targets = format!("pids = [{}]", portal.pid());
+            let vigie = Vigie::start(&p, test, &config(&targets), &["--audit"]);
+            (portal, vigie)
+        }
+        Start::After => {
+            let name = bin.file_name().expect("a file name").to_string_lossy();
+            let targets = format!("names = [\"{name}\"]");
+            let vigie = Vigie::start(&p, test, &config(&targets), &["--audit"]);
+            let portal = spawn();
+            // Its exec is seen, its binary read, its goroutines followed: then the load.
+            poll_until(
+                "Vigie to read the Go portal's binary",
+                std::time::Duration::from_secs(10),
+                || vigie.log().contains("Go target").then_some(()),
+                || vigie.log(),
+            );
+            (portal, vigie)
+        }
+    };
     let addr = portal.addr().to_string();
     let mut handles = Vec::new();
     for (i, user) in USERS.iter().enumerate() {
@@ -204,8 +236,8 @@ fn run(test: &str, style: &str, goroutines: bool) -> Option<Score> {
 
 /// With goroutine tracking, every read is bound to the goroutine that read its request's head:
 /// nothing is left to chance, so every read is found.
-fn tracked(test: &str, style: &str) {
-    let Some(score) = run(test, style, true) else {
+fn tracked(test: &str, style: &str, start: Start) {
+    let Some(score) = run(test, style, true, start) else {
         return;
     };
     assert_eq!(
@@ -218,7 +250,11 @@ fn tracked(test: &str, style: &str) {
 
 #[test]
 fn go_read_then_write_is_attributed_by_goroutine() {
-    tracked("go_read_then_write_is_attributed_by_goroutine", "read");
+    tracked(
+        "go_read_then_write_is_attributed_by_goroutine",
+        "read",
+        Start::Before,
+    );
 }
 
 #[test]
@@ -226,6 +262,17 @@ fn go_io_copy_with_sendfile_is_attributed_by_goroutine() {
     tracked(
         "go_io_copy_with_sendfile_is_attributed_by_goroutine",
         "copy",
+        Start::Before,
+    );
+}
+
+/// A Go portal started after Vigie: selected by name at its exec, its binary read then.
+#[test]
+fn go_portal_started_after_vigie_is_followed_from_its_exec() {
+    tracked(
+        "go_portal_started_after_vigie_is_followed_from_its_exec",
+        "read",
+        Start::After,
     );
 }
 
@@ -235,7 +282,7 @@ fn go_io_copy_with_sendfile_is_attributed_by_goroutine() {
 fn go_without_goroutine_tracking_never_names_the_wrong_user() {
     let test = "go_without_goroutine_tracking_never_names_the_wrong_user";
     for style in ["read", "copy"] {
-        if run(test, style, false).is_none() {
+        if run(test, style, false, Start::Before).is_none() {
             return;
         }
     }
