@@ -9,6 +9,8 @@
 //!   had no request in scope);
 //! - `thread`: the read happened on the thread that read the current request head (thread per
 //!   request, prefork workers, pool threads);
+//! - `goroutine`: in a Go target whose goroutines the probes follow, the same with the goroutine
+//!   in place of the thread (Go moves goroutines between threads);
 //! - `fingerprint`: the first bytes of the document (hashed in the kernel) are the first bytes
 //!   of a response body written on a connection (hashed by [`crate::fingerprint`]): the document
 //!   was read on a helper thread (async runtimes' blocking pools) or by an event loop serving
@@ -79,6 +81,9 @@ pub enum Evidence {
     Sendfile,
     Flow,
     Thread,
+    /// Thread scope's equivalent in a Go target: the read was made by the goroutine that read
+    /// the request's head.
+    Goroutine,
     Fingerprint,
 }
 
@@ -252,6 +257,14 @@ impl Actor {
     fn scopes(self) -> bool {
         !matches!(self, Self::Unscoped(_))
     }
+
+    /// The evidence a read in this actor's scope gives.
+    fn evidence(self) -> Evidence {
+        match self {
+            Self::Goroutine(..) => Evidence::Goroutine,
+            Self::Thread(_) | Self::Unscoped(_) => Evidence::Thread,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -411,7 +424,7 @@ impl Correlator {
             EventKind::FileRead { fd, bytes, fp } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
                     let scope = self.read_scope(pid, actor);
-                    let evidence = scope.map(|_| Evidence::Thread);
+                    let evidence = scope.map(|_| actor.evidence());
                     self.record_access(ev, actor, *fd, path, *bytes, *fp, scope, evidence);
                 }
             }
@@ -420,7 +433,7 @@ impl Correlator {
             EventKind::FileMap { fd, bytes } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
                     let scope = self.read_scope(pid, actor);
-                    let evidence = scope.map(|_| Evidence::Thread);
+                    let evidence = scope.map(|_| actor.evidence());
                     // No fingerprint: the kernel sees no bytes of a mapping.
                     if let Some(id) =
                         self.record_access(ev, actor, *fd, path, *bytes, None, scope, evidence)
@@ -441,7 +454,7 @@ impl Correlator {
                         Some(req) => (Some(req), Some(Evidence::Sendfile)),
                         None => {
                             let scope = self.thread_scope(pid, actor);
-                            (scope, scope.map(|_| Evidence::Thread))
+                            (scope, scope.map(|_| actor.evidence()))
                         }
                     };
                     self.record_access(ev, actor, *in_fd, path, *bytes, None, scope, evidence);

@@ -268,6 +268,24 @@ mod tests {
         );
     }
 
+    /// The goroutine id is the event's only when the probe says it read one (a Go target):
+    /// otherwise the header's field means nothing, even if not zero.
+    #[test]
+    fn a_goroutine_id_is_kept_only_when_flagged() {
+        let mut ev = ProcEvent {
+            header: header(kind::THREAD_EXIT),
+            child_tgid: 0,
+            child_tid: 0,
+        };
+        ev.header.goid = 42;
+        assert_eq!(decode(&bytes_of(&ev)).unwrap().goid, None);
+        ev.header.flags = header_flags::GOID;
+        assert_eq!(decode(&bytes_of(&ev)).unwrap().goid, Some(42));
+        // Goroutine 0: the Go runtime's own stack, kept as such.
+        ev.header.goid = 0;
+        assert_eq!(decode(&bytes_of(&ev)).unwrap().goid, Some(0));
+    }
+
     #[test]
     fn an_open_path_ends_at_its_first_nul() {
         let mut path = [b'x'; PATH_CAP];

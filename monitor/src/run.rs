@@ -132,6 +132,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         .map(SessionStore::new)
         .transpose()
         .map_err(|e| anyhow::anyhow!("identity.session.store: {e}"))?;
+    // Goroutines are followed where the kernel tells where a thread's TLS is, unless turned off.
+    let go =
+        crate::golang::GoTargets::new(cfg.correlation.goroutines && probes.task_fsbase.is_some());
     let mut live = Live {
         cfg,
         probes,
@@ -147,11 +150,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         decoder: Decoder::new(),
         metrics,
         ring_usage: None,
-        go: crate::golang::GoTargets::new(false),
+        go,
     };
-    live.go = crate::golang::GoTargets::new(
-        live.cfg.correlation.goroutines && live.probes.task_fsbase.is_some(),
-    );
     live.init_metrics(&ring);
     if let Some((dir, rotation)) = &opts.record {
         let header = trace::header(&live.cfg, clock);
@@ -286,8 +286,8 @@ impl Live {
     }
 
     /// A Go target: its events carry the goroutine id from now on, when its binary says where
-    /// to find it.
-    /// The correlator is told that the process is Go either way: its threads scope nothing.
+    /// to find it. The correlator is told that the process is Go either way: its threads scope
+    /// nothing.
     fn follow_goroutines(&mut self, pid: u32) -> anyhow::Result<()> {
         let Some((version, layout)) = self.go.inspect(pid) else {
             return Ok(());

@@ -68,6 +68,9 @@ fn plan(user_index: usize, conn: usize) -> Vec<(&'static str, &'static str)> {
 /// What one run found, scored.
 struct Score {
     expected: usize,
+    /// Attributed accesses whose evidence includes `goroutine` (the goroutine that read the
+    /// request's head).
+    by_goroutine: usize,
     right: usize,
     /// Attributed to the wrong request: a wrong user, or the right user's verdict on a
     /// document they did not read.
@@ -116,6 +119,11 @@ fn run(test: &str, style: &str, goroutines: bool, start: Start) -> Option<Score>
     };
     let users = root.join("users");
     let u = users.display();
+    // Every run is recorded, and its replay must give the live alerts byte for byte: the
+    // goroutine ids are in the trace.
+    let traces = dir.path().join("traces");
+    let record = traces.to_str().expect("utf-8 temp dir").to_string();
+    let args = ["--audit", "--record", record.as_str()];
     let config = |targets: &str| {
         format!(
             "[targets]\n{targets}\n[documents]\nroots = [\"{u}\"]\nowner_templates = [\"{u}/{{owner}}/**\"]\n[correlation]\ngoroutines = {goroutines}\n"
@@ -125,19 +133,20 @@ fn run(test: &str, style: &str, goroutines: bool, start: Start) -> Option<Score>
         Start::Before => {
             let portal = spawn();
             let targets = format!("pids = [{}]", portal.pid());
-            let vigie = Vigie::start(&p, test, &config(&targets), &["--audit"]);
+            let vigie = Vigie::start(&p, test, &config(&targets), &args);
             (portal, vigie)
         }
         Start::After => {
             let name = bin.file_name().expect("a file name").to_string_lossy();
             let targets = format!("names = [\"{name}\"]");
-            let vigie = Vigie::start(&p, test, &config(&targets), &["--audit"]);
+            let vigie = Vigie::start(&p, test, &config(&targets), &args);
             let portal = spawn();
-            // Its exec is seen, its binary read, its goroutines followed: then the load.
+            // Its exec is seen, its binary read, its goroutines followed (or not): then the
+            // load. Events before that are the runtime's start-up.
             poll_until(
                 "Vigie to read the Go portal's binary",
                 std::time::Duration::from_secs(10),
-                || vigie.log().contains("Go target").then_some(()),
+                || vigie.log().contains("Go target: go").then_some(()),
                 || vigie.log(),
             );
             (portal, vigie)
@@ -176,7 +185,20 @@ fn run(test: &str, style: &str, goroutines: bool, start: Start) -> Option<Score>
             }
         }
     }
-    let (alerts, log) = vigie.stop();
+    let (live_raw, log) = vigie.stop_raw();
+    let alerts = parse_alerts(&live_raw);
+    let replayed = dir.path().join("replayed.jsonl");
+    let mut replay: Vec<std::ffi::OsString> = vec!["replay".into()];
+    replay.extend(trace_files(&traces).into_iter().map(Into::into));
+    replay.extend(["--audit".into(), "--alerts".into(), replayed.clone().into()]);
+    let replay: Vec<&std::ffi::OsStr> = replay.iter().map(std::ffi::OsString::as_os_str).collect();
+    let (ok, _, stderr) = vigie_cmd(&p, &replay);
+    assert!(ok, "replay failed: {stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&replayed).expect("replayed alerts"),
+        live_raw,
+        "replay differs from live"
+    );
     let mut found: BTreeMap<Key, usize> = BTreeMap::new();
     let mut unattributed = 0;
     for v in verdicts(&alerts) {
@@ -193,8 +215,17 @@ fn run(test: &str, style: &str, goroutines: bool, start: Start) -> Option<Score>
         right += n.min(e);
         wrong += n.saturating_sub(e);
     }
+    let by_goroutine = alerts
+        .iter()
+        .filter(|a| {
+            a["evidence"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e == "goroutine"))
+        })
+        .count();
     let score = Score {
         expected: expected.values().sum(),
+        by_goroutine,
         right,
         wrong,
         unattributed,
@@ -224,6 +255,15 @@ fn run(test: &str, style: &str, goroutines: bool, start: Start) -> Option<Score>
         score.wrong, 0,
         "accesses attributed to the wrong request: {wrong_ones:?}\n{log}"
     );
+    if !goroutines {
+        assert_eq!(score.by_goroutine, 0, "goroutine scope while turned off");
+        assert!(
+            !alerts.iter().any(|a| a["evidence"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e == "thread"))),
+            "thread scope in a Go target"
+        );
+    }
     // Start-up says what it found in the binary.
     let reported = if goroutines {
         "goroutines followed"
@@ -246,6 +286,8 @@ fn tracked(test: &str, style: &str, start: Start) {
         "recall {:.3}",
         score.recall()
     );
+    // And it is the goroutine that found them, not content evidence alone.
+    assert_eq!(score.by_goroutine, score.expected);
 }
 
 #[test]

@@ -1156,12 +1156,12 @@ fn a_go_request_follows_its_goroutine_across_threads() {
             (
                 u("bob"),
                 "/srv/users/carol/y.pdf".into(),
-                vec![Evidence::Thread]
+                vec![Evidence::Goroutine]
             ),
             (
                 u("alice"),
                 "/srv/users/bob/x.pdf".into(),
-                vec![Evidence::Thread]
+                vec![Evidence::Goroutine]
             ),
         ]
     );
