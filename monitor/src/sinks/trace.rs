@@ -241,6 +241,7 @@ mod tests {
                 fd: 3,
                 bytes: i,
                 fp: None,
+                size: None,
             },
         }
     }
