@@ -34,6 +34,12 @@ pub struct Config {
     pub metrics: Metrics,
     #[serde(default)]
     pub kernel: Kernel,
+    /// Reverse proxies whose forwarded headers name the client.
+    #[serde(default)]
+    pub clients: crate::client::ClientConfig,
+    /// Enumeration detection, incident grouping and the response hook.
+    #[serde(default)]
+    pub incidents: crate::incident::IncidentConfig,
 }
 
 /// Which processes to watch. Processes that start later are picked up by name (at exec) and
@@ -393,6 +399,11 @@ impl Config {
                 ));
             }
         }
+        crate::client::TrustedProxies::parse(&self.clients)
+            .map_err(|e| invalid("clients.trusted_proxies", e.to_string()))?;
+        self.incidents
+            .check()
+            .map_err(|(field, reason)| invalid(field, reason))?;
         if self.correlation.idle_flush_ms == 0 {
             return Err(invalid("correlation.idle_flush_ms", "must be positive"));
         }

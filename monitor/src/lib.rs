@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod btf;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod correlate;
 pub mod decode;
@@ -16,6 +17,7 @@ pub mod fingerprint;
 pub mod http;
 pub mod identity;
 pub mod idmap;
+pub mod incident;
 pub mod judge;
 pub mod kernel;
 pub mod loader;

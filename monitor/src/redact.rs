@@ -10,9 +10,12 @@
 //!   `identity::jwt::mark_token`). No usable token is kept, and neither the correlator nor
 //!   replay needs the key;
 //! - other `Authorization` schemes: the credentials are masked with `*`;
-//! - `Cookie:` values and the value of `Set-Cookie:`: replaced by a keyed hash (hex, cycled to
-//!   the value's length). The key is random per run and never written anywhere, so the same
-//!   cookie maps to the same hash within a run (sessions can be followed) and to nothing outside.
+//! - `Cookie:` values and the value of `Set-Cookie:`: replaced by a keyed hash (HMAC-SHA-256,
+//!   hex, cycled to the value's length). The key is random per run and never written anywhere,
+//!   unless the operator gives one (`[incidents] session_key_file`): then the same cookie maps to
+//!   the same hash across restarts, and an analyst holding the key can tell which of the portal's
+//!   sessions an alert's session handle is (`vigie session-handle`). Without the key, a hash maps
+//!   to nothing.
 //!
 //! - the body of the portal's login request (`identity.session`): every form value but the user
 //!   field's is replaced by `*`s (the password, CSRF tokens), so the correlator can bind the
@@ -28,8 +31,6 @@
 //! rule) get the same rules on their records ([`fcgi`]): the values of the `HTTP_AUTHORIZATION`,
 //! `HTTP_PROXY_AUTHORIZATION` and `HTTP_COOKIE` params (and `PHP_AUTH_PW`, masked), and
 //! `Set-Cookie` in the CGI head of STDOUT, across record and read boundaries.
-use std::hash::BuildHasher as _;
-
 use base64::Engine as _;
 
 use crate::{
@@ -45,7 +46,7 @@ use crate::{
 mod fcgi;
 
 pub struct Redactor {
-    key: std::collections::hash_map::RandomState,
+    key: SessionKey,
     jwt: JwtConfig,
     session: Option<SessionConfig>,
     /// Per connection: the raw bytes of the header line the last capture ended in the middle of.
@@ -94,7 +95,7 @@ impl Redactor {
     /// checked.
     pub fn new(jwt: JwtConfig) -> Self {
         Self {
-            key: std::collections::hash_map::RandomState::new(),
+            key: SessionKey::random(),
             jwt,
             session: None,
             pending: IdMap::default(),
@@ -103,6 +104,13 @@ impl Redactor {
             logins: IdMap::default(),
             session_ids: Vec::new(),
         }
+    }
+
+    /// Hashes cookie values with `key` instead of a key of this run's own.
+    #[must_use]
+    pub fn with_key(mut self, key: SessionKey) -> Self {
+        self.key = key;
+        self
     }
 
     /// Redacts, in place, what process `pid` read from socket `fd`: `data` is the capture of a
@@ -423,10 +431,106 @@ impl Redactor {
             value.fill(b'*');
             return;
         }
-        let hex = format!("{:016x}", self.key.hash_one(&*value));
+        let hex = self.key.cookie_hash(value);
         for (dst, src) in value.iter_mut().zip(hex.bytes().cycle()) {
             *dst = src;
         }
+    }
+}
+
+/// The key of the cookie hashes (HMAC-SHA-256). Never logged, never in a trace.
+#[derive(Clone)]
+pub struct SessionKey([u8; 32]);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+/// A session key file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionKeyError {
+    #[error("session key file {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("session key file {0} must hold at least 32 bytes (it holds {1})")]
+    Short(String, usize),
+    #[error("session key file {0} is readable by group or others (mode {1:o}): make it 0600")]
+    Mode(String, u32),
+    #[error("no randomness for a session key: {0}")]
+    Random(String),
+}
+
+impl SessionKey {
+    /// A key of this run's own: hashes mean nothing outside it.
+    #[must_use]
+    pub fn random() -> Self {
+        let mut key = [0u8; 32];
+        // The OS's generator does not fail on Linux once booted; if it ever did, a key that is
+        // at least different per process beats none.
+        if getrandom::getrandom(&mut key).is_err() {
+            let seed = std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                std::process::id(),
+            );
+            key[..8].copy_from_slice(&seed.to_le_bytes());
+        }
+        Self(key)
+    }
+
+    #[must_use]
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        Self(key)
+    }
+
+    /// Reads the key file, creating it (mode 0600, 32 random bytes) when it does not exist.
+    /// A file others can read is refused: with it, anyone could confirm a guessed cookie.
+    pub fn load_or_create(path: &std::path::Path) -> Result<Self, SessionKeyError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+        let name = path.display().to_string();
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let mode = std::fs::metadata(path)
+                    .map_err(|e| SessionKeyError::Io(name.clone(), e))?
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(SessionKeyError::Mode(name, mode & 0o777));
+                }
+                let key: [u8; 32] = bytes
+                    .get(..32)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or(SessionKeyError::Short(name, bytes.len()))?;
+                Ok(Self(key))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                getrandom::getrandom(&mut key)
+                    .map_err(|e| SessionKeyError::Random(e.to_string()))?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(|e| SessionKeyError::Io(name.clone(), e))?;
+                f.write_all(&key)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| SessionKeyError::Io(name, e))?;
+                Ok(Self(key))
+            }
+            Err(e) => Err(SessionKeyError::Io(name, e)),
+        }
+    }
+
+    /// 16 hex digits of HMAC-SHA-256(key, value): what a cookie value becomes in the trace.
+    #[must_use]
+    pub fn cookie_hash(&self, value: &[u8]) -> String {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
+            .expect("HMAC takes a key of any length");
+        mac.update(value);
+        let digest = mac.finalize().into_bytes();
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 

@@ -290,6 +290,9 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
         resolver,
         AlertSink::new(out, clock, opts.audit),
     );
+    // The incidents of the live run: same rules, same accesses, same timestamps. The webhook
+    // is not called: those incidents were acted on live.
+    pipeline.set_incidents(crate::incident::Incidents::new(config.incidents.clone()));
     let since = opts.since_ns;
     let until = opts.until_ns;
     let pids = opts.pids.clone();

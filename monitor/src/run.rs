@@ -122,6 +122,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     // checked at capture time, never by the correlator.
     let cfg_jwt = cfg.identity.jwt.clone();
     let cfg_session = cfg.identity.session.clone();
+    // The key of session handles: the operator's (stable across restarts), or this run's own.
+    let session_key = match &cfg.incidents.session_key_file {
+        Some(path) => {
+            crate::redact::SessionKey::load_or_create(path).context("incidents.session_key_file")?
+        }
+        None => crate::redact::SessionKey::random(),
+    };
     let session_store = cfg_session
         .as_ref()
         .and_then(|s| s.store.clone())
@@ -135,7 +142,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         targets: HashSet::new(),
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
-        redactor: Redactor::new(cfg_jwt).with_session(cfg_session),
+        redactor: Redactor::new(cfg_jwt)
+            .with_session(cfg_session)
+            .with_key(session_key),
         bodies: crate::fingerprint::Bodies::new(),
         session_store,
         store_errors: 0,
@@ -145,6 +154,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         ring_usage: None,
     };
     live.init_metrics(&ring);
+    live.pipeline
+        .set_incidents(crate::incident::Incidents::new(live.cfg.incidents.clone()));
+    if let Some(hook) = &live.cfg.incidents.webhook {
+        live.pipeline
+            .set_webhook(crate::sinks::webhook::Webhook::start(hook));
+    }
     if let Some((dir, rotation)) = &opts.record {
         let header = TraceHeader::new(&live.cfg, clock);
         let writer = TraceWriter::create(dir, header, *rotation)
@@ -399,7 +414,7 @@ impl Live {
                 *body_fp = self.bodies.response(pid, *fd, *bytes, &mut data.0);
                 self.redactor.redact_write(pid, *fd, &mut data.0, *bytes);
             }
-            EventKind::SockAccept { fd } => {
+            EventKind::SockAccept { fd, .. } => {
                 self.redactor.accepted(pid, *fd);
                 self.bodies.forget(pid, *fd);
             }
@@ -701,6 +716,15 @@ impl Live {
         m.sync_alerts_written(self.pipeline.alerts_written());
         m.set_targets(self.targets.len());
         m.set_tracked(&self.pipeline.correlator().tracked());
+        if let Some(hook) = self.pipeline.webhook() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let s = &hook.stats;
+            m.set_webhook_calls(
+                s.sent.load(Relaxed),
+                s.failed.load(Relaxed),
+                s.dropped.load(Relaxed),
+            );
+        }
         m.set_probes(self.probes.attached(), self.probes.expected());
         m.sync_probe_stats(&self.probes.program_stats());
     }

@@ -23,6 +23,7 @@ impl Scenario {
             request_cap: 4096,
             idle_flush_ns: 500_000_000,
             realtime_offset_ns: None,
+            proxies: Default::default(),
         };
         Self {
             c: Correlator::new(cfg),
@@ -45,7 +46,7 @@ impl Scenario {
     }
 
     fn accept(&mut self, pid: u32, tid: u32, fd: i32) -> &mut Self {
-        self.ev(pid, tid, EventKind::SockAccept { fd })
+        self.ev(pid, tid, EventKind::SockAccept { fd, peer: None })
     }
 
     fn request(&mut self, pid: u32, tid: u32, fd: i32, head: &str) -> &mut Self {
@@ -724,6 +725,7 @@ fn bearer_token_expiry_is_judged_at_the_event_time() {
             request_cap: 4096,
             idle_flush_ns: 500_000_000,
             realtime_offset_ns: offset_ns,
+            proxies: Default::default(),
         };
         s.c = Correlator::new(cfg);
         s.request(

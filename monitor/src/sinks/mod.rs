@@ -3,3 +3,4 @@ pub mod alerts;
 pub mod metrics;
 pub mod ocsf;
 pub mod trace;
+pub mod webhook;

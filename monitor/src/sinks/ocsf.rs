@@ -31,6 +31,30 @@ fn severity(verdict: Verdict) -> (u8, &'static str) {
     }
 }
 
+/// OCSF `src_endpoint` (Network Endpoint) of a client: `ip` and `port`, or `type` `unix` for a
+/// unix socket peer (no address).
+fn src_endpoint(c: &crate::client::Client) -> Value {
+    let mut e = json!({});
+    if let Some(ip) = c.ip {
+        e["ip"] = json!(ip.to_string());
+    }
+    if let Some(port) = c.port {
+        e["port"] = json!(port);
+    }
+    if c.family == "unix" {
+        e["type"] = json!("unix");
+    }
+    if !c.proxies.is_empty() {
+        e["intermediate_ips"] = json!(
+            c.proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        );
+    }
+    e
+}
+
 /// Writes OCSF events for one host.
 #[derive(Debug, Clone)]
 pub struct Ocsf {
@@ -71,7 +95,13 @@ impl Ocsf {
     }
 
     /// A judged document read as a File System Activity: Read.
-    pub fn access(&self, access: &Access, judgement: &Judgement, clock: &WallClock) -> Value {
+    pub fn access(
+        &self,
+        access: &Access,
+        judgement: &Judgement,
+        incident: Option<&str>,
+        clock: &WallClock,
+    ) -> Value {
         let identity = access.request.as_ref().and_then(|r| r.identity.as_ref());
         let (severity_id, severity) = severity(judgement.verdict);
         let time_ms = clock.unix_ns(access.first_ts_ns).div_euclid(1_000_000);
@@ -141,6 +171,70 @@ impl Ocsf {
         }
         if let Some(e) = judgement.ownership_error {
             event["unmapped"]["ownership_error"] = json!(e);
+        }
+        let request = access.request.as_ref();
+        if let Some(endpoint) = request.and_then(|r| r.client.as_ref()).map(src_endpoint) {
+            event["src_endpoint"] = endpoint;
+        }
+        if let Some(session) = request.and_then(|r| r.session.as_ref()) {
+            // OCSF's actor.session: uid is the session's identifier, here its handle.
+            event["actor"]["session"] = json!({ "uid": session });
+        }
+        if let Some(id) = incident {
+            event["unmapped"]["incident"] = json!(id);
+        }
+        event
+    }
+
+    /// A user crossed an enumeration rule: a Detection Finding would need a finding object
+    /// OCSF 1.3 ties to a product's analytic; a Base Event with the counts in `unmapped` is
+    /// what SIEMs take without a custom class.
+    pub fn enumeration(
+        &self,
+        found: &crate::incident::Enumeration,
+        incident: &str,
+        clock: &WallClock,
+    ) -> Value {
+        let mut event = json!({
+            "class_uid": 0,
+            "class_name": "Base Event",
+            "category_uid": 0,
+            "category_name": "Uncategorized",
+            "activity_id": 99,
+            "activity_name": "Other",
+            "type_uid": 99,
+            "type_name": "Base Event: Other",
+            "time": clock.unix_ns(found.last_ts_ns).div_euclid(1_000_000),
+            "timezone_offset": 0,
+            "severity_id": 4,
+            "severity": "High",
+            "status_id": 1,
+            "status": "Success",
+            "message": format!(
+                "{}: {} read documents of {} owners within {} s",
+                found.rule.as_str(), found.user, found.owners, found.window_s
+            ),
+            "metadata": self.metadata(found.rule.as_str(), None),
+            "device": self.device(),
+            "actor": { "user": { "name": found.user } },
+            "unmapped": {
+                "schema": SCHEMA,
+                "type": found.rule.as_str(),
+                "owners": found.owners,
+                "documents": found.documents,
+                "threshold": found.threshold,
+                "window_s": found.window_s,
+                "first_access": clock.rfc3339(found.first_ts_ns),
+                "last_access": clock.rfc3339(found.last_ts_ns),
+                "access_ids": found.access_ids,
+                "incident": incident,
+            },
+        });
+        if let Some(c) = &found.client {
+            event["src_endpoint"] = src_endpoint(c);
+        }
+        if let Some(s) = &found.session {
+            event["actor"]["session"] = json!({ "uid": s });
         }
         event
     }
@@ -215,6 +309,9 @@ mod tests {
                 tid: 101,
                 fd: 5,
                 ts_ns: 1_400_000_000,
+                peer: None,
+                client: None,
+                session: None,
             }),
         };
         let judgement = Judgement {
@@ -232,7 +329,7 @@ mod tests {
     #[test]
     fn violation_is_a_file_system_read() {
         let (access, judgement) = violation();
-        let ev = Ocsf::new("web-1".into()).access(&access, &judgement, &clock());
+        let ev = Ocsf::new("web-1".into()).access(&access, &judgement, None, &clock());
         assert_eq!(ev["class_uid"], 1001);
         assert_eq!(ev["category_uid"], 1);
         assert_eq!(ev["activity_id"], 2);
@@ -273,7 +370,7 @@ mod tests {
         access.evidence.clear();
         judgement.verdict = Verdict::Unattributed;
         judgement.rule = "no_request_in_scope";
-        let ev = Ocsf::new("h".into()).access(&access, &judgement, &clock());
+        let ev = Ocsf::new("h".into()).access(&access, &judgement, None, &clock());
         assert_eq!(ev["actor"].get("user"), None);
         assert_eq!(ev["severity_id"], 2);
         assert_eq!(ev["unmapped"]["request"], Value::Null);
