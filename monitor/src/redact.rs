@@ -483,6 +483,17 @@ impl SessionKey {
         Self(key)
     }
 
+    /// Reads an existing key file (refused when others can read it).
+    pub fn load_existing(path: &std::path::Path) -> Result<Self, SessionKeyError> {
+        if !path.exists() {
+            return Err(SessionKeyError::Io(
+                path.display().to_string(),
+                std::io::ErrorKind::NotFound.into(),
+            ));
+        }
+        Self::load_or_create(path)
+    }
+
     /// Reads the key file, creating it (mode 0600, 32 random bytes) when it does not exist.
     /// A file others can read is refused: with it, anyone could confirm a guessed cookie.
     pub fn load_or_create(path: &std::path::Path) -> Result<Self, SessionKeyError> {

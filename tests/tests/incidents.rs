@@ -336,3 +336,80 @@ fn webhook_once_per_incident_with_its_receiver_down_then_back() {
     let (_, log) = vigie.stop();
     assert!(rx.try_recv().is_err(), "one call per incident\n{log}");
 }
+
+#[test]
+fn session_handles_name_the_token_never_show_it() {
+    let Some(p) = privileged("session_handles_name_the_token_never_show_it") else {
+        return;
+    };
+    let portal = Portal::start("handles", &["--model", "thread"]);
+    let keys = TempDir::new("handles-keys");
+    let secret = "incidents-e2e-hs256-secret";
+    let secret_file = keys.path().join("portal.secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let u = portal.users.display();
+    let config = format!(
+        "[targets]\npids = [{pid}]\n[documents]\nroots = [\"{u}\"]\n\
+         owner_templates = [\"{u}/{{owner}}/**\"]\n[identity]\nsources = [\"jwt\"]\n\
+         [identity.jwt]\nhs256_secret_file = \"{s}\"\n",
+        pid = portal.guard.pid(),
+        s = secret_file.display()
+    );
+    let vigie = Vigie::start(&p, "handles", &config, &[]);
+    let token = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let with_jti = token(serde_json::json!({"sub": "mallory", "jti": "sess-42"}));
+    let without = token(serde_json::json!({"sub": "trudy", "iat": 1}));
+    for (t, doc) in [
+        (&with_jti, "/docs/alice/notes.txt"),
+        (&without, "/docs/bob/notes.txt"),
+    ] {
+        let value = format!("Bearer {t}");
+        let (status, _) =
+            support::http_get(&portal.addr(), doc, &[("Authorization", &value)]).unwrap();
+        assert_eq!(status, 200);
+    }
+    let alerts = vigie.wait_alerts("two violations", |a| {
+        violations_of(a, "mallory").len() == 1 && violations_of(a, "trudy").len() == 1
+    });
+    let (raw, log) = vigie.stop_raw();
+    assert_eq!(
+        violations_of(&alerts, "mallory")[0]["session"],
+        "jti:sess-42",
+        "{log}"
+    );
+    let hashed = violations_of(&alerts, "trudy")[0]["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(hashed.starts_with("t:") && hashed.len() == 18, "{hashed}");
+    // The signatures (the secret part) are nowhere in the alerts.
+    for t in [&with_jti, &without] {
+        let signature = t.rsplit('.').next().unwrap();
+        assert!(!raw.contains(signature));
+    }
+    // The analyst computes the same handle from the token the portal logged (stdin only).
+    let out = std::process::Command::new(&p.vigie)
+        .args(["session-handle", "--kind", "bearer"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{without}\n{with_jti}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{hashed}\njti:sess-42\n")
+    );
+}

@@ -65,6 +65,29 @@ pub fn cookie_handle(key: &crate::redact::SessionKey, cookie: &[u8]) -> String {
     format!("s:{}", hex16(&cycled))
 }
 
+/// The handle alerts show for a request that carried bearer `token`.
+#[must_use]
+pub fn bearer_handle(token: &[u8]) -> Option<String> {
+    let mut value = b"Bearer ".to_vec();
+    value.extend_from_slice(token);
+    let head = RequestHead {
+        method: "GET".into(),
+        target: "/".into(),
+        minor_version: 1,
+        headers: vec![("authorization".into(), value)],
+        head_len: 0,
+        content_length: None,
+        chunked: false,
+        keep_alive: true,
+    };
+    let identity = Identity {
+        user: String::new(),
+        source: IdentitySource::Jwt,
+        roles: Vec::new(),
+    };
+    session_handle(&identity, &head, None)
+}
+
 #[cfg(test)]
 mod tests {
     use base64::Engine as _;
