@@ -126,6 +126,7 @@ fn clients_from_the_kernel_and_from_trusted_proxies_only() {
     assert_eq!(bob["client"]["port"], direct6.port());
     assert!(bob["client"].get("forwarded_ignored").is_none());
     let carol = by_doc("carol");
+    eprintln!("through the proxy: {carol}");
     assert_eq!(carol["client"]["source"], "x_forwarded_for", "{carol:#}");
     // nginx appended the address the client connected from; the client's own entry is ignored.
     assert_eq!(carol["client"]["ip"], "127.0.0.1");
@@ -195,6 +196,8 @@ fn enumeration_once_privileged_bulk_and_replayed_incidents() {
         .collect();
     assert_eq!(enumerations.len(), 1, "exactly once: {alerts:#?}\n{log}");
     let e = enumerations[0];
+    // What the analyst sees (printed for the record of a run).
+    eprintln!("incident lines:\n{}\n{}", alerts[0], e);
     assert_eq!(e["user"], "mallory");
     assert_eq!(
         (e["owners"].as_u64(), e["threshold"].as_u64()),
@@ -317,6 +320,7 @@ fn webhook_once_per_incident_with_its_receiver_down_then_back() {
         || rx.try_recv().ok(),
         || vigie.log(),
     );
+    eprintln!("webhook body: {first}");
     assert_eq!(first["schema"], "vigie.incident/1");
     assert_eq!(first["incident"], incident);
     assert_eq!(first["opened_by"], "violation");
