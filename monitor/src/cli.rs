@@ -6,6 +6,24 @@ use clap::{Parser, Subcommand};
 
 use crate::{config::Config, run::RunOptions};
 
+/// `--on-corrupt`: what to do with a line in the middle of a trace that does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnCorruptArg {
+    /// Stop with an error naming the file and line.
+    Stop,
+    /// Warn, count it, and go on.
+    Skip,
+}
+
+impl From<OnCorruptArg> for monitor_core::trace::OnCorrupt {
+    fn from(arg: OnCorruptArg) -> Self {
+        match arg {
+            OnCorruptArg::Stop => Self::Stop,
+            OnCorruptArg::Skip => Self::Skip,
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "vigie",
@@ -142,7 +160,7 @@ pub struct ReplayArgs {
     pub pids: Vec<u32>,
     /// A line that does not parse in the middle of a trace: stop, or skip it.
     #[arg(long, value_enum, default_value = "stop")]
-    pub on_corrupt: crate::replay::OnCorrupt,
+    pub on_corrupt: OnCorruptArg,
     /// Print the chain of evidence behind one alert (its `access_id`) instead of the alerts.
     #[arg(long, value_name = "ACCESS_ID")]
     pub explain: Option<u64>,
@@ -207,7 +225,7 @@ fn session_handles(key_file: Option<PathBuf>, kind: CredentialKind) -> anyhow::R
     let key = match (&key_file, kind) {
         (Some(path), _) => Some(
             // Read only: an analyst's typo must not create a new key.
-            crate::redact::SessionKey::load_existing(path).context("--key-file")?,
+            crate::incidents::load_existing_key(path).context("--key-file")?,
         ),
         (None, CredentialKind::Cookie) => {
             anyhow::bail!("--key-file is required for cookies: handles are keyed hashes")
@@ -221,11 +239,10 @@ fn session_handles(key_file: Option<PathBuf>, kind: CredentialKind) -> anyhow::R
             continue;
         }
         let handle = match (kind, &key) {
-            (CredentialKind::Cookie, Some(key)) => Some(crate::identity::handle::cookie_handle(
-                key,
-                value.as_bytes(),
-            )),
-            _ => crate::identity::handle::bearer_handle(value.as_bytes()),
+            (CredentialKind::Cookie, Some(key)) => Some(
+                monitor_core::identity::handle::cookie_handle(key, value.as_bytes()),
+            ),
+            _ => monitor_core::identity::handle::bearer_handle(value.as_bytes()),
         };
         println!("{}", handle.as_deref().unwrap_or("-"));
     }
@@ -249,7 +266,7 @@ fn replay_options(args: ReplayArgs) -> anyhow::Result<crate::replay::ReplayOptio
         alerts: args.alerts,
         audit: args.audit,
         pids: args.pids,
-        on_corrupt: args.on_corrupt,
+        on_corrupt: args.on_corrupt.into(),
         explain: args.explain,
         progress: !args.no_progress,
     })

@@ -6,11 +6,14 @@
 //! produced precede it in the trace; replay reads them first and judges alike.
 use std::collections::BTreeMap;
 
-use crate::{
+use monitor_core::{
     correlate::{Access, Correlator, Finding},
     events::{Event, EventKind},
     incident::Incidents,
     judge::{Judge, Judgement, Verdict},
+};
+
+use crate::{
     ownership::resolver::{Ownership, Resolver, UsedFact},
     sinks::{alerts::AlertSink, metrics::Metrics, trace::TraceWriter, webhook::Webhook},
 };
@@ -92,7 +95,7 @@ impl Pipeline {
             filter: None,
             observer: None,
             metrics: None,
-            incidents: Incidents::new(crate::incident::IncidentConfig::default()),
+            incidents: Incidents::new(monitor_core::incident::IncidentConfig::default()),
             webhook: None,
             counts: Counts::default(),
         }
@@ -313,12 +316,7 @@ impl Pipeline {
                             .as_ref()
                             .and_then(|r| r.identity.as_ref())
                             .map(|i| i.source);
-                        m.judged(
-                            judgement.verdict,
-                            source,
-                            access.last_ts_ns,
-                            crate::procfs::monotonic_ns(),
-                        );
+                        m.judged_now(judgement.verdict, source, access.last_ts_ns);
                     }
                 }
                 Pending::Gap {

@@ -11,13 +11,14 @@
 //! What OCSF has no attribute for (verdict, rule, evidence, the HTTP request) is kept under
 //! `unmapped`, with the names of the `vigie.alert/1` schema. The mapping is documented in the
 //! README.
-use serde_json::{Value, json};
-
-use crate::{
+use monitor_core::{
     correlate::Access,
     judge::{Judgement, Verdict},
-    sinks::alerts::{SCHEMA, WallClock},
+    walltime::WallClock,
 };
+use serde_json::{Value, json};
+
+use super::ALERT_SCHEMA as SCHEMA;
 
 pub const OCSF_VERSION: &str = "1.3.0";
 
@@ -33,7 +34,7 @@ fn severity(verdict: Verdict) -> (u8, &'static str) {
 
 /// OCSF `src_endpoint` (Network Endpoint) of a client: `ip` and `port`, or `type` `unix` for a
 /// unix socket peer (no address).
-fn src_endpoint(c: &crate::client::Client) -> Value {
+fn src_endpoint(c: &monitor_core::client::Client) -> Value {
     let mut e = json!({});
     if let Some(ip) = c.ip {
         e["ip"] = json!(ip.to_string());
@@ -191,7 +192,7 @@ impl Ocsf {
     /// what SIEMs take without a custom class.
     pub fn enumeration(
         &self,
-        found: &crate::incident::Enumeration,
+        found: &monitor_core::incident::Enumeration,
         incident: &str,
         clock: &WallClock,
     ) -> Value {
@@ -272,7 +273,7 @@ impl Ocsf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use monitor_core::{
         correlate::{Evidence, RequestInfo},
         identity::{Identity, IdentitySource},
     };

@@ -25,7 +25,7 @@ use crate::{
 
 const NS: u64 = 1_000_000_000;
 
-/// `[incidents]` in the configuration.
+/// The rules of `[incidents]` (the daemon's section adds the session key file and the webhook).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IncidentConfig {
@@ -38,14 +38,6 @@ pub struct IncidentConfig {
     /// Privileged reads of many owners (`privileged_bulk`); absent: off.
     #[serde(default = "default_privileged_bulk")]
     pub privileged_bulk: Option<Rule>,
-    /// Key of the cookie hashes behind session handles (32 bytes, mode 0600, created when
-    /// missing). Without it the key is random per run: handles are then stable within a run
-    /// (and its replay) only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_key_file: Option<std::path::PathBuf>,
-    /// HTTP hook called once per new incident.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webhook: Option<crate::sinks::webhook::WebhookConfig>,
 }
 
 fn default_window_s() -> u64 {
@@ -72,8 +64,6 @@ impl Default for IncidentConfig {
             window_s: default_window_s(),
             enumeration: default_enumeration(),
             privileged_bulk: default_privileged_bulk(),
-            session_key_file: None,
-            webhook: None,
         }
     }
 }
@@ -102,10 +92,6 @@ impl IncidentConfig {
                     ));
                 }
             }
-        }
-        if let Some(w) = &self.webhook {
-            w.check()
-                .map_err(|(f, r)| (format!("incidents.webhook.{f}"), r))?;
         }
         Ok(())
     }

@@ -448,32 +448,17 @@ impl std::fmt::Debug for SessionKey {
     }
 }
 
-/// A session key file that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionKeyError {
-    #[error("session key file {0}: {1}")]
-    Io(String, std::io::Error),
-    #[error("session key file {0} must hold at least 32 bytes (it holds {1})")]
-    Short(String, usize),
-    #[error("session key file {0} is readable by group or others (mode {1:o}): make it 0600")]
-    Mode(String, u32),
-    #[error("no randomness for a session key: {0}")]
-    Random(String),
-}
-
 impl SessionKey {
-    /// A key of this run's own: hashes mean nothing outside it.
+    /// A key of this run's own: hashes mean nothing outside it. From std's per-process random
+    /// hasher keys (the core does no I/O of its own; the daemon loads or makes a key with the
+    /// OS's generator, see `vigie::incidents`).
     #[must_use]
     pub fn random() -> Self {
+        use std::hash::BuildHasher as _;
+        let state = std::collections::hash_map::RandomState::new();
         let mut key = [0u8; 32];
-        // The OS's generator does not fail on Linux once booted; if it ever did, a key that is
-        // at least different per process beats none.
-        if getrandom::getrandom(&mut key).is_err() {
-            let seed = std::hash::BuildHasher::hash_one(
-                &std::collections::hash_map::RandomState::new(),
-                std::process::id(),
-            );
-            key[..8].copy_from_slice(&seed.to_le_bytes());
+        for (i, chunk) in key.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(&state.hash_one(i).to_le_bytes());
         }
         Self(key)
     }
@@ -481,56 +466,6 @@ impl SessionKey {
     #[must_use]
     pub fn from_bytes(key: [u8; 32]) -> Self {
         Self(key)
-    }
-
-    /// Reads an existing key file (refused when others can read it).
-    pub fn load_existing(path: &std::path::Path) -> Result<Self, SessionKeyError> {
-        if !path.exists() {
-            return Err(SessionKeyError::Io(
-                path.display().to_string(),
-                std::io::ErrorKind::NotFound.into(),
-            ));
-        }
-        Self::load_or_create(path)
-    }
-
-    /// Reads the key file, creating it (mode 0600, 32 random bytes) when it does not exist.
-    /// A file others can read is refused: with it, anyone could confirm a guessed cookie.
-    pub fn load_or_create(path: &std::path::Path) -> Result<Self, SessionKeyError> {
-        use std::io::Write as _;
-        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
-        let name = path.display().to_string();
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let mode = std::fs::metadata(path)
-                    .map_err(|e| SessionKeyError::Io(name.clone(), e))?
-                    .mode();
-                if mode & 0o077 != 0 {
-                    return Err(SessionKeyError::Mode(name, mode & 0o777));
-                }
-                let key: [u8; 32] = bytes
-                    .get(..32)
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or(SessionKeyError::Short(name, bytes.len()))?;
-                Ok(Self(key))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                getrandom::getrandom(&mut key)
-                    .map_err(|e| SessionKeyError::Random(e.to_string()))?;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|e| SessionKeyError::Io(name.clone(), e))?;
-                f.write_all(&key)
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| SessionKeyError::Io(name, e))?;
-                Ok(Self(key))
-            }
-            Err(e) => Err(SessionKeyError::Io(name, e)),
-        }
     }
 
     /// 16 hex digits of HMAC-SHA-256(key, value): what a cookie value becomes in the trace.
@@ -664,7 +599,8 @@ mod tests {
         std::fs::write(&path, SECRET).unwrap();
         let mut jwt = JwtConfig::default();
         jwt.hs256_secret_file = Some(path);
-        jwt.load_key().unwrap();
+        jwt.load_key_with(&crate::identity::jwt::read_for_tests)
+            .unwrap();
         let cfg = IdentityConfig {
             sources: vec![IdentitySource::Jwt],
             jwt: jwt.clone(),
