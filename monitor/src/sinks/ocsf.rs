@@ -365,6 +365,42 @@ mod tests {
     }
 
     #[test]
+    fn client_session_and_incident_are_mapped() {
+        let (mut access, judgement) = violation();
+        let head = monitor_core::http::RequestHead {
+            method: "GET".into(),
+            target: "/".into(),
+            minor_version: 1,
+            headers: vec![("x-forwarded-for".into(), b"198.51.100.7".to_vec())],
+            head_len: 0,
+            content_length: None,
+            chunked: false,
+            keep_alive: true,
+        };
+        let proxy = monitor_core::client::Endpoint::Ipv4 {
+            ip: "10.0.0.1".parse().unwrap(),
+            port: 40000,
+        };
+        let trusted =
+            monitor_core::client::TrustedProxies::parse(&monitor_core::client::ClientConfig {
+                trusted_proxies: vec!["10.0.0.0/8".into()],
+            })
+            .unwrap();
+        let req = access.request.as_mut().unwrap();
+        req.peer = Some(proxy);
+        req.client = monitor_core::client::client_of(Some(&proxy), &head, &trusted);
+        req.session = Some("jti:abc".into());
+        let ev = Ocsf::new("h".into()).access(&access, &judgement, Some("inc-1"), &clock());
+        assert_eq!(
+            ev["src_endpoint"],
+            json!({"ip": "198.51.100.7", "intermediate_ips": ["10.0.0.1"]})
+        );
+        assert_eq!(ev["actor"]["session"], json!({"uid": "jti:abc"}));
+        assert_eq!(ev["unmapped"]["incident"], "inc-1");
+        assert_eq!(ev["unmapped"]["request"]["peer"]["ip"], "10.0.0.1");
+    }
+
+    #[test]
     fn unattributed_read_has_no_user() {
         let (mut access, mut judgement) = violation();
         access.request = None;
