@@ -574,6 +574,7 @@ fn prometheus_and_alertmanager_deliver_violation_and_loss_alerts() {
         },
         || format!("{}\n{}", facts(""), prometheus.log()),
     );
+    eprintln!("Alertmanager notification: {incident}");
     assert_eq!(
         incident["labels"],
         json!({
