@@ -164,6 +164,7 @@ pub mod globals {
     pub const OFF_FDT_FD: &str = "OFF_FDT_FD";
     pub const OFF_FILE_INODE: &str = "OFF_FILE_INODE";
     pub const OFF_INODE_MODE: &str = "OFF_INODE_MODE";
+    pub const OFF_INODE_SIZE: &str = "OFF_INODE_SIZE";
     pub const OFF_FILE_PATH: &str = "OFF_FILE_PATH";
     pub const OFF_FILE_FLAGS: &str = "OFF_FILE_FLAGS";
     /// `file.private_data` (a socket file's `struct socket *`), `socket.sk`, `sock.__sk_common`

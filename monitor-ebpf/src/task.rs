@@ -5,8 +5,8 @@ use monitor_common::sockets::family;
 
 use crate::maps::{
     OFF_FDT_FD, OFF_FDT_MAX_FDS, OFF_FILE_INODE, OFF_FILE_PRIVATE, OFF_FILES_FDT, OFF_INODE_MODE,
-    OFF_SKC_DADDR, OFF_SKC_DPORT, OFF_SKC_FAMILY, OFF_SKC_V6_DADDR, OFF_SOCK_COMMON, OFF_SOCKET_SK,
-    OFF_TASK_FILES, global,
+    OFF_INODE_SIZE, OFF_SKC_DADDR, OFF_SKC_DPORT, OFF_SKC_FAMILY, OFF_SKC_V6_DADDR,
+    OFF_SOCK_COMMON, OFF_SOCKET_SK, OFF_TASK_FILES, global,
 };
 
 pub const S_IFMT: u32 = 0o170000;
@@ -73,6 +73,17 @@ pub fn fd_peer(fd: i32) -> Option<(u16, u16, [u8; 16])> {
             _ => return None,
         }
         Some((fam, port, addr))
+    }
+}
+
+/// Size of the file behind `fd` in the current task: `fd_file(fd)->f_inode->i_size`.
+#[inline(always)]
+pub fn fd_size(fd: i32) -> Option<u64> {
+    let file = fd_file(fd)?;
+    unsafe {
+        let inode: u64 = read(file as *const u8, global(&OFF_FILE_INODE))?;
+        let size: i64 = read(inode as *const u8, global(&OFF_INODE_SIZE))?;
+        u64::try_from(size).ok()
     }
 }
 

@@ -20,5 +20,6 @@ pub mod privilege;
 pub mod procfs;
 pub mod replay;
 pub mod run;
+pub mod runtime;
 pub mod session_store;
 pub mod sinks;
