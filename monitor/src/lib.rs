@@ -13,6 +13,7 @@ pub mod btf;
 pub mod cli;
 pub mod config;
 pub mod golang;
+pub mod incidents;
 pub mod kernel;
 pub mod loader;
 pub mod ownership;
