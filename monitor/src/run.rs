@@ -93,6 +93,7 @@ struct Live {
     decoder: Decoder,
     metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
     ring_usage: Option<crate::loader::RingUsage>,
+    go: crate::golang::GoTargets,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
@@ -141,6 +142,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         .map(SessionStore::new)
         .transpose()
         .map_err(|e| anyhow::anyhow!("identity.session.store: {e}"))?;
+    // Goroutines are followed where the kernel tells where a thread's TLS is, unless turned off.
+    let go =
+        crate::golang::GoTargets::new(cfg.correlation.goroutines && probes.task_fsbase.is_some());
     let mut live = Live {
         cfg,
         probes,
@@ -160,6 +164,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         decoder: Decoder::new(),
         metrics,
         ring_usage: None,
+        go,
     };
     live.init_metrics(&ring);
     live.pipeline
@@ -243,6 +248,8 @@ impl Live {
             self.tell_kernel(&ev)?;
             self.feed(&ev)?;
         }
+        // After `describe`'s exec event, which starts the process afresh.
+        self.follow_goroutines(pid)?;
         self.stash_sleeping_reads(pid, &sockets);
         Ok(())
     }
@@ -300,6 +307,29 @@ impl Live {
         }
     }
 
+    /// A Go target: its events carry the goroutine id from now on, when its binary says where
+    /// to find it. The correlator is told that the process is Go either way: its threads scope
+    /// nothing.
+    fn follow_goroutines(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some((version, layout)) = self.go.inspect(pid) else {
+            return Ok(());
+        };
+        if let Some(layout) = &layout {
+            self.probes.add_go_target(pid, layout)?;
+        }
+        self.feed(&Event {
+            ts_ns: procfs::monotonic_ns(),
+            pid,
+            tid: pid,
+            comm: Comm::default(),
+            goid: None,
+            kind: EventKind::GoRuntime {
+                version,
+                goroutines: layout.is_some(),
+            },
+        })
+    }
+
     fn tell_kernel(&mut self, ev: &Event) -> anyhow::Result<()> {
         if let EventKind::FdFound { fd, found } = &ev.kind {
             self.probes
@@ -355,7 +385,7 @@ impl Live {
                     if let Some(trace) = self.pipeline.trace_mut() {
                         trace.flush().context("writing the trace")?;
                     }
-                    self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: Comm::default(), kind: EventKind::Tick })?;
+                    self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: Comm::default(), goid: None, kind: EventKind::Tick })?;
                 }
                 _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); break; }
@@ -413,6 +443,7 @@ impl Live {
                             pid,
                             tid: ev.tid,
                             comm: ev.comm.clone(),
+                            goid: None,
                             kind: EventKind::SessionFound {
                                 session: String::from_utf8_lossy(&hashed).into_owned(),
                                 user,
@@ -511,6 +542,8 @@ impl Live {
                 if let Some(found) = runtime::found(ev) {
                     self.feed(&found)?;
                 }
+                // The exec probe made it a plain target again: a new program.
+                self.follow_goroutines(ev.pid)?;
                 // fds that survived exec.
                 for mut found in procfs::found_fds(ev, &self.probes.roots.all()) {
                     self.probes.roots.rename(&mut found);
@@ -543,6 +576,7 @@ impl Live {
                     pid: 0,
                     tid: 0,
                     comm: Comm::default(),
+                    goid: None,
                     kind: EventKind::Lost {
                         reason: name.to_string(),
                         count: delta,
@@ -678,6 +712,7 @@ fn log_report(report: &crate::attach::AttachReport) {
     if let Some(why) = &report.fire_check_unavailable {
         tracing::warn!("fire check not run: {why}");
     }
+    tracing::info!("{}", report.goroutines);
     tracing::info!("probes: {}", report.summary());
 }
 
@@ -698,6 +733,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::SockRead { .. } => "sock_read",
         EventKind::SockWrite { .. } => "sock_write",
         EventKind::SessionFound { .. } => "session_found",
+        EventKind::GoRuntime { .. } => "go_runtime",
         EventKind::SockClose { .. } => "sock_close",
         EventKind::Lost { .. } => "lost",
         EventKind::Tick => "tick",
