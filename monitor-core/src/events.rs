@@ -15,6 +15,11 @@ pub struct Event {
     /// Thread name as the kernel knew it.
     #[serde(default, skip_serializing_if = "Comm::is_empty")]
     pub comm: Comm,
+    /// In a Go target whose layout Vigie found: the goroutine the thread was running (0: the
+    /// Go runtime's own stack, on no goroutine's behalf). Go moves goroutines between threads,
+    /// so for such a process the goroutine, not the thread, is what serves one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goid: Option<u64>,
     pub kind: EventKind,
 }
 
@@ -78,8 +83,14 @@ pub enum EventKind {
     SendFile { out_fd: i32, in_fd: i32, bytes: u64 },
     /// A document fd was closed.
     FileClose { fd: i32 },
-    /// A connection was accepted.
-    SockAccept { fd: i32 },
+    /// A connection was accepted, from `peer` (read from the kernel's socket at the accept).
+    SockAccept {
+        fd: i32,
+        /// Absent in traces recorded before Vigie read peers, and when the kernel's socket
+        /// could not be read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peer: Option<crate::client::Endpoint>,
+    },
     /// `bytes` read from a socket; `data` is the captured prefix.
     SockRead { fd: i32, bytes: u64, data: Payload },
     /// `bytes` written to a socket; `data` is the captured prefix, cut at the end of the
@@ -99,6 +110,10 @@ pub enum EventKind {
     /// hashed it) is `user`'s: a session Vigie did not see created. Found live, recorded so
     /// that replay needs no store.
     SessionFound { session: String, user: String },
+    /// The process runs a Go program (found in its executable when it became a target): its
+    /// threads take turns running goroutines, so a thread scopes no request. `goroutines`: its
+    /// events carry goroutine ids from now on, which do.
+    GoRuntime { version: String, goroutines: bool },
     /// `count` events were lost in the kernel since the previous report, for `reason`.
     Lost { reason: String, count: u64 },
     /// Time passes (live: the reader's timer). Lets the pure correlator expire state without a
@@ -315,6 +330,7 @@ mod tests {
             pid: 1,
             tid: 2,
             comm: "portal".into(),
+            goid: None,
             kind: EventKind::FileRead {
                 fd: 7,
                 bytes: 100,

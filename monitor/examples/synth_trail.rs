@@ -82,6 +82,9 @@ fn main() -> anyhow::Result<()> {
                 tid: 4243 + (id % 8) as u32,
                 fd: 9,
                 ts_ns: ts,
+                peer: None,
+                client: None,
+                session: None,
             }),
         };
         let ownership =

@@ -35,6 +35,12 @@ pub struct Config {
     pub metrics: Metrics,
     #[serde(default)]
     pub kernel: Kernel,
+    /// Reverse proxies whose forwarded headers name the client.
+    #[serde(default)]
+    pub clients: monitor_core::client::ClientConfig,
+    /// Enumeration detection, incident grouping and the response hook.
+    #[serde(default)]
+    pub incidents: crate::incidents::IncidentsSection,
     /// The signed audit trail (off unless `dir` is set).
     #[serde(default)]
     pub trail: Trail,
@@ -212,6 +218,10 @@ pub struct Correlation {
     /// (document fds kept open by file caches, idle keep-alive connections).
     #[serde(default = "default_idle_flush_ms")]
     pub idle_flush_ms: u64,
+    /// Follow the goroutines of Go targets (their events carry the goroutine id, which scopes
+    /// requests instead of the thread). Off: Go targets get flow and content evidence only.
+    #[serde(default = "default_true")]
+    pub goroutines: bool,
 }
 
 fn default_idle_flush_ms() -> u64 {
@@ -222,6 +232,7 @@ impl Default for Correlation {
     fn default() -> Self {
         Self {
             idle_flush_ms: default_idle_flush_ms(),
+            goroutines: true,
         }
     }
 }
@@ -354,6 +365,8 @@ impl Config {
             request_cap: self.capture.request_bytes as usize,
             idle_flush_ns: self.correlation.idle_flush_ms.saturating_mul(1_000_000),
             realtime_offset_ns: None,
+            // Checked by `Config::normalize`: a bad entry never gets this far.
+            proxies: monitor_core::client::TrustedProxies::parse(&self.clients).unwrap_or_default(),
         }
     }
 
@@ -536,6 +549,11 @@ impl Config {
                 ));
             }
         }
+        monitor_core::client::TrustedProxies::parse(&self.clients)
+            .map_err(|e| invalid("clients.trusted_proxies", e.to_string()))?;
+        self.incidents
+            .check()
+            .map_err(|(field, reason)| invalid(field, reason))?;
         if self.correlation.idle_flush_ms == 0 {
             return Err(invalid("correlation.idle_flush_ms", "must be positive"));
         }

@@ -214,6 +214,11 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
         resolver,
         AlertSink::new(out, clock, opts.audit),
     );
+    // The incidents of the live run: same rules, same accesses, same timestamps. The webhook
+    // is not called: those incidents were acted on live.
+    pipeline.set_incidents(monitor_core::incident::Incidents::new(
+        config.incidents.rules(),
+    ));
     let since = opts.since_ns;
     let until = opts.until_ns;
     let pids = opts.pids.clone();
@@ -481,6 +486,7 @@ fn explain_access(
             monitor_core::correlate::Evidence::Sendfile => "sendfile",
             monitor_core::correlate::Evidence::Flow => "flow",
             monitor_core::correlate::Evidence::Thread => "thread",
+            monitor_core::correlate::Evidence::Goroutine => "goroutine",
             monitor_core::correlate::Evidence::Fingerprint => "fingerprint",
         })
         .collect();

@@ -95,6 +95,7 @@ struct Live {
     ring_usage: Option<crate::loader::RingUsage>,
     /// Why the run ended, for the trail's stop record.
     stop_reason: &'static str,
+    go: crate::golang::GoTargets,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
@@ -129,6 +130,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     // checked at capture time, never by the correlator.
     let cfg_jwt = cfg.identity.jwt.clone();
     let cfg_session = cfg.identity.session.clone();
+    // The key of session handles: the operator's (stable across restarts), or this run's own.
+    let session_key = match &cfg.incidents.session_key_file {
+        Some(path) => {
+            crate::incidents::load_or_create_key(path).context("incidents.session_key_file")?
+        }
+        None => monitor_core::redact::SessionKey::random(),
+    };
     let cfg_query_secrets = cfg.capture.secret_query_parameters.clone();
     let session_store = cfg_session
         .as_ref()
@@ -136,6 +144,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         .map(SessionStore::new)
         .transpose()
         .map_err(|e| anyhow::anyhow!("identity.session.store: {e}"))?;
+    // Goroutines are followed where the kernel tells where a thread's TLS is, unless turned off.
+    let go =
+        crate::golang::GoTargets::new(cfg.correlation.goroutines && probes.task_fsbase.is_some());
     let mut live = Live {
         cfg,
         probes,
@@ -145,6 +156,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         lost: [0; loss::COUNT as usize],
         redactor: Redactor::new(cfg_jwt)
             .with_session(cfg_session)
+            .with_key(session_key)
             .with_query_secrets(cfg_query_secrets),
         gate: PayloadGate::default(),
         bodies: monitor_core::fingerprint::Bodies::new(),
@@ -154,9 +166,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         decoder: Decoder::new(),
         metrics,
         ring_usage: None,
+        go,
         stop_reason: "end",
     };
     live.init_metrics(&ring);
+    live.pipeline
+        .set_incidents(monitor_core::incident::Incidents::new(
+            live.cfg.incidents.rules(),
+        ));
+    if let Some(hook) = &live.cfg.incidents.webhook {
+        live.pipeline
+            .set_webhook(crate::sinks::webhook::Webhook::start(hook));
+    }
     if let Some(dir) = live.cfg.trail.dir.clone() {
         let trail = open_trail(&live.cfg, &dir, clock)?;
         tracing::info!(file = %trail.current_file().display(), key_id = trail.key_id(), "audit trail");
@@ -235,6 +256,8 @@ impl Live {
             self.tell_kernel(&ev)?;
             self.feed(&ev)?;
         }
+        // After `describe`'s exec event, which starts the process afresh.
+        self.follow_goroutines(pid)?;
         self.stash_sleeping_reads(pid, &sockets);
         Ok(())
     }
@@ -290,6 +313,29 @@ impl Live {
                 tracing::warn!(pid, tid, "cannot take back a stale stash: {e}");
             }
         }
+    }
+
+    /// A Go target: its events carry the goroutine id from now on, when its binary says where
+    /// to find it. The correlator is told that the process is Go either way: its threads scope
+    /// nothing.
+    fn follow_goroutines(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some((version, layout)) = self.go.inspect(pid) else {
+            return Ok(());
+        };
+        if let Some(layout) = &layout {
+            self.probes.add_go_target(pid, layout)?;
+        }
+        self.feed(&Event {
+            ts_ns: procfs::monotonic_ns(),
+            pid,
+            tid: pid,
+            comm: Comm::default(),
+            goid: None,
+            kind: EventKind::GoRuntime {
+                version,
+                goroutines: layout.is_some(),
+            },
+        })
     }
 
     fn tell_kernel(&mut self, ev: &Event) -> anyhow::Result<()> {
@@ -350,7 +396,7 @@ impl Live {
                     if let Some(trail) = self.pipeline.trail_mut() {
                         trail.tick(crate::sinks::trail::wall_now()).context("writing the audit trail")?;
                     }
-                    self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: Comm::default(), kind: EventKind::Tick })?;
+                    self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: Comm::default(), goid: None, kind: EventKind::Tick })?;
                 }
                 _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); self.stop_reason = "sigint"; break; }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); self.stop_reason = "sigterm"; break; }
@@ -409,6 +455,7 @@ impl Live {
                             pid,
                             tid: ev.tid,
                             comm: ev.comm.clone(),
+                            goid: None,
                             kind: EventKind::SessionFound {
                                 session: String::from_utf8_lossy(&hashed).into_owned(),
                                 user,
@@ -431,7 +478,7 @@ impl Live {
                     *body_fp = None;
                 }
             }
-            EventKind::SockAccept { fd } => {
+            EventKind::SockAccept { fd, .. } => {
                 self.redactor.accepted(pid, *fd);
                 self.gate.accepted(pid, *fd);
                 self.bodies.forget(pid, *fd);
@@ -507,6 +554,8 @@ impl Live {
                 if let Some(found) = runtime::found(ev) {
                     self.feed(&found)?;
                 }
+                // The exec probe made it a plain target again: a new program.
+                self.follow_goroutines(ev.pid)?;
                 // fds that survived exec.
                 for mut found in procfs::found_fds(ev, &self.probes.roots.all()) {
                     self.probes.roots.rename(&mut found);
@@ -539,6 +588,7 @@ impl Live {
                     pid: 0,
                     tid: 0,
                     comm: Comm::default(),
+                    goid: None,
                     kind: EventKind::Lost {
                         reason: name.to_string(),
                         count: delta,
@@ -703,6 +753,7 @@ fn log_report(report: &crate::attach::AttachReport) {
     if let Some(why) = &report.fire_check_unavailable {
         tracing::warn!("fire check not run: {why}");
     }
+    tracing::info!("{}", report.goroutines);
     tracing::info!("probes: {}", report.summary());
 }
 
@@ -723,6 +774,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::SockRead { .. } => "sock_read",
         EventKind::SockWrite { .. } => "sock_write",
         EventKind::SessionFound { .. } => "session_found",
+        EventKind::GoRuntime { .. } => "go_runtime",
         EventKind::SockClose { .. } => "sock_close",
         EventKind::Lost { .. } => "lost",
         EventKind::Tick => "tick",
@@ -769,6 +821,15 @@ impl Live {
         m.sync_alerts_written(self.pipeline.alerts_written());
         m.set_targets(self.targets.len());
         m.set_tracked(&self.pipeline.correlator().tracked());
+        if let Some(hook) = self.pipeline.webhook() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let s = &hook.stats;
+            m.set_webhook_calls(
+                s.sent.load(Relaxed),
+                s.failed.load(Relaxed),
+                s.dropped.load(Relaxed),
+            );
+        }
         m.set_probes(self.probes.attached(), self.probes.expected());
         m.sync_probe_stats(&self.probes.program_stats());
     }

@@ -218,6 +218,9 @@ impl Rejudge {
             tid: 0,
             fd: 0,
             ts_ns: 0,
+            peer: None,
+            client: None,
+            session: None,
         });
         // Only what the judge reads: who, which document, and whether a request was in scope.
         // An access recorded unattributed or unauthenticated stays so.

@@ -35,6 +35,9 @@ const APT_PACKAGES: &[&str] = &[
     "nginx",
     // A portal's Redis session store, run by `tests/tests/sessions.rs`.
     "redis-server",
+    // The Go net/http portal of `tests/tests/go.rs` (standard library only), built by the
+    // test harness and by `cargo xtask vm-test`.
+    "golang-go",
     // The kernel matrix (`cargo xtask vm-test`): QEMU with software emulation, and a static
     // busybox for the initramfs's `/init` (the initramfs itself is written by xtask).
     "qemu-system-x86",

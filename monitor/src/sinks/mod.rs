@@ -5,6 +5,7 @@ pub mod metrics;
 pub mod ocsf;
 pub mod trace;
 pub mod trail;
+pub mod webhook;
 
 /// The schema of Vigie's alert lines (documented in the README), also named in OCSF events.
 pub const ALERT_SCHEMA: &str = "vigie.alert/1";

@@ -69,6 +69,9 @@ fn access(id: u64, user: &str, doc: &str, at_s: u64) -> Access {
             tid: 11,
             fd: 5,
             ts_ns: at_s * 1_000_000_000,
+            peer: None,
+            client: None,
+            session: None,
         }),
     }
 }
