@@ -11,7 +11,8 @@
 //! - [`ownership`]: path templates, the ownership facts backends record, and [`judge`]: the
 //!   verdict;
 //! - [`incident`]: alerts grouped into incidents, enumeration rules, on event timestamps;
-//! - [`trace`]: the recorded trace format, its writer and reader.
+//! - [`trace`]: the recorded trace format, its writer and reader;
+//! - [`trail`]: the signed audit trail's records, chain, verification and reports.
 //!
 //! No I/O, no clock, no globals: this crate depends on no I/O crate, so the rule is a compile
 //! error rather than a convention. The `vigie` binary (crate `monitor`) does the I/O around it:
@@ -32,4 +33,5 @@ pub mod ownership;
 pub mod paths;
 pub mod redact;
 pub mod trace;
+pub mod trail;
 pub mod walltime;

@@ -25,3 +25,4 @@ pub mod run;
 pub mod runtime;
 pub mod session_store;
 pub mod sinks;
+pub mod trail_files;

@@ -93,6 +93,8 @@ struct Live {
     decoder: Decoder,
     metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
     ring_usage: Option<crate::loader::RingUsage>,
+    /// Why the run ended, for the trail's stop record.
+    stop_reason: &'static str,
     go: crate::golang::GoTargets,
 }
 
@@ -165,6 +167,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         metrics,
         ring_usage: None,
         go,
+        stop_reason: "end",
     };
     live.init_metrics(&ring);
     live.pipeline
@@ -174,6 +177,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     if let Some(hook) = &live.cfg.incidents.webhook {
         live.pipeline
             .set_webhook(crate::sinks::webhook::Webhook::start(hook));
+    }
+    if let Some(dir) = live.cfg.trail.dir.clone() {
+        let trail = open_trail(&live.cfg, &dir, clock)?;
+        tracing::info!(file = %trail.current_file().display(), key_id = trail.key_id(), "audit trail");
+        live.pipeline.set_trail(trail);
     }
     if let Some((dir, rotation)) = &opts.record {
         let header = trace::header(&live.cfg, clock);
@@ -385,12 +393,16 @@ impl Live {
                     if let Some(trace) = self.pipeline.trace_mut() {
                         trace.flush().context("writing the trace")?;
                     }
+                    if let Some(trail) = self.pipeline.trail_mut() {
+                        trail.tick(crate::sinks::trail::wall_now()).context("writing the audit trail")?;
+                    }
                     self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: Comm::default(), goid: None, kind: EventKind::Tick })?;
                 }
-                _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
-                _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); break; }
+                _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); self.stop_reason = "sigint"; break; }
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); self.stop_reason = "sigterm"; break; }
                 () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
                     tracing::info!("duration reached: detaching");
+                    self.stop_reason = "duration";
                     break;
                 }
             }
@@ -594,6 +606,11 @@ impl Live {
         self.pipeline
             .finish()
             .context("writing alerts or the trace")?;
+        if let Some(trail) = self.pipeline.trail_mut() {
+            trail
+                .stop(self.stop_reason, crate::sinks::trail::wall_now())
+                .context("writing the audit trail")?;
+        }
         let mut s = self.summary;
         s.requests = self.pipeline.correlator().stats().requests;
         s.accesses_by_verdict = self.pipeline.counts.by_verdict.clone();
@@ -618,6 +635,30 @@ impl Live {
         eprintln!("vigie: events by kind {:?}", s.events_by_kind);
         Ok(s)
     }
+}
+
+/// Opens the audit trail: the key is read here, once, and only its id is ever logged.
+fn open_trail(
+    cfg: &Config,
+    dir: &std::path::Path,
+    clock: WallClock,
+) -> anyhow::Result<crate::sinks::trail::TrailWriter> {
+    use crate::sinks::trail::{ConfigDigest, TrailPolicy, TrailWriter, load_key, wall_now};
+    let t = &cfg.trail;
+    let key_file = t
+        .key_file
+        .as_deref()
+        .context("trail.key_file is required with trail.dir")?;
+    let key = load_key(key_file).context("trail.key_file")?;
+    let policy = TrailPolicy {
+        checkpoint_interval: Duration::from_secs(t.checkpoint_interval_secs),
+        max_file_bytes: t.max_file_mb.max(1) << 20,
+        retention: t
+            .retention_days
+            .map(|d| Duration::from_secs(u64::from(d) * 86_400)),
+    };
+    TrailWriter::open(dir, key, policy, clock, &ConfigDigest::of(cfg), wall_now())
+        .with_context(|| format!("opening the audit trail in {}", dir.display()))
 }
 
 /// `vigie probes`: the start-up report without a run. Without root, the plan only (nothing is

@@ -19,7 +19,7 @@ use crate::{setup::EBPF_NIGHTLY, step, workspace_root};
 /// cargo-fuzz release installed when missing (`cargo install --locked`, about a minute).
 const CARGO_FUZZ: &str = "0.13.2";
 
-/// Default seconds per target: 7 targets x 20 s = 2 minutes 20 of fuzzing, plus the build.
+/// Default seconds per target: 8 targets x 20 s = 2 minutes 40 of fuzzing, plus the build.
 pub const DEFAULT_SECONDS: u64 = 20;
 
 /// The targets and their largest input (`-max_len`), about what one capture or line can hold.
@@ -37,6 +37,8 @@ const TARGETS: &[(&str, usize)] = &[
     ("correlator", 16 * 1024),
     // A FastCGI exchange (both directions) cut into reads and writes: a few requests.
     ("fastcgi", 16 * 1024),
+    // Audit-trail files: a few dozen records across up to four files.
+    ("trail", 32 * 1024),
 ];
 
 /// `asan`: build with AddressSanitizer (cargo-fuzz's default). Off by default: it makes the cold

@@ -42,6 +42,9 @@ const APT_PACKAGES: &[&str] = &[
     // busybox for the initramfs's `/init` (the initramfs itself is written by xtask).
     "qemu-system-x86",
     "busybox-static",
+    // Debian's Chromium, headless: `tests/tests/trail.rs` renders the HTML report of
+    // `vigie report` and takes a screenshot of it.
+    "chromium",
 ];
 
 /// Debian's policy-rc.d protocol: while this file exists and exits 101, maintainer scripts do not
