@@ -28,3 +28,4 @@ pub mod redact;
 pub mod replay;
 pub mod run;
 pub mod sinks;
+pub mod tls;

@@ -89,6 +89,12 @@ struct Live {
     decoder: Decoder,
     metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
     ring_usage: Option<crate::loader::RingUsage>,
+    /// TLS libraries of targets: hooked, or reported unreadable.
+    tls: crate::tls::live::TlsHooks,
+    /// Ciphertext of TLS connections that are not hooked never goes past the decoder.
+    ciphertext: crate::tls::CiphertextGate,
+    /// TLS plaintext records (reads, writes) from the uprobes.
+    tls_records: [u64; 2],
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
@@ -143,6 +149,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         decoder: Decoder::new(),
         metrics,
         ring_usage: None,
+        tls: crate::tls::live::TlsHooks::new(),
+        ciphertext: crate::tls::CiphertextGate::new(),
+        tls_records: [0; 2],
     };
     live.init_metrics(&ring);
     if let Some((dir, rotation)) = &opts.record {
@@ -204,6 +213,7 @@ impl Live {
         self.probes.add_target(pid)?;
         self.targets.insert(pid);
         self.seen.insert(pid);
+        self.tls.scan(&mut self.probes, pid);
         let mut sockets = Vec::new();
         let roots = self.probes.roots.all();
         for mut ev in procfs::describe(pid, &roots, procfs::monotonic_ns()) {
@@ -318,6 +328,7 @@ impl Live {
                 _ = drain.tick() => self.drain(ring.get_mut())?,
                 _ = tick.tick() => {
                     self.drain(ring.get_mut())?;
+                    self.tls.tick(&mut self.probes);
                     self.report_loss()?;
                     self.publish_metrics();
                     if let Some(trace) = self.pipeline.trace_mut() {
@@ -341,10 +352,23 @@ impl Live {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         loop {
             let decoded = match ring.next() {
-                Some(item) => self.decoder.decode(&item),
+                Some(item) => {
+                    match crate::decode::peek(&item) {
+                        Some((monitor_common::kind::CODE_MAP, pid, _)) => {
+                            drop(item);
+                            self.tls.code_mapped(&mut self.probes, pid);
+                            continue;
+                        }
+                        Some((_, _, monitor_common::op::SSL_READ)) => self.tls_records[0] += 1,
+                        Some((_, _, monitor_common::op::SSL_WRITE)) => self.tls_records[1] += 1,
+                        _ => {}
+                    }
+                    self.decoder.decode(&item)
+                }
                 None => return Ok(()),
             };
             match decoded {
+                Ok(ev) if self.ciphertext.drops(&ev) => self.decoder.recycle(ev),
                 Ok(mut ev) => {
                     for found in self.before_feed(&mut ev)? {
                         self.feed(&found)?;
@@ -469,6 +493,9 @@ impl Live {
                 tracing::debug!(parent = ev.pid, child = child_pid, "new target (fork)");
             }
             EventKind::ProcessExec if self.targets.contains(&ev.pid) => {
+                // A new program: a Go one, or one linking a TLS library (those come with the
+                // dynamic loader's mappings, `kind::CODE_MAP`).
+                self.tls.scan(&mut self.probes, ev.pid);
                 // fds that survived exec.
                 for mut found in procfs::found_fds(ev, &self.probes.roots.all()) {
                     self.probes.roots.rename(&mut found);
@@ -562,7 +589,13 @@ pub fn probes_command(json: bool) -> anyhow::Result<std::process::ExitCode> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return match Probes::load(&Config::default(), PROBES) {
-            Ok(probes) => {
+            Ok(mut probes) => {
+                // The TLS hooks go on each library a target maps; shown here on the system's.
+                if let Some(lib) = crate::tls::live::system_libssl() {
+                    let shown = lib.display().to_string();
+                    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&lib)?);
+                    probes.attach_tls(&lib, &shown, inode);
+                }
                 print(&probes.report)?;
                 Ok(std::process::ExitCode::SUCCESS)
             }
@@ -703,5 +736,11 @@ impl Live {
         m.set_tracked(&self.pipeline.correlator().tracked());
         m.set_probes(self.probes.attached(), self.probes.expected());
         m.sync_probe_stats(&self.probes.program_stats());
+        m.sync_tls(
+            self.tls.hooked,
+            self.tls.unreadable,
+            self.tls_records,
+            self.ciphertext.unreadable_connections,
+        );
     }
 }
