@@ -35,6 +35,12 @@ const APT_PACKAGES: &[&str] = &[
     "nginx",
     // A portal's Redis session store, run by `tests/tests/sessions.rs`.
     "redis-server",
+    // HTTPS portals (`tests/tests/tls.rs`): certificates made with the `openssl` command,
+    // requests (HTTP/1.1 and HTTP/2) made with curl, and a Python application server that
+    // terminates TLS with its `ssl` module (Debian's python3, OpenSSL 3).
+    "openssl",
+    "curl",
+    "python3",
     // The kernel matrix (`cargo xtask vm-test`): QEMU with software emulation, and a static
     // busybox for the initramfs's `/init` (the initramfs itself is written by xtask).
     "qemu-system-x86",
