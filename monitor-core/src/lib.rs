@@ -9,7 +9,8 @@
 //! - [`correlate`]: requests, identities and document accesses (the attribution model);
 //! - [`ownership`]: path templates, the ownership facts backends record, and [`judge`]: the
 //!   verdict;
-//! - [`trace`]: the recorded trace format, its writer and reader.
+//! - [`trace`]: the recorded trace format, its writer and reader;
+//! - [`tls`]: which TLS stack a target maps, and ciphertext kept from the HTTP parser.
 //!
 //! No I/O, no clock, no globals: this crate depends on no I/O crate, so the rule is a compile
 //! error rather than a convention. The `vigie` binary (crate `monitor`) does the I/O around it:
@@ -27,5 +28,6 @@ pub mod judge;
 pub mod ownership;
 pub mod paths;
 pub mod redact;
+pub mod tls;
 pub mod trace;
 pub mod walltime;

@@ -92,9 +92,9 @@ struct Live {
     metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
     ring_usage: Option<crate::loader::RingUsage>,
     /// TLS libraries of targets: hooked, or reported unreadable.
-    tls: crate::tls::live::TlsHooks,
+    tls: crate::tls::TlsHooks,
     /// Ciphertext of TLS connections that are not hooked never goes past the decoder.
-    ciphertext: crate::tls::CiphertextGate,
+    ciphertext: monitor_core::tls::CiphertextGate,
     /// TLS plaintext records (reads, writes) from the uprobes.
     tls_records: [u64; 2],
 }
@@ -152,8 +152,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         decoder: Decoder::new(),
         metrics,
         ring_usage: None,
-        tls: crate::tls::live::TlsHooks::new(),
-        ciphertext: crate::tls::CiphertextGate::new(),
+        tls: crate::tls::TlsHooks::new(),
+        ciphertext: monitor_core::tls::CiphertextGate::new(),
         tls_records: [0; 2],
     };
     live.init_metrics(&ring);
@@ -356,7 +356,7 @@ impl Live {
         loop {
             let decoded = match ring.next() {
                 Some(item) => {
-                    match crate::decode::peek(&item) {
+                    match monitor_core::decode::peek(&item) {
                         Some((monitor_common::kind::CODE_MAP, pid, _)) => {
                             drop(item);
                             self.tls.code_mapped(&mut self.probes, pid);
@@ -594,7 +594,7 @@ pub fn probes_command(json: bool) -> anyhow::Result<std::process::ExitCode> {
         return match Probes::load(&Config::default(), PROBES) {
             Ok(mut probes) => {
                 // The TLS hooks go on each library a target maps; shown here on the system's.
-                if let Some(lib) = crate::tls::live::system_libssl() {
+                if let Some(lib) = crate::tls::system_libssl() {
                     let shown = lib.display().to_string();
                     let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&lib)?);
                     probes.attach_tls(&lib, &shown, inode);
