@@ -7,13 +7,14 @@
 //! stacks (GnuTLS, NSS, Java's JSSE, Go's crypto/tls, rustls, BoringSSL linked in) are not
 //! readable: a target that maps one is reported at start-up, and each connection whose
 //! ciphertext reaches Vigie without plaintext is counted and kept from the correlator
-//! ([`CiphertextGate`]), never silently parsed as garbage.
+//! ([`ConnectionGate`], which also keeps out HTTP/2 until it is parsed), never silently
+//! parsed as garbage.
 //!
 //! This module is pure (maps text in, classifications out; events in, decisions out); the live
 //! side that reads `/proc` and attaches the uprobes is the `vigie` binary's `tls` module.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use crate::events::{Event, EventKind};
+use crate::events::{Event, EventKind, Unreadable};
 
 /// A TLS stack found in a target's memory map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,46 +98,70 @@ pub fn is_tls_handshake(data: &[u8]) -> bool {
     matches!(data, [0x16, 0x03, 0x00..=0x04, ..])
 }
 
-/// Keeps the ciphertext of connections whose TLS library is not hooked away from everything
-/// downstream. A connection whose first captured read is a TLS handshake record is unreadable:
-/// that read and every later read or write of it are dropped until the socket is closed (or its
-/// number is reused by an accept). Hooked connections never show their ciphertext (the probes
-/// do not capture a TLS socket's syscalls), so what reaches this gate from them is plaintext.
-///
-/// Pure and deterministic. Live runs drop before recording, so a trace holds no ciphertext and
-/// replay needs no gate.
-#[derive(Debug, Default)]
-pub struct CiphertextGate {
-    /// Connections (pid, fd) that have had a capture: only a connection's first read can be a
-    /// ClientHello (a body chunk that happens to start with 0x16 0x03 must not blind the rest).
-    spoken: HashSet<(u32, i32)>,
-    unreadable: HashSet<(u32, i32)>,
-    /// Connections found unreadable so far.
-    pub unreadable_connections: u64,
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4), over TLS (ALPN `h2`) or in clear
+/// (prior knowledge).
+pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `data` starts like the HTTP/2 preface (a capture may hold only its start).
+pub fn is_http2_preface(data: &[u8]) -> bool {
+    let n = data.len().min(HTTP2_PREFACE.len());
+    n >= 4 && data[..n] == HTTP2_PREFACE[..n]
 }
 
-impl CiphertextGate {
+/// Keeps the bytes of connections Vigie cannot read away from the redactor, the HTTP parser,
+/// the trace and the correlator. A connection whose first captured read is a TLS handshake
+/// record (a ClientHello: its TLS library is not hooked) or the HTTP/2 preface is unreadable
+/// until the socket is closed (or its number is reused by an accept): each of its reads becomes
+/// an [`EventKind::Unreadable`] (no bytes kept; the correlator stops presuming that the thread
+/// serves one visible request at a time), its writes are dropped. Hooked TLS connections never show their ciphertext (the probes do not
+/// capture a TLS socket's syscalls), so what reaches this gate from them is plaintext. The
+/// documents such connections serve are then judged `unattributed`, never guessed.
+///
+/// Pure and deterministic. Live runs drop before recording, so a trace holds neither
+/// ciphertext nor HPACK-encoded secrets, and replay needs no gate.
+#[derive(Debug, Default)]
+pub struct ConnectionGate {
+    /// Connections (pid, fd) that have had a capture: only a connection's first read can be a
+    /// ClientHello or a preface (a body chunk that happens to start so must not blind the rest).
+    spoken: HashSet<(u32, i32)>,
+    unreadable: HashMap<(u32, i32), Unreadable>,
+    /// Connections found unreadable so far: TLS ciphertext.
+    pub tls_connections: u64,
+    /// Connections found unreadable so far: HTTP/2.
+    pub http2_connections: u64,
+}
+
+impl ConnectionGate {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Whether `ev` must be dropped (ciphertext). Also follows connections' lifetimes.
-    pub fn drops(&mut self, ev: &Event) -> bool {
+    /// Whether `ev` must be dropped; a read of an unreadable connection is rewritten in place
+    /// to [`EventKind::Unreadable`] instead (then `false`). Follows connections' lifetimes.
+    pub fn drops(&mut self, ev: &mut Event) -> bool {
         let pid = ev.pid;
         match &ev.kind {
-            EventKind::SockRead { fd, data, .. } => {
-                let key = (pid, *fd);
-                if self.unreadable.contains(&key) {
-                    return true;
-                }
-                if self.spoken.insert(key) && is_tls_handshake(&data.0) {
-                    self.unreadable.insert(key);
-                    self.unreadable_connections += 1;
-                    return true;
-                }
+            EventKind::SockRead { fd, data, bytes } => {
+                let (fd, bytes) = (*fd, *bytes);
+                let key = (pid, fd);
+                let why = match self.unreadable.get(&key) {
+                    Some(why) => *why,
+                    None if !self.spoken.insert(key) => return false,
+                    None if is_tls_handshake(&data.0) => {
+                        self.tls_connections += 1;
+                        Unreadable::Tls
+                    }
+                    None if is_http2_preface(&data.0) => {
+                        self.http2_connections += 1;
+                        Unreadable::Http2
+                    }
+                    None => return false,
+                };
+                self.unreadable.insert(key, why);
+                ev.kind = EventKind::Unreadable { fd, bytes, why };
                 false
             }
-            EventKind::SockWrite { fd, .. } => self.unreadable.contains(&(pid, *fd)),
+            EventKind::SockWrite { fd, .. } => self.unreadable.contains_key(&(pid, *fd)),
             EventKind::SockAccept { fd } | EventKind::SockClose { fd } => {
                 self.spoken.remove(&(pid, *fd));
                 self.unreadable.remove(&(pid, *fd));
@@ -144,7 +169,7 @@ impl CiphertextGate {
             }
             EventKind::ProcessExit => {
                 self.spoken.retain(|(p, _)| *p != pid);
-                self.unreadable.retain(|(p, _)| *p != pid);
+                self.unreadable.retain(|(p, _), _| *p != pid);
                 false
             }
             _ => false,
@@ -155,6 +180,12 @@ impl CiphertextGate {
     pub fn tracked(&self) -> usize {
         self.spoken.len()
     }
+}
+
+/// Whether `ev` is a read the gate made unreadable.
+#[cfg(test)]
+fn unreadable(ev: &Event) -> bool {
+    matches!(ev.kind, EventKind::Unreadable { .. })
 }
 
 #[cfg(test)]
@@ -246,25 +277,37 @@ mod tests {
 
     #[test]
     fn a_client_hello_first_blinds_the_connection_until_close() {
-        let mut gate = CiphertextGate::new();
-        assert!(gate.drops(&ev(1, read(5, HELLO))));
-        // Later records of it (application data), and writes: dropped too.
-        assert!(gate.drops(&ev(1, read(5, &[0x17, 0x03, 0x03, 0, 5]))));
+        let mut gate = ConnectionGate::new();
+        let gated = |gate: &mut ConnectionGate, mut e: Event| {
+            let dropped = gate.drops(&mut e);
+            (dropped, unreadable(&e))
+        };
+        assert_eq!(gated(&mut gate, ev(1, read(5, HELLO))), (false, true));
+        // Later records of it (application data) too; writes are dropped.
+        assert_eq!(
+            gated(&mut gate, ev(1, read(5, &[0x17, 0x03, 0x03, 0, 5]))),
+            (false, true)
+        );
         let write = EventKind::SockWrite {
             fd: 5,
             bytes: 5,
             data: Payload(vec![0x17, 0x03, 0x03]),
             body_fp: None,
         };
-        assert!(gate.drops(&ev(1, write)));
+        assert_eq!(gated(&mut gate, ev(1, write)), (true, false));
         // Another process's fd 5, another fd: untouched.
-        assert!(!gate.drops(&ev(2, read(5, b"GET / HTTP/1.1\r\n\r\n"))));
-        assert!(!gate.drops(&ev(1, read(6, b"GET / HTTP/1.1\r\n\r\n"))));
-        assert_eq!(gate.unreadable_connections, 1);
+        let get = b"GET / HTTP/1.1\r\n\r\n";
+        assert_eq!(gated(&mut gate, ev(2, read(5, get))), (false, false));
+        assert_eq!(gated(&mut gate, ev(1, read(6, get))), (false, false));
+        assert_eq!(gate.tls_connections, 1);
         // The number reused by a plain connection: read again.
-        assert!(!gate.drops(&ev(1, EventKind::SockClose { fd: 5 })));
-        assert!(!gate.drops(&ev(1, read(5, b"GET / HTTP/1.1\r\n\r\n"))));
-        assert!(!gate.drops(&ev(1, EventKind::ProcessExit)));
+        let close = ev(1, EventKind::SockClose { fd: 5 });
+        assert_eq!(gated(&mut gate, close), (false, false));
+        assert_eq!(gated(&mut gate, ev(1, read(5, get))), (false, false));
+        assert_eq!(
+            gated(&mut gate, ev(1, EventKind::ProcessExit)),
+            (false, false)
+        );
         assert_eq!(
             gate.tracked(),
             1,
@@ -274,16 +317,52 @@ mod tests {
 
     #[test]
     fn only_a_connections_first_read_can_be_a_client_hello() {
-        let mut gate = CiphertextGate::new();
-        assert!(!gate.drops(&ev(
-            1,
-            read(5, b"POST /up HTTP/1.1\r\nContent-Length: 9\r\n\r\n")
-        )));
+        let mut gate = ConnectionGate::new();
+        let post = b"POST /up HTTP/1.1\r\nContent-Length: 9\r\n\r\n";
+        let mut e = ev(1, read(5, post));
+        assert!(!gate.drops(&mut e) && !unreadable(&e));
         // A body chunk that starts like a TLS record: still the same plain connection.
-        assert!(!gate.drops(&ev(1, read(5, HELLO))));
-        assert_eq!(gate.unreadable_connections, 0);
+        let mut e = ev(1, read(5, HELLO));
+        assert!(!gate.drops(&mut e) && !unreadable(&e));
+        assert_eq!(gate.tls_connections, 0);
         assert!(!is_tls_handshake(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
         assert!(!is_tls_handshake(&[0x16, 0x03]));
         assert!(!is_tls_handshake(&[0x16, 0x02, 0x01]));
+    }
+
+    #[test]
+    fn http2_connections_are_kept_out_whole_until_close() {
+        let mut gate = ConnectionGate::new();
+        // nginx's first read: preface, SETTINGS, WINDOW_UPDATE, HEADERS with HPACK'd credentials.
+        let mut first = HTTP2_PREFACE.to_vec();
+        first.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
+        let mut e = ev(1, read(7, &first));
+        assert!(!gate.drops(&mut e));
+        assert_eq!(
+            e.kind,
+            EventKind::Unreadable {
+                fd: 7,
+                bytes: first.len() as u64,
+                why: Unreadable::Http2
+            }
+        );
+        let mut e = ev(1, read(7, &[0, 0, 4, 8, 0, 0, 0, 0, 0]));
+        assert!(!gate.drops(&mut e) && unreadable(&e));
+        let data = EventKind::SockWrite {
+            fd: 7,
+            bytes: 9,
+            data: Payload(vec![0, 0, 9, 0, 1, 0, 0, 0, 1]),
+            body_fp: None,
+        };
+        assert!(gate.drops(&mut ev(1, data)));
+        assert_eq!((gate.http2_connections, gate.tls_connections), (1, 0));
+        // A capture cut inside the preface still counts; a bare "PRI" does not.
+        let mut e = ev(2, read(3, b"PRI * HTTP/2"));
+        assert!(!gate.drops(&mut e) && unreadable(&e));
+        let mut e = ev(3, read(3, b"PRI"));
+        assert!(!gate.drops(&mut e) && !unreadable(&e));
+        assert!(!gate.drops(&mut ev(1, EventKind::SockClose { fd: 7 })));
+        let mut e = ev(1, read(7, b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(!gate.drops(&mut e) && !unreadable(&e));
     }
 }

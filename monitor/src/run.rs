@@ -93,8 +93,8 @@ struct Live {
     ring_usage: Option<crate::loader::RingUsage>,
     /// TLS libraries of targets: hooked, or reported unreadable.
     tls: crate::tls::TlsHooks,
-    /// Ciphertext of TLS connections that are not hooked never goes past the decoder.
-    ciphertext: monitor_core::tls::CiphertextGate,
+    /// Connections Vigie cannot read (TLS not hooked, HTTP/2) never go past the decoder.
+    gate: monitor_core::tls::ConnectionGate,
     /// TLS plaintext records (reads, writes) from the uprobes.
     tls_records: [u64; 2],
 }
@@ -153,7 +153,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         metrics,
         ring_usage: None,
         tls: crate::tls::TlsHooks::new(),
-        ciphertext: monitor_core::tls::CiphertextGate::new(),
+        gate: monitor_core::tls::ConnectionGate::new(),
         tls_records: [0; 2],
     };
     live.init_metrics(&ring);
@@ -371,8 +371,11 @@ impl Live {
                 None => return Ok(()),
             };
             match decoded {
-                Ok(ev) if self.ciphertext.drops(&ev) => self.decoder.recycle(ev),
                 Ok(mut ev) => {
+                    if self.gate.drops(&mut ev) {
+                        self.decoder.recycle(ev);
+                        continue;
+                    }
                     for found in self.before_feed(&mut ev)? {
                         self.feed(&found)?;
                         self.after_feed(&found)?;
@@ -692,6 +695,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::SockWrite { .. } => "sock_write",
         EventKind::SessionFound { .. } => "session_found",
         EventKind::SockClose { .. } => "sock_close",
+        EventKind::Unreadable { .. } => "unreadable",
         EventKind::Lost { .. } => "lost",
         EventKind::Tick => "tick",
         EventKind::OwnershipFact(_) => "ownership_fact",
@@ -743,7 +747,8 @@ impl Live {
             self.tls.hooked,
             self.tls.unreadable,
             self.tls_records,
-            self.ciphertext.unreadable_connections,
+            self.gate.tls_connections,
+            self.gate.http2_connections,
         );
     }
 }

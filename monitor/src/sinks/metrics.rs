@@ -73,6 +73,7 @@ pub struct Metrics {
     tls_libraries: IntGaugeVec,
     tls_records: IntCounterVec,
     tls_unreadable_connections: IntCounter,
+    http2_connections: IntCounter,
 }
 
 /// Outcomes of an ownership lookup (`vigie_ownership_lookups_total{outcome}`).
@@ -296,6 +297,12 @@ impl Metrics {
                 "Connections of targets that began with a TLS handshake Vigie could not read the \
                  plaintext of (TLS library not hooked): their requests are not seen.",
             )?,
+            http2_connections: counter(
+                &r,
+                "vigie_http2_connections_total",
+                "Connections of targets that spoke HTTP/2 (over TLS or in clear), which Vigie does \
+                 not parse yet: kept out whole, their document reads are unattributed.",
+            )?,
             probe_runs: counter_vec(
                 &r,
                 "vigie_probe_runs_total",
@@ -420,9 +427,16 @@ impl Metrics {
         }
     }
 
-    /// TLS: libraries hooked and unreadable, plaintext records (read, write), and unreadable
-    /// connections, all cumulative.
-    pub fn sync_tls(&self, hooked: u64, unreadable: u64, records: [u64; 2], connections: u64) {
+    /// TLS: libraries hooked and unreadable, plaintext records (read, write), unreadable TLS
+    /// connections and HTTP/2 connections, all cumulative.
+    pub fn sync_tls(
+        &self,
+        hooked: u64,
+        unreadable: u64,
+        records: [u64; 2],
+        connections: u64,
+        http2: u64,
+    ) {
         let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.tls_libraries
             .with_label_values(&["hooked"])
@@ -438,6 +452,7 @@ impl Metrics {
             }
         }
         raise_to(&self.tls_unreadable_connections, connections);
+        raise_to(&self.http2_connections, http2);
     }
 
     pub fn sync_alerts_written(&self, total: u64) {
