@@ -519,7 +519,12 @@ impl Live {
 
     fn report_loss(&mut self) -> anyhow::Result<()> {
         let now = self.probes.lost()?;
-        if now != self.lost {
+        // TLS plaintext with no socket to tie it to (a library used with memory BIOs, as
+        // asyncio does): no stream Vigie follows lost a byte, so no gap for the redactor or
+        // the correlator; such a connection's ciphertext is caught by the connection gate.
+        let gap = |i: usize| i != loss::TLS_NO_FD as usize;
+        let changed = (0..now.len()).any(|i| gap(i) && now[i] != self.lost[i]);
+        if changed {
             // A lost read may have been part of a FastCGI stream: both the redactor and the
             // correlator (at the `Lost` event below) wait for a point to resume.
             self.redactor.lost();
@@ -529,6 +534,9 @@ impl Live {
             if delta > 0 {
                 let name = loss::name(reason as u32);
                 *self.summary.lost_by_reason.entry(name).or_default() += delta;
+                if !gap(reason) {
+                    continue;
+                }
                 let ev = Event {
                     ts_ns: procfs::monotonic_ns(),
                     pid: 0,
