@@ -42,6 +42,12 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// A trace of connections Vigie could not read: no payload at all.
+fn assert_clean_trace_without_requests(files: &[PathBuf]) {
+    let payloads = trace_payloads(files);
+    assert!(payloads.is_empty(), "{} payloads recorded", payloads.len());
+}
+
 /// The trace holds plaintext requests and no secret: no password (nor its Basic encoding), no
 /// session id, no document content, no TLS record (ciphertext).
 fn assert_clean_trace(files: &[PathBuf], secrets: &[&str]) {
@@ -87,6 +93,34 @@ fn assert_replays_identically(p: &Privileged, files: &[PathBuf], live: &str, out
     assert!(ok, "replay failed: {stderr}");
     let replayed = std::fs::read_to_string(out).expect("replayed alerts");
     assert_eq!(replayed, live, "replay differs from the live run");
+}
+
+/// Waits until Vigie has handled the library a target mapped after start-up: `true` when it
+/// hooked it, `false` on a kernel without `uprobe.multi` (before 6.6: Debian's 6.1 in the
+/// matrix), where a library mapped after the capability drop cannot be hooked and is reported.
+fn wait_late_hook(vigie: &Vigie) -> bool {
+    poll_until(
+        "the late libssl hooked, or reported not hookable",
+        Duration::from_secs(10),
+        || {
+            let log = vigie.log();
+            if log.contains("TLS library hooked") {
+                Some(true)
+            } else if log.contains("TLS library could not be hooked") {
+                assert!(
+                    log.contains("uprobe.multi TLS programs not loaded"),
+                    "only a kernel without uprobe.multi may fail to hook a late library:\n{log}"
+                );
+                eprintln!(
+                    "NOTE: no uprobe.multi on this kernel: the late library is reported, its HTTPS unread"
+                );
+                Some(false)
+            } else {
+                None
+            }
+        },
+        || vigie.log(),
+    )
 }
 
 fn https(addr: &str, path: &str) -> String {
@@ -190,12 +224,7 @@ fn https_nginx_started_after_vigie_and_http2_is_kept_out_unattributed() {
     );
     nginx.start("nginx");
     let a = &nginx.addr;
-    poll_until(
-        "nginx's libssl hooked",
-        Duration::from_secs(10),
-        || vigie.log().contains("TLS library hooked").then_some(()),
-        || vigie.log(),
-    );
+    let hooked = wait_late_hook(&vigie);
     let statuses = curl(
         test,
         &["--http1.1", "-u", "alice:alice-pw"],
@@ -203,7 +232,9 @@ fn https_nginx_started_after_vigie_and_http2_is_kept_out_unattributed() {
     )
     .unwrap();
     assert_eq!(statuses, [200]);
-    vigie.wait_alerts("the HTTP/1.1 cross read", |al| !verdicts(al).is_empty());
+    if hooked {
+        vigie.wait_alerts("the HTTP/1.1 cross read", |al| !verdicts(al).is_empty());
+    }
     // HTTP/2: three streams at once on one connection, own and cross reads of carol.
     let statuses = curl(
         test,
@@ -220,16 +251,20 @@ fn https_nginx_started_after_vigie_and_http2_is_kept_out_unattributed() {
     // or Vigie stops: the stop judges them.
     let (raw, log) = vigie.stop_raw();
     let alerts = parse_alerts(&raw);
-    assert_eq!(
-        verdicts(&alerts),
-        [
-            t("unattributed", "-", "alice", &nginx.doc("alice")),
-            t("unattributed", "-", "bob", &nginx.doc("bob")),
-            t("unattributed", "-", "carol", &nginx.doc("carol")),
-            t("violation", "alice", "bob", &nginx.doc("bob")),
-        ],
-        "{log}"
-    );
+    // Not hooked: the HTTP/1.1 connection is ciphertext, kept out like HTTP/2.
+    let h1 = if hooked {
+        t("violation", "alice", "bob", &nginx.doc("bob"))
+    } else {
+        t("unattributed", "-", "bob", &nginx.doc("bob"))
+    };
+    let mut want = vec![
+        t("unattributed", "-", "alice", &nginx.doc("alice")),
+        t("unattributed", "-", "bob", &nginx.doc("bob")),
+        t("unattributed", "-", "carol", &nginx.doc("carol")),
+        h1,
+    ];
+    want.sort();
+    assert_eq!(verdicts(&alerts), want, "{log}");
     let files = trace_files(&traces);
     assert_clean_trace(&files, &[]);
     assert!(
@@ -272,12 +307,7 @@ fn https_python_loads_libssl_after_vigie_session_from_the_tls_login() {
         vigie.log()
     );
     open_gate(&mut portal, &gate);
-    poll_until(
-        "the portal's libssl hooked after its dlopen",
-        Duration::from_secs(10),
-        || vigie.log().contains("TLS library hooked").then_some(()),
-        || vigie.log(),
-    );
+    let hooked = wait_late_hook(&vigie);
     let a = portal.addr.clone();
     let alice = login(test, &a, "alice").unwrap();
     let carol = login(test, &a, "carol").unwrap();
@@ -289,6 +319,18 @@ fn https_python_loads_libssl_after_vigie_session_from_the_tls_login() {
         )
         .unwrap();
         assert_eq!(statuses, [200], "{owner}: {}", portal.log());
+    }
+    if !hooked {
+        // Ciphertext only: every read is unattributed, no user is ever named.
+        let (alerts, log) = vigie.stop();
+        assert!(
+            verdicts(&alerts)
+                .iter()
+                .all(|(v, u, _, _)| v == "unattributed" && u == "-"),
+            "{log}"
+        );
+        assert_clean_trace_without_requests(&trace_files(&traces));
+        return;
     }
     vigie.wait_alerts("the cross read", |al| !verdicts(al).is_empty());
     let (raw, log) = vigie.stop_raw();
