@@ -280,6 +280,8 @@ fn events(input: &Input) -> Vec<Event> {
                     fd: fd(*f),
                     bytes: u64::from(*n),
                     fp: (*n % 5 != 0).then_some(u64::from(*n % 4)),
+                    // Sizes that match the fuzzed responses' lengths now and then.
+                    size: (*n % 3 != 0).then_some(u64::from(*n % 7)),
                 },
                 Kind::FileMap(f, n) => EventKind::FileMap {
                     fd: fd(*f),
@@ -289,6 +291,7 @@ fn events(input: &Input) -> Vec<Event> {
                     fd: fd(*f),
                     bytes: *n,
                     fp: None,
+                    size: None,
                 },
                 Kind::SendFile(o, i, n) => EventKind::SendFile {
                     out_fd: fd(*o),

@@ -55,7 +55,10 @@ pub struct FdEvent {
     pub ret: i64,
     /// One of [`crate::op`].
     pub op: u32,
-    pub _pad: u32,
+    /// `kind::FILE_READ` only: the document's size at the read (`inode.i_size`), so that a
+    /// response body is matched only to reads of a document of its length; 0 unknown,
+    /// `u32::MAX` for 4 GiB or more. Else 0.
+    pub size: u32,
     /// `kind::FILE_READ` only: [`fingerprint`] of the bytes read (first iovec), else 0.
     pub fp: u64,
 }

@@ -185,6 +185,7 @@ pub mod globals {
     pub const OFF_FDT_FD: &str = "OFF_FDT_FD";
     pub const OFF_FILE_INODE: &str = "OFF_FILE_INODE";
     pub const OFF_INODE_MODE: &str = "OFF_INODE_MODE";
+    pub const OFF_INODE_SIZE: &str = "OFF_INODE_SIZE";
     pub const OFF_FILE_PATH: &str = "OFF_FILE_PATH";
     pub const OFF_FILE_FLAGS: &str = "OFF_FILE_FLAGS";
     /// Offset of `__syscall_nr` in `sys_enter_*`/`sys_exit_*` records.

@@ -21,6 +21,14 @@
 //! on helper threads, for a response body carrying their fingerprint (or for the idle horizon,
 //! and are then `unattributed`).
 //!
+//! Thread scope and flow are trusted per process ([`trust`]): at the first sign of M:N
+//! scheduling (a runtime recognised at exec, a thread interleaving requests, a request whose
+//! events come from several threads) a process loses them for good. Its reads are then grouped
+//! by open file (later chunks read by other pool threads join the access of the first one) and
+//! wait for `sendfile` or for a response body carrying their fingerprint, matched across all
+//! of the process's threads. A body whose fingerprint matches reads of different documents is
+//! ambiguous: it names none of them, and they end `unattributed`.
+//!
 //! Each connection speaks HTTP or FastCGI, decided from its first bytes
 //! ([`crate::fastcgi::Protocol`]); FastCGI requests are handled in [`fastcgi`] and become
 //! requests through the same path as HTTP heads.
@@ -40,6 +48,9 @@ use crate::{
 };
 
 mod fastcgi;
+pub mod trust;
+
+use trust::{Distrust, ScopeTrust};
 
 /// Settings the correlator needs: a slice of the configuration, built by the `vigie` crate
 /// (`Config::correlator`). Without a wall clock until
@@ -172,6 +183,11 @@ pub struct Stats {
     pub malformed_tokens: u64,
     /// Times a FastCGI stream was lost (a record header malformed or not captured).
     pub fastcgi_desyncs: u64,
+    /// Processes that lost thread scope (signs of M:N scheduling, see [`trust`]).
+    pub distrusted_processes: u64,
+    /// Response bodies whose fingerprint matched reads of more than one document: attributed
+    /// to none of them.
+    pub ambiguous_fingerprints: u64,
     /// Requests by the source of their identity (`None`: no usable identity). A short list:
     /// one entry per configured source at most, plus `None`.
     pub requests_by_identity: Vec<(Option<IdentitySource>, u64)>,
@@ -217,6 +233,8 @@ struct Request {
     on_thread: bool,
     /// A response was written on its connection.
     responded: bool,
+    /// The `Content-Length` of its response, from the response head.
+    body_length: Option<u64>,
     /// The portal's login request: its (bounded) form body names the user its response's
     /// session cookie is bound to.
     login: Option<Vec<u8>>,
@@ -229,8 +247,11 @@ struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Owner {
     Request(u64),
-    /// Read with no request in scope, on this thread.
+    /// Read with no request in scope, on this thread (a process with thread scope).
     Thread(u32),
+    /// Read by a process without thread scope, through open file `(pid, fd)`: every read of the
+    /// open file, on any thread, joins one access.
+    File(u32, i32),
 }
 
 #[derive(Debug)]
@@ -240,6 +261,8 @@ struct OpenAccess {
     fd: i32,
     /// Fingerprint of the first bytes read (from the kernel).
     fp: Option<u64>,
+    /// The document's size when `fp` was taken: a response body of another length is not it.
+    size: Option<u64>,
     /// Its fd was closed: complete, waiting only for its request's response status.
     closed: bool,
     /// The document was mapped (`mmap`): it is read through the mapping, which outlives a close
@@ -270,6 +293,11 @@ pub struct Correlator {
     index: IdMap<Owner, Vec<u64>>,
     /// Session cookies bound by logins (`identity.session`).
     sessions: Sessions,
+    /// Which processes may be judged by thread scope.
+    trust: ScopeTrust,
+    /// Processes without thread scope: the access each open document file's reads join, and
+    /// the request it went to once known (reads after it was judged are repeated reads).
+    by_open: IdMap<(u32, i32), (u64, Option<u64>)>,
     stats: Stats,
 }
 
@@ -291,6 +319,8 @@ impl Correlator {
             open: BTreeMap::new(),
             index: IdMap::default(),
             sessions: Sessions::new(),
+            trust: ScopeTrust::default(),
+            by_open: IdMap::default(),
             stats: Stats::default(),
         }
     }
@@ -302,6 +332,11 @@ impl Correlator {
     /// Whether session `id` (hashed cookie value) is bound to a user.
     pub fn knows_session(&self, id: &[u8]) -> bool {
         self.sessions.contains(id)
+    }
+
+    /// Why process `pid` lost thread scope, if it did.
+    pub fn distrust(&self, pid: u32) -> Option<Distrust> {
+        self.trust.why(pid)
     }
 
     pub fn tracked(&self) -> Tracked {
@@ -332,8 +367,13 @@ impl Correlator {
         self.stats.events += 1;
         let pid = ev.pid;
         match &ev.kind {
-            EventKind::ProcessExec => {}
+            // A new program: whatever the old one showed of its scheduling says nothing of it.
+            EventKind::ProcessExec => self.trust.forget(pid),
+            EventKind::RuntimeFound { runtime } => {
+                self.lose_trust(pid, Distrust::Runtime(*runtime));
+            }
             EventKind::ProcessFork { child_pid } => {
+                self.trust.fork(pid, *child_pid);
                 // The child's fd table is a copy of the parent's: so are its open documents.
                 let inherited: Vec<(i32, Arc<str>)> = self
                     .docs
@@ -363,11 +403,17 @@ impl Correlator {
                 let opened = paths::of_open(path, base.as_deref(), full_path.as_deref());
                 self.track_document(pid, *fd, opened);
             }
-            EventKind::FileRead { fd, bytes, fp } => {
+            EventKind::FileRead {
+                fd,
+                bytes,
+                fp,
+                size,
+            } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
                     let scope = self.read_scope(pid, ev.tid);
                     let evidence = scope.map(|_| Evidence::Thread);
-                    self.record_access(ev, *fd, path, *bytes, *fp, scope, evidence);
+                    let content = fp.map(|fp| (fp, *size));
+                    self.record_access(ev, *fd, path, *bytes, content, scope, evidence);
                 }
             }
             // A mapping is a read with the same evidence rules (thread scope, or flow to the
@@ -395,7 +441,9 @@ impl Correlator {
                     let (scope, evidence) = match on_conn {
                         Some(req) => (Some(req), Some(Evidence::Sendfile)),
                         None => {
-                            let scope = self.thread_scope(pid, ev.tid);
+                            let scope = self
+                                .thread_scope(pid, ev.tid)
+                                .filter(|_| self.trust.trusts(pid));
                             (scope, scope.map(|_| Evidence::Thread))
                         }
                     };
@@ -404,6 +452,21 @@ impl Correlator {
             }
             EventKind::FileClose { fd } => {
                 self.docs.remove(&(pid, *fd));
+                self.by_open.remove(&(pid, *fd));
+                // A read attributed by thread scope, closed by another thread: the request's
+                // events come from several threads. (Not a mapping, nor a read already closed:
+                // their fd number may be another file's by now.)
+                let split = self.open.values().any(|a| {
+                    a.access.pid == pid
+                        && a.fd == *fd
+                        && !a.mapped
+                        && !a.closed
+                        && a.access.tid != ev.tid
+                        && a.access.evidence == [Evidence::Thread]
+                });
+                if split {
+                    self.lose_trust(pid, Distrust::SplitRequest);
+                }
                 // A read no request was in scope for, with a fingerprint, waits for its content
                 // to go out on a connection (until the idle horizon); later reads of the same
                 // document are other accesses. Every other access of the fd is complete.
@@ -416,7 +479,7 @@ impl Correlator {
                     Owner::Request(req) => requests
                         .get(&req)
                         .is_some_and(|r| r.on_conn && !r.responded),
-                    Owner::Thread(_) => false,
+                    Owner::Thread(_) | Owner::File(..) => false,
                 };
                 let mut done = Vec::new();
                 for (id, a) in self.open.iter_mut() {
@@ -517,6 +580,8 @@ impl Correlator {
     }
 
     fn track_document(&mut self, pid: u32, fd: i32, path: Option<String>) {
+        // A new open file on this fd number (its close may have gone unseen).
+        self.by_open.remove(&(pid, fd));
         let path = path.and_then(paths::normalize_owned);
         match path {
             Some(p) if self.cfg.roots.iter().any(|r| paths::is_under(&p, r)) => {
@@ -571,7 +636,7 @@ impl Correlator {
     /// The request a document read on this thread belongs to by thread scope: none on an
     /// event loop, where "the thread's current request" means nothing.
     fn read_scope(&self, pid: u32, tid: u32) -> Option<u64> {
-        if self.is_multiplexed(pid, tid) {
+        if self.is_multiplexed(pid, tid) || !self.trust.trusts(pid) {
             None
         } else {
             self.thread_scope(pid, tid)
@@ -597,7 +662,7 @@ impl Correlator {
         fd: i32,
         path: Arc<str>,
         bytes: u64,
-        fp: Option<u64>,
+        content: Option<(u64, Option<u64>)>,
         scope: Option<u64>,
         evidence: Option<Evidence>,
     ) -> Option<u64> {
@@ -611,7 +676,30 @@ impl Correlator {
                 }
                 Owner::Request(req)
             }
-            None => Owner::Thread(ev.tid),
+            None if self.trust.trusts(ev.pid) => Owner::Thread(ev.tid),
+            None => {
+                // Later reads of an open file join its first read's access, whichever thread
+                // made them (a pool reading a document in chunks).
+                if let Some(&(id, req)) = self.by_open.get(&(ev.pid, fd)) {
+                    match self.open.get_mut(&id) {
+                        Some(open) if *open.access.document == *path => {
+                            open.access.bytes = open.access.bytes.saturating_add(bytes);
+                            open.access.last_ts_ns = ev.ts_ns;
+                            open.take_content(content);
+                            return Some(id);
+                        }
+                        Some(_) => {}
+                        // Judged already: more of what was reported.
+                        None => {
+                            if req.is_some() {
+                                self.stats.repeated_reads += 1;
+                            }
+                            return None;
+                        }
+                    }
+                }
+                Owner::File(ev.pid, fd)
+            }
         };
         if let Some(id) = self.indexed(&owner, &path)
             && let Some(open) = self.open.get_mut(&id)
@@ -619,7 +707,7 @@ impl Correlator {
             open.access.bytes = open.access.bytes.saturating_add(bytes);
             open.access.last_ts_ns = ev.ts_ns;
             open.fd = fd;
-            open.fp = open.fp.or(fp);
+            open.take_content(content);
             if let Some(e) = evidence
                 && !open.access.evidence.contains(&e)
             {
@@ -630,6 +718,9 @@ impl Correlator {
         }
         let id = self.next_access;
         self.next_access += 1;
+        if let Owner::File(p, f) = owner {
+            self.by_open.insert((p, f), (id, None));
+        }
         self.index.entry(owner.clone()).or_default().push(id);
         let access = Access {
             id,
@@ -649,7 +740,8 @@ impl Correlator {
                 access,
                 owner,
                 fd,
-                fp,
+                fp: content.map(|(fp, _)| fp),
+                size: content.and_then(|(_, size)| size),
                 closed: false,
                 mapped: false,
             },
@@ -849,6 +941,10 @@ impl Correlator {
             && !r.responded
         {
             self.multiplexed.insert(ev.tid, ev.pid);
+            self.lose_trust(ev.pid, Distrust::Interleaved);
+        }
+        if trust::is_virtual_thread_carrier(&ev.comm) {
+            self.lose_trust(ev.pid, Distrust::VirtualThreads);
         }
         self.end_scope(ev.pid, ev.tid, fd, out);
         let info = RequestInfo {
@@ -871,6 +967,7 @@ impl Correlator {
                 on_conn: true,
                 on_thread: true,
                 responded: false,
+                body_length: None,
                 login,
                 session_id,
                 reported: Vec::new(),
@@ -880,7 +977,7 @@ impl Correlator {
         self.threads.insert(ev.tid, (ev.pid, id));
         // Reads this thread made with no request in scope are judged now, unattributed; an
         // event loop's wait for their fingerprint.
-        if !self.is_multiplexed(ev.pid, ev.tid) {
+        if !self.is_multiplexed(ev.pid, ev.tid) && self.trust.trusts(ev.pid) {
             let tid = ev.tid;
             self.finish_where(out, |a| a.owner == Owner::Thread(tid));
         }
@@ -915,11 +1012,24 @@ impl Correlator {
         let Some(req) = self.conns.get(&(ev.pid, fd)).and_then(|c| c.current) else {
             return;
         };
+        // The response is written by another thread than the one that read the request.
+        if self
+            .requests
+            .get(&req)
+            .is_some_and(|r| r.pid == ev.pid && r.info.tid != ev.tid)
+        {
+            self.lose_trust(ev.pid, Distrust::SplitRequest);
+        }
         if let Some(r) = self.requests.get_mut(&req) {
             let first = !r.responded;
             r.responded = true;
             if r.info.status.is_none() {
                 r.info.status = http::response_status(data);
+            }
+            if first {
+                r.body_length = http::response_header_values(data, "content-length")
+                    .next()
+                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
             }
             if first && let Some(s) = &self.cfg.identity.session {
                 learn_session(&mut self.sessions, s, r, data, ev.ts_ns);
@@ -934,45 +1044,56 @@ impl Correlator {
     /// Reads with no request in scope that a write of request `req`'s response (by `ev`'s
     /// thread, its body starting with bytes of fingerprint `body_fp`) tells the request of.
     fn claim(&mut self, ev: &Event, req: u64, body_fp: Option<u64>) {
+        let trusted = self.trust.trusts(ev.pid);
         let multiplexed = self.is_multiplexed(ev.pid, ev.tid);
+        // A body of a known length is not a document of another size.
+        let length = self.requests.get(&req).and_then(|r| r.body_length);
         // Reads with no request in scope that this write tells the request of:
-        // - flow: this thread's, when it serves one request at a time (all of them);
-        // - fingerprint: a helper thread's (one that never reads sockets: a blocking pool), or
-        //   this event loop's own, whose first bytes open this response body (the oldest one:
-        //   the same document read twice for two requests goes once to each response). A
-        //   connection thread's unscoped read (its request head unseen) is never claimed by
-        //   another connection's response that happens to carry the same document.
+        // - flow: this thread's, when its process has thread scope and it serves one request at
+        //   a time (all of them);
+        // - fingerprint: reads whose first bytes open this response body (the oldest one: the
+        //   same document read twice for two requests goes once to each response). In a
+        //   process with thread scope, a helper thread's (one that never reads sockets: a
+        //   blocking pool) or this event loop's own: a connection thread's unscoped read (its
+        //   request head unseen) is never claimed by another connection's response that happens
+        //   to carry the same document. In a process without it, any thread's.
+        //   Reads of different documents with this fingerprint make it ambiguous: none moves.
         let mut moved: Vec<(u64, Vec<Evidence>)> = Vec::new();
-        let mut by_content: Option<u64> = None;
+        let mut by_content: Vec<u64> = Vec::new();
         for (id, a) in &self.open {
-            let Owner::Thread(tid) = a.owner else {
-                continue;
-            };
             if a.access.pid != ev.pid {
                 continue;
             }
-            let same_thread = tid == ev.tid;
-            let content = body_fp.is_some() && a.fp == body_fp;
-            if same_thread && !multiplexed {
+            let tid = match a.owner {
+                Owner::Thread(tid) => Some(tid),
+                Owner::File(..) => None,
+                Owner::Request(_) => continue,
+            };
+            let same_thread = tid == Some(ev.tid);
+            let content = body_fp.is_some()
+                && a.fp == body_fp
+                && (length.is_none() || a.size.is_none() || a.size == length);
+            if same_thread && trusted && !multiplexed {
                 let mut evidence = vec![Evidence::Flow];
                 if content {
                     evidence.push(Evidence::Fingerprint);
                 }
                 moved.push((*id, evidence));
             } else if content
-                && by_content.is_none()
-                && (same_thread || self.socket_threads.get(&tid) != Some(&ev.pid))
+                && (!trusted
+                    || same_thread
+                    || tid.is_some_and(|t| self.socket_threads.get(&t) != Some(&ev.pid)))
             {
-                by_content = Some(*id);
+                by_content.push(*id);
             }
         }
-        if let Some(id) = by_content {
-            let same_thread = self
-                .open
-                .get(&id)
-                .is_some_and(|a| a.owner == Owner::Thread(ev.tid));
+        let documents = |id: &u64| self.open.get(id).map(|a| a.access.document.as_str());
+        let first = by_content.first().and_then(documents);
+        if by_content.iter().any(|id| documents(id) != first) {
+            self.stats.ambiguous_fingerprints += 1;
+        } else if let Some(&id) = by_content.first() {
             let mut evidence = vec![Evidence::Fingerprint];
-            if same_thread {
+            if trusted && tid_of(self.open.get(&id)) == Some(ev.tid) {
                 evidence.insert(0, Evidence::Flow);
             }
             moved.push((id, evidence));
@@ -980,6 +1101,41 @@ impl Correlator {
         moved.sort_unstable_by_key(|(id, _)| *id);
         for (id, evidence) in moved {
             self.attach(id, req, evidence);
+        }
+    }
+
+    /// Process `pid` showed M:N scheduling: from now on its reads need evidence naming their
+    /// request. What it read that only thread scope or flow could attribute, still open, goes
+    /// back to waiting for such evidence (grouped by open file), rather than stay with a
+    /// request the thread may not have been serving.
+    fn lose_trust(&mut self, pid: u32, why: Distrust) {
+        if !self.trust.lose(pid, why) {
+            return;
+        }
+        self.stats.distrusted_processes += 1;
+        let demoted: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, a)| {
+                a.access.pid == pid
+                    && match a.owner {
+                        Owner::Thread(_) => true,
+                        Owner::Request(_) => a.access.evidence == [Evidence::Thread],
+                        Owner::File(..) => false,
+                    }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in demoted {
+            self.unindex(id);
+            let Some(open) = self.open.get_mut(&id) else {
+                continue;
+            };
+            let owner = Owner::File(pid, open.fd);
+            open.owner = owner.clone();
+            open.access.evidence.clear();
+            self.by_open.entry((pid, open.fd)).or_insert((id, None));
+            self.index.entry(owner).or_default().push(id);
         }
     }
 
@@ -996,10 +1152,15 @@ impl Correlator {
             return;
         }
         let owner = Owner::Request(req);
-        if let Some(existing) = self
-            .indexed(&owner, &open.access.document)
-            .and_then(|i| self.open.get_mut(&i))
+        let file = (open.access.pid, open.fd);
+        let joined = self.indexed(&owner, &open.access.document);
+        // Later reads of the open file go where this one went.
+        if let Some(entry) = self.by_open.get_mut(&file)
+            && entry.0 == id
         {
+            *entry = (joined.unwrap_or(id), Some(req));
+        }
+        if let Some(existing) = joined.and_then(|i| self.open.get_mut(&i)) {
             existing.access.bytes = existing.access.bytes.saturating_add(open.access.bytes);
             existing.access.evidence.extend(evidence);
             existing.access.evidence.sort();
@@ -1069,6 +1230,8 @@ impl Correlator {
         self.requests.retain(|_, r| r.pid != pid);
         self.multiplexed.retain(|_, p| *p != pid);
         self.socket_threads.retain(|_, p| *p != pid);
+        self.by_open.retain(|(p, _), _| *p != pid);
+        self.trust.forget(pid);
     }
 
     /// A thread is gone: its request scope ends (else every thread-per-connection request would
@@ -1155,9 +1318,28 @@ fn learn_session(
 }
 
 impl OpenAccess {
+    /// The first fingerprint of the access is kept (the document's first bytes), with the size
+    /// it was taken at.
+    fn take_content(&mut self, content: Option<(u64, Option<u64>)>) {
+        if self.fp.is_none()
+            && let Some((fp, size)) = content
+        {
+            self.fp = Some(fp);
+            self.size = size;
+        }
+    }
+
     /// Read with no request in scope, and its content can still be recognised in a response.
     fn awaits_fingerprint(&self) -> bool {
-        matches!(self.owner, Owner::Thread(_)) && self.fp.is_some()
+        matches!(self.owner, Owner::Thread(_) | Owner::File(..)) && self.fp.is_some()
+    }
+}
+
+/// The thread an open access waits on, when it waits for one.
+fn tid_of(open: Option<&OpenAccess>) -> Option<u32> {
+    match open?.owner {
+        Owner::Thread(tid) => Some(tid),
+        _ => None,
     }
 }
 

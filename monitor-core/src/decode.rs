@@ -158,6 +158,9 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
                     fd: ev.fd,
                     bytes: n,
                     fp: (ev.fp != 0).then_some(ev.fp),
+                    // `u32::MAX`: 4 GiB or more, not a length to compare.
+                    size: (ev.fp != 0 && ev.size != 0 && ev.size != u32::MAX)
+                        .then_some(u64::from(ev.size)),
                 },
                 kind::FILE_MAP => EventKind::FileMap {
                     fd: ev.fd,
@@ -406,7 +409,7 @@ mod tests {
             fd2: -1,
             ret: 9500,
             op: op::MMAP,
-            _pad: 0,
+            size: 0,
             fp: 0,
         };
         assert_eq!(
@@ -423,7 +426,7 @@ mod tests {
             fd2: -1,
             ret: -5,
             op: op::READ,
-            _pad: 0,
+            size: 0,
             fp: 0,
         };
         assert_eq!(
@@ -431,7 +434,8 @@ mod tests {
             EventKind::FileRead {
                 fd: 3,
                 bytes: 0,
-                fp: None
+                fp: None,
+                size: None,
             }
         );
     }
@@ -444,7 +448,7 @@ mod tests {
             fd2: -1,
             ret: 100,
             op: op::READ,
-            _pad: 0,
+            size: 9000,
             fp: 0xfeed,
         };
         assert_eq!(
@@ -452,8 +456,18 @@ mod tests {
             EventKind::FileRead {
                 fd: 3,
                 bytes: 100,
-                fp: Some(0xfeed)
+                fp: Some(0xfeed),
+                size: Some(9000),
             }
         );
+        // 4 GiB or more is no length to compare.
+        let big = FdEvent {
+            size: u32::MAX,
+            ..ev
+        };
+        assert!(matches!(
+            decode(&bytes_of(&big)).unwrap().kind,
+            EventKind::FileRead { size: None, .. }
+        ));
     }
 }

@@ -25,6 +25,10 @@ pub enum EventKind {
     ProcessExec,
     /// A target forked a new process (its fd table is a copy of the parent's).
     ProcessFork { child_pid: u32 },
+    /// The program the process runs (since its exec, or when it was adopted) is built on a
+    /// runtime that multiplexes requests over OS threads: its threads never stand for its
+    /// requests (DESIGN.md §4). Found live from the executable, recorded so replay needs none.
+    RuntimeFound { runtime: Runtime },
     /// The target's thread-group leader exited.
     ProcessExit,
     /// Another thread of the target exited (`tid`).
@@ -62,6 +66,10 @@ pub enum EventKind {
         /// (`monitor_common::files::fingerprint`); absent when fewer than 16 bytes were read.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fp: Option<u64>,
+        /// The document's size at the read (with a fingerprint only): a response body of
+        /// another length is not this document.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
     /// A document fd was mapped readable (`mmap`), `bytes` long: read through memory, without
     /// read syscalls. The mapping outlives a close of the fd.
@@ -108,6 +116,16 @@ pub enum EventKind {
     /// accesses needed it; replay gives it to the ownership resolver instead of asking again.
     /// Never given to the correlator.
     OwnershipFact(crate::ownership::fact::Fact),
+}
+
+/// Runtimes that schedule many tasks (requests) over few OS threads, recognised at exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// A Go program: goroutines move between OS threads at any blocking call.
+    Go,
+    /// Node.js: one event loop thread serves every connection, libuv pool threads do file I/O.
+    Node,
 }
 
 /// A thread's name (`comm`), as text. Shared rather than copied: every event carries one, a
@@ -320,6 +338,7 @@ mod tests {
                 fd: 7,
                 bytes: 100,
                 fp: None,
+                size: None,
             },
         };
         let json = serde_json::to_string(&ev).unwrap();

@@ -14,6 +14,10 @@
 //!   the value's length). The key is random per run and never written anywhere, so the same
 //!   cookie maps to the same hash within a run (sessions can be followed) and to nothing outside.
 //!
+//! - query parameters named like credentials (`capture.secret_query_parameters`: `sid`,
+//!   `token`, `password`, ...) in request lines, read or written, in `Referer`/`Location`, and
+//!   in form bodies (any request, not only the login): their values are masked with `*`
+//!   ([`query`]);
 //! - the body of the portal's login request (`identity.session`): every form value but the user
 //!   field's is replaced by `*`s (the password, CSRF tokens), so the correlator can bind the
 //!   session to its user and nothing else of the form is kept.
@@ -43,6 +47,8 @@ use crate::{
 };
 
 mod fcgi;
+pub mod payload;
+pub mod query;
 
 pub struct Redactor {
     key: std::collections::hash_map::RandomState,
@@ -59,6 +65,8 @@ pub struct Redactor {
     /// With a session store: the session cookies of the last redacted chunk, raw and hashed
     /// (see [`Redactor::take_session_ids`]).
     session_ids: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Query parameters whose values are secrets (see [`query`]).
+    query_names: Vec<String>,
 }
 
 /// A login request being read on a connection.
@@ -102,7 +110,15 @@ impl Redactor {
             fastcgi: IdMap::default(),
             logins: IdMap::default(),
             session_ids: Vec::new(),
+            query_names: query::DEFAULT_NAMES.iter().map(|n| n.to_string()).collect(),
         }
+    }
+
+    /// The query parameters whose values are masked (`capture.secret_query_parameters`).
+    #[must_use]
+    pub fn with_query_secrets(mut self, names: Vec<String>) -> Self {
+        self.query_names = names;
+        self
     }
 
     /// Redacts, in place, what process `pid` read from socket `fd`: `data` is the capture of a
@@ -354,8 +370,15 @@ impl Redactor {
     /// incomplete line cannot be checked yet and is masked).
     fn redact_line(&mut self, line: &mut [u8], complete: bool) {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
+            // A request line, or a form body (`user=...&password=...`): the same names.
+            if http::looks_like_request_start(line) {
+                query::mask_request_line(line, &self.query_names);
+            } else {
+                query::mask_query(line, &self.query_names);
+            }
             return;
         };
+        query::mask_request_line(line, &self.query_names);
         let (name, rest) = line.split_at_mut(colon);
         // Blanks around the name (`\rAuthorization:`, ` Authorization :`) make an invalid field
         // that a lenient server may still honour: its credentials are redacted all the same.
@@ -384,6 +407,8 @@ impl Redactor {
                     self.session_ids.push((raw, hashed));
                 }
             }
+        } else if name.eq_ignore_ascii_case(b"referer") || name.eq_ignore_ascii_case(b"location") {
+            query::mask_url(value, &self.query_names);
         } else if name.eq_ignore_ascii_case(b"set-cookie") {
             // Only the first pair is the cookie; the rest are attributes (Path, Expires, ...).
             if let Some(pair) = value.split_mut(|&b| b == b';').next() {
@@ -820,14 +845,15 @@ mod tests {
                 "cut {cut}"
             );
         }
-        // Other requests' bodies and login without a session config are left alone.
+        // Other requests' bodies are left alone but for secret names; a login without a
+        // session config keeps its user and loses its password by that rule.
         let mut r = Redactor::default().with_session(Some(session_cfg()));
         let other = "POST /comment HTTP/1.1\r\nContent-Length: 5\r\n\r\na=b&c";
         assert_eq!(redacted(&mut r, other), other);
         let mut r = Redactor::default();
         assert_eq!(
             redacted(&mut r, &format!("{head}{body}")),
-            format!("{head}{body}")
+            format!("{head}{}", body.replace("s3cret", "******"))
         );
         // Without Content-Length the rest of the read is the form.
         let mut r = Redactor::default().with_session(Some(session_cfg()));

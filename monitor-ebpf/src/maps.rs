@@ -66,9 +66,19 @@ pub static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::COUNT, 0);
 
+/// A [`DataEvent`] with room past its `data` for a whole iovec more: a vectored capture writes
+/// each iovec at the bytes captured so far (below `DATA_CAP`) for up to `DATA_CAP` bytes, and the
+/// verifier checks that write against the map value's size without knowing that the two add up
+/// to at most `DATA_CAP` (it tracks the offset and the length as independent ranges).
+#[repr(C)]
+pub struct DataScratch {
+    pub ev: DataEvent,
+    pub spill: [u8; monitor_common::sockets::DATA_CAP],
+}
+
 /// Per-CPU scratch for records larger than the 512-byte stack.
 #[map]
-pub static DATA_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static DATA_SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(1, 0);
 
@@ -107,6 +117,7 @@ global!(OFF_FDT_MAX_FDS);
 global!(OFF_FDT_FD);
 global!(OFF_FILE_INODE);
 global!(OFF_INODE_MODE);
+global!(OFF_INODE_SIZE);
 global!(OFF_FILE_PATH);
 global!(OFF_FILE_FLAGS);
 // Tracepoint record layout, from tracefs `format` files.

@@ -2,8 +2,8 @@
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 
 use crate::maps::{
-    OFF_FDT_FD, OFF_FDT_MAX_FDS, OFF_FILE_INODE, OFF_FILES_FDT, OFF_INODE_MODE, OFF_TASK_FILES,
-    global,
+    OFF_FDT_FD, OFF_FDT_MAX_FDS, OFF_FILE_INODE, OFF_FILES_FDT, OFF_INODE_MODE, OFF_INODE_SIZE,
+    OFF_TASK_FILES, global,
 };
 
 pub const S_IFMT: u32 = 0o170000;
@@ -38,6 +38,17 @@ pub fn fd_mode(fd: i32) -> Option<u32> {
         let inode: u64 = read(file as *const u8, global(&OFF_FILE_INODE))?;
         let mode: u16 = read(inode as *const u8, global(&OFF_INODE_MODE))?;
         Some(mode as u32)
+    }
+}
+
+/// Size of the file behind `fd` in the current task: `fd_file(fd)->f_inode->i_size`.
+#[inline(always)]
+pub fn fd_size(fd: i32) -> Option<u64> {
+    let file = fd_file(fd)?;
+    unsafe {
+        let inode: u64 = read(file as *const u8, global(&OFF_FILE_INODE))?;
+        let size: i64 = read(inode as *const u8, global(&OFF_INODE_SIZE))?;
+        u64::try_from(size).ok()
     }
 }
 

@@ -99,6 +99,17 @@ pub struct Capture {
     /// Bytes of each socket write captured in the kernel (response heads).
     #[serde(default = "default_response_bytes")]
     pub response_bytes: u32,
+    /// Query parameters whose values are secrets, masked in every captured request target
+    /// (names compared ignoring case).
+    #[serde(default = "default_secret_query_parameters")]
+    pub secret_query_parameters: Vec<String>,
+}
+
+fn default_secret_query_parameters() -> Vec<String> {
+    monitor_core::redact::query::DEFAULT_NAMES
+        .iter()
+        .map(|n| n.to_string())
+        .collect()
 }
 
 fn default_request_bytes() -> u32 {
@@ -113,6 +124,7 @@ impl Default for Capture {
         Self {
             request_bytes: default_request_bytes(),
             response_bytes: default_response_bytes(),
+            secret_query_parameters: default_secret_query_parameters(),
         }
     }
 }
@@ -422,6 +434,14 @@ impl Config {
                 "capture.response_bytes",
                 format!("must be at most {cap}"),
             ));
+        }
+        for (i, name) in self.capture.secret_query_parameters.iter().enumerate() {
+            if name.is_empty() || name.bytes().any(|b| matches!(b, b'=' | b'&' | b';' | b'#')) {
+                return Err(invalid(
+                    format!("capture.secret_query_parameters[{i}]"),
+                    format!("{name:?} is not a query parameter name"),
+                ));
+            }
         }
         for (i, name) in self.targets.names.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains('/') {

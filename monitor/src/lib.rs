@@ -19,6 +19,7 @@ pub mod privilege;
 pub mod procfs;
 pub mod replay;
 pub mod run;
+pub mod runtime;
 pub mod session_store;
 pub mod sinks;
 pub mod tls;

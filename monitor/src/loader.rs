@@ -124,6 +124,7 @@ pub fn kernel_offsets() -> Result<Vec<(&'static str, u64)>, LoadError> {
         (globals::OFF_FDT_FD, "fdtable", "fd"),
         (globals::OFF_FILE_INODE, "file", "f_inode"),
         (globals::OFF_INODE_MODE, "inode", "i_mode"),
+        (globals::OFF_INODE_SIZE, "inode", "i_size"),
         (globals::OFF_FILE_PATH, "file", "f_path"),
         (globals::OFF_FILE_FLAGS, "file", "f_flags"),
     ];

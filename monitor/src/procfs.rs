@@ -222,6 +222,9 @@ pub fn describe(pid: u32, roots: &[String], now_ns: u64) -> Vec<Event> {
         kind: EventKind::ProcessExec,
     };
     let mut events = found_fds(&exec, roots);
+    if let Some(found) = crate::runtime::found(&exec) {
+        events.insert(0, found);
+    }
     events.insert(0, exec);
     events
 }

@@ -628,7 +628,7 @@ fn describe(kind: &EventKind) -> String {
             body_fp.map_or(String::new(), |fp| format!(" [body fingerprint {fp:016x}]"))
         ),
         EventKind::FileOpen { fd, path, .. } => format!("opened {path} as fd {fd}"),
-        EventKind::FileRead { fd, bytes, fp } => format!(
+        EventKind::FileRead { fd, bytes, fp, .. } => format!(
             "read {bytes} bytes of the document (fd {fd}){}",
             fp.map_or(String::new(), |fp| format!(" [fingerprint {fp:016x}]"))
         ),

@@ -14,7 +14,7 @@ use monitor_core::{
     correlate::Correlator,
     decode::Decoder,
     events::{Comm, Event, EventKind, FoundFd},
-    redact::Redactor,
+    redact::{Redactor, payload::PayloadGate},
     walltime::WallClock,
 };
 use tokio::{
@@ -27,7 +27,7 @@ use crate::{
     loader::Probes,
     ownership::resolver::Resolver,
     pipeline::Pipeline,
-    procfs,
+    procfs, runtime,
     session_store::{Found, SessionStore},
     sinks::{
         alerts::AlertSink,
@@ -83,6 +83,8 @@ struct Live {
     seen: HashSet<u32>,
     lost: [u64; loss::COUNT as usize],
     redactor: Redactor,
+    /// Clears the payloads of sockets that carry neither HTTP nor FastCGI.
+    gate: PayloadGate,
     bodies: monitor_core::fingerprint::Bodies,
     /// The portal's session store (`identity.session.store`), if configured.
     session_store: Option<SessionStore>,
@@ -94,7 +96,7 @@ struct Live {
     /// TLS libraries of targets: hooked, or reported unreadable.
     tls: crate::tls::TlsHooks,
     /// Connections Vigie cannot read (TLS not hooked, HTTP/2) never go past the decoder.
-    gate: monitor_core::tls::ConnectionGate,
+    conn_gate: monitor_core::tls::ConnectionGate,
     /// TLS plaintext records (reads, writes) from the uprobes.
     tls_records: [u64; 2],
 }
@@ -131,6 +133,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     // checked at capture time, never by the correlator.
     let cfg_jwt = cfg.identity.jwt.clone();
     let cfg_session = cfg.identity.session.clone();
+    let cfg_query_secrets = cfg.capture.secret_query_parameters.clone();
     let session_store = cfg_session
         .as_ref()
         .and_then(|s| s.store.clone())
@@ -144,7 +147,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         targets: HashSet::new(),
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
-        redactor: Redactor::new(cfg_jwt).with_session(cfg_session),
+        redactor: Redactor::new(cfg_jwt)
+            .with_session(cfg_session)
+            .with_query_secrets(cfg_query_secrets),
+        gate: PayloadGate::default(),
         bodies: monitor_core::fingerprint::Bodies::new(),
         session_store,
         store_errors: 0,
@@ -153,7 +159,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         metrics,
         ring_usage: None,
         tls: crate::tls::TlsHooks::new(),
-        gate: monitor_core::tls::ConnectionGate::new(),
+        conn_gate: monitor_core::tls::ConnectionGate::new(),
         tls_records: [0; 2],
     };
     live.init_metrics(&ring);
@@ -297,6 +303,13 @@ impl Live {
     }
 
     fn feed(&mut self, ev: &Event) -> anyhow::Result<()> {
+        if let EventKind::RuntimeFound { runtime } = &ev.kind {
+            tracing::info!(
+                pid = ev.pid,
+                ?runtime,
+                "M:N runtime: no thread scope for this process, content evidence only"
+            );
+        }
         self.summary.events += 1;
         *self
             .summary
@@ -372,7 +385,7 @@ impl Live {
             };
             match decoded {
                 Ok(mut ev) => {
-                    if self.gate.drops(&mut ev) {
+                    if self.conn_gate.drops(&mut ev) {
                         self.decoder.recycle(ev);
                         continue;
                     }
@@ -400,6 +413,7 @@ impl Live {
         match &mut ev.kind {
             EventKind::SockRead { fd, bytes, data } => {
                 self.redactor.redact_read(pid, *fd, &mut data.0, *bytes);
+                self.gate.pass(pid, *fd, true, &mut data.0);
                 if !data.0.is_empty() {
                     self.bodies.request(pid, *fd);
                 }
@@ -428,17 +442,23 @@ impl Live {
                 // it (FastCGI writes are left alone here: the redactor masks their bodies).
                 *body_fp = self.bodies.response(pid, *fd, *bytes, &mut data.0);
                 self.redactor.redact_write(pid, *fd, &mut data.0, *bytes);
+                if !self.gate.pass(pid, *fd, false, &mut data.0) {
+                    *body_fp = None;
+                }
             }
             EventKind::SockAccept { fd } => {
                 self.redactor.accepted(pid, *fd);
+                self.gate.accepted(pid, *fd);
                 self.bodies.forget(pid, *fd);
             }
             EventKind::SockClose { fd } => {
                 self.redactor.forget(pid, *fd);
+                self.gate.forget(pid, *fd);
                 self.bodies.forget(pid, *fd);
             }
             EventKind::ProcessExit => {
                 self.redactor.forget_process(pid);
+                self.gate.forget_process(pid);
                 self.bodies.forget_process(pid);
             }
             EventKind::FileOpen { .. } => {
@@ -502,6 +522,9 @@ impl Live {
                 // A new program: a Go one, or one linking a TLS library (those come with the
                 // dynamic loader's mappings, `kind::CODE_MAP`).
                 self.tls.scan(&mut self.probes, ev.pid);
+                if let Some(found) = runtime::found(ev) {
+                    self.feed(&found)?;
+                }
                 // fds that survived exec.
                 for mut found in procfs::found_fds(ev, &self.probes.roots.all()) {
                     self.probes.roots.rename(&mut found);
@@ -690,6 +713,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
     match kind {
         EventKind::ProcessExec => "process_exec",
         EventKind::ProcessFork { .. } => "process_fork",
+        EventKind::RuntimeFound { .. } => "runtime_found",
         EventKind::ProcessExit => "process_exit",
         EventKind::ThreadExit => "thread_exit",
         EventKind::FdFound { .. } => "fd_found",
@@ -755,8 +779,8 @@ impl Live {
             self.tls.hooked,
             self.tls.unreadable,
             self.tls_records,
-            self.gate.tls_connections,
-            self.gate.http2_connections,
+            self.conn_gate.tls_connections,
+            self.conn_gate.http2_connections,
         );
     }
 }

@@ -25,6 +25,18 @@ use crate::{Binaries, step, workspace_root};
 /// portal alone (no probes); `faults` opens 10,000 connections, too slow under emulation: they
 /// stay with the native run.
 const FULL: &[&str] = &["e2e", "jwt", "replay", "kernel", "concurrency", "paths"];
+/// `FULL` and the Node.js tests (`node`: Node.js at `/bin/node`, the Express portal with its
+/// `node_modules`), on one row only: V8 under software emulation needs minutes for them, and one
+/// kernel older than this machine's is what shows libuv's I/O is seen there too.
+const FULL_NODE: &[&str] = &[
+    "e2e",
+    "jwt",
+    "replay",
+    "kernel",
+    "concurrency",
+    "paths",
+    "node",
+];
 /// The start-up report only: facts, attach table, fire check (or the refusal).
 const REPORT: &[&str] = &["kernel"];
 /// The report, and the tests that tell exact open paths from paths as written.
@@ -72,7 +84,7 @@ const MATRIX: &[Row] = &[
         id: "6.12",
         series: DEBIAN_6_12,
         cmdline: "",
-        tests: FULL,
+        tests: FULL_NODE,
         opens: "lsm_file_open",
     },
     // Secure Boot's lockdown mode, and a kernel built with the BPF LSM that does not run it:
@@ -413,7 +425,7 @@ fn cached_packages(dir: &Path, series: Series) -> Vec<String> {
     pick_newest(series, &names.join("\n")).into_iter().collect()
 }
 
-/// The test executables of `FULL`, from cargo's JSON messages.
+/// The test executables of `FULL_NODE` (every row's tests), from cargo's JSON messages.
 fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
@@ -441,12 +453,12 @@ fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
             .as_array()
             .is_some_and(|k| k.iter().any(|k| k == "test"));
         if let (true, Some(exe)) = (is_test, msg["executable"].as_str())
-            && FULL.contains(&name)
+            && FULL_NODE.contains(&name)
         {
             found.push((name.to_string(), PathBuf::from(exe)));
         }
     }
-    for want in FULL {
+    for want in FULL_NODE {
         if !found.iter().any(|(n, _)| n == want) {
             bail!("cargo built no test binary `{want}`");
         }
@@ -508,6 +520,9 @@ fn build_initramfs(
         cpio.copy(&bin.to_string_lossy(), &stripped)?;
         libs.extend(shared_libraries(bin)?);
     }
+    if tests.iter().any(|(name, _)| name == "node") {
+        add_node(&mut cpio, &mut libs)?;
+    }
     for lib in &libs {
         // The library under the name the loader looks for, with the contents of its target.
         cpio.copy(lib, Path::new(lib))?;
@@ -516,6 +531,46 @@ fn build_initramfs(
     let (_, size) = cpio.finish()?;
     let _ = std::fs::remove_dir_all(&strip_dir);
     Ok(size)
+}
+
+/// Node.js for `tests/tests/node.rs`: the `node` on this machine at `/bin/node` (the VM's only
+/// `PATH` entry; its name is how Vigie recognises the runtime), its shared libraries, and the
+/// Express portal (`tests/node-portal`, with its `node_modules`) at its path on this machine.
+fn add_node<W: std::io::Write>(
+    cpio: &mut cpio::Cpio<W>,
+    libs: &mut std::collections::BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let node = ["/usr/bin/node", "/usr/bin/nodejs", "/usr/local/bin/node"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .context("no node installed (cargo xtask setup)")?;
+    cpio.copy("/bin/node", node)?;
+    libs.extend(shared_libraries(node)?);
+    let portal = workspace_root().join("tests/node-portal");
+    if !portal.join("node_modules/express").is_dir() {
+        bail!("Express is not installed in tests/node-portal (cargo xtask setup)");
+    }
+    add_tree(cpio, &portal)
+}
+
+/// Every regular file under `dir`, at its path on this machine (symbolic links are left out:
+/// `node_modules/.bin` is not needed to run the portal).
+fn add_tree<W: std::io::Write>(cpio: &mut cpio::Cpio<W>, dir: &Path) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(std::fs::DirEntry::path);
+    for entry in entries {
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            add_tree(cpio, &path)?;
+        } else if kind.is_file() {
+            cpio.copy(&path.to_string_lossy(), &path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Absolute paths `ldd` lists (libraries and the program interpreter).

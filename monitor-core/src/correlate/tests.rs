@@ -1,5 +1,6 @@
 //! Scenario tests of the correlator: each reads like the syscalls a server model makes.
 use super::*;
+use crate::correlate::trust::Distrust;
 use crate::{events::Payload, identity::IdentitySource};
 
 const ROOT: &str = "/srv/users";
@@ -95,6 +96,7 @@ impl Scenario {
                 fd,
                 bytes,
                 fp: None,
+                size: None,
             },
         )
     }
@@ -116,6 +118,7 @@ impl Scenario {
                 fd,
                 bytes,
                 fp: Some(fp),
+                size: None,
             },
         )
     }
@@ -432,7 +435,7 @@ fn files_outside_the_roots_are_ignored() {
 }
 
 #[test]
-fn read_with_no_request_is_unattributed_then_flow_can_claim_it() {
+fn read_with_no_request_is_unattributed_when_its_thread_moves_on() {
     let mut s = Scenario::new();
     s.open(1, 2, 7, "/srv/users/bob/x").read(1, 2, 7, 5);
     s.close(1, 2, 7);
@@ -440,25 +443,78 @@ fn read_with_no_request_is_unattributed_then_flow_can_claim_it() {
     assert_eq!(summary(&got), [(None, "/srv/users/bob/x".into(), vec![])]);
     assert!(got[0].request.is_none());
 
-    // Read on a thread with no scope, then written to a connection with a request.
+    // Read on a thread with no scope (its request head was lost), then written to a
+    // connection with a request by the same thread.
     let mut s = Scenario::new();
     s.get_as(1, 2, 5, "alice", "/x");
     s.ev(
         1,
-        3,
+        2,
+        EventKind::Lost {
+            reason: "ringbuf_full".into(),
+            count: 1,
+        },
+    );
+    s.ev(
+        1,
+        2,
         EventKind::FileRead {
             fd: 7,
             bytes: 1,
             fp: None,
+            size: None,
         },
     ); // unknown fd: ignored
+    s.open(1, 2, 7, "/srv/users/bob/x").read(1, 2, 7, 5);
+    s.get_as(1, 2, 6, "carol", "/y");
+    s.open(1, 2, 8, "/srv/users/bob/y").read(1, 2, 8, 5);
+    s.respond(1, 2, 6, 200);
+    let got = s.finish();
+    let accesses: Vec<_> = summary(&got);
+    assert_eq!(
+        accesses,
+        [
+            (None, "/srv/users/bob/x".into(), vec![]),
+            (
+                u("carol"),
+                "/srv/users/bob/y".into(),
+                vec![Evidence::Thread]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_response_from_another_thread_than_the_head_reader_ends_thread_scope_and_flow() {
+    // Thread 2 reads alice's head; thread 3 reads a document and writes her response: the
+    // request's events come from two threads (M:N scheduling: thread 3 may have been running
+    // another request's task). No flow: only content can name the request.
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/x");
     s.open(1, 3, 7, "/srv/users/bob/x").read(1, 3, 7, 5);
     s.respond(1, 3, 5, 200);
+    assert_eq!(s.c.distrust(1), Some(Distrust::SplitRequest));
+    let got = s.finish();
+    assert_eq!(summary(&got), [(None, "/srv/users/bob/x".into(), vec![])]);
+
+    // With a fingerprint, the body names it, from any thread of the process.
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/x");
+    s.open(1, 3, 7, "/srv/users/bob/x")
+        .read_fp(1, 3, 7, 100, 0xb);
+    s.respond_fp(1, 3, 5, 200, None);
+    s.respond_fp(1, 3, 5, 200, Some(0xb));
     let got = s.finish();
     assert_eq!(
         summary(&got),
-        [(u("alice"), "/srv/users/bob/x".into(), vec![Evidence::Flow])]
+        [(
+            u("alice"),
+            "/srv/users/bob/x".into(),
+            vec![Evidence::Fingerprint]
+        )]
     );
+    // Other processes keep thread scope.
+    assert_eq!(s.c.distrust(2), None);
 }
 
 #[test]
@@ -817,15 +873,16 @@ fn event_loop_serving_two_connections_does_not_use_thread_scope() {
             (
                 u("alice"),
                 "/srv/users/alice/a".into(),
-                vec![Evidence::Flow, Evidence::Fingerprint]
+                vec![Evidence::Fingerprint]
             ),
             (
                 u("bob"),
                 "/srv/users/alice/b".into(),
-                vec![Evidence::Flow, Evidence::Fingerprint]
+                vec![Evidence::Fingerprint]
             ),
         ]
     );
+    assert_eq!(s.c.distrust(1), Some(Distrust::Interleaved));
 }
 
 #[test]
@@ -1172,4 +1229,238 @@ fn reads_after_an_unreadable_connection_on_the_thread_are_never_presumed() {
             ),
         ]
     );
+}
+
+#[test]
+fn a_runtime_found_at_exec_ends_thread_scope_for_its_process_only() {
+    // A Go program: the thread that read alice's head reads bob's document, for a goroutine of
+    // another request for all Vigie knows. Thread scope would name alice.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Go,
+        },
+    );
+    s.get_as(1, 2, 5, "alice", "/x");
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 5)
+        .close(1, 2, 7);
+    s.respond(1, 2, 5, 200);
+    // The same syscalls in another process (no runtime found) keep thread scope.
+    s.get_as(2, 2, 5, "carol", "/x");
+    s.open(2, 2, 7, "/srv/users/bob/x")
+        .read(2, 2, 7, 5)
+        .close(2, 2, 7);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (None, "/srv/users/bob/x".into(), vec![]),
+            (
+                u("carol"),
+                "/srv/users/bob/x".into(),
+                vec![Evidence::Thread]
+            ),
+        ]
+    );
+    assert_eq!(
+        s.c.distrust(1),
+        Some(Distrust::Runtime(crate::events::Runtime::Go))
+    );
+    // A new program starts trusted again; a forked child inherits its parent's state.
+    s.ev(1, 1, EventKind::ProcessFork { child_pid: 3 });
+    assert!(s.c.distrust(3).is_some());
+    s.ev(1, 1, EventKind::ProcessExec);
+    assert_eq!(s.c.distrust(1), None);
+}
+
+#[test]
+fn losing_trust_takes_back_what_only_thread_scope_attributed() {
+    // Thread 2 reads alice's head and a document (thread scope says alice); then the same
+    // thread reads bob's head before alice's response: an event loop. The open read goes back
+    // to waiting for content, and its fingerprint in bob's response names bob.
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5).accept(1, 2, 6);
+    s.get_as(1, 2, 5, "alice", "/a");
+    s.open(1, 2, 7, "/srv/users/carol/a")
+        .read_fp(1, 2, 7, 100, 0xc);
+    s.get_as(1, 2, 6, "bob", "/b");
+    s.close(1, 2, 7);
+    s.respond_fp(1, 2, 5, 200, None);
+    s.respond_fp(1, 2, 6, 200, Some(0xc));
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("bob"),
+            "/srv/users/carol/a".into(),
+            vec![Evidence::Fingerprint]
+        )]
+    );
+}
+
+#[test]
+fn chunks_read_by_other_pool_threads_join_the_first_chunks_access() {
+    // Node.js streams: the event loop (thread 1) reads heads; pool threads 10, 11, 12 read one
+    // open document in chunks; only the first chunk's fingerprint opens the body.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Node,
+        },
+    );
+    s.accept(1, 1, 5);
+    s.get_as(1, 1, 5, "alice", "/docs/bob/x");
+    s.open(1, 10, 7, "/srv/users/bob/x")
+        .read_fp(1, 10, 7, 4096, 0xa1)
+        .read_fp(1, 11, 7, 4096, 0xa2);
+    s.respond_fp(1, 1, 5, 200, Some(0xa1));
+    s.read_fp(1, 12, 7, 100, 0xa3).close(1, 10, 7);
+    s.respond_fp(1, 1, 5, 200, None);
+    s.get_as(1, 1, 5, "alice", "/docs/alice/y");
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("alice"),
+            "/srv/users/bob/x".into(),
+            vec![Evidence::Fingerprint]
+        )]
+    );
+    assert_eq!(got[0].bytes, 4096 * 2 + 100);
+}
+
+#[test]
+fn a_fingerprint_shared_by_two_documents_names_neither() {
+    // Two documents with the same first bytes (two PDFs with one header), read at once by
+    // pool threads for two requests: a body with that fingerprint could be either.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Node,
+        },
+    );
+    s.accept(1, 1, 5).accept(1, 1, 6);
+    s.get_as(1, 1, 5, "alice", "/docs/alice/a");
+    s.get_as(1, 1, 6, "bob", "/docs/alice/b");
+    s.open(1, 10, 7, "/srv/users/alice/a")
+        .read_fp(1, 10, 7, 100, 0xf);
+    s.open(1, 11, 8, "/srv/users/alice/b")
+        .read_fp(1, 11, 8, 100, 0xf);
+    s.respond_fp(1, 1, 5, 200, Some(0xf));
+    s.respond_fp(1, 1, 6, 200, Some(0xf));
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (None, "/srv/users/alice/a".into(), vec![]),
+            (None, "/srv/users/alice/b".into(), vec![]),
+        ]
+    );
+    assert_eq!(s.c.stats().ambiguous_fingerprints, 2);
+
+    // The same document read twice for two requests is no ambiguity: each response takes one.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Node,
+        },
+    );
+    s.accept(1, 1, 5).accept(1, 1, 6);
+    s.get_as(1, 1, 5, "alice", "/docs/alice/a");
+    s.get_as(1, 1, 6, "bob", "/docs/alice/a");
+    s.open(1, 10, 7, "/srv/users/alice/a")
+        .read_fp(1, 10, 7, 100, 0xf);
+    s.open(1, 11, 8, "/srv/users/alice/a")
+        .read_fp(1, 11, 8, 100, 0xf);
+    s.respond_fp(1, 1, 6, 200, Some(0xf));
+    s.respond_fp(1, 1, 5, 200, Some(0xf));
+    let got = s.finish();
+    let mut users: Vec<_> = summary(&got).into_iter().map(|r| r.0).collect();
+    users.sort();
+    assert_eq!(users, [u("alice"), u("bob")]);
+}
+
+#[test]
+fn a_mapping_outliving_its_fd_is_no_sign_of_mn_scheduling() {
+    // Thread per connection: thread 2 maps a document on fd 7 and closes it (the mapping lives
+    // on); thread 3 opens another document on fd 7, reads and closes it. Two threads closed
+    // "fd 7", each its own file: thread scope stays.
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/a");
+    s.open(1, 2, 7, "/srv/users/alice/a");
+    s.ev(1, 2, EventKind::FileMap { fd: 7, bytes: 100 });
+    s.close(1, 2, 7);
+    s.get_as(1, 3, 6, "bob", "/b");
+    s.open(1, 3, 7, "/srv/users/bob/b")
+        .read(1, 3, 7, 5)
+        .close(1, 3, 7);
+    assert_eq!(s.c.distrust(1), None);
+    s.respond(1, 2, 5, 200).respond(1, 3, 6, 200);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (u("bob"), "/srv/users/bob/b".into(), vec![Evidence::Thread]),
+            (
+                u("alice"),
+                "/srv/users/alice/a".into(),
+                vec![Evidence::Thread]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn documents_sharing_their_first_bytes_are_told_apart_by_their_length() {
+    // Two PDFs with one header (same first 64 bytes), of different sizes, read at once by pool
+    // threads: each response's Content-Length names its document.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Node,
+        },
+    );
+    s.accept(1, 1, 5).accept(1, 1, 6);
+    s.get_as(1, 1, 5, "alice", "/docs/alice/a");
+    s.get_as(1, 1, 6, "bob", "/docs/alice/b");
+    for (tid, fd, doc, size) in [(10, 7, "a", 3), (11, 8, "b", 4)] {
+        s.open(1, tid, fd, &format!("/srv/users/alice/{doc}"));
+        s.ev(
+            1,
+            tid,
+            EventKind::FileRead {
+                fd,
+                bytes: size,
+                fp: Some(0xf),
+                size: Some(size),
+            },
+        );
+    }
+    // `respond_fp` writes `Content-Length: 3`: alice's document only.
+    s.respond_fp(1, 1, 5, 200, Some(0xf));
+    s.respond_fp(1, 1, 6, 200, None);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("alice"),
+                "/srv/users/alice/a".into(),
+                vec![Evidence::Fingerprint]
+            ),
+            (None, "/srv/users/alice/b".into(), vec![]),
+        ]
+    );
+    assert_eq!(s.c.stats().ambiguous_fingerprints, 0);
 }

@@ -69,6 +69,7 @@ fn events() -> Vec<Event> {
                 fd: 7,
                 bytes: 9,
                 fp: None,
+                size: None,
             },
         ),
         e(40, EventKind::FileClose { fd: 7 }),
@@ -281,6 +282,7 @@ fn request_reading(ts: u64, n: u32, user: &str, path: &str) -> Vec<Event> {
                 fd: 50,
                 bytes: 100,
                 fp: None,
+                size: None,
             },
         ),
         e(4, EventKind::FileClose { fd: 50 }),
@@ -497,6 +499,7 @@ fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
                 fd: 60,
                 bytes: 1,
                 fp: None,
+                size: None,
             },
             ..open2
         })

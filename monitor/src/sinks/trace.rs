@@ -240,6 +240,7 @@ mod tests {
                 fd: 3,
                 bytes: i,
                 fp: None,
+                size: None,
             },
         }
     }
