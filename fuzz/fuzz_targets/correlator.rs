@@ -299,7 +299,10 @@ fn events(input: &Input) -> Vec<Event> {
                     bytes: u64::from(*n),
                 },
                 Kind::FileClose(f) => EventKind::FileClose { fd: fd(*f) },
-                Kind::SockAccept(f) => EventKind::SockAccept { fd: fd(*f) },
+                Kind::SockAccept(f) => EventKind::SockAccept {
+                    fd: fd(*f),
+                    peer: None,
+                },
                 Kind::SockRead(f, extra, h) => {
                     let data = h.render();
                     EventKind::SockRead {
@@ -369,6 +372,7 @@ fuzz_target!(|input: Input| {
         request_cap: usize::from(input.request_cap % 4096).max(16),
         idle_flush_ns: u64::from(input.idle_flush_ms) * 1_000_000,
         realtime_offset_ns: None,
+        proxies: Default::default(),
     };
     if input.realtime {
         cfg = cfg.with_realtime_offset_ns(1_700_000_000_000_000_000);

@@ -188,6 +188,15 @@ pub mod globals {
     pub const OFF_INODE_SIZE: &str = "OFF_INODE_SIZE";
     pub const OFF_FILE_PATH: &str = "OFF_FILE_PATH";
     pub const OFF_FILE_FLAGS: &str = "OFF_FILE_FLAGS";
+    /// `file.private_data` (a socket file's `struct socket *`), `socket.sk`, `sock.__sk_common`
+    /// and the peer fields of `sock_common`: the client endpoint of an accepted connection.
+    pub const OFF_FILE_PRIVATE: &str = "OFF_FILE_PRIVATE";
+    pub const OFF_SOCKET_SK: &str = "OFF_SOCKET_SK";
+    pub const OFF_SOCK_COMMON: &str = "OFF_SOCK_COMMON";
+    pub const OFF_SKC_FAMILY: &str = "OFF_SKC_FAMILY";
+    pub const OFF_SKC_DPORT: &str = "OFF_SKC_DPORT";
+    pub const OFF_SKC_DADDR: &str = "OFF_SKC_DADDR";
+    pub const OFF_SKC_V6_DADDR: &str = "OFF_SKC_V6_DADDR";
     /// Offset of `__syscall_nr` in `sys_enter_*`/`sys_exit_*` records.
     pub const TP_SYSCALL_NR: &str = "TP_SYSCALL_NR";
     /// Offset of the first argument slot in `sys_enter_*` records (slots are 8 bytes).

@@ -66,6 +66,8 @@ pub struct CorrelatorConfig {
     /// sink's `WallClock`): gives each request its wall time, for token expiry, from the event
     /// stream alone. `None`: expiry is not checked.
     pub realtime_offset_ns: Option<i64>,
+    /// Proxies whose forwarded headers name the client (`[clients]`).
+    pub proxies: crate::client::TrustedProxies,
 }
 
 impl CorrelatorConfig {
@@ -113,6 +115,16 @@ pub struct RequestInfo {
     pub tid: u32,
     pub fd: i32,
     pub ts_ns: u64,
+    /// The connection's peer, from the kernel at accept (absent for connections accepted before
+    /// Vigie started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<crate::client::Endpoint>,
+    /// The client: the peer, or whom a trusted proxy or FastCGI front server names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<crate::client::Client>,
+    /// Handle of the credential that carried the identity ([`identity::handle`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// One document read by one request (or by no request), ready to be judged.
@@ -211,13 +223,16 @@ struct Conn {
     protocol: crate::fastcgi::Protocol,
     /// FastCGI requests of this connection, once it spoke FastCGI.
     fastcgi: Option<Box<fastcgi::FastCgiConn>>,
+    /// Who connected, from the kernel at accept.
+    peer: Option<crate::client::Endpoint>,
 }
 
 impl Conn {
     /// Accepted under our eyes: the first bytes decide the protocol.
-    fn accepted() -> Self {
+    fn accepted(peer: Option<crate::client::Endpoint>) -> Self {
         Self {
             protocol: crate::fastcgi::Protocol::Fresh,
+            peer,
             ..Self::default()
         }
     }
@@ -496,9 +511,9 @@ impl Correlator {
                 }
                 self.finish_where(out, |a| done.contains(&a.access.id));
             }
-            EventKind::SockAccept { fd } => {
+            EventKind::SockAccept { fd, peer } => {
                 self.drop_conn(pid, *fd, out);
-                self.conns.insert((pid, *fd), Conn::accepted());
+                self.conns.insert((pid, *fd), Conn::accepted(*peer));
             }
             EventKind::SockRead { fd, bytes, data } => {
                 self.socket_threads.insert(ev.tid, pid);
@@ -947,6 +962,12 @@ impl Correlator {
             self.lose_trust(ev.pid, Distrust::VirtualThreads);
         }
         self.end_scope(ev.pid, ev.tid, fd, out);
+        let peer = self.conns.get(&(ev.pid, fd)).and_then(|c| c.peer);
+        let client = crate::client::client_of(peer.as_ref(), head, &self.cfg.proxies);
+        let session = who
+            .identity
+            .as_ref()
+            .and_then(|i| identity::handle::session_handle(i, head, session_id.as_deref()));
         let info = RequestInfo {
             id,
             method: head.method.clone(),
@@ -958,6 +979,9 @@ impl Correlator {
             tid: ev.tid,
             fd,
             ts_ns: ev.ts_ns,
+            peer,
+            client,
+            session,
         };
         self.requests.insert(
             id,

@@ -5,10 +5,11 @@ use monitor_common::{
     files::{FdEvent, OpenEvent, PATH_CAP, path_source},
     kind,
     process::ProcEvent,
-    sockets::{DATA_CAP, DATA_HEADER_LEN, DataEvent},
+    sockets::{AcceptEvent, DATA_CAP, DATA_HEADER_LEN, DataEvent, family},
 };
 
 use crate::{
+    client::Endpoint,
     events::{Comm, Event, EventKind, Payload},
     idmap::IdMap,
     paths,
@@ -116,6 +117,25 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     Decoder::new().decode(bytes)
 }
 
+/// The peer an accept record carries; `None` when the probe could not read the socket.
+fn peer(ev: &AcceptEvent) -> Option<Endpoint> {
+    match ev.family {
+        family::INET => {
+            let [a, b, c, d, ..] = ev.addr;
+            Some(Endpoint::Ipv4 {
+                ip: std::net::Ipv4Addr::new(a, b, c, d),
+                port: ev.port,
+            })
+        }
+        family::INET6 => Some(Endpoint::Ipv6 {
+            ip: std::net::Ipv6Addr::from(ev.addr),
+            port: ev.port,
+        }),
+        family::UNIX => Some(Endpoint::Unix),
+        _ => None,
+    }
+}
+
 fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError> {
     let header: Header = read(bytes, 0)?;
     let k = header.kind;
@@ -149,7 +169,6 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
         | kind::FILE_MAP
         | kind::FILE_SENDFILE
         | kind::FILE_CLOSE
-        | kind::SOCK_ACCEPT
         | kind::SOCK_CLOSE => {
             let ev: FdEvent = read(bytes, k)?;
             let n = u64::try_from(ev.ret).unwrap_or(0);
@@ -172,8 +191,14 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
                     bytes: n,
                 },
                 kind::FILE_CLOSE => EventKind::FileClose { fd: ev.fd },
-                kind::SOCK_ACCEPT => EventKind::SockAccept { fd: ev.fd },
                 _ => EventKind::SockClose { fd: ev.fd },
+            }
+        }
+        kind::SOCK_ACCEPT => {
+            let ev: AcceptEvent = read(bytes, k)?;
+            EventKind::SockAccept {
+                fd: ev.fd,
+                peer: peer(&ev),
             }
         }
         kind::SOCK_READ | kind::SOCK_WRITE => {
@@ -469,5 +494,50 @@ mod tests {
             decode(&bytes_of(&big)).unwrap().kind,
             EventKind::FileRead { size: None, .. }
         ));
+    }
+
+    #[test]
+    fn accepts_carry_their_peer() {
+        let accept = |family: u16, port: u16, addr: [u8; 16]| AcceptEvent {
+            header: header(kind::SOCK_ACCEPT),
+            fd: 9,
+            family,
+            port,
+            addr,
+            op: op::ACCEPT4,
+            _pad: 0,
+        };
+        let mut v4 = [0; 16];
+        v4[..4].copy_from_slice(&[192, 0, 2, 7]);
+        let mut loopback6 = [0; 16];
+        loopback6[15] = 1;
+        let cases = [
+            (
+                accept(family::INET, 5555, v4),
+                r#"{"family":"ipv4","ip":"192.0.2.7","port":5555}"#,
+            ),
+            (
+                accept(family::INET6, 80, loopback6),
+                r#"{"family":"ipv6","ip":"::1","port":80}"#,
+            ),
+            (accept(family::UNIX, 0, [0; 16]), r#"{"family":"unix"}"#),
+        ];
+        for (ev, want) in cases {
+            let EventKind::SockAccept {
+                fd: 9,
+                peer: Some(peer),
+            } = decode(&bytes_of(&ev)).unwrap().kind
+            else {
+                panic!("no peer for {want}");
+            };
+            assert_eq!(serde_json::to_string(&peer).unwrap(), want);
+        }
+        // The probe could not read the socket: no peer, still an accept.
+        assert_eq!(
+            decode(&bytes_of(&accept(family::UNKNOWN, 0, [0; 16])))
+                .unwrap()
+                .kind,
+            EventKind::SockAccept { fd: 9, peer: None }
+        );
     }
 }

@@ -78,8 +78,14 @@ pub enum EventKind {
     SendFile { out_fd: i32, in_fd: i32, bytes: u64 },
     /// A document fd was closed.
     FileClose { fd: i32 },
-    /// A connection was accepted.
-    SockAccept { fd: i32 },
+    /// A connection was accepted, from `peer` (read from the kernel's socket at the accept).
+    SockAccept {
+        fd: i32,
+        /// Absent in traces recorded before Vigie read peers, and when the kernel's socket
+        /// could not be read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peer: Option<crate::client::Endpoint>,
+    },
     /// `bytes` read from a socket; `data` is the captured prefix.
     SockRead { fd: i32, bytes: u64, data: Payload },
     /// `bytes` written to a socket; `data` is the captured prefix, cut at the end of the

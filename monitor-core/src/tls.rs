@@ -162,7 +162,7 @@ impl ConnectionGate {
                 false
             }
             EventKind::SockWrite { fd, .. } => self.unreadable.contains_key(&(pid, *fd)),
-            EventKind::SockAccept { fd } | EventKind::SockClose { fd } => {
+            EventKind::SockAccept { fd, .. } | EventKind::SockClose { fd } => {
                 self.spoken.remove(&(pid, *fd));
                 self.unreadable.remove(&(pid, *fd));
                 false

@@ -120,6 +120,13 @@ global!(OFF_INODE_MODE);
 global!(OFF_INODE_SIZE);
 global!(OFF_FILE_PATH);
 global!(OFF_FILE_FLAGS);
+global!(OFF_FILE_PRIVATE);
+global!(OFF_SOCKET_SK);
+global!(OFF_SOCK_COMMON);
+global!(OFF_SKC_FAMILY);
+global!(OFF_SKC_DPORT);
+global!(OFF_SKC_DADDR);
+global!(OFF_SKC_V6_DADDR);
 // Tracepoint record layout, from tracefs `format` files.
 global!(TP_SYSCALL_NR);
 global!(TP_ENTER_ARGS);

@@ -100,7 +100,13 @@ fn main() -> anyhow::Result<()> {
         let resp =
             b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\nContent-Length: 20000\r\n\r\n"
                 .to_vec();
-        emit(&mut w, 1, EventKind::SockAccept { fd }, &mut n, &mut ts)?;
+        emit(
+            &mut w,
+            1,
+            EventKind::SockAccept { fd, peer: None },
+            &mut n,
+            &mut ts,
+        )?;
         emit(
             &mut w,
             tid,

@@ -2,10 +2,14 @@
 //! falls back silently.
 use std::path::Path;
 
-use monitor_core::{correlate::CorrelatorConfig, identity::IdentityConfig, judge::Judge, paths};
+use monitor_core::{
+    correlate::CorrelatorConfig,
+    identity::IdentityConfig,
+    judge::Judge,
+    ownership::{OwnershipRules, PathTemplate},
+    paths,
+};
 use serde::{Deserialize, Serialize};
-
-use crate::ownership::{OwnershipRules, PathTemplate};
 
 /// Longest document root the kernel's prefix trie can hold (its key is 128 bytes, with the `/`).
 pub const MAX_ROOT_LEN: usize = 126;
@@ -31,6 +35,12 @@ pub struct Config {
     pub metrics: Metrics,
     #[serde(default)]
     pub kernel: Kernel,
+    /// Reverse proxies whose forwarded headers name the client.
+    #[serde(default)]
+    pub clients: monitor_core::client::ClientConfig,
+    /// Enumeration detection, incident grouping and the response hook.
+    #[serde(default)]
+    pub incidents: crate::incidents::IncidentsSection,
 }
 
 /// Which processes to watch. Processes that start later are picked up by name (at exec) and
@@ -278,6 +288,8 @@ impl Config {
             request_cap: self.capture.request_bytes as usize,
             idle_flush_ns: self.correlation.idle_flush_ms.saturating_mul(1_000_000),
             realtime_offset_ns: None,
+            // Checked by `Config::normalize`: a bad entry never gets this far.
+            proxies: monitor_core::client::TrustedProxies::parse(&self.clients).unwrap_or_default(),
         }
     }
 
@@ -459,6 +471,11 @@ impl Config {
                 ));
             }
         }
+        monitor_core::client::TrustedProxies::parse(&self.clients)
+            .map_err(|e| invalid("clients.trusted_proxies", e.to_string()))?;
+        self.incidents
+            .check()
+            .map_err(|(field, reason)| invalid(field, reason))?;
         if self.correlation.idle_flush_ms == 0 {
             return Err(invalid("correlation.idle_flush_ms", "must be positive"));
         }

@@ -11,6 +11,7 @@ pub mod attach;
 pub mod btf;
 pub mod cli;
 pub mod config;
+pub mod incidents;
 pub mod kernel;
 pub mod loader;
 pub mod ownership;

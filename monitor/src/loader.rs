@@ -127,6 +127,13 @@ pub fn kernel_offsets() -> Result<Vec<(&'static str, u64)>, LoadError> {
         (globals::OFF_INODE_SIZE, "inode", "i_size"),
         (globals::OFF_FILE_PATH, "file", "f_path"),
         (globals::OFF_FILE_FLAGS, "file", "f_flags"),
+        (globals::OFF_FILE_PRIVATE, "file", "private_data"),
+        (globals::OFF_SOCKET_SK, "socket", "sk"),
+        (globals::OFF_SOCK_COMMON, "sock", "__sk_common"),
+        (globals::OFF_SKC_FAMILY, "sock_common", "skc_family"),
+        (globals::OFF_SKC_DPORT, "sock_common", "skc_dport"),
+        (globals::OFF_SKC_DADDR, "sock_common", "skc_daddr"),
+        (globals::OFF_SKC_V6_DADDR, "sock_common", "skc_v6_daddr"),
     ];
     let names: Vec<&str> = wanted.iter().map(|(_, s, _)| *s).collect();
     let ids = btf.struct_ids(&names);

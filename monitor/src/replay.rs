@@ -214,6 +214,11 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
         resolver,
         AlertSink::new(out, clock, opts.audit),
     );
+    // The incidents of the live run: same rules, same accesses, same timestamps. The webhook
+    // is not called: those incidents were acted on live.
+    pipeline.set_incidents(monitor_core::incident::Incidents::new(
+        config.incidents.rules(),
+    ));
     let since = opts.since_ns;
     let until = opts.until_ns;
     let pids = opts.pids.clone();
@@ -583,7 +588,7 @@ fn explain_access(
 
 /// How the owner was found, for `--explain`.
 fn ownership_words(j: &Judgement) -> String {
-    use crate::ownership::fact::BackendKind;
+    use monitor_core::ownership::fact::BackendKind;
     let owner = j.owner.as_deref().unwrap_or("-");
     let mut words = match (j.owner_source, j.ownership_error) {
         (source, Some(error)) => format!(

@@ -133,6 +133,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     // checked at capture time, never by the correlator.
     let cfg_jwt = cfg.identity.jwt.clone();
     let cfg_session = cfg.identity.session.clone();
+    // The key of session handles: the operator's (stable across restarts), or this run's own.
+    let session_key = match &cfg.incidents.session_key_file {
+        Some(path) => {
+            crate::incidents::load_or_create_key(path).context("incidents.session_key_file")?
+        }
+        None => monitor_core::redact::SessionKey::random(),
+    };
     let cfg_query_secrets = cfg.capture.secret_query_parameters.clone();
     let session_store = cfg_session
         .as_ref()
@@ -149,6 +156,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         lost: [0; loss::COUNT as usize],
         redactor: Redactor::new(cfg_jwt)
             .with_session(cfg_session)
+            .with_key(session_key)
             .with_query_secrets(cfg_query_secrets),
         gate: PayloadGate::default(),
         bodies: monitor_core::fingerprint::Bodies::new(),
@@ -163,6 +171,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         tls_records: [0; 2],
     };
     live.init_metrics(&ring);
+    live.pipeline
+        .set_incidents(monitor_core::incident::Incidents::new(
+            live.cfg.incidents.rules(),
+        ));
+    if let Some(hook) = &live.cfg.incidents.webhook {
+        live.pipeline
+            .set_webhook(crate::sinks::webhook::Webhook::start(hook));
+    }
     if let Some((dir, rotation)) = &opts.record {
         let header = trace::header(&live.cfg, clock);
         let writer = TraceWriter::create(dir, header, *rotation)
@@ -446,7 +462,7 @@ impl Live {
                     *body_fp = None;
                 }
             }
-            EventKind::SockAccept { fd } => {
+            EventKind::SockAccept { fd, .. } => {
                 self.redactor.accepted(pid, *fd);
                 self.gate.accepted(pid, *fd);
                 self.bodies.forget(pid, *fd);
@@ -773,6 +789,15 @@ impl Live {
         m.sync_alerts_written(self.pipeline.alerts_written());
         m.set_targets(self.targets.len());
         m.set_tracked(&self.pipeline.correlator().tracked());
+        if let Some(hook) = self.pipeline.webhook() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let s = &hook.stats;
+            m.set_webhook_calls(
+                s.sent.load(Relaxed),
+                s.failed.load(Relaxed),
+                s.dropped.load(Relaxed),
+            );
+        }
         m.set_probes(self.probes.attached(), self.probes.expected());
         m.sync_probe_stats(&self.probes.program_stats());
         m.sync_tls(

@@ -24,6 +24,7 @@ impl Scenario {
             request_cap: 4096,
             idle_flush_ns: 500_000_000,
             realtime_offset_ns: None,
+            proxies: Default::default(),
         };
         Self {
             c: Correlator::new(cfg),
@@ -46,7 +47,7 @@ impl Scenario {
     }
 
     fn accept(&mut self, pid: u32, tid: u32, fd: i32) -> &mut Self {
-        self.ev(pid, tid, EventKind::SockAccept { fd })
+        self.ev(pid, tid, EventKind::SockAccept { fd, peer: None })
     }
 
     fn request(&mut self, pid: u32, tid: u32, fd: i32, head: &str) -> &mut Self {
@@ -780,6 +781,7 @@ fn bearer_token_expiry_is_judged_at_the_event_time() {
             request_cap: 4096,
             idle_flush_ns: 500_000_000,
             realtime_offset_ns: offset_ns,
+            proxies: Default::default(),
         };
         s.c = Correlator::new(cfg);
         s.request(
@@ -1228,6 +1230,88 @@ fn reads_after_an_unreadable_connection_on_the_thread_are_never_presumed() {
                 vec![Evidence::Flow, Evidence::Fingerprint]
             ),
         ]
+    );
+}
+
+#[test]
+fn requests_carry_the_peer_of_their_connection_and_the_client_behind_a_trusted_proxy() {
+    let mut s = Scenario::new();
+    s.c.cfg.proxies = crate::client::TrustedProxies::parse(&crate::client::ClientConfig {
+        trusted_proxies: vec!["10.0.0.1".into()],
+    })
+    .unwrap();
+    let peer = |ip: &str, port| crate::client::Endpoint::Ipv4 {
+        ip: ip.parse().unwrap(),
+        port,
+    };
+    // A direct client, then the proxy's kept connection serving two clients in turn: each
+    // request is named by its own header, never by the connection's previous one.
+    s.ev(
+        1,
+        1,
+        EventKind::SockAccept {
+            fd: 5,
+            peer: Some(peer("192.0.2.1", 4000)),
+        },
+    );
+    s.ev(
+        1,
+        1,
+        EventKind::SockAccept {
+            fd: 6,
+            peer: Some(peer("10.0.0.1", 5000)),
+        },
+    );
+    s.request(
+        1,
+        2,
+        5,
+        "GET /a HTTP/1.1\r\nX-Remote-User: alice\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n",
+    )
+    .open(1, 2, 7, "/srv/users/bob/a")
+    .read(1, 2, 7, 10)
+    .close(1, 2, 7)
+    .respond(1, 2, 5, 200);
+    for (user, client) in [("bob", "198.51.100.2"), ("carol", "198.51.100.3")] {
+        s.request(
+            1,
+            3,
+            6,
+            &format!(
+                "GET /b HTTP/1.1\r\nX-Remote-User: {user}\r\nX-Forwarded-For: {client}\r\n\r\n"
+            ),
+        )
+        .open(1, 3, 8, "/srv/users/alice/b")
+        .read(1, 3, 8, 10)
+        .close(1, 3, 8)
+        .respond(1, 3, 6, 200);
+    }
+    let got = s.finish();
+    let clients: Vec<(String, String, crate::client::ClientSource, bool)> = got
+        .iter()
+        .map(|a| {
+            let r = a.request.as_ref().unwrap();
+            let c = r.client.as_ref().unwrap();
+            (
+                r.identity.as_ref().unwrap().user.clone(),
+                c.ip.unwrap().to_string(),
+                c.source,
+                c.forwarded_ignored,
+            )
+        })
+        .collect();
+    use crate::client::ClientSource::{Peer, XForwardedFor};
+    assert_eq!(
+        clients,
+        [
+            ("alice".into(), "192.0.2.1".into(), Peer, true),
+            ("bob".into(), "198.51.100.2".into(), XForwardedFor, false),
+            ("carol".into(), "198.51.100.3".into(), XForwardedFor, false),
+        ]
+    );
+    assert_eq!(
+        got[0].request.as_ref().unwrap().peer,
+        Some(peer("192.0.2.1", 4000))
     );
 }
 

@@ -5,10 +5,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    fd_kind,
-    files::FdEvent,
-    kind, op,
-    sockets::{DATA_CAP, DATA_HEADER_LEN, DataEvent},
+    fd_kind, kind, op,
+    sockets::{AcceptEvent, DATA_CAP, DATA_HEADER_LEN, DataEvent, family},
 };
 
 use super::{ret, syscall_op};
@@ -31,14 +29,15 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     let fd = fd as i32;
     set_fd_kind(tgid, fd, fd_kind::SOCKET);
     let op = syscall_op(&ctx);
-    submit::<FdEvent>(|ev| {
+    let (fam, port, addr) = crate::task::fd_peer(fd).unwrap_or((family::UNKNOWN, 0, [0; 16]));
+    submit::<AcceptEvent>(|ev| {
         fill_header(&mut ev.header, kind::SOCK_ACCEPT);
         ev.fd = fd;
-        ev.fd2 = -1;
-        ev.ret = 0;
+        ev.family = fam;
+        ev.port = port;
+        ev.addr = addr;
         ev.op = op;
-        ev.size = 0;
-        ev.fp = 0;
+        ev._pad = 0;
     });
     0
 }

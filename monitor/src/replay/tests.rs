@@ -254,7 +254,7 @@ fn request_reading(ts: u64, n: u32, user: &str, path: &str) -> Vec<Event> {
     let head =
         format!("GET /api/documents/{n} HTTP/1.1\r\nX-Remote-User: {user}\r\n\r\n").into_bytes();
     vec![
-        e(0, EventKind::SockAccept { fd }),
+        e(0, EventKind::SockAccept { fd, peer: None }),
         e(
             1,
             EventKind::SockRead {

@@ -10,12 +10,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use monitor_core::{events::Event, trace};
+use monitor_core::{events::Event, ownership::fact::BackendKind, trace};
 
-use crate::{
-    config::Config,
-    ownership::{fact::BackendKind, resolver::UsedFact},
-};
+use crate::{config::Config, ownership::resolver::UsedFact};
 
 /// The header of traces this daemon writes: the core's format, recording the resolved
 /// configuration.
@@ -293,7 +290,7 @@ mod tests {
     }
 
     fn fact(doc: &str, owner: &str, generation: u64) -> UsedFact {
-        use crate::ownership::fact::{Answer, Fact};
+        use monitor_core::ownership::fact::{Answer, Fact};
         UsedFact {
             fact: Fact::new(
                 BackendKind::Sqlite,
