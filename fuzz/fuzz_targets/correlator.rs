@@ -211,6 +211,8 @@ struct Ev {
     jump: Option<u64>,
     pid: u8,
     tid: u8,
+    /// A Go target's goroutine (0: the runtime's own stack).
+    goid: Option<u8>,
     kind: Kind,
 }
 
@@ -330,6 +332,7 @@ fn events(input: &Input) -> Vec<Event> {
                 pid,
                 tid,
                 comm: "portal".into(),
+                goid: e.goid.map(u64::from),
                 kind,
             }
         })

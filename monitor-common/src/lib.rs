@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod files;
+pub mod go;
 pub mod process;
 pub mod sockets;
 pub mod tls;
@@ -24,13 +25,24 @@ pub struct Header {
     pub tgid: u32,
     /// Thread id (the kernel's pid).
     pub tid: u32,
-    pub _pad: u32,
+    /// [`header_flags`] bits.
+    pub flags: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, nanoseconds.
     pub ts_ns: u64,
+    /// The id of the goroutine the thread was running (`runtime.g.goid`; 0 on the Go runtime's
+    /// own stacks), when [`header_flags::GOID`] is set: the thread belongs to a Go target whose
+    /// layout userspace found ([`go::GoLayout`]).
+    pub goid: u64,
     /// `comm` of the thread, NUL-padded.
     pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<Header>() == 40);
+const _: () = assert!(core::mem::size_of::<Header>() == 48);
+
+/// Bits of [`Header::flags`].
+pub mod header_flags {
+    /// [`super::Header::goid`] was read from the thread's Go runtime.
+    pub const GOID: u32 = 1;
+}
 
 /// Record kinds, numbered by domain (`process` 1.., `files` 100.., `sockets` 200..).
 pub mod kind {
@@ -188,6 +200,9 @@ pub mod globals {
     pub const OFF_INODE_SIZE: &str = "OFF_INODE_SIZE";
     pub const OFF_FILE_PATH: &str = "OFF_FILE_PATH";
     pub const OFF_FILE_FLAGS: &str = "OFF_FILE_FLAGS";
+    /// Offset of the saved user FS base in `task_struct` (`thread.fsbase`, x86_64): where a Go
+    /// thread's TLS, and so its current goroutine, is found. 0: not known on this kernel.
+    pub const OFF_TASK_FSBASE: &str = "OFF_TASK_FSBASE";
     /// `file.private_data` (a socket file's `struct socket *`), `socket.sk`, `sock.__sk_common`
     /// and the peer fields of `sock_common`: the client endpoint of an accepted connection.
     pub const OFF_FILE_PRIVATE: &str = "OFF_FILE_PRIVATE";
@@ -218,7 +233,7 @@ pub mod globals {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Header, Stash, files, process, sockets, tls};
+    use super::{Header, Stash, files, go, process, sockets, tls};
     // SAFETY: plain #[repr(C)] integers and byte arrays, no padding holes, no pointers.
     unsafe impl aya::Pod for Header {}
     unsafe impl aya::Pod for files::OpenEvent {}
@@ -227,4 +242,5 @@ mod pod {
     unsafe impl aya::Pod for sockets::DataEvent {}
     unsafe impl aya::Pod for Stash {}
     unsafe impl aya::Pod for tls::TlsCall {}
+    unsafe impl aya::Pod for go::GoLayout {}
 }

@@ -9,6 +9,9 @@
 //!   had no request in scope);
 //! - `thread`: the read happened on the thread that read the current request head (thread per
 //!   request, prefork workers, pool threads);
+//! - `goroutine`: in a Go target whose goroutines the probes follow, the same with the goroutine
+//!   in place of the thread (Go moves goroutines between threads; a goroutine keeps its scope
+//!   in a process that lost thread scope);
 //! - `fingerprint`: the first bytes of the document (hashed in the kernel) are the first bytes
 //!   of a response body written on a connection (hashed by [`crate::fingerprint`]): the document
 //!   was read on a helper thread (async runtimes' blocking pools) or by an event loop serving
@@ -92,6 +95,9 @@ pub enum Evidence {
     Sendfile,
     Flow,
     Thread,
+    /// Thread scope's equivalent in a Go target: the read was made by the goroutine that read
+    /// the request's head.
+    Goroutine,
     Fingerprint,
 }
 
@@ -244,8 +250,10 @@ struct Request {
     pid: u32,
     /// Still the current request of its connection.
     on_conn: bool,
-    /// Still in scope of the thread that read it.
+    /// Still in scope of the thread (or goroutine) that read it.
     on_thread: bool,
+    /// That thread or goroutine.
+    actor: Actor,
     /// A response was written on its connection.
     responded: bool,
     /// The `Content-Length` of its response, from the response head.
@@ -262,11 +270,38 @@ struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Owner {
     Request(u64),
-    /// Read with no request in scope, on this thread (a process with thread scope).
-    Thread(u32),
+    /// Read with no request in scope, by this thread (a process with thread scope) or goroutine.
+    Thread(Actor),
     /// Read by a process without thread scope, through open file `(pid, fd)`: every read of the
     /// open file, on any thread, joins one access.
     File(u32, i32),
+}
+
+/// What serves one request at a time, and so scopes requests: a thread, or in a Go target whose
+/// goroutines the probes follow, a goroutine (Go moves goroutines between threads at every
+/// blocking point; net/http serves each connection on one goroutine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Actor {
+    Thread(u32),
+    /// (pid, goid): goroutine ids are per process, never reused.
+    Goroutine(u32, u64),
+    /// A thread of a Go target on no goroutine's behalf (the runtime's own stack), or whose
+    /// goroutine is not known: it scopes nothing, and nothing flows by it.
+    Unscoped(u32),
+}
+
+impl Actor {
+    fn scopes(self) -> bool {
+        !matches!(self, Self::Unscoped(_))
+    }
+
+    /// The evidence a read in this actor's scope gives.
+    fn evidence(self) -> Evidence {
+        match self {
+            Self::Goroutine(..) => Evidence::Goroutine,
+            Self::Thread(_) | Self::Unscoped(_) => Evidence::Thread,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -290,14 +325,17 @@ pub struct Correlator {
     next_request: u64,
     next_access: u64,
     conns: IdMap<(u32, i32), Conn>,
-    /// tid -> (pid, request in scope)
-    threads: IdMap<u32, (u32, u64)>,
-    /// Event-loop threads (tid -> pid): they serve several requests at once, so their reads
+    /// actor -> (pid, request in scope)
+    threads: IdMap<Actor, (u32, u64)>,
+    /// Event-loop threads (actor -> pid): they serve several requests at once, so their reads
     /// get no thread scope.
-    multiplexed: IdMap<u32, u32>,
-    /// Threads that read from sockets (tid -> pid): connection threads, whose reads with no
+    multiplexed: IdMap<Actor, u32>,
+    /// Threads that read from sockets (actor -> pid): connection threads, whose reads with no
     /// request in scope go to their own connections only, never by content to another thread's.
-    socket_threads: IdMap<u32, u32>,
+    socket_threads: IdMap<Actor, u32>,
+    /// Go targets whose events carry goroutine ids: an event of theirs without one scopes
+    /// nothing (its thread may be serving any goroutine).
+    goroutine_pids: IdMap<u32, ()>,
     /// Open document fds and their paths (shared: every read of the fd takes one).
     docs: IdMap<(u32, i32), Arc<str>>,
     requests: IdMap<u64, Request>,
@@ -329,6 +367,7 @@ impl Correlator {
             threads: IdMap::default(),
             multiplexed: IdMap::default(),
             socket_threads: IdMap::default(),
+            goroutine_pids: IdMap::default(),
             docs: IdMap::default(),
             requests: IdMap::default(),
             open: BTreeMap::new(),
@@ -381,9 +420,21 @@ impl Correlator {
     pub fn handle(&mut self, ev: &Event, out: &mut Vec<Finding>) {
         self.stats.events += 1;
         let pid = ev.pid;
+        if ev.goid.is_some() {
+            self.goroutine_pids.insert(pid, ());
+        }
+        let actor = self.actor(ev);
         match &ev.kind {
             // A new program: whatever the old one showed of its scheduling says nothing of it.
-            EventKind::ProcessExec => self.trust.forget(pid),
+            EventKind::ProcessExec => {
+                self.trust.forget(pid);
+                self.goroutine_pids.remove(&pid);
+            }
+            // A Go target (it lost thread scope at its `RuntimeFound`): its goroutines, when
+            // followed, scope requests instead, and its events without one scope nothing.
+            EventKind::GoRuntime { .. } => {
+                self.goroutine_pids.insert(pid, ());
+            }
             EventKind::RuntimeFound { runtime } => {
                 self.lose_trust(pid, Distrust::Runtime(*runtime));
             }
@@ -425,21 +476,21 @@ impl Correlator {
                 size,
             } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
-                    let scope = self.read_scope(pid, ev.tid);
-                    let evidence = scope.map(|_| Evidence::Thread);
+                    let scope = self.read_scope(pid, actor);
+                    let evidence = scope.map(|_| actor.evidence());
                     let content = fp.map(|fp| (fp, *size));
-                    self.record_access(ev, *fd, path, *bytes, content, scope, evidence);
+                    self.record_access(ev, actor, *fd, path, *bytes, content, scope, evidence);
                 }
             }
             // A mapping is a read with the same evidence rules (thread scope, or flow to the
             // write that follows on this thread), judged when its request ends, not at close.
             EventKind::FileMap { fd, bytes } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
-                    let scope = self.read_scope(pid, ev.tid);
-                    let evidence = scope.map(|_| Evidence::Thread);
+                    let scope = self.read_scope(pid, actor);
+                    let evidence = scope.map(|_| actor.evidence());
                     // No fingerprint: the kernel sees no bytes of a mapping.
                     if let Some(id) =
-                        self.record_access(ev, *fd, path, *bytes, None, scope, evidence)
+                        self.record_access(ev, actor, *fd, path, *bytes, None, scope, evidence)
                         && let Some(open) = self.open.get_mut(&id)
                     {
                         open.mapped = true;
@@ -457,12 +508,12 @@ impl Correlator {
                         Some(req) => (Some(req), Some(Evidence::Sendfile)),
                         None => {
                             let scope = self
-                                .thread_scope(pid, ev.tid)
-                                .filter(|_| self.trust.trusts(pid));
-                            (scope, scope.map(|_| Evidence::Thread))
+                                .thread_scope(pid, actor)
+                                .filter(|_| self.trusts(pid, actor));
+                            (scope, scope.map(|_| actor.evidence()))
                         }
                     };
-                    self.record_access(ev, *in_fd, path, *bytes, None, scope, evidence);
+                    self.record_access(ev, actor, *in_fd, path, *bytes, None, scope, evidence);
                 }
             }
             EventKind::FileClose { fd } => {
@@ -516,8 +567,10 @@ impl Correlator {
                 self.conns.insert((pid, *fd), Conn::accepted(*peer));
             }
             EventKind::SockRead { fd, bytes, data } => {
-                self.socket_threads.insert(ev.tid, pid);
-                self.on_sock_read(ev, *fd, *bytes, &data.0, out)
+                if actor.scopes() {
+                    self.socket_threads.insert(actor, pid);
+                }
+                self.on_sock_read(ev, actor, *fd, *bytes, &data.0, out)
             }
             EventKind::SockWrite {
                 fd,
@@ -532,7 +585,7 @@ impl Correlator {
                 {
                     self.on_fastcgi_write(ev, *fd, *bytes, &data.0, out);
                 } else {
-                    self.on_sock_write(ev, *fd, &data.0, *body_fp, out);
+                    self.on_sock_write(ev, actor, *fd, &data.0, *body_fp, out);
                 }
             }
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
@@ -540,9 +593,11 @@ impl Correlator {
                 // This thread may now serve a request Vigie cannot see (an HTTP/2 stream, TLS
                 // it cannot decrypt), interleaved with the ones it can: thread scope is no
                 // longer evidence here, for good (as at the first sign of M:N scheduling).
-                self.socket_threads.insert(ev.tid, pid);
-                self.multiplexed.insert(ev.tid, pid);
-                self.end_scope(pid, ev.tid, *fd, out);
+                if actor.scopes() {
+                    self.socket_threads.insert(actor, pid);
+                }
+                self.multiplexed.insert(actor, pid);
+                self.end_scope(pid, actor, *fd, out);
             }
             EventKind::SessionFound { session, user } => {
                 if let Some(s) = &self.cfg.identity.session {
@@ -608,8 +663,28 @@ impl Correlator {
         }
     }
 
-    fn is_multiplexed(&self, pid: u32, tid: u32) -> bool {
-        self.multiplexed.get(&tid) == Some(&pid)
+    fn is_multiplexed(&self, pid: u32, actor: Actor) -> bool {
+        self.multiplexed.get(&actor) == Some(&pid)
+    }
+
+    /// What `ev` was done by, for scoping: its goroutine when it carries one.
+    fn actor(&self, ev: &Event) -> Actor {
+        match ev.goid {
+            Some(0) => Actor::Unscoped(ev.tid),
+            Some(goid) => Actor::Goroutine(ev.pid, goid),
+            None if self.goroutine_pids.contains_key(&ev.pid) => Actor::Unscoped(ev.tid),
+            None => Actor::Thread(ev.tid),
+        }
+    }
+
+    /// Whether `actor` of process `pid` may scope requests: a goroutine always (it serves one
+    /// request at a time wherever it runs), a thread while its process has thread scope.
+    fn trusts(&self, pid: u32, actor: Actor) -> bool {
+        match actor {
+            Actor::Goroutine(..) => true,
+            Actor::Thread(_) => self.trust.trusts(pid),
+            Actor::Unscoped(_) => false,
+        }
     }
 
     /// The open accesses matching `pred` that await a fingerprint go on waiting for it, but are
@@ -650,16 +725,16 @@ impl Correlator {
 
     /// The request a document read on this thread belongs to by thread scope: none on an
     /// event loop, where "the thread's current request" means nothing.
-    fn read_scope(&self, pid: u32, tid: u32) -> Option<u64> {
-        if self.is_multiplexed(pid, tid) || !self.trust.trusts(pid) {
+    fn read_scope(&self, pid: u32, actor: Actor) -> Option<u64> {
+        if self.is_multiplexed(pid, actor) || !self.trusts(pid, actor) {
             None
         } else {
-            self.thread_scope(pid, tid)
+            self.thread_scope(pid, actor)
         }
     }
 
-    fn thread_scope(&self, pid: u32, tid: u32) -> Option<u64> {
-        match self.threads.get(&tid) {
+    fn thread_scope(&self, pid: u32, actor: Actor) -> Option<u64> {
+        match self.threads.get(&actor) {
             Some(&(p, req)) if p == pid => Some(req),
             _ => None,
         }
@@ -674,6 +749,7 @@ impl Correlator {
     fn record_access(
         &mut self,
         ev: &Event,
+        actor: Actor,
         fd: i32,
         path: Arc<str>,
         bytes: u64,
@@ -691,7 +767,7 @@ impl Correlator {
                 }
                 Owner::Request(req)
             }
-            None if self.trust.trusts(ev.pid) => Owner::Thread(ev.tid),
+            None if self.trusts(ev.pid, actor) => Owner::Thread(actor),
             None => {
                 // Later reads of an open file join its first read's access, whichever thread
                 // made them (a pool reading a document in chunks).
@@ -767,6 +843,7 @@ impl Correlator {
     fn on_sock_read(
         &mut self,
         ev: &Event,
+        actor: Actor,
         fd: i32,
         bytes: u64,
         data: &[u8],
@@ -819,7 +896,7 @@ impl Correlator {
                     if data.is_empty() {
                         // The rest of this read was not captured: the head is out of sight.
                         if !conn.head.is_empty() {
-                            self.head_truncated(ev, fd, out);
+                            self.head_truncated(ev, actor, fd, out);
                         }
                         return;
                     }
@@ -836,14 +913,14 @@ impl Correlator {
                                 (false, Some(n)) if n > 0 => ConnState::Body { remaining: n },
                                 _ => ConnState::AwaitHead,
                             };
-                            self.new_request(ev, fd, &head, false, out);
+                            self.new_request(ev, actor, fd, &head, false, out);
                             data = &data[used..];
                             total = total.saturating_sub(used as u64);
                         }
                         HeadParse::Partial => {
                             let unseen = total > data.len() as u64;
                             if conn.head.len() >= cap || unseen {
-                                self.head_truncated(ev, fd, out);
+                                self.head_truncated(ev, actor, fd, out);
                             }
                             return;
                         }
@@ -852,7 +929,7 @@ impl Correlator {
                             conn.head.clear();
                             conn.state = ConnState::Desync;
                             // Whatever the peer sent, the previous request is over.
-                            self.end_scope(ev.pid, ev.tid, fd, out);
+                            self.end_scope(ev.pid, actor, fd, out);
                             return;
                         }
                     }
@@ -862,7 +939,7 @@ impl Correlator {
     }
 
     /// A head that does not fit the capture: the request line is kept, the rest is unseen.
-    fn head_truncated(&mut self, ev: &Event, fd: i32, out: &mut Vec<Finding>) {
+    fn head_truncated(&mut self, ev: &Event, actor: Actor, fd: i32, out: &mut Vec<Finding>) {
         self.stats.truncated_heads += 1;
         let conn = self.conns.entry((ev.pid, fd)).or_default();
         let line = http::request_line(&conn.head);
@@ -880,9 +957,9 @@ impl Correlator {
                     chunked: false,
                     keep_alive: true,
                 };
-                self.new_request(ev, fd, &head, true, out);
+                self.new_request(ev, actor, fd, &head, true, out);
             }
-            None => self.end_scope(ev.pid, ev.tid, fd, out),
+            None => self.end_scope(ev.pid, actor, fd, out),
         }
     }
 
@@ -891,6 +968,7 @@ impl Correlator {
     fn new_request(
         &mut self,
         ev: &Event,
+        actor: Actor,
         fd: i32,
         head: &http::RequestHead,
         truncated: bool,
@@ -948,20 +1026,20 @@ impl Correlator {
         self.next_request += 1;
         // Its previous request, on another connection, still waits for its response: this
         // thread serves several requests at once.
-        if let Some(&(p, prev)) = self.threads.get(&ev.tid)
+        if let Some(&(p, prev)) = self.threads.get(&actor)
             && p == ev.pid
             && let Some(r) = self.requests.get(&prev)
             && r.info.fd != fd
             && r.on_conn
             && !r.responded
         {
-            self.multiplexed.insert(ev.tid, ev.pid);
+            self.multiplexed.insert(actor, ev.pid);
             self.lose_trust(ev.pid, Distrust::Interleaved);
         }
         if trust::is_virtual_thread_carrier(&ev.comm) {
             self.lose_trust(ev.pid, Distrust::VirtualThreads);
         }
-        self.end_scope(ev.pid, ev.tid, fd, out);
+        self.end_scope(ev.pid, actor, fd, out);
         let peer = self.conns.get(&(ev.pid, fd)).and_then(|c| c.peer);
         let client = crate::client::client_of(peer.as_ref(), head, &self.cfg.proxies);
         let session = who
@@ -989,7 +1067,8 @@ impl Correlator {
                 info,
                 pid: ev.pid,
                 on_conn: true,
-                on_thread: true,
+                on_thread: actor.scopes(),
+                actor,
                 responded: false,
                 body_length: None,
                 login,
@@ -998,18 +1077,19 @@ impl Correlator {
             },
         );
         self.conns.entry((ev.pid, fd)).or_default().current = Some(id);
-        self.threads.insert(ev.tid, (ev.pid, id));
+        if actor.scopes() {
+            self.threads.insert(actor, (ev.pid, id));
+        }
         // Reads this thread made with no request in scope are judged now, unattributed; an
         // event loop's wait for their fingerprint.
-        if !self.is_multiplexed(ev.pid, ev.tid) && self.trust.trusts(ev.pid) {
-            let tid = ev.tid;
-            self.finish_where(out, |a| a.owner == Owner::Thread(tid));
+        if !self.is_multiplexed(ev.pid, actor) && self.trusts(ev.pid, actor) {
+            self.finish_where(out, |a| a.owner == Owner::Thread(actor));
         }
         id
     }
 
     /// The thread and the connection move on: their current requests end.
-    fn end_scope(&mut self, pid: u32, tid: u32, fd: i32, out: &mut Vec<Finding>) {
+    fn end_scope(&mut self, pid: u32, actor: Actor, fd: i32, out: &mut Vec<Finding>) {
         if let Some(req) = self
             .conns
             .get_mut(&(pid, fd))
@@ -1017,10 +1097,10 @@ impl Correlator {
         {
             self.release(req, Release::Conn, out);
         }
-        if let Some(&(p, req)) = self.threads.get(&tid)
+        if let Some(&(p, req)) = self.threads.get(&actor)
             && p == pid
         {
-            self.threads.remove(&tid);
+            self.threads.remove(&actor);
             self.release(req, Release::Thread, out);
         }
     }
@@ -1028,6 +1108,7 @@ impl Correlator {
     fn on_sock_write(
         &mut self,
         ev: &Event,
+        actor: Actor,
         fd: i32,
         data: &[u8],
         body_fp: Option<u64>,
@@ -1062,14 +1143,14 @@ impl Correlator {
                 self.finish_where(out, |a| a.closed && a.owner == Owner::Request(req));
             }
         }
-        self.claim(ev, req, body_fp);
+        self.claim(ev, actor, req, body_fp);
     }
 
     /// Reads with no request in scope that a write of request `req`'s response (by `ev`'s
     /// thread, its body starting with bytes of fingerprint `body_fp`) tells the request of.
-    fn claim(&mut self, ev: &Event, req: u64, body_fp: Option<u64>) {
-        let trusted = self.trust.trusts(ev.pid);
-        let multiplexed = self.is_multiplexed(ev.pid, ev.tid);
+    fn claim(&mut self, ev: &Event, actor: Actor, req: u64, body_fp: Option<u64>) {
+        let trusted = self.trusts(ev.pid, actor);
+        let multiplexed = self.is_multiplexed(ev.pid, actor);
         // A body of a known length is not a document of another size.
         let length = self.requests.get(&req).and_then(|r| r.body_length);
         // Reads with no request in scope that this write tells the request of:
@@ -1088,12 +1169,12 @@ impl Correlator {
             if a.access.pid != ev.pid {
                 continue;
             }
-            let tid = match a.owner {
-                Owner::Thread(tid) => Some(tid),
+            let by = match a.owner {
+                Owner::Thread(by) => Some(by),
                 Owner::File(..) => None,
                 Owner::Request(_) => continue,
             };
-            let same_thread = tid == Some(ev.tid);
+            let same_thread = by == Some(actor);
             let content = body_fp.is_some()
                 && a.fp == body_fp
                 && (length.is_none() || a.size.is_none() || a.size == length);
@@ -1105,8 +1186,9 @@ impl Correlator {
                 moved.push((*id, evidence));
             } else if content
                 && (!trusted
+                    || by.is_none()
                     || same_thread
-                    || tid.is_some_and(|t| self.socket_threads.get(&t) != Some(&ev.pid)))
+                    || by.is_some_and(|t| self.socket_threads.get(&t) != Some(&ev.pid)))
             {
                 by_content.push(*id);
             }
@@ -1117,7 +1199,7 @@ impl Correlator {
             self.stats.ambiguous_fingerprints += 1;
         } else if let Some(&id) = by_content.first() {
             let mut evidence = vec![Evidence::Fingerprint];
-            if trusted && tid_of(self.open.get(&id)) == Some(ev.tid) {
+            if trusted && actor_of(self.open.get(&id)) == Some(actor) {
                 evidence.insert(0, Evidence::Flow);
             }
             moved.push((id, evidence));
@@ -1201,6 +1283,14 @@ impl Correlator {
         if let Some(conn) = self.conns.remove(&(pid, fd))
             && let Some(req) = conn.current
         {
+            // A goroutine serves one connection and ends with it (no event says so): its scope
+            // ends here, or every connection's last request would be kept.
+            if let Some(actor @ Actor::Goroutine(..)) = self.requests.get(&req).map(|r| r.actor)
+                && self.threads.get(&actor) == Some(&(pid, req))
+            {
+                self.threads.remove(&actor);
+                self.release(req, Release::Thread, out);
+            }
             self.release(req, Release::Conn, out);
         }
     }
@@ -1238,18 +1328,19 @@ impl Correlator {
         for fd in fds {
             self.drop_conn(pid, fd, out);
         }
-        let mut tids: Vec<u32> = self
+        let mut actors: Vec<Actor> = self
             .threads
             .iter()
             .filter(|(_, (p, _))| *p == pid)
-            .map(|(t, _)| *t)
+            .map(|(a, _)| *a)
             .collect();
-        tids.sort_unstable();
-        for tid in tids {
-            if let Some((_, req)) = self.threads.remove(&tid) {
+        actors.sort_unstable();
+        for actor in actors {
+            if let Some((_, req)) = self.threads.remove(&actor) {
                 self.release(req, Release::Thread, out);
             }
         }
+        self.goroutine_pids.remove(&pid);
         self.docs.retain(|(p, _), _| *p != pid);
         self.requests.retain(|_, r| r.pid != pid);
         self.multiplexed.retain(|_, p| *p != pid);
@@ -1261,24 +1352,28 @@ impl Correlator {
     /// A thread is gone: its request scope ends (else every thread-per-connection request would
     /// be kept forever), and what it read with no request in scope can no longer flow to a
     /// connection: judged now, unattributed.
+    /// (A goroutine outlives the thread that ran it: a Go thread's exit ends no goroutine's
+    /// scope.)
     fn on_thread_exit(&mut self, pid: u32, tid: u32, out: &mut Vec<Finding>) {
-        if self.socket_threads.get(&tid) == Some(&pid) {
-            self.socket_threads.remove(&tid);
+        let thread = Actor::Thread(tid);
+        if self.socket_threads.get(&thread) == Some(&pid) {
+            self.socket_threads.remove(&thread);
         }
-        if let Some(&(p, req)) = self.threads.get(&tid)
+        if let Some(&(p, req)) = self.threads.get(&thread)
             && p == pid
         {
-            self.threads.remove(&tid);
+            self.threads.remove(&thread);
             self.release(req, Release::Thread, out);
         }
-        if self.multiplexed.get(&tid) == Some(&pid) {
-            self.multiplexed.remove(&tid);
+        if self.multiplexed.get(&thread) == Some(&pid) {
+            self.multiplexed.remove(&thread);
         }
+        let of_thread = |o: &Owner| matches!(o, Owner::Thread(Actor::Thread(t) | Actor::Unscoped(t)) if *t == tid);
         // Its reads with a fingerprint may still go out on a connection from another thread:
         // they wait for it (unindexed, so that a reused thread id starts new accesses).
-        self.keep_for_fingerprint(|a| a.owner == Owner::Thread(tid) && a.access.pid == pid);
+        self.keep_for_fingerprint(|a| of_thread(&a.owner) && a.access.pid == pid);
         self.finish_where(out, |a| {
-            a.owner == Owner::Thread(tid) && a.access.pid == pid && !a.awaits_fingerprint()
+            of_thread(&a.owner) && a.access.pid == pid && !a.awaits_fingerprint()
         });
     }
 
@@ -1359,10 +1454,10 @@ impl OpenAccess {
     }
 }
 
-/// The thread an open access waits on, when it waits for one.
-fn tid_of(open: Option<&OpenAccess>) -> Option<u32> {
+/// The thread (or goroutine) an open access waits on, when it waits for one.
+fn actor_of(open: Option<&OpenAccess>) -> Option<Actor> {
     match open?.owner {
-        Owner::Thread(tid) => Some(tid),
+        Owner::Thread(by) => Some(by),
         _ => None,
     }
 }

@@ -3,7 +3,7 @@
 use monitor_common::{
     COMM_LEN, Header,
     files::{FdEvent, OpenEvent, PATH_CAP, path_source},
-    kind,
+    header_flags, kind,
     process::ProcEvent,
     sockets::{AcceptEvent, DATA_CAP, DATA_HEADER_LEN, DataEvent, family},
 };
@@ -252,6 +252,7 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
         pid: header.tgid,
         tid: header.tid,
         comm: decoder.comm(&header.comm),
+        goid: (header.flags & header_flags::GOID != 0).then_some(header.goid),
         kind,
     })
 }
@@ -274,8 +275,9 @@ mod tests {
             kind,
             tgid: 10,
             tid: 11,
-            _pad: 0,
+            flags: 0,
             ts_ns: 99,
+            goid: 0,
             comm,
         }
     }
@@ -307,6 +309,24 @@ mod tests {
         assert!(
             matches!(e.kind, EventKind::FileOpen { fd: 5, ref path, exact: true, .. } if path == "/docs/a/x.pd")
         );
+    }
+
+    /// The goroutine id is the event's only when the probe says it read one (a Go target):
+    /// otherwise the header's field means nothing, even if not zero.
+    #[test]
+    fn a_goroutine_id_is_kept_only_when_flagged() {
+        let mut ev = ProcEvent {
+            header: header(kind::THREAD_EXIT),
+            child_tgid: 0,
+            child_tid: 0,
+        };
+        ev.header.goid = 42;
+        assert_eq!(decode(&bytes_of(&ev)).unwrap().goid, None);
+        ev.header.flags = header_flags::GOID;
+        assert_eq!(decode(&bytes_of(&ev)).unwrap().goid, Some(42));
+        // Goroutine 0: the Go runtime's own stack, kept as such.
+        ev.header.goid = 0;
+        assert_eq!(decode(&bytes_of(&ev)).unwrap().goid, Some(0));
     }
 
     #[test]

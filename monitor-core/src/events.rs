@@ -15,6 +15,11 @@ pub struct Event {
     /// Thread name as the kernel knew it.
     #[serde(default, skip_serializing_if = "Comm::is_empty")]
     pub comm: Comm,
+    /// In a Go target whose layout Vigie found: the goroutine the thread was running (0: the
+    /// Go runtime's own stack, on no goroutine's behalf). Go moves goroutines between threads,
+    /// so for such a process the goroutine, not the thread, is what serves one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goid: Option<u64>,
     pub kind: EventKind,
 }
 
@@ -113,6 +118,10 @@ pub enum EventKind {
     /// hashed it) is `user`'s: a session Vigie did not see created. Found live, recorded so
     /// that replay needs no store.
     SessionFound { session: String, user: String },
+    /// The process runs a Go program (found in its executable when it became a target): its
+    /// threads take turns running goroutines, so a thread scopes no request. `goroutines`: its
+    /// events carry goroutine ids from now on, which do.
+    GoRuntime { version: String, goroutines: bool },
     /// `count` events were lost in the kernel since the previous report, for `reason`.
     Lost { reason: String, count: u64 },
     /// Time passes (live: the reader's timer). Lets the pure correlator expire state without a
@@ -340,6 +349,7 @@ mod tests {
             pid: 1,
             tid: 2,
             comm: "portal".into(),
+            goid: None,
             kind: EventKind::FileRead {
                 fd: 7,
                 bytes: 100,

@@ -198,6 +198,7 @@ mod tests {
             ts_ns: 1,
             pid,
             tid: pid,
+            goid: None,
             comm: "t".into(),
             kind,
         }

@@ -58,6 +58,7 @@ fn main() -> anyhow::Result<()> {
                 pid,
                 tid,
                 comm: "portal-conn".into(),
+                goid: None,
                 kind,
             },
         )?;
@@ -71,6 +72,7 @@ fn main() -> anyhow::Result<()> {
                     pid: 0,
                     tid: 0,
                     comm: monitor_core::events::Comm::default(),
+                    goid: None,
                     kind: EventKind::Tick,
                 },
             )?;

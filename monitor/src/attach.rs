@@ -518,6 +518,19 @@ pub struct AttachReport {
     pub fire_check_unavailable: Option<String>,
     /// Uprobes on TLS libraries, one row per library and function, added as targets map them.
     pub tls: Vec<TlsHookReport>,
+    /// How Go targets' goroutines are followed here (or why not): no hook of its own, the
+    /// probes above read each Go thread's current goroutine from its TLS.
+    pub goroutines: String,
+}
+
+/// [`AttachReport::goroutines`] for a kernel where `task_struct.thread.fsbase` is at `fsbase`.
+pub fn goroutines_report(fsbase: Option<u64>) -> String {
+    match fsbase {
+        Some(off) => format!(
+            "Go targets: goroutine ids read by the probes above from each thread's TLS (task_struct.thread.fsbase at +{off}); the offsets of each Go binary are read from its ELF and DWARF when it becomes a target"
+        ),
+        None => "Go targets: goroutines not followed (no task_struct.thread.fsbase in this kernel's BTF): their reads need flow or content evidence".into(),
+    }
 }
 
 /// The TLS library functions hooked in each OpenSSL 3 `libssl` a target maps, with the program
@@ -576,6 +589,9 @@ impl AttachReport {
             hooks,
             fire_check_unavailable: Some("not root: nothing was loaded".into()),
             tls: Vec::new(),
+            goroutines:
+                "Go targets: planned (the kernel's task_struct.thread.fsbase is read at load)"
+                    .into(),
         }
     }
 
@@ -686,6 +702,7 @@ impl fmt::Display for AttachReport {
                 },
             )?;
         }
+        writeln!(f, "{}", self.goroutines)?;
         write!(f, "probes: {}", self.summary())
     }
 }

@@ -146,6 +146,10 @@ pub struct Correlation {
     /// (document fds kept open by file caches, idle keep-alive connections).
     #[serde(default = "default_idle_flush_ms")]
     pub idle_flush_ms: u64,
+    /// Follow the goroutines of Go targets (their events carry the goroutine id, which scopes
+    /// requests instead of the thread). Off: Go targets get flow and content evidence only.
+    #[serde(default = "default_true")]
+    pub goroutines: bool,
 }
 
 fn default_idle_flush_ms() -> u64 {
@@ -156,6 +160,7 @@ impl Default for Correlation {
     fn default() -> Self {
         Self {
             idle_flush_ms: default_idle_flush_ms(),
+            goroutines: true,
         }
     }
 }

@@ -486,6 +486,7 @@ fn explain_access(
             monitor_core::correlate::Evidence::Sendfile => "sendfile",
             monitor_core::correlate::Evidence::Flow => "flow",
             monitor_core::correlate::Evidence::Thread => "thread",
+            monitor_core::correlate::Evidence::Goroutine => "goroutine",
             monitor_core::correlate::Evidence::Fingerprint => "fingerprint",
         })
         .collect();

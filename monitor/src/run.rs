@@ -99,6 +99,7 @@ struct Live {
     conn_gate: monitor_core::tls::ConnectionGate,
     /// TLS plaintext records (reads, writes) from the uprobes.
     tls_records: [u64; 2],
+    go: crate::golang::GoTargets,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
@@ -147,6 +148,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         .map(SessionStore::new)
         .transpose()
         .map_err(|e| anyhow::anyhow!("identity.session.store: {e}"))?;
+    // Goroutines are followed where the kernel tells where a thread's TLS is, unless turned off.
+    let go =
+        crate::golang::GoTargets::new(cfg.correlation.goroutines && probes.task_fsbase.is_some());
     let mut live = Live {
         cfg,
         probes,
@@ -169,6 +173,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         tls: crate::tls::TlsHooks::new(),
         conn_gate: monitor_core::tls::ConnectionGate::new(),
         tls_records: [0; 2],
+        go,
     };
     live.init_metrics(&ring);
     live.pipeline
@@ -253,6 +258,8 @@ impl Live {
             self.tell_kernel(&ev)?;
             self.feed(&ev)?;
         }
+        // After `describe`'s exec event, which starts the process afresh.
+        self.follow_goroutines(pid)?;
         self.stash_sleeping_reads(pid, &sockets);
         Ok(())
     }
@@ -308,6 +315,29 @@ impl Live {
                 tracing::warn!(pid, tid, "cannot take back a stale stash: {e}");
             }
         }
+    }
+
+    /// A Go target: its events carry the goroutine id from now on, when its binary says where
+    /// to find it. The correlator is told that the process is Go either way: its threads scope
+    /// nothing.
+    fn follow_goroutines(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some((version, layout)) = self.go.inspect(pid) else {
+            return Ok(());
+        };
+        if let Some(layout) = &layout {
+            self.probes.add_go_target(pid, layout)?;
+        }
+        self.feed(&Event {
+            ts_ns: procfs::monotonic_ns(),
+            pid,
+            tid: pid,
+            comm: Comm::default(),
+            goid: None,
+            kind: EventKind::GoRuntime {
+                version,
+                goroutines: layout.is_some(),
+            },
+        })
     }
 
     fn tell_kernel(&mut self, ev: &Event) -> anyhow::Result<()> {
@@ -366,7 +396,7 @@ impl Live {
                     if let Some(trace) = self.pipeline.trace_mut() {
                         trace.flush().context("writing the trace")?;
                     }
-                    self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: Comm::default(), kind: EventKind::Tick })?;
+                    self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: Comm::default(), goid: None, kind: EventKind::Tick })?;
                 }
                 _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); break; }
@@ -440,6 +470,7 @@ impl Live {
                             pid,
                             tid: ev.tid,
                             comm: ev.comm.clone(),
+                            goid: None,
                             kind: EventKind::SessionFound {
                                 session: String::from_utf8_lossy(&hashed).into_owned(),
                                 user,
@@ -541,6 +572,8 @@ impl Live {
                 if let Some(found) = runtime::found(ev) {
                     self.feed(&found)?;
                 }
+                // The exec probe made it a plain target again: a new program.
+                self.follow_goroutines(ev.pid)?;
                 // fds that survived exec.
                 for mut found in procfs::found_fds(ev, &self.probes.roots.all()) {
                     self.probes.roots.rename(&mut found);
@@ -581,6 +614,7 @@ impl Live {
                     pid: 0,
                     tid: 0,
                     comm: Comm::default(),
+                    goid: None,
                     kind: EventKind::Lost {
                         reason: name.to_string(),
                         count: delta,
@@ -722,6 +756,7 @@ fn log_report(report: &crate::attach::AttachReport) {
     if let Some(why) = &report.fire_check_unavailable {
         tracing::warn!("fire check not run: {why}");
     }
+    tracing::info!("{}", report.goroutines);
     tracing::info!("probes: {}", report.summary());
 }
 
@@ -742,6 +777,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::SockRead { .. } => "sock_read",
         EventKind::SockWrite { .. } => "sock_write",
         EventKind::SessionFound { .. } => "session_found",
+        EventKind::GoRuntime { .. } => "go_runtime",
         EventKind::SockClose { .. } => "sock_close",
         EventKind::Unreadable { .. } => "unreadable",
         EventKind::Lost { .. } => "lost",

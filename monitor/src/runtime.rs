@@ -39,6 +39,7 @@ pub fn found(at: &Event) -> Option<Event> {
         pid: at.pid,
         tid: at.tid,
         comm: at.comm.clone(),
+        goid: None,
         kind: EventKind::RuntimeFound { runtime },
     })
 }

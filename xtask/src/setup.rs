@@ -41,6 +41,9 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "curl",
     "python3",
+    // The Go net/http portal of `tests/tests/go.rs` (standard library only), built by the
+    // test harness and by `cargo xtask vm-test`.
+    "golang-go",
     // The kernel matrix (`cargo xtask vm-test`): QEMU with software emulation, and a static
     // busybox for the initramfs's `/init` (the initramfs itself is written by xtask).
     "qemu-system-x86",

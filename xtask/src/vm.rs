@@ -24,7 +24,15 @@ use crate::{Binaries, step, workspace_root};
 /// `sessions` a Redis server, which the initramfs does not hold; `portal_process` tests the
 /// portal alone (no probes); `faults` opens 10,000 connections, too slow under emulation: they
 /// stay with the native run.
-const FULL: &[&str] = &["e2e", "jwt", "replay", "kernel", "concurrency", "paths"];
+const FULL: &[&str] = &[
+    "e2e",
+    "jwt",
+    "replay",
+    "kernel",
+    "concurrency",
+    "paths",
+    "go",
+];
 /// `FULL` and the Node.js tests (`node`: Node.js at `/bin/node`, the Express portal with its
 /// `node_modules`), on one row only: V8 under software emulation needs minutes for them, and one
 /// kernel older than this machine's is what shows libuv's I/O is seen there too.
@@ -35,6 +43,7 @@ const FULL_NODE: &[&str] = &[
     "kernel",
     "concurrency",
     "paths",
+    "go",
     "node",
 ];
 /// The start-up report only: facts, attach table, fire check (or the refusal).
@@ -503,6 +512,9 @@ fn build_initramfs(
         cpio.dir(dir)?;
     }
     cpio.copy("/bin/busybox", busybox)?;
+    // The Go portal keeps its DWARF: Vigie reads `runtime.g`'s layout there. It is static: no
+    // libraries to carry.
+    cpio.copy(&bins.go_portal.to_string_lossy(), &bins.go_portal)?;
     let mut binaries: Vec<&Path> = vec![&bins.vigie, &bins.portal];
     binaries.extend(tests.iter().map(|(_, p)| p.as_path()));
     let mut libs = std::collections::BTreeSet::new();
@@ -620,7 +632,7 @@ mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 arg() {{ tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p"; }}
 echo "VIGIE-VM-KERNEL $(uname -r) lockdown=$(cat /sys/kernel/security/lockdown 2>/dev/null | tr ' ' ,) lsm=$(cat /sys/kernel/security/lsm 2>/dev/null)"
-export VIGIE_BIN={vigie} VIGIE_REQUIRE_PRIVILEGED=1 VIGIE_TEST_TIME_SCALE=$(arg vigie.scale) RUST_BACKTRACE=1
+export VIGIE_BIN={vigie} VIGIE_GO_PORTAL={go_portal} VIGIE_REQUIRE_PRIVILEGED=1 VIGIE_TEST_TIME_SCALE=$(arg vigie.scale) RUST_BACKTRACE=1
 export VIGIE_EXPECT_OPEN_PROGRAM=$(arg vigie.opens)
 cd /tmp
 start=$(date +%s)
@@ -639,6 +651,7 @@ echo VIGIE-VM-DONE
 poweroff -f
 "#,
         vigie = bins.vigie.display(),
+        go_portal = bins.go_portal.display(),
     )
 }
 

@@ -91,7 +91,8 @@ impl Correlator {
                 head,
                 truncated,
             } => {
-                let req = self.new_request(ev, fd, &head, truncated, out);
+                let actor = self.actor(ev);
+                let req = self.new_request(ev, actor, fd, &head, truncated, out);
                 if let Some(f) = self.conns.get_mut(&key).and_then(|c| c.fastcgi.as_mut()) {
                     f.ids.insert(id, req);
                     if f.ids.len() > 2 * MAX_EXCHANGES {
@@ -111,7 +112,7 @@ impl Correlator {
             }
             Happening::Output { id } => {
                 if let Some(req) = request_of(self, id) {
-                    self.claim(ev, req, None);
+                    self.claim(ev, self.actor(ev), req, None);
                 }
             }
             // The response head is in: what an HTTP response's first write does.
@@ -146,8 +147,9 @@ impl Correlator {
                     }
                 }
                 self.release(req, Release::Conn, out);
-                if self.threads.get(&ev.tid) == Some(&(ev.pid, req)) {
-                    self.threads.remove(&ev.tid);
+                let actor = self.actor(ev);
+                if self.threads.get(&actor) == Some(&(ev.pid, req)) {
+                    self.threads.remove(&actor);
                     self.release(req, Release::Thread, out);
                 }
             }

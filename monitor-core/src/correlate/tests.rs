@@ -10,6 +10,8 @@ struct Scenario {
     c: Correlator,
     ts: u64,
     found: Vec<Finding>,
+    /// The goroutine the next events are made on (a Go target's), see [`Scenario::on_g`].
+    goid: Option<u64>,
 }
 
 impl Scenario {
@@ -30,6 +32,7 @@ impl Scenario {
             c: Correlator::new(cfg),
             ts: 1_000,
             found: Vec::new(),
+            goid: None,
         }
     }
 
@@ -40,9 +43,17 @@ impl Scenario {
             pid,
             tid,
             comm: "portal".into(),
+            goid: self.goid,
             kind,
         };
         self.c.handle(&ev, &mut self.found);
+        self
+    }
+
+    /// The next events are made by goroutine `goid` (0: the Go runtime's own stack; `None`: a
+    /// thread with no known goroutine).
+    fn on_g(&mut self, goid: Option<u64>) -> &mut Self {
+        self.goid = goid;
         self
     }
 
@@ -157,6 +168,7 @@ impl Scenario {
             pid: 0,
             tid: 0,
             comm: crate::events::Comm::default(),
+            goid: None,
             kind: EventKind::Tick,
         };
         self.c.handle(&ev, &mut self.found);
@@ -1547,4 +1559,100 @@ fn documents_sharing_their_first_bytes_are_told_apart_by_their_length() {
         ]
     );
     assert_eq!(s.c.stats().ambiguous_fingerprints, 0);
+}
+
+/// Go's net/http: each connection's goroutine reads its request head, calls a session service
+/// (and blocks), and resumes on whichever thread is free. Thread 3 read bob's head last, but
+/// the read it makes next is for alice's request, whose goroutine now runs there.
+#[test]
+fn a_go_request_follows_its_goroutine_across_threads() {
+    let mut s = Scenario::new();
+    s.on_g(Some(10))
+        .accept(1, 2, 5)
+        .get_as(1, 2, 5, "alice", "/docs/bob/x.pdf");
+    s.on_g(Some(11))
+        .accept(1, 3, 6)
+        .get_as(1, 3, 6, "bob", "/docs/carol/y.pdf");
+    // Goroutine 10 moved to thread 3, goroutine 11 to thread 2.
+    s.on_g(Some(10))
+        .open(1, 3, 7, "/srv/users/bob/x.pdf")
+        .read(1, 3, 7, 100);
+    s.on_g(Some(11))
+        .open(1, 2, 8, "/srv/users/carol/y.pdf")
+        .read(1, 2, 8, 100)
+        .close(1, 2, 8)
+        .respond(1, 4, 6, 200);
+    s.on_g(Some(10)).close(1, 4, 7).respond(1, 2, 5, 200);
+    let found = s.finish();
+    assert_eq!(
+        summary(&found),
+        vec![
+            (
+                u("bob"),
+                "/srv/users/carol/y.pdf".into(),
+                vec![Evidence::Goroutine]
+            ),
+            (
+                u("alice"),
+                "/srv/users/bob/x.pdf".into(),
+                vec![Evidence::Goroutine]
+            ),
+        ]
+    );
+    // The request names the thread that read its head.
+    assert_eq!(found[1].request.as_ref().map(|r| r.tid), Some(2));
+}
+
+/// In a Go target, a thread on the runtime's own stack (goroutine 0) or on an unknown goroutine
+/// scopes nothing: its reads are unattributed even though the thread read a head, and its read
+/// does not flow into the next write of that thread (another goroutine's).
+#[test]
+fn a_go_thread_on_no_known_goroutine_scopes_nothing() {
+    let mut s = Scenario::new();
+    s.on_g(Some(10))
+        .accept(1, 2, 5)
+        .get_as(1, 2, 5, "alice", "/docs/bob/x.pdf");
+    s.on_g(Some(0))
+        .open(1, 2, 7, "/srv/users/bob/x.pdf")
+        .read(1, 2, 7, 100)
+        .close(1, 2, 7);
+    s.on_g(None)
+        .open(1, 2, 8, "/srv/users/carol/y.pdf")
+        .read(1, 2, 8, 100);
+    s.on_g(Some(10)).respond(1, 2, 5, 200).close(1, 2, 8);
+    let found = s.finish();
+    assert_eq!(
+        summary(&found),
+        vec![
+            (None, "/srv/users/bob/x.pdf".into(), vec![]),
+            (None, "/srv/users/carol/y.pdf".into(), vec![]),
+        ]
+    );
+    assert!(found.iter().all(|a| a.request.is_none()));
+}
+
+/// A goroutine ends with its connection, and no event says so: the connection's close ends its
+/// scope, so nothing is kept per connection once it is gone. The goroutine's next head is a
+/// new request as usual.
+#[test]
+fn a_closed_connection_ends_its_goroutine_scope() {
+    let mut s = Scenario::new();
+    s.on_g(Some(10))
+        .accept(1, 2, 5)
+        .get_as(1, 2, 5, "alice", "/docs/alice/a.pdf")
+        .get_as(1, 3, 5, "alice", "/docs/alice/b.pdf");
+    assert_eq!(s.c.tracked().threads, 1);
+    assert_eq!(s.c.tracked().requests, 1);
+    s.sock_close(1, 2, 5);
+    assert_eq!(s.c.tracked().threads, 0);
+    assert_eq!(s.c.tracked().requests, 0);
+    // A later read by that goroutine (it cannot happen in net/http) has no request.
+    s.open(1, 2, 7, "/srv/users/alice/a.pdf")
+        .read(1, 2, 7, 10)
+        .close(1, 2, 7);
+    let found = s.finish();
+    assert_eq!(
+        summary(&found),
+        vec![(None, "/srv/users/alice/a.pdf".into(), vec![])]
+    );
 }

@@ -38,6 +38,7 @@ fn events() -> Vec<Event> {
         pid: 1,
         tid: 2,
         comm: "p".into(),
+        goid: None,
         kind,
     };
     let head = b"GET /b HTTP/1.1\r\nX-Remote-User: alice\r\n\r\n".to_vec();
@@ -248,6 +249,7 @@ fn request_reading(ts: u64, n: u32, user: &str, path: &str) -> Vec<Event> {
         pid: 1,
         tid: 100 + n,
         comm: "p".into(),
+        goid: None,
         kind,
     };
     let fd = 10 + i32::try_from(n).unwrap();
@@ -481,6 +483,7 @@ fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
             pid: 1,
             tid: 100 + n,
             comm: "p".into(),
+            goid: None,
             kind: EventKind::FileOpen {
                 fd: 60,
                 path: "/srv/docs/2.pdf".into(),
@@ -510,6 +513,7 @@ fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
         pid: 1,
         tid: 1,
         comm: "p".into(),
+        goid: None,
         kind: EventKind::ProcessExit,
     })
     .unwrap();

@@ -233,6 +233,7 @@ mod tests {
             pid: 1,
             tid: 1,
             comm: "p".into(),
+            goid: None,
             kind: EventKind::FileRead {
                 fd: 3,
                 bytes: i,

@@ -40,6 +40,7 @@ impl App {
             pid: 1,
             tid,
             comm: "app".into(),
+            goid: None,
             kind,
         };
         self.c.handle(&ev, &mut self.found);
