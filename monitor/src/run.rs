@@ -95,6 +95,12 @@ struct Live {
     ring_usage: Option<crate::loader::RingUsage>,
     /// Why the run ended, for the trail's stop record.
     stop_reason: &'static str,
+    /// TLS libraries of targets: hooked, or reported unreadable.
+    tls: crate::tls::TlsHooks,
+    /// Connections Vigie cannot read (TLS not hooked, HTTP/2) never go past the decoder.
+    conn_gate: monitor_core::tls::ConnectionGate,
+    /// TLS plaintext records (reads, writes) from the uprobes.
+    tls_records: [u64; 2],
     go: crate::golang::GoTargets,
 }
 
@@ -166,6 +172,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         decoder: Decoder::new(),
         metrics,
         ring_usage: None,
+        tls: crate::tls::TlsHooks::new(),
+        conn_gate: monitor_core::tls::ConnectionGate::new(),
+        tls_records: [0; 2],
         go,
         stop_reason: "end",
     };
@@ -242,6 +251,7 @@ impl Live {
         self.probes.add_target(pid)?;
         self.targets.insert(pid);
         self.seen.insert(pid);
+        self.tls.scan(&mut self.probes, pid);
         let mut sockets = Vec::new();
         let roots = self.probes.roots.all();
         for mut ev in procfs::describe(pid, &roots, procfs::monotonic_ns()) {
@@ -388,6 +398,7 @@ impl Live {
                 _ = drain.tick() => self.drain(ring.get_mut())?,
                 _ = tick.tick() => {
                     self.drain(ring.get_mut())?;
+                    self.tls.tick(&mut self.probes);
                     self.report_loss()?;
                     self.publish_metrics();
                     if let Some(trace) = self.pipeline.trace_mut() {
@@ -415,11 +426,27 @@ impl Live {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         loop {
             let decoded = match ring.next() {
-                Some(item) => self.decoder.decode(&item),
+                Some(item) => {
+                    match monitor_core::decode::peek(&item) {
+                        Some((monitor_common::kind::CODE_MAP, pid, _)) => {
+                            drop(item);
+                            self.tls.code_mapped(&mut self.probes, pid);
+                            continue;
+                        }
+                        Some((_, _, monitor_common::op::SSL_READ)) => self.tls_records[0] += 1,
+                        Some((_, _, monitor_common::op::SSL_WRITE)) => self.tls_records[1] += 1,
+                        _ => {}
+                    }
+                    self.decoder.decode(&item)
+                }
                 None => return Ok(()),
             };
             match decoded {
                 Ok(mut ev) => {
+                    if self.conn_gate.drops(&mut ev) {
+                        self.decoder.recycle(ev);
+                        continue;
+                    }
                     for found in self.before_feed(&mut ev)? {
                         self.feed(&found)?;
                         self.after_feed(&found)?;
@@ -551,6 +578,9 @@ impl Live {
                 tracing::debug!(parent = ev.pid, child = child_pid, "new target (fork)");
             }
             EventKind::ProcessExec if self.targets.contains(&ev.pid) => {
+                // A new program: a Go one, or one linking a TLS library (those come with the
+                // dynamic loader's mappings, `kind::CODE_MAP`).
+                self.tls.scan(&mut self.probes, ev.pid);
                 if let Some(found) = runtime::found(ev) {
                     self.feed(&found)?;
                 }
@@ -573,7 +603,12 @@ impl Live {
 
     fn report_loss(&mut self) -> anyhow::Result<()> {
         let now = self.probes.lost()?;
-        if now != self.lost {
+        // TLS plaintext with no socket to tie it to (a library used with memory BIOs, as
+        // asyncio does): no stream Vigie follows lost a byte, so no gap for the redactor or
+        // the correlator; such a connection's ciphertext is caught by the connection gate.
+        let gap = |i: usize| i != loss::TLS_NO_FD as usize;
+        let changed = (0..now.len()).any(|i| gap(i) && now[i] != self.lost[i]);
+        if changed {
             // A lost read may have been part of a FastCGI stream: both the redactor and the
             // correlator (at the `Lost` event below) wait for a point to resume.
             self.redactor.lost();
@@ -583,6 +618,9 @@ impl Live {
             if delta > 0 {
                 let name = loss::name(reason as u32);
                 *self.summary.lost_by_reason.entry(name).or_default() += delta;
+                if !gap(reason) {
+                    continue;
+                }
                 let ev = Event {
                     ts_ns: procfs::monotonic_ns(),
                     pid: 0,
@@ -679,7 +717,13 @@ pub fn probes_command(json: bool) -> anyhow::Result<std::process::ExitCode> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return match Probes::load(&Config::default(), PROBES) {
-            Ok(probes) => {
+            Ok(mut probes) => {
+                // The TLS hooks go on each library a target maps; shown here on the system's.
+                if let Some(lib) = crate::tls::system_libssl() {
+                    let shown = lib.display().to_string();
+                    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&lib)?);
+                    probes.attach_tls(&lib, &shown, inode);
+                }
                 print(&probes.report)?;
                 Ok(std::process::ExitCode::SUCCESS)
             }
@@ -776,6 +820,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::SessionFound { .. } => "session_found",
         EventKind::GoRuntime { .. } => "go_runtime",
         EventKind::SockClose { .. } => "sock_close",
+        EventKind::Unreadable { .. } => "unreadable",
         EventKind::Lost { .. } => "lost",
         EventKind::Tick => "tick",
         EventKind::OwnershipFact(_) => "ownership_fact",
@@ -832,5 +877,12 @@ impl Live {
         }
         m.set_probes(self.probes.attached(), self.probes.expected());
         m.sync_probe_stats(&self.probes.program_stats());
+        m.sync_tls(
+            self.tls.hooked,
+            self.tls.unreadable,
+            self.tls_records,
+            self.conn_gate.tls_connections,
+            self.conn_gate.http2_connections,
+        );
     }
 }

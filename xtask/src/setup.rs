@@ -35,6 +35,12 @@ const APT_PACKAGES: &[&str] = &[
     "nginx",
     // A portal's Redis session store, run by `tests/tests/sessions.rs`.
     "redis-server",
+    // HTTPS portals (`tests/tests/tls.rs`): certificates made with the `openssl` command,
+    // requests (HTTP/1.1 and HTTP/2) made with curl, and a Python application server that
+    // terminates TLS with its `ssl` module (Debian's python3, OpenSSL 3).
+    "openssl",
+    "curl",
+    "python3",
     // The Go net/http portal of `tests/tests/go.rs` (standard library only), built by the
     // test harness and by `cargo xtask vm-test`.
     "golang-go",
