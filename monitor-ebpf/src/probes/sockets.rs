@@ -145,7 +145,16 @@ fn copy_user(ev: &mut DataEvent, at: u64, src: u64, len: u64) -> u64 {
     }
     // Masks give the verifier ranges it can check: "invalid access to map value, value_size=...
     // off=... size=..." without them (`at` and `n` each below DATA_CAP, so their sum fits the
-    // value with its spill area).
+    // value with its spill area). LLVM folds them away where a caller's `min` already bounds the
+    // length, and 6.1's verifier does not carry that bound across the register copies ("R2 min
+    // value is negative, either use unsigned or 'var &= const'" at `bpf_probe_read_user`): the
+    // values pass through volatile reads, which LLVM cannot see through, so the masks stay.
+    let (at, len) = unsafe {
+        (
+            core::ptr::read_volatile(&at),
+            core::ptr::read_volatile(&len),
+        )
+    };
     let at = (at as usize) & (DATA_CAP - 1);
     let mut n = (len as u32) & ((DATA_CAP as u32 * 2) - 1);
     if n > DATA_CAP as u32 {
