@@ -102,6 +102,11 @@ pub struct Capture {
     /// Bytes of each socket write captured in the kernel (response heads).
     #[serde(default = "default_response_bytes")]
     pub response_bytes: u32,
+    /// Longest request head reassembled per connection, across reads: a longer one is
+    /// reported (`head_too_large`) and its connection's reads are unattributed. The default
+    /// covers what nginx (32 KiB), Tomcat (8 KiB) and Node (16 KiB) accept by default.
+    #[serde(default = "default_max_head_bytes")]
+    pub max_head_bytes: u32,
 }
 
 fn default_request_bytes() -> u32 {
@@ -110,12 +115,16 @@ fn default_request_bytes() -> u32 {
 fn default_response_bytes() -> u32 {
     512
 }
+fn default_max_head_bytes() -> u32 {
+    crate::http::stream::DEFAULT_MAX_HEAD as u32
+}
 
 impl Default for Capture {
     fn default() -> Self {
         Self {
             request_bytes: default_request_bytes(),
             response_bytes: default_response_bytes(),
+            max_head_bytes: default_max_head_bytes(),
         }
     }
 }
@@ -369,6 +378,12 @@ impl Config {
             return Err(invalid(
                 "capture.request_bytes",
                 format!("must be between 64 and {cap}"),
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.capture.max_head_bytes) {
+            return Err(invalid(
+                "capture.max_head_bytes",
+                "must be between 1024 and 16777216".to_owned(),
             ));
         }
         if self.capture.response_bytes > cap {

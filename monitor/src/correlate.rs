@@ -24,13 +24,19 @@
 //! Each connection speaks HTTP or FastCGI, decided from its first bytes
 //! ([`crate::fastcgi::Protocol`]); FastCGI requests are handled in [`fastcgi`] and become
 //! requests through the same path as HTTP heads.
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+};
 
 use serde::Serialize;
 
 use crate::{
     events::{Event, EventKind, FoundFd},
-    http::{self, HeadParse},
+    http::{
+        self,
+        stream::{Desync, Item, RequestStream},
+    },
     identity::{
         self, Identity, IdentityConfig, IdentityProblem, IdentitySource,
         session::{self, Sessions},
@@ -46,8 +52,8 @@ mod fastcgi;
 pub struct CorrelatorConfig {
     pub roots: Vec<String>,
     pub identity: IdentityConfig,
-    /// Largest request head kept per connection (the kernel captures at most this per read).
-    pub request_cap: usize,
+    /// Longest request head reassembled per connection (`capture.max_head_bytes`).
+    pub max_head: usize,
     pub idle_flush_ns: u64,
     /// `CLOCK_REALTIME - CLOCK_MONOTONIC` of the run that produced the events (the alert
     /// sink's `WallClock`): gives each request its wall time, for token expiry, from the event
@@ -61,7 +67,7 @@ impl CorrelatorConfig {
         Self {
             roots: cfg.documents.roots.clone(),
             identity: cfg.identity.clone(),
-            request_cap: cfg.capture.request_bytes as usize,
+            max_head: cfg.capture.max_head_bytes as usize,
             idle_flush_ns: cfg.correlation.idle_flush_ms.saturating_mul(1_000_000),
             realtime_offset_ns: None,
         }
@@ -129,6 +135,10 @@ pub struct Access {
     /// Strongest first; empty when unattributed.
     pub evidence: Vec<Evidence>,
     pub request: Option<RequestInfo>,
+    /// Unattributed because the connection this thread served could not be followed exactly:
+    /// why (the judge's rule; `None`: simply no request in scope).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unattributed: Option<Desync>,
 }
 
 /// What the correlator reports.
@@ -181,38 +191,47 @@ pub struct Stats {
     pub malformed_tokens: u64,
     /// Times a FastCGI stream was lost (a record header malformed or not captured).
     pub fastcgi_desyncs: u64,
+    /// Times a connection's stream could not be followed exactly, by reason (FastCGI's
+    /// included): reads on it were `unattributed` until the next request.
+    pub desyncs: BTreeMap<Desync, u64>,
+    /// Requests read behind another of their connection that had no response yet.
+    pub pipelined_requests: u64,
     /// Requests by the source of their identity (`None`: no usable identity). A short list:
     /// one entry per configured source at most, plus `None`.
     pub requests_by_identity: Vec<(Option<IdentitySource>, u64)>,
 }
 
 #[derive(Debug, Default)]
-enum ConnState {
-    #[default]
-    AwaitHead,
-    /// Inside a request body of known length.
-    Body { remaining: u64 },
-    /// Lost track (garbage, chunked body, oversized head): wait for bytes that start a request.
-    Desync,
-}
-
-#[derive(Debug, Default)]
 struct Conn {
-    state: ConnState,
-    head: Vec<u8>,
-    current: Option<u64>,
+    /// The HTTP request stream (created at the first read: joined connections start lost).
+    stream: Option<RequestStream>,
+    /// Requests not answered yet, oldest first: HTTP/1.1 answers them in order, so the front
+    /// is the one being answered (each response, its `sendfile` and writes are its).
+    queue: VecDeque<u64>,
+    /// Bytes of the front request's response still to be written, when its head said
+    /// (`Content-Length`, or no body); `None` while unknown.
+    response_left: Option<u64>,
+    /// The stream was lost: why (until its next request).
+    desync: Option<Desync>,
     protocol: crate::fastcgi::Protocol,
     /// FastCGI requests of this connection, once it spoke FastCGI.
     fastcgi: Option<Box<fastcgi::FastCgiConn>>,
 }
 
 impl Conn {
-    /// Accepted under our eyes: the first bytes decide the protocol.
-    fn accepted() -> Self {
+    /// Accepted under our eyes: the first bytes decide the protocol, and the first request
+    /// starts at the first byte.
+    fn accepted(max_head: usize) -> Self {
         Self {
             protocol: crate::fastcgi::Protocol::Fresh,
+            stream: Some(RequestStream::new(max_head)),
             ..Self::default()
         }
+    }
+
+    /// The request being answered.
+    fn current(&self) -> Option<u64> {
+        self.queue.front().copied()
     }
 }
 
@@ -269,6 +288,9 @@ pub struct Correlator {
     /// Threads that read from sockets (tid -> pid): connection threads, whose reads with no
     /// request in scope go to their own connections only, never by content to another thread's.
     socket_threads: IdMap<u32, u32>,
+    /// Threads whose connection was lost (tid -> (pid, why)), until they read a request: the
+    /// reason their reads are unattributed.
+    lost_threads: IdMap<u32, (u32, Desync)>,
     /// Open document fds and their paths (shared: every read of the fd takes one).
     docs: IdMap<(u32, i32), Arc<str>>,
     requests: IdMap<u64, Request>,
@@ -295,6 +317,7 @@ impl Correlator {
             threads: IdMap::default(),
             multiplexed: IdMap::default(),
             socket_threads: IdMap::default(),
+            lost_threads: IdMap::default(),
             docs: IdMap::default(),
             requests: IdMap::default(),
             open: BTreeMap::new(),
@@ -400,7 +423,7 @@ impl Correlator {
                 bytes,
             } => {
                 if let Some(path) = self.docs.get(&(pid, *in_fd)).cloned() {
-                    let on_conn = self.conns.get(&(pid, *out_fd)).and_then(|c| c.current);
+                    let on_conn = self.conns.get(&(pid, *out_fd)).and_then(Conn::current);
                     let (scope, evidence) = match on_conn {
                         Some(req) => (Some(req), Some(Evidence::Sendfile)),
                         None => {
@@ -410,6 +433,7 @@ impl Correlator {
                     };
                     self.record_access(ev, *in_fd, path, *bytes, None, scope, evidence);
                 }
+                self.response_bytes(pid, *out_fd, *bytes, out);
             }
             EventKind::FileClose { fd } => {
                 self.docs.remove(&(pid, *fd));
@@ -444,7 +468,8 @@ impl Correlator {
             }
             EventKind::SockAccept { fd } => {
                 self.drop_conn(pid, *fd, out);
-                self.conns.insert((pid, *fd), Conn::accepted());
+                self.conns
+                    .insert((pid, *fd), Conn::accepted(self.cfg.max_head));
             }
             EventKind::SockRead { fd, bytes, data } => {
                 self.socket_threads.insert(ev.tid, pid);
@@ -463,7 +488,7 @@ impl Correlator {
                 {
                     self.on_fastcgi_write(ev, *fd, *bytes, &data.0, out);
                 } else {
-                    self.on_sock_write(ev, *fd, &data.0, *body_fp, out);
+                    self.on_sock_write(ev, *fd, *bytes, &data.0, *body_fp, out);
                 }
             }
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
@@ -477,6 +502,10 @@ impl Correlator {
                 // reads to a stale request, forget every scope (reads become unattributed).
                 // In request order, not the maps' (random) order: replay must emit the same
                 // findings in the same order.
+                for (tid, (p, _)) in self.threads.iter() {
+                    self.lost_threads.insert(*tid, (*p, Desync::EventsLost));
+                }
+                *self.stats.desyncs.entry(Desync::EventsLost).or_default() += 1;
                 let mut scoped: Vec<u64> = self.threads.drain().map(|(_, (_, req))| req).collect();
                 scoped.sort_unstable();
                 for req in scoped {
@@ -485,7 +514,14 @@ impl Correlator {
                 let mut current: Vec<u64> = self
                     .conns
                     .values_mut()
-                    .filter_map(|c| c.current.take())
+                    .flat_map(|c| {
+                        c.response_left = None;
+                        if let Some(stream) = c.stream.as_mut() {
+                            stream.lose();
+                            c.desync = Some(Desync::EventsLost);
+                        }
+                        std::mem::take(&mut c.queue)
+                    })
                     .collect();
                 current.sort_unstable();
                 for req in current {
@@ -576,6 +612,36 @@ impl Correlator {
             None
         } else {
             self.thread_scope(pid, tid)
+                .filter(|req| !self.ambiguous(*req))
+        }
+    }
+
+    /// Whether request `req` is being answered on its connection with more requests queued
+    /// behind it and its response's end unknown: a read now could be for it (its response goes
+    /// on) or for the next one (whose response has not started). Such reads wait for the write
+    /// that follows them (flow), else they are `unattributed`.
+    fn ambiguous(&self, req: u64) -> bool {
+        let Some(r) = self.requests.get(&req) else {
+            return false;
+        };
+        self.conns.get(&(r.pid, r.info.fd)).is_some_and(|c| {
+            c.queue.len() > 1
+                && c.current() == Some(req)
+                && r.responded
+                && c.response_left.is_none()
+        })
+    }
+
+    /// Why a read by `tid` has no request in scope, when Vigie knows.
+    fn unattributed_reason(&self, pid: u32, tid: u32) -> Option<Desync> {
+        if let Some(req) = self.thread_scope(pid, tid)
+            && self.ambiguous(req)
+        {
+            return Some(Desync::PipelineAmbiguous);
+        }
+        match self.lost_threads.get(&tid) {
+            Some(&(p, why)) if p == pid => Some(why),
+            _ => None,
         }
     }
 
@@ -614,6 +680,10 @@ impl Correlator {
             }
             None => Owner::Thread(ev.tid),
         };
+        let unattributed = match owner {
+            Owner::Thread(tid) => self.unattributed_reason(ev.pid, tid),
+            Owner::Request(_) => None,
+        };
         if let Some(id) = self.indexed(&owner, &path)
             && let Some(open) = self.open.get_mut(&id)
         {
@@ -643,6 +713,7 @@ impl Correlator {
             last_ts_ns: ev.ts_ns,
             evidence: evidence.into_iter().collect(),
             request: None,
+            unattributed,
         };
         self.open.insert(
             id,
@@ -671,123 +742,87 @@ impl Correlator {
         if conn.protocol.observe(data) == crate::fastcgi::Protocol::FastCgi {
             return self.on_fastcgi_read(ev, fd, bytes, data, out);
         }
-        let mut data = data;
-        // Bytes of this read still to account for, captured or not.
-        let mut total = bytes.max(data.len() as u64);
-        let cap = self.cfg.request_cap;
-        while total > 0 {
-            let conn = self.conns.entry(key).or_default();
-            match conn.state {
-                ConnState::Body { remaining } => {
-                    let take = remaining.min(total);
-                    let captured =
-                        &data[..usize::try_from(take).unwrap_or(usize::MAX).min(data.len())];
-                    if let Some(body) = conn
-                        .current
+        let max_head = self.cfg.max_head;
+        let mut stream = conn
+            .stream
+            .take()
+            .unwrap_or_else(|| RequestStream::joined(max_head));
+        let mut items = Vec::new();
+        stream.feed(data, bytes.max(data.len() as u64), &mut items);
+        for item in items {
+            match item {
+                Item::Head(head) => {
+                    // Behind a request that has no response yet: HTTP/1.1 answers in order, so
+                    // this one waits its turn (pipelining).
+                    let pipelined = self.conns.get(&key).is_some_and(|c| {
+                        c.queue
+                            .iter()
+                            .any(|r| self.requests.get(r).is_some_and(|r| !r.responded))
+                    });
+                    self.new_request(ev, fd, &head, false, pipelined, out);
+                }
+                Item::Body(body) => {
+                    // The body of the request just read: the last one queued.
+                    let last = self.conns.get(&key).and_then(|c| c.queue.back().copied());
+                    if let Some(login) = last
                         .and_then(|req| self.requests.get_mut(&req))
                         .and_then(|r| r.login.as_mut())
                     {
-                        let room = LOGIN_BODY_CAP.saturating_sub(body.len());
-                        body.extend_from_slice(&captured[..room.min(captured.len())]);
+                        let room = LOGIN_BODY_CAP.saturating_sub(login.len());
+                        login.extend_from_slice(&body[..room.min(body.len())]);
                     }
-                    conn.state = if remaining == take {
-                        ConnState::AwaitHead
-                    } else {
-                        ConnState::Body {
-                            remaining: remaining - take,
-                        }
-                    };
-                    data = data
-                        .get(usize::try_from(take).unwrap_or(usize::MAX)..)
-                        .unwrap_or(&[]);
-                    total -= take;
                 }
-                ConnState::Desync => {
-                    if data.is_empty() || !http::looks_like_request_start(data) {
-                        return;
+                Item::Desync(why) => {
+                    match why {
+                        Desync::InvalidHead => self.stats.invalid_heads += 1,
+                        Desync::HeadTooLarge => self.stats.truncated_heads += 1,
+                        _ => {}
                     }
-                    conn.state = ConnState::AwaitHead;
-                    conn.head.clear();
-                }
-                ConnState::AwaitHead => {
-                    if data.is_empty() {
-                        // The rest of this read was not captured: the head is out of sight.
-                        if !conn.head.is_empty() {
-                            self.head_truncated(ev, fd, out);
-                        }
-                        return;
-                    }
-                    let before = conn.head.len();
-                    let room = cap.saturating_sub(before);
-                    let take = room.min(data.len());
-                    conn.head.extend_from_slice(&data[..take]);
-                    match http::parse_request_head(&conn.head) {
-                        HeadParse::Complete(head) => {
-                            let used = head.head_len.saturating_sub(before).min(data.len());
-                            conn.head.clear();
-                            conn.state = match (head.chunked, head.content_length) {
-                                (true, _) => ConnState::Desync,
-                                (false, Some(n)) if n > 0 => ConnState::Body { remaining: n },
-                                _ => ConnState::AwaitHead,
-                            };
-                            self.new_request(ev, fd, &head, false, out);
-                            data = &data[used..];
-                            total = total.saturating_sub(used as u64);
-                        }
-                        HeadParse::Partial => {
-                            let unseen = total > data.len() as u64;
-                            if conn.head.len() >= cap || unseen {
-                                self.head_truncated(ev, fd, out);
-                            }
-                            return;
-                        }
-                        HeadParse::Invalid(_) => {
-                            self.stats.invalid_heads += 1;
-                            conn.head.clear();
-                            conn.state = ConnState::Desync;
-                            // Whatever the peer sent, the previous request is over.
-                            self.end_scope(ev.pid, ev.tid, fd, out);
-                            return;
-                        }
-                    }
+                    self.desync(ev, fd, why);
+                    self.end_answered(ev, fd, out);
                 }
             }
         }
-    }
-
-    /// A head that does not fit the capture: the request line is kept, the rest is unseen.
-    fn head_truncated(&mut self, ev: &Event, fd: i32, out: &mut Vec<Finding>) {
-        self.stats.truncated_heads += 1;
-        let conn = self.conns.entry((ev.pid, fd)).or_default();
-        let line = http::request_line(&conn.head);
-        conn.head.clear();
-        conn.state = ConnState::Desync;
-        match line {
-            Some((method, target)) => {
-                let head = http::RequestHead {
-                    method,
-                    target,
-                    minor_version: 1,
-                    headers: Vec::new(),
-                    head_len: 0,
-                    content_length: None,
-                    chunked: false,
-                    keep_alive: true,
-                };
-                self.new_request(ev, fd, &head, true, out);
-            }
-            None => self.end_scope(ev.pid, ev.tid, fd, out),
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.stream = Some(stream);
         }
     }
 
-    /// A new request read on `fd` by `ev`'s thread: it becomes the current request of both.
-    /// Returns its id.
+    /// Connection `fd` (read by `ev`'s thread) can no longer be followed exactly. Requests
+    /// already read whole and not answered stay queued (the server answers them); reads with
+    /// no request in scope on the thread are `unattributed` with `why`, until its next request.
+    fn desync(&mut self, ev: &Event, fd: i32, why: Desync) {
+        *self.stats.desyncs.entry(why).or_default() += 1;
+        if let Some(conn) = self.conns.get_mut(&(ev.pid, fd)) {
+            conn.desync = Some(why);
+        }
+        self.lost_threads.insert(ev.tid, (ev.pid, why));
+    }
+
+    /// After a desync: when no request of connection `fd` is left unanswered, the thread and
+    /// the connection have no request any more (whatever the peer sent, the previous request
+    /// is over).
+    fn end_answered(&mut self, ev: &Event, fd: i32, out: &mut Vec<Finding>) {
+        let unanswered = self.conns.get(&(ev.pid, fd)).is_some_and(|c| {
+            c.queue
+                .iter()
+                .any(|r| self.requests.get(r).is_some_and(|r| !r.responded))
+        });
+        if !unanswered {
+            self.end_scope(ev.pid, ev.tid, fd, out);
+        }
+    }
+
+    /// A new request read on `fd` by `ev`'s thread: it becomes the current request of both,
+    /// or, `pipelined` behind requests of the connection not answered yet, it waits in the
+    /// connection's queue for their responses. Returns its id.
     fn new_request(
         &mut self,
         ev: &Event,
         fd: i32,
         head: &http::RequestHead,
         truncated: bool,
+        pipelined: bool,
         out: &mut Vec<Finding>,
     ) -> u64 {
         self.stats.requests += 1;
@@ -840,6 +875,50 @@ impl Correlator {
         }
         let id = self.next_request;
         self.next_request += 1;
+        if let Some(conn) = self.conns.get_mut(&(ev.pid, fd)) {
+            conn.desync = None;
+        }
+        if pipelined {
+            self.stats.pipelined_requests += 1;
+            self.requests.insert(
+                id,
+                Request {
+                    info: RequestInfo {
+                        id,
+                        method: head.method.clone(),
+                        target: head.target.clone(),
+                        identity: who.identity,
+                        identity_problem: who.problem,
+                        head_truncated: truncated,
+                        status: None,
+                        tid: ev.tid,
+                        fd,
+                        ts_ns: ev.ts_ns,
+                    },
+                    pid: ev.pid,
+                    on_conn: true,
+                    // In scope of a thread once the requests before it are answered.
+                    on_thread: false,
+                    responded: false,
+                    login,
+                    session_id,
+                    reported: Vec::new(),
+                },
+            );
+            self.conns
+                .entry((ev.pid, fd))
+                .or_default()
+                .queue
+                .push_back(id);
+            return id;
+        }
+        if self
+            .lost_threads
+            .get(&ev.tid)
+            .is_some_and(|(p, _)| *p == ev.pid)
+        {
+            self.lost_threads.remove(&ev.tid);
+        }
         // Its previous request, on another connection, still waits for its response: this
         // thread serves several requests at once.
         if let Some(&(p, prev)) = self.threads.get(&ev.tid)
@@ -877,7 +956,9 @@ impl Correlator {
                 reported: Vec::new(),
             },
         );
-        self.conns.entry((ev.pid, fd)).or_default().current = Some(id);
+        let conn = self.conns.entry((ev.pid, fd)).or_default();
+        conn.queue.push_back(id);
+        conn.response_left = None;
         self.threads.insert(ev.tid, (ev.pid, id));
         // Reads this thread made with no request in scope are judged now, unattributed; an
         // event loop's wait for their fingerprint.
@@ -890,11 +971,12 @@ impl Correlator {
 
     /// The thread and the connection move on: their current requests end.
     fn end_scope(&mut self, pid: u32, tid: u32, fd: i32, out: &mut Vec<Finding>) {
-        if let Some(req) = self
+        let queued = self
             .conns
             .get_mut(&(pid, fd))
-            .and_then(|c| c.current.take())
-        {
+            .map(|c| std::mem::take(&mut c.queue))
+            .unwrap_or_default();
+        for req in queued {
             self.release(req, Release::Conn, out);
         }
         if let Some(&(p, req)) = self.threads.get(&tid)
@@ -909,27 +991,113 @@ impl Correlator {
         &mut self,
         ev: &Event,
         fd: i32,
+        bytes: u64,
         data: &[u8],
         body_fp: Option<u64>,
         out: &mut Vec<Finding>,
     ) {
-        let Some(req) = self.conns.get(&(ev.pid, fd)).and_then(|c| c.current) else {
+        let key = (ev.pid, fd);
+        let Some(mut req) = self.conns.get(&key).and_then(Conn::current) else {
             return;
         };
+        let status = http::response_status(data);
+        let interim = status.is_some_and(|s| s < 200);
+        // A second final status line while requests wait behind the one answered: its
+        // response is over and this is the next one's (its end was not known by length).
+        if status.is_some()
+            && !interim
+            && self.requests.get(&req).is_some_and(|r| r.responded)
+            && self.conns.get(&key).is_some_and(|c| c.queue.len() > 1)
+        {
+            self.answered(ev.pid, fd, out);
+            let Some(next) = self.conns.get(&key).and_then(Conn::current) else {
+                return;
+            };
+            req = next;
+        }
+        let mut body_left = None;
         if let Some(r) = self.requests.get_mut(&req) {
-            let first = !r.responded;
-            r.responded = true;
-            if r.info.status.is_none() {
-                r.info.status = http::response_status(data);
+            let first = !r.responded && !interim;
+            if first {
+                r.responded = true;
+                body_left = response_length(data, &r.info.method, bytes);
+            }
+            if r.info.status.is_none() && !interim {
+                r.info.status = status;
             }
             if first && let Some(s) = &self.cfg.identity.session {
                 learn_session(&mut self.sessions, s, r, data, ev.ts_ns);
             }
             if first {
                 self.finish_where(out, |a| a.closed && a.owner == Owner::Request(req));
+                if let Some(conn) = self.conns.get_mut(&key) {
+                    conn.response_left = body_left;
+                }
             }
         }
         self.claim(ev, req, body_fp);
+        if body_left.is_none() {
+            self.response_bytes(ev.pid, fd, bytes, out);
+        } else if body_left == Some(0) {
+            self.response_done(ev.pid, fd, out);
+        }
+    }
+
+    /// `bytes` more of the current response went out on connection `fd`: when its length is
+    /// known and reached, it is answered.
+    fn response_bytes(&mut self, pid: u32, fd: i32, bytes: u64, out: &mut Vec<Finding>) {
+        let Some(conn) = self.conns.get_mut(&(pid, fd)) else {
+            return;
+        };
+        let Some(left) = conn.response_left.as_mut() else {
+            return;
+        };
+        *left = left.saturating_sub(bytes);
+        if *left == 0 {
+            self.response_done(pid, fd, out);
+        }
+    }
+
+    /// The current response on `fd` is complete. With requests queued behind it, the next one
+    /// is answered now (even its reads before its status line are its own); alone, it stays
+    /// current until the next request, as on any keep-alive connection.
+    fn response_done(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
+        if self
+            .conns
+            .get(&(pid, fd))
+            .is_some_and(|c| c.queue.len() > 1)
+        {
+            self.answered(pid, fd, out);
+        }
+    }
+
+    /// The front request of connection `fd` is answered: it leaves the queue, and the next one
+    /// takes its place, in the scope of the thread that served it.
+    fn answered(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
+        let Some(conn) = self.conns.get_mut(&(pid, fd)) else {
+            return;
+        };
+        conn.response_left = None;
+        let Some(done) = conn.queue.pop_front() else {
+            return;
+        };
+        let next = conn.current();
+        let serving = self
+            .threads
+            .iter()
+            .find(|(_, (p, r))| *p == pid && *r == done)
+            .map(|(tid, _)| *tid);
+        self.release(done, Release::Conn, out);
+        if let Some(tid) = serving {
+            self.threads.remove(&tid);
+            self.release(done, Release::Thread, out);
+            if let Some(next) = next
+                && let Some(r) = self.requests.get_mut(&next)
+            {
+                r.on_thread = true;
+                self.threads.insert(tid, (pid, next));
+            }
+        }
     }
 
     /// Reads with no request in scope that a write of request `req`'s response (by `ev`'s
@@ -1009,15 +1177,16 @@ impl Correlator {
         }
         open.owner = owner.clone();
         open.access.evidence = evidence;
+        open.access.unattributed = None;
         self.index.entry(owner).or_default().push(id);
         self.open.insert(id, open);
     }
 
     fn drop_conn(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
-        if let Some(conn) = self.conns.remove(&(pid, fd))
-            && let Some(req) = conn.current
-        {
-            self.release(req, Release::Conn, out);
+        if let Some(conn) = self.conns.remove(&(pid, fd)) {
+            for req in conn.queue {
+                self.release(req, Release::Conn, out);
+            }
         }
     }
 
@@ -1122,6 +1291,22 @@ impl Correlator {
     }
 }
 
+/// Bytes of a response still to be written after its first write (`bytes` long, `head`
+/// captured), when its head says how long it is: `Content-Length`, or no body at all (`HEAD`,
+/// 204, 304). `None` when unknown (chunked, until close, or a head past the capture).
+fn response_length(head: &[u8], method: &str, bytes: u64) -> Option<u64> {
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i as u64 + 4)?;
+    let body = if method.eq_ignore_ascii_case("HEAD") {
+        0
+    } else {
+        http::response_body_length(head)?
+    };
+    Some((end + body).saturating_sub(bytes))
+}
+
 /// What the first write of `r`'s response says about sessions: a successful login binds the
 /// session cookie it sets to the user of its form; a new session id set on a request with an
 /// identity (the portal renewing the id) is bound to that user; a cleared cookie ends the
@@ -1157,8 +1342,12 @@ fn learn_session(
 
 impl OpenAccess {
     /// Read with no request in scope, and its content can still be recognised in a response.
+    /// Read with no request in scope, it waits past its close for a response that claims it:
+    /// by content (it has a fingerprint), or by flow (read between two pipelined responses,
+    /// it belongs to the response its thread writes next).
     fn awaits_fingerprint(&self) -> bool {
-        matches!(self.owner, Owner::Thread(_)) && self.fp.is_some()
+        matches!(self.owner, Owner::Thread(_))
+            && (self.fp.is_some() || self.access.unattributed == Some(Desync::PipelineAmbiguous))
     }
 }
 

@@ -17,6 +17,7 @@ use super::{Correlator, Finding, LOGIN_BODY_CAP, Owner, Release, learn_session};
 use crate::{
     events::Event,
     fastcgi::{Connection, Happening, MAX_EXCHANGES},
+    http::stream::Desync,
 };
 
 /// The FastCGI state of one connection.
@@ -91,7 +92,7 @@ impl Correlator {
                 head,
                 truncated,
             } => {
-                let req = self.new_request(ev, fd, &head, truncated, out);
+                let req = self.new_request(ev, fd, &head, truncated, false, out);
                 if let Some(f) = self.conns.get_mut(&key).and_then(|c| c.fastcgi.as_mut()) {
                     f.ids.insert(id, req);
                     if f.ids.len() > 2 * MAX_EXCHANGES {
@@ -141,9 +142,7 @@ impl Correlator {
                     if let Some(f) = conn.fastcgi.as_mut() {
                         f.ids.remove(&id);
                     }
-                    if conn.current == Some(req) {
-                        conn.current = None;
-                    }
+                    conn.queue.retain(|r| *r != req);
                 }
                 self.release(req, Release::Conn, out);
                 if self.threads.get(&ev.tid) == Some(&(ev.pid, req)) {
@@ -153,7 +152,10 @@ impl Correlator {
             }
             // The application is told and ends the request itself (END_REQUEST).
             Happening::Aborted { .. } => {}
-            Happening::Desync => self.stats.fastcgi_desyncs += 1,
+            Happening::Desync => {
+                self.stats.fastcgi_desyncs += 1;
+                self.desync(ev, fd, Desync::FastCgi);
+            }
         }
     }
 }

@@ -216,6 +216,7 @@ mod tests {
                 fd: 5,
                 ts_ns: 1_400_000_000,
             }),
+            unattributed: None,
         };
         let judgement = Judgement {
             verdict: Verdict::Violation,

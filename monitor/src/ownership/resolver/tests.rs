@@ -108,6 +108,7 @@ fn read_by(user: &str, document: &str) -> crate::correlate::Access {
             fd: 4,
             ts_ns: 0,
         }),
+        unattributed: None,
     }
 }
 
