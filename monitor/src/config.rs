@@ -109,8 +109,11 @@ pub struct Capture {
     pub max_head_bytes: u32,
 }
 
+/// 16 KiB: a request head a server reads in one go is captured whole up to this (nginx reads
+/// heads into 8 KiB buffers by default, Node into 16 KiB); larger reads (bodies, uploads) are
+/// captured only this far, and bodies are skipped by their length.
 fn default_request_bytes() -> u32 {
-    4096
+    16 * 1024
 }
 fn default_response_bytes() -> u32 {
     512
@@ -374,10 +377,11 @@ impl Config {
             ));
         }
         let cap = monitor_common::sockets::DATA_CAP as u32;
-        if !(64..=cap).contains(&self.capture.request_bytes) {
+        let read_cap = monitor_common::sockets::MAX_CAPTURE as u32;
+        if !(64..=read_cap).contains(&self.capture.request_bytes) {
             return Err(invalid(
                 "capture.request_bytes",
-                format!("must be between 64 and {cap}"),
+                format!("must be between 64 and {read_cap}"),
             ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.capture.max_head_bytes) {
@@ -491,7 +495,7 @@ mod tests {
     fn parses_and_normalizes() {
         let cfg = Config::parse(GOOD, "test").unwrap();
         assert_eq!(cfg.documents.roots, ["/srv/portal/users"]);
-        assert_eq!(cfg.capture.request_bytes, 4096);
+        assert_eq!(cfg.capture.request_bytes, 16 * 1024);
         assert_eq!(cfg.identity.trusted_header, "X-Remote-User");
     }
 

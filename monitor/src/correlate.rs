@@ -612,33 +612,11 @@ impl Correlator {
             None
         } else {
             self.thread_scope(pid, tid)
-                .filter(|req| !self.ambiguous(*req))
         }
-    }
-
-    /// Whether request `req` is being answered on its connection with more requests queued
-    /// behind it and its response's end unknown: a read now could be for it (its response goes
-    /// on) or for the next one (whose response has not started). Such reads wait for the write
-    /// that follows them (flow), else they are `unattributed`.
-    fn ambiguous(&self, req: u64) -> bool {
-        let Some(r) = self.requests.get(&req) else {
-            return false;
-        };
-        self.conns.get(&(r.pid, r.info.fd)).is_some_and(|c| {
-            c.queue.len() > 1
-                && c.current() == Some(req)
-                && r.responded
-                && c.response_left.is_none()
-        })
     }
 
     /// Why a read by `tid` has no request in scope, when Vigie knows.
     fn unattributed_reason(&self, pid: u32, tid: u32) -> Option<Desync> {
-        if let Some(req) = self.thread_scope(pid, tid)
-            && self.ambiguous(req)
-        {
-            return Some(Desync::PipelineAmbiguous);
-        }
         match self.lost_threads.get(&tid) {
             Some(&(p, why)) if p == pid => Some(why),
             _ => None,
@@ -1033,6 +1011,14 @@ impl Correlator {
                 if let Some(conn) = self.conns.get_mut(&key) {
                     conn.response_left = body_left;
                 }
+                if body_left.is_none() && self.conns.get(&key).is_some_and(|c| c.queue.len() > 1) {
+                    // Where this response ends is unknown, so which response a later write,
+                    // `sendfile` or read serves is too: nothing more on this connection is
+                    // anybody's until it reads again.
+                    self.claim(ev, req, body_fp);
+                    self.pipeline_lost(ev.pid, fd, out);
+                    return;
+                }
             }
         }
         self.claim(ev, req, body_fp);
@@ -1040,6 +1026,39 @@ impl Correlator {
             self.response_bytes(ev.pid, fd, bytes, out);
         } else if body_left == Some(0) {
             self.response_done(ev.pid, fd, out);
+        }
+    }
+
+    /// Pipelined requests whose responses can no longer be told apart (a response of unknown
+    /// length with requests queued behind it): they all end, the connection and the threads
+    /// serving them have no request in scope (`pipeline_ambiguous`) until the next request.
+    fn pipeline_lost(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
+        *self
+            .stats
+            .desyncs
+            .entry(Desync::PipelineAmbiguous)
+            .or_default() += 1;
+        let Some(conn) = self.conns.get_mut(&(pid, fd)) else {
+            return;
+        };
+        conn.response_left = None;
+        conn.desync = Some(Desync::PipelineAmbiguous);
+        let queued = std::mem::take(&mut conn.queue);
+        let mut serving: Vec<(u32, u64)> = self
+            .threads
+            .iter()
+            .filter(|(_, (p, r))| *p == pid && queued.contains(r))
+            .map(|(tid, (_, r))| (*tid, *r))
+            .collect();
+        serving.sort_unstable();
+        for (tid, req) in serving {
+            self.threads.remove(&tid);
+            self.lost_threads
+                .insert(tid, (pid, Desync::PipelineAmbiguous));
+            self.release(req, Release::Thread, out);
+        }
+        for req in queued {
+            self.release(req, Release::Conn, out);
         }
     }
 
@@ -1342,12 +1361,8 @@ fn learn_session(
 
 impl OpenAccess {
     /// Read with no request in scope, and its content can still be recognised in a response.
-    /// Read with no request in scope, it waits past its close for a response that claims it:
-    /// by content (it has a fingerprint), or by flow (read between two pipelined responses,
-    /// it belongs to the response its thread writes next).
     fn awaits_fingerprint(&self) -> bool {
-        matches!(self.owner, Owner::Thread(_))
-            && (self.fp.is_some() || self.access.unattributed == Some(Desync::PipelineAmbiguous))
+        matches!(self.owner, Owner::Thread(_)) && self.fp.is_some()
     }
 }
 

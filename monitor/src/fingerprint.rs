@@ -154,6 +154,27 @@ impl Bodies {
         }
     }
 
+    /// `bytes` of a body went out on connection `fd` by `sendfile`: counted like written ones,
+    /// so that the next response head of a pipeline is found where it starts.
+    pub fn sent(&mut self, pid: u32, fd: i32, bytes: u64) {
+        if let Some((state, _)) = self.conns.get_mut(&(pid, fd))
+            && let State::Body { left, .. } = *state
+        {
+            let left = left.map(|n| n.saturating_sub(bytes));
+            *state = if left == Some(0) {
+                State::Head {
+                    seen: 0,
+                    tail: [0; 3],
+                }
+            } else {
+                State::Body {
+                    started: true,
+                    left,
+                }
+            };
+        }
+    }
+
     /// The connection is gone (closed, or its fd reused by a new accept).
     pub fn forget(&mut self, pid: u32, fd: i32) {
         self.conns.remove(&(pid, fd));

@@ -43,6 +43,7 @@ use crate::{
 };
 
 mod fcgi;
+pub mod hold;
 
 pub struct Redactor {
     key: std::collections::hash_map::RandomState,

@@ -81,6 +81,11 @@ struct Live {
     seen: HashSet<u32>,
     lost: [u64; loss::COUNT as usize],
     redactor: Redactor,
+    /// Request lines held until complete, before the redactor (`redact::hold`).
+    hold: crate::redact::hold::LineHold,
+    /// Scratch for the events `hold` passes on, and the decoder's.
+    passed: Vec<Event>,
+    decoded: Vec<Event>,
     bodies: crate::fingerprint::Bodies,
     /// The portal's session store (`identity.session.store`), if configured.
     session_store: Option<SessionStore>,
@@ -136,6 +141,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
         redactor: Redactor::new(cfg_jwt).with_session(cfg_session),
+        hold: crate::redact::hold::LineHold::new(),
+        passed: Vec::new(),
+        decoded: Vec::new(),
         bodies: crate::fingerprint::Bodies::new(),
         session_store,
         store_errors: 0,
@@ -340,19 +348,23 @@ impl Live {
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         loop {
-            let decoded = match ring.next() {
-                Some(item) => self.decoder.decode(&item),
+            let mut decoded = std::mem::take(&mut self.decoded);
+            let result = match ring.next() {
+                Some(item) => self.decoder.next(&item, &mut decoded),
                 None => return Ok(()),
             };
-            match decoded {
-                Ok(mut ev) => {
-                    for found in self.before_feed(&mut ev)? {
-                        self.feed(&found)?;
-                        self.after_feed(&found)?;
+            match result {
+                Ok(()) => {
+                    // Request lines split across reads are passed on whole (see `hold`).
+                    let mut passed = std::mem::take(&mut self.passed);
+                    for ev in decoded.drain(..) {
+                        self.hold.take(ev, &mut passed);
                     }
-                    self.feed(&ev)?;
-                    self.after_feed(&ev)?;
-                    self.decoder.recycle(ev);
+                    self.decoded = decoded;
+                    for ev in passed.drain(..) {
+                        self.pass(ev)?;
+                    }
+                    self.passed = passed;
                 }
                 Err(e) => {
                     self.summary.decode_errors += 1;
@@ -360,6 +372,18 @@ impl Live {
                 }
             }
         }
+    }
+
+    /// Redacts, enriches and feeds one event.
+    fn pass(&mut self, mut ev: Event) -> anyhow::Result<()> {
+        for found in self.before_feed(&mut ev)? {
+            self.feed(&found)?;
+            self.after_feed(&found)?;
+        }
+        self.feed(&ev)?;
+        self.after_feed(&ev)?;
+        self.decoder.recycle(ev);
+        Ok(())
     }
 
     /// Redacts and enriches `ev` before anything else sees it; returns the events to feed
@@ -398,6 +422,9 @@ impl Live {
                 // it (FastCGI writes are left alone here: the redactor masks their bodies).
                 *body_fp = self.bodies.response(pid, *fd, *bytes, &mut data.0);
                 self.redactor.redact_write(pid, *fd, &mut data.0, *bytes);
+            }
+            EventKind::SendFile { out_fd, bytes, .. } => {
+                self.bodies.sent(pid, *out_fd, *bytes);
             }
             EventKind::SockAccept { fd } => {
                 self.redactor.accepted(pid, *fd);
@@ -487,6 +514,8 @@ impl Live {
     fn report_loss(&mut self) -> anyhow::Result<()> {
         let now = self.probes.lost()?;
         if now != self.lost {
+            // What was held goes first: it was read before whatever was lost.
+            self.pass_held()?;
             // A lost read may have been part of a FastCGI stream: both the redactor and the
             // correlator (at the `Lost` event below) wait for a point to resume.
             self.redactor.lost();
@@ -513,7 +542,23 @@ impl Live {
         Ok(())
     }
 
+    /// Passes on every request line still held (events were lost, or the run ends).
+    fn pass_held(&mut self) -> anyhow::Result<()> {
+        let mut pending = Vec::new();
+        self.decoder.flush(&mut pending);
+        let mut held = Vec::new();
+        for ev in pending {
+            self.hold.take(ev, &mut held);
+        }
+        self.hold.flush_all(&mut held);
+        for ev in held {
+            self.pass(ev)?;
+        }
+        Ok(())
+    }
+
     fn finish(mut self) -> anyhow::Result<Summary> {
+        self.pass_held()?;
         // Also writes the last ownership facts and flushes the trace.
         self.pipeline
             .finish()

@@ -8,7 +8,7 @@ use monitor_common::{
     fd_kind,
     files::FdEvent,
     kind, op,
-    sockets::{DATA_CAP, DATA_HEADER_LEN},
+    sockets::{CHUNK_MORE, DATA_CAP, DATA_HEADER_LEN, MAX_CAPTURE, MAX_CHUNKS},
 };
 
 use super::{ret, syscall_op};
@@ -54,8 +54,9 @@ struct Iovec {
 /// Offset of `msg_iov` in `struct user_msghdr` (uapi: msg_name, msg_namelen, msg_iov, ...).
 const MSGHDR_IOV: u64 = 16;
 
-/// Captures the first bytes of a socket transfer of `ret` bytes. For vectored I/O the capture
-/// comes from the first iovec only.
+/// Captures the first bytes of a socket transfer of `ret` bytes, in records of at most
+/// `DATA_CAP` bytes (a request head larger than one record, read at once, is captured whole up
+/// to the bound). For vectored I/O the capture comes from the first iovec only.
 #[inline(always)]
 pub fn emit_data(stash: &Stash, ret: i64) {
     let (buf, buf_len) = user_buffer(stash);
@@ -71,48 +72,64 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     if cap > buf_len {
         cap = buf_len;
     }
-    if cap > DATA_CAP as u64 {
-        cap = DATA_CAP as u64;
+    if cap > MAX_CAPTURE as u64 {
+        cap = MAX_CAPTURE as u64;
     }
-    let Some(ev) = DATA_SCRATCH.get_ptr_mut(0) else {
-        return;
+    let kind = if is_write {
+        kind::SOCK_WRITE
+    } else {
+        kind::SOCK_READ
     };
-    let ev = unsafe { &mut *ev };
-    fill_header(
-        &mut ev.header,
-        if is_write {
-            kind::SOCK_WRITE
-        } else {
-            kind::SOCK_READ
-        },
-    );
-    ev.fd = stash.fd;
-    ev.op = stash.op;
-    ev.ret = ret;
-    ev._pad = 0;
-    let mut n = cap as u32;
-    if n > 0 {
-        // The explicit bound keeps the verifier's range for `n` within the scratch value.
-        n &= (DATA_CAP as u32 * 2) - 1;
-        if n > DATA_CAP as u32 {
-            n = DATA_CAP as u32;
+    // Each record's offset and length follow from `cap` and its index alone, never from the
+    // previous record: with `off += n` the verifier kept every possible `n` apart and gave up
+    // ("BPF program is too large. Processed 1000001 insn").
+    for i in 0..MAX_CHUNKS {
+        let off = (i * DATA_CAP) as u64;
+        if i > 0 && off >= cap {
+            return;
         }
-        let r = unsafe {
-            generated::bpf_probe_read_user(ev.data.as_mut_ptr().cast(), n, buf as *const _)
+        let Some(ev) = DATA_SCRATCH.get_ptr_mut(0) else {
+            return;
         };
-        if r != 0 {
-            n = 0;
+        let ev = unsafe { &mut *ev };
+        fill_header(&mut ev.header, kind);
+        ev.fd = stash.fd;
+        ev.op = stash.op;
+        ev.ret = ret;
+        let left = cap.saturating_sub(off);
+        let more = left > DATA_CAP as u64;
+        let mut n = if more { DATA_CAP as u32 } else { left as u32 };
+        if n > 0 {
+            // The explicit bound keeps the verifier's range for `n` within the scratch value.
+            n &= (DATA_CAP as u32 * 2) - 1;
+            if n > DATA_CAP as u32 {
+                n = DATA_CAP as u32;
+            }
+            let r = unsafe {
+                generated::bpf_probe_read_user(
+                    ev.data.as_mut_ptr().cast(),
+                    n,
+                    (buf + off) as *const _,
+                )
+            };
+            if r != 0 {
+                n = 0;
+            }
+        }
+        ev.captured = n;
+        ev.chunk = (off as u32) | if more && n > 0 { CHUNK_MORE } else { 0 };
+        let total = DATA_HEADER_LEN + n as usize;
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (ev as *const monitor_common::sockets::DataEvent).cast::<u8>(),
+                total,
+            )
+        };
+        output_bytes(bytes);
+        if !more || n == 0 {
+            return;
         }
     }
-    ev.captured = n;
-    let total = DATA_HEADER_LEN + n as usize;
-    let bytes = unsafe {
-        core::slice::from_raw_parts(
-            (ev as *const monitor_common::sockets::DataEvent).cast::<u8>(),
-            total,
-        )
-    };
-    output_bytes(bytes);
 }
 
 /// User buffer and its length for the stashed syscall ((0, 0) when unreadable).
