@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use vigie::{
+use monitor_core::{
     correlate::{Correlator, CorrelatorConfig, Finding},
     events::{Event, EventKind, FoundFd, Payload},
     fastcgi,

@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use monitor_common::{files::PATH_CAP, sockets::DATA_CAP};
-use vigie::{decode, events::EventKind};
+use monitor_core::{decode, events::EventKind};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(ev) = decode::decode(data) else {
@@ -19,6 +19,6 @@ fuzz_target!(|data: &[u8]| {
     }
     // Whatever decodes must survive the trace format exactly (record and replay).
     let json = serde_json::to_vec(&ev).expect("serializing a decoded event");
-    let back: vigie::events::Event = serde_json::from_slice(&json).expect("reading it back");
+    let back: monitor_core::events::Event = serde_json::from_slice(&json).expect("reading it back");
     assert_eq!(back, ev);
 });

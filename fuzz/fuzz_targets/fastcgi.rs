@@ -12,7 +12,7 @@ use base64::{
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
 use libfuzzer_sys::fuzz_target;
-use vigie::{
+use monitor_core::{
     fastcgi::{Connection, Happening, MAX_EXCHANGES, Protocol},
     http,
     redact::Redactor,

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vigie::http::{self, HeadParse};
+use monitor_core::http::{self, HeadParse};
 
 fuzz_target!(|data: &[u8]| {
     match http::parse_request_head(data) {

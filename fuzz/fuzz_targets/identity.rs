@@ -6,7 +6,7 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use vigie::{
+use monitor_core::{
     http::{self, HeadParse},
     identity::{self, IdentityConfig, IdentitySource, JwtConfig},
 };
@@ -39,14 +39,13 @@ fn config(jwt: JwtConfig) -> IdentityConfig {
 static CONFIGS: LazyLock<[IdentityConfig; 3]> = LazyLock::new(|| {
     let unverified = config(JwtConfig::default());
 
-    let path = std::env::temp_dir().join(format!("vigie-fuzz-hs256-{}.key", std::process::id()));
-    std::fs::write(&path, HS256_SECRET).expect("writing the HS256 secret");
+    // The key file's bytes come from the caller's reader: no file needed.
     let mut jwt = JwtConfig::default();
-    jwt.hs256_secret_file = Some(path.clone());
+    jwt.hs256_secret_file = Some("/fuzz/hs256.key".into());
     jwt.user_claim = "/user/login".to_owned();
     jwt.require_exp = true;
-    jwt.load_key().expect("loading the HS256 secret");
-    let _ = std::fs::remove_file(&path);
+    jwt.load_key_with(&|_| Ok(HS256_SECRET.to_vec()))
+        .expect("loading the HS256 secret");
     let hs256 = config(jwt);
 
     // A key file configured but not loaded.

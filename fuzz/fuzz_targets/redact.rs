@@ -14,7 +14,7 @@ use base64::{
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
 use libfuzzer_sys::fuzz_target;
-use vigie::{
+use monitor_core::{
     http::{self, HeadParse},
     identity::{self, IdentityConfig, IdentitySource, JwtConfig},
     redact::Redactor,
@@ -36,12 +36,11 @@ const LENIENT: GeneralPurpose = GeneralPurpose::new(
 );
 
 static JWT: LazyLock<JwtConfig> = LazyLock::new(|| {
-    let path = std::env::temp_dir().join(format!("vigie-fuzz-hs256-{}.key", std::process::id()));
-    std::fs::write(&path, HS256_SECRET).expect("writing the HS256 secret");
+    // The key file's bytes come from the caller's reader: no file needed.
     let mut jwt = JwtConfig::default();
-    jwt.hs256_secret_file = Some(path.clone());
-    jwt.load_key().expect("loading the HS256 secret");
-    let _ = std::fs::remove_file(&path);
+    jwt.hs256_secret_file = Some("/fuzz/hs256.key".into());
+    jwt.load_key_with(&|_| Ok(HS256_SECRET.to_vec()))
+        .expect("loading the HS256 secret");
     jwt
 });
 

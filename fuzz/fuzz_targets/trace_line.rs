@@ -1,41 +1,31 @@
-//! Trace lines: `Event` JSON on its own, and the `TraceReader` on a file of arbitrary bytes behind
-//! a valid header (the replay path for a hostile or damaged trace).
+//! Trace lines: `Event` JSON on its own, and the trace reader on a stream of arbitrary bytes
+//! behind a valid header (the replay path for a hostile or damaged trace).
 #![no_main]
 
-use std::{io::Write as _, path::PathBuf, sync::LazyLock};
+use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use vigie::{
-    config::Config,
+use monitor_core::{
     events::Event,
-    replay::{OnCorrupt, TraceReader},
-    sinks::{alerts::WallClock, trace::TraceHeader},
+    trace::{self, EventLines, Line, OnCorrupt, TraceHeader},
+    walltime::WallClock,
 };
 
-/// A valid header line, as `vigie run --record` writes it.
+/// A valid header line, as `vigie run --record` writes it (the configuration it records is
+/// opaque to the format).
 static HEADER: LazyLock<Vec<u8>> = LazyLock::new(|| {
-    let mut config = Config::default();
-    config.documents.roots = vec!["/srv/portal/users".to_owned()];
+    let config = serde_json::json!({"documents": {"roots": ["/srv/portal/users"]}});
     let header = TraceHeader::new(
         &config,
         WallClock {
             realtime_offset_ns: 1_700_000_000_000_000_000,
         },
+        "host".to_owned(),
+        "6.18.0".to_owned(),
     );
     let mut line = serde_json::to_vec(&header).expect("serializing a trace header");
     line.push(b'\n');
     line
-});
-
-/// The trace file, rewritten for each input: in memory when `/dev/shm` is there.
-static FILE: LazyLock<PathBuf> = LazyLock::new(|| {
-    let shm = std::path::Path::new("/dev/shm");
-    let dir = if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    dir.join(format!("vigie-fuzz-trace-{}.jsonl", std::process::id()))
 });
 
 /// Bounds the events read from one input (each line is at least one byte).
@@ -50,18 +40,23 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The reader, on a trace whose body is the input, under both corruption policies.
-    let mut file = std::fs::File::create(&*FILE).expect("creating the trace file");
-    file.write_all(&HEADER).expect("writing the header");
-    file.write_all(data).expect("writing the body");
-    drop(file);
+    let mut stream = HEADER.clone();
+    stream.extend_from_slice(data);
     for on_corrupt in [OnCorrupt::Stop, OnCorrupt::Skip] {
-        let mut reader =
-            TraceReader::open(std::slice::from_ref(&*FILE), on_corrupt).expect("a valid header");
+        let mut reader = &stream[..];
+        let _: TraceHeader<serde_json::Value> =
+            trace::read_header(&mut reader, "fuzz").expect("a valid header");
+        let mut lines = EventLines::new(reader, "fuzz".to_owned(), on_corrupt);
         let mut events = 0;
-        while let Ok(Some(_)) = reader.next_event() {
-            events += 1;
-            assert!(events <= MAX_EVENTS, "more events than lines");
+        loop {
+            match lines.next_line() {
+                Ok(Line::Event(_) | Line::Skipped { .. }) => {
+                    events += 1;
+                    assert!(events <= MAX_EVENTS, "more events than lines");
+                }
+                Ok(Line::End | Line::Truncated { .. }) | Err(_) => break,
+            }
         }
-        assert!(reader.bytes_read <= data.len() as u64 + HEADER.len() as u64);
+        assert!(lines.bytes_read <= data.len() as u64);
     }
 });

@@ -9,11 +9,11 @@ use std::{
     path::PathBuf,
 };
 
-use vigie::{
-    config::Config,
+use monitor_core::{
     events::{Event, EventKind, Payload},
-    sinks::{alerts::WallClock, trace::TraceHeader},
+    walltime::WallClock,
 };
+use vigie::config::Config;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&out)?);
     serde_json::to_writer(
         &mut w,
-        &TraceHeader::new(
+        &vigie::sinks::trace::header(
             &config,
             WallClock {
                 realtime_offset_ns: 1_795_000_000_000_000_000,
@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
                     ts_ns: *ts,
                     pid: 0,
                     tid: 0,
-                    comm: vigie::events::Comm::default(),
+                    comm: monitor_core::events::Comm::default(),
                     kind: EventKind::Tick,
                 },
             )?;

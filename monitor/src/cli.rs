@@ -6,6 +6,24 @@ use clap::{Parser, Subcommand};
 
 use crate::{config::Config, run::RunOptions};
 
+/// `--on-corrupt`: what to do with a line in the middle of a trace that does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnCorruptArg {
+    /// Stop with an error naming the file and line.
+    Stop,
+    /// Warn, count it, and go on.
+    Skip,
+}
+
+impl From<OnCorruptArg> for monitor_core::trace::OnCorrupt {
+    fn from(arg: OnCorruptArg) -> Self {
+        match arg {
+            OnCorruptArg::Stop => Self::Stop,
+            OnCorruptArg::Skip => Self::Skip,
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "vigie",
@@ -124,7 +142,7 @@ pub struct ReplayArgs {
     pub pids: Vec<u32>,
     /// A line that does not parse in the middle of a trace: stop, or skip it.
     #[arg(long, value_enum, default_value = "stop")]
-    pub on_corrupt: crate::replay::OnCorrupt,
+    pub on_corrupt: OnCorruptArg,
     /// Print the chain of evidence behind one alert (its `access_id`) instead of the alerts.
     #[arg(long, value_name = "ACCESS_ID")]
     pub explain: Option<u64>,
@@ -199,7 +217,7 @@ fn replay_options(args: ReplayArgs) -> anyhow::Result<crate::replay::ReplayOptio
         alerts: args.alerts,
         audit: args.audit,
         pids: args.pids,
-        on_corrupt: args.on_corrupt,
+        on_corrupt: args.on_corrupt.into(),
         explain: args.explain,
         progress: !args.no_progress,
     })

@@ -2,13 +2,10 @@
 //! falls back silently.
 use std::path::Path;
 
+use monitor_core::{correlate::CorrelatorConfig, identity::IdentityConfig, judge::Judge, paths};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    identity::IdentityConfig,
-    ownership::{OwnershipRules, PathTemplate},
-    paths,
-};
+use crate::ownership::{OwnershipRules, PathTemplate};
 
 /// Longest document root the kernel's prefix trie can hold (its key is 128 bytes, with the `/`).
 pub const MAX_ROOT_LEN: usize = 126;
@@ -119,7 +116,7 @@ fn default_response_bytes() -> u32 {
     512
 }
 fn default_max_head_bytes() -> u32 {
-    crate::http::stream::DEFAULT_MAX_HEAD as u32
+    monitor_core::http::stream::DEFAULT_MAX_HEAD as u32
 }
 
 impl Default for Capture {
@@ -242,6 +239,28 @@ pub enum ConfigError {
     Invalid { field: String, reason: String },
 }
 
+/// Reads a key file named by the configuration (the JWT key): at most
+/// [`MAX_KEY_FILE_LEN`](monitor_core::identity::jwt::MAX_KEY_FILE_LEN) bytes. Errors never quote
+/// the content.
+pub fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+
+    use monitor_core::identity::jwt::MAX_KEY_FILE_LEN;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_FILE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_KEY_FILE_LEN {
+        return Err(format!(
+            "{} is larger than {MAX_KEY_FILE_LEN} bytes",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
@@ -250,6 +269,25 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// The correlator's slice of the configuration, without a wall clock (see
+    /// [`CorrelatorConfig::with_realtime_offset_ns`]).
+    pub fn correlator(&self) -> CorrelatorConfig {
+        CorrelatorConfig {
+            roots: self.documents.roots.clone(),
+            identity: self.identity.clone(),
+            max_head: self.capture.max_head_bytes as usize,
+            idle_flush_ns: self.correlation.idle_flush_ms.saturating_mul(1_000_000),
+            realtime_offset_ns: None,
+        }
+    }
+
+    /// The judge of this configuration's policy.
+    pub fn judge(&self) -> Judge {
+        Judge::new(self.policy.privileged_users.iter().cloned())
+            .with_privileged_roles(self.policy.privileged_roles.iter().cloned())
+            .with_forged_token_alerts(self.policy.alert_forged_tokens)
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         use std::os::unix::fs::PermissionsExt as _;
         let read_err = |source| ConfigError::Read {
@@ -308,7 +346,7 @@ impl Config {
             .check(!self.documents.owner_templates.is_empty())
             .map_err(|(field, reason)| invalid(field, reason))?;
         for (i, user) in self.policy.privileged_users.iter().enumerate() {
-            if !crate::identity::valid_user_name(user) {
+            if !monitor_core::identity::valid_user_name(user) {
                 return Err(invalid(
                     format!("policy.privileged_users[{i}]"),
                     format!("{user:?} is not a valid user name"),
@@ -322,7 +360,7 @@ impl Config {
             ));
         }
         for (i, role) in self.policy.privileged_roles.iter().enumerate() {
-            if !crate::identity::valid_user_name(role) {
+            if !monitor_core::identity::valid_user_name(role) {
                 return Err(invalid(
                     format!("policy.privileged_roles[{i}]"),
                     format!("{role:?} is not a valid role name"),
@@ -332,8 +370,8 @@ impl Config {
         let uses_jwt = self
             .identity
             .sources
-            .contains(&crate::identity::IdentitySource::Jwt);
-        if !uses_jwt && self.identity.jwt != crate::identity::JwtConfig::default() {
+            .contains(&monitor_core::identity::IdentitySource::Jwt);
+        if !uses_jwt && self.identity.jwt != monitor_core::identity::JwtConfig::default() {
             return Err(invalid(
                 "identity.jwt",
                 "is configured but `jwt` is not in `identity.sources`",
@@ -341,12 +379,12 @@ impl Config {
         }
         self.identity
             .jwt
-            .load_key()
+            .load_key_with(&read_key_file)
             .map_err(|e| invalid(format!("identity.jwt.{}", e.field), e.reason))?;
         let uses_session = self
             .identity
             .sources
-            .contains(&crate::identity::IdentitySource::Session);
+            .contains(&monitor_core::identity::IdentitySource::Session);
         match (&self.identity.session, uses_session) {
             (None, true) => {
                 return Err(invalid(
@@ -360,9 +398,17 @@ impl Config {
                     "is configured but `session` is not in `identity.sources`",
                 ));
             }
-            (Some(session), true) => session
-                .check()
-                .map_err(|(field, reason)| invalid(format!("identity.session.{field}"), reason))?,
+            (Some(session), true) => {
+                session.check().map_err(|(field, reason)| {
+                    invalid(format!("identity.session.{field}"), reason)
+                })?;
+                // The store's settings are checked in the core; the Redis URL by the client
+                // that will use it.
+                if let Some(url) = session.store.as_ref().and_then(|s| s.redis.as_deref()) {
+                    redis::Client::open(url)
+                        .map_err(|e| invalid("identity.session.store.redis", e.to_string()))?;
+                }
+            }
             (None, false) => {}
         }
         let header = &self.identity.trusted_header;
@@ -490,6 +536,17 @@ mod tests {
         [policy]
         privileged_users = ["agent"]
     "#;
+
+    #[test]
+    fn key_files_are_read_bounded() {
+        let path = std::env::temp_dir().join(format!("vigie-huge-key-{}", std::process::id()));
+        std::fs::write(&path, vec![b'k'; 100 * 1024]).unwrap();
+        let e = read_key_file(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert!(e.contains("larger"), "{e}");
+        assert!(!e.contains("kkkk"), "the content is never quoted: {e}");
+        assert!(read_key_file(std::path::Path::new("/nonexistent/vigie/key")).is_err());
+    }
 
     #[test]
     fn parses_and_normalizes() {

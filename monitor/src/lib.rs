@@ -1,30 +1,23 @@
-//! Vigie: an eBPF runtime data-access monitor. The pipeline, one module per stage:
+//! Vigie: an eBPF runtime data-access monitor; this crate is the `vigie` daemon, everything
+//! around the pure core (`monitor_core`: decoding, redaction, protocols, identity,
+//! correlation, judging, the trace format). The live pipeline, stage by stage:
 //!
-//! `loader` (load + attach probes) -> `reader` (ring buffer) -> `decode` (raw records -> typed
-//! `events`) -> `correlate` (requests, identities, document accesses; pure) -> `judge` (verdicts;
-//! pure) -> `sinks` (alerts). `procfs` holds what only a live run can read from `/proc`; `run`
-//! wires the live pipeline, `pipeline` the part shared with replay.
+//! `loader` (load + attach probes, with the `attach` table and the `kernel`'s facts) -> `run`
+//! (the ring-buffer reader and the live capture stage: redaction, `/proc` facts, session-store
+//! lookups) -> `pipeline` (core correlator -> `ownership` backends -> core judge -> `sinks`:
+//! alerts, metrics, trace). `replay` feeds recorded traces to the same `pipeline`. `config`
+//! loads and checks the TOML file and hands each stage its own settings.
 pub mod attach;
 pub mod btf;
 pub mod cli;
 pub mod config;
-pub mod correlate;
-pub mod decode;
-pub mod events;
-pub mod fastcgi;
-pub mod fingerprint;
-pub mod http;
-pub mod identity;
-pub mod idmap;
-pub mod judge;
 pub mod kernel;
 pub mod loader;
 pub mod ownership;
-pub mod paths;
 pub mod pipeline;
 pub mod privilege;
 pub mod procfs;
-pub mod redact;
 pub mod replay;
 pub mod run;
+pub mod session_store;
 pub mod sinks;

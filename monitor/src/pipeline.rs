@@ -6,10 +6,13 @@
 //! produced precede it in the trace; replay reads them first and judges alike.
 use std::collections::BTreeMap;
 
-use crate::{
+use monitor_core::{
     correlate::{Access, Correlator, Finding},
     events::{Event, EventKind},
     judge::{Judge, Judgement, Verdict},
+};
+
+use crate::{
     ownership::resolver::{Ownership, Resolver, UsedFact},
     sinks::{alerts::AlertSink, metrics::Metrics, trace::TraceWriter},
 };
@@ -242,12 +245,7 @@ impl Pipeline {
                             .as_ref()
                             .and_then(|r| r.identity.as_ref())
                             .map(|i| i.source);
-                        m.judged(
-                            judgement.verdict,
-                            source,
-                            access.last_ts_ns,
-                            crate::procfs::monotonic_ns(),
-                        );
+                        m.judged_now(judgement.verdict, source, access.last_ts_ns);
                     }
                 }
                 Pending::Gap {

@@ -4,11 +4,12 @@
 //! the same facts.
 use std::{collections::HashMap, fs, path::Path};
 
-use crate::{
-    config::Config,
+use monitor_core::{
     events::{Event, EventKind, FoundFd},
     paths,
 };
+
+use crate::config::Config;
 
 pub const AT_FDCWD: i32 = -100;
 

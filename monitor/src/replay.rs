@@ -4,67 +4,33 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
-    io::{BufRead, BufReader, Write},
+    io::{BufReader, Write},
     path::{Path, PathBuf},
 };
 
-use crate::{
-    config::Config,
-    correlate::{Access, Correlator, CorrelatorConfig, Finding},
+use monitor_core::{
+    correlate::{Access, Correlator, Finding},
     events::{Event, EventKind},
     judge::{Judge, Judgement, Verdict},
-    ownership::resolver::Resolver,
-    pipeline::Pipeline,
-    sinks::{
-        alerts::{AlertSink, WallClock, rfc3339},
-        trace::{FORMAT, TraceHeader, config_digest},
-    },
+    trace::{self, EventLines, Line, OnCorrupt, TraceError, TraceHeader, config_digest},
+    walltime::{WallClock, rfc3339},
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum TraceError {
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: not a Vigie trace (the first line is not a trace header: {reason})")]
-    NotATrace { path: String, reason: String },
-    #[error(
-        "{path}: trace format version {found}, this Vigie reads version {FORMAT}: use a matching Vigie release"
-    )]
-    Version { path: String, found: u64 },
-    #[error("{path}:{line}: corrupt line ({reason}); pass --on-corrupt skip to skip such lines")]
-    Corrupt {
-        path: String,
-        line: u64,
-        reason: String,
-    },
-    #[error("no trace files given")]
-    Empty,
-}
-
-/// What to do with a line in the middle of a trace that does not parse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnCorrupt {
-    /// Stop with an error naming the file and line.
-    Stop,
-    /// Warn, count it, and go on.
-    Skip,
-}
+use crate::{
+    config::Config, ownership::resolver::Resolver, pipeline::Pipeline, sinks::alerts::AlertSink,
+};
 
 /// Reads the events of one or more trace files, in order.
 pub struct TraceReader {
     files: Vec<PathBuf>,
     next_file: usize,
-    current: Option<(BufReader<File>, String)>,
-    line_no: u64,
-    buf: Vec<u8>,
+    current: Option<EventLines<BufReader<File>>>,
     on_corrupt: OnCorrupt,
-    pub header: TraceHeader,
+    pub header: TraceHeader<Config>,
     pub skipped_lines: u64,
     pub truncated_files: u64,
-    pub bytes_read: u64,
+    /// Bytes of the files already finished (the current one counts its own).
+    done_bytes: u64,
 }
 
 impl TraceReader {
@@ -74,14 +40,16 @@ impl TraceReader {
         Ok(Self {
             files: files.to_vec(),
             next_file: 1,
-            current: Some((reader, first.display().to_string())),
-            line_no: 1,
-            buf: Vec::with_capacity(1024),
+            current: Some(EventLines::new(
+                reader,
+                first.display().to_string(),
+                on_corrupt,
+            )),
             on_corrupt,
             header,
             skipped_lines: 0,
             truncated_files: 0,
-            bytes_read: 0,
+            done_bytes: 0,
         })
     }
 
@@ -94,59 +62,45 @@ impl TraceReader {
             .sum()
     }
 
+    /// Bytes of events read so far, for progress.
+    pub fn bytes_read(&self) -> u64 {
+        self.done_bytes + self.current.as_ref().map_or(0, |c| c.bytes_read)
+    }
+
     /// The next event, `Ok(None)` at the end of the last file.
     pub fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
         loop {
-            let Some((reader, path)) = self.current.as_mut() else {
+            let Some(lines) = self.current.as_mut() else {
                 return Ok(None);
             };
-            self.buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|source| TraceError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-            self.bytes_read += n as u64;
-            if n == 0 {
-                self.advance()?;
-                continue;
-            }
-            self.line_no += 1;
-            if self.buf.last() != Some(&b'\n') {
-                // The writer was killed mid-line: everything before is intact.
-                tracing::warn!(
-                    "{path}:{}: truncated last line ({n} bytes) ignored",
-                    self.line_no
-                );
-                self.truncated_files += 1;
-                self.advance()?;
-                continue;
-            }
-            match serde_json::from_slice::<Event>(&self.buf) {
-                Ok(ev) => return Ok(Some(ev)),
-                Err(e) => {
-                    let line = self.line_no;
-                    match self.on_corrupt {
-                        OnCorrupt::Stop => {
-                            return Err(TraceError::Corrupt {
-                                path: path.clone(),
-                                line,
-                                reason: e.to_string(),
-                            });
-                        }
-                        OnCorrupt::Skip => {
-                            tracing::warn!("{path}:{line}: corrupt line skipped: {e}");
-                            self.skipped_lines += 1;
-                        }
-                    }
+            match lines.next_line()? {
+                Line::Event(ev) => return Ok(Some(ev)),
+                Line::End => self.advance()?,
+                Line::Truncated { bytes } => {
+                    tracing::warn!(
+                        "{}:{}: truncated last line ({bytes} bytes) ignored",
+                        lines.path(),
+                        lines.line_no
+                    );
+                    self.truncated_files += 1;
+                    self.advance()?;
+                }
+                Line::Skipped { reason } => {
+                    tracing::warn!(
+                        "{}:{}: corrupt line skipped: {reason}",
+                        lines.path(),
+                        lines.line_no
+                    );
+                    self.skipped_lines += 1;
                 }
             }
         }
     }
 
     fn advance(&mut self) -> Result<(), TraceError> {
-        self.current = None;
+        if let Some(done) = self.current.take() {
+            self.done_bytes += done.bytes_read;
+        }
         let Some(next) = self.files.get(self.next_file).cloned() else {
             return Ok(());
         };
@@ -160,54 +114,23 @@ impl TraceReader {
                 self.header.config_digest
             );
         }
-        self.current = Some((reader, next.display().to_string()));
-        self.line_no = 1;
+        self.current = Some(EventLines::new(
+            reader,
+            next.display().to_string(),
+            self.on_corrupt,
+        ));
         Ok(())
     }
 }
 
-fn open_file(path: &Path) -> Result<(BufReader<File>, TraceHeader), TraceError> {
+fn open_file(path: &Path) -> Result<(BufReader<File>, TraceHeader<Config>), TraceError> {
     let p = path.display().to_string();
     let file = File::open(path).map_err(|source| TraceError::Io {
         path: p.clone(),
         source,
     })?;
     let mut reader = BufReader::with_capacity(256 << 10, file);
-    let mut first = Vec::new();
-    // Bounded: a header is a few KiB; a huge first "line" is not a trace.
-    let n = std::io::Read::take(&mut reader, 1 << 20)
-        .read_until(b'\n', &mut first)
-        .map_err(|source| TraceError::Io {
-            path: p.clone(),
-            source,
-        })?;
-    if n == 0 {
-        return Err(TraceError::NotATrace {
-            path: p,
-            reason: "empty file".into(),
-        });
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(&first).map_err(|e| TraceError::NotATrace {
-            path: p.clone(),
-            reason: e.to_string(),
-        })?;
-    let Some(version) = value.get("vigie_trace").and_then(serde_json::Value::as_u64) else {
-        return Err(TraceError::NotATrace {
-            path: p,
-            reason: "no vigie_trace field".into(),
-        });
-    };
-    if version != u64::from(FORMAT) {
-        return Err(TraceError::Version {
-            path: p,
-            found: version,
-        });
-    }
-    let header: TraceHeader = serde_json::from_value(value).map_err(|e| TraceError::NotATrace {
-        path: p,
-        reason: e.to_string(),
-    })?;
+    let header = trace::read_header(&mut reader, &p)?;
     Ok((reader, header))
 }
 
@@ -265,7 +188,8 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
     let recorded = reader.header.config.clone();
     let correlator = |c: &Config| {
         Correlator::new(
-            CorrelatorConfig::from_config(c).with_realtime_offset_ns(clock.realtime_offset_ns),
+            c.correlator()
+                .with_realtime_offset_ns(clock.realtime_offset_ns),
         )
     };
     let config = match &opts.config {
@@ -286,7 +210,7 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
     }
     let mut pipeline = Pipeline::new(
         correlator(&config),
-        Judge::from_config(&config),
+        config.judge(),
         resolver,
         AlertSink::new(out, clock, opts.audit),
     );
@@ -303,7 +227,7 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
     let mut shadow = match what_if {
         true => Some(Shadow {
             correlator: correlator(&recorded),
-            judge: Judge::from_config(&recorded),
+            judge: recorded.judge(),
             resolver: Resolver::for_replay(&recorded, &recorded)?,
         }),
         false => None,
@@ -331,7 +255,7 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
                 if summary.events % 65_536 == 0
                     && let Some(pb) = &progress
                 {
-                    pb.set_position(reader.bytes_read);
+                    pb.set_position(reader.bytes_read());
                 }
                 pipeline.handle(&ev)?;
                 // The shadow judges the same access at the same event, before it is observed.
@@ -554,10 +478,10 @@ fn explain_access(
         .evidence
         .iter()
         .map(|e| match e {
-            crate::correlate::Evidence::Sendfile => "sendfile",
-            crate::correlate::Evidence::Flow => "flow",
-            crate::correlate::Evidence::Thread => "thread",
-            crate::correlate::Evidence::Fingerprint => "fingerprint",
+            monitor_core::correlate::Evidence::Sendfile => "sendfile",
+            monitor_core::correlate::Evidence::Flow => "flow",
+            monitor_core::correlate::Evidence::Thread => "thread",
+            monitor_core::correlate::Evidence::Fingerprint => "fingerprint",
         })
         .collect();
     writeln!(

@@ -10,6 +10,13 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use monitor_common::loss;
+use monitor_core::{
+    correlate::Correlator,
+    decode::Decoder,
+    events::{Comm, Event, EventKind, FoundFd},
+    redact::Redactor,
+    walltime::WallClock,
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind, signal},
@@ -17,19 +24,14 @@ use tokio::{
 
 use crate::{
     config::Config,
-    correlate::{Correlator, CorrelatorConfig},
-    decode::Decoder,
-    events::{Comm, Event, EventKind, FoundFd},
-    identity::store::{Found, SessionStore},
-    judge::Judge,
     loader::Probes,
     ownership::resolver::Resolver,
     pipeline::Pipeline,
     procfs,
-    redact::Redactor,
+    session_store::{Found, SessionStore},
     sinks::{
-        alerts::{AlertSink, WallClock},
-        trace::{Rotation, TraceHeader, TraceWriter},
+        alerts::AlertSink,
+        trace::{self, Rotation, TraceWriter},
     },
 };
 
@@ -82,11 +84,11 @@ struct Live {
     lost: [u64; loss::COUNT as usize],
     redactor: Redactor,
     /// Request lines held until complete, before the redactor (`redact::hold`).
-    hold: crate::redact::hold::LineHold,
+    hold: monitor_core::redact::hold::LineHold,
     /// Scratch for the events `hold` passes on, and the decoder's.
     passed: Vec<Event>,
     decoded: Vec<Event>,
-    bodies: crate::fingerprint::Bodies,
+    bodies: monitor_core::fingerprint::Bodies,
     /// The portal's session store (`identity.session.store`), if configured.
     session_store: Option<SessionStore>,
     store_errors: u64,
@@ -117,9 +119,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     };
     let pipeline = Pipeline::new(
         Correlator::new(
-            CorrelatorConfig::from_config(&cfg).with_realtime_offset_ns(clock.realtime_offset_ns),
+            cfg.correlator()
+                .with_realtime_offset_ns(clock.realtime_offset_ns),
         ),
-        Judge::from_config(&cfg),
+        cfg.judge(),
         Resolver::from_config(&cfg)?,
         AlertSink::new(out, clock, opts.audit).with_format(opts.alerts_format),
     );
@@ -141,10 +144,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
         redactor: Redactor::new(cfg_jwt).with_session(cfg_session),
-        hold: crate::redact::hold::LineHold::new(),
+        hold: monitor_core::redact::hold::LineHold::new(),
         passed: Vec::new(),
         decoded: Vec::new(),
-        bodies: crate::fingerprint::Bodies::new(),
+        bodies: monitor_core::fingerprint::Bodies::new(),
         session_store,
         store_errors: 0,
         summary: Summary::default(),
@@ -154,7 +157,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     };
     live.init_metrics(&ring);
     if let Some((dir, rotation)) = &opts.record {
-        let header = TraceHeader::new(&live.cfg, clock);
+        let header = trace::header(&live.cfg, clock);
         let writer = TraceWriter::create(dir, header, *rotation)
             .with_context(|| format!("creating trace files in {}", dir.display()))?;
         tracing::info!(file = %writer.files()[0].display(), "recording");

@@ -2,9 +2,9 @@
 //! for a bounded time from a copy of its checked-in seed corpus. Any crash fails the step, with
 //! the artifact and the command that reproduces it.
 //!
-//! Builds once with the pinned nightly (cargo-fuzz needs one; the eBPF nightly is reused), with
-//! `VIGIE_SKIP_EBPF_BUILD=1`: the targets never load probes. Debug assertions and overflow checks
-//! are on; AddressSanitizer with `--asan`.
+//! Builds once with the pinned nightly (cargo-fuzz needs one; the eBPF nightly is reused). The
+//! targets depend on the pure core (`monitor-core`) only: no probes, no aya, no database
+//! clients. Debug assertions and overflow checks are on; AddressSanitizer with `--asan`.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -124,8 +124,7 @@ pub fn run(seconds: u64, asan: bool) -> anyhow::Result<()> {
         for artifact in &new {
             eprintln!(
                 "[xtask fuzz] {target}: FAILED ({status}), artifact {}\n  reproduce: cd fuzz && \
-                 VIGIE_SKIP_EBPF_BUILD=1 cargo +{EBPF_NIGHTLY} fuzz run --sanitizer {sanitizer} \
-                 {target} {}",
+                 cargo +{EBPF_NIGHTLY} fuzz run --sanitizer {sanitizer} {target} {}",
                 artifact.display(),
                 artifact.display(),
             );
@@ -151,7 +150,6 @@ fn nightly_cargo(dir: &Path) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.arg(format!("+{EBPF_NIGHTLY}"))
         .current_dir(dir)
-        .env("VIGIE_SKIP_EBPF_BUILD", "1")
         .env("RUSTUP_TOOLCHAIN", EBPF_NIGHTLY);
     for var in [
         "CARGO",

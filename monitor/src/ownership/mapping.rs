@@ -16,8 +16,7 @@
 //! nothing per access); then globs, in file order, the first that matches wins. In a glob, `*`
 //! matches any characters within one path segment, `?` one character, and a final `**` any
 //! number of segments. Paths are matched against normalized absolute paths, like templates.
-use std::collections::HashMap;
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use serde::Deserialize;
 
@@ -103,14 +102,14 @@ impl Mapping {
                 reason,
             };
             let pattern = Glob::parse(&raw.path).map_err(|r| entry_error("path", r))?;
-            if !crate::identity::valid_user_name(&raw.owner) {
+            if !monitor_core::identity::valid_user_name(&raw.owner) {
                 return Err(entry_error(
                     "owner",
                     format!("{:?} is not a valid user name", raw.owner),
                 ));
             }
             for (i, who) in raw.shared_with.iter().enumerate() {
-                if !crate::identity::valid_user_name(who) {
+                if !monitor_core::identity::valid_user_name(who) {
                     return Err(MappingError::Entry {
                         index,
                         field: "shared_with",

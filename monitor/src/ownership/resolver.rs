@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use monitor_core::ownership::Ownership;
+
 use super::{
     OwnershipRules,
     config::{FieldError, OwnershipConfig},
@@ -19,20 +21,6 @@ use super::{
     worker::Worker,
 };
 use crate::sinks::metrics::Metrics;
-
-/// Who owns a document, as far as the backends could tell.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ownership {
-    pub owner: Option<String>,
-    /// Principals the document is shared with (delegation): they may read it too.
-    pub shared_with: Vec<String>,
-    /// The backend that decided: knew the owner, or failed.
-    pub source: Option<BackendKind>,
-    /// What matched: the template, or the mapping entry's path.
-    pub matched: Option<String>,
-    /// The lookup failed: the owner is unknown, and no later backend was asked.
-    pub error: Option<LookupError>,
-}
 
 /// A fact the resolution used, with the generation of the lookup that produced it (a cached
 /// answer keeps its generation): the trace writer records each generation once per file.
@@ -329,15 +317,8 @@ impl Resolver {
         for link in &mut self.links {
             let kind = link.kind;
             let (answer, generation) = match &mut link.source {
-                Source::Templates(rules) => match rules.owner_of(document) {
-                    Some((owner, template)) => {
-                        return Ownership {
-                            owner: Some(owner.to_owned()),
-                            source: Some(kind),
-                            matched: Some(template.as_str().to_owned()),
-                            ..Ownership::default()
-                        };
-                    }
+                Source::Templates(rules) => match rules.ownership(document) {
+                    Some(ownership) => return ownership,
                     None => continue,
                 },
                 Source::Recorded(fallback) => {

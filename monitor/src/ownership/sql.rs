@@ -42,7 +42,7 @@ impl DocumentId {
             ));
         }
         let example = format!("{prefix}1{suffix}");
-        if crate::paths::normalize(&example).as_deref() != Some(example.as_str()) {
+        if monitor_core::paths::normalize(&example).as_deref() != Some(example.as_str()) {
             return Err(format!(
                 "{text:?} is not an absolute, normalized path (no `.`, `..`, `//` or trailing `/`)"
             ));
@@ -96,13 +96,13 @@ fn answer_from(rows: Vec<(Option<String>, Vec<String>)>) -> Answer {
     let Some(owner) = owner else {
         return Answer::NotFound;
     };
-    if !crate::identity::valid_user_name(&owner) {
+    if !monitor_core::identity::valid_user_name(&owner) {
         return Answer::Failed(LookupError::BadResult);
     }
     // A principal that is not a valid name grants nothing: it is left out (fails closed).
     let shared_with = shared
         .into_iter()
-        .filter(|p| crate::identity::valid_user_name(p))
+        .filter(|p| monitor_core::identity::valid_user_name(p))
         .collect();
     Answer::Owner {
         owner,

@@ -1,8 +1,9 @@
 //! Bad traces and the RFC 3339 parser. Live-vs-replay identity is proven end to end in
 //! tests/tests/replay.rs.
 
+use monitor_core::events::Payload;
+
 use super::*;
-use crate::events::Payload;
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vigie-replay-{name}-{}", std::process::id()));
@@ -17,7 +18,7 @@ fn header_line() -> String {
         "t",
     )
     .unwrap();
-    serde_json::to_string(&TraceHeader::new(
+    serde_json::to_string(&crate::sinks::trace::header(
         &cfg,
         WallClock {
             realtime_offset_ns: 0,
@@ -314,8 +315,8 @@ fn a_database_backed_run_replays_identically_without_the_database() {
     };
     let live_alerts = d.join("live.jsonl");
     let mut live = Pipeline::new(
-        Correlator::new(CorrelatorConfig::from_config(&cfg).with_realtime_offset_ns(0)),
-        Judge::from_config(&cfg),
+        Correlator::new(cfg.correlator().with_realtime_offset_ns(0)),
+        cfg.judge(),
         Resolver::from_config(&cfg).unwrap(),
         AlertSink::new(
             Box::new(crate::sinks::alerts::open_alert_file(&live_alerts).unwrap()),
@@ -327,7 +328,7 @@ fn a_database_backed_run_replays_identically_without_the_database() {
     live.set_trace(
         TraceWriter::create(
             &trace_dir,
-            TraceHeader::new(&cfg, clock),
+            crate::sinks::trace::header(&cfg, clock),
             Rotation::default(),
         )
         .unwrap(),
@@ -447,8 +448,8 @@ fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
     };
     let alerts = d.join("live.jsonl");
     let mut live = Pipeline::new(
-        Correlator::new(CorrelatorConfig::from_config(&cfg).with_realtime_offset_ns(0)),
-        Judge::from_config(&cfg),
+        Correlator::new(cfg.correlator().with_realtime_offset_ns(0)),
+        cfg.judge(),
         Resolver::from_config(&cfg).unwrap(),
         AlertSink::new(
             Box::new(crate::sinks::alerts::open_alert_file(&alerts).unwrap()),
@@ -460,7 +461,7 @@ fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
     live.set_trace(
         TraceWriter::create(
             &trace_dir,
-            TraceHeader::new(&cfg, clock),
+            crate::sinks::trace::header(&cfg, clock),
             Rotation::default(),
         )
         .unwrap(),

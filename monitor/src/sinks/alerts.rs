@@ -3,16 +3,16 @@
 //! flushed: an alert that sits in a buffer is an alert the SOC has not seen.
 use std::io::Write;
 
-use serde::Serialize;
-
-use crate::{
+use monitor_core::{
     correlate::{Access, Evidence, RequestInfo},
     identity::IdentitySource,
     judge::{Judgement, Verdict},
-    ownership::fact::{BackendKind, LookupError},
+    walltime::WallClock,
 };
+use serde::Serialize;
 
-pub const SCHEMA: &str = "vigie.alert/1";
+use super::ALERT_SCHEMA as SCHEMA;
+use crate::ownership::fact::{BackendKind, LookupError};
 
 /// Opens an alerts file for appending, creating it 0600: alerts name users and their documents.
 pub fn open_alert_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
@@ -28,47 +28,6 @@ pub fn open_alert_file(path: &std::path::Path) -> std::io::Result<std::fs::File>
                 format!("opening alerts file {}: {e}", path.display()),
             )
         })
-}
-
-/// Turns kernel monotonic timestamps into wall-clock time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct WallClock {
-    /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, in nanoseconds, measured once.
-    pub realtime_offset_ns: i64,
-}
-
-impl WallClock {
-    pub fn unix_ns(&self, mono_ns: u64) -> i128 {
-        i128::from(mono_ns) + i128::from(self.realtime_offset_ns)
-    }
-
-    pub fn rfc3339(&self, mono_ns: u64) -> String {
-        rfc3339(self.unix_ns(mono_ns))
-    }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds) from Unix nanoseconds.
-pub fn rfc3339(unix_ns: i128) -> String {
-    let secs = unix_ns.div_euclid(1_000_000_000);
-    let micros = unix_ns.rem_euclid(1_000_000_000) / 1_000;
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i128::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        tod / 3600,
-        (tod / 60) % 60,
-        tod % 60
-    )
 }
 
 #[derive(Serialize)]
@@ -216,24 +175,5 @@ impl AlertSink {
         self.out.flush()?;
         self.written += 1;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            rfc3339(951_782_400_123_456_789),
-            "2000-02-29T00:00:00.123456Z"
-        );
-        assert_eq!(
-            rfc3339(1_795_000_000_000_000_000),
-            "2026-11-18T11:06:40.000000Z"
-        );
-        assert_eq!(rfc3339(-1_000), "1969-12-31T23:59:59.999999Z");
     }
 }

@@ -14,6 +14,7 @@
 //! `GET /healthz`, request heads bounded in size and time, one response per connection.
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
+use monitor_core::{identity::IdentitySource, judge::Verdict};
 use prometheus::{
     CounterVec, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -23,8 +24,6 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
-
-use crate::{identity::IdentitySource, judge::Verdict};
 
 /// Label value for requests that carried no usable identity.
 pub const NO_IDENTITY: &str = "none";
@@ -305,12 +304,18 @@ impl Metrics {
         // Forged or expired bearer tokens make violations without an identity.
         m.violations.with_label_values(&[NO_IDENTITY]).reset();
         m.requests.with_label_values(&[NO_IDENTITY]).reset();
-        m.set_tracked(&crate::correlate::Tracked::default());
+        m.set_tracked(&monitor_core::correlate::Tracked::default());
         Ok(m)
     }
 
     /// A verdict was written for an access whose last syscall happened at `last_ts_ns`; `now_ns`
     /// is on the same clock (CLOCK_MONOTONIC).
+    /// Counts a judged access, and its alert latency from the access's last event to now (the
+    /// metrics are live-only: the pipeline itself reads no clock).
+    pub fn judged_now(&self, verdict: Verdict, source: Option<IdentitySource>, last_ts_ns: u64) {
+        self.judged(verdict, source, last_ts_ns, crate::procfs::monotonic_ns());
+    }
+
     pub fn judged(
         &self,
         verdict: Verdict,
@@ -396,7 +401,7 @@ impl Metrics {
     }
 
     /// The correlator's state sizes (bounded labels: the kinds of [`Tracked`]).
-    pub fn set_tracked(&self, t: &crate::correlate::Tracked) {
+    pub fn set_tracked(&self, t: &monitor_core::correlate::Tracked) {
         for (kind, n) in [
             ("connections", t.connections),
             ("requests", t.requests),

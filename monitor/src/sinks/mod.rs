@@ -1,5 +1,9 @@
-//! Where findings go.
+//! Where findings go: alert lines (`alerts`, in Vigie's schema or as OCSF events), Prometheus
+//! `metrics`, and the recorded `trace`.
 pub mod alerts;
 pub mod metrics;
 pub mod ocsf;
 pub mod trace;
+
+/// The schema of Vigie's alert lines (documented in the README), also named in OCSF events.
+pub const ALERT_SCHEMA: &str = "vigie.alert/1";

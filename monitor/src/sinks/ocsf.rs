@@ -11,13 +11,14 @@
 //! What OCSF has no attribute for (verdict, rule, evidence, the HTTP request) is kept under
 //! `unmapped`, with the names of the `vigie.alert/1` schema. The mapping is documented in the
 //! README.
-use serde_json::{Value, json};
-
-use crate::{
+use monitor_core::{
     correlate::Access,
     judge::{Judgement, Verdict},
-    sinks::alerts::{SCHEMA, WallClock},
+    walltime::WallClock,
 };
+use serde_json::{Value, json};
+
+use super::ALERT_SCHEMA as SCHEMA;
 
 pub const OCSF_VERSION: &str = "1.3.0";
 
@@ -178,7 +179,7 @@ impl Ocsf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use monitor_core::{
         correlate::{Evidence, RequestInfo},
         identity::{Identity, IdentitySource},
     };

@@ -10,68 +10,31 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use monitor_core::{events::Event, trace};
 
 use crate::{
     config::Config,
-    events::{Event, EventKind},
     ownership::{fact::BackendKind, resolver::UsedFact},
-    sinks::alerts::WallClock,
 };
 
-/// Trace format version. Readers refuse other versions.
-pub const FORMAT: u32 = 1;
+/// The header of traces this daemon writes: the core's format, recording the resolved
+/// configuration.
+pub type TraceHeader = trace::TraceHeader<Config>;
 
-/// First line of every trace file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TraceHeader {
-    /// Format version: always [`FORMAT`] for files this build writes.
-    pub vigie_trace: u32,
-    pub vigie_version: String,
-    pub host: String,
-    pub kernel: String,
-    /// Turns event timestamps (CLOCK_MONOTONIC) into wall time, as the live run did.
-    pub clock: WallClock,
-    /// FNV-1a 64 of the resolved config below, in hex: tells at a glance whether two traces
-    /// were recorded under the same configuration.
-    pub config_digest: String,
-    /// The resolved configuration of the live run: replay judges with it unless told otherwise.
-    pub config: Config,
-    /// Sequence number of this file within the recording (rotation).
-    pub file_seq: u64,
+/// The header of a new recording on this host.
+pub fn header(config: &Config, clock: monitor_core::walltime::WallClock) -> TraceHeader {
+    TraceHeader::new(
+        config,
+        clock,
+        read_trim("/proc/sys/kernel/hostname"),
+        read_trim("/proc/sys/kernel/osrelease"),
+    )
 }
 
-impl TraceHeader {
-    pub fn new(config: &Config, clock: WallClock) -> Self {
-        Self {
-            vigie_trace: FORMAT,
-            vigie_version: env!("CARGO_PKG_VERSION").to_string(),
-            host: read_trim("/proc/sys/kernel/hostname"),
-            kernel: read_trim("/proc/sys/kernel/osrelease"),
-            clock,
-            config_digest: config_digest(config),
-            config: config.clone(),
-            file_seq: 0,
-        }
-    }
-}
-
-fn read_trim(path: &str) -> String {
+pub(crate) fn read_trim(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-/// FNV-1a 64 over the config's canonical JSON.
-pub fn config_digest(config: &Config) -> String {
-    let json = serde_json::to_vec(config).unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in json {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
 }
 
 /// Size-based rotation and retention.
@@ -155,8 +118,7 @@ impl TraceWriter {
 
     pub fn record(&mut self, ev: &Event) -> std::io::Result<()> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, ev).map_err(std::io::Error::other)?;
-        self.line.push(b'\n');
+        trace::encode_event(&mut self.line, ev)?;
         if self.file_bytes + self.line.len() as u64 > self.rotation.max_file_bytes {
             self.rotate()?;
         }
@@ -182,8 +144,7 @@ impl TraceWriter {
         let mut group = self.fact_lines(facts, ts_ns)?;
         let mut event_line = Vec::new();
         if let Some(ev) = ev {
-            serde_json::to_writer(&mut event_line, ev).map_err(std::io::Error::other)?;
-            event_line.push(b'\n');
+            trace::encode_event(&mut event_line, ev)?;
         }
         if self.file_bytes + (group.len() + event_line.len()) as u64 > self.rotation.max_file_bytes
         {
@@ -209,15 +170,7 @@ impl TraceWriter {
                 self.facts.clear();
             }
             self.facts.insert(key, used.generation);
-            let ev = Event {
-                ts_ns,
-                pid: 0,
-                tid: 0,
-                comm: crate::events::Comm::default(),
-                kind: EventKind::OwnershipFact(used.fact.clone()),
-            };
-            serde_json::to_writer(&mut lines, &ev).map_err(std::io::Error::other)?;
-            lines.push(b'\n');
+            trace::encode_event(&mut lines, &trace::fact_event(ts_ns, used.fact.clone()))?;
         }
         Ok(lines)
     }
@@ -260,7 +213,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
-    use crate::events::EventKind;
+    use monitor_core::events::EventKind;
 
     fn config() -> Config {
         Config::parse("[documents]\nroots = [\"/srv/d\"]\n", "t").unwrap()
@@ -271,6 +224,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         d
     }
+
+    use monitor_core::{
+        trace::{FORMAT, config_digest},
+        walltime::WallClock,
+    };
 
     fn ev(i: u64) -> Event {
         Event {
@@ -289,7 +247,7 @@ mod tests {
     #[test]
     fn files_are_private_rotated_and_capped() {
         let dir = tmp("rotate");
-        let header = TraceHeader::new(
+        let header = super::header(
             &config(),
             WallClock {
                 realtime_offset_ns: 5,
@@ -365,7 +323,7 @@ mod tests {
     #[test]
     fn facts_precede_their_event_once_per_file_and_rotate_with_it() {
         let dir = tmp("facts");
-        let header = TraceHeader::new(
+        let header = super::header(
             &config(),
             WallClock {
                 realtime_offset_ns: 0,
@@ -425,7 +383,7 @@ mod tests {
     #[test]
     fn a_new_file_holds_its_header_before_any_flush() {
         let dir = tmp("header");
-        let header = TraceHeader::new(
+        let header = super::header(
             &config(),
             WallClock {
                 realtime_offset_ns: 5,

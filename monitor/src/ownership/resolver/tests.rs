@@ -77,8 +77,8 @@ fn templates(t: &str) -> Link {
     }
 }
 
-fn read_by(user: &str, document: &str) -> crate::correlate::Access {
-    use crate::{
+fn read_by(user: &str, document: &str) -> monitor_core::correlate::Access {
+    use monitor_core::{
         correlate::{Access, Evidence, RequestInfo},
         identity::{Identity, IdentitySource},
     };
@@ -198,14 +198,14 @@ fn a_timeout_is_unknown_owner_and_never_cached() {
         (None, Some(LookupError::Timeout), Some(BackendKind::Sqlite))
     );
     assert_eq!(used[0].fact.error, Some(LookupError::Timeout));
-    let judge = crate::judge::Judge::new(Vec::new());
+    let judge = monitor_core::judge::Judge::new(Vec::new());
     let mut access = read_by("alice", "/d/1.pdf");
     let (o, _) = resolve(&mut r, "/d/1.pdf", t0);
     let j = judge.judge(&access, o);
     assert_eq!(
         (j.verdict, j.rule),
         (
-            crate::judge::Verdict::UnknownOwner,
+            monitor_core::judge::Verdict::UnknownOwner,
             "ownership_lookup_timeout"
         )
     );

@@ -550,7 +550,8 @@ mod tests {
         std::fs::write(&path, SECRET).unwrap();
         let mut jwt = JwtConfig::default();
         jwt.hs256_secret_file = Some(path);
-        jwt.load_key().unwrap();
+        jwt.load_key_with(&crate::identity::jwt::read_for_tests)
+            .unwrap();
         let cfg = IdentityConfig {
             sources: vec![IdentitySource::Jwt],
             jwt: jwt.clone(),

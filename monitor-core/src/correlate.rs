@@ -47,7 +47,9 @@ use crate::{
 
 mod fastcgi;
 
-/// Settings the correlator needs (a slice of [`crate::config::Config`]).
+/// Settings the correlator needs: a slice of the configuration, built by the `vigie` crate
+/// (`Config::correlator`). Without a wall clock until
+/// [`CorrelatorConfig::with_realtime_offset_ns`] gives it one.
 #[derive(Debug, Clone)]
 pub struct CorrelatorConfig {
     pub roots: Vec<String>,
@@ -62,17 +64,6 @@ pub struct CorrelatorConfig {
 }
 
 impl CorrelatorConfig {
-    /// Without a wall clock: add it with [`CorrelatorConfig::with_realtime_offset_ns`].
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
-        Self {
-            roots: cfg.documents.roots.clone(),
-            identity: cfg.identity.clone(),
-            max_head: cfg.capture.max_head_bytes as usize,
-            idle_flush_ns: cfg.correlation.idle_flush_ms.saturating_mul(1_000_000),
-            realtime_offset_ns: None,
-        }
-    }
-
     /// The wall clock of the events (live: measured at start; replay: from the trace header).
     #[must_use]
     pub fn with_realtime_offset_ns(mut self, offset_ns: i64) -> Self {

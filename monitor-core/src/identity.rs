@@ -15,7 +15,7 @@ use crate::http::RequestHead;
 
 pub mod jwt;
 pub mod session;
-pub mod store;
+pub mod store_config;
 
 pub use jwt::JwtConfig;
 pub use session::SessionConfig;
@@ -259,7 +259,7 @@ fn remote_user(head: &RequestHead) -> Option<Result<String, IdentityProblem>> {
 }
 
 /// `bytes` as a valid user name, checking the length before any conversion.
-fn user_name(bytes: &[u8]) -> Option<String> {
+pub fn user_name(bytes: &[u8]) -> Option<String> {
     if bytes.len() > MAX_USER_NAME_LEN {
         return None;
     }

@@ -15,90 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
-
-use super::user_name;
-
-/// `[identity.session.store]`: where the portal keeps its sessions, and how a session names its
-/// user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// Session files: a path with one `{id}`, e.g. `/var/lib/php/sessions/sess_{id}`.
-    #[serde(default)]
-    pub files: Option<String>,
-    /// Redis: `redis://host:port/db` (or `redis+unix:///path`), read with `GET`.
-    #[serde(default)]
-    pub redis: Option<String>,
-    /// The Redis key, with one `{id}`, e.g. `PHPREDIS_SESSION:{id}`.
-    #[serde(default = "default_key")]
-    pub key: String,
-    /// How the stored session names its user.
-    #[serde(default)]
-    pub format: StoreFormat,
-    /// `php`: the session variable; `json`: a top-level key or a JSON pointer (`/user/login`).
-    #[serde(default = "default_user_key")]
-    pub user_key: String,
-    /// Longest a lookup may take (connection included).
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-fn default_key() -> String {
-    "{id}".to_owned()
-}
-
-fn default_user_key() -> String {
-    "user".to_owned()
-}
-
-fn default_timeout_ms() -> u64 {
-    50
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreFormat {
-    /// The stored value is the user name.
-    #[default]
-    Plain,
-    /// PHP's default session serialization: `user|s:5:"alice";...`.
-    Php,
-    /// A JSON object.
-    Json,
-}
-
-impl StoreConfig {
-    /// The field and reason of the first invalid setting.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        match (&self.files, &self.redis) {
-            (Some(_), Some(_)) | (None, None) => {
-                return Err((
-                    "files",
-                    "exactly one of `files` and `redis` is required".into(),
-                ));
-            }
-            (Some(files), None) => {
-                if files.matches("{id}").count() != 1 || !files.starts_with('/') {
-                    return Err(("files", "an absolute path with exactly one `{id}`".into()));
-                }
-            }
-            (None, Some(url)) => {
-                redis::Client::open(url.as_str()).map_err(|e| ("redis", e.to_string()))?;
-                if self.key.matches("{id}").count() != 1 {
-                    return Err(("key", "exactly one `{id}` is required".into()));
-                }
-            }
-        }
-        if self.user_key.is_empty() {
-            return Err(("user_key", "must not be empty".into()));
-        }
-        if !(1..=5_000).contains(&self.timeout_ms) {
-            return Err(("timeout_ms", "must be 1 to 5000".into()));
-        }
-        Ok(())
-    }
-}
+use monitor_core::identity::{
+    store_config::{StoreConfig, StoreFormat},
+    user_name,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -351,9 +271,9 @@ mod tests {
         let cfg = StoreConfig {
             files: Some(format!("{}/sess_{{id}}", dir.display())),
             redis: None,
-            key: default_key(),
+            key: monitor_core::identity::store_config::default_key(),
             format: StoreFormat::Plain,
-            user_key: default_user_key(),
+            user_key: monitor_core::identity::store_config::default_user_key(),
             timeout_ms: 50,
         };
         cfg.check().unwrap();
@@ -375,9 +295,9 @@ mod tests {
         let base = StoreConfig {
             files: Some("/s/sess_{id}".into()),
             redis: None,
-            key: default_key(),
+            key: monitor_core::identity::store_config::default_key(),
             format: StoreFormat::Php,
-            user_key: default_user_key(),
+            user_key: monitor_core::identity::store_config::default_user_key(),
             timeout_ms: 50,
         };
         assert!(base.check().is_ok());

@@ -38,7 +38,7 @@ pub struct SessionConfig {
     /// The portal's session store (`[identity.session.store]`), read to resolve sessions Vigie
     /// did not see being created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store: Option<super::store::StoreConfig>,
+    pub store: Option<super::store_config::StoreConfig>,
 }
 
 fn default_user_field() -> String {

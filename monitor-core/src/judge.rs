@@ -7,8 +7,8 @@ use crate::{
     correlate::Access,
     identity::IdentityProblem,
     ownership::{
+        Ownership,
         fact::{BackendKind, LookupError},
-        resolver::Ownership,
     },
 };
 
@@ -96,12 +96,6 @@ impl Judge {
         self
     }
 
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
-        Self::new(cfg.policy.privileged_users.iter().cloned())
-            .with_privileged_roles(cfg.policy.privileged_roles.iter().cloned())
-            .with_forged_token_alerts(cfg.policy.alert_forged_tokens)
-    }
-
     /// The rule for a request without identity: a forged or expired bearer token is an attack
     /// when it reached a document, whoever owns it.
     fn without_identity(&self, problem: Option<IdentityProblem>) -> (Verdict, &'static str) {
@@ -165,25 +159,19 @@ impl Judge {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-
     use super::*;
     use crate::{
         correlate::{Evidence, RequestInfo},
         identity::{Identity, IdentitySource},
-        ownership::{OwnershipRules, resolver::Resolver},
+        ownership::OwnershipRules,
     };
 
     /// Judges with ownership from the template `/srv/users/{owner}/**`.
-    struct Templated(Judge, RefCell<Resolver>);
+    struct Templated(Judge, OwnershipRules);
 
     impl Templated {
         fn judge(&self, access: &Access) -> Judgement {
-            let ownership = self.1.borrow_mut().resolve(
-                &access.document,
-                std::time::Instant::now(),
-                &mut Vec::new(),
-            );
+            let ownership = self.1.ownership(&access.document).unwrap_or_default();
             self.0.judge(access, ownership)
         }
 
@@ -200,7 +188,7 @@ mod tests {
         let tpl = "/srv/users/{owner}/**".parse().unwrap();
         Templated(
             Judge::new(["agent".to_string()]),
-            RefCell::new(Resolver::templates(OwnershipRules::new(vec![tpl]))),
+            OwnershipRules::new(vec![tpl]),
         )
     }
 

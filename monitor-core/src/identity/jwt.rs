@@ -30,7 +30,10 @@ pub const MAX_ROLES: usize = 64;
 pub const MAX_LEEWAY_SECONDS: u64 = 86_400;
 
 /// Largest key file read, in bytes: a PEM public key or a secret is far smaller.
-const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
+pub const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
+
+/// Reads a key file for [`JwtConfig::load_key_with`]: the bytes, or why not.
+pub type KeyReader<'a> = dyn Fn(&Path) -> Result<Vec<u8>, String> + 'a;
 
 /// URL-safe alphabet, lenient about padding (a few issuers pad).
 const B64URL: GeneralPurpose = GeneralPurpose::new(
@@ -66,7 +69,7 @@ pub struct JwtConfig {
     /// A token without `exp` is refused (as [`IdentityProblem::JwtExpired`]).
     #[serde(default)]
     pub require_exp: bool,
-    /// The key read from the configured file by [`JwtConfig::load_key`]. Never serialized: a
+    /// The key read from the configured file by [`JwtConfig::load_key_with`]. Never serialized: a
     /// configuration printed or recorded in a trace carries the file's path, not the key.
     #[serde(skip)]
     key: Option<JwtKey>,
@@ -151,9 +154,11 @@ fn config_error(field: &'static str, reason: impl Into<String>) -> JwtConfigErro
 }
 
 impl JwtConfig {
-    /// Checks the settings and reads the configured key file, if any. Called at configuration
-    /// load (again after command-line overrides: reading twice is harmless).
-    pub fn load_key(&mut self) -> Result<(), JwtConfigError> {
+    /// Checks the settings and reads the configured key file, if any, with `read` (the caller's
+    /// I/O: at most [`MAX_KEY_FILE_LEN`] bytes, or an error that never quotes the content).
+    /// Called at configuration load (again after command-line overrides: reading twice is
+    /// harmless).
+    pub fn load_key_with(&mut self, read: &KeyReader<'_>) -> Result<(), JwtConfigError> {
         for (field, claim) in [
             ("user_claim", &self.user_claim),
             ("roles_claim", &self.roles_claim),
@@ -193,7 +198,7 @@ impl JwtConfig {
         .collect();
         self.key = match configured.as_slice() {
             [] => None,
-            [(field, path, alg)] => Some(read_key(field, path, *alg)?),
+            [(field, path, alg)] => Some(read_key(field, path, *alg, read)?),
             [_, (field, ..), ..] => {
                 return Err(config_error(
                     field,
@@ -215,14 +220,19 @@ impl JwtConfig {
 }
 
 /// Reads and checks one key file. Errors never quote the file's content.
-fn read_key(field: &'static str, path: &Path, alg: Algorithm) -> Result<JwtKey, JwtConfigError> {
+fn read_key(
+    field: &'static str,
+    path: &Path,
+    alg: Algorithm,
+    read: &KeyReader<'_>,
+) -> Result<JwtKey, JwtConfigError> {
     if !path.is_absolute() {
         return Err(config_error(
             field,
             format!("{} is not an absolute path", path.display()),
         ));
     }
-    let bytes = read_small(path).map_err(|e| config_error(field, e))?;
+    let bytes = read(path).map_err(|e| config_error(field, e))?;
     let key = match alg {
         Algorithm::HS256 => {
             let secret = bytes
@@ -280,23 +290,6 @@ fn read_key(field: &'static str, path: &Path, alg: Algorithm) -> Result<JwtKey, 
         }
     };
     Ok(JwtKey { alg, key })
-}
-
-fn read_small(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read as _;
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_KEY_FILE_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.len() as u64 > MAX_KEY_FILE_LEN {
-        return Err(format!(
-            "{} is larger than {MAX_KEY_FILE_LEN} bytes",
-            path.display()
-        ));
-    }
-    Ok(bytes)
 }
 
 /// What a valid token says.
@@ -572,6 +565,12 @@ fn roles_of(value: &Value) -> Vec<String> {
         }
     }
     roles
+}
+
+/// Reads a key file the way the `vigie` crate does, for this crate's tests.
+#[cfg(test)]
+pub(crate) fn read_for_tests(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 #[cfg(test)]
