@@ -746,6 +746,7 @@ impl Live {
         m.sync_decode_errors(self.summary.decode_errors);
         m.sync_lost(&self.lost);
         m.sync_requests(&self.pipeline.correlator().stats().requests_by_identity);
+        m.sync_desyncs(&self.pipeline.correlator().stats().desyncs);
         m.sync_alerts_written(self.pipeline.alerts_written());
         m.set_targets(self.targets.len());
         m.set_tracked(&self.pipeline.correlator().tracked());

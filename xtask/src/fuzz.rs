@@ -19,13 +19,15 @@ use crate::{setup::EBPF_NIGHTLY, step, workspace_root};
 /// cargo-fuzz release installed when missing (`cargo install --locked`, about a minute).
 const CARGO_FUZZ: &str = "0.13.2";
 
-/// Default seconds per target: 7 targets x 20 s = 2 minutes 20 of fuzzing, plus the build.
+/// Default seconds per target: 8 targets x 20 s = 2 minutes 40 of fuzzing, plus the build.
 pub const DEFAULT_SECONDS: u64 = 20;
 
 /// The targets and their largest input (`-max_len`), about what one capture or line can hold.
 const TARGETS: &[(&str, usize)] = &[
     // Request heads: the capture is at most 4 KiB (`DATA_CAP`).
     ("http_head", 4096),
+    // A connection's request stream (pipelined heads, bodies, chunked), cut into reads.
+    ("http_stream", 16 * 1024),
     // A head with a token up to the 16 KiB `MAX_TOKEN_LEN`, plus the clock byte.
     ("identity", 17 * 1024),
     ("redact", 17 * 1024),
