@@ -130,6 +130,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     // checked at capture time, never by the correlator.
     let cfg_jwt = cfg.identity.jwt.clone();
     let cfg_session = cfg.identity.session.clone();
+    let max_head = cfg.capture.max_head_bytes as usize;
     let session_store = cfg_session
         .as_ref()
         .and_then(|s| s.store.clone())
@@ -144,7 +145,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
         redactor: Redactor::new(cfg_jwt).with_session(cfg_session),
-        hold: monitor_core::redact::hold::LineHold::new(),
+        hold: monitor_core::redact::hold::LineHold::new(max_head),
         passed: Vec::new(),
         decoded: Vec::new(),
         bodies: monitor_core::fingerprint::Bodies::new(),

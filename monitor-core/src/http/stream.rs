@@ -180,6 +180,12 @@ impl RequestStream {
         self.state == State::Head && !self.head.is_empty()
     }
 
+    /// Whether the next bytes are (part of) a request head.
+    #[must_use]
+    pub fn in_head(&self) -> bool {
+        self.state == State::Head
+    }
+
     /// Whether the stream is lost (waiting for a read that starts a request).
     #[must_use]
     pub fn is_lost(&self) -> bool {

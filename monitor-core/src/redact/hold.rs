@@ -5,7 +5,10 @@
 //! identity).
 //!
 //! Each HTTP read captured whole is passed on up to and including its last `LF`; the bytes
-//! after it (a line not finished yet) are held and put in front of the connection's next read.
+//! after it, when they are part of a request head (a line not finished yet), are held and put
+//! in front of the connection's next read. Body bytes are never held (a login form has no line
+//! end, and its response must not overtake it): where heads and bodies are is followed with the
+//! correlator's own [`RequestStream`] on the same bytes.
 //! A held line holds no complete line, so no request can start or end in it: delaying it
 //! changes nothing the correlator decides, only when. Held bytes are passed on (and the
 //! redactor masks what is unfinished) when the connection is closed or reused, its process
@@ -16,6 +19,7 @@
 use crate::{
     events::{Event, EventKind, Payload},
     fastcgi::Protocol,
+    http::{looks_like_request_start, stream::RequestStream},
     idmap::IdMap,
 };
 
@@ -23,23 +27,47 @@ use crate::{
 /// carries a credential). Bearer tokens are at most 16 KiB (`identity::jwt`).
 pub const MAX_HELD: usize = 17 * 1024;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Conn {
     protocol: Protocol,
-    /// The last read that ended inside a line, with only the bytes after its last `LF`.
+    /// The bytes passed on so far, as requests: whether held bytes would be in a head.
+    stream: RequestStream,
+    /// The last read that ended inside a head line, with only the bytes after its last `LF`.
     held: Option<Event>,
 }
 
 /// Held request lines, per connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LineHold {
     conns: IdMap<(u32, i32), Conn>,
+    max_head: usize,
 }
 
 impl LineHold {
+    /// `max_head`: the correlator's bound on a head (`capture.max_head_bytes`).
     #[must_use]
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(max_head: usize) -> Self {
+        Self {
+            conns: IdMap::default(),
+            max_head,
+        }
+    }
+
+    fn conn(&mut self, key: (u32, i32), accepted: bool) -> &mut Conn {
+        let max_head = self.max_head;
+        self.conns.entry(key).or_insert_with(|| Conn {
+            protocol: if accepted {
+                Protocol::Fresh
+            } else {
+                Protocol::Unknown
+            },
+            stream: if accepted {
+                RequestStream::new(max_head)
+            } else {
+                RequestStream::joined(max_head)
+            },
+            held: None,
+        })
     }
 
     /// Connections with bytes held.
@@ -57,13 +85,8 @@ impl LineHold {
             EventKind::SockAccept { fd } => {
                 let fd = *fd;
                 self.flush(pid, fd, out);
-                self.conns.insert(
-                    (pid, fd),
-                    Conn {
-                        protocol: Protocol::Fresh,
-                        held: None,
-                    },
-                );
+                self.conns.remove(&(pid, fd));
+                self.conn((pid, fd), true);
                 out.push(ev);
             }
             EventKind::SockClose { fd } => {
@@ -119,7 +142,7 @@ impl LineHold {
             out.push(ev);
             return;
         };
-        let conn = self.conns.entry((ev.pid, *fd)).or_default();
+        let conn = self.conn((ev.pid, *fd), false);
         if conn.protocol.observe_start(&data.0, conn.held.is_some()) == Protocol::FastCgi {
             if let Some(held) = conn.held.take() {
                 out.push(held);
@@ -141,7 +164,9 @@ impl LineHold {
             data.0 = merged;
             *bytes = bytes.saturating_add(held_bytes);
         }
+        let mut items = Vec::new();
         if !whole {
+            conn.stream.feed(&data.0, *bytes, &mut items);
             out.push(ev);
             return;
         }
@@ -149,8 +174,14 @@ impl LineHold {
             Some(last) => last + 1,
             None => 0,
         };
-        let tail = data.0.len() - keep_from;
-        if tail == 0 || tail > MAX_HELD {
+        let (lines, tail) = data.0.split_at(keep_from);
+        conn.stream.feed(lines, lines.len() as u64, &mut items);
+        // Only a head line is held: body bytes, garbage and what follows a last request go on.
+        // A connection joined mid-stream is followed from a read that starts a request.
+        let head = conn.stream.in_head()
+            || (conn.stream.is_lost() && lines.is_empty() && looks_like_request_start(tail));
+        if tail.is_empty() || tail.len() > MAX_HELD || !head {
+            conn.stream.feed(tail, tail.len() as u64, &mut items);
             out.push(ev);
             return;
         }
@@ -215,7 +246,7 @@ mod tests {
 
     #[test]
     fn lines_are_passed_on_whole_and_nothing_is_lost() {
-        let mut h = LineHold::new();
+        let mut h = LineHold::new(64 * 1024);
         let mut out = Vec::new();
         let stream =
             b"GET / HTTP/1.1\r\nAuthorization: Basic YWxpY2U6cHc=\r\n\r\nGET /b HTTP/1.1\r\nX: y";
@@ -242,8 +273,31 @@ mod tests {
     }
 
     #[test]
+    fn bodies_are_never_held() {
+        let mut h = LineHold::new(64 * 1024);
+        let mut out = Vec::new();
+        let post = b"POST /login HTTP/1.1\r\nContent-Length: 24\r\n\r\n";
+        h.take(read(3, post, post.len() as u64), &mut out);
+        h.take(read(3, b"user=alice&password=", 20), &mut out);
+        h.take(read(3, b"pw12", 4), &mut out);
+        assert_eq!(
+            bytes_of(&out),
+            [
+                post.to_vec(),
+                b"user=alice&password=".to_vec(),
+                b"pw12".to_vec()
+            ]
+        );
+        // The next head is held again where it is cut.
+        out.clear();
+        h.take(read(3, b"GET / HTTP/1.1\r\nAuthor", 22), &mut out);
+        assert_eq!(bytes_of(&out), [b"GET / HTTP/1.1\r\n".to_vec()]);
+        assert_eq!(h.held(), 1);
+    }
+
+    #[test]
     fn uncaptured_reads_and_fastcgi_are_passed_on_at_once() {
-        let mut h = LineHold::new();
+        let mut h = LineHold::new(64 * 1024);
         let mut out = Vec::new();
         h.take(read(3, b"GET / HT", 8), &mut out);
         assert!(out.is_empty());
