@@ -399,6 +399,72 @@ mod tests {
     }
 
     #[test]
+    fn a_read_captured_in_several_records_is_joined() {
+        let record = |tid: u32, text: &[u8], ret: usize, chunk: u32| {
+            let mut h = header(kind::SOCK_READ);
+            h.tid = tid;
+            let mut ev = DataEvent {
+                header: h,
+                fd: 4,
+                op: op::READ,
+                ret: ret as i64,
+                captured: text.len() as u32,
+                chunk,
+                data: [0; DATA_CAP],
+            };
+            ev.data[..text.len()].copy_from_slice(text);
+            bytes_of(&ev)[..DATA_HEADER_LEN + text.len()].to_vec()
+        };
+        let head = [b'a'; DATA_CAP * 2 + 100];
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let total = head.len();
+        d.next(&record(11, &head[..DATA_CAP], total, CHUNK_MORE), &mut out)
+            .unwrap();
+        // Another thread's record in between changes nothing.
+        d.next(&record(12, b"GET / HTTP/1.1\r\n", 16, 0), &mut out)
+            .unwrap();
+        d.next(
+            &record(
+                11,
+                &head[DATA_CAP..2 * DATA_CAP],
+                total,
+                DATA_CAP as u32 | CHUNK_MORE,
+            ),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 1);
+        d.next(
+            &record(11, &head[2 * DATA_CAP..], total, 2 * DATA_CAP as u32),
+            &mut out,
+        )
+        .unwrap();
+        let EventKind::SockRead { data, bytes, .. } = &out[1].kind else {
+            panic!("{out:?}");
+        };
+        assert_eq!((data.0.as_slice(), *bytes), (&head[..], total as u64));
+        // The rest lost: the thread's next record passes on what came, with its byte count.
+        out.clear();
+        d.next(&record(11, &head[..DATA_CAP], total, CHUNK_MORE), &mut out)
+            .unwrap();
+        d.next(&record(11, b"GET", 3, 0), &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        let EventKind::SockRead { data, bytes, .. } = &out[0].kind else {
+            panic!("{out:?}");
+        };
+        assert_eq!((data.0.len(), *bytes), (DATA_CAP, total as u64));
+        // A stray continuation is dropped; flush passes on what waits.
+        out.clear();
+        d.next(&record(13, b"xx", 9000, 4096), &mut out).unwrap();
+        assert!(out.is_empty());
+        d.next(&record(14, &head[..DATA_CAP], total, CHUNK_MORE), &mut out)
+            .unwrap();
+        d.flush(&mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
     fn a_decoder_shares_names_and_reuses_payload_buffers() {
         let mut d = Decoder::new();
         let data_event = |text: &[u8]| {
