@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask setup | build | demo | test | vm-test | fuzz`.
+//! Project tasks: `cargo xtask setup | build | demo | test | vm-test | fuzz | package`.
 mod bench;
 mod demo;
 mod fuzz;
+mod package;
 mod setup;
 mod test;
 mod vm;
@@ -47,6 +48,10 @@ enum Task {
     /// (and lockdown variants) in QEMU with software emulation; print a per-kernel table (about
     /// 6 minutes on 2 cores).
     VmTest(vm::VmArgs),
+    /// Set up, then build the Debian package (`target/package/vigie_*.deb`: the release binary,
+    /// the systemd unit, `/etc/vigie/vigie.toml`, the Prometheus rules and the docs), installing
+    /// cargo-deb when missing.
+    Package,
     /// Build the cargo-fuzz targets of `fuzz/` (installing cargo-fuzz when missing) and run each
     /// for a bounded time from a copy of its seed corpus; fails on any crash.
     Fuzz {
@@ -88,6 +93,10 @@ fn main() -> anyhow::Result<()> {
             vm::run(&build()?, &args)
         }
         Task::Fuzz { seconds, asan } => fuzz::run(seconds, asan),
+        Task::Package => {
+            setup::run()?;
+            package::run().map(|deb| println!("{}", deb.display()))
+        }
     }
 }
 
@@ -115,6 +124,43 @@ fn build() -> anyhow::Result<Binaries> {
         vigie: target.join("vigie"),
         portal: target.join("demo-portal"),
     })
+}
+
+/// Clippy on the probes: the eBPF crate for its BPF target with the eBPF nightly, as
+/// `monitor/build.rs` builds it (aya-build's flags), in a target directory of its own.
+pub fn clippy_ebpf() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let status = Command::new("cargo")
+        .arg(format!("+{}", setup::EBPF_NIGHTLY))
+        .args([
+            "clippy",
+            "--quiet",
+            "--package",
+            "monitor-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(root.join("target").join("clippy-ebpf"))
+        .args(["--", "-D", "warnings"])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"",
+        )
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO")
+        .env("RUSTUP_TOOLCHAIN", setup::EBPF_NIGHTLY)
+        .current_dir(&root)
+        .status()
+        .context("running cargo clippy on monitor-ebpf")?;
+    if !status.success() {
+        bail!("cargo clippy on the probes failed ({status})");
+    }
+    Ok(())
 }
 
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {

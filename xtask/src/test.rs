@@ -14,11 +14,22 @@ pub fn run(bins: &Binaries, args: &[String]) -> anyhow::Result<()> {
     }
     // SAFETY (edition 2024 set_var): single-threaded at this point.
     unsafe { std::env::set_var("VIGIE_BIN", &bins.vigie) };
+    // The Debian package, for `tests/tests/package.rs` (a release build: only for the whole
+    // suite, or when the filter names the package test).
+    if args.is_empty() || args.iter().any(|a| a.contains("package")) {
+        let deb = crate::package::run()?;
+        // SAFETY: as above.
+        unsafe { std::env::set_var("VIGIE_DEB", &deb) };
+    }
     // Default members: everything but the eBPF crate, which only builds for the BPF target
     // (build.rs builds it).
-    step("test", "cargo fmt --check, cargo clippy -D warnings");
+    step(
+        "test",
+        "cargo fmt --check, cargo clippy -D warnings (userspace, then the probes)",
+    );
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
+    crate::clippy_ebpf()?;
     step("test", "cargo test");
     let mut cmd = vec!["test", "--"];
     cmd.extend(args.iter().map(String::as_str));

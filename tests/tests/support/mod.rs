@@ -74,6 +74,13 @@ pub fn privileged(test: &str) -> Option<Privileged> {
     }
 }
 
+impl Privileged {
+    /// The same privileges, running another `vigie` (the installed package's, say).
+    pub fn with_binary(self, vigie: PathBuf) -> Self {
+        Self { vigie, ..self }
+    }
+}
+
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
