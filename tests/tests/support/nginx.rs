@@ -97,11 +97,13 @@ impl Nginx {
     /// and 128 KiB in all (`large_client_header_buffers 8 16k`), one worker. Its access log
     /// (`access_log`) has one line per request: `user status bytes filename`.
     pub fn start_static(test: &str, root: &Path, sendfile: bool) -> Option<Nginx> {
-        let bin = require_tool(test, "nginx").or_else(|| {
-            Path::new("/usr/sbin/nginx")
-                .exists()
-                .then(|| PathBuf::from("/usr/sbin/nginx"))
-        })?;
+        // Debian's path first: the kernel matrix's initramfs holds it there, off `PATH`.
+        let debian = Path::new("/usr/sbin/nginx");
+        let bin = if debian.exists() {
+            debian.to_path_buf()
+        } else {
+            require_tool(test, "nginx")?
+        };
         let dir = TempDir::new(&format!("{test}-nginx"));
         let d = dir.path().display().to_string();
         let r = root.display();
