@@ -211,6 +211,8 @@ struct Ev {
     jump: Option<u64>,
     pid: u8,
     tid: u8,
+    /// A Go target's goroutine (0: the runtime's own stack).
+    goid: Option<u8>,
     kind: Kind,
 }
 
@@ -280,6 +282,8 @@ fn events(input: &Input) -> Vec<Event> {
                     fd: fd(*f),
                     bytes: u64::from(*n),
                     fp: (*n % 5 != 0).then_some(u64::from(*n % 4)),
+                    // Sizes that match the fuzzed responses' lengths now and then.
+                    size: (*n % 3 != 0).then_some(u64::from(*n % 7)),
                 },
                 Kind::FileMap(f, n) => EventKind::FileMap {
                     fd: fd(*f),
@@ -289,6 +293,7 @@ fn events(input: &Input) -> Vec<Event> {
                     fd: fd(*f),
                     bytes: *n,
                     fp: None,
+                    size: None,
                 },
                 Kind::SendFile(o, i, n) => EventKind::SendFile {
                     out_fd: fd(*o),
@@ -296,7 +301,10 @@ fn events(input: &Input) -> Vec<Event> {
                     bytes: u64::from(*n),
                 },
                 Kind::FileClose(f) => EventKind::FileClose { fd: fd(*f) },
-                Kind::SockAccept(f) => EventKind::SockAccept { fd: fd(*f) },
+                Kind::SockAccept(f) => EventKind::SockAccept {
+                    fd: fd(*f),
+                    peer: None,
+                },
                 Kind::SockRead(f, extra, h) => {
                     let data = h.render();
                     EventKind::SockRead {
@@ -324,6 +332,7 @@ fn events(input: &Input) -> Vec<Event> {
                 pid,
                 tid,
                 comm: "portal".into(),
+                goid: e.goid.map(u64::from),
                 kind,
             }
         })
@@ -366,6 +375,7 @@ fuzz_target!(|input: Input| {
         request_cap: usize::from(input.request_cap % 4096).max(16),
         idle_flush_ns: u64::from(input.idle_flush_ms) * 1_000_000,
         realtime_offset_ns: None,
+        proxies: Default::default(),
     };
     if input.realtime {
         cfg = cfg.with_realtime_offset_ns(1_700_000_000_000_000_000);

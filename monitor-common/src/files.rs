@@ -29,7 +29,7 @@ pub struct OpenEvent {
     pub _pad: u32,
     pub path: [u8; PATH_CAP],
 }
-const _: () = assert!(core::mem::size_of::<OpenEvent>() == 40 + 24 + PATH_CAP);
+const _: () = assert!(core::mem::size_of::<OpenEvent>() == 48 + 24 + PATH_CAP);
 
 /// Where [`OpenEvent::path`] comes from.
 pub mod path_source {
@@ -55,11 +55,14 @@ pub struct FdEvent {
     pub ret: i64,
     /// One of [`crate::op`].
     pub op: u32,
-    pub _pad: u32,
+    /// `kind::FILE_READ` only: the document's size at the read (`inode.i_size`), so that a
+    /// response body is matched only to reads of a document of its length; 0 unknown,
+    /// `u32::MAX` for 4 GiB or more. Else 0.
+    pub size: u32,
     /// `kind::FILE_READ` only: [`fingerprint`] of the bytes read (first iovec), else 0.
     pub fp: u64,
 }
-const _: () = assert!(core::mem::size_of::<FdEvent>() == 40 + 32);
+const _: () = assert!(core::mem::size_of::<FdEvent>() == 48 + 32);
 
 /// Bytes a content fingerprint covers: the first bytes of a document read, matched against the
 /// first bytes of a response body (DESIGN.md §4, attribution by content).

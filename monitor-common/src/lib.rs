@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod files;
+pub mod go;
 pub mod process;
 pub mod sockets;
 
@@ -23,13 +24,24 @@ pub struct Header {
     pub tgid: u32,
     /// Thread id (the kernel's pid).
     pub tid: u32,
-    pub _pad: u32,
+    /// [`header_flags`] bits.
+    pub flags: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, nanoseconds.
     pub ts_ns: u64,
+    /// The id of the goroutine the thread was running (`runtime.g.goid`; 0 on the Go runtime's
+    /// own stacks), when [`header_flags::GOID`] is set: the thread belongs to a Go target whose
+    /// layout userspace found ([`go::GoLayout`]).
+    pub goid: u64,
     /// `comm` of the thread, NUL-padded.
     pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<Header>() == 40);
+const _: () = assert!(core::mem::size_of::<Header>() == 48);
+
+/// Bits of [`Header::flags`].
+pub mod header_flags {
+    /// [`super::Header::goid`] was read from the thread's Go runtime.
+    pub const GOID: u32 = 1;
+}
 
 /// Record kinds, numbered by domain (`process` 1.., `files` 100.., `sockets` 200..).
 pub mod kind {
@@ -164,8 +176,21 @@ pub mod globals {
     pub const OFF_FDT_FD: &str = "OFF_FDT_FD";
     pub const OFF_FILE_INODE: &str = "OFF_FILE_INODE";
     pub const OFF_INODE_MODE: &str = "OFF_INODE_MODE";
+    pub const OFF_INODE_SIZE: &str = "OFF_INODE_SIZE";
     pub const OFF_FILE_PATH: &str = "OFF_FILE_PATH";
     pub const OFF_FILE_FLAGS: &str = "OFF_FILE_FLAGS";
+    /// Offset of the saved user FS base in `task_struct` (`thread.fsbase`, x86_64): where a Go
+    /// thread's TLS, and so its current goroutine, is found. 0: not known on this kernel.
+    pub const OFF_TASK_FSBASE: &str = "OFF_TASK_FSBASE";
+    /// `file.private_data` (a socket file's `struct socket *`), `socket.sk`, `sock.__sk_common`
+    /// and the peer fields of `sock_common`: the client endpoint of an accepted connection.
+    pub const OFF_FILE_PRIVATE: &str = "OFF_FILE_PRIVATE";
+    pub const OFF_SOCKET_SK: &str = "OFF_SOCKET_SK";
+    pub const OFF_SOCK_COMMON: &str = "OFF_SOCK_COMMON";
+    pub const OFF_SKC_FAMILY: &str = "OFF_SKC_FAMILY";
+    pub const OFF_SKC_DPORT: &str = "OFF_SKC_DPORT";
+    pub const OFF_SKC_DADDR: &str = "OFF_SKC_DADDR";
+    pub const OFF_SKC_V6_DADDR: &str = "OFF_SKC_V6_DADDR";
     /// Offset of `__syscall_nr` in `sys_enter_*`/`sys_exit_*` records.
     pub const TP_SYSCALL_NR: &str = "TP_SYSCALL_NR";
     /// Offset of the first argument slot in `sys_enter_*` records (slots are 8 bytes).
@@ -188,7 +213,7 @@ pub mod globals {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Header, Stash, files, process, sockets};
+    use super::{Header, Stash, files, go, process, sockets};
     // SAFETY: plain #[repr(C)] integers and byte arrays, no padding holes, no pointers.
     unsafe impl aya::Pod for Header {}
     unsafe impl aya::Pod for files::OpenEvent {}
@@ -196,4 +221,5 @@ mod pod {
     unsafe impl aya::Pod for process::ProcEvent {}
     unsafe impl aya::Pod for sockets::DataEvent {}
     unsafe impl aya::Pod for Stash {}
+    unsafe impl aya::Pod for go::GoLayout {}
 }

@@ -36,4 +36,33 @@ pub struct DataEvent {
 
 /// Bytes before [`DataEvent::data`].
 pub const DATA_HEADER_LEN: usize = core::mem::offset_of!(DataEvent, data);
-const _: () = assert!(DATA_HEADER_LEN == 40 + 24);
+const _: () = assert!(DATA_HEADER_LEN == 48 + 24);
+
+/// `kind::SOCK_ACCEPT`: `fd` is a new connection, whose peer the probe read from the kernel's
+/// socket (`file->private_data->sk->__sk_common`) at the syscall's exit. Read from the socket, not
+/// from the `accept` address argument: servers may pass NULL there, and the user buffer is the
+/// process's to rewrite.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptEvent {
+    pub header: Header,
+    pub fd: i32,
+    /// `skc_family`: one of [`family`] (0 when the socket could not be read).
+    pub family: u16,
+    /// The peer's port, host byte order (0 for unix sockets).
+    pub port: u16,
+    /// The peer's address: IPv4 in the first 4 bytes (network order), IPv6 all 16.
+    pub addr: [u8; 16],
+    /// One of [`crate::op`].
+    pub op: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<AcceptEvent>() == 48 + 32);
+
+/// Address families of [`AcceptEvent::family`] (`AF_*` in the kernel's `socket.h`).
+pub mod family {
+    pub const UNKNOWN: u16 = 0;
+    pub const UNIX: u16 = 1;
+    pub const INET: u16 = 2;
+    pub const INET6: u16 = 10;
+}

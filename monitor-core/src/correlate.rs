@@ -9,6 +9,9 @@
 //!   had no request in scope);
 //! - `thread`: the read happened on the thread that read the current request head (thread per
 //!   request, prefork workers, pool threads);
+//! - `goroutine`: in a Go target whose goroutines the probes follow, the same with the goroutine
+//!   in place of the thread (Go moves goroutines between threads; a goroutine keeps its scope
+//!   in a process that lost thread scope);
 //! - `fingerprint`: the first bytes of the document (hashed in the kernel) are the first bytes
 //!   of a response body written on a connection (hashed by [`crate::fingerprint`]): the document
 //!   was read on a helper thread (async runtimes' blocking pools) or by an event loop serving
@@ -20,6 +23,14 @@
 //! request" means nothing, so from then on its reads get no thread scope. They wait, like reads
 //! on helper threads, for a response body carrying their fingerprint (or for the idle horizon,
 //! and are then `unattributed`).
+//!
+//! Thread scope and flow are trusted per process ([`trust`]): at the first sign of M:N
+//! scheduling (a runtime recognised at exec, a thread interleaving requests, a request whose
+//! events come from several threads) a process loses them for good. Its reads are then grouped
+//! by open file (later chunks read by other pool threads join the access of the first one) and
+//! wait for `sendfile` or for a response body carrying their fingerprint, matched across all
+//! of the process's threads. A body whose fingerprint matches reads of different documents is
+//! ambiguous: it names none of them, and they end `unattributed`.
 //!
 //! Each connection speaks HTTP or FastCGI, decided from its first bytes
 //! ([`crate::fastcgi::Protocol`]); FastCGI requests are handled in [`fastcgi`] and become
@@ -46,6 +57,9 @@ use crate::{
 };
 
 mod fastcgi;
+pub mod trust;
+
+use trust::{Distrust, ScopeTrust};
 
 /// Settings the correlator needs: a slice of the configuration, built by the `vigie` crate
 /// (`Config::correlator`). Without a wall clock until
@@ -61,6 +75,8 @@ pub struct CorrelatorConfig {
     /// sink's `WallClock`): gives each request its wall time, for token expiry, from the event
     /// stream alone. `None`: expiry is not checked.
     pub realtime_offset_ns: Option<i64>,
+    /// Proxies whose forwarded headers name the client (`[clients]`).
+    pub proxies: crate::client::TrustedProxies,
 }
 
 impl CorrelatorConfig {
@@ -85,6 +101,9 @@ pub enum Evidence {
     Sendfile,
     Flow,
     Thread,
+    /// Thread scope's equivalent in a Go target: the read was made by the goroutine that read
+    /// the request's head.
+    Goroutine,
     Fingerprint,
 }
 
@@ -108,6 +127,16 @@ pub struct RequestInfo {
     pub tid: u32,
     pub fd: i32,
     pub ts_ns: u64,
+    /// The connection's peer, from the kernel at accept (absent for connections accepted before
+    /// Vigie started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<crate::client::Endpoint>,
+    /// The client: the peer, or whom a trusted proxy or FastCGI front server names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<crate::client::Client>,
+    /// Handle of the credential that carried the identity ([`identity::handle`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// One document read by one request (or by no request), ready to be judged.
@@ -187,6 +216,11 @@ pub struct Stats {
     pub desyncs: BTreeMap<Desync, u64>,
     /// Requests read behind another of their connection that had no response yet.
     pub pipelined_requests: u64,
+    /// Processes that lost thread scope (signs of M:N scheduling, see [`trust`]).
+    pub distrusted_processes: u64,
+    /// Response bodies whose fingerprint matched reads of more than one document: attributed
+    /// to none of them.
+    pub ambiguous_fingerprints: u64,
     /// Requests by the source of their identity (`None`: no usable identity). A short list:
     /// one entry per configured source at most, plus `None`.
     pub requests_by_identity: Vec<(Option<IdentitySource>, u64)>,
@@ -207,15 +241,18 @@ struct Conn {
     protocol: crate::fastcgi::Protocol,
     /// FastCGI requests of this connection, once it spoke FastCGI.
     fastcgi: Option<Box<fastcgi::FastCgiConn>>,
+    /// Who connected, from the kernel at accept.
+    peer: Option<crate::client::Endpoint>,
 }
 
 impl Conn {
     /// Accepted under our eyes: the first bytes decide the protocol, and the first request
     /// starts at the first byte.
-    fn accepted(max_head: usize) -> Self {
+    fn accepted(max_head: usize, peer: Option<crate::client::Endpoint>) -> Self {
         Self {
             protocol: crate::fastcgi::Protocol::Fresh,
             stream: Some(RequestStream::new(max_head)),
+            peer,
             ..Self::default()
         }
     }
@@ -232,10 +269,14 @@ struct Request {
     pid: u32,
     /// Still the current request of its connection.
     on_conn: bool,
-    /// Still in scope of the thread that read it.
+    /// Still in scope of the thread (or goroutine) that read it.
     on_thread: bool,
+    /// That thread or goroutine.
+    actor: Actor,
     /// A response was written on its connection.
     responded: bool,
+    /// The `Content-Length` of its response, from the response head.
+    body_length: Option<u64>,
     /// The portal's login request: its (bounded) form body names the user its response's
     /// session cookie is bound to.
     login: Option<Vec<u8>>,
@@ -248,8 +289,38 @@ struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Owner {
     Request(u64),
-    /// Read with no request in scope, on this thread.
+    /// Read with no request in scope, by this thread (a process with thread scope) or goroutine.
+    Thread(Actor),
+    /// Read by a process without thread scope, through open file `(pid, fd)`: every read of the
+    /// open file, on any thread, joins one access.
+    File(u32, i32),
+}
+
+/// What serves one request at a time, and so scopes requests: a thread, or in a Go target whose
+/// goroutines the probes follow, a goroutine (Go moves goroutines between threads at every
+/// blocking point; net/http serves each connection on one goroutine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Actor {
     Thread(u32),
+    /// (pid, goid): goroutine ids are per process, never reused.
+    Goroutine(u32, u64),
+    /// A thread of a Go target on no goroutine's behalf (the runtime's own stack), or whose
+    /// goroutine is not known: it scopes nothing, and nothing flows by it.
+    Unscoped(u32),
+}
+
+impl Actor {
+    fn scopes(self) -> bool {
+        !matches!(self, Self::Unscoped(_))
+    }
+
+    /// The evidence a read in this actor's scope gives.
+    fn evidence(self) -> Evidence {
+        match self {
+            Self::Goroutine(..) => Evidence::Goroutine,
+            Self::Thread(_) | Self::Unscoped(_) => Evidence::Thread,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -259,6 +330,8 @@ struct OpenAccess {
     fd: i32,
     /// Fingerprint of the first bytes read (from the kernel).
     fp: Option<u64>,
+    /// The document's size when `fp` was taken: a response body of another length is not it.
+    size: Option<u64>,
     /// Its fd was closed: complete, waiting only for its request's response status.
     closed: bool,
     /// The document was mapped (`mmap`): it is read through the mapping, which outlives a close
@@ -271,17 +344,20 @@ pub struct Correlator {
     next_request: u64,
     next_access: u64,
     conns: IdMap<(u32, i32), Conn>,
-    /// tid -> (pid, request in scope)
-    threads: IdMap<u32, (u32, u64)>,
-    /// Event-loop threads (tid -> pid): they serve several requests at once, so their reads
+    /// actor -> (pid, request in scope)
+    threads: IdMap<Actor, (u32, u64)>,
+    /// Event-loop threads (actor -> pid): they serve several requests at once, so their reads
     /// get no thread scope.
-    multiplexed: IdMap<u32, u32>,
-    /// Threads that read from sockets (tid -> pid): connection threads, whose reads with no
+    multiplexed: IdMap<Actor, u32>,
+    /// Threads that read from sockets (actor -> pid): connection threads, whose reads with no
     /// request in scope go to their own connections only, never by content to another thread's.
-    socket_threads: IdMap<u32, u32>,
-    /// Threads whose connection was lost (tid -> (pid, why)), until they read a request: the
-    /// reason their reads are unattributed.
-    lost_threads: IdMap<u32, (u32, Desync)>,
+    socket_threads: IdMap<Actor, u32>,
+    /// Threads (or goroutines) whose connection was lost (actor -> (pid, why)), until they
+    /// read a request: the reason their reads are unattributed.
+    lost_threads: IdMap<Actor, (u32, Desync)>,
+    /// Go targets whose events carry goroutine ids: an event of theirs without one scopes
+    /// nothing (its thread may be serving any goroutine).
+    goroutine_pids: IdMap<u32, ()>,
     /// Open document fds and their paths (shared: every read of the fd takes one).
     docs: IdMap<(u32, i32), Arc<str>>,
     requests: IdMap<u64, Request>,
@@ -292,6 +368,11 @@ pub struct Correlator {
     index: IdMap<Owner, Vec<u64>>,
     /// Session cookies bound by logins (`identity.session`).
     sessions: Sessions,
+    /// Which processes may be judged by thread scope.
+    trust: ScopeTrust,
+    /// Processes without thread scope: the access each open document file's reads join, and
+    /// the request it went to once known (reads after it was judged are repeated reads).
+    by_open: IdMap<(u32, i32), (u64, Option<u64>)>,
     stats: Stats,
 }
 
@@ -309,11 +390,14 @@ impl Correlator {
             multiplexed: IdMap::default(),
             socket_threads: IdMap::default(),
             lost_threads: IdMap::default(),
+            goroutine_pids: IdMap::default(),
             docs: IdMap::default(),
             requests: IdMap::default(),
             open: BTreeMap::new(),
             index: IdMap::default(),
             sessions: Sessions::new(),
+            trust: ScopeTrust::default(),
+            by_open: IdMap::default(),
             stats: Stats::default(),
         }
     }
@@ -325,6 +409,11 @@ impl Correlator {
     /// Whether session `id` (hashed cookie value) is bound to a user.
     pub fn knows_session(&self, id: &[u8]) -> bool {
         self.sessions.contains(id)
+    }
+
+    /// Why process `pid` lost thread scope, if it did.
+    pub fn distrust(&self, pid: u32) -> Option<Distrust> {
+        self.trust.why(pid)
     }
 
     pub fn tracked(&self) -> Tracked {
@@ -354,9 +443,26 @@ impl Correlator {
     pub fn handle(&mut self, ev: &Event, out: &mut Vec<Finding>) {
         self.stats.events += 1;
         let pid = ev.pid;
+        if ev.goid.is_some() {
+            self.goroutine_pids.insert(pid, ());
+        }
+        let actor = self.actor(ev);
         match &ev.kind {
-            EventKind::ProcessExec => {}
+            // A new program: whatever the old one showed of its scheduling says nothing of it.
+            EventKind::ProcessExec => {
+                self.trust.forget(pid);
+                self.goroutine_pids.remove(&pid);
+            }
+            // A Go target (it lost thread scope at its `RuntimeFound`): its goroutines, when
+            // followed, scope requests instead, and its events without one scope nothing.
+            EventKind::GoRuntime { .. } => {
+                self.goroutine_pids.insert(pid, ());
+            }
+            EventKind::RuntimeFound { runtime } => {
+                self.lose_trust(pid, Distrust::Runtime(*runtime));
+            }
             EventKind::ProcessFork { child_pid } => {
+                self.trust.fork(pid, *child_pid);
                 // The child's fd table is a copy of the parent's: so are its open documents.
                 let inherited: Vec<(i32, Arc<str>)> = self
                     .docs
@@ -386,22 +492,28 @@ impl Correlator {
                 let opened = paths::of_open(path, base.as_deref(), full_path.as_deref());
                 self.track_document(pid, *fd, opened);
             }
-            EventKind::FileRead { fd, bytes, fp } => {
+            EventKind::FileRead {
+                fd,
+                bytes,
+                fp,
+                size,
+            } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
-                    let scope = self.read_scope(pid, ev.tid);
-                    let evidence = scope.map(|_| Evidence::Thread);
-                    self.record_access(ev, *fd, path, *bytes, *fp, scope, evidence);
+                    let scope = self.read_scope(pid, actor);
+                    let evidence = scope.map(|_| actor.evidence());
+                    let content = fp.map(|fp| (fp, *size));
+                    self.record_access(ev, actor, *fd, path, *bytes, content, scope, evidence);
                 }
             }
             // A mapping is a read with the same evidence rules (thread scope, or flow to the
             // write that follows on this thread), judged when its request ends, not at close.
             EventKind::FileMap { fd, bytes } => {
                 if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
-                    let scope = self.read_scope(pid, ev.tid);
-                    let evidence = scope.map(|_| Evidence::Thread);
+                    let scope = self.read_scope(pid, actor);
+                    let evidence = scope.map(|_| actor.evidence());
                     // No fingerprint: the kernel sees no bytes of a mapping.
                     if let Some(id) =
-                        self.record_access(ev, *fd, path, *bytes, None, scope, evidence)
+                        self.record_access(ev, actor, *fd, path, *bytes, None, scope, evidence)
                         && let Some(open) = self.open.get_mut(&id)
                     {
                         open.mapped = true;
@@ -418,16 +530,33 @@ impl Correlator {
                     let (scope, evidence) = match on_conn {
                         Some(req) => (Some(req), Some(Evidence::Sendfile)),
                         None => {
-                            let scope = self.thread_scope(pid, ev.tid);
-                            (scope, scope.map(|_| Evidence::Thread))
+                            let scope = self
+                                .thread_scope(pid, actor)
+                                .filter(|_| self.trusts(pid, actor));
+                            (scope, scope.map(|_| actor.evidence()))
                         }
                     };
-                    self.record_access(ev, *in_fd, path, *bytes, None, scope, evidence);
+                    self.record_access(ev, actor, *in_fd, path, *bytes, None, scope, evidence);
                 }
                 self.response_bytes(pid, *out_fd, *bytes, out);
             }
             EventKind::FileClose { fd } => {
                 self.docs.remove(&(pid, *fd));
+                self.by_open.remove(&(pid, *fd));
+                // A read attributed by thread scope, closed by another thread: the request's
+                // events come from several threads. (Not a mapping, nor a read already closed:
+                // their fd number may be another file's by now.)
+                let split = self.open.values().any(|a| {
+                    a.access.pid == pid
+                        && a.fd == *fd
+                        && !a.mapped
+                        && !a.closed
+                        && a.access.tid != ev.tid
+                        && a.access.evidence == [Evidence::Thread]
+                });
+                if split {
+                    self.lose_trust(pid, Distrust::SplitRequest);
+                }
                 // A read no request was in scope for, with a fingerprint, waits for its content
                 // to go out on a connection (until the idle horizon); later reads of the same
                 // document are other accesses. Every other access of the fd is complete.
@@ -440,7 +569,7 @@ impl Correlator {
                     Owner::Request(req) => requests
                         .get(&req)
                         .is_some_and(|r| r.on_conn && !r.responded),
-                    Owner::Thread(_) => false,
+                    Owner::Thread(_) | Owner::File(..) => false,
                 };
                 let mut done = Vec::new();
                 for (id, a) in self.open.iter_mut() {
@@ -457,14 +586,16 @@ impl Correlator {
                 }
                 self.finish_where(out, |a| done.contains(&a.access.id));
             }
-            EventKind::SockAccept { fd } => {
+            EventKind::SockAccept { fd, peer } => {
                 self.drop_conn(pid, *fd, out);
                 self.conns
-                    .insert((pid, *fd), Conn::accepted(self.cfg.max_head));
+                    .insert((pid, *fd), Conn::accepted(self.cfg.max_head, *peer));
             }
             EventKind::SockRead { fd, bytes, data } => {
-                self.socket_threads.insert(ev.tid, pid);
-                self.on_sock_read(ev, *fd, *bytes, &data.0, out)
+                if actor.scopes() {
+                    self.socket_threads.insert(actor, pid);
+                }
+                self.on_sock_read(ev, actor, *fd, *bytes, &data.0, out)
             }
             EventKind::SockWrite {
                 fd,
@@ -479,7 +610,7 @@ impl Correlator {
                 {
                     self.on_fastcgi_write(ev, *fd, *bytes, &data.0, out);
                 } else {
-                    self.on_sock_write(ev, *fd, *bytes, &data.0, *body_fp, out);
+                    self.on_sock_write(ev, actor, *fd, *bytes, &data.0, *body_fp, out);
                 }
             }
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
@@ -545,6 +676,8 @@ impl Correlator {
     }
 
     fn track_document(&mut self, pid: u32, fd: i32, path: Option<String>) {
+        // A new open file on this fd number (its close may have gone unseen).
+        self.by_open.remove(&(pid, fd));
         let path = path.and_then(paths::normalize_owned);
         match path {
             Some(p) if self.cfg.roots.iter().any(|r| paths::is_under(&p, r)) => {
@@ -556,8 +689,28 @@ impl Correlator {
         }
     }
 
-    fn is_multiplexed(&self, pid: u32, tid: u32) -> bool {
-        self.multiplexed.get(&tid) == Some(&pid)
+    fn is_multiplexed(&self, pid: u32, actor: Actor) -> bool {
+        self.multiplexed.get(&actor) == Some(&pid)
+    }
+
+    /// What `ev` was done by, for scoping: its goroutine when it carries one.
+    fn actor(&self, ev: &Event) -> Actor {
+        match ev.goid {
+            Some(0) => Actor::Unscoped(ev.tid),
+            Some(goid) => Actor::Goroutine(ev.pid, goid),
+            None if self.goroutine_pids.contains_key(&ev.pid) => Actor::Unscoped(ev.tid),
+            None => Actor::Thread(ev.tid),
+        }
+    }
+
+    /// Whether `actor` of process `pid` may scope requests: a goroutine always (it serves one
+    /// request at a time wherever it runs), a thread while its process has thread scope.
+    fn trusts(&self, pid: u32, actor: Actor) -> bool {
+        match actor {
+            Actor::Goroutine(..) => true,
+            Actor::Thread(_) => self.trust.trusts(pid),
+            Actor::Unscoped(_) => false,
+        }
     }
 
     /// The open accesses matching `pred` that await a fingerprint go on waiting for it, but are
@@ -598,24 +751,24 @@ impl Correlator {
 
     /// The request a document read on this thread belongs to by thread scope: none on an
     /// event loop, where "the thread's current request" means nothing.
-    fn read_scope(&self, pid: u32, tid: u32) -> Option<u64> {
-        if self.is_multiplexed(pid, tid) {
+    fn read_scope(&self, pid: u32, actor: Actor) -> Option<u64> {
+        if self.is_multiplexed(pid, actor) || !self.trusts(pid, actor) {
             None
         } else {
-            self.thread_scope(pid, tid)
+            self.thread_scope(pid, actor)
         }
     }
 
-    /// Why a read by `tid` has no request in scope, when Vigie knows.
-    fn unattributed_reason(&self, pid: u32, tid: u32) -> Option<Desync> {
-        match self.lost_threads.get(&tid) {
+    /// Why a read by `actor` has no request in scope, when Vigie knows.
+    fn unattributed_reason(&self, pid: u32, actor: Actor) -> Option<Desync> {
+        match self.lost_threads.get(&actor) {
             Some(&(p, why)) if p == pid => Some(why),
             _ => None,
         }
     }
 
-    fn thread_scope(&self, pid: u32, tid: u32) -> Option<u64> {
-        match self.threads.get(&tid) {
+    fn thread_scope(&self, pid: u32, actor: Actor) -> Option<u64> {
+        match self.threads.get(&actor) {
             Some(&(p, req)) if p == pid => Some(req),
             _ => None,
         }
@@ -630,10 +783,11 @@ impl Correlator {
     fn record_access(
         &mut self,
         ev: &Event,
+        actor: Actor,
         fd: i32,
         path: Arc<str>,
         bytes: u64,
-        fp: Option<u64>,
+        content: Option<(u64, Option<u64>)>,
         scope: Option<u64>,
         evidence: Option<Evidence>,
     ) -> Option<u64> {
@@ -647,11 +801,34 @@ impl Correlator {
                 }
                 Owner::Request(req)
             }
-            None => Owner::Thread(ev.tid),
+            None if self.trusts(ev.pid, actor) => Owner::Thread(actor),
+            None => {
+                // Later reads of an open file join its first read's access, whichever thread
+                // made them (a pool reading a document in chunks).
+                if let Some(&(id, req)) = self.by_open.get(&(ev.pid, fd)) {
+                    match self.open.get_mut(&id) {
+                        Some(open) if *open.access.document == *path => {
+                            open.access.bytes = open.access.bytes.saturating_add(bytes);
+                            open.access.last_ts_ns = ev.ts_ns;
+                            open.take_content(content);
+                            return Some(id);
+                        }
+                        Some(_) => {}
+                        // Judged already: more of what was reported.
+                        None => {
+                            if req.is_some() {
+                                self.stats.repeated_reads += 1;
+                            }
+                            return None;
+                        }
+                    }
+                }
+                Owner::File(ev.pid, fd)
+            }
         };
         let unattributed = match owner {
-            Owner::Thread(tid) => self.unattributed_reason(ev.pid, tid),
-            Owner::Request(_) => None,
+            Owner::Thread(actor) => self.unattributed_reason(ev.pid, actor),
+            Owner::Request(_) | Owner::File(..) => None,
         };
         if let Some(id) = self.indexed(&owner, &path)
             && let Some(open) = self.open.get_mut(&id)
@@ -659,7 +836,7 @@ impl Correlator {
             open.access.bytes = open.access.bytes.saturating_add(bytes);
             open.access.last_ts_ns = ev.ts_ns;
             open.fd = fd;
-            open.fp = open.fp.or(fp);
+            open.take_content(content);
             if let Some(e) = evidence
                 && !open.access.evidence.contains(&e)
             {
@@ -670,6 +847,9 @@ impl Correlator {
         }
         let id = self.next_access;
         self.next_access += 1;
+        if let Owner::File(p, f) = owner {
+            self.by_open.insert((p, f), (id, None));
+        }
         self.index.entry(owner.clone()).or_default().push(id);
         let access = Access {
             id,
@@ -690,7 +870,8 @@ impl Correlator {
                 access,
                 owner,
                 fd,
-                fp,
+                fp: content.map(|(fp, _)| fp),
+                size: content.and_then(|(_, size)| size),
                 closed: false,
                 mapped: false,
             },
@@ -701,6 +882,7 @@ impl Correlator {
     fn on_sock_read(
         &mut self,
         ev: &Event,
+        actor: Actor,
         fd: i32,
         bytes: u64,
         data: &[u8],
@@ -728,7 +910,7 @@ impl Correlator {
                             .iter()
                             .any(|r| self.requests.get(r).is_some_and(|r| !r.responded))
                     });
-                    self.new_request(ev, fd, &head, false, pipelined, out);
+                    self.new_request(ev, actor, fd, &head, false, pipelined, out);
                 }
                 Item::Body(body) => {
                     // The body of the request just read: the last one queued.
@@ -747,8 +929,8 @@ impl Correlator {
                         Desync::HeadTooLarge => self.stats.truncated_heads += 1,
                         _ => {}
                     }
-                    self.desync(ev, fd, why);
-                    self.end_answered(ev, fd, out);
+                    self.desync(ev, actor, fd, why);
+                    self.end_answered(ev, actor, fd, out);
                 }
             }
         }
@@ -760,34 +942,41 @@ impl Correlator {
     /// Connection `fd` (read by `ev`'s thread) can no longer be followed exactly. Requests
     /// already read whole and not answered stay queued (the server answers them); reads with
     /// no request in scope on the thread are `unattributed` with `why`, until its next request.
-    fn desync(&mut self, ev: &Event, fd: i32, why: Desync) {
+    fn desync(&mut self, ev: &Event, actor: Actor, fd: i32, why: Desync) {
         *self.stats.desyncs.entry(why).or_default() += 1;
         if let Some(conn) = self.conns.get_mut(&(ev.pid, fd)) {
             conn.desync = Some(why);
         }
-        self.lost_threads.insert(ev.tid, (ev.pid, why));
+        if actor.scopes() {
+            self.lost_threads.insert(actor, (ev.pid, why));
+        }
     }
 
     /// After a desync: when no request of connection `fd` is left unanswered, the thread and
     /// the connection have no request any more (whatever the peer sent, the previous request
     /// is over).
-    fn end_answered(&mut self, ev: &Event, fd: i32, out: &mut Vec<Finding>) {
+    fn end_answered(&mut self, ev: &Event, actor: Actor, fd: i32, out: &mut Vec<Finding>) {
         let unanswered = self.conns.get(&(ev.pid, fd)).is_some_and(|c| {
             c.queue
                 .iter()
                 .any(|r| self.requests.get(r).is_some_and(|r| !r.responded))
         });
         if !unanswered {
-            self.end_scope(ev.pid, ev.tid, fd, out);
+            self.end_scope(ev.pid, actor, fd, out);
         }
     }
 
     /// A new request read on `fd` by `ev`'s thread: it becomes the current request of both,
     /// or, `pipelined` behind requests of the connection not answered yet, it waits in the
     /// connection's queue for their responses. Returns its id.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "what the HTTP and FastCGI paths each know of a new request"
+    )]
     fn new_request(
         &mut self,
         ev: &Event,
+        actor: Actor,
         fd: i32,
         head: &http::RequestHead,
         truncated: bool,
@@ -847,28 +1036,40 @@ impl Correlator {
         if let Some(conn) = self.conns.get_mut(&(ev.pid, fd)) {
             conn.desync = None;
         }
+        let peer = self.conns.get(&(ev.pid, fd)).and_then(|c| c.peer);
+        let client = crate::client::client_of(peer.as_ref(), head, &self.cfg.proxies);
+        let session = who
+            .identity
+            .as_ref()
+            .and_then(|i| identity::handle::session_handle(i, head, session_id.as_deref()));
+        let info = RequestInfo {
+            id,
+            method: head.method.clone(),
+            target: head.target.clone(),
+            identity: who.identity,
+            identity_problem: who.problem,
+            head_truncated: truncated,
+            status: None,
+            tid: ev.tid,
+            fd,
+            ts_ns: ev.ts_ns,
+            peer,
+            client,
+            session,
+        };
         if pipelined {
             self.stats.pipelined_requests += 1;
             self.requests.insert(
                 id,
                 Request {
-                    info: RequestInfo {
-                        id,
-                        method: head.method.clone(),
-                        target: head.target.clone(),
-                        identity: who.identity,
-                        identity_problem: who.problem,
-                        head_truncated: truncated,
-                        status: None,
-                        tid: ev.tid,
-                        fd,
-                        ts_ns: ev.ts_ns,
-                    },
+                    info,
                     pid: ev.pid,
                     on_conn: true,
                     // In scope of a thread once the requests before it are answered.
                     on_thread: false,
+                    actor,
                     responded: false,
+                    body_length: None,
                     login,
                     session_id,
                     reported: Vec::new(),
@@ -883,43 +1084,37 @@ impl Correlator {
         }
         if self
             .lost_threads
-            .get(&ev.tid)
+            .get(&actor)
             .is_some_and(|(p, _)| *p == ev.pid)
         {
-            self.lost_threads.remove(&ev.tid);
+            self.lost_threads.remove(&actor);
         }
         // Its previous request, on another connection, still waits for its response: this
         // thread serves several requests at once.
-        if let Some(&(p, prev)) = self.threads.get(&ev.tid)
+        if let Some(&(p, prev)) = self.threads.get(&actor)
             && p == ev.pid
             && let Some(r) = self.requests.get(&prev)
             && r.info.fd != fd
             && r.on_conn
             && !r.responded
         {
-            self.multiplexed.insert(ev.tid, ev.pid);
+            self.multiplexed.insert(actor, ev.pid);
+            self.lose_trust(ev.pid, Distrust::Interleaved);
         }
-        self.end_scope(ev.pid, ev.tid, fd, out);
-        let info = RequestInfo {
-            id,
-            method: head.method.clone(),
-            target: head.target.clone(),
-            identity: who.identity,
-            identity_problem: who.problem,
-            head_truncated: truncated,
-            status: None,
-            tid: ev.tid,
-            fd,
-            ts_ns: ev.ts_ns,
-        };
+        if trust::is_virtual_thread_carrier(&ev.comm) {
+            self.lose_trust(ev.pid, Distrust::VirtualThreads);
+        }
+        self.end_scope(ev.pid, actor, fd, out);
         self.requests.insert(
             id,
             Request {
                 info,
                 pid: ev.pid,
                 on_conn: true,
-                on_thread: true,
+                on_thread: actor.scopes(),
+                actor,
                 responded: false,
+                body_length: None,
                 login,
                 session_id,
                 reported: Vec::new(),
@@ -928,18 +1123,19 @@ impl Correlator {
         let conn = self.conns.entry((ev.pid, fd)).or_default();
         conn.queue.push_back(id);
         conn.response_left = None;
-        self.threads.insert(ev.tid, (ev.pid, id));
+        if actor.scopes() {
+            self.threads.insert(actor, (ev.pid, id));
+        }
         // Reads this thread made with no request in scope are judged now, unattributed; an
         // event loop's wait for their fingerprint.
-        if !self.is_multiplexed(ev.pid, ev.tid) {
-            let tid = ev.tid;
-            self.finish_where(out, |a| a.owner == Owner::Thread(tid));
+        if !self.is_multiplexed(ev.pid, actor) && self.trusts(ev.pid, actor) {
+            self.finish_where(out, |a| a.owner == Owner::Thread(actor));
         }
         id
     }
 
     /// The thread and the connection move on: their current requests end.
-    fn end_scope(&mut self, pid: u32, tid: u32, fd: i32, out: &mut Vec<Finding>) {
+    fn end_scope(&mut self, pid: u32, actor: Actor, fd: i32, out: &mut Vec<Finding>) {
         let queued = self
             .conns
             .get_mut(&(pid, fd))
@@ -948,17 +1144,22 @@ impl Correlator {
         for req in queued {
             self.release(req, Release::Conn, out);
         }
-        if let Some(&(p, req)) = self.threads.get(&tid)
+        if let Some(&(p, req)) = self.threads.get(&actor)
             && p == pid
         {
-            self.threads.remove(&tid);
+            self.threads.remove(&actor);
             self.release(req, Release::Thread, out);
         }
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "an event's fields, as each caller has them unpacked"
+    )]
     fn on_sock_write(
         &mut self,
         ev: &Event,
+        actor: Actor,
         fd: i32,
         bytes: u64,
         data: &[u8],
@@ -985,6 +1186,14 @@ impl Correlator {
             req = next;
         }
         let mut body_left = None;
+        // The response is written by another thread than the one that read the request.
+        if self
+            .requests
+            .get(&req)
+            .is_some_and(|r| r.pid == ev.pid && r.info.tid != ev.tid)
+        {
+            self.lose_trust(ev.pid, Distrust::SplitRequest);
+        }
         if let Some(r) = self.requests.get_mut(&req) {
             let first = !r.responded && !interim;
             if first {
@@ -993,6 +1202,11 @@ impl Correlator {
             }
             if r.info.status.is_none() && !interim {
                 r.info.status = status;
+            }
+            if first {
+                r.body_length = http::response_header_values(data, "content-length")
+                    .next()
+                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
             }
             if first && let Some(s) = &self.cfg.identity.session {
                 learn_session(&mut self.sessions, s, r, data, ev.ts_ns);
@@ -1006,13 +1220,13 @@ impl Correlator {
                     // Where this response ends is unknown, so which response a later write,
                     // `sendfile` or read serves is too: nothing more on this connection is
                     // anybody's until it reads again.
-                    self.claim(ev, req, body_fp);
+                    self.claim(ev, actor, req, body_fp);
                     self.pipeline_lost(ev.pid, fd, out);
                     return;
                 }
             }
         }
-        self.claim(ev, req, body_fp);
+        self.claim(ev, actor, req, body_fp);
         if body_left.is_none() {
             self.response_bytes(ev.pid, fd, bytes, out);
         } else if body_left == Some(0) {
@@ -1035,7 +1249,7 @@ impl Correlator {
         conn.response_left = None;
         conn.desync = Some(Desync::PipelineAmbiguous);
         let queued = std::mem::take(&mut conn.queue);
-        let mut serving: Vec<(u32, u64)> = self
+        let mut serving: Vec<(Actor, u64)> = self
             .threads
             .iter()
             .filter(|(_, (p, r))| *p == pid && queued.contains(r))
@@ -1105,6 +1319,7 @@ impl Correlator {
                 && let Some(r) = self.requests.get_mut(&next)
             {
                 r.on_thread = true;
+                r.actor = tid;
                 self.threads.insert(tid, (pid, next));
             }
         }
@@ -1112,46 +1327,58 @@ impl Correlator {
 
     /// Reads with no request in scope that a write of request `req`'s response (by `ev`'s
     /// thread, its body starting with bytes of fingerprint `body_fp`) tells the request of.
-    fn claim(&mut self, ev: &Event, req: u64, body_fp: Option<u64>) {
-        let multiplexed = self.is_multiplexed(ev.pid, ev.tid);
+    fn claim(&mut self, ev: &Event, actor: Actor, req: u64, body_fp: Option<u64>) {
+        let trusted = self.trusts(ev.pid, actor);
+        let multiplexed = self.is_multiplexed(ev.pid, actor);
+        // A body of a known length is not a document of another size.
+        let length = self.requests.get(&req).and_then(|r| r.body_length);
         // Reads with no request in scope that this write tells the request of:
-        // - flow: this thread's, when it serves one request at a time (all of them);
-        // - fingerprint: a helper thread's (one that never reads sockets: a blocking pool), or
-        //   this event loop's own, whose first bytes open this response body (the oldest one:
-        //   the same document read twice for two requests goes once to each response). A
-        //   connection thread's unscoped read (its request head unseen) is never claimed by
-        //   another connection's response that happens to carry the same document.
+        // - flow: this thread's, when its process has thread scope and it serves one request at
+        //   a time (all of them);
+        // - fingerprint: reads whose first bytes open this response body (the oldest one: the
+        //   same document read twice for two requests goes once to each response). In a
+        //   process with thread scope, a helper thread's (one that never reads sockets: a
+        //   blocking pool) or this event loop's own: a connection thread's unscoped read (its
+        //   request head unseen) is never claimed by another connection's response that happens
+        //   to carry the same document. In a process without it, any thread's.
+        //   Reads of different documents with this fingerprint make it ambiguous: none moves.
         let mut moved: Vec<(u64, Vec<Evidence>)> = Vec::new();
-        let mut by_content: Option<u64> = None;
+        let mut by_content: Vec<u64> = Vec::new();
         for (id, a) in &self.open {
-            let Owner::Thread(tid) = a.owner else {
-                continue;
-            };
             if a.access.pid != ev.pid {
                 continue;
             }
-            let same_thread = tid == ev.tid;
-            let content = body_fp.is_some() && a.fp == body_fp;
-            if same_thread && !multiplexed {
+            let by = match a.owner {
+                Owner::Thread(by) => Some(by),
+                Owner::File(..) => None,
+                Owner::Request(_) => continue,
+            };
+            let same_thread = by == Some(actor);
+            let content = body_fp.is_some()
+                && a.fp == body_fp
+                && (length.is_none() || a.size.is_none() || a.size == length);
+            if same_thread && trusted && !multiplexed {
                 let mut evidence = vec![Evidence::Flow];
                 if content {
                     evidence.push(Evidence::Fingerprint);
                 }
                 moved.push((*id, evidence));
             } else if content
-                && by_content.is_none()
-                && (same_thread || self.socket_threads.get(&tid) != Some(&ev.pid))
+                && (!trusted
+                    || by.is_none()
+                    || same_thread
+                    || by.is_some_and(|t| self.socket_threads.get(&t) != Some(&ev.pid)))
             {
-                by_content = Some(*id);
+                by_content.push(*id);
             }
         }
-        if let Some(id) = by_content {
-            let same_thread = self
-                .open
-                .get(&id)
-                .is_some_and(|a| a.owner == Owner::Thread(ev.tid));
+        let documents = |id: &u64| self.open.get(id).map(|a| a.access.document.as_str());
+        let first = by_content.first().and_then(documents);
+        if by_content.iter().any(|id| documents(id) != first) {
+            self.stats.ambiguous_fingerprints += 1;
+        } else if let Some(&id) = by_content.first() {
             let mut evidence = vec![Evidence::Fingerprint];
-            if same_thread {
+            if trusted && actor_of(self.open.get(&id)) == Some(actor) {
                 evidence.insert(0, Evidence::Flow);
             }
             moved.push((id, evidence));
@@ -1159,6 +1386,41 @@ impl Correlator {
         moved.sort_unstable_by_key(|(id, _)| *id);
         for (id, evidence) in moved {
             self.attach(id, req, evidence);
+        }
+    }
+
+    /// Process `pid` showed M:N scheduling: from now on its reads need evidence naming their
+    /// request. What it read that only thread scope or flow could attribute, still open, goes
+    /// back to waiting for such evidence (grouped by open file), rather than stay with a
+    /// request the thread may not have been serving.
+    fn lose_trust(&mut self, pid: u32, why: Distrust) {
+        if !self.trust.lose(pid, why) {
+            return;
+        }
+        self.stats.distrusted_processes += 1;
+        let demoted: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, a)| {
+                a.access.pid == pid
+                    && match a.owner {
+                        Owner::Thread(_) => true,
+                        Owner::Request(_) => a.access.evidence == [Evidence::Thread],
+                        Owner::File(..) => false,
+                    }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in demoted {
+            self.unindex(id);
+            let Some(open) = self.open.get_mut(&id) else {
+                continue;
+            };
+            let owner = Owner::File(pid, open.fd);
+            open.owner = owner.clone();
+            open.access.evidence.clear();
+            self.by_open.entry((pid, open.fd)).or_insert((id, None));
+            self.index.entry(owner).or_default().push(id);
         }
     }
 
@@ -1175,10 +1437,15 @@ impl Correlator {
             return;
         }
         let owner = Owner::Request(req);
-        if let Some(existing) = self
-            .indexed(&owner, &open.access.document)
-            .and_then(|i| self.open.get_mut(&i))
+        let file = (open.access.pid, open.fd);
+        let joined = self.indexed(&owner, &open.access.document);
+        // Later reads of the open file go where this one went.
+        if let Some(entry) = self.by_open.get_mut(&file)
+            && entry.0 == id
         {
+            *entry = (joined.unwrap_or(id), Some(req));
+        }
+        if let Some(existing) = joined.and_then(|i| self.open.get_mut(&i)) {
             existing.access.bytes = existing.access.bytes.saturating_add(open.access.bytes);
             existing.access.evidence.extend(evidence);
             existing.access.evidence.sort();
@@ -1195,6 +1462,14 @@ impl Correlator {
     fn drop_conn(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
         if let Some(conn) = self.conns.remove(&(pid, fd)) {
             for req in conn.queue {
+                // A goroutine serves one connection and ends with it (no event says so): its
+                // scope ends here, or every connection's last request would be kept.
+                if let Some(actor @ Actor::Goroutine(..)) = self.requests.get(&req).map(|r| r.actor)
+                    && self.threads.get(&actor) == Some(&(pid, req))
+                {
+                    self.threads.remove(&actor);
+                    self.release(req, Release::Thread, out);
+                }
                 self.release(req, Release::Conn, out);
             }
         }
@@ -1233,45 +1508,52 @@ impl Correlator {
         for fd in fds {
             self.drop_conn(pid, fd, out);
         }
-        let mut tids: Vec<u32> = self
+        let mut actors: Vec<Actor> = self
             .threads
             .iter()
             .filter(|(_, (p, _))| *p == pid)
-            .map(|(t, _)| *t)
+            .map(|(a, _)| *a)
             .collect();
-        tids.sort_unstable();
-        for tid in tids {
-            if let Some((_, req)) = self.threads.remove(&tid) {
+        actors.sort_unstable();
+        for actor in actors {
+            if let Some((_, req)) = self.threads.remove(&actor) {
                 self.release(req, Release::Thread, out);
             }
         }
+        self.goroutine_pids.remove(&pid);
         self.docs.retain(|(p, _), _| *p != pid);
         self.requests.retain(|_, r| r.pid != pid);
         self.multiplexed.retain(|_, p| *p != pid);
         self.socket_threads.retain(|_, p| *p != pid);
+        self.by_open.retain(|(p, _), _| *p != pid);
+        self.trust.forget(pid);
     }
 
     /// A thread is gone: its request scope ends (else every thread-per-connection request would
     /// be kept forever), and what it read with no request in scope can no longer flow to a
     /// connection: judged now, unattributed.
+    /// (A goroutine outlives the thread that ran it: a Go thread's exit ends no goroutine's
+    /// scope.)
     fn on_thread_exit(&mut self, pid: u32, tid: u32, out: &mut Vec<Finding>) {
-        if self.socket_threads.get(&tid) == Some(&pid) {
-            self.socket_threads.remove(&tid);
+        let thread = Actor::Thread(tid);
+        if self.socket_threads.get(&thread) == Some(&pid) {
+            self.socket_threads.remove(&thread);
         }
-        if let Some(&(p, req)) = self.threads.get(&tid)
+        if let Some(&(p, req)) = self.threads.get(&thread)
             && p == pid
         {
-            self.threads.remove(&tid);
+            self.threads.remove(&thread);
             self.release(req, Release::Thread, out);
         }
-        if self.multiplexed.get(&tid) == Some(&pid) {
-            self.multiplexed.remove(&tid);
+        if self.multiplexed.get(&thread) == Some(&pid) {
+            self.multiplexed.remove(&thread);
         }
+        let of_thread = |o: &Owner| matches!(o, Owner::Thread(Actor::Thread(t) | Actor::Unscoped(t)) if *t == tid);
         // Its reads with a fingerprint may still go out on a connection from another thread:
         // they wait for it (unindexed, so that a reused thread id starts new accesses).
-        self.keep_for_fingerprint(|a| a.owner == Owner::Thread(tid) && a.access.pid == pid);
+        self.keep_for_fingerprint(|a| of_thread(&a.owner) && a.access.pid == pid);
         self.finish_where(out, |a| {
-            a.owner == Owner::Thread(tid) && a.access.pid == pid && !a.awaits_fingerprint()
+            of_thread(&a.owner) && a.access.pid == pid && !a.awaits_fingerprint()
         });
     }
 
@@ -1351,9 +1633,28 @@ fn learn_session(
 }
 
 impl OpenAccess {
+    /// The first fingerprint of the access is kept (the document's first bytes), with the size
+    /// it was taken at.
+    fn take_content(&mut self, content: Option<(u64, Option<u64>)>) {
+        if self.fp.is_none()
+            && let Some((fp, size)) = content
+        {
+            self.fp = Some(fp);
+            self.size = size;
+        }
+    }
+
     /// Read with no request in scope, and its content can still be recognised in a response.
     fn awaits_fingerprint(&self) -> bool {
-        matches!(self.owner, Owner::Thread(_)) && self.fp.is_some()
+        matches!(self.owner, Owner::Thread(_) | Owner::File(..)) && self.fp.is_some()
+    }
+}
+
+/// The thread (or goroutine) an open access waits on, when it waits for one.
+fn actor_of(open: Option<&OpenAccess>) -> Option<Actor> {
+    match open?.owner {
+        Owner::Thread(by) => Some(by),
+        _ => None,
     }
 }
 

@@ -3,12 +3,13 @@
 use monitor_common::{
     COMM_LEN, Header,
     files::{FdEvent, OpenEvent, PATH_CAP, path_source},
-    kind,
+    header_flags, kind,
     process::ProcEvent,
-    sockets::{CHUNK_MORE, DATA_CAP, DATA_HEADER_LEN, DataEvent},
+    sockets::{AcceptEvent, CHUNK_MORE, DATA_CAP, DATA_HEADER_LEN, DataEvent, family},
 };
 
 use crate::{
+    client::Endpoint,
     events::{Comm, Event, EventKind, Payload},
     idmap::IdMap,
     paths,
@@ -178,6 +179,25 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     Decoder::new().decode(bytes)
 }
 
+/// The peer an accept record carries; `None` when the probe could not read the socket.
+fn peer(ev: &AcceptEvent) -> Option<Endpoint> {
+    match ev.family {
+        family::INET => {
+            let [a, b, c, d, ..] = ev.addr;
+            Some(Endpoint::Ipv4 {
+                ip: std::net::Ipv4Addr::new(a, b, c, d),
+                port: ev.port,
+            })
+        }
+        family::INET6 => Some(Endpoint::Ipv6 {
+            ip: std::net::Ipv6Addr::from(ev.addr),
+            port: ev.port,
+        }),
+        family::UNIX => Some(Endpoint::Unix),
+        _ => None,
+    }
+}
+
 fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError> {
     let header: Header = read(bytes, 0)?;
     let k = header.kind;
@@ -211,7 +231,6 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
         | kind::FILE_MAP
         | kind::FILE_SENDFILE
         | kind::FILE_CLOSE
-        | kind::SOCK_ACCEPT
         | kind::SOCK_CLOSE => {
             let ev: FdEvent = read(bytes, k)?;
             let n = u64::try_from(ev.ret).unwrap_or(0);
@@ -220,6 +239,9 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
                     fd: ev.fd,
                     bytes: n,
                     fp: (ev.fp != 0).then_some(ev.fp),
+                    // `u32::MAX`: 4 GiB or more, not a length to compare.
+                    size: (ev.fp != 0 && ev.size != 0 && ev.size != u32::MAX)
+                        .then_some(u64::from(ev.size)),
                 },
                 kind::FILE_MAP => EventKind::FileMap {
                     fd: ev.fd,
@@ -231,8 +253,14 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
                     bytes: n,
                 },
                 kind::FILE_CLOSE => EventKind::FileClose { fd: ev.fd },
-                kind::SOCK_ACCEPT => EventKind::SockAccept { fd: ev.fd },
                 _ => EventKind::SockClose { fd: ev.fd },
+            }
+        }
+        kind::SOCK_ACCEPT => {
+            let ev: AcceptEvent = read(bytes, k)?;
+            EventKind::SockAccept {
+                fd: ev.fd,
+                peer: peer(&ev),
             }
         }
         kind::SOCK_READ | kind::SOCK_WRITE => {
@@ -286,6 +314,7 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
         pid: header.tgid,
         tid: header.tid,
         comm: decoder.comm(&header.comm),
+        goid: (header.flags & header_flags::GOID != 0).then_some(header.goid),
         kind,
     })
 }
@@ -308,8 +337,9 @@ mod tests {
             kind,
             tgid: 10,
             tid: 11,
-            _pad: 0,
+            flags: 0,
             ts_ns: 99,
+            goid: 0,
             comm,
         }
     }
@@ -341,6 +371,24 @@ mod tests {
         assert!(
             matches!(e.kind, EventKind::FileOpen { fd: 5, ref path, exact: true, .. } if path == "/docs/a/x.pd")
         );
+    }
+
+    /// The goroutine id is the event's only when the probe says it read one (a Go target):
+    /// otherwise the header's field means nothing, even if not zero.
+    #[test]
+    fn a_goroutine_id_is_kept_only_when_flagged() {
+        let mut ev = ProcEvent {
+            header: header(kind::THREAD_EXIT),
+            child_tgid: 0,
+            child_tid: 0,
+        };
+        ev.header.goid = 42;
+        assert_eq!(decode(&bytes_of(&ev)).unwrap().goid, None);
+        ev.header.flags = header_flags::GOID;
+        assert_eq!(decode(&bytes_of(&ev)).unwrap().goid, Some(42));
+        // Goroutine 0: the Go runtime's own stack, kept as such.
+        ev.header.goid = 0;
+        assert_eq!(decode(&bytes_of(&ev)).unwrap().goid, Some(0));
     }
 
     #[test]
@@ -534,7 +582,7 @@ mod tests {
             fd2: -1,
             ret: 9500,
             op: op::MMAP,
-            _pad: 0,
+            size: 0,
             fp: 0,
         };
         assert_eq!(
@@ -551,7 +599,7 @@ mod tests {
             fd2: -1,
             ret: -5,
             op: op::READ,
-            _pad: 0,
+            size: 0,
             fp: 0,
         };
         assert_eq!(
@@ -559,7 +607,8 @@ mod tests {
             EventKind::FileRead {
                 fd: 3,
                 bytes: 0,
-                fp: None
+                fp: None,
+                size: None,
             }
         );
     }
@@ -572,7 +621,7 @@ mod tests {
             fd2: -1,
             ret: 100,
             op: op::READ,
-            _pad: 0,
+            size: 9000,
             fp: 0xfeed,
         };
         assert_eq!(
@@ -580,8 +629,63 @@ mod tests {
             EventKind::FileRead {
                 fd: 3,
                 bytes: 100,
-                fp: Some(0xfeed)
+                fp: Some(0xfeed),
+                size: Some(9000),
             }
+        );
+        // 4 GiB or more is no length to compare.
+        let big = FdEvent {
+            size: u32::MAX,
+            ..ev
+        };
+        assert!(matches!(
+            decode(&bytes_of(&big)).unwrap().kind,
+            EventKind::FileRead { size: None, .. }
+        ));
+    }
+
+    #[test]
+    fn accepts_carry_their_peer() {
+        let accept = |family: u16, port: u16, addr: [u8; 16]| AcceptEvent {
+            header: header(kind::SOCK_ACCEPT),
+            fd: 9,
+            family,
+            port,
+            addr,
+            op: op::ACCEPT4,
+            _pad: 0,
+        };
+        let mut v4 = [0; 16];
+        v4[..4].copy_from_slice(&[192, 0, 2, 7]);
+        let mut loopback6 = [0; 16];
+        loopback6[15] = 1;
+        let cases = [
+            (
+                accept(family::INET, 5555, v4),
+                r#"{"family":"ipv4","ip":"192.0.2.7","port":5555}"#,
+            ),
+            (
+                accept(family::INET6, 80, loopback6),
+                r#"{"family":"ipv6","ip":"::1","port":80}"#,
+            ),
+            (accept(family::UNIX, 0, [0; 16]), r#"{"family":"unix"}"#),
+        ];
+        for (ev, want) in cases {
+            let EventKind::SockAccept {
+                fd: 9,
+                peer: Some(peer),
+            } = decode(&bytes_of(&ev)).unwrap().kind
+            else {
+                panic!("no peer for {want}");
+            };
+            assert_eq!(serde_json::to_string(&peer).unwrap(), want);
+        }
+        // The probe could not read the socket: no peer, still an accept.
+        assert_eq!(
+            decode(&bytes_of(&accept(family::UNKNOWN, 0, [0; 16])))
+                .unwrap()
+                .kind,
+            EventKind::SockAccept { fd: 9, peer: None }
         );
     }
 }

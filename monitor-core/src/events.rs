@@ -15,6 +15,11 @@ pub struct Event {
     /// Thread name as the kernel knew it.
     #[serde(default, skip_serializing_if = "Comm::is_empty")]
     pub comm: Comm,
+    /// In a Go target whose layout Vigie found: the goroutine the thread was running (0: the
+    /// Go runtime's own stack, on no goroutine's behalf). Go moves goroutines between threads,
+    /// so for such a process the goroutine, not the thread, is what serves one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goid: Option<u64>,
     pub kind: EventKind,
 }
 
@@ -25,6 +30,10 @@ pub enum EventKind {
     ProcessExec,
     /// A target forked a new process (its fd table is a copy of the parent's).
     ProcessFork { child_pid: u32 },
+    /// The program the process runs (since its exec, or when it was adopted) is built on a
+    /// runtime that multiplexes requests over OS threads: its threads never stand for its
+    /// requests (DESIGN.md §4). Found live from the executable, recorded so replay needs none.
+    RuntimeFound { runtime: Runtime },
     /// The target's thread-group leader exited.
     ProcessExit,
     /// Another thread of the target exited (`tid`).
@@ -62,6 +71,10 @@ pub enum EventKind {
         /// (`monitor_common::files::fingerprint`); absent when fewer than 16 bytes were read.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fp: Option<u64>,
+        /// The document's size at the read (with a fingerprint only): a response body of
+        /// another length is not this document.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
     /// A document fd was mapped readable (`mmap`), `bytes` long: read through memory, without
     /// read syscalls. The mapping outlives a close of the fd.
@@ -70,8 +83,14 @@ pub enum EventKind {
     SendFile { out_fd: i32, in_fd: i32, bytes: u64 },
     /// A document fd was closed.
     FileClose { fd: i32 },
-    /// A connection was accepted.
-    SockAccept { fd: i32 },
+    /// A connection was accepted, from `peer` (read from the kernel's socket at the accept).
+    SockAccept {
+        fd: i32,
+        /// Absent in traces recorded before Vigie read peers, and when the kernel's socket
+        /// could not be read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peer: Option<crate::client::Endpoint>,
+    },
     /// `bytes` read from a socket; `data` is the captured prefix.
     SockRead { fd: i32, bytes: u64, data: Payload },
     /// `bytes` written to a socket; `data` is the captured prefix, cut at the end of the
@@ -91,6 +110,10 @@ pub enum EventKind {
     /// hashed it) is `user`'s: a session Vigie did not see created. Found live, recorded so
     /// that replay needs no store.
     SessionFound { session: String, user: String },
+    /// The process runs a Go program (found in its executable when it became a target): its
+    /// threads take turns running goroutines, so a thread scopes no request. `goroutines`: its
+    /// events carry goroutine ids from now on, which do.
+    GoRuntime { version: String, goroutines: bool },
     /// `count` events were lost in the kernel since the previous report, for `reason`.
     Lost { reason: String, count: u64 },
     /// Time passes (live: the reader's timer). Lets the pure correlator expire state without a
@@ -100,6 +123,16 @@ pub enum EventKind {
     /// accesses needed it; replay gives it to the ownership resolver instead of asking again.
     /// Never given to the correlator.
     OwnershipFact(crate::ownership::fact::Fact),
+}
+
+/// Runtimes that schedule many tasks (requests) over few OS threads, recognised at exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// A Go program: goroutines move between OS threads at any blocking call.
+    Go,
+    /// Node.js: one event loop thread serves every connection, libuv pool threads do file I/O.
+    Node,
 }
 
 /// A thread's name (`comm`), as text. Shared rather than copied: every event carries one, a
@@ -297,10 +330,12 @@ mod tests {
             pid: 1,
             tid: 2,
             comm: "portal".into(),
+            goid: None,
             kind: EventKind::FileRead {
                 fd: 7,
                 bytes: 100,
                 fp: None,
+                size: None,
             },
         };
         let json = serde_json::to_string(&ev).unwrap();

@@ -428,7 +428,8 @@ impl Params {
     /// make the request line; `HTTP_*` params become the headers they came from
     /// (`HTTP_X_REMOTE_USER` -> `x-remote-user`), as do `CONTENT_TYPE` and `CONTENT_LENGTH`;
     /// `REMOTE_USER` and `AUTH_USER` (set by the front server after authenticating) go to the
-    /// [`REMOTE_USER_HEADER`] pseudo header. Bodies are framed by STDIN records, so the head
+    /// [`REMOTE_USER_HEADER`] pseudo header, `REMOTE_ADDR` and `REMOTE_PORT` to
+    /// [`crate::client::REMOTE_ADDR_HEADER`] and [`crate::client::REMOTE_PORT_HEADER`]. Bodies are framed by STDIN records, so the head
     /// has no body length.
     #[must_use]
     pub fn request_head(&self) -> RequestHead {
@@ -472,6 +473,8 @@ impl Params {
 fn header_name(param: &[u8]) -> Option<String> {
     let name = match param {
         b"REMOTE_USER" | b"AUTH_USER" => return Some(REMOTE_USER_HEADER.to_owned()),
+        b"REMOTE_ADDR" => return Some(crate::client::REMOTE_ADDR_HEADER.to_owned()),
+        b"REMOTE_PORT" => return Some(crate::client::REMOTE_PORT_HEADER.to_owned()),
         b"CONTENT_TYPE" => b"CONTENT_TYPE".as_slice(),
         b"CONTENT_LENGTH" => b"CONTENT_LENGTH".as_slice(),
         other => other.strip_prefix(b"HTTP_")?,

@@ -13,6 +13,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 use crate::http::RequestHead;
 
+pub mod handle;
 pub mod jwt;
 pub mod session;
 pub mod store_config;

@@ -208,6 +208,9 @@ mod tests {
             tid: 1,
             fd: 4,
             ts_ns: 0,
+            peer: None,
+            client: None,
+            session: None,
         });
         Access {
             id: 1,

@@ -6,15 +6,18 @@
 //!   else sees it;
 //! - [`http`], [`fastcgi`]: the protocols read from those streams; [`identity`]: who a request
 //!   is authenticated as; [`fingerprint`]: content evidence; [`paths`]: lexical normalization;
+//! - [`client`]: who was on the other end (the peer at accept, or whom a trusted proxy names);
 //! - [`correlate`]: requests, identities and document accesses (the attribution model);
 //! - [`ownership`]: path templates, the ownership facts backends record, and [`judge`]: the
 //!   verdict;
+//! - [`incident`]: alerts grouped into incidents, enumeration rules, on event timestamps;
 //! - [`trace`]: the recorded trace format, its writer and reader.
 //!
 //! No I/O, no clock, no globals: this crate depends on no I/O crate, so the rule is a compile
 //! error rather than a convention. The `vigie` binary (crate `monitor`) does the I/O around it:
 //! configuration files, probes, the live capture stage, ownership backends, session stores,
 //! sinks and replay. Live runs and replay feed it the same events and get the same verdicts.
+pub mod client;
 pub mod correlate;
 pub mod decode;
 pub mod events;
@@ -23,6 +26,7 @@ pub mod fingerprint;
 pub mod http;
 pub mod identity;
 pub mod idmap;
+pub mod incident;
 pub mod judge;
 pub mod ownership;
 pub mod paths;

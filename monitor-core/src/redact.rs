@@ -10,10 +10,17 @@
 //!   `identity::jwt::mark_token`). No usable token is kept, and neither the correlator nor
 //!   replay needs the key;
 //! - other `Authorization` schemes: the credentials are masked with `*`;
-//! - `Cookie:` values and the value of `Set-Cookie:`: replaced by a keyed hash (hex, cycled to
-//!   the value's length). The key is random per run and never written anywhere, so the same
-//!   cookie maps to the same hash within a run (sessions can be followed) and to nothing outside.
+//! - `Cookie:` values and the value of `Set-Cookie:`: replaced by a keyed hash (HMAC-SHA-256,
+//!   hex, cycled to the value's length). The key is random per run and never written anywhere,
+//!   unless the operator gives one (`[incidents] session_key_file`): then the same cookie maps to
+//!   the same hash across restarts, and an analyst holding the key can tell which of the portal's
+//!   sessions an alert's session handle is (`vigie session-handle`). Without the key, a hash maps
+//!   to nothing.
 //!
+//! - query parameters named like credentials (`capture.secret_query_parameters`: `sid`,
+//!   `token`, `password`, ...) in request lines, read or written, in `Referer`/`Location`, and
+//!   in form bodies (any request, not only the login): their values are masked with `*`
+//!   ([`query`]);
 //! - the body of the portal's login request (`identity.session`): every form value but the user
 //!   field's is replaced by `*`s (the password, CSRF tokens), so the correlator can bind the
 //!   session to its user and nothing else of the form is kept.
@@ -28,8 +35,6 @@
 //! rule) get the same rules on their records ([`fcgi`]): the values of the `HTTP_AUTHORIZATION`,
 //! `HTTP_PROXY_AUTHORIZATION` and `HTTP_COOKIE` params (and `PHP_AUTH_PW`, masked), and
 //! `Set-Cookie` in the CGI head of STDOUT, across record and read boundaries.
-use std::hash::BuildHasher as _;
-
 use base64::Engine as _;
 
 use crate::{
@@ -44,9 +49,11 @@ use crate::{
 
 mod fcgi;
 pub mod hold;
+pub mod payload;
+pub mod query;
 
 pub struct Redactor {
-    key: std::collections::hash_map::RandomState,
+    key: SessionKey,
     jwt: JwtConfig,
     session: Option<SessionConfig>,
     /// Per connection: the raw bytes of the header line the last capture ended in the middle of.
@@ -60,6 +67,8 @@ pub struct Redactor {
     /// With a session store: the session cookies of the last redacted chunk, raw and hashed
     /// (see [`Redactor::take_session_ids`]).
     session_ids: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Query parameters whose values are secrets (see [`query`]).
+    query_names: Vec<String>,
 }
 
 /// A login request being read on a connection.
@@ -95,7 +104,7 @@ impl Redactor {
     /// checked.
     pub fn new(jwt: JwtConfig) -> Self {
         Self {
-            key: std::collections::hash_map::RandomState::new(),
+            key: SessionKey::random(),
             jwt,
             session: None,
             pending: IdMap::default(),
@@ -103,7 +112,22 @@ impl Redactor {
             fastcgi: IdMap::default(),
             logins: IdMap::default(),
             session_ids: Vec::new(),
+            query_names: query::DEFAULT_NAMES.iter().map(|n| n.to_string()).collect(),
         }
+    }
+
+    /// Hashes cookie values with `key` instead of a key of this run's own.
+    #[must_use]
+    pub fn with_key(mut self, key: SessionKey) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// The query parameters whose values are masked (`capture.secret_query_parameters`).
+    #[must_use]
+    pub fn with_query_secrets(mut self, names: Vec<String>) -> Self {
+        self.query_names = names;
+        self
     }
 
     /// Redacts, in place, what process `pid` read from socket `fd`: `data` is the capture of a
@@ -355,8 +379,15 @@ impl Redactor {
     /// incomplete line cannot be checked yet and is masked).
     fn redact_line(&mut self, line: &mut [u8], complete: bool) {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
+            // A request line, or a form body (`user=...&password=...`): the same names.
+            if http::looks_like_request_start(line) {
+                query::mask_request_line(line, &self.query_names);
+            } else {
+                query::mask_query(line, &self.query_names);
+            }
             return;
         };
+        query::mask_request_line(line, &self.query_names);
         let (name, rest) = line.split_at_mut(colon);
         // Blanks around the name (`\rAuthorization:`, ` Authorization :`) make an invalid field
         // that a lenient server may still honour: its credentials are redacted all the same.
@@ -385,6 +416,8 @@ impl Redactor {
                     self.session_ids.push((raw, hashed));
                 }
             }
+        } else if name.eq_ignore_ascii_case(b"referer") || name.eq_ignore_ascii_case(b"location") {
+            query::mask_url(value, &self.query_names);
         } else if name.eq_ignore_ascii_case(b"set-cookie") {
             // Only the first pair is the cookie; the rest are attributes (Path, Expires, ...).
             if let Some(pair) = value.split_mut(|&b| b == b';').next() {
@@ -424,10 +457,52 @@ impl Redactor {
             value.fill(b'*');
             return;
         }
-        let hex = format!("{:016x}", self.key.hash_one(&*value));
+        let hex = self.key.cookie_hash(value);
         for (dst, src) in value.iter_mut().zip(hex.bytes().cycle()) {
             *dst = src;
         }
+    }
+}
+
+/// The key of the cookie hashes (HMAC-SHA-256). Never logged, never in a trace.
+#[derive(Clone)]
+pub struct SessionKey([u8; 32]);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+impl SessionKey {
+    /// A key of this run's own: hashes mean nothing outside it. From std's per-process random
+    /// hasher keys (the core does no I/O of its own; the daemon loads or makes a key with the
+    /// OS's generator, see `vigie::incidents`).
+    #[must_use]
+    pub fn random() -> Self {
+        use std::hash::BuildHasher as _;
+        let state = std::collections::hash_map::RandomState::new();
+        let mut key = [0u8; 32];
+        for (i, chunk) in key.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(&state.hash_one(i).to_le_bytes());
+        }
+        Self(key)
+    }
+
+    #[must_use]
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        Self(key)
+    }
+
+    /// 16 hex digits of HMAC-SHA-256(key, value): what a cookie value becomes in the trace.
+    #[must_use]
+    pub fn cookie_hash(&self, value: &[u8]) -> String {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
+            .expect("HMAC takes a key of any length");
+        mac.update(value);
+        let digest = mac.finalize().into_bytes();
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -821,14 +896,15 @@ mod tests {
                 "cut {cut}"
             );
         }
-        // Other requests' bodies and login without a session config are left alone.
+        // Other requests' bodies are left alone but for secret names; a login without a
+        // session config keeps its user and loses its password by that rule.
         let mut r = Redactor::default().with_session(Some(session_cfg()));
         let other = "POST /comment HTTP/1.1\r\nContent-Length: 5\r\n\r\na=b&c";
         assert_eq!(redacted(&mut r, other), other);
         let mut r = Redactor::default();
         assert_eq!(
             redacted(&mut r, &format!("{head}{body}")),
-            format!("{head}{body}")
+            format!("{head}{}", body.replace("s3cret", "******"))
         );
         // Without Content-Length the rest of the read is the form.
         let mut r = Redactor::default().with_session(Some(session_cfg()));

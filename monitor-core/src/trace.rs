@@ -84,6 +84,7 @@ pub fn fact_event(ts_ns: u64, fact: Fact) -> Event {
         pid: 0,
         tid: 0,
         comm: Comm::default(),
+        goid: None,
         kind: EventKind::OwnershipFact(fact),
     }
 }

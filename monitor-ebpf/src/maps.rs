@@ -1,11 +1,18 @@
 //! Maps and load-time globals shared by the probes.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_user,
+    },
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    Header, MAX_SYSCALL_NR, fd_kind, files::OpenEvent, loss, op, sockets::DataEvent,
+    Header, MAX_SYSCALL_NR, fd_kind,
+    files::OpenEvent,
+    go::{GO_TARGET, GoLayout},
+    header_flags, loss, op,
+    sockets::DataEvent,
 };
 
 /// Bytes of a path the document-root trie compares (roots must be shorter).
@@ -21,6 +28,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// hooked syscall than the hash map it replaced).
 #[map]
 pub static TARGETS: Array<u8> = Array::with_max_entries(1 << 22, 0);
+
+/// Go targets (tgid -> where their threads' current goroutine id is), filled by userspace from
+/// each binary's own tables; their `TARGETS` byte is `GO_TARGET`. LRU: the entry of an exited
+/// process ages out (the `TARGETS` byte, reset at exec and exit, decides whether it is read).
+#[map]
+pub static GO_PROCS: LruHashMap<u32, GoLayout> = LruHashMap::with_max_entries(4096, 0);
 
 /// Process names (`comm`, NUL-padded) whose exec makes the process a target.
 #[map]
@@ -50,9 +63,19 @@ pub static STASH: HashMap<u64, Stash> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::COUNT, 0);
 
+/// A [`DataEvent`] with room past its `data` for a whole iovec more: a vectored capture writes
+/// each iovec at the bytes captured so far (below `DATA_CAP`) for up to `DATA_CAP` bytes, and the
+/// verifier checks that write against the map value's size without knowing that the two add up
+/// to at most `DATA_CAP` (it tracks the offset and the length as independent ranges).
+#[repr(C)]
+pub struct DataScratch {
+    pub ev: DataEvent,
+    pub spill: [u8; monitor_common::sockets::DATA_CAP],
+}
+
 /// Per-CPU scratch for records larger than the 512-byte stack.
 #[map]
-pub static DATA_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static DATA_SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(1, 0);
 
@@ -91,8 +114,17 @@ global!(OFF_FDT_MAX_FDS);
 global!(OFF_FDT_FD);
 global!(OFF_FILE_INODE);
 global!(OFF_INODE_MODE);
+global!(OFF_INODE_SIZE);
 global!(OFF_FILE_PATH);
 global!(OFF_FILE_FLAGS);
+global!(OFF_TASK_FSBASE);
+global!(OFF_FILE_PRIVATE);
+global!(OFF_SOCKET_SK);
+global!(OFF_SOCK_COMMON);
+global!(OFF_SKC_FAMILY);
+global!(OFF_SKC_DPORT);
+global!(OFF_SKC_DADDR);
+global!(OFF_SKC_V6_DADDR);
 // Tracepoint record layout, from tracefs `format` files.
 global!(TP_SYSCALL_NR);
 global!(TP_ENTER_ARGS);
@@ -210,9 +242,47 @@ pub fn fill_header(h: &mut Header, kind: u32) {
     h.kind = kind;
     h.tgid = (pid_tgid >> 32) as u32;
     h.tid = pid_tgid as u32;
-    h._pad = 0;
     h.ts_ns = unsafe { bpf_ktime_get_ns() };
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    match current_goid(h.tgid) {
+        Some(goid) => {
+            h.flags = header_flags::GOID;
+            h.goid = goid;
+        }
+        None => {
+            h.flags = 0;
+            h.goid = 0;
+        }
+    }
+}
+
+/// The id of the goroutine the current thread runs, for a Go target with a known layout:
+/// `*(fsbase + g_tls)` is the current `g`, `g + goid` its id. Go switches `g` in that slot at
+/// every goroutine switch, so during a syscall it names the goroutine that made it (0: the
+/// runtime's own stack, `g0`). Any other process costs one array lookup.
+#[inline(always)]
+fn current_goid(tgid: u32) -> Option<u64> {
+    if TARGETS.get(tgid).copied() != Some(GO_TARGET) {
+        return None;
+    }
+    let off_fsbase = global(&OFF_TASK_FSBASE);
+    if off_fsbase == 0 {
+        return None;
+    }
+    let layout = unsafe { GO_PROCS.get(&tgid) }?;
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let fsbase: u64 = crate::task::read(task, off_fsbase)?;
+        if fsbase == 0 {
+            return None;
+        }
+        let slot = fsbase.wrapping_add(layout.g_tls as u64);
+        let g: u64 = bpf_probe_read_user(slot as *const u64).ok()?;
+        if g == 0 {
+            return None;
+        }
+        bpf_probe_read_user(g.wrapping_add(layout.goid) as *const u64).ok()
+    }
 }
 
 const BPF_RB_NO_WAKEUP: u64 = 1;

@@ -58,6 +58,7 @@ fn main() -> anyhow::Result<()> {
                 pid,
                 tid,
                 comm: "portal-conn".into(),
+                goid: None,
                 kind,
             },
         )?;
@@ -71,6 +72,7 @@ fn main() -> anyhow::Result<()> {
                     pid: 0,
                     tid: 0,
                     comm: monitor_core::events::Comm::default(),
+                    goid: None,
                     kind: EventKind::Tick,
                 },
             )?;
@@ -100,7 +102,13 @@ fn main() -> anyhow::Result<()> {
         let resp =
             b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\nContent-Length: 20000\r\n\r\n"
                 .to_vec();
-        emit(&mut w, 1, EventKind::SockAccept { fd }, &mut n, &mut ts)?;
+        emit(
+            &mut w,
+            1,
+            EventKind::SockAccept { fd, peer: None },
+            &mut n,
+            &mut ts,
+        )?;
         emit(
             &mut w,
             tid,
@@ -136,6 +144,7 @@ fn main() -> anyhow::Result<()> {
                 fd: 100,
                 bytes: 16384,
                 fp: None,
+                size: None,
             },
             &mut n,
             &mut ts,
@@ -147,6 +156,7 @@ fn main() -> anyhow::Result<()> {
                 fd: 100,
                 bytes: 3616,
                 fp: None,
+                size: None,
             },
             &mut n,
             &mut ts,

@@ -516,6 +516,19 @@ pub struct AttachReport {
     pub hooks: Vec<HookReport>,
     /// Why the fire check could not run, when it could not.
     pub fire_check_unavailable: Option<String>,
+    /// How Go targets' goroutines are followed here (or why not): no hook of its own, the
+    /// probes above read each Go thread's current goroutine from its TLS.
+    pub goroutines: String,
+}
+
+/// [`AttachReport::goroutines`] for a kernel where `task_struct.thread.fsbase` is at `fsbase`.
+pub fn goroutines_report(fsbase: Option<u64>) -> String {
+    match fsbase {
+        Some(off) => format!(
+            "Go targets: goroutine ids read by the probes above from each thread's TLS (task_struct.thread.fsbase at +{off}); the offsets of each Go binary are read from its ELF and DWARF when it becomes a target"
+        ),
+        None => "Go targets: goroutines not followed (no task_struct.thread.fsbase in this kernel's BTF): their reads need flow or content evidence".into(),
+    }
 }
 
 impl AttachReport {
@@ -540,6 +553,9 @@ impl AttachReport {
             facts,
             hooks,
             fire_check_unavailable: Some("not root: nothing was loaded".into()),
+            goroutines:
+                "Go targets: planned (the kernel's task_struct.thread.fsbase is read at load)"
+                    .into(),
         }
     }
 
@@ -621,6 +637,7 @@ impl fmt::Display for AttachReport {
                 h.status, h.hook, h.program, h.reason
             )?;
         }
+        writeln!(f, "{}", self.goroutines)?;
         write!(f, "probes: {}", self.summary())
     }
 }

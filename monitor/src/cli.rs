@@ -58,6 +58,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the session handle alerts show for credentials read from stdin, one per line
+    /// (never from the command line, where `ps` would show them): which of the portal's
+    /// sessions an incident is, to revoke the right one.
+    SessionHandle {
+        /// `incidents.session_key_file` of the Vigie that wrote the alerts (for cookies).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// What the lines are: session cookie values, or bearer tokens (JWT).
+        #[arg(long, value_enum, default_value = "cookie")]
+        kind: CredentialKind,
+    },
+}
+
+/// Credentials `vigie session-handle` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CredentialKind {
+    Cookie,
+    Bearer,
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,6 +197,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Probes { json } => crate::run::probes_command(json),
+        Command::SessionHandle { key_file, kind } => session_handles(key_file, kind),
         Command::Replay(args) => {
             let opts = replay_options(args)?;
             let summary = crate::replay::replay(&opts)?;
@@ -198,6 +217,36 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `vigie session-handle`: one handle per line of stdin.
+fn session_handles(key_file: Option<PathBuf>, kind: CredentialKind) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead as _;
+    let key = match (&key_file, kind) {
+        (Some(path), _) => Some(
+            // Read only: an analyst's typo must not create a new key.
+            crate::incidents::load_existing_key(path).context("--key-file")?,
+        ),
+        (None, CredentialKind::Cookie) => {
+            anyhow::bail!("--key-file is required for cookies: handles are keyed hashes")
+        }
+        (None, CredentialKind::Bearer) => None,
+    };
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading stdin")?;
+        let value = line.trim();
+        if value.is_empty() {
+            continue;
+        }
+        let handle = match (kind, &key) {
+            (CredentialKind::Cookie, Some(key)) => Some(
+                monitor_core::identity::handle::cookie_handle(key, value.as_bytes()),
+            ),
+            _ => monitor_core::identity::handle::bearer_handle(value.as_bytes()),
+        };
+        println!("{}", handle.as_deref().unwrap_or("-"));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn replay_options(args: ReplayArgs) -> anyhow::Result<crate::replay::ReplayOptions> {

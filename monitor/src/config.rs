@@ -2,10 +2,14 @@
 //! falls back silently.
 use std::path::Path;
 
-use monitor_core::{correlate::CorrelatorConfig, identity::IdentityConfig, judge::Judge, paths};
+use monitor_core::{
+    correlate::CorrelatorConfig,
+    identity::IdentityConfig,
+    judge::Judge,
+    ownership::{OwnershipRules, PathTemplate},
+    paths,
+};
 use serde::{Deserialize, Serialize};
-
-use crate::ownership::{OwnershipRules, PathTemplate};
 
 /// Longest document root the kernel's prefix trie can hold (its key is 128 bytes, with the `/`).
 pub const MAX_ROOT_LEN: usize = 126;
@@ -31,6 +35,12 @@ pub struct Config {
     pub metrics: Metrics,
     #[serde(default)]
     pub kernel: Kernel,
+    /// Reverse proxies whose forwarded headers name the client.
+    #[serde(default)]
+    pub clients: monitor_core::client::ClientConfig,
+    /// Enumeration detection, incident grouping and the response hook.
+    #[serde(default)]
+    pub incidents: crate::incidents::IncidentsSection,
 }
 
 /// Which processes to watch. Processes that start later are picked up by name (at exec) and
@@ -104,6 +114,17 @@ pub struct Capture {
     /// covers what nginx (32 KiB), Tomcat (8 KiB) and Node (16 KiB) accept by default.
     #[serde(default = "default_max_head_bytes")]
     pub max_head_bytes: u32,
+    /// Query parameters whose values are secrets, masked in every captured request target
+    /// (names compared ignoring case).
+    #[serde(default = "default_secret_query_parameters")]
+    pub secret_query_parameters: Vec<String>,
+}
+
+fn default_secret_query_parameters() -> Vec<String> {
+    monitor_core::redact::query::DEFAULT_NAMES
+        .iter()
+        .map(|n| n.to_string())
+        .collect()
 }
 
 /// 16 KiB: a request head a server reads in one go is captured whole up to this (nginx reads
@@ -125,6 +146,7 @@ impl Default for Capture {
             request_bytes: default_request_bytes(),
             response_bytes: default_response_bytes(),
             max_head_bytes: default_max_head_bytes(),
+            secret_query_parameters: default_secret_query_parameters(),
         }
     }
 }
@@ -136,6 +158,10 @@ pub struct Correlation {
     /// (document fds kept open by file caches, idle keep-alive connections).
     #[serde(default = "default_idle_flush_ms")]
     pub idle_flush_ms: u64,
+    /// Follow the goroutines of Go targets (their events carry the goroutine id, which scopes
+    /// requests instead of the thread). Off: Go targets get flow and content evidence only.
+    #[serde(default = "default_true")]
+    pub goroutines: bool,
 }
 
 fn default_idle_flush_ms() -> u64 {
@@ -146,6 +172,7 @@ impl Default for Correlation {
     fn default() -> Self {
         Self {
             idle_flush_ms: default_idle_flush_ms(),
+            goroutines: true,
         }
     }
 }
@@ -278,6 +305,8 @@ impl Config {
             max_head: self.capture.max_head_bytes as usize,
             idle_flush_ns: self.correlation.idle_flush_ms.saturating_mul(1_000_000),
             realtime_offset_ns: None,
+            // Checked by `Config::normalize`: a bad entry never gets this far.
+            proxies: monitor_core::client::TrustedProxies::parse(&self.clients).unwrap_or_default(),
         }
     }
 
@@ -442,6 +471,14 @@ impl Config {
                 format!("must be at most {cap}"),
             ));
         }
+        for (i, name) in self.capture.secret_query_parameters.iter().enumerate() {
+            if name.is_empty() || name.bytes().any(|b| matches!(b, b'=' | b'&' | b';' | b'#')) {
+                return Err(invalid(
+                    format!("capture.secret_query_parameters[{i}]"),
+                    format!("{name:?} is not a query parameter name"),
+                ));
+            }
+        }
         for (i, name) in self.targets.names.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains('/') {
                 return Err(invalid(
@@ -458,6 +495,11 @@ impl Config {
                 ));
             }
         }
+        monitor_core::client::TrustedProxies::parse(&self.clients)
+            .map_err(|e| invalid("clients.trusted_proxies", e.to_string()))?;
+        self.incidents
+            .check()
+            .map_err(|(field, reason)| invalid(field, reason))?;
         if self.correlation.idle_flush_ms == 0 {
             return Err(invalid("correlation.idle_flush_ms", "must be positive"));
         }

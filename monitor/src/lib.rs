@@ -7,10 +7,13 @@
 //! lookups) -> `pipeline` (core correlator -> `ownership` backends -> core judge -> `sinks`:
 //! alerts, metrics, trace). `replay` feeds recorded traces to the same `pipeline`. `config`
 //! loads and checks the TOML file and hands each stage its own settings.
+//! `golang` reads Go targets' executables: where their threads keep the running goroutine.
 pub mod attach;
 pub mod btf;
 pub mod cli;
 pub mod config;
+pub mod golang;
+pub mod incidents;
 pub mod kernel;
 pub mod loader;
 pub mod ownership;
@@ -19,5 +22,6 @@ pub mod privilege;
 pub mod procfs;
 pub mod replay;
 pub mod run;
+pub mod runtime;
 pub mod session_store;
 pub mod sinks;

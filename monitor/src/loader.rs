@@ -15,7 +15,13 @@ use aya::{
         raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
-use monitor_common::{MAX_SYSCALL_NR, Stash, fd_kind, files::ROOT_KEY_LEN, globals, loss, op};
+use monitor_common::{
+    MAX_SYSCALL_NR, Stash, fd_kind,
+    files::ROOT_KEY_LEN,
+    globals,
+    go::{GO_TARGET, GoLayout},
+    loss, op,
+};
 
 use crate::{
     attach::{self, AttachReport, Decision, HookKind, HookReport, Planned, Refusal},
@@ -83,6 +89,8 @@ pub struct Probes {
     ebpf: Ebpf,
     /// What was attached on which hook and why, and the kernel facts behind it.
     pub report: AttachReport,
+    /// Offset of `task_struct.thread.fsbase` (`None`: Go targets' goroutines cannot be read).
+    pub task_fsbase: Option<u64>,
     /// Every link, to detach them all at once on drop.
     links: Vec<(&'static str, LinkId)>,
     /// The document roots, with the real paths of those behind symbolic links (all of them
@@ -116,10 +124,19 @@ pub fn kernel_offsets() -> Result<Vec<(&'static str, u64)>, LoadError> {
         (globals::OFF_FDT_FD, "fdtable", "fd"),
         (globals::OFF_FILE_INODE, "file", "f_inode"),
         (globals::OFF_INODE_MODE, "inode", "i_mode"),
+        (globals::OFF_INODE_SIZE, "inode", "i_size"),
         (globals::OFF_FILE_PATH, "file", "f_path"),
         (globals::OFF_FILE_FLAGS, "file", "f_flags"),
+        (globals::OFF_FILE_PRIVATE, "file", "private_data"),
+        (globals::OFF_SOCKET_SK, "socket", "sk"),
+        (globals::OFF_SOCK_COMMON, "sock", "__sk_common"),
+        (globals::OFF_SKC_FAMILY, "sock_common", "skc_family"),
+        (globals::OFF_SKC_DPORT, "sock_common", "skc_dport"),
+        (globals::OFF_SKC_DADDR, "sock_common", "skc_daddr"),
+        (globals::OFF_SKC_V6_DADDR, "sock_common", "skc_v6_daddr"),
     ];
-    let names: Vec<&str> = wanted.iter().map(|(_, s, _)| *s).collect();
+    let mut names: Vec<&str> = wanted.iter().map(|(_, s, _)| *s).collect();
+    names.push("thread_struct");
     let ids = btf.struct_ids(&names);
     let mut out = Vec::new();
     for (global, strukt, field) in wanted {
@@ -133,6 +150,20 @@ pub fn kernel_offsets() -> Result<Vec<(&'static str, u64)>, LoadError> {
             _ => return Err(missing()),
         }
     }
+    // Optional: without it, Go targets' goroutines are not followed (reported at start-up).
+    let id = |name: &str| ids.iter().find_map(|(n, id)| (*n == name).then_some(*id));
+    let fsbase = id("task_struct")
+        .zip(id("thread_struct"))
+        .and_then(|(task, thread)| {
+            let Ok(Some(Member::Bytes(t))) = btf.member(task, "thread") else {
+                return None;
+            };
+            let Ok(Some(Member::Bytes(f))) = btf.member(thread, "fsbase") else {
+                return None;
+            };
+            Some(u64::from(t) + u64::from(f))
+        });
+    out.push((globals::OFF_TASK_FSBASE, fsbase.unwrap_or(0)));
     Ok(out)
 }
 
@@ -355,6 +386,10 @@ impl Probes {
             globals::WAKEUP_BYTES,
             u64::from(cfg.kernel.ring_buffer_bytes / 4),
         ));
+        let fsbase = values
+            .iter()
+            .find(|(name, off)| *name == globals::OFF_TASK_FSBASE && *off != 0)
+            .map(|(_, off)| *off);
         tracing::debug!(?values, "load-time globals");
         let mut loader = EbpfLoader::new();
         for (name, value) in &values {
@@ -369,7 +404,9 @@ impl Probes {
                 facts,
                 hooks: Vec::new(),
                 fire_check_unavailable: None,
+                goroutines: attach::goroutines_report(fsbase),
             },
+            task_fsbase: fsbase,
             links: Vec::new(),
             roots: crate::procfs::Roots::read(&cfg.documents.roots),
             kernel_btf: None,
@@ -585,6 +622,14 @@ impl Probes {
     /// Makes `pid` a target (its threads included).
     pub fn add_target(&mut self, pid: u32) -> Result<(), LoadError> {
         self.set_target(pid, 1)
+    }
+
+    /// Makes `pid` a Go target whose events carry the goroutine id, found with `layout`.
+    pub fn add_go_target(&mut self, pid: u32, layout: &GoLayout) -> Result<(), LoadError> {
+        let mut procs: HashMap<_, u32, GoLayout> =
+            HashMap::try_from(self.map_mut("GO_PROCS")?).map_err(map_err("GO_PROCS"))?;
+        procs.insert(&pid, layout, 0).map_err(map_err("GO_PROCS"))?;
+        self.set_target(pid, GO_TARGET)
     }
 
     pub fn remove_target(&mut self, pid: u32) -> Result<(), LoadError> {

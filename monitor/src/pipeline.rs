@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 use monitor_core::{
     correlate::{Access, Correlator, Finding},
     events::{Event, EventKind},
+    incident::Incidents,
     judge::{Judge, Judgement, Verdict},
 };
 
 use crate::{
     ownership::resolver::{Ownership, Resolver, UsedFact},
-    sinks::{alerts::AlertSink, metrics::Metrics, trace::TraceWriter},
+    sinks::{alerts::AlertSink, metrics::Metrics, trace::TraceWriter, webhook::Webhook},
 };
 
 /// Which accesses to report (replay's time window and pid filters).
@@ -25,6 +26,9 @@ pub type Observer = Box<dyn FnMut(&Access, &Judgement)>;
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Counts {
     pub by_verdict: BTreeMap<&'static str, u64>,
+    /// Enumeration findings by rule.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub enumerations: BTreeMap<&'static str, u64>,
     pub lost_events: u64,
 }
 
@@ -63,6 +67,11 @@ pub struct Pipeline {
     observer: Option<Observer>,
     /// Live runs only: verdict counts and latency need the live clock.
     metrics: Option<std::sync::Arc<Metrics>>,
+    /// Incident grouping and enumeration rules (pure: replay sets them up alike). The
+    /// configuration's defaults until [`Pipeline::set_incidents`].
+    incidents: Incidents,
+    /// Live runs only: the response hook, called once per new incident.
+    webhook: Option<Webhook>,
     pub counts: Counts,
 }
 
@@ -86,6 +95,8 @@ impl Pipeline {
             filter: None,
             observer: None,
             metrics: None,
+            incidents: Incidents::new(monitor_core::incident::IncidentConfig::default()),
+            webhook: None,
             counts: Counts::default(),
         }
     }
@@ -102,6 +113,20 @@ impl Pipeline {
     /// alert being written (on the live monotonic clock: not for replay).
     pub fn set_metrics(&mut self, metrics: std::sync::Arc<Metrics>) {
         self.metrics = Some(metrics);
+    }
+
+    /// Groups alerts into incidents and applies the enumeration rules (live and replay alike).
+    pub fn set_incidents(&mut self, incidents: Incidents) {
+        self.incidents = incidents;
+    }
+
+    /// Calls `webhook` once per new incident (live runs).
+    pub fn set_webhook(&mut self, webhook: Webhook) {
+        self.webhook = Some(webhook);
+    }
+
+    pub fn webhook(&self) -> Option<&Webhook> {
+        self.webhook.as_ref()
     }
 
     /// Records every event handled, with the ownership facts before it (live runs).
@@ -210,6 +235,24 @@ impl Pipeline {
         self.alerts.written()
     }
 
+    /// A new incident: counted, and sent to the webhook with the line that opened it.
+    fn incident_opened(&self, id: &str, by: &str, line: serde_json::Value) {
+        if let Some(m) = &self.metrics {
+            m.incident_opened(by);
+        }
+        if let Some(hook) = &self.webhook {
+            let body = serde_json::json!({
+                "schema": crate::sinks::webhook::SCHEMA,
+                "incident": id,
+                "opened_by": by,
+                "alert": line,
+            });
+            if let Ok(bytes) = serde_json::to_vec(&body) {
+                hook.send(bytes);
+            }
+        }
+    }
+
     fn drain(&mut self) -> std::io::Result<()> {
         // Taken out and put back: the loop needs `self`, the vector keeps its capacity.
         let mut pending = std::mem::take(&mut self.pending);
@@ -238,7 +281,35 @@ impl Pipeline {
                             "cross-user document read"
                         );
                     }
-                    self.alerts.access(&access, &judgement)?;
+                    let observed = self.incidents.observe(&access, &judgement);
+                    let incident = observed.incident.as_ref();
+                    self.alerts
+                        .access(&access, &judgement, incident.map(|i| i.id.as_str()))?;
+                    if let Some(i) = incident.filter(|i| i.opened) {
+                        self.incident_opened(
+                            &i.id,
+                            "violation",
+                            self.alerts.access_json(&access, &judgement, Some(&i.id)),
+                        );
+                    }
+                    for (found, i) in &observed.enumerations {
+                        *self
+                            .counts
+                            .enumerations
+                            .entry(found.rule.as_str())
+                            .or_default() += 1;
+                        self.alerts.enumeration(found, &i.id)?;
+                        if let Some(m) = &self.metrics {
+                            m.enumeration(found.rule.as_str());
+                        }
+                        if i.opened {
+                            self.incident_opened(
+                                &i.id,
+                                found.rule.as_str(),
+                                self.alerts.enumeration_json(found, &i.id),
+                            );
+                        }
+                    }
                     if let Some(m) = &self.metrics {
                         let source = access
                             .request

@@ -219,9 +219,13 @@ pub fn describe(pid: u32, roots: &[String], now_ns: u64) -> Vec<Event> {
         pid,
         tid: pid,
         comm: comm_of(pid).unwrap_or_default().into(),
+        goid: None,
         kind: EventKind::ProcessExec,
     };
     let mut events = found_fds(&exec, roots);
+    if let Some(found) = crate::runtime::found(&exec) {
+        events.insert(0, found);
+    }
     events.insert(0, exec);
     events
 }
@@ -236,6 +240,7 @@ pub fn found_fds(at: &Event, roots: &[String]) -> Vec<Event> {
             pid: at.pid,
             tid: at.tid,
             comm: at.comm.clone(),
+            goid: None,
             kind: EventKind::FdFound { fd, found },
         })
         .collect()
@@ -358,6 +363,7 @@ mod tests {
             pid: 2,
             tid: 2,
             comm: "portal".into(),
+            goid: None,
             kind: EventKind::FileOpen {
                 fd: 3,
                 path: path.into(),

@@ -214,6 +214,11 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
         resolver,
         AlertSink::new(out, clock, opts.audit),
     );
+    // The incidents of the live run: same rules, same accesses, same timestamps. The webhook
+    // is not called: those incidents were acted on live.
+    pipeline.set_incidents(monitor_core::incident::Incidents::new(
+        config.incidents.rules(),
+    ));
     let since = opts.since_ns;
     let until = opts.until_ns;
     let pids = opts.pids.clone();
@@ -481,6 +486,7 @@ fn explain_access(
             monitor_core::correlate::Evidence::Sendfile => "sendfile",
             monitor_core::correlate::Evidence::Flow => "flow",
             monitor_core::correlate::Evidence::Thread => "thread",
+            monitor_core::correlate::Evidence::Goroutine => "goroutine",
             monitor_core::correlate::Evidence::Fingerprint => "fingerprint",
         })
         .collect();
@@ -583,7 +589,7 @@ fn explain_access(
 
 /// How the owner was found, for `--explain`.
 fn ownership_words(j: &Judgement) -> String {
-    use crate::ownership::fact::BackendKind;
+    use monitor_core::ownership::fact::BackendKind;
     let owner = j.owner.as_deref().unwrap_or("-");
     let mut words = match (j.owner_source, j.ownership_error) {
         (source, Some(error)) => format!(
@@ -628,7 +634,7 @@ fn describe(kind: &EventKind) -> String {
             body_fp.map_or(String::new(), |fp| format!(" [body fingerprint {fp:016x}]"))
         ),
         EventKind::FileOpen { fd, path, .. } => format!("opened {path} as fd {fd}"),
-        EventKind::FileRead { fd, bytes, fp } => format!(
+        EventKind::FileRead { fd, bytes, fp, .. } => format!(
             "read {bytes} bytes of the document (fd {fd}){}",
             fp.map_or(String::new(), |fp| format!(" [fingerprint {fp:016x}]"))
         ),

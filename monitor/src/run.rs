@@ -14,7 +14,7 @@ use monitor_core::{
     correlate::Correlator,
     decode::Decoder,
     events::{Comm, Event, EventKind, FoundFd},
-    redact::Redactor,
+    redact::{Redactor, payload::PayloadGate},
     walltime::WallClock,
 };
 use tokio::{
@@ -27,7 +27,7 @@ use crate::{
     loader::Probes,
     ownership::resolver::Resolver,
     pipeline::Pipeline,
-    procfs,
+    procfs, runtime,
     session_store::{Found, SessionStore},
     sinks::{
         alerts::AlertSink,
@@ -88,6 +88,8 @@ struct Live {
     /// Scratch for the events `hold` passes on, and the decoder's.
     passed: Vec<Event>,
     decoded: Vec<Event>,
+    /// Clears the payloads of sockets that carry neither HTTP nor FastCGI.
+    gate: PayloadGate,
     bodies: monitor_core::fingerprint::Bodies,
     /// The portal's session store (`identity.session.store`), if configured.
     session_store: Option<SessionStore>,
@@ -96,6 +98,7 @@ struct Live {
     decoder: Decoder,
     metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
     ring_usage: Option<crate::loader::RingUsage>,
+    go: crate::golang::GoTargets,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
@@ -131,12 +134,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     let cfg_jwt = cfg.identity.jwt.clone();
     let cfg_session = cfg.identity.session.clone();
     let max_head = cfg.capture.max_head_bytes as usize;
+    // The key of session handles: the operator's (stable across restarts), or this run's own.
+    let session_key = match &cfg.incidents.session_key_file {
+        Some(path) => {
+            crate::incidents::load_or_create_key(path).context("incidents.session_key_file")?
+        }
+        None => monitor_core::redact::SessionKey::random(),
+    };
+    let cfg_query_secrets = cfg.capture.secret_query_parameters.clone();
     let session_store = cfg_session
         .as_ref()
         .and_then(|s| s.store.clone())
         .map(SessionStore::new)
         .transpose()
         .map_err(|e| anyhow::anyhow!("identity.session.store: {e}"))?;
+    // Goroutines are followed where the kernel tells where a thread's TLS is, unless turned off.
+    let go =
+        crate::golang::GoTargets::new(cfg.correlation.goroutines && probes.task_fsbase.is_some());
     let mut live = Live {
         cfg,
         probes,
@@ -144,10 +158,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         targets: HashSet::new(),
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
-        redactor: Redactor::new(cfg_jwt).with_session(cfg_session),
+        redactor: Redactor::new(cfg_jwt)
+            .with_session(cfg_session)
+            .with_key(session_key)
+            .with_query_secrets(cfg_query_secrets),
         hold: monitor_core::redact::hold::LineHold::new(max_head),
         passed: Vec::new(),
         decoded: Vec::new(),
+        gate: PayloadGate::default(),
         bodies: monitor_core::fingerprint::Bodies::new(),
         session_store,
         store_errors: 0,
@@ -155,8 +173,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         decoder: Decoder::new(),
         metrics,
         ring_usage: None,
+        go,
     };
     live.init_metrics(&ring);
+    live.pipeline
+        .set_incidents(monitor_core::incident::Incidents::new(
+            live.cfg.incidents.rules(),
+        ));
+    if let Some(hook) = &live.cfg.incidents.webhook {
+        live.pipeline
+            .set_webhook(crate::sinks::webhook::Webhook::start(hook));
+    }
     if let Some((dir, rotation)) = &opts.record {
         let header = trace::header(&live.cfg, clock);
         let writer = TraceWriter::create(dir, header, *rotation)
@@ -230,6 +257,8 @@ impl Live {
             self.tell_kernel(&ev)?;
             self.feed(&ev)?;
         }
+        // After `describe`'s exec event, which starts the process afresh.
+        self.follow_goroutines(pid)?;
         self.stash_sleeping_reads(pid, &sockets);
         Ok(())
     }
@@ -287,6 +316,29 @@ impl Live {
         }
     }
 
+    /// A Go target: its events carry the goroutine id from now on, when its binary says where
+    /// to find it. The correlator is told that the process is Go either way: its threads scope
+    /// nothing.
+    fn follow_goroutines(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some((version, layout)) = self.go.inspect(pid) else {
+            return Ok(());
+        };
+        if let Some(layout) = &layout {
+            self.probes.add_go_target(pid, layout)?;
+        }
+        self.feed(&Event {
+            ts_ns: procfs::monotonic_ns(),
+            pid,
+            tid: pid,
+            comm: Comm::default(),
+            goid: None,
+            kind: EventKind::GoRuntime {
+                version,
+                goroutines: layout.is_some(),
+            },
+        })
+    }
+
     fn tell_kernel(&mut self, ev: &Event) -> anyhow::Result<()> {
         if let EventKind::FdFound { fd, found } = &ev.kind {
             self.probes
@@ -296,6 +348,13 @@ impl Live {
     }
 
     fn feed(&mut self, ev: &Event) -> anyhow::Result<()> {
+        if let EventKind::RuntimeFound { runtime } = &ev.kind {
+            tracing::info!(
+                pid = ev.pid,
+                ?runtime,
+                "M:N runtime: no thread scope for this process, content evidence only"
+            );
+        }
         self.summary.events += 1;
         *self
             .summary
@@ -335,7 +394,7 @@ impl Live {
                     if let Some(trace) = self.pipeline.trace_mut() {
                         trace.flush().context("writing the trace")?;
                     }
-                    self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: Comm::default(), kind: EventKind::Tick })?;
+                    self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: Comm::default(), goid: None, kind: EventKind::Tick })?;
                 }
                 _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); break; }
@@ -398,6 +457,7 @@ impl Live {
         match &mut ev.kind {
             EventKind::SockRead { fd, bytes, data } => {
                 self.redactor.redact_read(pid, *fd, &mut data.0, *bytes);
+                self.gate.pass(pid, *fd, true, &mut data.0);
                 if !data.0.is_empty() {
                     self.bodies.request(pid, *fd);
                 }
@@ -408,6 +468,7 @@ impl Live {
                             pid,
                             tid: ev.tid,
                             comm: ev.comm.clone(),
+                            goid: None,
                             kind: EventKind::SessionFound {
                                 session: String::from_utf8_lossy(&hashed).into_owned(),
                                 user,
@@ -426,20 +487,26 @@ impl Live {
                 // it (FastCGI writes are left alone here: the redactor masks their bodies).
                 *body_fp = self.bodies.response(pid, *fd, *bytes, &mut data.0);
                 self.redactor.redact_write(pid, *fd, &mut data.0, *bytes);
+                if !self.gate.pass(pid, *fd, false, &mut data.0) {
+                    *body_fp = None;
+                }
             }
             EventKind::SendFile { out_fd, bytes, .. } => {
                 self.bodies.sent(pid, *out_fd, *bytes);
             }
-            EventKind::SockAccept { fd } => {
+            EventKind::SockAccept { fd, .. } => {
                 self.redactor.accepted(pid, *fd);
+                self.gate.accepted(pid, *fd);
                 self.bodies.forget(pid, *fd);
             }
             EventKind::SockClose { fd } => {
                 self.redactor.forget(pid, *fd);
+                self.gate.forget(pid, *fd);
                 self.bodies.forget(pid, *fd);
             }
             EventKind::ProcessExit => {
                 self.redactor.forget_process(pid);
+                self.gate.forget_process(pid);
                 self.bodies.forget_process(pid);
             }
             EventKind::FileOpen { .. } => {
@@ -500,6 +567,11 @@ impl Live {
                 tracing::debug!(parent = ev.pid, child = child_pid, "new target (fork)");
             }
             EventKind::ProcessExec if self.targets.contains(&ev.pid) => {
+                if let Some(found) = runtime::found(ev) {
+                    self.feed(&found)?;
+                }
+                // The exec probe made it a plain target again: a new program.
+                self.follow_goroutines(ev.pid)?;
                 // fds that survived exec.
                 for mut found in procfs::found_fds(ev, &self.probes.roots.all()) {
                     self.probes.roots.rename(&mut found);
@@ -534,6 +606,7 @@ impl Live {
                     pid: 0,
                     tid: 0,
                     comm: Comm::default(),
+                    goid: None,
                     kind: EventKind::Lost {
                         reason: name.to_string(),
                         count: delta,
@@ -685,6 +758,7 @@ fn log_report(report: &crate::attach::AttachReport) {
     if let Some(why) = &report.fire_check_unavailable {
         tracing::warn!("fire check not run: {why}");
     }
+    tracing::info!("{}", report.goroutines);
     tracing::info!("probes: {}", report.summary());
 }
 
@@ -692,6 +766,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
     match kind {
         EventKind::ProcessExec => "process_exec",
         EventKind::ProcessFork { .. } => "process_fork",
+        EventKind::RuntimeFound { .. } => "runtime_found",
         EventKind::ProcessExit => "process_exit",
         EventKind::ThreadExit => "thread_exit",
         EventKind::FdFound { .. } => "fd_found",
@@ -704,6 +779,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::SockRead { .. } => "sock_read",
         EventKind::SockWrite { .. } => "sock_write",
         EventKind::SessionFound { .. } => "session_found",
+        EventKind::GoRuntime { .. } => "go_runtime",
         EventKind::SockClose { .. } => "sock_close",
         EventKind::Lost { .. } => "lost",
         EventKind::Tick => "tick",
@@ -751,6 +827,15 @@ impl Live {
         m.sync_alerts_written(self.pipeline.alerts_written());
         m.set_targets(self.targets.len());
         m.set_tracked(&self.pipeline.correlator().tracked());
+        if let Some(hook) = self.pipeline.webhook() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let s = &hook.stats;
+            m.set_webhook_calls(
+                s.sent.load(Relaxed),
+                s.failed.load(Relaxed),
+                s.dropped.load(Relaxed),
+            );
+        }
         m.set_probes(self.probes.attached(), self.probes.expected());
         m.sync_probe_stats(&self.probes.program_stats());
     }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod fcgi;
+pub mod goportal;
 pub mod mapped;
 pub mod portal;
 pub mod process;

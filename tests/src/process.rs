@@ -26,6 +26,20 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    spawn_portal_within(bin, args, STARTUP_DEADLINE)
+}
+
+/// [`spawn_portal`] for a portal that may take up to `startup` (times [`crate::time_scale`]) to
+/// listen: a runtime that starts slowly (Node.js cluster workers, under software emulation).
+pub fn spawn_portal_within<I, S>(
+    bin: impl AsRef<Path>,
+    args: I,
+    startup: Duration,
+) -> io::Result<PortalGuard>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut child = Command::new(bin.as_ref())
         .args(args)
         .stdin(Stdio::null())
@@ -64,7 +78,7 @@ where
         stderr_lines,
         stderr_reader: Some(stderr_reader),
     };
-    let announced = match rx.recv_timeout(crate::scaled(STARTUP_DEADLINE)) {
+    let announced = match rx.recv_timeout(crate::scaled(startup)) {
         Ok(addr) => addr,
         Err(mpsc::RecvTimeoutError::Timeout) => {
             return Err(guard.startup_failure(

@@ -69,6 +69,16 @@ fn cross_user_read_is_exactly_one_violation() {
         Some(std::fs::metadata(portal.doc("bob", HR)).unwrap().len())
     );
     assert!(a["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    // The client, from the kernel's socket at accept (the client's port is the OS's choice).
+    assert_eq!(a["client"]["family"], "ipv4", "{a:#}");
+    assert_eq!(a["client"]["ip"], "127.0.0.1");
+    assert!(a["client"]["port"].as_u64().is_some_and(|p| p > 0));
+    assert_eq!(a["request"]["peer"]["ip"], "127.0.0.1");
+    assert!(
+        a["incident"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("inc-"))
+    );
 }
 
 #[test]

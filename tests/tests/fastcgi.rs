@@ -171,6 +171,11 @@ fn fastcgi_remote_user_own_cross_and_privileged_reads() {
     );
     let a = &alerts[0];
     assert_eq!(a["identity_source"], "remote_user");
+    // nginx reached the application over a unix socket; the client is its REMOTE_ADDR.
+    assert_eq!(a["request"]["peer"]["family"], "unix", "{a:#}");
+    assert_eq!(a["client"]["source"], "fastcgi");
+    assert_eq!(a["client"]["ip"], "127.0.0.1");
+    assert!(a["client"]["port"].as_u64().is_some_and(|p| p > 0));
     assert_eq!(a["pid"], stack.app.pid());
     assert_eq!(a["comm"], "fcgi-conn");
     assert_eq!(a["request"]["method"], "GET");
@@ -363,9 +368,12 @@ fn fastcgi_cookie_session_learnt_from_the_login_response() {
         return;
     };
     let traces = stack.dir.path().join("traces");
+    // A key of the operator's: the analyst computes handles with it (created by Vigie).
+    let key_file = stack.dir.path().join("session.key");
     let config = format!(
-        "{}[identity.session]\ncookie = \"session\"\nlogin_path = \"/login\"\nuser_field = \"user\"\nlogout_path = \"/logout\"\n",
-        stack.config("\"session\"")
+        "{}[identity.session]\ncookie = \"session\"\nlogin_path = \"/login\"\nuser_field = \"user\"\nlogout_path = \"/logout\"\n[incidents]\nsession_key_file = \"{}\"\n",
+        stack.config("\"session\""),
+        key_file.display()
     );
     let vigie = Vigie::start(
         &p,
@@ -394,6 +402,26 @@ fn fastcgi_cookie_session_learnt_from_the_login_response() {
         "{log}"
     );
     assert_eq!(alerts[0]["identity_source"], "session");
+    // The session handle is the one the analyst gets from the portal's session id.
+    let value = alice.split_once('=').map_or(alice.as_str(), |(_, v)| v);
+    let mut analyst = std::process::Command::new(&p.vigie)
+        .args(["session-handle", "--key-file"])
+        .arg(&key_file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut analyst.stdin.take().unwrap(),
+        format!("{value}\n").as_bytes(),
+    )
+    .unwrap();
+    let out = analyst.wait_with_output().unwrap();
+    assert_eq!(
+        alerts[0]["session"].as_str().map(|s| format!("{s}\n")),
+        Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+        "{log}"
+    );
     let captured = trace_payloads(&trace_files(&traces));
     assert!(
         captured

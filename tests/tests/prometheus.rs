@@ -50,7 +50,7 @@ fn alert_rules_pass_promtool_unit_tests() {
         .arg("rules")
         .arg(deploy("prometheus/vigie.rules.yml")));
     assert!(ok, "{out}");
-    assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
     let (ok, out) = run(Command::new(&promtool)
         .arg("test")
         .arg("rules")
@@ -564,6 +564,50 @@ fn prometheus_and_alertmanager_deliver_violation_and_loss_alerts() {
         },
         || facts(""),
     );
+    // The violation opened an incident: one page for it...
+    let incident = poll_until(
+        "VigieIncident at the webhook",
+        Duration::from_secs(20),
+        || {
+            alertmanager.assert_alive();
+            webhook.firing("VigieIncident")
+        },
+        || format!("{}\n{}", facts(""), prometheus.log()),
+    );
+    eprintln!("Alertmanager notification: {incident}");
+    assert_eq!(
+        incident["labels"],
+        json!({
+            "alertname": "VigieIncident",
+            "severity": "critical",
+            "job": "vigie",
+            "instance": vigie_metrics,
+            "opened_by": "violation",
+        })
+    );
+    // ...and none for more reads of the same user and session: still one incident.
+    for doc in ["/docs/bob/notes.txt", "/docs/bob/disability-file.pdf"] {
+        assert_eq!(get_as(&portal.addr(), "alice", doc), 200);
+    }
+    let lines = vigie.wait_alerts("three violations in one incident", |a| {
+        verdicts(a).iter().filter(|v| v.0 == "violation").count() == 3
+    });
+    let ids: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|a| a["incident"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 1, "{lines:#?}");
+    poll_until(
+        "three violations counted in one incident",
+        Duration::from_secs(5),
+        || {
+            let m = |series: &str| scrape(&vigie_metrics, series);
+            (m(r#"vigie_violations_total{identity_source="trusted_header"}"#) == Some(3.0)
+                && m(r#"vigie_incidents_total{opened_by="violation"}"#) == Some(1.0))
+            .then_some(())
+        },
+        || facts(""),
+    );
     // Nothing was lost so far: the loss alert below is the burst's doing.
     assert_eq!(
         scrape(
@@ -659,8 +703,14 @@ fn prometheus_and_alertmanager_deliver_violation_and_loss_alerts() {
         });
     assert_eq!(
         names.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["VigieCrossUserAccess", "VigieEventsLost"],
+        ["VigieCrossUserAccess", "VigieEventsLost", "VigieIncident"],
         "{}",
+        facts("")
+    );
+    assert_eq!(
+        names["VigieIncident"],
+        1,
+        "one page per incident: {}",
         facts("")
     );
     prometheus.assert_alive();
@@ -672,7 +722,7 @@ fn prometheus_and_alertmanager_deliver_violation_and_loss_alerts() {
             .iter()
             .filter(|v| v.0 == "violation")
             .count(),
-        1,
+        3,
         "{log}"
     );
     eprintln!(

@@ -104,6 +104,8 @@ fn main() -> anyhow::Result<()> {
 pub struct Binaries {
     pub vigie: PathBuf,
     pub portal: PathBuf,
+    /// The Go net/http portal (`tests/go/portal`), static.
+    pub go_portal: PathBuf,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -120,10 +122,36 @@ fn build() -> anyhow::Result<Binaries> {
     step("build", "cargo build -p monitor -p vigie-tests --bins");
     cargo(&["build", "-p", "monitor", "-p", "vigie-tests", "--bins"])?;
     let target = root.join("target").join("debug");
+    let go_portal = root.join("target").join("go-portal").join("go-portal");
+    step("build", "go build tests/go/portal (static, CGO_ENABLED=0)");
+    build_go_portal(&root, &go_portal)?;
     Ok(Binaries {
         vigie: target.join("vigie"),
         portal: target.join("demo-portal"),
+        go_portal,
     })
+}
+
+/// The Go portal of `tests/tests/go.rs`, with Debian's `go` (`cargo xtask setup`): standard
+/// library only, so no module download (`GOPROXY=off`); its build cache stays in `target/`.
+fn build_go_portal(root: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let dir = out.parent().unwrap_or(root);
+    std::fs::create_dir_all(dir)?;
+    let status = Command::new("go")
+        .args(["build", "-trimpath", "-o"])
+        .arg(out)
+        .arg(".")
+        .current_dir(root.join("tests/go/portal"))
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", dir.join("go-cache"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .status()
+        .context("running go build (is golang-go installed? cargo xtask setup)")?;
+    if !status.success() {
+        bail!("go build of tests/go/portal failed ({status})");
+    }
+    Ok(())
 }
 
 /// Clippy on the probes: the eBPF crate for its BPF target with the eBPF nightly, as

@@ -35,6 +35,9 @@ const APT_PACKAGES: &[&str] = &[
     "nginx",
     // A portal's Redis session store, run by `tests/tests/sessions.rs`.
     "redis-server",
+    // The Go net/http portal of `tests/tests/go.rs` (standard library only), built by the
+    // test harness and by `cargo xtask vm-test`.
+    "golang-go",
     // The kernel matrix (`cargo xtask vm-test`): QEMU with software emulation, and a static
     // busybox for the initramfs's `/init` (the initramfs itself is written by xtask).
     "qemu-system-x86",
@@ -51,7 +54,41 @@ pub fn run() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
     mounts()?;
+    node_portal()?;
     Ok(())
+}
+
+/// Node.js and Express for the Node.js demo portal (`tests/node-portal`, run by
+/// `tests/tests/node.rs`), Express at the versions its lock file pins. Debian's `nodejs` and
+/// `npm` only where no `node`/`npm` is installed: a Node.js from another source bundles its own
+/// npm, which Debian's `npm` package conflicts with.
+fn node_portal() -> anyhow::Result<()> {
+    let dir = crate::workspace_root().join("tests/node-portal");
+    if dir.join("node_modules/express/package.json").is_file() {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [("node", "nodejs"), ("npm", "npm")]
+        .into_iter()
+        .filter(|(bin, _)| which(bin).is_none())
+        .map(|(_, pkg)| pkg)
+        .collect();
+    if !missing.is_empty() {
+        need_root("installing Node.js")?;
+        step("setup", &format!("apt-get install {}", missing.join(" ")));
+        apt_update()?;
+        run_cmd(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing),
+        )?;
+    }
+    step("setup", "npm ci (tests/node-portal)");
+    run_cmd(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )
 }
 
 fn need_root(what: &str) -> anyhow::Result<()> {

@@ -13,7 +13,10 @@ pub fn run(bins: &Binaries, args: &[String]) -> anyhow::Result<()> {
         );
     }
     // SAFETY (edition 2024 set_var): single-threaded at this point.
-    unsafe { std::env::set_var("VIGIE_BIN", &bins.vigie) };
+    unsafe {
+        std::env::set_var("VIGIE_BIN", &bins.vigie);
+        std::env::set_var("VIGIE_GO_PORTAL", &bins.go_portal);
+    }
     // The Debian package, for `tests/tests/package.rs` (a release build: only for the whole
     // suite, or when the filter names the package test).
     if args.is_empty() || args.iter().any(|a| a.contains("package")) {

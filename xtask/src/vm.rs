@@ -32,6 +32,7 @@ const FULL: &[&str] = &[
     "kernel",
     "concurrency",
     "paths",
+    "go",
     "adversarial",
 ];
 /// Programs of this machine the tests in the VMs run, packed with their shared libraries (nginx
@@ -40,6 +41,20 @@ const VM_TOOLS: &[&str] = &["/usr/sbin/nginx"];
 const VM_PASSWD: &str =
     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 const VM_GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
+/// `FULL` and the Node.js tests (`node`: Node.js at `/bin/node`, the Express portal with its
+/// `node_modules`), on one row only: V8 under software emulation needs minutes for them, and one
+/// kernel older than this machine's is what shows libuv's I/O is seen there too.
+const FULL_NODE: &[&str] = &[
+    "e2e",
+    "jwt",
+    "replay",
+    "kernel",
+    "concurrency",
+    "paths",
+    "go",
+    "node",
+    "adversarial",
+];
 /// The start-up report only: facts, attach table, fire check (or the refusal).
 const REPORT: &[&str] = &["kernel"];
 /// The report, and the tests that tell exact open paths from paths as written.
@@ -87,7 +102,7 @@ const MATRIX: &[Row] = &[
         id: "6.12",
         series: DEBIAN_6_12,
         cmdline: "",
-        tests: FULL,
+        tests: FULL_NODE,
         opens: "lsm_file_open",
     },
     // Secure Boot's lockdown mode, and a kernel built with the BPF LSM that does not run it:
@@ -428,7 +443,7 @@ fn cached_packages(dir: &Path, series: Series) -> Vec<String> {
     pick_newest(series, &names.join("\n")).into_iter().collect()
 }
 
-/// The test executables of `FULL`, from cargo's JSON messages.
+/// The test executables of `FULL_NODE` (every row's tests), from cargo's JSON messages.
 fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
@@ -456,12 +471,12 @@ fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
             .as_array()
             .is_some_and(|k| k.iter().any(|k| k == "test"));
         if let (true, Some(exe)) = (is_test, msg["executable"].as_str())
-            && FULL.contains(&name)
+            && FULL_NODE.contains(&name)
         {
             found.push((name.to_string(), PathBuf::from(exe)));
         }
     }
-    for want in FULL {
+    for want in FULL_NODE {
         if !found.iter().any(|(n, _)| n == want) {
             bail!("cargo built no test binary `{want}`");
         }
@@ -506,6 +521,9 @@ fn build_initramfs(
         cpio.dir(dir)?;
     }
     cpio.copy("/bin/busybox", busybox)?;
+    // The Go portal keeps its DWARF: Vigie reads `runtime.g`'s layout there. It is static: no
+    // libraries to carry.
+    cpio.copy(&bins.go_portal.to_string_lossy(), &bins.go_portal)?;
     let mut binaries: Vec<&Path> = vec![&bins.vigie, &bins.portal];
     binaries.extend(tests.iter().map(|(_, p)| p.as_path()));
     let mut libs = std::collections::BTreeSet::new();
@@ -533,6 +551,9 @@ fn build_initramfs(
         cpio.copy(&bin.to_string_lossy(), &stripped)?;
         libs.extend(shared_libraries(bin)?);
     }
+    if tests.iter().any(|(name, _)| name == "node") {
+        add_node(&mut cpio, &mut libs)?;
+    }
     for lib in &libs {
         // The library under the name the loader looks for, with the contents of its target.
         cpio.copy(lib, Path::new(lib))?;
@@ -541,6 +562,46 @@ fn build_initramfs(
     let (_, size) = cpio.finish()?;
     let _ = std::fs::remove_dir_all(&strip_dir);
     Ok(size)
+}
+
+/// Node.js for `tests/tests/node.rs`: the `node` on this machine at `/bin/node` (the VM's only
+/// `PATH` entry; its name is how Vigie recognises the runtime), its shared libraries, and the
+/// Express portal (`tests/node-portal`, with its `node_modules`) at its path on this machine.
+fn add_node<W: std::io::Write>(
+    cpio: &mut cpio::Cpio<W>,
+    libs: &mut std::collections::BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let node = ["/usr/bin/node", "/usr/bin/nodejs", "/usr/local/bin/node"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .context("no node installed (cargo xtask setup)")?;
+    cpio.copy("/bin/node", node)?;
+    libs.extend(shared_libraries(node)?);
+    let portal = workspace_root().join("tests/node-portal");
+    if !portal.join("node_modules/express").is_dir() {
+        bail!("Express is not installed in tests/node-portal (cargo xtask setup)");
+    }
+    add_tree(cpio, &portal)
+}
+
+/// Every regular file under `dir`, at its path on this machine (symbolic links are left out:
+/// `node_modules/.bin` is not needed to run the portal).
+fn add_tree<W: std::io::Write>(cpio: &mut cpio::Cpio<W>, dir: &Path) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(std::fs::DirEntry::path);
+    for entry in entries {
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            add_tree(cpio, &path)?;
+        } else if kind.is_file() {
+            cpio.copy(&path.to_string_lossy(), &path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Absolute paths `ldd` lists (libraries and the program interpreter).
@@ -590,7 +651,7 @@ mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 arg() {{ tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p"; }}
 echo "VIGIE-VM-KERNEL $(uname -r) lockdown=$(cat /sys/kernel/security/lockdown 2>/dev/null | tr ' ' ,) lsm=$(cat /sys/kernel/security/lsm 2>/dev/null)"
-export VIGIE_BIN={vigie} VIGIE_REQUIRE_PRIVILEGED=1 VIGIE_TEST_TIME_SCALE=$(arg vigie.scale) RUST_BACKTRACE=1
+export VIGIE_BIN={vigie} VIGIE_GO_PORTAL={go_portal} VIGIE_REQUIRE_PRIVILEGED=1 VIGIE_TEST_TIME_SCALE=$(arg vigie.scale) RUST_BACKTRACE=1
 export VIGIE_EXPECT_OPEN_PROGRAM=$(arg vigie.opens)
 cd /tmp
 start=$(date +%s)
@@ -609,6 +670,7 @@ echo VIGIE-VM-DONE
 poweroff -f
 "#,
         vigie = bins.vigie.display(),
+        go_portal = bins.go_portal.display(),
     )
 }
 

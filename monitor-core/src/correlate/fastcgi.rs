@@ -92,7 +92,8 @@ impl Correlator {
                 head,
                 truncated,
             } => {
-                let req = self.new_request(ev, fd, &head, truncated, false, out);
+                let actor = self.actor(ev);
+                let req = self.new_request(ev, actor, fd, &head, truncated, false, out);
                 if let Some(f) = self.conns.get_mut(&key).and_then(|c| c.fastcgi.as_mut()) {
                     f.ids.insert(id, req);
                     if f.ids.len() > 2 * MAX_EXCHANGES {
@@ -112,7 +113,7 @@ impl Correlator {
             }
             Happening::Output { id } => {
                 if let Some(req) = request_of(self, id) {
-                    self.claim(ev, req, None);
+                    self.claim(ev, self.actor(ev), req, None);
                 }
             }
             // The response head is in: what an HTTP response's first write does.
@@ -145,8 +146,9 @@ impl Correlator {
                     conn.queue.retain(|r| *r != req);
                 }
                 self.release(req, Release::Conn, out);
-                if self.threads.get(&ev.tid) == Some(&(ev.pid, req)) {
-                    self.threads.remove(&ev.tid);
+                let actor = self.actor(ev);
+                if self.threads.get(&actor) == Some(&(ev.pid, req)) {
+                    self.threads.remove(&actor);
                     self.release(req, Release::Thread, out);
                 }
             }
@@ -154,7 +156,8 @@ impl Correlator {
             Happening::Aborted { .. } => {}
             Happening::Desync => {
                 self.stats.fastcgi_desyncs += 1;
-                self.desync(ev, fd, Desync::FastCgi);
+                let actor = self.actor(ev);
+                self.desync(ev, actor, fd, Desync::FastCgi);
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Scenario tests of the correlator: each reads like the syscalls a server model makes.
 use super::*;
+use crate::correlate::trust::Distrust;
 use crate::{events::Payload, identity::IdentitySource};
 
 const ROOT: &str = "/srv/users";
@@ -9,6 +10,8 @@ struct Scenario {
     c: Correlator,
     ts: u64,
     found: Vec<Finding>,
+    /// The goroutine the next events are made on (a Go target's), see [`Scenario::on_g`].
+    goid: Option<u64>,
 }
 
 impl Scenario {
@@ -23,11 +26,13 @@ impl Scenario {
             max_head: 4096,
             idle_flush_ns: 500_000_000,
             realtime_offset_ns: None,
+            proxies: Default::default(),
         };
         Self {
             c: Correlator::new(cfg),
             ts: 1_000,
             found: Vec::new(),
+            goid: None,
         }
     }
 
@@ -38,14 +43,22 @@ impl Scenario {
             pid,
             tid,
             comm: "portal".into(),
+            goid: self.goid,
             kind,
         };
         self.c.handle(&ev, &mut self.found);
         self
     }
 
+    /// The next events are made by goroutine `goid` (0: the Go runtime's own stack; `None`: a
+    /// thread with no known goroutine).
+    fn on_g(&mut self, goid: Option<u64>) -> &mut Self {
+        self.goid = goid;
+        self
+    }
+
     fn accept(&mut self, pid: u32, tid: u32, fd: i32) -> &mut Self {
-        self.ev(pid, tid, EventKind::SockAccept { fd })
+        self.ev(pid, tid, EventKind::SockAccept { fd, peer: None })
     }
 
     fn request(&mut self, pid: u32, tid: u32, fd: i32, head: &str) -> &mut Self {
@@ -95,6 +108,7 @@ impl Scenario {
                 fd,
                 bytes,
                 fp: None,
+                size: None,
             },
         )
     }
@@ -130,6 +144,7 @@ impl Scenario {
                 fd,
                 bytes,
                 fp: Some(fp),
+                size: None,
             },
         )
     }
@@ -167,6 +182,7 @@ impl Scenario {
             pid: 0,
             tid: 0,
             comm: crate::events::Comm::default(),
+            goid: None,
             kind: EventKind::Tick,
         };
         self.c.handle(&ev, &mut self.found);
@@ -446,7 +462,7 @@ fn files_outside_the_roots_are_ignored() {
 }
 
 #[test]
-fn read_with_no_request_is_unattributed_then_flow_can_claim_it() {
+fn read_with_no_request_is_unattributed_when_its_thread_moves_on() {
     let mut s = Scenario::new();
     s.open(1, 2, 7, "/srv/users/bob/x").read(1, 2, 7, 5);
     s.close(1, 2, 7);
@@ -454,25 +470,78 @@ fn read_with_no_request_is_unattributed_then_flow_can_claim_it() {
     assert_eq!(summary(&got), [(None, "/srv/users/bob/x".into(), vec![])]);
     assert!(got[0].request.is_none());
 
-    // Read on a thread with no scope, then written to a connection with a request.
+    // Read on a thread with no scope (its request head was lost), then written to a
+    // connection with a request by the same thread.
     let mut s = Scenario::new();
     s.get_as(1, 2, 5, "alice", "/x");
     s.ev(
         1,
-        3,
+        2,
+        EventKind::Lost {
+            reason: "ringbuf_full".into(),
+            count: 1,
+        },
+    );
+    s.ev(
+        1,
+        2,
         EventKind::FileRead {
             fd: 7,
             bytes: 1,
             fp: None,
+            size: None,
         },
     ); // unknown fd: ignored
+    s.open(1, 2, 7, "/srv/users/bob/x").read(1, 2, 7, 5);
+    s.get_as(1, 2, 6, "carol", "/y");
+    s.open(1, 2, 8, "/srv/users/bob/y").read(1, 2, 8, 5);
+    s.respond(1, 2, 6, 200);
+    let got = s.finish();
+    let accesses: Vec<_> = summary(&got);
+    assert_eq!(
+        accesses,
+        [
+            (None, "/srv/users/bob/x".into(), vec![]),
+            (
+                u("carol"),
+                "/srv/users/bob/y".into(),
+                vec![Evidence::Thread]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_response_from_another_thread_than_the_head_reader_ends_thread_scope_and_flow() {
+    // Thread 2 reads alice's head; thread 3 reads a document and writes her response: the
+    // request's events come from two threads (M:N scheduling: thread 3 may have been running
+    // another request's task). No flow: only content can name the request.
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/x");
     s.open(1, 3, 7, "/srv/users/bob/x").read(1, 3, 7, 5);
     s.respond(1, 3, 5, 200);
+    assert_eq!(s.c.distrust(1), Some(Distrust::SplitRequest));
+    let got = s.finish();
+    assert_eq!(summary(&got), [(None, "/srv/users/bob/x".into(), vec![])]);
+
+    // With a fingerprint, the body names it, from any thread of the process.
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/x");
+    s.open(1, 3, 7, "/srv/users/bob/x")
+        .read_fp(1, 3, 7, 100, 0xb);
+    s.respond_fp(1, 3, 5, 200, None);
+    s.respond_fp(1, 3, 5, 200, Some(0xb));
     let got = s.finish();
     assert_eq!(
         summary(&got),
-        [(u("alice"), "/srv/users/bob/x".into(), vec![Evidence::Flow])]
+        [(
+            u("alice"),
+            "/srv/users/bob/x".into(),
+            vec![Evidence::Fingerprint]
+        )]
     );
+    // Other processes keep thread scope.
+    assert_eq!(s.c.distrust(2), None);
 }
 
 #[test]
@@ -747,6 +816,7 @@ fn bearer_token_expiry_is_judged_at_the_event_time() {
             max_head: 4096,
             idle_flush_ns: 500_000_000,
             realtime_offset_ns: offset_ns,
+            proxies: Default::default(),
         };
         s.c = Correlator::new(cfg);
         s.request(
@@ -840,15 +910,16 @@ fn event_loop_serving_two_connections_does_not_use_thread_scope() {
             (
                 u("alice"),
                 "/srv/users/alice/a".into(),
-                vec![Evidence::Flow, Evidence::Fingerprint]
+                vec![Evidence::Fingerprint]
             ),
             (
                 u("bob"),
                 "/srv/users/alice/b".into(),
-                vec![Evidence::Flow, Evidence::Fingerprint]
+                vec![Evidence::Fingerprint]
             ),
         ]
     );
+    assert_eq!(s.c.distrust(1), Some(Distrust::Interleaved));
 }
 
 #[test]
@@ -1136,6 +1207,420 @@ fn a_connection_threads_unscoped_read_is_never_claimed_by_another_connections_re
         .collect();
     who.sort();
     assert_eq!(who, [(None, 2), (u("bob"), 3)]);
+}
+
+#[test]
+fn requests_carry_the_peer_of_their_connection_and_the_client_behind_a_trusted_proxy() {
+    let mut s = Scenario::new();
+    s.c.cfg.proxies = crate::client::TrustedProxies::parse(&crate::client::ClientConfig {
+        trusted_proxies: vec!["10.0.0.1".into()],
+    })
+    .unwrap();
+    let peer = |ip: &str, port| crate::client::Endpoint::Ipv4 {
+        ip: ip.parse().unwrap(),
+        port,
+    };
+    // A direct client, then the proxy's kept connection serving two clients in turn: each
+    // request is named by its own header, never by the connection's previous one.
+    s.ev(
+        1,
+        1,
+        EventKind::SockAccept {
+            fd: 5,
+            peer: Some(peer("192.0.2.1", 4000)),
+        },
+    );
+    s.ev(
+        1,
+        1,
+        EventKind::SockAccept {
+            fd: 6,
+            peer: Some(peer("10.0.0.1", 5000)),
+        },
+    );
+    s.request(
+        1,
+        2,
+        5,
+        "GET /a HTTP/1.1\r\nX-Remote-User: alice\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n",
+    )
+    .open(1, 2, 7, "/srv/users/bob/a")
+    .read(1, 2, 7, 10)
+    .close(1, 2, 7)
+    .respond(1, 2, 5, 200);
+    for (user, client) in [("bob", "198.51.100.2"), ("carol", "198.51.100.3")] {
+        s.request(
+            1,
+            3,
+            6,
+            &format!(
+                "GET /b HTTP/1.1\r\nX-Remote-User: {user}\r\nX-Forwarded-For: {client}\r\n\r\n"
+            ),
+        )
+        .open(1, 3, 8, "/srv/users/alice/b")
+        .read(1, 3, 8, 10)
+        .close(1, 3, 8)
+        .respond(1, 3, 6, 200);
+    }
+    let got = s.finish();
+    let clients: Vec<(String, String, crate::client::ClientSource, bool)> = got
+        .iter()
+        .map(|a| {
+            let r = a.request.as_ref().unwrap();
+            let c = r.client.as_ref().unwrap();
+            (
+                r.identity.as_ref().unwrap().user.clone(),
+                c.ip.unwrap().to_string(),
+                c.source,
+                c.forwarded_ignored,
+            )
+        })
+        .collect();
+    use crate::client::ClientSource::{Peer, XForwardedFor};
+    assert_eq!(
+        clients,
+        [
+            ("alice".into(), "192.0.2.1".into(), Peer, true),
+            ("bob".into(), "198.51.100.2".into(), XForwardedFor, false),
+            ("carol".into(), "198.51.100.3".into(), XForwardedFor, false),
+        ]
+    );
+    assert_eq!(
+        got[0].request.as_ref().unwrap().peer,
+        Some(peer("192.0.2.1", 4000))
+    );
+}
+
+#[test]
+fn a_runtime_found_at_exec_ends_thread_scope_for_its_process_only() {
+    // A Go program: the thread that read alice's head reads bob's document, for a goroutine of
+    // another request for all Vigie knows. Thread scope would name alice.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Go,
+        },
+    );
+    s.get_as(1, 2, 5, "alice", "/x");
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .read(1, 2, 7, 5)
+        .close(1, 2, 7);
+    s.respond(1, 2, 5, 200);
+    // The same syscalls in another process (no runtime found) keep thread scope.
+    s.get_as(2, 2, 5, "carol", "/x");
+    s.open(2, 2, 7, "/srv/users/bob/x")
+        .read(2, 2, 7, 5)
+        .close(2, 2, 7);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (None, "/srv/users/bob/x".into(), vec![]),
+            (
+                u("carol"),
+                "/srv/users/bob/x".into(),
+                vec![Evidence::Thread]
+            ),
+        ]
+    );
+    assert_eq!(
+        s.c.distrust(1),
+        Some(Distrust::Runtime(crate::events::Runtime::Go))
+    );
+    // A new program starts trusted again; a forked child inherits its parent's state.
+    s.ev(1, 1, EventKind::ProcessFork { child_pid: 3 });
+    assert!(s.c.distrust(3).is_some());
+    s.ev(1, 1, EventKind::ProcessExec);
+    assert_eq!(s.c.distrust(1), None);
+}
+
+#[test]
+fn losing_trust_takes_back_what_only_thread_scope_attributed() {
+    // Thread 2 reads alice's head and a document (thread scope says alice); then the same
+    // thread reads bob's head before alice's response: an event loop. The open read goes back
+    // to waiting for content, and its fingerprint in bob's response names bob.
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5).accept(1, 2, 6);
+    s.get_as(1, 2, 5, "alice", "/a");
+    s.open(1, 2, 7, "/srv/users/carol/a")
+        .read_fp(1, 2, 7, 100, 0xc);
+    s.get_as(1, 2, 6, "bob", "/b");
+    s.close(1, 2, 7);
+    s.respond_fp(1, 2, 5, 200, None);
+    s.respond_fp(1, 2, 6, 200, Some(0xc));
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("bob"),
+            "/srv/users/carol/a".into(),
+            vec![Evidence::Fingerprint]
+        )]
+    );
+}
+
+#[test]
+fn chunks_read_by_other_pool_threads_join_the_first_chunks_access() {
+    // Node.js streams: the event loop (thread 1) reads heads; pool threads 10, 11, 12 read one
+    // open document in chunks; only the first chunk's fingerprint opens the body.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Node,
+        },
+    );
+    s.accept(1, 1, 5);
+    s.get_as(1, 1, 5, "alice", "/docs/bob/x");
+    s.open(1, 10, 7, "/srv/users/bob/x")
+        .read_fp(1, 10, 7, 4096, 0xa1)
+        .read_fp(1, 11, 7, 4096, 0xa2);
+    s.respond_fp(1, 1, 5, 200, Some(0xa1));
+    s.read_fp(1, 12, 7, 100, 0xa3).close(1, 10, 7);
+    s.respond_fp(1, 1, 5, 200, None);
+    s.get_as(1, 1, 5, "alice", "/docs/alice/y");
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("alice"),
+            "/srv/users/bob/x".into(),
+            vec![Evidence::Fingerprint]
+        )]
+    );
+    assert_eq!(got[0].bytes, 4096 * 2 + 100);
+}
+
+#[test]
+fn a_fingerprint_shared_by_two_documents_names_neither() {
+    // Two documents with the same first bytes (two PDFs with one header), read at once by
+    // pool threads for two requests: a body with that fingerprint could be either.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Node,
+        },
+    );
+    s.accept(1, 1, 5).accept(1, 1, 6);
+    s.get_as(1, 1, 5, "alice", "/docs/alice/a");
+    s.get_as(1, 1, 6, "bob", "/docs/alice/b");
+    s.open(1, 10, 7, "/srv/users/alice/a")
+        .read_fp(1, 10, 7, 100, 0xf);
+    s.open(1, 11, 8, "/srv/users/alice/b")
+        .read_fp(1, 11, 8, 100, 0xf);
+    s.respond_fp(1, 1, 5, 200, Some(0xf));
+    s.respond_fp(1, 1, 6, 200, Some(0xf));
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (None, "/srv/users/alice/a".into(), vec![]),
+            (None, "/srv/users/alice/b".into(), vec![]),
+        ]
+    );
+    assert_eq!(s.c.stats().ambiguous_fingerprints, 2);
+
+    // The same document read twice for two requests is no ambiguity: each response takes one.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Node,
+        },
+    );
+    s.accept(1, 1, 5).accept(1, 1, 6);
+    s.get_as(1, 1, 5, "alice", "/docs/alice/a");
+    s.get_as(1, 1, 6, "bob", "/docs/alice/a");
+    s.open(1, 10, 7, "/srv/users/alice/a")
+        .read_fp(1, 10, 7, 100, 0xf);
+    s.open(1, 11, 8, "/srv/users/alice/a")
+        .read_fp(1, 11, 8, 100, 0xf);
+    s.respond_fp(1, 1, 6, 200, Some(0xf));
+    s.respond_fp(1, 1, 5, 200, Some(0xf));
+    let got = s.finish();
+    let mut users: Vec<_> = summary(&got).into_iter().map(|r| r.0).collect();
+    users.sort();
+    assert_eq!(users, [u("alice"), u("bob")]);
+}
+
+#[test]
+fn a_mapping_outliving_its_fd_is_no_sign_of_mn_scheduling() {
+    // Thread per connection: thread 2 maps a document on fd 7 and closes it (the mapping lives
+    // on); thread 3 opens another document on fd 7, reads and closes it. Two threads closed
+    // "fd 7", each its own file: thread scope stays.
+    let mut s = Scenario::new();
+    s.get_as(1, 2, 5, "alice", "/a");
+    s.open(1, 2, 7, "/srv/users/alice/a");
+    s.ev(1, 2, EventKind::FileMap { fd: 7, bytes: 100 });
+    s.close(1, 2, 7);
+    s.get_as(1, 3, 6, "bob", "/b");
+    s.open(1, 3, 7, "/srv/users/bob/b")
+        .read(1, 3, 7, 5)
+        .close(1, 3, 7);
+    assert_eq!(s.c.distrust(1), None);
+    s.respond(1, 2, 5, 200).respond(1, 3, 6, 200);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (u("bob"), "/srv/users/bob/b".into(), vec![Evidence::Thread]),
+            (
+                u("alice"),
+                "/srv/users/alice/a".into(),
+                vec![Evidence::Thread]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn documents_sharing_their_first_bytes_are_told_apart_by_their_length() {
+    // Two PDFs with one header (same first 64 bytes), of different sizes, read at once by pool
+    // threads: each response's Content-Length names its document.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Node,
+        },
+    );
+    s.accept(1, 1, 5).accept(1, 1, 6);
+    s.get_as(1, 1, 5, "alice", "/docs/alice/a");
+    s.get_as(1, 1, 6, "bob", "/docs/alice/b");
+    for (tid, fd, doc, size) in [(10, 7, "a", 3), (11, 8, "b", 4)] {
+        s.open(1, tid, fd, &format!("/srv/users/alice/{doc}"));
+        s.ev(
+            1,
+            tid,
+            EventKind::FileRead {
+                fd,
+                bytes: size,
+                fp: Some(0xf),
+                size: Some(size),
+            },
+        );
+    }
+    // `respond_fp` writes `Content-Length: 3`: alice's document only.
+    s.respond_fp(1, 1, 5, 200, Some(0xf));
+    s.respond_fp(1, 1, 6, 200, None);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("alice"),
+                "/srv/users/alice/a".into(),
+                vec![Evidence::Fingerprint]
+            ),
+            (None, "/srv/users/alice/b".into(), vec![]),
+        ]
+    );
+    assert_eq!(s.c.stats().ambiguous_fingerprints, 0);
+}
+
+/// Go's net/http: each connection's goroutine reads its request head, calls a session service
+/// (and blocks), and resumes on whichever thread is free. Thread 3 read bob's head last, but
+/// the read it makes next is for alice's request, whose goroutine now runs there.
+#[test]
+fn a_go_request_follows_its_goroutine_across_threads() {
+    let mut s = Scenario::new();
+    s.on_g(Some(10))
+        .accept(1, 2, 5)
+        .get_as(1, 2, 5, "alice", "/docs/bob/x.pdf");
+    s.on_g(Some(11))
+        .accept(1, 3, 6)
+        .get_as(1, 3, 6, "bob", "/docs/carol/y.pdf");
+    // Goroutine 10 moved to thread 3, goroutine 11 to thread 2.
+    s.on_g(Some(10))
+        .open(1, 3, 7, "/srv/users/bob/x.pdf")
+        .read(1, 3, 7, 100);
+    s.on_g(Some(11))
+        .open(1, 2, 8, "/srv/users/carol/y.pdf")
+        .read(1, 2, 8, 100)
+        .close(1, 2, 8)
+        .respond(1, 4, 6, 200);
+    s.on_g(Some(10)).close(1, 4, 7).respond(1, 2, 5, 200);
+    let found = s.finish();
+    assert_eq!(
+        summary(&found),
+        vec![
+            (
+                u("bob"),
+                "/srv/users/carol/y.pdf".into(),
+                vec![Evidence::Goroutine]
+            ),
+            (
+                u("alice"),
+                "/srv/users/bob/x.pdf".into(),
+                vec![Evidence::Goroutine]
+            ),
+        ]
+    );
+    // The request names the thread that read its head.
+    assert_eq!(found[1].request.as_ref().map(|r| r.tid), Some(2));
+}
+
+/// In a Go target, a thread on the runtime's own stack (goroutine 0) or on an unknown goroutine
+/// scopes nothing: its reads are unattributed even though the thread read a head, and its read
+/// does not flow into the next write of that thread (another goroutine's).
+#[test]
+fn a_go_thread_on_no_known_goroutine_scopes_nothing() {
+    let mut s = Scenario::new();
+    s.on_g(Some(10))
+        .accept(1, 2, 5)
+        .get_as(1, 2, 5, "alice", "/docs/bob/x.pdf");
+    s.on_g(Some(0))
+        .open(1, 2, 7, "/srv/users/bob/x.pdf")
+        .read(1, 2, 7, 100)
+        .close(1, 2, 7);
+    s.on_g(None)
+        .open(1, 2, 8, "/srv/users/carol/y.pdf")
+        .read(1, 2, 8, 100);
+    s.on_g(Some(10)).respond(1, 2, 5, 200).close(1, 2, 8);
+    let found = s.finish();
+    assert_eq!(
+        summary(&found),
+        vec![
+            (None, "/srv/users/bob/x.pdf".into(), vec![]),
+            (None, "/srv/users/carol/y.pdf".into(), vec![]),
+        ]
+    );
+    assert!(found.iter().all(|a| a.request.is_none()));
+}
+
+/// A goroutine ends with its connection, and no event says so: the connection's close ends its
+/// scope, so nothing is kept per connection once it is gone. The goroutine's next head, after
+/// its response, is a new request as usual (without one, it would wait behind the first as a
+/// pipelined request).
+#[test]
+fn a_closed_connection_ends_its_goroutine_scope() {
+    let mut s = Scenario::new();
+    s.on_g(Some(10))
+        .accept(1, 2, 5)
+        .get_as(1, 2, 5, "alice", "/docs/alice/a.pdf")
+        .respond(1, 2, 5, 200)
+        .get_as(1, 3, 5, "alice", "/docs/alice/b.pdf");
+    assert_eq!(s.c.tracked().threads, 1);
+    assert_eq!(s.c.tracked().requests, 1);
+    s.sock_close(1, 2, 5);
+    assert_eq!(s.c.tracked().threads, 0);
+    assert_eq!(s.c.tracked().requests, 0);
+    // A later read by that goroutine (it cannot happen in net/http) has no request.
+    s.open(1, 2, 7, "/srv/users/alice/a.pdf")
+        .read(1, 2, 7, 10)
+        .close(1, 2, 7);
+    let found = s.finish();
+    assert_eq!(
+        summary(&found),
+        vec![(None, "/srv/users/alice/a.pdf".into(), vec![])]
+    );
 }
 
 mod pipelining;

@@ -317,6 +317,22 @@ pub(super) fn bearer_user(
     Some(check_token(first, cfg, now_unix))
 }
 
+/// The bearer token of a request and its `jti` claim, for its session handle
+/// ([`super::handle`]): (header and payload as the trace holds them, `jti`). The signature is
+/// left out: it is the part that makes the token a credential, and the redactor replaced it.
+pub(super) fn token_for_handle(head: &RequestHead) -> Option<(&[u8], Option<String>)> {
+    let token = head.header_values("authorization").find_map(bearer_token)?;
+    let cut = token.iter().rposition(|&b| b == b'.')?;
+    let signed = &token[..cut];
+    let payload = signed.split(|&b| b == b'.').nth(1)?;
+    let jti = decode_object(payload).and_then(|claims| match claims.get("jti")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    Some((signed, jti))
+}
+
 /// The token of an `Authorization` value whose scheme is `Bearer` (case-insensitive), possibly
 /// empty; `None` for other schemes.
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {

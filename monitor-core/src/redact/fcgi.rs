@@ -22,11 +22,15 @@ enum Field {
     Header(&'static [u8]),
     /// A password as such: masked whole.
     Mask,
+    /// A URL or request target: its secret query parameters are masked.
+    Url,
+    /// A query string (no `?`): its secret parameters are masked.
+    Query,
 }
 
 /// Params that carry credentials. Names are compared ignoring case: an application that
 /// honours `http_cookie` must not see it unredacted.
-const SENSITIVE: [(&[u8], Field); 4] = [
+const SENSITIVE: [(&[u8], Field); 7] = [
     (b"HTTP_AUTHORIZATION", Field::Header(b"authorization")),
     (
         b"HTTP_PROXY_AUTHORIZATION",
@@ -34,6 +38,9 @@ const SENSITIVE: [(&[u8], Field); 4] = [
     ),
     (b"HTTP_COOKIE", Field::Header(b"cookie")),
     (b"PHP_AUTH_PW", Field::Mask),
+    (b"REQUEST_URI", Field::Url),
+    (b"HTTP_REFERER", Field::Url),
+    (b"QUERY_STRING", Field::Query),
 ];
 
 /// Longest sensitive name: longer names are not kept while reading pairs.
@@ -175,7 +182,29 @@ impl Pairs {
         match self.field {
             None => {}
             Some(Field::Mask) => part.fill(b'*'),
-            Some(Field::Header(_)) if self.overlong => part.fill(b'*'),
+            Some(Field::Header(_) | Field::Url | Field::Query) if self.overlong => {
+                part.fill(b'*');
+            }
+            Some(field @ (Field::Url | Field::Query)) => {
+                // As one value: a parameter split across records is recognised whole.
+                let prefix = self.carried.len();
+                let mut raw = std::mem::take(&mut self.carried);
+                raw.extend_from_slice(part);
+                let mut value = raw.clone();
+                if field == Field::Url {
+                    super::query::mask_url(&mut value, &r.query_names);
+                } else {
+                    super::query::mask_query(&mut value, &r.query_names);
+                }
+                part.copy_from_slice(&value[prefix..]);
+                if !done {
+                    if raw.len() <= MAX_PENDING {
+                        self.carried = raw;
+                    } else {
+                        self.overlong = true;
+                    }
+                }
+            }
             Some(Field::Header(name)) => {
                 let prefix = self.carried.len();
                 let mut raw = std::mem::take(&mut self.carried);
@@ -494,7 +523,11 @@ fn redact_head(r: &mut Redactor, head: &mut Head, buf: &mut [u8]) {
 /// masks the value after each credential param name found, by the value length written before
 /// the name when it reads as one, else to the end of `data`.
 pub(super) fn mask_params_by_name(data: &mut [u8]) {
-    for (name, _) in SENSITIVE {
+    // Credentials only: a request target with unknown framing would be masked whole.
+    for (name, _) in SENSITIVE
+        .iter()
+        .filter(|(_, f)| matches!(f, Field::Header(_) | Field::Mask))
+    {
         let mut from = 0;
         while let Some(i) = find_ignore_case(&data[from..], name) {
             let at = from + i;

@@ -82,7 +82,7 @@ impl LineHold {
         let pid = ev.pid;
         match &ev.kind {
             EventKind::SockRead { .. } => self.read(ev, out),
-            EventKind::SockAccept { fd } => {
+            EventKind::SockAccept { fd, .. } => {
                 let fd = *fd;
                 self.flush(pid, fd, out);
                 self.conns.remove(&(pid, fd));
@@ -192,6 +192,7 @@ impl LineHold {
             pid: ev.pid,
             tid: ev.tid,
             comm: ev.comm.clone(),
+            goid: ev.goid,
             kind: EventKind::SockRead {
                 fd: *fd,
                 bytes: rest.len() as u64,
@@ -223,6 +224,7 @@ mod tests {
             pid: 7,
             tid: 8,
             comm: "p".into(),
+            goid: None,
             kind: EventKind::SockRead {
                 fd,
                 bytes,
@@ -315,7 +317,7 @@ mod tests {
         out.clear();
         h.take(
             Event {
-                kind: EventKind::SockAccept { fd: 4 },
+                kind: EventKind::SockAccept { fd: 4, peer: None },
                 ..read(4, b"", 0)
             },
             &mut out,

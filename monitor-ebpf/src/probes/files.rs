@@ -224,10 +224,18 @@ fn submit_copy(ev: &OpenEvent) {
 /// Read of a document fd (`ret` bytes), or sendfile from one.
 #[inline(always)]
 pub fn emit_io(stash: &Stash, ret: i64) {
-    let (kind, fd, fd2, fp) = if stash.op == op::SENDFILE64 {
-        (kind::FILE_SENDFILE, stash.fd, stash.fd2, 0)
+    let (kind, fd, fd2, fp, size) = if stash.op == op::SENDFILE64 {
+        (kind::FILE_SENDFILE, stash.fd, stash.fd2, 0, 0)
     } else {
-        (kind::FILE_READ, stash.fd, -1, read_fingerprint(stash, ret))
+        // The size only where there is a fingerprint to tell apart: it costs three kernel
+        // reads per document read.
+        let fp = read_fingerprint(stash, ret);
+        let size = if fp == 0 {
+            0
+        } else {
+            task::fd_size(stash.fd).map_or(0, |s| s.min(u64::from(u32::MAX)) as u32)
+        };
+        (kind::FILE_READ, stash.fd, -1, fp, size)
     };
     submit::<FdEvent>(|ev| {
         fill_header(&mut ev.header, kind);
@@ -235,7 +243,7 @@ pub fn emit_io(stash: &Stash, ret: i64) {
         ev.fd2 = fd2;
         ev.ret = ret;
         ev.op = stash.op;
-        ev._pad = 0;
+        ev.size = size;
         ev.fp = fp;
     });
 }
@@ -296,7 +304,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         ev.fd2 = -1;
         ev.ret = 0;
         ev.op = op::CLOSE;
-        ev._pad = 0;
+        ev.size = 0;
         ev.fp = 0;
     });
     0

@@ -73,7 +73,7 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
         ev.fd2 = -1;
         ev.ret = stash.arg as i64;
         ev.op = op::MMAP;
-        ev._pad = 0;
+        ev.size = 0;
         // No bytes of a mapping are seen: no fingerprint.
         ev.fp = 0;
     });

@@ -5,10 +5,11 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    fd_kind,
-    files::FdEvent,
-    kind, op,
-    sockets::{CHUNK_MORE, DATA_CAP, DATA_HEADER_LEN, MAX_CAPTURE, MAX_CHUNKS},
+    fd_kind, kind, op,
+    sockets::{
+        AcceptEvent, CHUNK_MORE, DATA_CAP, DATA_HEADER_LEN, DataEvent, MAX_CAPTURE, MAX_CHUNKS,
+        family,
+    },
 };
 
 use super::{ret, syscall_op};
@@ -31,14 +32,15 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     let fd = fd as i32;
     set_fd_kind(tgid, fd, fd_kind::SOCKET);
     let op = syscall_op(&ctx);
-    submit::<FdEvent>(|ev| {
+    let (fam, port, addr) = crate::task::fd_peer(fd).unwrap_or((family::UNKNOWN, 0, [0; 16]));
+    submit::<AcceptEvent>(|ev| {
         fill_header(&mut ev.header, kind::SOCK_ACCEPT);
         ev.fd = fd;
-        ev.fd2 = -1;
-        ev.ret = 0;
+        ev.family = fam;
+        ev.port = port;
+        ev.addr = addr;
         ev.op = op;
         ev._pad = 0;
-        ev.fp = 0;
     });
     0
 }
@@ -51,15 +53,24 @@ struct Iovec {
     len: u64,
 }
 
-/// Offset of `msg_iov` in `struct user_msghdr` (uapi: msg_name, msg_namelen, msg_iov, ...).
+/// Offsets of `msg_iov` and `msg_iovlen` in `struct user_msghdr` (uapi: msg_name, msg_namelen,
+/// msg_iov, msg_iovlen, ...).
 const MSGHDR_IOV: u64 = 16;
+const MSGHDR_IOVLEN: u64 = 24;
 
-/// Captures the first bytes of a socket transfer of `ret` bytes, in records of at most
+/// Most iovecs of one vectored call whose bytes are captured: a constant bound for the verifier.
+/// Servers write a response as a head and a body or two (Node.js's `writev([head, body])`,
+/// nginx's header/body chains), so a handful covers what the capture bounds let through.
+pub const MAX_IOVECS: u64 = 8;
+
+/// Captures the first bytes of a socket transfer of `ret` bytes, up to the capture bound. A
+/// vectored call (`readv`/`writev`/`recvmsg`/`sendmsg`) is captured across its iovecs in order,
+/// into one record of at most `DATA_CAP` bytes, so that a head and a body written together are
+/// both seen. A single-buffer transfer is captured in up to `MAX_CHUNKS` chained records of
 /// `DATA_CAP` bytes (a request head larger than one record, read at once, is captured whole up
-/// to the bound). For vectored I/O the capture comes from the first iovec only.
+/// to the bound).
 #[inline(always)]
 pub fn emit_data(stash: &Stash, ret: i64) {
-    let (buf, buf_len) = user_buffer(stash);
     let is_write = op::is_output(stash.op);
     let mut cap = if is_write {
         global(&RESPONSE_CAPTURE)
@@ -69,17 +80,40 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     if cap > ret as u64 {
         cap = ret as u64;
     }
-    if cap > buf_len {
-        cap = buf_len;
-    }
-    if cap > MAX_CAPTURE as u64 {
-        cap = MAX_CAPTURE as u64;
-    }
     let kind = if is_write {
         kind::SOCK_WRITE
     } else {
         kind::SOCK_READ
     };
+    match iovecs(stash) {
+        Some((iov, count)) => emit_vectored(stash, ret, kind, iov, count, cap),
+        None => emit_chunks(stash, ret, kind, cap.min(stash.arg)),
+    }
+}
+
+/// One record of a vectored transfer: its iovecs gathered in order, at most `DATA_CAP` bytes.
+#[inline(always)]
+fn emit_vectored(stash: &Stash, ret: i64, kind: u32, iov: u64, count: u64, cap: u64) {
+    let cap = cap.min(DATA_CAP as u64);
+    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let ev = unsafe { &mut (*scratch).ev };
+    fill_header(&mut ev.header, kind);
+    ev.fd = stash.fd;
+    ev.op = stash.op;
+    ev.ret = ret;
+    ev.chunk = 0;
+    let n = capture_iovecs(ev, iov, count, cap);
+    ev.captured = n as u32;
+    send(ev, n);
+}
+
+/// A single-buffer transfer in chained records of at most `DATA_CAP` bytes each, the first
+/// `cap` bytes (at most `MAX_CAPTURE`) of `stash.ptr`.
+#[inline(always)]
+fn emit_chunks(stash: &Stash, ret: i64, kind: u32, cap: u64) {
+    let cap = cap.min(MAX_CAPTURE as u64);
     // Each record's offset and length follow from `cap` and its index alone, never from the
     // previous record: with `off += n` the verifier kept every possible `n` apart and gave up
     // ("BPF program is too large. Processed 1000001 insn").
@@ -88,74 +122,119 @@ pub fn emit_data(stash: &Stash, ret: i64) {
         if i > 0 && off >= cap {
             return;
         }
-        let Some(ev) = DATA_SCRATCH.get_ptr_mut(0) else {
+        let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
             return;
         };
-        let ev = unsafe { &mut *ev };
+        let ev = unsafe { &mut (*scratch).ev };
         fill_header(&mut ev.header, kind);
         ev.fd = stash.fd;
         ev.op = stash.op;
         ev.ret = ret;
         let left = cap.saturating_sub(off);
         let more = left > DATA_CAP as u64;
-        let mut n = if more { DATA_CAP as u32 } else { left as u32 };
-        if n > 0 {
-            // The explicit bound keeps the verifier's range for `n` within the scratch value.
-            n &= (DATA_CAP as u32 * 2) - 1;
-            if n > DATA_CAP as u32 {
-                n = DATA_CAP as u32;
-            }
-            let r = unsafe {
-                generated::bpf_probe_read_user(
-                    ev.data.as_mut_ptr().cast(),
-                    n,
-                    (buf + off) as *const _,
-                )
-            };
-            if r != 0 {
-                n = 0;
-            }
-        }
-        ev.captured = n;
+        let want = if more { DATA_CAP as u64 } else { left };
+        let n = copy_user(ev, 0, stash.ptr + off, want);
+        ev.captured = n as u32;
         ev.chunk = (off as u32) | if more && n > 0 { CHUNK_MORE } else { 0 };
-        let total = DATA_HEADER_LEN + n as usize;
-        let bytes = unsafe {
-            core::slice::from_raw_parts(
-                (ev as *const monitor_common::sockets::DataEvent).cast::<u8>(),
-                total,
-            )
-        };
-        output_bytes(bytes);
+        send(ev, n);
         if !more || n == 0 {
             return;
         }
     }
 }
 
-/// User buffer and its length for the stashed syscall ((0, 0) when unreadable).
+/// Sends `ev` with its first `n` captured bytes (the record is variable-length).
+#[inline(always)]
+fn send(ev: &DataEvent, n: u64) {
+    let total = DATA_HEADER_LEN + n as usize;
+    let bytes =
+        unsafe { core::slice::from_raw_parts((ev as *const DataEvent).cast::<u8>(), total) };
+    output_bytes(bytes);
+}
+
+/// Copies the iovecs of array `iov` (`count` of them) into `ev.data`, in order, until `cap` bytes
+/// are captured; returns the bytes captured. Stops at the first unreadable iovec: what follows
+/// it would be captured at the wrong place in the stream.
+#[inline(always)]
+fn capture_iovecs(ev: &mut DataEvent, iov: u64, count: u64, cap: u64) -> u64 {
+    let mut n: u64 = 0;
+    let mut i: u64 = 0;
+    // A constant trip count the verifier can bound (kernels before 5.3 have no bounded loops,
+    // and on 6.1 an open-ended `while` was rejected as "infinite loop detected").
+    while i < MAX_IOVECS {
+        if i >= count || n >= cap {
+            break;
+        }
+        let v = read_user_iovec(iov + i * core::mem::size_of::<Iovec>() as u64);
+        let want = v.len.min(cap - n);
+        if want > 0 {
+            let got = copy_user(ev, n, v.base, want);
+            n += got;
+            if got < want {
+                break;
+            }
+        }
+        i += 1;
+    }
+    n
+}
+
+/// Copies `len` bytes at user address `src` to `ev.data[at..]`; returns the bytes copied (0 when
+/// unreadable). `at + len` stays within `DATA_CAP` by the callers' `cap`; the scratch has a
+/// spill area for the verifier's sake (see [`crate::maps::DataScratch`]).
+#[inline(always)]
+fn copy_user(ev: &mut DataEvent, at: u64, src: u64, len: u64) -> u64 {
+    if len == 0 || at >= DATA_CAP as u64 {
+        return 0;
+    }
+    // Masks give the verifier ranges it can check: "invalid access to map value, value_size=...
+    // off=... size=..." without them (`at` and `n` each below DATA_CAP, so their sum fits the
+    // value with its spill area).
+    let at = (at as usize) & (DATA_CAP - 1);
+    let mut n = (len as u32) & ((DATA_CAP as u32 * 2) - 1);
+    if n > DATA_CAP as u32 {
+        n = DATA_CAP as u32;
+    }
+    let r = unsafe {
+        generated::bpf_probe_read_user(ev.data.as_mut_ptr().add(at).cast(), n, src as *const _)
+    };
+    if r != 0 { 0 } else { u64::from(n) }
+}
+
+/// For a vectored call (`readv`/`writev`, or a `msghdr`): its iovec array and count.
+#[inline(always)]
+fn iovecs(stash: &Stash) -> Option<(u64, u64)> {
+    if op::is_vectored(stash.op) {
+        Some((stash.ptr, stash.arg))
+    } else if op::is_msg(stash.op) {
+        let iov = read_user_u64(stash.ptr + MSGHDR_IOV)?;
+        let count = read_user_u64(stash.ptr + MSGHDR_IOVLEN)?;
+        Some((iov, count))
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn read_user_u64(at: u64) -> Option<u64> {
+    let mut v: u64 = 0;
+    // Zero-initialised stack targets with the raw helper: the verifier rejected the
+    // MaybeUninit-based wrapper here ("R4 !read_ok" on the failure path).
+    let r =
+        unsafe { generated::bpf_probe_read_user((&mut v as *mut u64).cast(), 8, at as *const _) };
+    if r != 0 { None } else { Some(v) }
+}
+
+/// User buffer and its length for the stashed syscall ((0, 0) when unreadable); the first iovec
+/// of a vectored call (document reads fingerprint their first bytes from it).
 #[inline(always)]
 pub fn user_buffer(stash: &Stash) -> (u64, u64) {
-    if op::is_vectored(stash.op) {
-        let iov = read_user_iovec(stash.ptr);
-        (iov.base, iov.len)
-    } else if op::is_msg(stash.op) {
-        let mut iov_ptr: u64 = 0;
-        // Zero-initialised stack targets with the raw helper: the verifier rejected the
-        // MaybeUninit-based wrapper here ("R4 !read_ok" on the failure path).
-        let r = unsafe {
-            generated::bpf_probe_read_user(
-                (&mut iov_ptr as *mut u64).cast(),
-                8,
-                (stash.ptr + MSGHDR_IOV) as *const _,
-            )
-        };
-        if r != 0 {
-            return (0, 0);
+    match iovecs(stash) {
+        Some((iov, _)) => {
+            let iov = read_user_iovec(iov);
+            (iov.base, iov.len)
         }
-        let iov = read_user_iovec(iov_ptr);
-        (iov.base, iov.len)
-    } else {
-        (stash.ptr, stash.arg)
+        None => (stash.ptr, stash.arg),
     }
 }
 

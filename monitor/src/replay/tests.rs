@@ -38,6 +38,7 @@ fn events() -> Vec<Event> {
         pid: 1,
         tid: 2,
         comm: "p".into(),
+        goid: None,
         kind,
     };
     let head = b"GET /b HTTP/1.1\r\nX-Remote-User: alice\r\n\r\n".to_vec();
@@ -69,6 +70,7 @@ fn events() -> Vec<Event> {
                 fd: 7,
                 bytes: 9,
                 fp: None,
+                size: None,
             },
         ),
         e(40, EventKind::FileClose { fd: 7 }),
@@ -247,13 +249,14 @@ fn request_reading(ts: u64, n: u32, user: &str, path: &str) -> Vec<Event> {
         pid: 1,
         tid: 100 + n,
         comm: "p".into(),
+        goid: None,
         kind,
     };
     let fd = 10 + i32::try_from(n).unwrap();
     let head =
         format!("GET /api/documents/{n} HTTP/1.1\r\nX-Remote-User: {user}\r\n\r\n").into_bytes();
     vec![
-        e(0, EventKind::SockAccept { fd }),
+        e(0, EventKind::SockAccept { fd, peer: None }),
         e(
             1,
             EventKind::SockRead {
@@ -281,6 +284,7 @@ fn request_reading(ts: u64, n: u32, user: &str, path: &str) -> Vec<Event> {
                 fd: 50,
                 bytes: 100,
                 fp: None,
+                size: None,
             },
         ),
         e(4, EventKind::FileClose { fd: 50 }),
@@ -479,6 +483,7 @@ fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
             pid: 1,
             tid: 100 + n,
             comm: "p".into(),
+            goid: None,
             kind: EventKind::FileOpen {
                 fd: 60,
                 path: "/srv/docs/2.pdf".into(),
@@ -497,6 +502,7 @@ fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
                 fd: 60,
                 bytes: 1,
                 fp: None,
+                size: None,
             },
             ..open2
         })
@@ -507,6 +513,7 @@ fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
         pid: 1,
         tid: 1,
         comm: "p".into(),
+        goid: None,
         kind: EventKind::ProcessExit,
     })
     .unwrap();

@@ -4,15 +4,17 @@
 use std::io::Write;
 
 use monitor_core::{
+    client::Client,
     correlate::{Access, Evidence, RequestInfo},
     identity::IdentitySource,
+    incident::Enumeration,
     judge::{Judgement, Verdict},
+    ownership::fact::{BackendKind, LookupError},
     walltime::WallClock,
 };
 use serde::Serialize;
 
 use super::ALERT_SCHEMA as SCHEMA;
-use crate::ownership::fact::{BackendKind, LookupError};
 
 /// Opens an alerts file for appending, creating it 0600: alerts name users and their documents.
 pub fn open_alert_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
@@ -39,6 +41,15 @@ struct AccessAlert<'a> {
     verdict: Verdict,
     user: Option<&'a str>,
     identity_source: Option<IdentitySource>,
+    /// Handle of the credential that carried the identity (never the credential).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
+    /// Who was on the other end: the connection's peer, or the client a trusted proxy names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<&'a Client>,
+    /// Alerts of one user and session within `incidents.window_s` share it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incident: Option<&'a str>,
     owner: Option<&'a str>,
     /// The ownership backend that decided (knew the owner, or failed).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,6 +73,28 @@ struct AccessAlert<'a> {
     /// the read happened all the same, but the document may not have been sent.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     refused_after_read: bool,
+}
+
+/// A user crossed an enumeration rule (`type` `enumeration` or `privileged_bulk`).
+#[derive(Serialize)]
+struct EnumerationAlert<'a> {
+    schema: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    user: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<&'a Client>,
+    owners: usize,
+    documents: usize,
+    threshold: usize,
+    window_s: u64,
+    first_access: String,
+    last_access: String,
+    access_ids: &'a [u64],
+    incident: &'a str,
 }
 
 #[derive(Serialize)]
@@ -115,22 +148,92 @@ impl AlertSink {
         self.written
     }
 
-    pub fn access(&mut self, access: &Access, judgement: &Judgement) -> std::io::Result<()> {
+    /// Writes the line of a judged access (nothing for an allowed one, unless auditing), in
+    /// `incident` when it belongs to one.
+    pub fn access(
+        &mut self,
+        access: &Access,
+        judgement: &Judgement,
+        incident: Option<&str>,
+    ) -> std::io::Result<()> {
         if judgement.verdict == Verdict::Allowed && !self.audit {
             return Ok(());
         }
         if let Some(ocsf) = &self.ocsf {
-            let line = ocsf.access(access, judgement, &self.clock);
+            let line = ocsf.access(access, judgement, incident, &self.clock);
             return self.write_line(&line);
         }
+        let line = self.access_line(access, judgement, incident);
+        self.write_line(&line)
+    }
+
+    /// The `vigie.alert/1` line of an access, as JSON (the webhook's body carries it).
+    pub fn access_json(
+        &self,
+        access: &Access,
+        judgement: &Judgement,
+        incident: Option<&str>,
+    ) -> serde_json::Value {
+        serde_json::to_value(self.access_line(access, judgement, incident))
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The `vigie.alert/1` line of an enumeration, as JSON.
+    pub fn enumeration_json(&self, found: &Enumeration, incident: &str) -> serde_json::Value {
+        serde_json::to_value(self.enumeration_line(found, incident))
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Writes the line of a user crossing an enumeration rule.
+    pub fn enumeration(&mut self, found: &Enumeration, incident: &str) -> std::io::Result<()> {
+        if let Some(ocsf) = &self.ocsf {
+            let line = ocsf.enumeration(found, incident, &self.clock);
+            return self.write_line(&line);
+        }
+        let line = self.enumeration_line(found, incident);
+        self.write_line(&line)
+    }
+
+    fn enumeration_line<'a>(
+        &self,
+        found: &'a Enumeration,
+        incident: &'a str,
+    ) -> EnumerationAlert<'a> {
+        EnumerationAlert {
+            schema: SCHEMA,
+            kind: found.rule.as_str(),
+            time: self.clock.rfc3339(found.last_ts_ns),
+            user: &found.user,
+            session: found.session.as_deref(),
+            client: found.client.as_ref(),
+            owners: found.owners,
+            documents: found.documents,
+            threshold: found.threshold,
+            window_s: found.window_s,
+            first_access: self.clock.rfc3339(found.first_ts_ns),
+            last_access: self.clock.rfc3339(found.last_ts_ns),
+            access_ids: &found.access_ids,
+            incident,
+        }
+    }
+
+    fn access_line<'a>(
+        &self,
+        access: &'a Access,
+        judgement: &'a Judgement,
+        incident: Option<&'a str>,
+    ) -> AccessAlert<'a> {
         let identity = access.request.as_ref().and_then(|r| r.identity.as_ref());
-        let line = AccessAlert {
+        AccessAlert {
             schema: SCHEMA,
             kind: "access",
             time: self.clock.rfc3339(access.first_ts_ns),
             verdict: judgement.verdict,
             user: identity.map(|i| i.user.as_str()),
             identity_source: identity.map(|i| i.source),
+            session: access.request.as_ref().and_then(|r| r.session.as_deref()),
+            client: access.request.as_ref().and_then(|r| r.client.as_ref()),
+            incident,
             owner: judgement.owner.as_deref(),
             owner_source: judgement.owner_source,
             shared_with: &judgement.shared_with,
@@ -149,8 +252,7 @@ impl AlertSink {
                 .as_ref()
                 .and_then(|r| r.status)
                 .is_some_and(|s| s >= 400),
-        };
-        self.write_line(&line)
+        }
     }
 
     pub fn gap(&mut self, ts_ns: u64, reason: &str, count: u64) -> std::io::Result<()> {

@@ -59,6 +59,9 @@ pub struct Metrics {
     desyncs: IntCounterVec,
     accesses: IntCounterVec,
     violations: IntCounterVec,
+    enumerations: IntCounterVec,
+    incidents: IntCounterVec,
+    webhook_calls: IntCounterVec,
     requests: IntCounterVec,
     alerts_written: IntCounter,
     targets: IntGauge,
@@ -190,6 +193,24 @@ impl Metrics {
                 "Cross-user document reads, by the identity source of the reading request.",
                 "identity_source",
             )?,
+            enumerations: counter_vec(
+                &r,
+                "vigie_enumerations_total",
+                "Users found reading documents of many owners in a window, by rule (enumeration, privileged_bulk).",
+                "rule",
+            )?,
+            incidents: counter_vec(
+                &r,
+                "vigie_incidents_total",
+                "Incidents opened (alerts of one user and session grouped), by what opened them: violation, enumeration, privileged_bulk.",
+                "opened_by",
+            )?,
+            webhook_calls: counter_vec(
+                &r,
+                "vigie_webhook_calls_total",
+                "Incident webhook calls, by outcome: sent, failed (after the retries), dropped (queue full).",
+                "outcome",
+            )?,
             requests: counter_vec(
                 &r,
                 "vigie_requests_total",
@@ -314,6 +335,15 @@ impl Metrics {
             m.violations.with_label_values(&[&label]).reset();
             m.requests.with_label_values(&[&label]).reset();
         }
+        for rule in ["enumeration", "privileged_bulk"] {
+            m.enumerations.with_label_values(&[rule]).reset();
+        }
+        for by in ["violation", "enumeration", "privileged_bulk"] {
+            m.incidents.with_label_values(&[by]).reset();
+        }
+        for outcome in ["sent", "failed", "dropped"] {
+            m.webhook_calls.with_label_values(&[outcome]).reset();
+        }
         // Forged or expired bearer tokens make violations without an identity.
         m.violations.with_label_values(&[NO_IDENTITY]).reset();
         m.requests.with_label_values(&[NO_IDENTITY]).reset();
@@ -346,8 +376,31 @@ impl Metrics {
         self.latency.observe(seconds);
     }
 
+    /// A user crossed `rule`'s threshold (`enumeration`, `privileged_bulk`).
+    pub fn enumeration(&self, rule: &str) {
+        self.enumerations.with_label_values(&[rule]).inc();
+    }
+
+    /// An incident was opened by a line of kind `by` (`violation`, `enumeration`,
+    /// `privileged_bulk`).
+    pub fn incident_opened(&self, by: &str) {
+        self.incidents.with_label_values(&[by]).inc();
+    }
+
+    /// Webhook outcomes so far (the webhook thread counts them; published with the run's
+    /// counters).
+    pub fn set_webhook_calls(&self, sent: u64, failed: u64, dropped: u64) {
+        for (outcome, n) in [("sent", sent), ("failed", failed), ("dropped", dropped)] {
+            let c = self.webhook_calls.with_label_values(&[outcome]);
+            let now = c.get();
+            if n > now {
+                c.inc_by(n - now);
+            }
+        }
+    }
+
     /// Lookup series at 0 for these backends, so the first failure is a visible increase.
-    pub fn init_ownership(&self, backends: &[crate::ownership::fact::BackendKind]) {
+    pub fn init_ownership(&self, backends: &[monitor_core::ownership::fact::BackendKind]) {
         for b in backends {
             for outcome in OWNERSHIP_OUTCOMES {
                 self.ownership_lookups

@@ -4,6 +4,7 @@ pub mod alerts;
 pub mod metrics;
 pub mod ocsf;
 pub mod trace;
+pub mod webhook;
 
 /// The schema of Vigie's alert lines (documented in the README), also named in OCSF events.
 pub const ALERT_SCHEMA: &str = "vigie.alert/1";

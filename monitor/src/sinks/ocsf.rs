@@ -32,6 +32,30 @@ fn severity(verdict: Verdict) -> (u8, &'static str) {
     }
 }
 
+/// OCSF `src_endpoint` (Network Endpoint) of a client: `ip` and `port`, or `type` `unix` for a
+/// unix socket peer (no address).
+fn src_endpoint(c: &monitor_core::client::Client) -> Value {
+    let mut e = json!({});
+    if let Some(ip) = c.ip {
+        e["ip"] = json!(ip.to_string());
+    }
+    if let Some(port) = c.port {
+        e["port"] = json!(port);
+    }
+    if c.family == "unix" {
+        e["type"] = json!("unix");
+    }
+    if !c.proxies.is_empty() {
+        e["intermediate_ips"] = json!(
+            c.proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        );
+    }
+    e
+}
+
 /// Writes OCSF events for one host.
 #[derive(Debug, Clone)]
 pub struct Ocsf {
@@ -72,7 +96,13 @@ impl Ocsf {
     }
 
     /// A judged document read as a File System Activity: Read.
-    pub fn access(&self, access: &Access, judgement: &Judgement, clock: &WallClock) -> Value {
+    pub fn access(
+        &self,
+        access: &Access,
+        judgement: &Judgement,
+        incident: Option<&str>,
+        clock: &WallClock,
+    ) -> Value {
         let identity = access.request.as_ref().and_then(|r| r.identity.as_ref());
         let (severity_id, severity) = severity(judgement.verdict);
         let time_ms = clock.unix_ns(access.first_ts_ns).div_euclid(1_000_000);
@@ -142,6 +172,70 @@ impl Ocsf {
         }
         if let Some(e) = judgement.ownership_error {
             event["unmapped"]["ownership_error"] = json!(e);
+        }
+        let request = access.request.as_ref();
+        if let Some(endpoint) = request.and_then(|r| r.client.as_ref()).map(src_endpoint) {
+            event["src_endpoint"] = endpoint;
+        }
+        if let Some(session) = request.and_then(|r| r.session.as_ref()) {
+            // OCSF's actor.session: uid is the session's identifier, here its handle.
+            event["actor"]["session"] = json!({ "uid": session });
+        }
+        if let Some(id) = incident {
+            event["unmapped"]["incident"] = json!(id);
+        }
+        event
+    }
+
+    /// A user crossed an enumeration rule: a Detection Finding would need a finding object
+    /// OCSF 1.3 ties to a product's analytic; a Base Event with the counts in `unmapped` is
+    /// what SIEMs take without a custom class.
+    pub fn enumeration(
+        &self,
+        found: &monitor_core::incident::Enumeration,
+        incident: &str,
+        clock: &WallClock,
+    ) -> Value {
+        let mut event = json!({
+            "class_uid": 0,
+            "class_name": "Base Event",
+            "category_uid": 0,
+            "category_name": "Uncategorized",
+            "activity_id": 99,
+            "activity_name": "Other",
+            "type_uid": 99,
+            "type_name": "Base Event: Other",
+            "time": clock.unix_ns(found.last_ts_ns).div_euclid(1_000_000),
+            "timezone_offset": 0,
+            "severity_id": 4,
+            "severity": "High",
+            "status_id": 1,
+            "status": "Success",
+            "message": format!(
+                "{}: {} read documents of {} owners within {} s",
+                found.rule.as_str(), found.user, found.owners, found.window_s
+            ),
+            "metadata": self.metadata(found.rule.as_str(), None),
+            "device": self.device(),
+            "actor": { "user": { "name": found.user } },
+            "unmapped": {
+                "schema": SCHEMA,
+                "type": found.rule.as_str(),
+                "owners": found.owners,
+                "documents": found.documents,
+                "threshold": found.threshold,
+                "window_s": found.window_s,
+                "first_access": clock.rfc3339(found.first_ts_ns),
+                "last_access": clock.rfc3339(found.last_ts_ns),
+                "access_ids": found.access_ids,
+                "incident": incident,
+            },
+        });
+        if let Some(c) = &found.client {
+            event["src_endpoint"] = src_endpoint(c);
+        }
+        if let Some(s) = &found.session {
+            event["actor"]["session"] = json!({ "uid": s });
         }
         event
     }
@@ -216,6 +310,9 @@ mod tests {
                 tid: 101,
                 fd: 5,
                 ts_ns: 1_400_000_000,
+                peer: None,
+                client: None,
+                session: None,
             }),
             unattributed: None,
         };
@@ -224,7 +321,7 @@ mod tests {
             owner: Some("bob".into()),
             rule: "cross_user_read",
             template: Some("/srv/users/{owner}/**".into()),
-            owner_source: Some(crate::ownership::fact::BackendKind::Templates),
+            owner_source: Some(monitor_core::ownership::fact::BackendKind::Templates),
             shared_with: Vec::new(),
             ownership_error: None,
         };
@@ -234,7 +331,7 @@ mod tests {
     #[test]
     fn violation_is_a_file_system_read() {
         let (access, judgement) = violation();
-        let ev = Ocsf::new("web-1".into()).access(&access, &judgement, &clock());
+        let ev = Ocsf::new("web-1".into()).access(&access, &judgement, None, &clock());
         assert_eq!(ev["class_uid"], 1001);
         assert_eq!(ev["category_uid"], 1);
         assert_eq!(ev["activity_id"], 2);
@@ -269,13 +366,49 @@ mod tests {
     }
 
     #[test]
+    fn client_session_and_incident_are_mapped() {
+        let (mut access, judgement) = violation();
+        let head = monitor_core::http::RequestHead {
+            method: "GET".into(),
+            target: "/".into(),
+            minor_version: 1,
+            headers: vec![("x-forwarded-for".into(), b"198.51.100.7".to_vec())],
+            head_len: 0,
+            content_length: None,
+            chunked: false,
+            keep_alive: true,
+        };
+        let proxy = monitor_core::client::Endpoint::Ipv4 {
+            ip: "10.0.0.1".parse().unwrap(),
+            port: 40000,
+        };
+        let trusted =
+            monitor_core::client::TrustedProxies::parse(&monitor_core::client::ClientConfig {
+                trusted_proxies: vec!["10.0.0.0/8".into()],
+            })
+            .unwrap();
+        let req = access.request.as_mut().unwrap();
+        req.peer = Some(proxy);
+        req.client = monitor_core::client::client_of(Some(&proxy), &head, &trusted);
+        req.session = Some("jti:abc".into());
+        let ev = Ocsf::new("h".into()).access(&access, &judgement, Some("inc-1"), &clock());
+        assert_eq!(
+            ev["src_endpoint"],
+            json!({"ip": "198.51.100.7", "intermediate_ips": ["10.0.0.1"]})
+        );
+        assert_eq!(ev["actor"]["session"], json!({"uid": "jti:abc"}));
+        assert_eq!(ev["unmapped"]["incident"], "inc-1");
+        assert_eq!(ev["unmapped"]["request"]["peer"]["ip"], "10.0.0.1");
+    }
+
+    #[test]
     fn unattributed_read_has_no_user() {
         let (mut access, mut judgement) = violation();
         access.request = None;
         access.evidence.clear();
         judgement.verdict = Verdict::Unattributed;
         judgement.rule = "no_request_in_scope";
-        let ev = Ocsf::new("h".into()).access(&access, &judgement, &clock());
+        let ev = Ocsf::new("h".into()).access(&access, &judgement, None, &clock());
         assert_eq!(ev["actor"].get("user"), None);
         assert_eq!(ev["severity_id"], 2);
         assert_eq!(ev["unmapped"]["request"], Value::Null);

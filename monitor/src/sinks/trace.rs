@@ -10,12 +10,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use monitor_core::{events::Event, trace};
+use monitor_core::{events::Event, ownership::fact::BackendKind, trace};
 
-use crate::{
-    config::Config,
-    ownership::{fact::BackendKind, resolver::UsedFact},
-};
+use crate::{config::Config, ownership::resolver::UsedFact};
 
 /// The header of traces this daemon writes: the core's format, recording the resolved
 /// configuration.
@@ -236,10 +233,12 @@ mod tests {
             pid: 1,
             tid: 1,
             comm: "p".into(),
+            goid: None,
             kind: EventKind::FileRead {
                 fd: 3,
                 bytes: i,
                 fp: None,
+                size: None,
             },
         }
     }
@@ -292,7 +291,7 @@ mod tests {
     }
 
     fn fact(doc: &str, owner: &str, generation: u64) -> UsedFact {
-        use crate::ownership::fact::{Answer, Fact};
+        use monitor_core::ownership::fact::{Answer, Fact};
         UsedFact {
             fact: Fact::new(
                 BackendKind::Sqlite,

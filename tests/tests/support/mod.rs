@@ -17,6 +17,7 @@ use std::{
 
 use serde_json::Value;
 pub mod nginx;
+pub mod node;
 pub use vigie_tests::{
     client::{KeepAlive, basic, http_get, send_raw},
     process::{PortalGuard, spawn_portal},

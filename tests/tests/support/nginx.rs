@@ -138,6 +138,46 @@ impl Nginx {
         Some(Self::launch(&bin, dir, port, [("nginx.conf", conf)]))
     }
 
+    /// Starts nginx as a reverse proxy (`proxy_pass`) in front of the HTTP portal at `upstream`
+    /// (`127.0.0.1:port`), connecting to it from `source` (`proxy_bind`, a loopback address of
+    /// its own, so that the portal can tell the proxy from direct clients). It passes the client
+    /// as `X-Forwarded-For` (appended to what the client sent) and `X-Real-IP`.
+    pub fn reverse_proxy(test: &str, upstream: &str, source: &str) -> Option<Nginx> {
+        let bin = require_tool(test, "nginx").or_else(|| {
+            Path::new("/usr/sbin/nginx")
+                .exists()
+                .then(|| PathBuf::from("/usr/sbin/nginx"))
+        })?;
+        let dir = TempDir::new(&format!("{test}-nginx"));
+        let d = dir.path().display().to_string();
+        let port = free_port();
+        let conf = format!(
+            "user nobody nogroup;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log info;\n\
+             events {{ worker_connections 128; }}\n\
+             http {{\n\
+               access_log {d}/access.log;\n\
+               client_body_temp_path {d}/tmp-body;\n\
+               fastcgi_temp_path {d}/tmp-fastcgi;\n\
+               proxy_temp_path {d}/tmp-proxy;\n\
+               uwsgi_temp_path {d}/tmp-uwsgi;\n\
+               scgi_temp_path {d}/tmp-scgi;\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 location / {{\n\
+                   proxy_pass http://{upstream};\n\
+                   proxy_bind {source};\n\
+                   proxy_http_version 1.1;\n\
+                   proxy_set_header Connection \"\";\n\
+                   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+                   proxy_set_header X-Real-IP $remote_addr;\n\
+                 }}\n\
+               }}\n\
+             }}\n"
+        );
+        Some(Self::launch(&bin, dir, port, [("nginx.conf", conf)]))
+    }
+
     /// Writes the config files (and the htpasswd file) to `dir`, starts nginx on them and
     /// waits until it listens on `port`.
     fn launch<const N: usize>(

@@ -107,6 +107,9 @@ fn read_by(user: &str, document: &str) -> monitor_core::correlate::Access {
             tid: 1,
             fd: 4,
             ts_ns: 0,
+            peer: None,
+            client: None,
+            session: None,
         }),
         unattributed: None,
     }

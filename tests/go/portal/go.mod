@@ -1,0 +1,3 @@
+module vigie.test/goportal
+
+go 1.19
