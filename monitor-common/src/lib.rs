@@ -10,6 +10,7 @@ pub mod files;
 pub mod go;
 pub mod process;
 pub mod sockets;
+pub mod tls;
 
 /// `TASK_COMM_LEN` in the kernel.
 pub const COMM_LEN: usize = 16;
@@ -49,6 +50,9 @@ pub mod kind {
     pub const PROCESS_FORK: u32 = 2;
     pub const PROCESS_EXIT: u32 = 3;
     pub const THREAD_EXIT: u32 = 4;
+    /// A target mapped a file executable (`mmap` with `PROT_EXEC`): the dynamic loader or
+    /// `dlopen` brought in code, perhaps a TLS library to hook. Not an event of the correlator.
+    pub const CODE_MAP: u32 = 5;
 
     pub const FILE_OPEN: u32 = 100;
     pub const FILE_READ: u32 = 101;
@@ -85,8 +89,14 @@ pub mod op {
     pub const CLOSE: u32 = 15;
     pub const PREADV: u32 = 16;
     pub const MMAP: u32 = 17;
+    /// Plaintext a TLS library handed to the process (`SSL_read`, `SSL_read_ex`): not a syscall.
+    pub const SSL_READ: u32 = 18;
+    /// Plaintext the process gave its TLS library (`SSL_write`, `SSL_write_ex`).
+    pub const SSL_WRITE: u32 = 19;
+    /// `SSL_do_handshake`: no plaintext, but the socket it reads and writes is learnt.
+    pub const SSL_HANDSHAKE: u32 = 20;
     /// One past the highest op.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 21;
 
     /// Ops whose buffer argument is an `iovec` array.
     pub const fn is_vectored(op: u32) -> bool {
@@ -98,7 +108,11 @@ pub mod op {
     }
     /// Ops that move data out of the process (towards a socket).
     pub const fn is_output(op: u32) -> bool {
-        matches!(op, WRITE | WRITEV | SENDTO | SENDMSG)
+        matches!(op, WRITE | WRITEV | SENDTO | SENDMSG | SSL_WRITE)
+    }
+    /// Ops of a TLS library call (uprobes), not of a syscall.
+    pub const fn is_tls(op: u32) -> bool {
+        matches!(op, SSL_READ | SSL_WRITE | SSL_HANDSHAKE)
     }
 }
 
@@ -115,6 +129,9 @@ pub mod fd_kind {
     pub const SOCKET: u8 = 2;
     /// Anything else: checked once, then ignored at the cost of one lookup.
     pub const OTHER: u8 = 3;
+    /// A socket the process's TLS library reads and writes: its syscalls carry ciphertext and
+    /// are never captured; its plaintext comes from the library's uprobes instead.
+    pub const TLS: u8 = 4;
 }
 
 /// Why an event was lost in the kernel (index into the per-CPU `LOST` array).
@@ -125,13 +142,17 @@ pub mod loss {
     pub const STASH_FULL: u32 = 1;
     /// The fd classification map refused an insert.
     pub const FD_MAP_FULL: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// TLS plaintext whose socket was never seen (no syscall inside any call of that `SSL`
+    /// object yet): dropped, since it cannot be tied to a connection.
+    pub const TLS_NO_FD: u32 = 3;
+    pub const COUNT: u32 = 4;
 
     pub const fn name(reason: u32) -> &'static str {
         match reason {
             RINGBUF_FULL => "ringbuf_full",
             STASH_FULL => "stash_full",
             FD_MAP_FULL => "fd_map_full",
+            TLS_NO_FD => "tls_no_fd",
             _ => "unknown",
         }
     }
@@ -213,7 +234,7 @@ pub mod globals {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Header, Stash, files, go, process, sockets};
+    use super::{Header, Stash, files, go, process, sockets, tls};
     // SAFETY: plain #[repr(C)] integers and byte arrays, no padding holes, no pointers.
     unsafe impl aya::Pod for Header {}
     unsafe impl aya::Pod for files::OpenEvent {}
@@ -221,5 +242,6 @@ mod pod {
     unsafe impl aya::Pod for process::ProcEvent {}
     unsafe impl aya::Pod for sockets::DataEvent {}
     unsafe impl aya::Pod for Stash {}
+    unsafe impl aya::Pod for tls::TlsCall {}
     unsafe impl aya::Pod for go::GoLayout {}
 }

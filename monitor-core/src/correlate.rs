@@ -614,6 +614,16 @@ impl Correlator {
                 }
             }
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
+            EventKind::Unreadable { fd, .. } => {
+                // This thread may now serve a request Vigie cannot see (an HTTP/2 stream, TLS
+                // it cannot decrypt), interleaved with the ones it can: thread scope is no
+                // longer evidence here, for good (as at the first sign of M:N scheduling).
+                if actor.scopes() {
+                    self.socket_threads.insert(actor, pid);
+                }
+                self.multiplexed.insert(actor, pid);
+                self.end_scope(pid, actor, *fd, out);
+            }
             EventKind::SessionFound { session, user } => {
                 if let Some(s) = &self.cfg.identity.session {
                     self.sessions.bind(s, session.as_bytes(), user, ev.ts_ns);

@@ -174,6 +174,21 @@ impl Decoder {
     }
 }
 
+/// A record's kind and process, and for socket data its `op` (`op::SSL_*` for TLS plaintext),
+/// without decoding it: for records that are not events (`kind::CODE_MAP`) and for counting.
+pub fn peek(bytes: &[u8]) -> Option<(u32, u32, u32)> {
+    let header: Header = read(bytes, 0).ok()?;
+    let op = match header.kind {
+        kind::SOCK_READ | kind::SOCK_WRITE => {
+            let fixed: [u8; DATA_HEADER_LEN] = read(bytes, header.kind).ok()?;
+            let at = std::mem::offset_of!(DataEvent, op);
+            u32::from_ne_bytes(fixed[at..at + 4].try_into().ok()?)
+        }
+        _ => 0,
+    };
+    Some((header.kind, header.tgid, op))
+}
+
 /// Decodes one ring-buffer record (on its own: see [`Decoder`] for a stream of them).
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     Decoder::new().decode(bytes)

@@ -106,6 +106,14 @@ pub enum EventKind {
     },
     /// A socket was closed.
     SockClose { fd: i32 },
+    /// `bytes` read from a connection Vigie cannot read (see `tls::ConnectionGate`): TLS
+    /// ciphertext of a library that is not hooked, or HTTP/2. Nothing of it is kept; the
+    /// thread that read it may now serve a request Vigie cannot see.
+    Unreadable {
+        fd: i32,
+        bytes: u64,
+        why: Unreadable,
+    },
     /// The portal's session store says session `session` (the cookie value as the redactor
     /// hashed it) is `user`'s: a session Vigie did not see created. Found live, recorded so
     /// that replay needs no store.
@@ -206,6 +214,17 @@ impl std::fmt::Debug for Comm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&*self.0, f)
     }
+}
+
+/// Why a connection is unreadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unreadable {
+    /// TLS ciphertext: the target's TLS library is not hooked.
+    Tls,
+    /// HTTP/2 frames, which Vigie does not parse yet: their HPACK headers hold credentials and
+    /// cookies the HTTP/1 redactor cannot see, and their DATA frames document content.
+    Http2,
 }
 
 /// Kinds of fds found by scanning `/proc/<pid>/fd`.

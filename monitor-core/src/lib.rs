@@ -11,7 +11,9 @@
 //! - [`ownership`]: path templates, the ownership facts backends record, and [`judge`]: the
 //!   verdict;
 //! - [`incident`]: alerts grouped into incidents, enumeration rules, on event timestamps;
-//! - [`trace`]: the recorded trace format, its writer and reader.
+//! - [`trace`]: the recorded trace format, its writer and reader;
+//! - [`tls`]: which TLS stack a target maps, and ciphertext kept from the HTTP parser;
+//! - [`trail`]: the signed audit trail's records, chain, verification and reports.
 //!
 //! No I/O, no clock, no globals: this crate depends on no I/O crate, so the rule is a compile
 //! error rather than a convention. The `vigie` binary (crate `monitor`) does the I/O around it:
@@ -31,5 +33,7 @@ pub mod judge;
 pub mod ownership;
 pub mod paths;
 pub mod redact;
+pub mod tls;
 pub mod trace;
+pub mod trail;
 pub mod walltime;

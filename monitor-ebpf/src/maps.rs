@@ -13,6 +13,7 @@ use monitor_common::{
     go::{GO_TARGET, GoLayout},
     header_flags, loss, op,
     sockets::DataEvent,
+    tls::{SslKey, TlsCall},
 };
 
 /// Bytes of a path the document-root trie compares (roots must be shorter).
@@ -58,6 +59,18 @@ pub static SYSCALL_OPS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
 /// place: see [`stash_put`].
 #[map]
 pub static STASH: HashMap<u64, Stash> = HashMap::with_max_entries(16384, 0);
+
+/// TLS library calls in progress (key: pid_tgid), from a uprobe to its uretprobe: the socket
+/// a syscall inside the call uses is written into the entry. Like `STASH`, an entry is kept
+/// (marked `op::NONE` between calls) and removed when the thread exits.
+#[map]
+pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
+
+/// `SSL *` -> the socket its calls were last seen using, for calls that make no syscall (the
+/// plaintext was already decrypted in the library's buffer). LRU: freed `SSL` objects age out;
+/// a reused address is relearnt at its handshake, which always reads the socket.
+#[map]
+pub static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
 
 /// Events lost in the kernel, per reason (`loss::*`), per CPU.
 #[map]

@@ -516,6 +516,8 @@ pub struct AttachReport {
     pub hooks: Vec<HookReport>,
     /// Why the fire check could not run, when it could not.
     pub fire_check_unavailable: Option<String>,
+    /// Uprobes on TLS libraries, one row per library and function, added as targets map them.
+    pub tls: Vec<TlsHookReport>,
     /// How Go targets' goroutines are followed here (or why not): no hook of its own, the
     /// probes above read each Go thread's current goroutine from its TLS.
     pub goroutines: String,
@@ -529,6 +531,39 @@ pub fn goroutines_report(fsbase: Option<u64>) -> String {
         ),
         None => "Go targets: goroutines not followed (no task_struct.thread.fsbase in this kernel's BTF): their reads need flow or content evidence".into(),
     }
+}
+
+/// The TLS library functions hooked in each OpenSSL 3 `libssl` a target maps, with the program
+/// on their entry: what nginx (`SSL_read`, `SSL_write`, `SSL_do_handshake`) and Python's `_ssl`
+/// (`SSL_read_ex`, `SSL_write_ex`, `SSL_do_handshake`) import. [`TLS_RETURN`] is on the return
+/// of each. Each program has a `uprobe.multi` twin (`_multi`, Linux 6.6+): a multi link needs
+/// no `CAP_SYS_ADMIN`, so it can be made after Vigie dropped it, for a library a target maps
+/// later; the classic perf-event uprobe cannot (EACCES from `perf_event_open`, measured).
+pub const TLS_FUNCTIONS: &[(&str, &str, &str)] = &[
+    ("SSL_read", "ssl_read", "ssl_read_multi"),
+    ("SSL_read_ex", "ssl_read_ex", "ssl_read_ex_multi"),
+    ("SSL_write", "ssl_write", "ssl_write_multi"),
+    ("SSL_write_ex", "ssl_write_ex", "ssl_write_ex_multi"),
+    ("SSL_do_handshake", "ssl_handshake", "ssl_handshake_multi"),
+];
+/// The uretprobe on every function of [`TLS_FUNCTIONS`], and its multi twin.
+pub const TLS_RETURN: (&str, &str) = ("ssl_return", "ssl_return_multi");
+
+/// One uprobe or uretprobe on a TLS library.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TlsHookReport {
+    /// The library's path (as the target maps it) and inode: hooked once per inode.
+    pub library: String,
+    pub inode: u64,
+    pub function: &'static str,
+    pub program: &'static str,
+    /// `uprobe` (entry) or `uretprobe` (return).
+    pub hook: &'static str,
+    /// `attached`, or `failed: <why>`.
+    pub status: String,
+    /// How the fire check made it run, and how many times it ran then (`None`: not checked).
+    pub fire_check: &'static str,
+    pub fired: Option<u64>,
 }
 
 impl AttachReport {
@@ -553,6 +588,7 @@ impl AttachReport {
             facts,
             hooks,
             fire_check_unavailable: Some("not root: nothing was loaded".into()),
+            tls: Vec::new(),
             goroutines:
                 "Go targets: planned (the kernel's task_struct.thread.fsbase is read at load)"
                     .into(),
@@ -615,8 +651,15 @@ impl AttachReport {
             Some(how) => format!(", open paths {how}"),
             None => String::new(),
         };
+        let mut libraries: Vec<&str> = self.tls.iter().map(|t| t.library.as_str()).collect();
+        libraries.dedup();
+        let tls = if libraries.is_empty() {
+            String::new()
+        } else {
+            format!(", TLS hooked in {}", libraries.join(", "))
+        };
         format!(
-            "{}/{} hooks attached, {fired}{opens}",
+            "{}/{} hooks attached, {fired}{opens}{tls}",
             self.attached(),
             self.expected()
         )
@@ -635,6 +678,28 @@ impl fmt::Display for AttachReport {
                 f,
                 "{:<8} {:<44} {:<19} {}{fired}",
                 h.status, h.hook, h.program, h.reason
+            )?;
+        }
+        for t in &self.tls {
+            let fired = match t.fired {
+                Some(n) => format!(" [fired {n}x: {}]", t.fire_check),
+                None => format!(" [{}]", t.fire_check),
+            };
+            writeln!(
+                f,
+                "{:<8} {:<44} {:<19} {}{fired}",
+                if t.status == "attached" {
+                    "attached"
+                } else {
+                    "skipped"
+                },
+                format!("{} {}:{}", t.hook, t.library, t.function),
+                t.program,
+                if t.status == "attached" {
+                    "TLS plaintext of targets that map this library"
+                } else {
+                    &t.status
+                },
             )?;
         }
         writeln!(f, "{}", self.goroutines)?;

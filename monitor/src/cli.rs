@@ -58,6 +58,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check an audit trail with the public key only: OK with the range covered, or the first
+    /// broken place and what broke. Exit 0 intact (ends with a stop record), 1 broken, 2 could
+    /// not verify (unreadable file, bad key), 3 intact but the last records are not signed yet
+    /// (Vigie running, killed and not restarted, or the end after the last checkpoint cut).
+    Verify(VerifyArgs),
+    /// Answer questions over an audit trail: every access to a person's documents (--subject),
+    /// everything an account read (--user), or every cross-user read between two times grouped
+    /// by affected owner (--breach), optionally re-judged under a corrected config.
+    Report(ReportArgs),
+    /// Make a trail signing key: writes FILE (the secret, mode 0600) and FILE.pub (for verify).
+    TrailKeygen {
+        /// Where to write the secret key; must not exist.
+        file: PathBuf,
+    },
     /// Print the session handle alerts show for credentials read from stdin, one per line
     /// (never from the command line, where `ps` would show them): which of the portal's
     /// sessions an incident is, to revoke the right one.
@@ -76,6 +90,62 @@ pub enum Command {
 pub enum CredentialKind {
     Cookie,
     Bearer,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("query").required(true).args(["subject", "user", "breach"])))]
+pub struct ReportArgs {
+    /// Trail files in chain order, or a trail directory.
+    #[arg(required = true)]
+    pub trail: Vec<PathBuf>,
+    /// Every access to documents owned by this person (a right-of-access request).
+    #[arg(long, value_name = "OWNER")]
+    pub subject: Option<String>,
+    /// Everything this account read.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Every cross-user read, grouped by affected owner (the notification list).
+    #[arg(long)]
+    pub breach: bool,
+    /// Only accesses at or after this time (RFC 3339, UTC).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only accesses before this time (RFC 3339, UTC).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Re-judge every access under this (corrected) configuration's ownership and policy.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the trail with this public key first, and say in the report whether it holds.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormat,
+    /// Write the report to this file instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Csv,
+    Json,
+    Html,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Trail files in chain order, or a trail directory (its `trail-*.jsonl`, in order).
+    #[arg(required = true)]
+    pub trail: Vec<PathBuf>,
+    /// The public key file (`vigie trail-keygen` writes it as KEY.pub).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +203,12 @@ pub struct RunArgs {
     /// Keep at most this many trace files (the oldest are deleted).
     #[arg(long, default_value_t = 16)]
     pub record_max_files: usize,
+    /// Keep the signed audit trail in this directory (overrides `[trail] dir`).
+    #[arg(long, value_name = "DIR")]
+    pub trail: Option<PathBuf>,
+    /// The trail's signing key (overrides `[trail] key_file`; mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub trail_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -197,6 +273,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Probes { json } => crate::run::probes_command(json),
+        Command::Verify(args) => crate::trail_files::verify_command(&args),
+        Command::Report(args) => crate::trail_files::report_command(&args),
+        Command::TrailKeygen { file } => crate::trail_files::keygen_command(&file),
         Command::SessionHandle { key_file, kind } => session_handles(key_file, kind),
         Command::Replay(args) => {
             let opts = replay_options(args)?;
@@ -289,6 +368,12 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
     }
     if args.no_metrics {
         cfg.metrics.enabled = false;
+    }
+    if let Some(dir) = args.trail {
+        cfg.trail.dir = Some(dir);
+    }
+    if let Some(key) = args.trail_key {
+        cfg.trail.key_file = Some(key);
     }
     cfg.normalize().context("invalid configuration")?;
     if cfg.targets.pids.is_empty()

@@ -41,6 +41,78 @@ pub struct Config {
     /// Enumeration detection, incident grouping and the response hook.
     #[serde(default)]
     pub incidents: crate::incidents::IncidentsSection,
+    /// The signed audit trail (off unless `dir` is set).
+    #[serde(default)]
+    pub trail: Trail,
+}
+
+/// The audit trail (`vigie.trail/1`, README "Audit trail").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Trail {
+    /// Directory of the trail files (created 0700). No directory, no trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<std::path::PathBuf>,
+    /// The Ed25519 secret (`vigie trail-keygen`), mode 0600, read once at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Seconds between signed checkpoints (when records wait for one): the most an intruder
+    /// can cut from the end of the trail without `verify` seeing an unsigned tail.
+    #[serde(default = "default_checkpoint_interval_secs")]
+    pub checkpoint_interval_secs: u64,
+    /// Start a new file past this size.
+    #[serde(default = "default_trail_max_file_mb")]
+    pub max_file_mb: u64,
+    /// Delete whole files whose last record is older than this (CNIL: 6 to 12 months). None:
+    /// keep everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+}
+
+fn default_checkpoint_interval_secs() -> u64 {
+    60
+}
+fn default_trail_max_file_mb() -> u64 {
+    64
+}
+
+impl Default for Trail {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            key_file: None,
+            checkpoint_interval_secs: default_checkpoint_interval_secs(),
+            max_file_mb: default_trail_max_file_mb(),
+            retention_days: None,
+        }
+    }
+}
+
+impl Trail {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.dir.is_some() && self.key_file.is_none() {
+            return Err(invalid(
+                "trail.key_file",
+                "is required with `trail.dir`: checkpoints are signed",
+            ));
+        }
+        if self.checkpoint_interval_secs == 0 {
+            return Err(invalid(
+                "trail.checkpoint_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.max_file_mb == 0 {
+            return Err(invalid("trail.max_file_mb", "must be at least 1"));
+        }
+        if self.retention_days == Some(0) {
+            return Err(invalid(
+                "trail.retention_days",
+                "must be at least 1 (leave it out to keep everything)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Which processes to watch. Processes that start later are picked up by name (at exec) and
@@ -382,6 +454,7 @@ impl Config {
                 ));
             }
         }
+        self.trail.check()?;
         if self.identity.sources.is_empty() {
             return Err(invalid(
                 "identity.sources",

@@ -25,3 +25,5 @@ pub mod run;
 pub mod runtime;
 pub mod session_store;
 pub mod sinks;
+pub mod tls;
+pub mod trail_files;

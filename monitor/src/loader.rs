@@ -11,8 +11,12 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        FEntry, Lsm, Program, RawTracePoint, TracePoint, fentry::FEntryLinkId, lsm::LsmLinkId,
-        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
+        FEntry, Lsm, Program, RawTracePoint, TracePoint, UProbe,
+        fentry::FEntryLinkId,
+        lsm::LsmLinkId,
+        raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
+        uprobe::{UProbeLinkId, UProbeScope},
     },
 };
 use monitor_common::{
@@ -99,6 +103,9 @@ pub struct Probes {
     /// The kernel's BTF as aya reads it, parsed on first need: BTF programs (LSM, fentry) are
     /// loaded against it. Tracepoint-only kernels never pay for the parse.
     kernel_btf: Option<aya::Btf>,
+    /// Which flavour of the TLS programs is loaded: `uprobe.multi` (`Some(true)`), classic
+    /// (`Some(false)`), or none.
+    tls_multi: Option<bool>,
 }
 
 enum LinkId {
@@ -106,6 +113,7 @@ enum LinkId {
     Raw(RawTracePointLinkId),
     Lsm(LsmLinkId),
     Fentry(FEntryLinkId),
+    UProbe(UProbeLinkId),
 }
 
 /// Byte offsets of the kernel struct fields the probes walk, from the running kernel's BTF.
@@ -404,15 +412,18 @@ impl Probes {
                 facts,
                 hooks: Vec::new(),
                 fire_check_unavailable: None,
+                tls: Vec::new(),
                 goroutines: attach::goroutines_report(fsbase),
             },
             task_fsbase: fsbase,
             links: Vec::new(),
             roots: crate::procfs::Roots::read(&cfg.documents.roots),
             kernel_btf: None,
+            tls_multi: None,
         };
         probes.configure(cfg)?;
         probes.attach(planned)?;
+        probes.load_tls();
         Ok(probes)
     }
 
@@ -619,6 +630,107 @@ impl Probes {
         }
     }
 
+    /// Hooks the TLS functions of the OpenSSL library at `path` (a path Vigie can open), for
+    /// every process that maps it: the kernel puts the uprobe on the file's inode. `shown` is
+    /// the path as the target sees it, for the report. Returns how many hooks attached; each
+    /// is in `report.tls`.
+    pub fn attach_tls(&mut self, path: &Path, shown: &str, inode: u64) -> usize {
+        let Some(multi) = self.tls_multi else {
+            return 0;
+        };
+        let mut attached = 0;
+        let mut rows = Vec::new();
+        for (function, single_entry, multi_entry) in attach::TLS_FUNCTIONS {
+            let (entry, ret) = if multi {
+                (*multi_entry, attach::TLS_RETURN.1)
+            } else {
+                (*single_entry, attach::TLS_RETURN.0)
+            };
+            for (program, hook) in [(entry, "uprobe"), (ret, "uretprobe")] {
+                let status = match self.attach_uprobe(program, function, path) {
+                    Ok(()) => {
+                        attached += 1;
+                        "attached".to_string()
+                    }
+                    Err(e) => {
+                        tracing::warn!("TLS hook {hook} {shown}:{function}: {e}");
+                        format!("failed: {e}")
+                    }
+                };
+                rows.push(attach::TlsHookReport {
+                    library: shown.to_string(),
+                    inode,
+                    function,
+                    program,
+                    hook,
+                    status,
+                    fire_check: "runs at a target's first TLS call (vigie_tls_records_total)",
+                    fired: None,
+                });
+            }
+        }
+        self.report.tls.extend(rows);
+        attached
+    }
+
+    /// Loads the TLS programs now, while Vigie holds every capability: they are attached later,
+    /// to each library as targets map it. The `uprobe.multi` flavour where the kernel has it
+    /// (6.6+), else the classic one. A kernel that refuses both leaves HTTPS unread (said).
+    fn load_tls(&mut self) {
+        for multi in [true, false] {
+            let programs = attach::TLS_FUNCTIONS
+                .iter()
+                .map(|(_, single, m)| if multi { *m } else { *single })
+                .chain([if multi {
+                    attach::TLS_RETURN.1
+                } else {
+                    attach::TLS_RETURN.0
+                }]);
+            let mut failed = None;
+            for name in programs {
+                let loaded = match self.ebpf.program_mut(name) {
+                    Some(Program::UProbe(p)) => p.load().map_err(|e| e.to_string()),
+                    _ => Err("not a uprobe in the object".to_string()),
+                };
+                if let Err(e) = loaded {
+                    failed = Some(format!("{name}: {e}"));
+                    break;
+                }
+            }
+            match failed {
+                None => {
+                    self.tls_multi = Some(multi);
+                    return;
+                }
+                Some(e) if multi => tracing::debug!(
+                    "uprobe.multi TLS programs not loaded ({e}): TLS libraries mapped after start-up will not be hooked"
+                ),
+                Some(e) => {
+                    tracing::warn!("TLS programs not loaded: HTTPS plaintext is not read: {e}")
+                }
+            }
+        }
+    }
+
+    fn attach_uprobe(
+        &mut self,
+        name: &'static str,
+        function: &str,
+        path: &Path,
+    ) -> Result<(), LoadError> {
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::Map(name.into(), "program not in the object".into()))?;
+        let err = |e| LoadError::Program(format!("{name} -> {}:{function}", path.display()), e);
+        let probe: &mut UProbe = program.try_into().map_err(err)?;
+        let link = probe
+            .attach([function], path, UProbeScope::AllProcesses)
+            .map_err(err)?;
+        self.links.push((name, LinkId::UProbe(link)));
+        Ok(())
+    }
+
     /// Makes `pid` a target (its threads included).
     pub fn add_target(&mut self, pid: u32) -> Result<(), LoadError> {
         self.set_target(pid, 1)
@@ -739,6 +851,9 @@ impl Drop for Probes {
                     p.take_link(id).ok().map(|l| Box::new(l) as Box<dyn Send>)
                 }
                 (Some(Program::FEntry(p)), LinkId::Fentry(id)) => {
+                    p.take_link(id).ok().map(|l| Box::new(l) as Box<dyn Send>)
+                }
+                (Some(Program::UProbe(p)), LinkId::UProbe(id)) => {
                     p.take_link(id).ok().map(|l| Box::new(l) as Box<dyn Send>)
                 }
                 _ => None,

@@ -15,7 +15,10 @@ use monitor_core::{
 
 use crate::{
     ownership::resolver::{Ownership, Resolver, UsedFact},
-    sinks::{alerts::AlertSink, metrics::Metrics, trace::TraceWriter, webhook::Webhook},
+    sinks::{
+        alerts::AlertSink, metrics::Metrics, trace::TraceWriter, trail::TrailWriter,
+        webhook::Webhook,
+    },
 };
 
 /// Which accesses to report (replay's time window and pid filters).
@@ -63,6 +66,8 @@ pub struct Pipeline {
     memo: std::collections::HashMap<String, usize>,
     /// Live runs recording a trace.
     trace: Option<TraceWriter>,
+    /// Live runs keeping an audit trail.
+    trail: Option<TrailWriter>,
     filter: Option<Filter>,
     observer: Option<Observer>,
     /// Live runs only: verdict counts and latency need the live clock.
@@ -92,6 +97,7 @@ impl Pipeline {
             used: Vec::new(),
             memo: std::collections::HashMap::new(),
             trace: None,
+            trail: None,
             filter: None,
             observer: None,
             metrics: None,
@@ -132,6 +138,15 @@ impl Pipeline {
     /// Records every event handled, with the ownership facts before it (live runs).
     pub fn set_trace(&mut self, trace: TraceWriter) {
         self.trace = Some(trace);
+    }
+
+    /// Writes every judged access and coverage gap to the audit trail (live runs).
+    pub fn set_trail(&mut self, trail: TrailWriter) {
+        self.trail = Some(trail);
+    }
+
+    pub fn trail_mut(&mut self) -> Option<&mut TrailWriter> {
+        self.trail.as_mut()
     }
 
     pub fn trace_mut(&mut self) -> Option<&mut TraceWriter> {
@@ -281,6 +296,12 @@ impl Pipeline {
                             "cross-user document read"
                         );
                     }
+                    // The trail first: it is the record that must survive a crash.
+                    if let Some(trail) = self.trail.as_mut() {
+                        trail
+                            .access(&access, &judgement)
+                            .map_err(std::io::Error::other)?;
+                    }
                     let observed = self.incidents.observe(&access, &judgement);
                     let incident = observed.incident.as_ref();
                     self.alerts
@@ -327,6 +348,11 @@ impl Pipeline {
                     self.counts.lost_events += count;
                     tracing::warn!(reason, count, "events lost in the kernel: Vigie was blind");
                     self.alerts.gap(ts_ns, &reason, count)?;
+                    if let Some(trail) = self.trail.as_mut() {
+                        trail
+                            .gap(ts_ns, &reason, count)
+                            .map_err(std::io::Error::other)?;
+                    }
                 }
             }
         }

@@ -8,9 +8,11 @@
 //!   other users (fds opened before Vigie, relative paths, executable selectors).
 //! - `CAP_DAC_READ_SEARCH`: the same `/proc` reads when the target's directories are not
 //!   readable by root's DAC alone.
+//! - `CAP_PERFMON`: attaching uprobes to the TLS library of a target that starts, or loads it,
+//!   after Vigie (`perf_event_open` of a uprobe needs it); the programs were loaded at start-up.
 //!
-//! Gone after start-up: `CAP_PERFMON` and `CAP_SYS_ADMIN` (loading programs, attaching
-//! tracepoints, mounting tracefs), `CAP_SYS_NICE` (the reader's priority, [`set_nice`]), and
+//! Gone after start-up: `CAP_SYS_ADMIN` (loading programs, attaching tracepoints, mounting
+//! tracefs), `CAP_SYS_NICE` (the reader's priority, [`set_nice`]), and
 //! everything else root would have, e.g. `CAP_DAC_OVERRIDE`, `CAP_SETUID`, `CAP_NET_ADMIN`. A
 //! compromised Vigie can no longer load programs, mount filesystems or write files it does not
 //! own.
@@ -19,10 +21,11 @@
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_SETPCAP: u32 = 8;
 pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
 /// What Vigie keeps after attaching.
-pub const KEPT: [u32; 3] = [CAP_BPF, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
+pub const KEPT: [u32; 4] = [CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
@@ -126,6 +129,7 @@ pub fn drop_after_attach() -> std::io::Result<u64> {
 pub fn describe(mask: u64) -> Vec<&'static str> {
     [
         (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
         (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
         (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
     ]

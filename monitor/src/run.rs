@@ -98,6 +98,14 @@ struct Live {
     decoder: Decoder,
     metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
     ring_usage: Option<crate::loader::RingUsage>,
+    /// Why the run ended, for the trail's stop record.
+    stop_reason: &'static str,
+    /// TLS libraries of targets: hooked, or reported unreadable.
+    tls: crate::tls::TlsHooks,
+    /// Connections Vigie cannot read (TLS not hooked, HTTP/2) never go past the decoder.
+    conn_gate: monitor_core::tls::ConnectionGate,
+    /// TLS plaintext records (reads, writes) from the uprobes.
+    tls_records: [u64; 2],
     go: crate::golang::GoTargets,
 }
 
@@ -173,7 +181,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         decoder: Decoder::new(),
         metrics,
         ring_usage: None,
+        tls: crate::tls::TlsHooks::new(),
+        conn_gate: monitor_core::tls::ConnectionGate::new(),
+        tls_records: [0; 2],
         go,
+        stop_reason: "end",
     };
     live.init_metrics(&ring);
     live.pipeline
@@ -183,6 +195,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     if let Some(hook) = &live.cfg.incidents.webhook {
         live.pipeline
             .set_webhook(crate::sinks::webhook::Webhook::start(hook));
+    }
+    if let Some(dir) = live.cfg.trail.dir.clone() {
+        let trail = open_trail(&live.cfg, &dir, clock)?;
+        tracing::info!(file = %trail.current_file().display(), key_id = trail.key_id(), "audit trail");
+        live.pipeline.set_trail(trail);
     }
     if let Some((dir, rotation)) = &opts.record {
         let header = trace::header(&live.cfg, clock);
@@ -243,6 +260,7 @@ impl Live {
         self.probes.add_target(pid)?;
         self.targets.insert(pid);
         self.seen.insert(pid);
+        self.tls.scan(&mut self.probes, pid);
         let mut sockets = Vec::new();
         let roots = self.probes.roots.all();
         for mut ev in procfs::describe(pid, &roots, procfs::monotonic_ns()) {
@@ -389,17 +407,22 @@ impl Live {
                 _ = drain.tick() => self.drain(ring.get_mut())?,
                 _ = tick.tick() => {
                     self.drain(ring.get_mut())?;
+                    self.tls.tick(&mut self.probes);
                     self.report_loss()?;
                     self.publish_metrics();
                     if let Some(trace) = self.pipeline.trace_mut() {
                         trace.flush().context("writing the trace")?;
                     }
+                    if let Some(trail) = self.pipeline.trail_mut() {
+                        trail.tick(crate::sinks::trail::wall_now()).context("writing the audit trail")?;
+                    }
                     self.feed(&Event { ts_ns: procfs::monotonic_ns(), pid: 0, tid: 0, comm: Comm::default(), goid: None, kind: EventKind::Tick })?;
                 }
-                _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
-                _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); break; }
+                _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); self.stop_reason = "sigint"; break; }
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); self.stop_reason = "sigterm"; break; }
                 () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
                     tracing::info!("duration reached: detaching");
+                    self.stop_reason = "duration";
                     break;
                 }
             }
@@ -413,14 +436,35 @@ impl Live {
         loop {
             let mut decoded = std::mem::take(&mut self.decoded);
             let result = match ring.next() {
-                Some(item) => self.decoder.next(&item, &mut decoded),
-                None => return Ok(()),
+                Some(item) => {
+                    match monitor_core::decode::peek(&item) {
+                        Some((monitor_common::kind::CODE_MAP, pid, _)) => {
+                            drop(item);
+                            self.decoded = decoded;
+                            self.tls.code_mapped(&mut self.probes, pid);
+                            continue;
+                        }
+                        Some((_, _, monitor_common::op::SSL_READ)) => self.tls_records[0] += 1,
+                        Some((_, _, monitor_common::op::SSL_WRITE)) => self.tls_records[1] += 1,
+                        _ => {}
+                    }
+                    self.decoder.next(&item, &mut decoded)
+                }
+                None => {
+                    self.decoded = decoded;
+                    return Ok(());
+                }
             };
             match result {
                 Ok(()) => {
-                    // Request lines split across reads are passed on whole (see `hold`).
+                    // Request lines split across reads are passed on whole (see `hold`), once
+                    // the connection gate kept out what Vigie cannot read.
                     let mut passed = std::mem::take(&mut self.passed);
-                    for ev in decoded.drain(..) {
+                    for mut ev in decoded.drain(..) {
+                        if self.conn_gate.drops(&mut ev) {
+                            self.decoder.recycle(ev);
+                            continue;
+                        }
                         self.hold.take(ev, &mut passed);
                     }
                     self.decoded = decoded;
@@ -567,6 +611,9 @@ impl Live {
                 tracing::debug!(parent = ev.pid, child = child_pid, "new target (fork)");
             }
             EventKind::ProcessExec if self.targets.contains(&ev.pid) => {
+                // A new program: a Go one, or one linking a TLS library (those come with the
+                // dynamic loader's mappings, `kind::CODE_MAP`).
+                self.tls.scan(&mut self.probes, ev.pid);
                 if let Some(found) = runtime::found(ev) {
                     self.feed(&found)?;
                 }
@@ -589,7 +636,12 @@ impl Live {
 
     fn report_loss(&mut self) -> anyhow::Result<()> {
         let now = self.probes.lost()?;
-        if now != self.lost {
+        // TLS plaintext with no socket to tie it to (a library used with memory BIOs, as
+        // asyncio does): no stream Vigie follows lost a byte, so no gap for the redactor or
+        // the correlator; such a connection's ciphertext is caught by the connection gate.
+        let gap = |i: usize| i != loss::TLS_NO_FD as usize;
+        let changed = (0..now.len()).any(|i| gap(i) && now[i] != self.lost[i]);
+        if changed {
             // What was held goes first: it was read before whatever was lost.
             self.pass_held()?;
             // A lost read may have been part of a FastCGI stream: both the redactor and the
@@ -601,6 +653,9 @@ impl Live {
             if delta > 0 {
                 let name = loss::name(reason as u32);
                 *self.summary.lost_by_reason.entry(name).or_default() += delta;
+                if !gap(reason) {
+                    continue;
+                }
                 let ev = Event {
                     ts_ns: procfs::monotonic_ns(),
                     pid: 0,
@@ -624,7 +679,10 @@ impl Live {
         let mut pending = Vec::new();
         self.decoder.flush(&mut pending);
         let mut held = Vec::new();
-        for ev in pending {
+        for mut ev in pending {
+            if self.conn_gate.drops(&mut ev) {
+                continue;
+            }
             self.hold.take(ev, &mut held);
         }
         self.hold.flush_all(&mut held);
@@ -640,6 +698,11 @@ impl Live {
         self.pipeline
             .finish()
             .context("writing alerts or the trace")?;
+        if let Some(trail) = self.pipeline.trail_mut() {
+            trail
+                .stop(self.stop_reason, crate::sinks::trail::wall_now())
+                .context("writing the audit trail")?;
+        }
         let mut s = self.summary;
         s.requests = self.pipeline.correlator().stats().requests;
         s.accesses_by_verdict = self.pipeline.counts.by_verdict.clone();
@@ -666,6 +729,30 @@ impl Live {
     }
 }
 
+/// Opens the audit trail: the key is read here, once, and only its id is ever logged.
+fn open_trail(
+    cfg: &Config,
+    dir: &std::path::Path,
+    clock: WallClock,
+) -> anyhow::Result<crate::sinks::trail::TrailWriter> {
+    use crate::sinks::trail::{ConfigDigest, TrailPolicy, TrailWriter, load_key, wall_now};
+    let t = &cfg.trail;
+    let key_file = t
+        .key_file
+        .as_deref()
+        .context("trail.key_file is required with trail.dir")?;
+    let key = load_key(key_file).context("trail.key_file")?;
+    let policy = TrailPolicy {
+        checkpoint_interval: Duration::from_secs(t.checkpoint_interval_secs),
+        max_file_bytes: t.max_file_mb.max(1) << 20,
+        retention: t
+            .retention_days
+            .map(|d| Duration::from_secs(u64::from(d) * 86_400)),
+    };
+    TrailWriter::open(dir, key, policy, clock, &ConfigDigest::of(cfg), wall_now())
+        .with_context(|| format!("opening the audit trail in {}", dir.display()))
+}
+
 /// `vigie probes`: the start-up report without a run. Without root, the plan only (nothing is
 /// loaded, so nothing is verified).
 pub fn probes_command(json: bool) -> anyhow::Result<std::process::ExitCode> {
@@ -684,7 +771,13 @@ pub fn probes_command(json: bool) -> anyhow::Result<std::process::ExitCode> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return match Probes::load(&Config::default(), PROBES) {
-            Ok(probes) => {
+            Ok(mut probes) => {
+                // The TLS hooks go on each library a target maps; shown here on the system's.
+                if let Some(lib) = crate::tls::system_libssl() {
+                    let shown = lib.display().to_string();
+                    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&lib)?);
+                    probes.attach_tls(&lib, &shown, inode);
+                }
                 print(&probes.report)?;
                 Ok(std::process::ExitCode::SUCCESS)
             }
@@ -781,6 +874,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::SessionFound { .. } => "session_found",
         EventKind::GoRuntime { .. } => "go_runtime",
         EventKind::SockClose { .. } => "sock_close",
+        EventKind::Unreadable { .. } => "unreadable",
         EventKind::Lost { .. } => "lost",
         EventKind::Tick => "tick",
         EventKind::OwnershipFact(_) => "ownership_fact",
@@ -838,5 +932,12 @@ impl Live {
         }
         m.set_probes(self.probes.attached(), self.probes.expected());
         m.sync_probe_stats(&self.probes.program_stats());
+        m.sync_tls(
+            self.tls.hooked,
+            self.tls.unreadable,
+            self.tls_records,
+            self.conn_gate.tls_connections,
+            self.conn_gate.http2_connections,
+        );
     }
 }

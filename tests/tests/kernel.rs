@@ -74,6 +74,30 @@ fn probes_report_matches_the_kernel_and_every_program_fires() {
     assert_eq!(report["fire_check_unavailable"], Value::Null);
     let hooks = report["hooks"].as_array().expect("hooks");
     assert_eq!(hooks.len(), HOOKS, "{report:#}");
+    // The TLS hooks, on the system's libssl (`xtask setup` installs it with openssl): entry and
+    // return of each of the five functions, attached.
+    let tls = report["tls"].as_array().expect("tls");
+    let functions = [
+        "SSL_read",
+        "SSL_read_ex",
+        "SSL_write",
+        "SSL_write_ex",
+        "SSL_do_handshake",
+    ];
+    assert_eq!(tls.len(), 2 * functions.len(), "{report:#}");
+    for f in functions {
+        for hook in ["uprobe", "uretprobe"] {
+            assert!(
+                tls.iter().any(|t| t["function"] == f
+                    && t["hook"] == hook
+                    && t["status"] == "attached"
+                    && t["library"]
+                        .as_str()
+                        .is_some_and(|l| l.contains("libssl.so"))),
+                "{hook} {f}: {report:#}"
+            );
+        }
+    }
     let bpf_lsm = facts["lsms"]
         .as_array()
         .is_some_and(|l| l.iter().any(|l| l == "bpf"));

@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Events in the synthetic replay trace (10M is about 1.5 GB, deleted after).
     #[arg(long, default_value_t = 10_000_000)]
     pub replay_events: u64,
+    /// Records in the synthetic audit trail that `vigie verify` checks (1M is about 0.7 GB,
+    /// deleted after).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub trail_records: u64,
     /// Idle keep-alive connections for the RSS measurement.
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
@@ -50,7 +54,7 @@ pub struct BenchArgs {
     /// round: before/after figures from the same rounds.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
-    /// Skip sections (comma-separated): portal, tax, pipeline, latency, conns, replay.
+    /// Skip sections (comma-separated): portal, tax, pipeline, latency, conns, replay, trail.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
 }
@@ -59,6 +63,7 @@ struct Bins {
     vigie: PathBuf,
     portal: PathBuf,
     synth: PathBuf,
+    synth_trail: PathBuf,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -67,7 +72,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     step(
         "bench",
-        "cargo build --release -p monitor -p vigie-tests --bins (+ synth_trace)",
+        "cargo build --release -p monitor -p vigie-tests --bins (+ synth_trace, synth_trail)",
     );
     cargo(&[
         "build",
@@ -85,12 +90,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "monitor",
         "--example",
         "synth_trace",
+        "--example",
+        "synth_trail",
     ])?;
     let rel = workspace_root().join("target").join("release");
     let bins = Bins {
         vigie: rel.join("vigie"),
         portal: rel.join("demo-portal"),
         synth: rel.join("examples").join("synth_trace"),
+        synth_trail: rel.join("examples").join("synth_trail"),
     };
     ensure_wrk()?;
     raise_nofile();
@@ -113,13 +121,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rounds: args.rounds,
         baseline: args.baseline.clone(),
     };
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("portal", Bench::portal),
         ("tax", Bench::host_tax),
         ("pipeline", Bench::pipeline),
         ("latency", Bench::latency),
         ("conns", Bench::connections),
         ("replay", Bench::replay),
+        ("trail", Bench::trail_verify),
     ];
     for (name, f) in sections {
         if skip(name) {
@@ -903,6 +912,62 @@ impl Bench {
         Ok((
             md,
             json!({ "events": args.replay_events, "bytes": size, "wall_s": wall, "events_per_s": rate, "stderr": stderr }),
+        ))
+    }
+}
+
+impl Bench {
+    /// `vigie verify` over a synthetic trail written by the live writer: records per second
+    /// on one core (verify is single-threaded), process start and file reads included.
+    fn trail_verify(&mut self, args: &BenchArgs) -> anyhow::Result<(String, Value)> {
+        let dir = self.dir.join("trail");
+        let t = Instant::now();
+        run_ok(
+            Command::new(&self.bins.synth_trail)
+                .arg(&dir)
+                .arg(args.trail_records.to_string()),
+        )?;
+        let gen_s = t.elapsed().as_secs_f64();
+        let size: u64 = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        let public = self.dir.join("trail.key.pub");
+        let t = Instant::now();
+        let out = Command::new(&self.bins.vigie)
+            .arg("verify")
+            .arg("--key")
+            .arg(&public)
+            .arg(&dir)
+            .output()?;
+        let wall = t.elapsed().as_secs_f64();
+        let _ = std::fs::remove_dir_all(&dir);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "vigie verify failed: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // The trail holds the accesses plus its own records (file, start, checkpoints, stop).
+        let records = stdout
+            .split_once(" records in ")
+            .and_then(|(a, _)| a.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(args.trail_records);
+        let rate = records as f64 / wall;
+        let mut md = String::from("## Trail verification\n\n");
+        writeln!(
+            md,
+            "`synth_trail` wrote {records} records ({:.2} GB) in {gen_s:.1} s through the live \
+             writer; `vigie verify` took {wall:.2} s wall on one core: {:.2} M records/s \
+             (one SHA-256 per line, every signature checked). Its verdict: `{}`. Deleted after.\n",
+            size as f64 / 1e9,
+            rate / 1e6,
+            stdout.lines().next().unwrap_or("").trim()
+        )?;
+        Ok((
+            md,
+            json!({ "records": records, "bytes": size, "wall_s": wall, "records_per_s": rate, "stdout": stdout }),
         ))
     }
 }

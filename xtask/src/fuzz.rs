@@ -39,6 +39,8 @@ const TARGETS: &[(&str, usize)] = &[
     ("correlator", 16 * 1024),
     // A FastCGI exchange (both directions) cut into reads and writes: a few requests.
     ("fastcgi", 16 * 1024),
+    // Audit-trail files: a few dozen records across up to four files.
+    ("trail", 32 * 1024),
 ];
 
 /// `asan`: build with AddressSanitizer (cargo-fuzz's default). Off by default: it makes the cold

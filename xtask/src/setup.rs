@@ -35,6 +35,12 @@ const APT_PACKAGES: &[&str] = &[
     "nginx",
     // A portal's Redis session store, run by `tests/tests/sessions.rs`.
     "redis-server",
+    // HTTPS portals (`tests/tests/tls.rs`): certificates made with the `openssl` command,
+    // requests (HTTP/1.1 and HTTP/2) made with curl, and a Python application server that
+    // terminates TLS with its `ssl` module (Debian's python3, OpenSSL 3).
+    "openssl",
+    "curl",
+    "python3",
     // The Go net/http portal of `tests/tests/go.rs` (standard library only), built by the
     // test harness and by `cargo xtask vm-test`.
     "golang-go",
@@ -42,6 +48,9 @@ const APT_PACKAGES: &[&str] = &[
     // busybox for the initramfs's `/init` (the initramfs itself is written by xtask).
     "qemu-system-x86",
     "busybox-static",
+    // Debian's Chromium, headless: `tests/tests/trail.rs` renders the HTML report of
+    // `vigie report` and takes a screenshot of it.
+    "chromium",
 ];
 
 /// Debian's policy-rc.d protocol: while this file exists and exits 101, maintainer scripts do not

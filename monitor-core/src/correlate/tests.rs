@@ -1209,6 +1209,65 @@ fn a_connection_threads_unscoped_read_is_never_claimed_by_another_connections_re
     assert_eq!(who, [(None, 2), (u("bob"), 3)]);
 }
 
+/// An event loop (nginx) serving an HTTP/1.1 request, then reads of an HTTP/2 connection Vigie
+/// cannot parse, then another HTTP/1.1 user: documents read after the unreadable bytes are never
+/// given the HTTP/1.1 users (thread scope is no evidence on that thread any more), while a
+/// fingerprint still names the request whose response carried the document.
+#[test]
+fn reads_after_an_unreadable_connection_on_the_thread_are_never_presumed() {
+    let mut s = Scenario::new();
+    s.accept(1, 1, 5)
+        .get_as(1, 1, 5, "alice", "/docs/alice/a.txt")
+        .open(1, 1, 7, "/srv/users/alice/a.txt")
+        .read(1, 1, 7, 10)
+        .close(1, 1, 7)
+        .respond(1, 1, 5, 200);
+    // An HTTP/2 connection on the same thread: its request is out of sight.
+    s.accept(1, 1, 6).ev(
+        1,
+        1,
+        EventKind::Unreadable {
+            fd: 6,
+            bytes: 120,
+            why: crate::events::Unreadable::Http2,
+        },
+    );
+    s.open(1, 1, 8, "/srv/users/carol/c.txt")
+        .read(1, 1, 8, 10)
+        .close(1, 1, 8);
+    // Bob's request on a third connection, then a read the HTTP/2 stream may have made.
+    s.accept(1, 1, 9)
+        .get_as(1, 1, 9, "bob", "/docs/bob/b.txt")
+        .open(1, 1, 10, "/srv/users/dave/d.txt")
+        .read(1, 1, 10, 10)
+        .close(1, 1, 10)
+        // Bob's own document, proved by the fingerprint in his response.
+        .open(1, 1, 11, "/srv/users/bob/b.txt")
+        .read_fp(1, 1, 11, 10, 0xb0b)
+        .close(1, 1, 11)
+        .respond_fp(1, 1, 9, 200, Some(0xb0b));
+    let got = s.finish();
+    let mut got = summary(&got);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (None, "/srv/users/carol/c.txt".into(), vec![]),
+            (None, "/srv/users/dave/d.txt".into(), vec![]),
+            (
+                u("alice"),
+                "/srv/users/alice/a.txt".into(),
+                vec![Evidence::Thread]
+            ),
+            (
+                u("bob"),
+                "/srv/users/bob/b.txt".into(),
+                vec![Evidence::Flow, Evidence::Fingerprint]
+            ),
+        ]
+    );
+}
+
 #[test]
 fn requests_carry_the_peer_of_their_connection_and_the_client_behind_a_trusted_proxy() {
     let mut s = Scenario::new();

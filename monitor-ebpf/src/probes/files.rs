@@ -295,7 +295,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let fd = arg(&ctx, 0) as i32;
     let record = match forget_fd_kind(tgid, fd) {
         fd_kind::DOCUMENT => kind::FILE_CLOSE,
-        fd_kind::SOCKET => kind::SOCK_CLOSE,
+        fd_kind::SOCKET | fd_kind::TLS => kind::SOCK_CLOSE,
         _ => return 0,
     };
     submit::<FdEvent>(|ev| {

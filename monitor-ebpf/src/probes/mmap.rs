@@ -19,6 +19,8 @@ use crate::maps::{
 
 /// `PROT_READ` (uapi asm-generic/mman-common.h).
 const PROT_READ: u64 = 1;
+/// `PROT_EXEC`.
+const PROT_EXEC: u64 = 4;
 
 /// A `sys_enter_mmap` field at an offset from the tracefs format file.
 #[inline(always)]
@@ -38,10 +40,25 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
     if fd < 0 {
         return 0;
     }
+    let prot = field(&ctx, &TP_MMAP_PROT);
+    if prot & PROT_EXEC != 0 {
+        // Code coming in (the dynamic loader, `dlopen`): userspace looks for a TLS library
+        // to hook in the process's maps. Rare after start-up, so sent at entry, unfiltered.
+        submit::<FdEvent>(|ev| {
+            fill_header(&mut ev.header, kind::CODE_MAP);
+            ev.fd = fd;
+            ev.fd2 = -1;
+            ev.ret = 0;
+            ev.op = op::MMAP;
+            ev.size = 0;
+            ev.fp = 0;
+        });
+        return 0;
+    }
     let Some(&kind) = (unsafe { FD_KIND.get(&fd_key(tgid, fd)) }) else {
         return 0;
     };
-    if kind != fd_kind::DOCUMENT || field(&ctx, &TP_MMAP_PROT) & PROT_READ == 0 {
+    if kind != fd_kind::DOCUMENT || prot & PROT_READ == 0 {
         return 0;
     }
     let stash = Stash {

@@ -5,6 +5,7 @@ pub mod io;
 pub mod mmap;
 pub mod process;
 pub mod sockets;
+pub mod tls;
 
 use aya_ebpf::{EbpfContext as _, programs::TracePointContext};
 

@@ -9,8 +9,8 @@ use monitor_common::{kind, process::ProcEvent};
 
 use crate::{
     maps::{
-        OFF_TASK_PID, OFF_TASK_TGID, STASH, TARGET_COMMS, fill_header, global, is_target,
-        set_target, submit,
+        OFF_TASK_PID, OFF_TASK_TGID, STASH, TARGET_COMMS, TLS_CALLS, fill_header, global,
+        is_target, set_target, submit,
     },
     task::read,
 };
@@ -69,6 +69,9 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     // Before the target check: a thread that exits after its leader (no longer a target then)
     // still had an entry. Looked up first: a delete takes the bucket's lock even for a key that
     // is not there, which is every other task's exit on the host.
+    if unsafe { TLS_CALLS.get(&pid_tgid) }.is_some() {
+        let _ = TLS_CALLS.remove(&pid_tgid);
+    }
     if unsafe { STASH.get(&pid_tgid) }.is_some() {
         let _ = STASH.remove(&pid_tgid);
     }

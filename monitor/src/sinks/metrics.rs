@@ -75,6 +75,10 @@ pub struct Metrics {
     tracked: IntGaugeVec,
     probe_runs: IntCounterVec,
     probe_run_seconds: CounterVec,
+    tls_libraries: IntGaugeVec,
+    tls_records: IntCounterVec,
+    tls_unreadable_connections: IntCounter,
+    http2_connections: IntCounter,
 }
 
 /// Outcomes of an ownership lookup (`vigie_ownership_lookups_total{outcome}`).
@@ -298,6 +302,38 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            tls_libraries: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "vigie_tls_libraries",
+                        "TLS library files mapped by targets: `hooked` (OpenSSL, plaintext read \
+                         with uprobes) or `unreadable` (GnuTLS, NSS, Java, Go, ...: their HTTPS \
+                         is not judged).",
+                    ),
+                    &["state"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            tls_records: counter_vec(
+                &r,
+                "vigie_tls_records_total",
+                "TLS plaintext records captured from targets' TLS libraries, by direction \
+                 (read: requests, write: responses).",
+                "direction",
+            )?,
+            tls_unreadable_connections: counter(
+                &r,
+                "vigie_tls_unreadable_connections_total",
+                "Connections of targets that began with a TLS handshake Vigie could not read the \
+                 plaintext of (TLS library not hooked): their requests are not seen.",
+            )?,
+            http2_connections: counter(
+                &r,
+                "vigie_http2_connections_total",
+                "Connections of targets that spoke HTTP/2 (over TLS or in clear), which Vigie does \
+                 not parse yet: kept out whole, their document reads are unattributed.",
+            )?,
             probe_runs: counter_vec(
                 &r,
                 "vigie_probe_runs_total",
@@ -323,6 +359,12 @@ impl Metrics {
             m.events_lost
                 .with_label_values(&[monitor_common::loss::name(reason)])
                 .reset();
+        }
+        for state in ["hooked", "unreadable"] {
+            m.tls_libraries.with_label_values(&[state]).set(0);
+        }
+        for direction in ["read", "write"] {
+            m.tls_records.with_label_values(&[direction]).reset();
         }
         for verdict in Verdict::ALL {
             m.accesses.with_label_values(&[verdict.as_str()]).reset();
@@ -456,6 +498,34 @@ impl Metrics {
                 *total,
             );
         }
+    }
+
+    /// TLS: libraries hooked and unreadable, plaintext records (read, write), unreadable TLS
+    /// connections and HTTP/2 connections, all cumulative.
+    pub fn sync_tls(
+        &self,
+        hooked: u64,
+        unreadable: u64,
+        records: [u64; 2],
+        connections: u64,
+        http2: u64,
+    ) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.tls_libraries
+            .with_label_values(&["hooked"])
+            .set(g(hooked));
+        self.tls_libraries
+            .with_label_values(&["unreadable"])
+            .set(g(unreadable));
+        for (direction, total) in ["read", "write"].into_iter().zip(records) {
+            let c = self.tls_records.with_label_values(&[direction]);
+            let now = c.get();
+            if total > now {
+                c.inc_by(total - now);
+            }
+        }
+        raise_to(&self.tls_unreadable_connections, connections);
+        raise_to(&self.http2_connections, http2);
     }
 
     pub fn sync_alerts_written(&self, total: u64) {

@@ -4,6 +4,7 @@ pub mod alerts;
 pub mod metrics;
 pub mod ocsf;
 pub mod trace;
+pub mod trail;
 pub mod webhook;
 
 /// The schema of Vigie's alert lines (documented in the README), also named in OCSF events.

@@ -25,6 +25,7 @@ pub use vigie_tests::{
 };
 
 pub mod postgres;
+pub mod tls;
 
 /// One end-to-end test at a time: each loads its own probes and runs a portal.
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -1,0 +1,251 @@
+//! The trail commands' file side: `vigie verify` and `vigie trail-keygen` read and write the
+//! files; the checks themselves are [`monitor_core::trail::verify`]'s.
+use std::{path::Path, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+
+use monitor_core::trail::{
+    key::{PublicKey, TrailKey},
+    verify::{Report, TrailFile, Verification},
+};
+
+use crate::cli::{ReportArgs, ReportFormat, VerifyArgs};
+
+/// Trail files named on the command line, directories expanded, in chain order.
+pub fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let listed =
+                crate::sinks::trail::list(p).with_context(|| format!("listing {}", p.display()))?;
+            if listed.is_empty() {
+                anyhow::bail!("{}: no trail-*.jsonl files", p.display());
+            }
+            files.extend(listed.into_iter().map(|(_, f)| f));
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Reads and verifies a trail, one file in memory at a time.
+pub fn verify_paths(paths: &[PathBuf], key: &PublicKey) -> anyhow::Result<Report> {
+    let mut v = Verification::new(key);
+    for f in expand(paths)? {
+        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        let name = f.file_name().map_or_else(
+            || f.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        if !v.file(&TrailFile {
+            name,
+            bytes: &bytes,
+        }) {
+            break;
+        }
+    }
+    Ok(v.finish())
+}
+
+pub fn read_public_key(path: &Path) -> anyhow::Result<PublicKey> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    PublicKey::parse(&text).with_context(|| path.display().to_string())
+}
+
+pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let report = match read_public_key(&args.key).and_then(|k| verify_paths(&args.trail, &k)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vigie verify: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(ExitCode::from(report.outcome.exit_code()))
+}
+
+pub fn keygen_command(file: &Path) -> anyhow::Result<ExitCode> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let key = TrailKey::from_seed(seed);
+    let public = PathBuf::from(format!("{}.pub", file.display()));
+    let write = |path: &Path, mode: u32, text: &str| -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    write(file, 0o600, &key.to_file_text())?;
+    write(&public, 0o644, &key.public().to_file_text())?;
+    println!(
+        "key id {}: secret in {} (0600, for [trail] key_file), public key in {} (for vigie verify)",
+        key.key_id(),
+        file.display(),
+        public.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A bound given on the command line, in the records' own fixed-width form (so that times
+/// compare as strings).
+fn bound(flag: &str, v: Option<&String>) -> anyhow::Result<Option<String>> {
+    v.map(|s| {
+        crate::replay::parse_rfc3339(s)
+            .map(monitor_core::walltime::rfc3339)
+            .ok_or_else(|| {
+                anyhow::anyhow!("--{flag} {s:?}: expected RFC 3339 UTC, e.g. 2026-11-22T16:41:26Z")
+            })
+    })
+    .transpose()
+}
+
+pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    use monitor_core::trail::report::{self, Query, Window};
+    let window = Window {
+        since: bound("since", args.since.as_ref())?,
+        until: bound("until", args.until.as_ref())?,
+    };
+    let query = match (&args.subject, &args.user) {
+        (Some(s), _) => Query::Subject(s.clone()),
+        (_, Some(u)) => Query::User(u.clone()),
+        _ => Query::Breach,
+    };
+    let integrity = match &args.key {
+        Some(key) => {
+            let report = verify_paths(&args.trail, &read_public_key(key)?)?;
+            report
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        }
+        None => "not verified (no --key given)".to_string(),
+    };
+    let files = expand(&args.trail)?;
+    let mut records = Vec::new();
+    let mut unreadable = 0;
+    for f in &files {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let (mut r, bad) =
+            report::access_records(bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()));
+        records.append(&mut r);
+        unreadable += bad;
+    }
+    if unreadable > 0 {
+        eprintln!("vigie report: {unreadable} unreadable lines skipped");
+    }
+    let rejudge = args
+        .config
+        .as_ref()
+        .map(|path| Rejudge::new(path))
+        .transpose()?;
+    let rejudge_fn = rejudge
+        .as_ref()
+        .map(|r| move |a: &monitor_core::trail::record::AccessRecord| r.judge(a));
+    let answer = report::answer(
+        &records,
+        &query,
+        &window,
+        rejudge_fn.as_ref().map(|f| f as &dyn Fn(&_) -> _),
+        integrity,
+    );
+    let text = match args.format {
+        ReportFormat::Table => report::table(&answer),
+        ReportFormat::Csv => report::csv(&answer)?,
+        ReportFormat::Json => format!("{}\n", serde_json::to_string_pretty(&answer)?),
+        ReportFormat::Html => report::html(&answer),
+    };
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Judges recorded accesses again under a corrected configuration (its ownership backends and
+/// privileged users), as the live judge would have.
+struct Rejudge {
+    judge: monitor_core::judge::Judge,
+    resolver: std::cell::RefCell<crate::ownership::resolver::Resolver>,
+}
+
+impl Rejudge {
+    fn new(path: &Path) -> anyhow::Result<Self> {
+        let cfg = crate::config::Config::load(path)?;
+        let mut resolver = crate::ownership::resolver::Resolver::from_config(&cfg)?;
+        resolver.start(std::time::Duration::from_secs(5))?;
+        Ok(Self {
+            judge: cfg.judge(),
+            resolver: std::cell::RefCell::new(resolver),
+        })
+    }
+
+    fn judge(&self, a: &monitor_core::trail::record::AccessRecord) -> (String, Option<String>) {
+        use monitor_core::{
+            correlate::{Access, RequestInfo},
+            identity::{Identity, IdentitySource},
+        };
+        let request = a.request.as_ref().map(|q| RequestInfo {
+            id: a.access_id,
+            method: q.method.clone(),
+            target: q.target.clone(),
+            identity: a.user.as_ref().map(|u| Identity {
+                user: u.clone(),
+                source: a.identity_source.unwrap_or(IdentitySource::TrustedHeader),
+                roles: q
+                    .identity
+                    .as_ref()
+                    .map(|i| i.roles.clone())
+                    .unwrap_or_default(),
+            }),
+            identity_problem: None,
+            head_truncated: false,
+            status: None,
+            tid: 0,
+            fd: 0,
+            ts_ns: 0,
+            peer: None,
+            client: None,
+            session: None,
+        });
+        // Only what the judge reads: who, which document, and whether a request was in scope.
+        // An access recorded unattributed or unauthenticated stays so.
+        if request.is_none() || a.user.is_none() {
+            return (a.verdict.clone(), a.owner.clone());
+        }
+        let access = Access {
+            id: a.access_id,
+            pid: a.pid,
+            tid: 0,
+            comm: a.comm.as_str().into(),
+            document: a.document.clone(),
+            bytes: a.bytes,
+            first_ts_ns: 0,
+            last_ts_ns: 0,
+            evidence: Vec::new(),
+            unattributed: None,
+            request,
+        };
+        let ownership = self.resolver.borrow_mut().resolve(
+            &access.document,
+            std::time::Instant::now(),
+            &mut Vec::new(),
+        );
+        let j = self.judge.judge(&access, ownership);
+        (j.verdict.as_str().to_string(), j.owner)
+    }
+}

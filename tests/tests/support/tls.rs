@@ -1,0 +1,377 @@
+//! HTTPS portals that terminate TLS themselves, for the TLS tests: Debian's nginx with `ssl`
+//! and `http2` serving documents directly behind HTTP Basic, and a small Python application
+//! server (Debian's `python3`, its `ssl` module: OpenSSL 3) with a login form and session
+//! cookies. Certificates are made by the test with the `openssl` command. Clients: `curl`.
+//!
+//! Each server is this process's child, on a temporary directory of its own; dropping the guard
+//! stops it (SIGTERM, then SIGKILL) and reaps it.
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::{TempDir, free_port, require_tool, scaled};
+
+/// Users nginx knows (`user:{PLAIN}password` in its htpasswd file); the Python portal takes
+/// `<user>-pw` as every user's password.
+pub const USERS: [&str; 3] = ["alice", "bob", "carol"];
+
+/// What every document says (plus its owner and name): never to be found in a trace.
+pub const SECRET: &str = "confidential document of";
+
+/// A self-signed certificate and its key for `localhost`, made in `dir`.
+pub fn certificate(test: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let openssl = require_tool(test, "openssl")?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new(openssl)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((cert, key))
+}
+
+/// `users/<user>/notes.txt` for each of [`USERS`] under `dir`, readable by nginx's workers.
+pub fn documents(dir: &Path) -> PathBuf {
+    let users = dir.join("users");
+    for user in USERS {
+        let d = users.join(user);
+        std::fs::create_dir_all(&d).expect("creating documents");
+        // Long enough for a content fingerprint, and different for each owner.
+        let text = format!("{SECRET} {user}: {}\n", format!("{user} ").repeat(40));
+        std::fs::write(d.join("notes.txt"), text).expect("writing a document");
+    }
+    let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(dir).status();
+    users
+}
+
+/// A child process stopped on drop.
+pub struct Server {
+    /// `None` until started (see [`nginx_setup`]).
+    child: Option<Child>,
+    /// How to start it, for a server set up before it runs.
+    command: Option<Command>,
+    pub dir: TempDir,
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    log: PathBuf,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server started").id()
+    }
+
+    /// Starts a server that was only set up; returns once it accepts connections.
+    pub fn start(&mut self, what: &str) {
+        let mut command = self.command.take().expect("a server set up, not started");
+        self.child = Some(command.spawn().expect("starting the server"));
+        self.wait_listening(what);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the server accepts connections.
+    fn wait_listening(&mut self, what: &str) {
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("{what} exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                start.elapsed() < scaled(Duration::from_secs(10)),
+                "{what} did not listen in time:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The documents' directory of the server's tree.
+    pub fn users(&self) -> PathBuf {
+        self.dir.path().join("users")
+    }
+
+    pub fn doc(&self, owner: &str) -> String {
+        self.users()
+            .join(owner)
+            .join("notes.txt")
+            .display()
+            .to_string()
+    }
+
+    /// Vigie's config for this tree: `targets` is a TOML `[targets]` body; `extra` follows.
+    pub fn config(&self, targets: &str, sources: &str, extra: &str) -> String {
+        let u = self.users().display().to_string();
+        format!(
+            "[targets]\n{targets}\n[documents]\nroots = [\"{u}\"]\nowner_templates = [\"{u}/{{owner}}/**\"]\n[identity]\nsources = [{sources}]\n{extra}"
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let Some(child) = &mut self.child else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: signalling our own child (not reaped yet: we hold it).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// nginx with `listen ... ssl http2` (nginx 1.22's form of `http2 on`), one worker, documents
+/// under `/users/` behind `auth_basic`, running. `None` after a loud SKIPPED line without nginx.
+pub fn nginx(test: &str) -> Option<Server> {
+    let mut server = nginx_setup(test)?;
+    server.start("nginx");
+    Some(server)
+}
+
+/// [`nginx`], set up (tree, certificate, config) but not started.
+pub fn nginx_setup(test: &str) -> Option<Server> {
+    let bin = require_tool(test, "nginx").or_else(|| {
+        Path::new("/usr/sbin/nginx")
+            .exists()
+            .then(|| PathBuf::from("/usr/sbin/nginx"))
+    })?;
+    let dir = TempDir::new(&format!("{test}-nginx"));
+    let (cert, key) = certificate(test, dir.path())?;
+    documents(dir.path());
+    let d = dir.path().display().to_string();
+    let port = free_port();
+    let conf = format!(
+        "user nobody nogroup;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log info;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n\
+           access_log {d}/access.log;\n\
+           client_body_temp_path {d}/tmp-body;\n\
+           proxy_temp_path {d}/tmp-proxy;\n\
+           fastcgi_temp_path {d}/tmp-fastcgi;\n\
+           uwsgi_temp_path {d}/tmp-uwsgi;\n\
+           scgi_temp_path {d}/tmp-scgi;\n\
+           server {{\n\
+             listen 127.0.0.1:{port} ssl http2;\n\
+             ssl_certificate {};\n\
+             ssl_certificate_key {};\n\
+             root {d};\n\
+             location /users/ {{\n\
+               auth_basic \"portal\";\n\
+               auth_basic_user_file {d}/htpasswd;\n\
+             }}\n\
+           }}\n\
+         }}\n",
+        cert.display(),
+        key.display()
+    );
+    let htpasswd: String = USERS
+        .iter()
+        .map(|u| format!("{u}:{{PLAIN}}{u}-pw\n"))
+        .collect();
+    std::fs::write(dir.path().join("nginx.conf"), conf).expect("writing nginx.conf");
+    std::fs::write(dir.path().join("htpasswd"), htpasswd).expect("writing htpasswd");
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir.path())
+        .status();
+    let log = dir.path().join("error.log");
+    let mut command = Command::new(&bin);
+    command
+        .args(["-p", &format!("{d}/"), "-c", &format!("{d}/nginx.conf")])
+        .args(["-e", &format!("{d}/error.log")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Some(Server {
+        child: None,
+        command: Some(command),
+        dir,
+        addr: format!("127.0.0.1:{port}"),
+        log,
+    })
+}
+
+/// The Python portal: `POST /login` (form `user`, `password` = `<user>-pw`) sets a `session`
+/// cookie; `GET /docs/<owner>/notes.txt` serves the document to any logged-in user (the
+/// portal's bug Vigie is there to see). One thread per connection. It loads `ssl` (and so
+/// OpenSSL) only once `gate` exists, so a test can make it load libssl after Vigie started.
+const PY_PORTAL: &str = r#"
+import os, secrets, socketserver, sys, threading, time
+port, root, cert, key, gate = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+while not os.path.exists(gate):
+    time.sleep(0.02)
+import ssl
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+sessions = {}
+lock = threading.Lock()
+
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        while True:
+            line = self.rfile.readline(8192)
+            if not line:
+                return
+            method, target, _ = line.decode().split(" ", 2)
+            headers = {}
+            while True:
+                h = self.rfile.readline(8192).decode()
+                if h in ("\r\n", "\n", ""):
+                    break
+                k, v = h.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+            body = self.rfile.read(int(headers.get("content-length", "0")))
+            if method == "POST" and target == "/login":
+                form = dict(p.split("=", 1) for p in body.decode().split("&") if "=" in p)
+                user = form.get("user", "")
+                if form.get("password") != user + "-pw":
+                    self.reply(403, b"no\n")
+                    continue
+                sid = secrets.token_hex(16)
+                with lock:
+                    sessions[sid] = user
+                self.reply(303, b"", [("Set-Cookie", "session=%s; HttpOnly" % sid), ("Location", "/")])
+                continue
+            cookies = dict(c.strip().split("=", 1) for c in headers.get("cookie", "").split(";") if "=" in c)
+            with lock:
+                user = sessions.get(cookies.get("session", ""))
+            parts = target.split("/")
+            if user is None or len(parts) != 4 or parts[1] != "docs":
+                self.reply(401 if user is None else 404, b"no\n")
+                continue
+            with open(os.path.join(root, parts[2], parts[3]), "rb") as f:
+                data = f.read()
+            self.reply(200, data)
+
+    def reply(self, status, data, extra=()):
+        head = "HTTP/1.1 %d X\r\nContent-Length: %d\r\n" % (status, len(data))
+        head += "".join("%s: %s\r\n" % kv for kv in extra)
+        self.wfile.write(head.encode() + b"\r\n" + data)
+        self.wfile.flush()
+
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    def get_request(self):
+        conn, addr = self.socket.accept()
+        return ctx.wrap_socket(conn, server_side=True), addr
+
+print("listening", flush=True)
+Server(("127.0.0.1", port), Handler).serve_forever()
+"#;
+
+/// The Python portal (Debian's `/usr/bin/python3`), waiting for its gate file before it loads
+/// `ssl` and listens: call [`open_gate`] to let it. `None` after a loud SKIPPED line without
+/// python3 or openssl.
+pub fn python_portal(test: &str) -> Option<(Server, PathBuf)> {
+    let python = Path::new("/usr/bin/python3");
+    if !python.exists() {
+        require_tool(test, "python3-from-debian")?;
+    }
+    let dir = TempDir::new(&format!("{test}-py"));
+    let (cert, key) = certificate(test, dir.path())?;
+    let users = documents(dir.path());
+    let script = dir.path().join("portal.py");
+    std::fs::write(&script, PY_PORTAL).expect("writing the portal");
+    let gate = dir.path().join("gate");
+    let log = dir.path().join("portal.log");
+    let port = free_port();
+    let child = Command::new(python)
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(&users)
+        .arg(&cert)
+        .arg(&key)
+        .arg(&gate)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("portal log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the Python portal");
+    Some((
+        Server {
+            child: Some(child),
+            command: None,
+            dir,
+            addr: format!("127.0.0.1:{port}"),
+            log,
+        },
+        gate,
+    ))
+}
+
+/// Lets the Python portal load `ssl` and listen; returns once it accepts connections.
+pub fn open_gate(server: &mut Server, gate: &Path) {
+    std::fs::write(gate, "").expect("opening the gate");
+    server.wait_listening("the Python portal");
+}
+
+/// Runs curl (`-sk`, options `opts`) on `urls`; the URLs of one call share a connection
+/// (HTTP/1.1 keep-alive, or HTTP/2 streams). Returns each URL's status.
+pub fn curl(test: &str, opts: &[&str], urls: &[String]) -> Option<Vec<u16>> {
+    let bin = require_tool(test, "curl")?;
+    let mut command = Command::new(bin);
+    command.args(["-sk", "-w", "%{http_code}\\n"]).args(opts);
+    for url in urls {
+        command.args(["-o", "/dev/null", url]);
+    }
+    let out = command.stdin(Stdio::null()).output().expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(
+        text.lines()
+            .map(|l| l.trim().parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// The `session=...` cookie the Python portal set at a login of `user` over TLS.
+pub fn login(test: &str, addr: &str, user: &str) -> Option<String> {
+    let bin = require_tool(test, "curl")?;
+    let out = Command::new(bin)
+        .args(["-sk", "-o", "/dev/null", "-D", "-", "--data"])
+        .arg(format!("user={user}&password={user}-pw"))
+        .arg(format!("https://{addr}/login"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("running curl");
+    let head = String::from_utf8_lossy(&out.stdout);
+    let cookie = BufReader::new(head.as_bytes())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("Set-Cookie: ")
+                .and_then(|c| c.split(';').next().map(str::to_owned))
+        });
+    Some(cookie.unwrap_or_else(|| panic!("no session cookie in {head}")))
+}
