@@ -212,6 +212,21 @@ def main():
     write("redact", "basic-split", b"\x19" + HEADS["basic"])
     write("redact", "bearer-split", b"\x30" + HEADS["bearer-signed"])
     write("identity", "signed-no-clock", b"\x00" + HEADS["bearer-signed"])
+    # Request streams (seed for the cut points, then the bytes): pipelined, bodies, chunked.
+    pipelined = b"".join(HEADS[k] for k in ("basic", "trusted", "plain"))
+    body = head(["Host: portal"]).replace(b"GET", b"POST", 1)
+    STREAMS = {
+        "pipelined": pipelined,
+        "body-with-request": body[:-2] + b"Content-Length: %d\r\n\r\n" % len(HEADS["basic"])
+        + HEADS["basic"] + HEADS["trusted"],
+        "chunked": body[:-2] + b"Transfer-Encoding: chunked\r\n\r\n5;x=y\r\nGET /\r\n1a\r\n"
+        + HEADS["plain"][:26] + b"\r\n0\r\nTrailer: t\r\n\r\n" + HEADS["trusted"],
+        "close-mid-pipeline": HEADS["plain"] + HEADS["basic"],
+        "leading-empty-lines": b"\r\n\n\r\n" + HEADS["basic"],
+    }
+    for name, data in STREAMS.items():
+        for i, seed in enumerate((1, 7, 300)):
+            write("http_stream", f"{name}-{i}", struct.pack("<H", seed) + data)
     for name, data in FCGI.items():
         # Seed, split point (the response starts where the requests end), then the stream.
         split = data.find(b"\x01\x06") if b"\x01\x06" in data else len(data)

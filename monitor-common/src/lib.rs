@@ -222,7 +222,8 @@ pub mod globals {
     pub const TP_MMAP_LEN: &str = "TP_MMAP_LEN";
     pub const TP_MMAP_PROT: &str = "TP_MMAP_PROT";
     pub const TP_MMAP_FD: &str = "TP_MMAP_FD";
-    /// Bytes of each socket read captured (at most [`crate::sockets::DATA_CAP`]).
+    /// Bytes of each socket read captured (at most [`crate::sockets::MAX_CAPTURE`], in records
+    /// of [`crate::sockets::DATA_CAP`]).
     pub const REQUEST_CAPTURE: &str = "REQUEST_CAPTURE";
     /// Bytes of each socket write captured (at most [`crate::sockets::DATA_CAP`]).
     pub const RESPONSE_CAPTURE: &str = "RESPONSE_CAPTURE";

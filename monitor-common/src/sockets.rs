@@ -5,6 +5,17 @@ use crate::Header;
 /// `REQUEST_CAPTURE`/`RESPONSE_CAPTURE` globals.
 pub const DATA_CAP: usize = 4096;
 
+/// Most records one transfer's capture is cut into: a read larger than [`DATA_CAP`] (a request
+/// head a server reads 8 or 16 KiB at a time) is captured in consecutive records of one
+/// thread, each naming its offset in [`DataEvent::chunk`].
+pub const MAX_CHUNKS: usize = 16;
+
+/// Most bytes captured of one transfer.
+pub const MAX_CAPTURE: usize = DATA_CAP * MAX_CHUNKS;
+
+/// Set in [`DataEvent::chunk`] when another record of the same transfer follows.
+pub const CHUNK_MORE: u32 = 1 << 31;
+
 /// `kind::SOCK_READ` / `kind::SOCK_WRITE`: `ret` bytes moved on socket `fd`; the first `captured`
 /// of them follow. The record is variable-length on the ring buffer: only
 /// `DATA_HEADER_LEN + captured` bytes are written.
@@ -17,7 +28,9 @@ pub struct DataEvent {
     pub op: u32,
     pub ret: i64,
     pub captured: u32,
-    pub _pad: u32,
+    /// Offset of `data` in the transfer's capture, with [`CHUNK_MORE`] when another record of
+    /// this transfer follows (from the same thread, next).
+    pub chunk: u32,
     pub data: [u8; DATA_CAP],
 }
 

@@ -35,13 +35,19 @@
 //! Each connection speaks HTTP or FastCGI, decided from its first bytes
 //! ([`crate::fastcgi::Protocol`]); FastCGI requests are handled in [`fastcgi`] and become
 //! requests through the same path as HTTP heads.
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+};
 
 use serde::Serialize;
 
 use crate::{
     events::{Event, EventKind, FoundFd},
-    http::{self, HeadParse},
+    http::{
+        self,
+        stream::{Desync, Item, RequestStream},
+    },
     identity::{
         self, Identity, IdentityConfig, IdentityProblem, IdentitySource,
         session::{self, Sessions},
@@ -62,8 +68,8 @@ use trust::{Distrust, ScopeTrust};
 pub struct CorrelatorConfig {
     pub roots: Vec<String>,
     pub identity: IdentityConfig,
-    /// Largest request head kept per connection (the kernel captures at most this per read).
-    pub request_cap: usize,
+    /// Longest request head reassembled per connection (`capture.max_head_bytes`).
+    pub max_head: usize,
     pub idle_flush_ns: u64,
     /// `CLOCK_REALTIME - CLOCK_MONOTONIC` of the run that produced the events (the alert
     /// sink's `WallClock`): gives each request its wall time, for token expiry, from the event
@@ -149,6 +155,10 @@ pub struct Access {
     /// Strongest first; empty when unattributed.
     pub evidence: Vec<Evidence>,
     pub request: Option<RequestInfo>,
+    /// Unattributed because the connection this thread served could not be followed exactly:
+    /// why (the judge's rule; `None`: simply no request in scope).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unattributed: Option<Desync>,
 }
 
 /// What the correlator reports.
@@ -201,6 +211,11 @@ pub struct Stats {
     pub malformed_tokens: u64,
     /// Times a FastCGI stream was lost (a record header malformed or not captured).
     pub fastcgi_desyncs: u64,
+    /// Times a connection's stream could not be followed exactly, by reason (FastCGI's
+    /// included): reads on it were `unattributed` until the next request.
+    pub desyncs: BTreeMap<Desync, u64>,
+    /// Requests read behind another of their connection that had no response yet.
+    pub pipelined_requests: u64,
     /// Processes that lost thread scope (signs of M:N scheduling, see [`trust`]).
     pub distrusted_processes: u64,
     /// Response bodies whose fingerprint matched reads of more than one document: attributed
@@ -212,20 +227,17 @@ pub struct Stats {
 }
 
 #[derive(Debug, Default)]
-enum ConnState {
-    #[default]
-    AwaitHead,
-    /// Inside a request body of known length.
-    Body { remaining: u64 },
-    /// Lost track (garbage, chunked body, oversized head): wait for bytes that start a request.
-    Desync,
-}
-
-#[derive(Debug, Default)]
 struct Conn {
-    state: ConnState,
-    head: Vec<u8>,
-    current: Option<u64>,
+    /// The HTTP request stream (created at the first read: joined connections start lost).
+    stream: Option<RequestStream>,
+    /// Requests not answered yet, oldest first: HTTP/1.1 answers them in order, so the front
+    /// is the one being answered (each response, its `sendfile` and writes are its).
+    queue: VecDeque<u64>,
+    /// Bytes of the front request's response still to be written, when its head said
+    /// (`Content-Length`, or no body); `None` while unknown.
+    response_left: Option<u64>,
+    /// The stream was lost: why (until its next request).
+    desync: Option<Desync>,
     protocol: crate::fastcgi::Protocol,
     /// FastCGI requests of this connection, once it spoke FastCGI.
     fastcgi: Option<Box<fastcgi::FastCgiConn>>,
@@ -234,13 +246,20 @@ struct Conn {
 }
 
 impl Conn {
-    /// Accepted under our eyes: the first bytes decide the protocol.
-    fn accepted(peer: Option<crate::client::Endpoint>) -> Self {
+    /// Accepted under our eyes: the first bytes decide the protocol, and the first request
+    /// starts at the first byte.
+    fn accepted(max_head: usize, peer: Option<crate::client::Endpoint>) -> Self {
         Self {
             protocol: crate::fastcgi::Protocol::Fresh,
+            stream: Some(RequestStream::new(max_head)),
             peer,
             ..Self::default()
         }
+    }
+
+    /// The request being answered.
+    fn current(&self) -> Option<u64> {
+        self.queue.front().copied()
     }
 }
 
@@ -333,6 +352,9 @@ pub struct Correlator {
     /// Threads that read from sockets (actor -> pid): connection threads, whose reads with no
     /// request in scope go to their own connections only, never by content to another thread's.
     socket_threads: IdMap<Actor, u32>,
+    /// Threads (or goroutines) whose connection was lost (actor -> (pid, why)), until they
+    /// read a request: the reason their reads are unattributed.
+    lost_threads: IdMap<Actor, (u32, Desync)>,
     /// Go targets whose events carry goroutine ids: an event of theirs without one scopes
     /// nothing (its thread may be serving any goroutine).
     goroutine_pids: IdMap<u32, ()>,
@@ -367,6 +389,7 @@ impl Correlator {
             threads: IdMap::default(),
             multiplexed: IdMap::default(),
             socket_threads: IdMap::default(),
+            lost_threads: IdMap::default(),
             goroutine_pids: IdMap::default(),
             docs: IdMap::default(),
             requests: IdMap::default(),
@@ -503,7 +526,7 @@ impl Correlator {
                 bytes,
             } => {
                 if let Some(path) = self.docs.get(&(pid, *in_fd)).cloned() {
-                    let on_conn = self.conns.get(&(pid, *out_fd)).and_then(|c| c.current);
+                    let on_conn = self.conns.get(&(pid, *out_fd)).and_then(Conn::current);
                     let (scope, evidence) = match on_conn {
                         Some(req) => (Some(req), Some(Evidence::Sendfile)),
                         None => {
@@ -515,6 +538,7 @@ impl Correlator {
                     };
                     self.record_access(ev, actor, *in_fd, path, *bytes, None, scope, evidence);
                 }
+                self.response_bytes(pid, *out_fd, *bytes, out);
             }
             EventKind::FileClose { fd } => {
                 self.docs.remove(&(pid, *fd));
@@ -564,7 +588,8 @@ impl Correlator {
             }
             EventKind::SockAccept { fd, peer } => {
                 self.drop_conn(pid, *fd, out);
-                self.conns.insert((pid, *fd), Conn::accepted(*peer));
+                self.conns
+                    .insert((pid, *fd), Conn::accepted(self.cfg.max_head, *peer));
             }
             EventKind::SockRead { fd, bytes, data } => {
                 if actor.scopes() {
@@ -585,7 +610,7 @@ impl Correlator {
                 {
                     self.on_fastcgi_write(ev, *fd, *bytes, &data.0, out);
                 } else {
-                    self.on_sock_write(ev, actor, *fd, &data.0, *body_fp, out);
+                    self.on_sock_write(ev, actor, *fd, *bytes, &data.0, *body_fp, out);
                 }
             }
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
@@ -609,6 +634,10 @@ impl Correlator {
                 // reads to a stale request, forget every scope (reads become unattributed).
                 // In request order, not the maps' (random) order: replay must emit the same
                 // findings in the same order.
+                for (tid, (p, _)) in self.threads.iter() {
+                    self.lost_threads.insert(*tid, (*p, Desync::EventsLost));
+                }
+                *self.stats.desyncs.entry(Desync::EventsLost).or_default() += 1;
                 let mut scoped: Vec<u64> = self.threads.drain().map(|(_, (_, req))| req).collect();
                 scoped.sort_unstable();
                 for req in scoped {
@@ -617,7 +646,14 @@ impl Correlator {
                 let mut current: Vec<u64> = self
                     .conns
                     .values_mut()
-                    .filter_map(|c| c.current.take())
+                    .flat_map(|c| {
+                        c.response_left = None;
+                        if let Some(stream) = c.stream.as_mut() {
+                            stream.lose();
+                            c.desync = Some(Desync::EventsLost);
+                        }
+                        std::mem::take(&mut c.queue)
+                    })
                     .collect();
                 current.sort_unstable();
                 for req in current {
@@ -733,6 +769,14 @@ impl Correlator {
         }
     }
 
+    /// Why a read by `actor` has no request in scope, when Vigie knows.
+    fn unattributed_reason(&self, pid: u32, actor: Actor) -> Option<Desync> {
+        match self.lost_threads.get(&actor) {
+            Some(&(p, why)) if p == pid => Some(why),
+            _ => None,
+        }
+    }
+
     fn thread_scope(&self, pid: u32, actor: Actor) -> Option<u64> {
         match self.threads.get(&actor) {
             Some(&(p, req)) if p == pid => Some(req),
@@ -792,6 +836,10 @@ impl Correlator {
                 Owner::File(ev.pid, fd)
             }
         };
+        let unattributed = match owner {
+            Owner::Thread(actor) => self.unattributed_reason(ev.pid, actor),
+            Owner::Request(_) | Owner::File(..) => None,
+        };
         if let Some(id) = self.indexed(&owner, &path)
             && let Some(open) = self.open.get_mut(&id)
         {
@@ -824,6 +872,7 @@ impl Correlator {
             last_ts_ns: ev.ts_ns,
             evidence: evidence.into_iter().collect(),
             request: None,
+            unattributed,
         };
         self.open.insert(
             id,
@@ -854,117 +903,86 @@ impl Correlator {
         if conn.protocol.observe(data) == crate::fastcgi::Protocol::FastCgi {
             return self.on_fastcgi_read(ev, fd, bytes, data, out);
         }
-        let mut data = data;
-        // Bytes of this read still to account for, captured or not.
-        let mut total = bytes.max(data.len() as u64);
-        let cap = self.cfg.request_cap;
-        while total > 0 {
-            let conn = self.conns.entry(key).or_default();
-            match conn.state {
-                ConnState::Body { remaining } => {
-                    let take = remaining.min(total);
-                    let captured =
-                        &data[..usize::try_from(take).unwrap_or(usize::MAX).min(data.len())];
-                    if let Some(body) = conn
-                        .current
+        let max_head = self.cfg.max_head;
+        let mut stream = conn
+            .stream
+            .take()
+            .unwrap_or_else(|| RequestStream::joined(max_head));
+        let mut items = Vec::new();
+        stream.feed(data, bytes.max(data.len() as u64), &mut items);
+        for item in items {
+            match item {
+                Item::Head(head) => {
+                    // Behind a request that has no response yet: HTTP/1.1 answers in order, so
+                    // this one waits its turn (pipelining).
+                    let pipelined = self.conns.get(&key).is_some_and(|c| {
+                        c.queue
+                            .iter()
+                            .any(|r| self.requests.get(r).is_some_and(|r| !r.responded))
+                    });
+                    self.new_request(ev, actor, fd, &head, false, pipelined, out);
+                }
+                Item::Body(body) => {
+                    // The body of the request just read: the last one queued.
+                    let last = self.conns.get(&key).and_then(|c| c.queue.back().copied());
+                    if let Some(login) = last
                         .and_then(|req| self.requests.get_mut(&req))
                         .and_then(|r| r.login.as_mut())
                     {
-                        let room = LOGIN_BODY_CAP.saturating_sub(body.len());
-                        body.extend_from_slice(&captured[..room.min(captured.len())]);
+                        let room = LOGIN_BODY_CAP.saturating_sub(login.len());
+                        login.extend_from_slice(&body[..room.min(body.len())]);
                     }
-                    conn.state = if remaining == take {
-                        ConnState::AwaitHead
-                    } else {
-                        ConnState::Body {
-                            remaining: remaining - take,
-                        }
-                    };
-                    data = data
-                        .get(usize::try_from(take).unwrap_or(usize::MAX)..)
-                        .unwrap_or(&[]);
-                    total -= take;
                 }
-                ConnState::Desync => {
-                    if data.is_empty() || !http::looks_like_request_start(data) {
-                        return;
+                Item::Desync(why) => {
+                    match why {
+                        Desync::InvalidHead => self.stats.invalid_heads += 1,
+                        Desync::HeadTooLarge => self.stats.truncated_heads += 1,
+                        _ => {}
                     }
-                    conn.state = ConnState::AwaitHead;
-                    conn.head.clear();
-                }
-                ConnState::AwaitHead => {
-                    if data.is_empty() {
-                        // The rest of this read was not captured: the head is out of sight.
-                        if !conn.head.is_empty() {
-                            self.head_truncated(ev, actor, fd, out);
-                        }
-                        return;
-                    }
-                    let before = conn.head.len();
-                    let room = cap.saturating_sub(before);
-                    let take = room.min(data.len());
-                    conn.head.extend_from_slice(&data[..take]);
-                    match http::parse_request_head(&conn.head) {
-                        HeadParse::Complete(head) => {
-                            let used = head.head_len.saturating_sub(before).min(data.len());
-                            conn.head.clear();
-                            conn.state = match (head.chunked, head.content_length) {
-                                (true, _) => ConnState::Desync,
-                                (false, Some(n)) if n > 0 => ConnState::Body { remaining: n },
-                                _ => ConnState::AwaitHead,
-                            };
-                            self.new_request(ev, actor, fd, &head, false, out);
-                            data = &data[used..];
-                            total = total.saturating_sub(used as u64);
-                        }
-                        HeadParse::Partial => {
-                            let unseen = total > data.len() as u64;
-                            if conn.head.len() >= cap || unseen {
-                                self.head_truncated(ev, actor, fd, out);
-                            }
-                            return;
-                        }
-                        HeadParse::Invalid(_) => {
-                            self.stats.invalid_heads += 1;
-                            conn.head.clear();
-                            conn.state = ConnState::Desync;
-                            // Whatever the peer sent, the previous request is over.
-                            self.end_scope(ev.pid, actor, fd, out);
-                            return;
-                        }
-                    }
+                    self.desync(ev, actor, fd, why);
+                    self.end_answered(ev, actor, fd, out);
                 }
             }
         }
-    }
-
-    /// A head that does not fit the capture: the request line is kept, the rest is unseen.
-    fn head_truncated(&mut self, ev: &Event, actor: Actor, fd: i32, out: &mut Vec<Finding>) {
-        self.stats.truncated_heads += 1;
-        let conn = self.conns.entry((ev.pid, fd)).or_default();
-        let line = http::request_line(&conn.head);
-        conn.head.clear();
-        conn.state = ConnState::Desync;
-        match line {
-            Some((method, target)) => {
-                let head = http::RequestHead {
-                    method,
-                    target,
-                    minor_version: 1,
-                    headers: Vec::new(),
-                    head_len: 0,
-                    content_length: None,
-                    chunked: false,
-                    keep_alive: true,
-                };
-                self.new_request(ev, actor, fd, &head, true, out);
-            }
-            None => self.end_scope(ev.pid, actor, fd, out),
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.stream = Some(stream);
         }
     }
 
-    /// A new request read on `fd` by `ev`'s thread: it becomes the current request of both.
-    /// Returns its id.
+    /// Connection `fd` (read by `ev`'s thread) can no longer be followed exactly. Requests
+    /// already read whole and not answered stay queued (the server answers them); reads with
+    /// no request in scope on the thread are `unattributed` with `why`, until its next request.
+    fn desync(&mut self, ev: &Event, actor: Actor, fd: i32, why: Desync) {
+        *self.stats.desyncs.entry(why).or_default() += 1;
+        if let Some(conn) = self.conns.get_mut(&(ev.pid, fd)) {
+            conn.desync = Some(why);
+        }
+        if actor.scopes() {
+            self.lost_threads.insert(actor, (ev.pid, why));
+        }
+    }
+
+    /// After a desync: when no request of connection `fd` is left unanswered, the thread and
+    /// the connection have no request any more (whatever the peer sent, the previous request
+    /// is over).
+    fn end_answered(&mut self, ev: &Event, actor: Actor, fd: i32, out: &mut Vec<Finding>) {
+        let unanswered = self.conns.get(&(ev.pid, fd)).is_some_and(|c| {
+            c.queue
+                .iter()
+                .any(|r| self.requests.get(r).is_some_and(|r| !r.responded))
+        });
+        if !unanswered {
+            self.end_scope(ev.pid, actor, fd, out);
+        }
+    }
+
+    /// A new request read on `fd` by `ev`'s thread: it becomes the current request of both,
+    /// or, `pipelined` behind requests of the connection not answered yet, it waits in the
+    /// connection's queue for their responses. Returns its id.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "what the HTTP and FastCGI paths each know of a new request"
+    )]
     fn new_request(
         &mut self,
         ev: &Event,
@@ -972,6 +990,7 @@ impl Correlator {
         fd: i32,
         head: &http::RequestHead,
         truncated: bool,
+        pipelined: bool,
         out: &mut Vec<Finding>,
     ) -> u64 {
         self.stats.requests += 1;
@@ -1024,22 +1043,9 @@ impl Correlator {
         }
         let id = self.next_request;
         self.next_request += 1;
-        // Its previous request, on another connection, still waits for its response: this
-        // thread serves several requests at once.
-        if let Some(&(p, prev)) = self.threads.get(&actor)
-            && p == ev.pid
-            && let Some(r) = self.requests.get(&prev)
-            && r.info.fd != fd
-            && r.on_conn
-            && !r.responded
-        {
-            self.multiplexed.insert(actor, ev.pid);
-            self.lose_trust(ev.pid, Distrust::Interleaved);
+        if let Some(conn) = self.conns.get_mut(&(ev.pid, fd)) {
+            conn.desync = None;
         }
-        if trust::is_virtual_thread_carrier(&ev.comm) {
-            self.lose_trust(ev.pid, Distrust::VirtualThreads);
-        }
-        self.end_scope(ev.pid, actor, fd, out);
         let peer = self.conns.get(&(ev.pid, fd)).and_then(|c| c.peer);
         let client = crate::client::client_of(peer.as_ref(), head, &self.cfg.proxies);
         let session = who
@@ -1061,6 +1067,54 @@ impl Correlator {
             client,
             session,
         };
+        if pipelined {
+            self.stats.pipelined_requests += 1;
+            self.requests.insert(
+                id,
+                Request {
+                    info,
+                    pid: ev.pid,
+                    on_conn: true,
+                    // In scope of a thread once the requests before it are answered.
+                    on_thread: false,
+                    actor,
+                    responded: false,
+                    body_length: None,
+                    login,
+                    session_id,
+                    reported: Vec::new(),
+                },
+            );
+            self.conns
+                .entry((ev.pid, fd))
+                .or_default()
+                .queue
+                .push_back(id);
+            return id;
+        }
+        if self
+            .lost_threads
+            .get(&actor)
+            .is_some_and(|(p, _)| *p == ev.pid)
+        {
+            self.lost_threads.remove(&actor);
+        }
+        // Its previous request, on another connection, still waits for its response: this
+        // thread serves several requests at once.
+        if let Some(&(p, prev)) = self.threads.get(&actor)
+            && p == ev.pid
+            && let Some(r) = self.requests.get(&prev)
+            && r.info.fd != fd
+            && r.on_conn
+            && !r.responded
+        {
+            self.multiplexed.insert(actor, ev.pid);
+            self.lose_trust(ev.pid, Distrust::Interleaved);
+        }
+        if trust::is_virtual_thread_carrier(&ev.comm) {
+            self.lose_trust(ev.pid, Distrust::VirtualThreads);
+        }
+        self.end_scope(ev.pid, actor, fd, out);
         self.requests.insert(
             id,
             Request {
@@ -1076,7 +1130,9 @@ impl Correlator {
                 reported: Vec::new(),
             },
         );
-        self.conns.entry((ev.pid, fd)).or_default().current = Some(id);
+        let conn = self.conns.entry((ev.pid, fd)).or_default();
+        conn.queue.push_back(id);
+        conn.response_left = None;
         if actor.scopes() {
             self.threads.insert(actor, (ev.pid, id));
         }
@@ -1090,11 +1146,12 @@ impl Correlator {
 
     /// The thread and the connection move on: their current requests end.
     fn end_scope(&mut self, pid: u32, actor: Actor, fd: i32, out: &mut Vec<Finding>) {
-        if let Some(req) = self
+        let queued = self
             .conns
             .get_mut(&(pid, fd))
-            .and_then(|c| c.current.take())
-        {
+            .map(|c| std::mem::take(&mut c.queue))
+            .unwrap_or_default();
+        for req in queued {
             self.release(req, Release::Conn, out);
         }
         if let Some(&(p, req)) = self.threads.get(&actor)
@@ -1105,18 +1162,40 @@ impl Correlator {
         }
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "an event's fields, as each caller has them unpacked"
+    )]
     fn on_sock_write(
         &mut self,
         ev: &Event,
         actor: Actor,
         fd: i32,
+        bytes: u64,
         data: &[u8],
         body_fp: Option<u64>,
         out: &mut Vec<Finding>,
     ) {
-        let Some(req) = self.conns.get(&(ev.pid, fd)).and_then(|c| c.current) else {
+        let key = (ev.pid, fd);
+        let Some(mut req) = self.conns.get(&key).and_then(Conn::current) else {
             return;
         };
+        let status = http::response_status(data);
+        let interim = status.is_some_and(|s| s < 200);
+        // A second final status line while requests wait behind the one answered: its
+        // response is over and this is the next one's (its end was not known by length).
+        if status.is_some()
+            && !interim
+            && self.requests.get(&req).is_some_and(|r| r.responded)
+            && self.conns.get(&key).is_some_and(|c| c.queue.len() > 1)
+        {
+            self.answered(ev.pid, fd, out);
+            let Some(next) = self.conns.get(&key).and_then(Conn::current) else {
+                return;
+            };
+            req = next;
+        }
+        let mut body_left = None;
         // The response is written by another thread than the one that read the request.
         if self
             .requests
@@ -1126,10 +1205,13 @@ impl Correlator {
             self.lose_trust(ev.pid, Distrust::SplitRequest);
         }
         if let Some(r) = self.requests.get_mut(&req) {
-            let first = !r.responded;
-            r.responded = true;
-            if r.info.status.is_none() {
-                r.info.status = http::response_status(data);
+            let first = !r.responded && !interim;
+            if first {
+                r.responded = true;
+                body_left = response_length(data, &r.info.method, bytes);
+            }
+            if r.info.status.is_none() && !interim {
+                r.info.status = status;
             }
             if first {
                 r.body_length = http::response_header_values(data, "content-length")
@@ -1141,9 +1223,116 @@ impl Correlator {
             }
             if first {
                 self.finish_where(out, |a| a.closed && a.owner == Owner::Request(req));
+                if let Some(conn) = self.conns.get_mut(&key) {
+                    conn.response_left = body_left;
+                }
+                if body_left.is_none() && self.conns.get(&key).is_some_and(|c| c.queue.len() > 1) {
+                    // Where this response ends is unknown, so which response a later write,
+                    // `sendfile` or read serves is too: nothing more on this connection is
+                    // anybody's until it reads again.
+                    self.claim(ev, actor, req, body_fp);
+                    self.pipeline_lost(ev.pid, fd, out);
+                    return;
+                }
             }
         }
         self.claim(ev, actor, req, body_fp);
+        if body_left.is_none() {
+            self.response_bytes(ev.pid, fd, bytes, out);
+        } else if body_left == Some(0) {
+            self.response_done(ev.pid, fd, out);
+        }
+    }
+
+    /// Pipelined requests whose responses can no longer be told apart (a response of unknown
+    /// length with requests queued behind it): they all end, the connection and the threads
+    /// serving them have no request in scope (`pipeline_ambiguous`) until the next request.
+    fn pipeline_lost(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
+        *self
+            .stats
+            .desyncs
+            .entry(Desync::PipelineAmbiguous)
+            .or_default() += 1;
+        let Some(conn) = self.conns.get_mut(&(pid, fd)) else {
+            return;
+        };
+        conn.response_left = None;
+        conn.desync = Some(Desync::PipelineAmbiguous);
+        let queued = std::mem::take(&mut conn.queue);
+        let mut serving: Vec<(Actor, u64)> = self
+            .threads
+            .iter()
+            .filter(|(_, (p, r))| *p == pid && queued.contains(r))
+            .map(|(tid, (_, r))| (*tid, *r))
+            .collect();
+        serving.sort_unstable();
+        for (tid, req) in serving {
+            self.threads.remove(&tid);
+            self.lost_threads
+                .insert(tid, (pid, Desync::PipelineAmbiguous));
+            self.release(req, Release::Thread, out);
+        }
+        for req in queued {
+            self.release(req, Release::Conn, out);
+        }
+    }
+
+    /// `bytes` more of the current response went out on connection `fd`: when its length is
+    /// known and reached, it is answered.
+    fn response_bytes(&mut self, pid: u32, fd: i32, bytes: u64, out: &mut Vec<Finding>) {
+        let Some(conn) = self.conns.get_mut(&(pid, fd)) else {
+            return;
+        };
+        let Some(left) = conn.response_left.as_mut() else {
+            return;
+        };
+        *left = left.saturating_sub(bytes);
+        if *left == 0 {
+            self.response_done(pid, fd, out);
+        }
+    }
+
+    /// The current response on `fd` is complete. With requests queued behind it, the next one
+    /// is answered now (even its reads before its status line are its own); alone, it stays
+    /// current until the next request, as on any keep-alive connection.
+    fn response_done(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
+        if self
+            .conns
+            .get(&(pid, fd))
+            .is_some_and(|c| c.queue.len() > 1)
+        {
+            self.answered(pid, fd, out);
+        }
+    }
+
+    /// The front request of connection `fd` is answered: it leaves the queue, and the next one
+    /// takes its place, in the scope of the thread that served it.
+    fn answered(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
+        let Some(conn) = self.conns.get_mut(&(pid, fd)) else {
+            return;
+        };
+        conn.response_left = None;
+        let Some(done) = conn.queue.pop_front() else {
+            return;
+        };
+        let next = conn.current();
+        let serving = self
+            .threads
+            .iter()
+            .find(|(_, (p, r))| *p == pid && *r == done)
+            .map(|(tid, _)| *tid);
+        self.release(done, Release::Conn, out);
+        if let Some(tid) = serving {
+            self.threads.remove(&tid);
+            self.release(done, Release::Thread, out);
+            if let Some(next) = next
+                && let Some(r) = self.requests.get_mut(&next)
+            {
+                r.on_thread = true;
+                r.actor = tid;
+                self.threads.insert(tid, (pid, next));
+            }
+        }
     }
 
     /// Reads with no request in scope that a write of request `req`'s response (by `ev`'s
@@ -1275,23 +1464,24 @@ impl Correlator {
         }
         open.owner = owner.clone();
         open.access.evidence = evidence;
+        open.access.unattributed = None;
         self.index.entry(owner).or_default().push(id);
         self.open.insert(id, open);
     }
 
     fn drop_conn(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
-        if let Some(conn) = self.conns.remove(&(pid, fd))
-            && let Some(req) = conn.current
-        {
-            // A goroutine serves one connection and ends with it (no event says so): its scope
-            // ends here, or every connection's last request would be kept.
-            if let Some(actor @ Actor::Goroutine(..)) = self.requests.get(&req).map(|r| r.actor)
-                && self.threads.get(&actor) == Some(&(pid, req))
-            {
-                self.threads.remove(&actor);
-                self.release(req, Release::Thread, out);
+        if let Some(conn) = self.conns.remove(&(pid, fd)) {
+            for req in conn.queue {
+                // A goroutine serves one connection and ends with it (no event says so): its
+                // scope ends here, or every connection's last request would be kept.
+                if let Some(actor @ Actor::Goroutine(..)) = self.requests.get(&req).map(|r| r.actor)
+                    && self.threads.get(&actor) == Some(&(pid, req))
+                {
+                    self.threads.remove(&actor);
+                    self.release(req, Release::Thread, out);
+                }
+                self.release(req, Release::Conn, out);
             }
-            self.release(req, Release::Conn, out);
         }
     }
 
@@ -1401,6 +1591,22 @@ impl Correlator {
             out.push(Finding::Access(access));
         }
     }
+}
+
+/// Bytes of a response still to be written after its first write (`bytes` long, `head`
+/// captured), when its head says how long it is: `Content-Length`, or no body at all (`HEAD`,
+/// 204, 304). `None` when unknown (chunked, until close, or a head past the capture).
+fn response_length(head: &[u8], method: &str, bytes: u64) -> Option<u64> {
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i as u64 + 4)?;
+    let body = if method.eq_ignore_ascii_case("HEAD") {
+        0
+    } else {
+        http::response_body_length(head)?
+    };
+    Some((end + body).saturating_sub(bytes))
 }
 
 /// What the first write of `r`'s response says about sessions: a successful login binds the

@@ -5,7 +5,7 @@ use monitor_common::{
     files::{FdEvent, OpenEvent, PATH_CAP, path_source},
     header_flags, kind,
     process::ProcEvent,
-    sockets::{AcceptEvent, DATA_CAP, DATA_HEADER_LEN, DataEvent, family},
+    sockets::{AcceptEvent, CHUNK_MORE, DATA_CAP, DATA_HEADER_LEN, DataEvent, family},
 };
 
 use crate::{
@@ -48,6 +48,9 @@ fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
 pub struct Decoder {
     comms: IdMap<[u8; COMM_LEN], Comm>,
     spare: Vec<u8>,
+    /// Per thread: a socket read whose capture continues in the next records (reads larger
+    /// than one record, see `monitor_common::sockets::MAX_CHUNKS`).
+    pending: IdMap<u32, Event>,
 }
 
 /// Names kept interned at most: a process that keeps naming threads anew cannot grow the table
@@ -65,6 +68,80 @@ impl Decoder {
     /// Decodes one ring-buffer record.
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Event, DecodeError> {
         decode_with(bytes, self)
+    }
+
+    /// Decodes the next ring-buffer record into `out`: nothing while a read's capture goes on
+    /// in further records, then the read with its whole capture. A thread's record that is not
+    /// the expected continuation means the rest was lost (counted in the kernel): the read is
+    /// passed on with what arrived (its byte count tells that the rest was not seen), and a
+    /// stray continuation is dropped.
+    pub fn next(&mut self, bytes: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
+        let ev = self.decode(bytes)?;
+        let chunk = match &ev.kind {
+            EventKind::SockRead { .. } => {
+                let at = std::mem::offset_of!(DataEvent, chunk);
+                bytes
+                    .get(at..at + 4)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_ne_bytes)
+            }
+            _ => 0,
+        };
+        let offset = (chunk & !CHUNK_MORE) as usize;
+        let more = chunk & CHUNK_MORE != 0;
+        if offset > 0 {
+            let continues = self.pending.get(&ev.tid).is_some_and(|p| {
+                p.pid == ev.pid
+                    && matches!((&p.kind, &ev.kind),
+                        (EventKind::SockRead { fd: a, data, .. }, EventKind::SockRead { fd: b, .. })
+                            if a == b && data.0.len() == offset)
+            });
+            if !continues {
+                if let Some(p) = self.pending.remove(&ev.tid) {
+                    out.push(p);
+                }
+                return Ok(());
+            }
+            if let Some(mut p) = self.pending.remove(&ev.tid) {
+                if let (
+                    EventKind::SockRead { data, .. },
+                    EventKind::SockRead {
+                        data: more_data, ..
+                    },
+                ) = (&mut p.kind, &ev.kind)
+                {
+                    data.0.extend_from_slice(&more_data.0);
+                }
+                self.recycle(ev);
+                if more {
+                    self.pending.insert(p.tid, p);
+                } else {
+                    out.push(p);
+                }
+            }
+            return Ok(());
+        }
+        if let Some(p) = self.pending.remove(&ev.tid) {
+            out.push(p);
+        }
+        if more {
+            self.pending.insert(ev.tid, ev);
+        } else {
+            out.push(ev);
+        }
+        Ok(())
+    }
+
+    /// Passes on every read still waiting for the rest of its capture (events were lost, or
+    /// the run ends), in thread order.
+    pub fn flush(&mut self, out: &mut Vec<Event>) {
+        let mut tids: Vec<u32> = self.pending.keys().copied().collect();
+        tids.sort_unstable();
+        for tid in tids {
+            if let Some(p) = self.pending.remove(&tid) {
+                out.push(p);
+            }
+        }
     }
 
     /// Takes back a decoded event once it has been handled, to reuse its payload buffer.
@@ -358,7 +435,7 @@ mod tests {
             op: op::READ,
             ret: 300,
             captured: 5,
-            _pad: 0,
+            chunk: 0,
             data: [0; DATA_CAP],
         };
         ev.data[..5].copy_from_slice(b"GET /");
@@ -385,6 +462,72 @@ mod tests {
     }
 
     #[test]
+    fn a_read_captured_in_several_records_is_joined() {
+        let record = |tid: u32, text: &[u8], ret: usize, chunk: u32| {
+            let mut h = header(kind::SOCK_READ);
+            h.tid = tid;
+            let mut ev = DataEvent {
+                header: h,
+                fd: 4,
+                op: op::READ,
+                ret: ret as i64,
+                captured: text.len() as u32,
+                chunk,
+                data: [0; DATA_CAP],
+            };
+            ev.data[..text.len()].copy_from_slice(text);
+            bytes_of(&ev)[..DATA_HEADER_LEN + text.len()].to_vec()
+        };
+        let head = [b'a'; DATA_CAP * 2 + 100];
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let total = head.len();
+        d.next(&record(11, &head[..DATA_CAP], total, CHUNK_MORE), &mut out)
+            .unwrap();
+        // Another thread's record in between changes nothing.
+        d.next(&record(12, b"GET / HTTP/1.1\r\n", 16, 0), &mut out)
+            .unwrap();
+        d.next(
+            &record(
+                11,
+                &head[DATA_CAP..2 * DATA_CAP],
+                total,
+                DATA_CAP as u32 | CHUNK_MORE,
+            ),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 1);
+        d.next(
+            &record(11, &head[2 * DATA_CAP..], total, 2 * DATA_CAP as u32),
+            &mut out,
+        )
+        .unwrap();
+        let EventKind::SockRead { data, bytes, .. } = &out[1].kind else {
+            panic!("{out:?}");
+        };
+        assert_eq!((data.0.as_slice(), *bytes), (&head[..], total as u64));
+        // The rest lost: the thread's next record passes on what came, with its byte count.
+        out.clear();
+        d.next(&record(11, &head[..DATA_CAP], total, CHUNK_MORE), &mut out)
+            .unwrap();
+        d.next(&record(11, b"GET", 3, 0), &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        let EventKind::SockRead { data, bytes, .. } = &out[0].kind else {
+            panic!("{out:?}");
+        };
+        assert_eq!((data.0.len(), *bytes), (DATA_CAP, total as u64));
+        // A stray continuation is dropped; flush passes on what waits.
+        out.clear();
+        d.next(&record(13, b"xx", 9000, 4096), &mut out).unwrap();
+        assert!(out.is_empty());
+        d.next(&record(14, &head[..DATA_CAP], total, CHUNK_MORE), &mut out)
+            .unwrap();
+        d.flush(&mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
     fn a_decoder_shares_names_and_reuses_payload_buffers() {
         let mut d = Decoder::new();
         let data_event = |text: &[u8]| {
@@ -394,7 +537,7 @@ mod tests {
                 op: op::READ,
                 ret: text.len() as i64,
                 captured: text.len() as u32,
-                _pad: 0,
+                chunk: 0,
                 data: [0; DATA_CAP],
             };
             ev.data[..text.len()].copy_from_slice(text);

@@ -21,8 +21,10 @@ enum State {
     /// A request came in: the next write starts its response head (`seen` head bytes so far,
     /// the last of which are `tail`, for a blank line split across writes).
     Head { seen: usize, tail: [u8; 3] },
-    /// Inside a body; `started` once its first bytes went by (fingerprinted or not).
-    Body { started: bool },
+    /// Inside a body; `started` once its first bytes went by (fingerprinted or not); `left`:
+    /// its bytes still to come, when its head gave a `Content-Length` (after them, the next
+    /// write starts the next pipelined request's response).
+    Body { started: bool, left: Option<u64> },
     /// Writes that are not HTTP responses (another protocol): left alone.
     Other,
 }
@@ -71,13 +73,24 @@ impl Bodies {
         ));
         match *state {
             State::Other => None,
-            State::Body { started: true } => {
-                data.clear();
-                None
-            }
-            State::Body { started: false } => {
-                *state = State::Body { started: true };
-                let fp = body_fingerprint(data, whole);
+            State::Body { started, left } => {
+                let left = left.map(|n| n.saturating_sub(bytes));
+                *state = if left == Some(0) {
+                    State::Head {
+                        seen: 0,
+                        tail: [0; 3],
+                    }
+                } else {
+                    State::Body {
+                        started: true,
+                        left,
+                    }
+                };
+                let fp = if started {
+                    None
+                } else {
+                    body_fingerprint(data, whole)
+                };
                 data.clear();
                 fp
             }
@@ -86,7 +99,10 @@ impl Bodies {
                     if *http {
                         // A read came in while a body was still being written (a pipelined
                         // request): this is more of that body.
-                        *state = State::Body { started: true };
+                        *state = State::Body {
+                            started: true,
+                            left: None,
+                        };
                         data.clear();
                     } else {
                         *state = State::Other;
@@ -97,8 +113,23 @@ impl Bodies {
                     Some(end) => {
                         *http = true;
                         let body = &data[end..];
-                        *state = State::Body {
-                            started: !body.is_empty(),
+                        // The body's length, when this write holds the whole head.
+                        let left = if seen == 0 {
+                            crate::http::response_body_length(&data[..end])
+                                .map(|n| n.saturating_sub(bytes.saturating_sub(end as u64)))
+                        } else {
+                            None
+                        };
+                        *state = if left == Some(0) {
+                            State::Head {
+                                seen: 0,
+                                tail: [0; 3],
+                            }
+                        } else {
+                            State::Body {
+                                started: !body.is_empty(),
+                                left,
+                            }
                         };
                         let fp = if body.is_empty() {
                             None
@@ -120,6 +151,27 @@ impl Bodies {
                     }
                 }
             }
+        }
+    }
+
+    /// `bytes` of a body went out on connection `fd` by `sendfile`: counted like written ones,
+    /// so that the next response head of a pipeline is found where it starts.
+    pub fn sent(&mut self, pid: u32, fd: i32, bytes: u64) {
+        if let Some((state, _)) = self.conns.get_mut(&(pid, fd))
+            && let State::Body { left, .. } = *state
+        {
+            let left = left.map(|n| n.saturating_sub(bytes));
+            *state = if left == Some(0) {
+                State::Head {
+                    seen: 0,
+                    tail: [0; 3],
+                }
+            } else {
+                State::Body {
+                    started: true,
+                    left,
+                }
+            };
         }
     }
 

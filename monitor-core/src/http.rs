@@ -13,7 +13,12 @@
 use std::fmt;
 
 /// Most header fields parsed from one request head; more is treated as an attack or garbage.
-pub const MAX_HEADERS: usize = 100;
+/// nginx has no count limit (only its buffer sizes), so a head that fits
+/// [`stream::DEFAULT_MAX_HEAD`] may carry thousands of small fields: this bound only keeps the
+/// parser's slot table finite (a field line is at least 3 bytes, `a:` and `LF`).
+pub const MAX_HEADERS: usize = 32 * 1024;
+
+pub mod stream;
 
 /// Header fields whose values carry credentials: never printed by `Debug`.
 const SENSITIVE_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
@@ -214,7 +219,14 @@ fn parse_header_block(block: &[u8]) -> Result<Option<HeaderBlock>, HttpError> {
     let mut input = Vec::with_capacity(SYNTHETIC_LINE.len() + block.len());
     input.extend_from_slice(SYNTHETIC_LINE);
     input.extend_from_slice(block);
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // As many slots as the block has lines (every field takes one), not a fixed table: small
+    // heads stay cheap and large ones are not refused for their field count alone.
+    let lines = block
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        .clamp(1, MAX_HEADERS);
+    let mut slots = vec![httparse::EMPTY_HEADER; lines];
     let mut request = httparse::Request::new(&mut slots);
     let mut config = httparse::ParserConfig::default();
     config.ignore_invalid_headers_in_requests(true);
@@ -443,6 +455,29 @@ pub fn response_header_values<'b>(
                 .eq_ignore_ascii_case(name.as_bytes())
                 .then(|| strip_line_end(&line[colon + 1..]).trim_ascii())
         })
+}
+
+/// Length of the body of the response whose whole head is `head`, as its fields say: one
+/// `Content-Length` and no `Transfer-Encoding`, or a status that has no body (1xx, 204, 304).
+/// `None` when unknown (chunked, until close). A response to `HEAD` has no body whatever its
+/// fields say: only the request tells, so callers that know the method check it.
+#[must_use]
+pub fn response_body_length(head: &[u8]) -> Option<u64> {
+    let status = response_status(head)?;
+    if status < 200 || status == 204 || status == 304 {
+        return Some(0);
+    }
+    if response_header_values(head, "transfer-encoding")
+        .next()
+        .is_some()
+    {
+        return None;
+    }
+    let mut lengths = response_header_values(head, "content-length");
+    let first = parse_decimal(lengths.next()?)?;
+    lengths
+        .all(|v| parse_decimal(v) == Some(first))
+        .then_some(first)
 }
 
 /// Offset of the first byte that is not part of a leading empty line (`CRLF` or bare `LF`).

@@ -395,6 +395,7 @@ mod tests {
             first_ts_ns: ts_s * NS,
             last_ts_ns: ts_s * NS,
             evidence: Vec::new(),
+            unattributed: None,
             request: Some(RequestInfo {
                 id,
                 method: "GET".into(),

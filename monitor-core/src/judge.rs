@@ -115,7 +115,12 @@ impl Judge {
     pub fn judge(&self, access: &Access, ownership: Ownership) -> Judgement {
         let owner = ownership.owner;
         let (verdict, rule) = match &access.request {
-            None => (Verdict::Unattributed, "no_request_in_scope"),
+            None => (
+                Verdict::Unattributed,
+                access
+                    .unattributed
+                    .map_or("no_request_in_scope", crate::http::stream::Desync::as_str),
+            ),
             Some(req) => match (&req.identity, &owner) {
                 (None, _) => self.without_identity(req.identity_problem),
                 (Some(_), None) => match ownership.error {
@@ -218,6 +223,7 @@ mod tests {
             last_ts_ns: 0,
             evidence: vec![Evidence::Thread],
             request,
+            unattributed: None,
         }
     }
 

@@ -48,6 +48,7 @@ use crate::{
 };
 
 mod fcgi;
+pub mod hold;
 pub mod payload;
 pub mod query;
 

@@ -67,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             first_ts_ns: ts,
             last_ts_ns: ts + 200_000,
             evidence: vec![Evidence::Thread],
+            unattributed: None,
             request: Some(RequestInfo {
                 id,
                 method: "GET".into(),

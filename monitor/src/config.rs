@@ -181,6 +181,11 @@ pub struct Capture {
     /// Bytes of each socket write captured in the kernel (response heads).
     #[serde(default = "default_response_bytes")]
     pub response_bytes: u32,
+    /// Longest request head reassembled per connection, across reads: a longer one is
+    /// reported (`head_too_large`) and its connection's reads are unattributed. The default
+    /// covers what nginx (32 KiB), Tomcat (8 KiB) and Node (16 KiB) accept by default.
+    #[serde(default = "default_max_head_bytes")]
+    pub max_head_bytes: u32,
     /// Query parameters whose values are secrets, masked in every captured request target
     /// (names compared ignoring case).
     #[serde(default = "default_secret_query_parameters")]
@@ -194,11 +199,17 @@ fn default_secret_query_parameters() -> Vec<String> {
         .collect()
 }
 
+/// 16 KiB: a request head a server reads in one go is captured whole up to this (nginx reads
+/// heads into 8 KiB buffers by default, Node into 16 KiB); larger reads (bodies, uploads) are
+/// captured only this far, and bodies are skipped by their length.
 fn default_request_bytes() -> u32 {
-    4096
+    16 * 1024
 }
 fn default_response_bytes() -> u32 {
     512
+}
+fn default_max_head_bytes() -> u32 {
+    monitor_core::http::stream::DEFAULT_MAX_HEAD as u32
 }
 
 impl Default for Capture {
@@ -206,6 +217,7 @@ impl Default for Capture {
         Self {
             request_bytes: default_request_bytes(),
             response_bytes: default_response_bytes(),
+            max_head_bytes: default_max_head_bytes(),
             secret_query_parameters: default_secret_query_parameters(),
         }
     }
@@ -362,7 +374,7 @@ impl Config {
         CorrelatorConfig {
             roots: self.documents.roots.clone(),
             identity: self.identity.clone(),
-            request_cap: self.capture.request_bytes as usize,
+            max_head: self.capture.max_head_bytes as usize,
             idle_flush_ns: self.correlation.idle_flush_ms.saturating_mul(1_000_000),
             realtime_offset_ns: None,
             // Checked by `Config::normalize`: a bad entry never gets this far.
@@ -513,10 +525,17 @@ impl Config {
             ));
         }
         let cap = monitor_common::sockets::DATA_CAP as u32;
-        if !(64..=cap).contains(&self.capture.request_bytes) {
+        let read_cap = monitor_common::sockets::MAX_CAPTURE as u32;
+        if !(64..=read_cap).contains(&self.capture.request_bytes) {
             return Err(invalid(
                 "capture.request_bytes",
-                format!("must be between 64 and {cap}"),
+                format!("must be between 64 and {read_cap}"),
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.capture.max_head_bytes) {
+            return Err(invalid(
+                "capture.max_head_bytes",
+                "must be between 1024 and 16777216".to_owned(),
             ));
         }
         if self.capture.response_bytes > cap {
@@ -648,7 +667,7 @@ mod tests {
     fn parses_and_normalizes() {
         let cfg = Config::parse(GOOD, "test").unwrap();
         assert_eq!(cfg.documents.roots, ["/srv/portal/users"]);
-        assert_eq!(cfg.capture.request_bytes, 4096);
+        assert_eq!(cfg.capture.request_bytes, 16 * 1024);
         assert_eq!(cfg.identity.trusted_header, "X-Remote-User");
     }
 

@@ -83,6 +83,11 @@ struct Live {
     seen: HashSet<u32>,
     lost: [u64; loss::COUNT as usize],
     redactor: Redactor,
+    /// Request lines held until complete, before the redactor (`redact::hold`).
+    hold: monitor_core::redact::hold::LineHold,
+    /// Scratch for the events `hold` passes on, and the decoder's.
+    passed: Vec<Event>,
+    decoded: Vec<Event>,
     /// Clears the payloads of sockets that carry neither HTTP nor FastCGI.
     gate: PayloadGate,
     bodies: monitor_core::fingerprint::Bodies,
@@ -136,6 +141,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     // checked at capture time, never by the correlator.
     let cfg_jwt = cfg.identity.jwt.clone();
     let cfg_session = cfg.identity.session.clone();
+    let max_head = cfg.capture.max_head_bytes as usize;
     // The key of session handles: the operator's (stable across restarts), or this run's own.
     let session_key = match &cfg.incidents.session_key_file {
         Some(path) => {
@@ -164,6 +170,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
             .with_session(cfg_session)
             .with_key(session_key)
             .with_query_secrets(cfg_query_secrets),
+        hold: monitor_core::redact::hold::LineHold::new(max_head),
+        passed: Vec::new(),
+        decoded: Vec::new(),
         gate: PayloadGate::default(),
         bodies: monitor_core::fingerprint::Bodies::new(),
         session_store,
@@ -425,11 +434,13 @@ impl Live {
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         loop {
-            let decoded = match ring.next() {
+            let mut decoded = std::mem::take(&mut self.decoded);
+            let result = match ring.next() {
                 Some(item) => {
                     match monitor_core::decode::peek(&item) {
                         Some((monitor_common::kind::CODE_MAP, pid, _)) => {
                             drop(item);
+                            self.decoded = decoded;
                             self.tls.code_mapped(&mut self.probes, pid);
                             continue;
                         }
@@ -437,23 +448,30 @@ impl Live {
                         Some((_, _, monitor_common::op::SSL_WRITE)) => self.tls_records[1] += 1,
                         _ => {}
                     }
-                    self.decoder.decode(&item)
+                    self.decoder.next(&item, &mut decoded)
                 }
-                None => return Ok(()),
+                None => {
+                    self.decoded = decoded;
+                    return Ok(());
+                }
             };
-            match decoded {
-                Ok(mut ev) => {
-                    if self.conn_gate.drops(&mut ev) {
-                        self.decoder.recycle(ev);
-                        continue;
+            match result {
+                Ok(()) => {
+                    // Request lines split across reads are passed on whole (see `hold`), once
+                    // the connection gate kept out what Vigie cannot read.
+                    let mut passed = std::mem::take(&mut self.passed);
+                    for mut ev in decoded.drain(..) {
+                        if self.conn_gate.drops(&mut ev) {
+                            self.decoder.recycle(ev);
+                            continue;
+                        }
+                        self.hold.take(ev, &mut passed);
                     }
-                    for found in self.before_feed(&mut ev)? {
-                        self.feed(&found)?;
-                        self.after_feed(&found)?;
+                    self.decoded = decoded;
+                    for ev in passed.drain(..) {
+                        self.pass(ev)?;
                     }
-                    self.feed(&ev)?;
-                    self.after_feed(&ev)?;
-                    self.decoder.recycle(ev);
+                    self.passed = passed;
                 }
                 Err(e) => {
                     self.summary.decode_errors += 1;
@@ -461,6 +479,18 @@ impl Live {
                 }
             }
         }
+    }
+
+    /// Redacts, enriches and feeds one event.
+    fn pass(&mut self, mut ev: Event) -> anyhow::Result<()> {
+        for found in self.before_feed(&mut ev)? {
+            self.feed(&found)?;
+            self.after_feed(&found)?;
+        }
+        self.feed(&ev)?;
+        self.after_feed(&ev)?;
+        self.decoder.recycle(ev);
+        Ok(())
     }
 
     /// Redacts and enriches `ev` before anything else sees it; returns the events to feed
@@ -504,6 +534,9 @@ impl Live {
                 if !self.gate.pass(pid, *fd, false, &mut data.0) {
                     *body_fp = None;
                 }
+            }
+            EventKind::SendFile { out_fd, bytes, .. } => {
+                self.bodies.sent(pid, *out_fd, *bytes);
             }
             EventKind::SockAccept { fd, .. } => {
                 self.redactor.accepted(pid, *fd);
@@ -609,6 +642,8 @@ impl Live {
         let gap = |i: usize| i != loss::TLS_NO_FD as usize;
         let changed = (0..now.len()).any(|i| gap(i) && now[i] != self.lost[i]);
         if changed {
+            // What was held goes first: it was read before whatever was lost.
+            self.pass_held()?;
             // A lost read may have been part of a FastCGI stream: both the redactor and the
             // correlator (at the `Lost` event below) wait for a point to resume.
             self.redactor.lost();
@@ -639,7 +674,26 @@ impl Live {
         Ok(())
     }
 
+    /// Passes on every request line still held (events were lost, or the run ends).
+    fn pass_held(&mut self) -> anyhow::Result<()> {
+        let mut pending = Vec::new();
+        self.decoder.flush(&mut pending);
+        let mut held = Vec::new();
+        for mut ev in pending {
+            if self.conn_gate.drops(&mut ev) {
+                continue;
+            }
+            self.hold.take(ev, &mut held);
+        }
+        self.hold.flush_all(&mut held);
+        for ev in held {
+            self.pass(ev)?;
+        }
+        Ok(())
+    }
+
     fn finish(mut self) -> anyhow::Result<Summary> {
+        self.pass_held()?;
         // Also writes the last ownership facts and flushes the trace.
         self.pipeline
             .finish()
@@ -863,6 +917,7 @@ impl Live {
         m.sync_decode_errors(self.summary.decode_errors);
         m.sync_lost(&self.lost);
         m.sync_requests(&self.pipeline.correlator().stats().requests_by_identity);
+        m.sync_desyncs(&self.pipeline.correlator().stats().desyncs);
         m.sync_alerts_written(self.pipeline.alerts_written());
         m.set_targets(self.targets.len());
         m.set_tracked(&self.pipeline.correlator().tracked());

@@ -237,6 +237,7 @@ impl Rejudge {
             first_ts_ns: 0,
             last_ts_ns: 0,
             evidence: Vec::new(),
+            unattributed: None,
             request,
         };
         let ownership = self.resolver.borrow_mut().resolve(

@@ -26,6 +26,8 @@ pub const DEFAULT_SECONDS: u64 = 20;
 const TARGETS: &[(&str, usize)] = &[
     // Request heads: the capture is at most 4 KiB (`DATA_CAP`).
     ("http_head", 4096),
+    // A connection's request stream (pipelined heads, bodies, chunked), cut into reads.
+    ("http_stream", 16 * 1024),
     // A head with a token up to the 16 KiB `MAX_TOKEN_LEN`, plus the clock byte.
     ("identity", 17 * 1024),
     ("redact", 17 * 1024),

@@ -23,7 +23,8 @@ use crate::{Binaries, step, workspace_root};
 /// Test binaries run in the VMs. `prometheus` needs Prometheus and Alertmanager, and one test of
 /// `sessions` a Redis server, which the initramfs does not hold; `portal_process` tests the
 /// portal alone (no probes); `faults` opens 10,000 connections, too slow under emulation: they
-/// stay with the native run.
+/// stay with the native run. `adversarial` runs nginx itself: the initramfs holds it (see
+/// [`VM_TOOLS`]).
 const FULL: &[&str] = &[
     "e2e",
     "jwt",
@@ -32,7 +33,14 @@ const FULL: &[&str] = &[
     "concurrency",
     "paths",
     "go",
+    "adversarial",
 ];
+/// Programs of this machine the tests in the VMs run, packed with their shared libraries (nginx
+/// for `adversarial`, installed by `cargo xtask setup`), and the accounts they switch to.
+const VM_TOOLS: &[&str] = &["/usr/sbin/nginx"];
+const VM_PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const VM_GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
 /// `FULL` and the Node.js tests (`node`: Node.js at `/bin/node`, the Express portal with its
 /// `node_modules`), on one row only: V8 under software emulation needs minutes for them, and one
 /// kernel older than this machine's is what shows libuv's I/O is seen there too.
@@ -45,6 +53,7 @@ const FULL_NODE: &[&str] = &[
     "paths",
     "go",
     "node",
+    "adversarial",
 ];
 /// The start-up report only: facts, attach table, fire check (or the refusal).
 const REPORT: &[&str] = &["kernel"];
@@ -518,6 +527,16 @@ fn build_initramfs(
     let mut binaries: Vec<&Path> = vec![&bins.vigie, &bins.portal];
     binaries.extend(tests.iter().map(|(_, p)| p.as_path()));
     let mut libs = std::collections::BTreeSet::new();
+    for tool in VM_TOOLS {
+        let tool = Path::new(tool);
+        if !tool.exists() {
+            bail!("{} is missing: run cargo xtask setup", tool.display());
+        }
+        cpio.copy(&tool.to_string_lossy(), tool)?;
+        libs.extend(shared_libraries(tool)?);
+    }
+    cpio.file("/etc/passwd", 0o644, VM_PASSWD.as_bytes())?;
+    cpio.file("/etc/group", 0o644, VM_GROUP.as_bytes())?;
     for (i, bin) in binaries.iter().enumerate() {
         let stripped = strip_dir.join(i.to_string());
         let status = Command::new("objcopy")

@@ -17,6 +17,7 @@ use super::{Correlator, Finding, LOGIN_BODY_CAP, Owner, Release, learn_session};
 use crate::{
     events::Event,
     fastcgi::{Connection, Happening, MAX_EXCHANGES},
+    http::stream::Desync,
 };
 
 /// The FastCGI state of one connection.
@@ -92,7 +93,7 @@ impl Correlator {
                 truncated,
             } => {
                 let actor = self.actor(ev);
-                let req = self.new_request(ev, actor, fd, &head, truncated, out);
+                let req = self.new_request(ev, actor, fd, &head, truncated, false, out);
                 if let Some(f) = self.conns.get_mut(&key).and_then(|c| c.fastcgi.as_mut()) {
                     f.ids.insert(id, req);
                     if f.ids.len() > 2 * MAX_EXCHANGES {
@@ -142,9 +143,7 @@ impl Correlator {
                     if let Some(f) = conn.fastcgi.as_mut() {
                         f.ids.remove(&id);
                     }
-                    if conn.current == Some(req) {
-                        conn.current = None;
-                    }
+                    conn.queue.retain(|r| *r != req);
                 }
                 self.release(req, Release::Conn, out);
                 let actor = self.actor(ev);
@@ -155,7 +154,11 @@ impl Correlator {
             }
             // The application is told and ends the request itself (END_REQUEST).
             Happening::Aborted { .. } => {}
-            Happening::Desync => self.stats.fastcgi_desyncs += 1,
+            Happening::Desync => {
+                self.stats.fastcgi_desyncs += 1;
+                let actor = self.actor(ev);
+                self.desync(ev, actor, fd, Desync::FastCgi);
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ impl Scenario {
         let cfg = CorrelatorConfig {
             roots: vec![ROOT.into()],
             identity,
-            request_cap: 4096,
+            max_head: 4096,
             idle_flush_ns: 500_000_000,
             realtime_offset_ns: None,
             proxies: Default::default(),
@@ -115,6 +115,20 @@ impl Scenario {
 
     fn close(&mut self, pid: u32, tid: u32, fd: i32) -> &mut Self {
         self.ev(pid, tid, EventKind::FileClose { fd })
+    }
+
+    /// `bytes` more of a response body written (cut by the capture stage: no data).
+    fn body(&mut self, pid: u32, tid: u32, fd: i32, bytes: u64) -> &mut Self {
+        self.ev(
+            pid,
+            tid,
+            EventKind::SockWrite {
+                fd,
+                bytes,
+                data: Payload(Vec::new()),
+                body_fp: None,
+            },
+        )
     }
 
     fn respond(&mut self, pid: u32, tid: u32, fd: i32, status: u16) -> &mut Self {
@@ -568,30 +582,42 @@ fn head_split_over_reads_and_body_skipped() {
         5,
         "456789GET /next HTTP/1.1\r\nX-Remote-User: bob\r\n\r\n",
     );
+    // Pipelined: the upload is answered first, and what is read before its response is its.
     s.open(1, 2, 7, "/srv/users/carol/x")
+        .read(1, 2, 7, 1)
+        .close(1, 2, 7);
+    s.respond(1, 2, 5, 200).body(1, 2, 5, 3);
+    s.open(1, 2, 7, "/srv/users/carol/y")
         .read(1, 2, 7, 1)
         .close(1, 2, 7);
     let got = s.finish();
     assert_eq!(
         summary(&got),
-        [(
-            u("bob"),
-            "/srv/users/carol/x".into(),
-            vec![Evidence::Thread]
-        )]
+        [
+            (
+                u("alice"),
+                "/srv/users/carol/x".into(),
+                vec![Evidence::Thread]
+            ),
+            (
+                u("bob"),
+                "/srv/users/carol/y".into(),
+                vec![Evidence::Thread]
+            )
+        ]
     );
     assert_eq!(s.c.stats().requests, 2);
 }
 
 #[test]
-fn head_larger_than_the_capture_keeps_the_request_line_only() {
+fn head_larger_than_the_capture_is_a_desync_not_a_guess() {
     let mut s = Scenario::new();
     let head = format!(
         "GET /docs/bob/x HTTP/1.1\r\nCookie: {}\r\nX-Remote-User: alice\r\n\r\n",
         "a".repeat(5000)
     );
-    // The kernel captured the first 4096 bytes of a read that returned more.
-    let data = head.as_bytes()[..4096].to_vec();
+    // The kernel captured the first 2048 bytes of a read that returned more.
+    let data = head.as_bytes()[..2048].to_vec();
     s.ev(
         1,
         2,
@@ -605,12 +631,9 @@ fn head_larger_than_the_capture_keeps_the_request_line_only() {
         .read(1, 2, 7, 1)
         .close(1, 2, 7);
     let got = s.finish();
-    let req = got[0].request.as_ref().unwrap();
-    assert!(req.head_truncated);
-    assert_eq!(
-        (req.target.as_str(), req.identity.is_none()),
-        ("/docs/bob/x", true)
-    );
+    assert!(got[0].request.is_none());
+    assert_eq!(got[0].unattributed, Some(Desync::Uncaptured));
+    assert_eq!(s.c.stats().desyncs.get(&Desync::Uncaptured), Some(&1));
 }
 
 #[test]
@@ -790,7 +813,7 @@ fn bearer_token_expiry_is_judged_at_the_event_time() {
                 sources: vec![IdentitySource::Jwt],
                 ..IdentityConfig::default()
             },
-            request_cap: 4096,
+            max_head: 4096,
             idle_flush_ns: 500_000_000,
             realtime_offset_ns: offset_ns,
             proxies: Default::default(),
@@ -1632,14 +1655,16 @@ fn a_go_thread_on_no_known_goroutine_scopes_nothing() {
 }
 
 /// A goroutine ends with its connection, and no event says so: the connection's close ends its
-/// scope, so nothing is kept per connection once it is gone. The goroutine's next head is a
-/// new request as usual.
+/// scope, so nothing is kept per connection once it is gone. The goroutine's next head, after
+/// its response, is a new request as usual (without one, it would wait behind the first as a
+/// pipelined request).
 #[test]
 fn a_closed_connection_ends_its_goroutine_scope() {
     let mut s = Scenario::new();
     s.on_g(Some(10))
         .accept(1, 2, 5)
         .get_as(1, 2, 5, "alice", "/docs/alice/a.pdf")
+        .respond(1, 2, 5, 200)
         .get_as(1, 3, 5, "alice", "/docs/alice/b.pdf");
     assert_eq!(s.c.tracked().threads, 1);
     assert_eq!(s.c.tracked().requests, 1);
@@ -1656,3 +1681,5 @@ fn a_closed_connection_ends_its_goroutine_scope() {
         vec![(None, "/srv/users/alice/a.pdf".into(), vec![])]
     );
 }
+
+mod pipelining;

@@ -6,7 +6,10 @@ use aya_ebpf::{
 };
 use monitor_common::{
     fd_kind, kind, op,
-    sockets::{AcceptEvent, DATA_CAP, DATA_HEADER_LEN, DataEvent, family},
+    sockets::{
+        AcceptEvent, CHUNK_MORE, DATA_CAP, DATA_HEADER_LEN, DataEvent, MAX_CAPTURE, MAX_CHUNKS,
+        family,
+    },
 };
 
 use super::{ret, syscall_op};
@@ -60,9 +63,12 @@ const MSGHDR_IOVLEN: u64 = 24;
 /// nginx's header/body chains), so a handful covers what the capture bounds let through.
 pub const MAX_IOVECS: u64 = 8;
 
-/// Captures the first bytes of a socket transfer of `ret` bytes: up to the capture bound, across
-/// the iovecs of a vectored call (`readv`/`writev`/`recvmsg`/`sendmsg`) in order, so that a head
-/// and a body written together are both seen.
+/// Captures the first bytes of a socket transfer of `ret` bytes, up to the capture bound. A
+/// vectored call (`readv`/`writev`/`recvmsg`/`sendmsg`) is captured across its iovecs in order,
+/// into one record of at most `DATA_CAP` bytes, so that a head and a body written together are
+/// both seen. A single-buffer transfer is captured in up to `MAX_CHUNKS` chained records of
+/// `DATA_CAP` bytes (a request head larger than one record, read at once, is captured whole up
+/// to the bound).
 #[inline(always)]
 pub fn emit_data(stash: &Stash, ret: i64) {
     let is_write = op::is_output(stash.op);
@@ -74,37 +80,75 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     if cap > ret as u64 {
         cap = ret as u64;
     }
-    if cap > DATA_CAP as u64 {
-        cap = DATA_CAP as u64;
+    let kind = if is_write {
+        kind::SOCK_WRITE
+    } else {
+        kind::SOCK_READ
+    };
+    match iovecs(stash) {
+        Some((iov, count)) => emit_vectored(stash, ret, kind, iov, count, cap),
+        None => emit_chunks(stash, ret, kind, cap.min(stash.arg)),
     }
+}
+
+/// One record of a vectored transfer: its iovecs gathered in order, at most `DATA_CAP` bytes.
+#[inline(always)]
+fn emit_vectored(stash: &Stash, ret: i64, kind: u32, iov: u64, count: u64, cap: u64) {
+    let cap = cap.min(DATA_CAP as u64);
     let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let ev = unsafe { &mut (*scratch).ev };
-    fill_header(
-        &mut ev.header,
-        if is_write {
-            kind::SOCK_WRITE
-        } else {
-            kind::SOCK_READ
-        },
-    );
+    fill_header(&mut ev.header, kind);
     ev.fd = stash.fd;
     ev.op = stash.op;
     ev.ret = ret;
-    ev._pad = 0;
-    let n = match iovecs(stash) {
-        Some((iov, count)) => capture_iovecs(ev, iov, count, cap),
-        None => copy_user(ev, 0, stash.ptr, cap.min(stash.arg)),
-    };
+    ev.chunk = 0;
+    let n = capture_iovecs(ev, iov, count, cap);
     ev.captured = n as u32;
+    send(ev, n);
+}
+
+/// A single-buffer transfer in chained records of at most `DATA_CAP` bytes each, the first
+/// `cap` bytes (at most `MAX_CAPTURE`) of `stash.ptr`.
+#[inline(always)]
+fn emit_chunks(stash: &Stash, ret: i64, kind: u32, cap: u64) {
+    let cap = cap.min(MAX_CAPTURE as u64);
+    // Each record's offset and length follow from `cap` and its index alone, never from the
+    // previous record: with `off += n` the verifier kept every possible `n` apart and gave up
+    // ("BPF program is too large. Processed 1000001 insn").
+    for i in 0..MAX_CHUNKS {
+        let off = (i * DATA_CAP) as u64;
+        if i > 0 && off >= cap {
+            return;
+        }
+        let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        let ev = unsafe { &mut (*scratch).ev };
+        fill_header(&mut ev.header, kind);
+        ev.fd = stash.fd;
+        ev.op = stash.op;
+        ev.ret = ret;
+        let left = cap.saturating_sub(off);
+        let more = left > DATA_CAP as u64;
+        let want = if more { DATA_CAP as u64 } else { left };
+        let n = copy_user(ev, 0, stash.ptr + off, want);
+        ev.captured = n as u32;
+        ev.chunk = (off as u32) | if more && n > 0 { CHUNK_MORE } else { 0 };
+        send(ev, n);
+        if !more || n == 0 {
+            return;
+        }
+    }
+}
+
+/// Sends `ev` with its first `n` captured bytes (the record is variable-length).
+#[inline(always)]
+fn send(ev: &DataEvent, n: u64) {
     let total = DATA_HEADER_LEN + n as usize;
-    let bytes = unsafe {
-        core::slice::from_raw_parts(
-            (ev as *const monitor_common::sockets::DataEvent).cast::<u8>(),
-            total,
-        )
-    };
+    let bytes =
+        unsafe { core::slice::from_raw_parts((ev as *const DataEvent).cast::<u8>(), total) };
     output_bytes(bytes);
 }
 

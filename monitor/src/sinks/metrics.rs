@@ -14,6 +14,7 @@
 //! `GET /healthz`, request heads bounded in size and time, one response per connection.
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
+use monitor_core::http::stream::Desync;
 use monitor_core::{identity::IdentitySource, judge::Verdict};
 use prometheus::{
     CounterVec, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -55,6 +56,7 @@ pub struct Metrics {
     events: IntCounterVec,
     events_lost: IntCounterVec,
     decode_errors: IntCounter,
+    desyncs: IntCounterVec,
     accesses: IntCounterVec,
     violations: IntCounterVec,
     enumerations: IntCounterVec,
@@ -174,6 +176,14 @@ impl Metrics {
                 &r,
                 "vigie_decode_errors_total",
                 "Ring buffer records that could not be decoded (dropped).",
+            )?,
+            desyncs: counter_vec(
+                &r,
+                "vigie_stream_desyncs_total",
+                "Times a connection's request stream could not be followed exactly, by reason \
+                 (invalid_head, head_too_large, read_not_captured, bad_chunked_body, events_lost, \
+                 fastcgi_desync, pipeline_ambiguous): reads on it were unattributed until its next request.",
+                "reason",
             )?,
             accesses: counter_vec(
                 &r,
@@ -359,6 +369,9 @@ impl Metrics {
         for verdict in Verdict::ALL {
             m.accesses.with_label_values(&[verdict.as_str()]).reset();
         }
+        for why in Desync::ALL {
+            m.desyncs.with_label_values(&[why.as_str()]).reset();
+        }
         for source in sources {
             let label = source_label(Some(*source));
             m.violations.with_label_values(&[&label]).reset();
@@ -468,6 +481,13 @@ impl Metrics {
 
     pub fn sync_decode_errors(&self, total: u64) {
         raise_to(&self.decode_errors, total);
+    }
+
+    /// Stream desyncs so far, by reason (the correlator's cumulative counts).
+    pub fn sync_desyncs(&self, by_reason: &std::collections::BTreeMap<Desync, u64>) {
+        for (why, total) in by_reason {
+            raise_to(&self.desyncs.with_label_values(&[why.as_str()]), *total);
+        }
     }
 
     /// Requests so far by identity source (the correlator's cumulative counts).
@@ -755,6 +775,8 @@ mod tests {
         let t = text(&metrics());
         for series in [
             r#"vigie_events_lost_total{reason="ringbuf_full"}"#,
+            r#"vigie_stream_desyncs_total{reason="pipeline_ambiguous"}"#,
+            r#"vigie_stream_desyncs_total{reason="head_too_large"}"#,
             r#"vigie_events_lost_total{reason="stash_full"}"#,
             r#"vigie_events_lost_total{reason="fd_map_full"}"#,
             r#"vigie_document_accesses_total{verdict="violation"}"#,

@@ -314,6 +314,7 @@ mod tests {
                 client: None,
                 session: None,
             }),
+            unattributed: None,
         };
         let judgement = Judgement {
             verdict: Verdict::Violation,

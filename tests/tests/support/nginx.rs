@@ -83,24 +83,59 @@ impl Nginx {
                }}\n\
              }}\n"
         );
-        let htpasswd: String = PASSWORDS
-            .iter()
-            .map(|(u, p)| format!("{u}:{{PLAIN}}{p}\n"))
-            .collect();
-        for (name, text) in [
-            ("nginx.conf", conf),
-            ("fcgi.conf", fcgi),
-            ("htpasswd", htpasswd),
-        ] {
-            std::fs::write(dir.path().join(name), text).expect("writing nginx files");
-        }
-        // Workers (nobody) read the htpasswd file through this directory.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod nginx dir");
-        Some(Self::spawn(&bin, dir, port))
+        Some(Self::launch(
+            &bin,
+            dir,
+            port,
+            [("nginx.conf", conf), ("fcgi.conf", fcgi)],
+        ))
+    }
+
+    /// Starts nginx as a static document portal, itself the target Vigie watches: `root` is
+    /// served under `/docs/` to users nginx authenticates (HTTP Basic, [`PASSWORDS`]), and the
+    /// same files under `/open/` to anyone. `sendfile` on or off; heads up to 16 KiB a line
+    /// and 128 KiB in all (`large_client_header_buffers 8 16k`), one worker. Its access log
+    /// (`access_log`) has one line per request: `user status bytes filename`.
+    pub fn start_static(test: &str, root: &Path, sendfile: bool) -> Option<Nginx> {
+        // Debian's path first: the kernel matrix's initramfs holds it there, off `PATH`.
+        let debian = Path::new("/usr/sbin/nginx");
+        let bin = if debian.exists() {
+            debian.to_path_buf()
+        } else {
+            require_tool(test, "nginx")?
+        };
+        let dir = TempDir::new(&format!("{test}-nginx"));
+        let d = dir.path().display().to_string();
+        let r = root.display();
+        let port = free_port();
+        let sendfile = if sendfile { "on" } else { "off" };
+        let conf = format!(
+            "user nobody nogroup;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log info;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n\
+               log_format who '$remote_user $status $body_bytes_sent $request_filename';\n\
+               access_log {d}/access.log who;\n\
+               sendfile {sendfile};\n\
+               large_client_header_buffers 8 16k;\n\
+               keepalive_requests 10000;\n\
+               client_body_temp_path {d}/tmp-body;\n\
+               proxy_temp_path {d}/tmp-proxy;\n\
+               fastcgi_temp_path {d}/tmp-fastcgi;\n\
+               uwsgi_temp_path {d}/tmp-uwsgi;\n\
+               scgi_temp_path {d}/tmp-scgi;\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 location /docs/ {{\n\
+                   alias {r}/;\n\
+                   auth_basic \"portal\";\n\
+                   auth_basic_user_file {d}/htpasswd;\n\
+                 }}\n\
+                 location /open/ {{ alias {r}/; }}\n\
+               }}\n\
+             }}\n"
+        );
+        Some(Self::launch(&bin, dir, port, [("nginx.conf", conf)]))
     }
 
     /// Starts nginx as a reverse proxy (`proxy_pass`) in front of the HTTP portal at `upstream`
@@ -140,12 +175,32 @@ impl Nginx {
                }}\n\
              }}\n"
         );
-        std::fs::write(dir.path().join("nginx.conf"), conf).expect("writing nginx.conf");
-        Some(Self::spawn(&bin, dir, port))
+        Some(Self::launch(&bin, dir, port, [("nginx.conf", conf)]))
     }
 
-    fn spawn(bin: &Path, dir: TempDir, port: u16) -> Nginx {
+    /// Writes the config files (and the htpasswd file) to `dir`, starts nginx on them and
+    /// waits until it listens on `port`.
+    fn launch<const N: usize>(
+        bin: &Path,
+        dir: TempDir,
+        port: u16,
+        files: [(&str, String); N],
+    ) -> Nginx {
         let d = dir.path().display().to_string();
+        let htpasswd: String = PASSWORDS
+            .iter()
+            .map(|(u, p)| format!("{u}:{{PLAIN}}{p}\n"))
+            .collect();
+        std::fs::write(dir.path().join("htpasswd"), htpasswd).expect("writing htpasswd");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("writing nginx files");
+        }
+        // Workers (nobody) read the htpasswd file through this directory.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod nginx dir");
         let child = Command::new(bin)
             .args(["-p", &format!("{d}/"), "-c", &format!("{d}/nginx.conf")])
             .args(["-e", &format!("{d}/error.log")])
@@ -172,6 +227,32 @@ impl Nginx {
             std::thread::sleep(Duration::from_millis(20));
         }
         nginx
+    }
+
+    /// The access log's lines (see [`Nginx::start_static`] for their format).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    /// Its worker processes (children of the master), ascending.
+    pub fn workers(&self) -> Vec<u32> {
+        let master = self.child.id();
+        let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    // `pid (comm) state ppid ...`: comm may hold spaces, so split after `)`.
+                    stat.rsplit_once(") ")
+                        .and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok())
+                        == Some(master)
+                })
+            })
+            .collect();
+        pids.sort_unstable();
+        pids
     }
 
     pub fn error_log(&self) -> String {

@@ -23,7 +23,7 @@ impl App {
                     sources,
                     ..IdentityConfig::default()
                 },
-                request_cap: 4096,
+                max_head: 4096,
                 idle_flush_ns: 500_000_000,
                 realtime_offset_ns: None,
                 proxies: Default::default(),

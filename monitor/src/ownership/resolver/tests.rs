@@ -111,6 +111,7 @@ fn read_by(user: &str, document: &str) -> monitor_core::correlate::Access {
             client: None,
             session: None,
         }),
+        unattributed: None,
     }
 }
 

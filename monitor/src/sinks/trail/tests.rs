@@ -54,6 +54,7 @@ fn access(id: u64, user: &str, doc: &str, at_s: u64) -> Access {
         first_ts_ns: at_s * 1_000_000_000,
         last_ts_ns: at_s * 1_000_000_000,
         evidence: vec![Evidence::Thread],
+        unattributed: None,
         request: Some(RequestInfo {
             id,
             method: "GET".into(),
