@@ -146,7 +146,12 @@ fn emit_chunks(stash: &Stash, ret: i64, kind: u32, cap: u64) {
 /// Sends `ev` with its first `n` captured bytes (the record is variable-length).
 #[inline(always)]
 fn send(ev: &DataEvent, n: u64) {
-    let total = DATA_HEADER_LEN + n as usize;
+    // The size must be bounded at `bpf_ringbuf_output` for 6.1's verifier ("R3 min value is
+    // negative, either use unsigned or 'var &= const'" after the iovec loop); the volatile
+    // read keeps LLVM from folding the mask and the clamp away (see `copy_user`).
+    let n = unsafe { core::ptr::read_volatile(&n) } as usize & (2 * DATA_CAP - 1);
+    let n = if n > DATA_CAP { DATA_CAP } else { n };
+    let total = DATA_HEADER_LEN + n;
     let bytes =
         unsafe { core::slice::from_raw_parts((ev as *const DataEvent).cast::<u8>(), total) };
     output_bytes(bytes);
