@@ -220,7 +220,7 @@ struct Ev {
 struct Input {
     realtime: bool,
     idle_flush_ms: u8,
-    request_cap: u16,
+    max_head: u16,
     events: Vec<Ev>,
 }
 
@@ -372,7 +372,7 @@ fuzz_target!(|input: Input| {
             }),
             ..IdentityConfig::default()
         },
-        request_cap: usize::from(input.request_cap % 4096).max(16),
+        max_head: usize::from(input.max_head).max(16),
         idle_flush_ns: u64::from(input.idle_flush_ms) * 1_000_000,
         realtime_offset_ns: None,
         proxies: Default::default(),

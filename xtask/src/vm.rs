@@ -134,8 +134,9 @@ pub struct VmArgs {
     /// 6.12-confidentiality, host.
     #[arg(long)]
     pub only: Vec<String>,
-    /// Give up on a boot after this many seconds.
-    #[arg(long, default_value_t = 480)]
+    /// Give up on a boot after this many seconds (a FULL row runs e2e, the Go and adversarial
+    /// suites and more under software emulation: several minutes).
+    #[arg(long, default_value_t = 900)]
     pub timeout: u64,
     /// A test name filter for the test binaries in the VMs.
     #[arg(long)]
@@ -159,7 +160,7 @@ impl Default for VmArgs {
     fn default() -> Self {
         Self {
             only: Vec::new(),
-            timeout: 480,
+            timeout: 900,
             filter: None,
         }
     }

@@ -142,6 +142,12 @@ impl fmt::Display for Break {
                 }
                 Ok(())
             }
+            // A hostile trail can claim seq 0 without the start record (found by the `trail`
+            // fuzz target: `first_seq - 1` overflowed).
+            Self::MissingStart { at, first_seq: 0 } => write!(
+                f,
+                "{at}: the trail starts at seq 0 without the start record that begins every trail"
+            ),
             Self::MissingStart { at, first_seq } => write!(
                 f,
                 "{at}: the trail starts at seq {first_seq}, and no signed retention record says why records 0..{} are missing",

@@ -559,3 +559,19 @@ fn garbage_is_a_clear_break_not_a_panic() {
         assert!(!matches!(r.outcome, Outcome::Intact), "{junk:?}: {r}");
     }
 }
+
+/// Found by the `trail` fuzz target: a trail claiming seq 0 without its start record made the
+/// message's `first_seq - 1` overflow.
+#[test]
+fn a_missing_start_at_seq_zero_is_described_not_a_panic() {
+    let at = Place {
+        file: "trail-00000000.jsonl".into(),
+        line: 1,
+        seq: Some(0),
+    };
+    let text = Break::MissingStart { at, first_seq: 0 }.to_string();
+    assert!(
+        text.contains("starts at seq 0 without the start record"),
+        "{text}"
+    );
+}
