@@ -100,6 +100,8 @@ struct Live {
     ring_usage: Option<crate::loader::RingUsage>,
     /// Why the run ended, for the trail's stop record.
     stop_reason: &'static str,
+    /// Ships the trail to a syslog collector (`[trail.syslog]`).
+    shipper: Option<crate::sinks::ship::syslog::SyslogShipper>,
     /// TLS libraries of targets: hooked, or reported unreadable.
     tls: crate::tls::TlsHooks,
     /// Connections Vigie cannot read (TLS not hooked, HTTP/2) never go past the decoder.
@@ -186,6 +188,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         tls_records: [0; 2],
         go,
         stop_reason: "end",
+        shipper: None,
     };
     live.init_metrics(&ring);
     live.pipeline
@@ -196,10 +199,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         live.pipeline
             .set_webhook(crate::sinks::webhook::Webhook::start(hook));
     }
+    if live.cfg.trail.syslog.is_some() && live.cfg.trail.dir.is_none() {
+        anyhow::bail!(
+            "invalid `trail.syslog`: it ships the trail's records, so it needs a trail (`trail.dir` or --trail)"
+        );
+    }
     if let Some(dir) = live.cfg.trail.dir.clone() {
         let trail = open_trail(&live.cfg, &dir, clock)?;
         tracing::info!(file = %trail.current_file().display(), key_id = trail.key_id(), "audit trail");
         live.pipeline.set_trail(trail);
+        if let Some(syslog) = &live.cfg.trail.syslog {
+            live.shipper = Some(
+                crate::sinks::ship::syslog::SyslogShipper::start(
+                    &dir,
+                    syslog,
+                    crate::sinks::ocsf::hostname(),
+                )
+                .context("starting the trail's syslog shipping")?,
+            );
+        }
     }
     if let Some((dir, rotation)) = &opts.record {
         let header = trace::header(&live.cfg, clock);
@@ -702,6 +720,9 @@ impl Live {
             trail
                 .stop(self.stop_reason, crate::sinks::trail::wall_now())
                 .context("writing the audit trail")?;
+        }
+        if let Some(shipper) = self.shipper.take() {
+            shipper.finish(crate::sinks::ship::syslog::FINISH_GRACE);
         }
         let mut s = self.summary;
         s.requests = self.pipeline.correlator().stats().requests;
