@@ -70,6 +70,28 @@ pub struct Trail {
     /// Ship every trail record off the host to a syslog collector (RFC 5424 over TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syslog: Option<SyslogShipping>,
+    /// Ship every trail record off the host to a PostgreSQL table partitioned by month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresShipping>,
+}
+
+/// Off-host shipping of the trail to PostgreSQL: table `vigie_trail` (created if missing),
+/// partitioned by month on the record's time, one row per record, several hosts side by side
+/// (one chain per host). At least once, and no duplicate rows: the table itself says where this
+/// host's shipping stands, the trail files are the spool.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresShipping {
+    /// libpq-style connection string without a password, e.g.
+    /// `host=db.example.net dbname=audit user=vigie_writer` (no TLS yet: a unix socket or a
+    /// trusted network).
+    pub connection: String,
+    /// File holding the password (refused when group or others can read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// The name this host's chain goes by in the table (default: the host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Off-host shipping of the trail to a syslog collector (rsyslog, syslog-ng, a SIEM's
@@ -116,6 +138,7 @@ impl Default for Trail {
             max_file_mb: default_trail_max_file_mb(),
             retention_days: None,
             syslog: None,
+            postgres: None,
         }
     }
 }
@@ -160,6 +183,17 @@ impl Trail {
                     "trail.syslog.sd_id",
                     "must be 1 to 32 printable ASCII characters without '=', ']', '\"' or space (RFC 5424 SD-NAME)",
                 ));
+            }
+        }
+        if let Some(p) = &self.postgres {
+            crate::ownership::sql::parse_connection(&p.connection)
+                .map_err(|r| invalid("trail.postgres.connection", r))?;
+            if let Some(file) = &p.password_file {
+                crate::ownership::config::read_password_file(file)
+                    .map_err(|r| invalid("trail.postgres.password_file", r))?;
+            }
+            if p.host.as_ref().is_some_and(|h| h.is_empty()) {
+                return Err(invalid("trail.postgres.host", "must not be empty"));
             }
         }
         Ok(())

@@ -100,8 +100,8 @@ struct Live {
     ring_usage: Option<crate::loader::RingUsage>,
     /// Why the run ended, for the trail's stop record.
     stop_reason: &'static str,
-    /// Ships the trail to a syslog collector (`[trail.syslog]`).
-    shipper: Option<crate::sinks::ship::syslog::SyslogShipper>,
+    /// Ship the trail off the host (`[trail.syslog]`, `[trail.postgres]`).
+    shippers: Vec<crate::sinks::ship::Shipper>,
     /// TLS libraries of targets: hooked, or reported unreadable.
     tls: crate::tls::TlsHooks,
     /// Connections Vigie cannot read (TLS not hooked, HTTP/2) never go past the decoder.
@@ -188,7 +188,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         tls_records: [0; 2],
         go,
         stop_reason: "end",
-        shipper: None,
+        shippers: Vec::new(),
     };
     live.init_metrics(&ring);
     live.pipeline
@@ -199,9 +199,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         live.pipeline
             .set_webhook(crate::sinks::webhook::Webhook::start(hook));
     }
-    if live.cfg.trail.syslog.is_some() && live.cfg.trail.dir.is_none() {
+    if (live.cfg.trail.syslog.is_some() || live.cfg.trail.postgres.is_some())
+        && live.cfg.trail.dir.is_none()
+    {
         anyhow::bail!(
-            "invalid `trail.syslog`: it ships the trail's records, so it needs a trail (`trail.dir` or --trail)"
+            "invalid `trail.syslog` or `trail.postgres`: they ship the trail's records, so they need a trail (`trail.dir` or --trail)"
         );
     }
     if let Some(dir) = live.cfg.trail.dir.clone() {
@@ -209,13 +211,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         tracing::info!(file = %trail.current_file().display(), key_id = trail.key_id(), "audit trail");
         live.pipeline.set_trail(trail);
         if let Some(syslog) = &live.cfg.trail.syslog {
-            live.shipper = Some(
-                crate::sinks::ship::syslog::SyslogShipper::start(
-                    &dir,
-                    syslog,
-                    crate::sinks::ocsf::hostname(),
-                )
-                .context("starting the trail's syslog shipping")?,
+            live.shippers.push(
+                crate::sinks::ship::syslog::start(&dir, syslog, crate::sinks::ocsf::hostname())
+                    .context("starting the trail's syslog shipping")?,
+            );
+        }
+        if let Some(pg) = &live.cfg.trail.postgres {
+            live.shippers.push(
+                crate::sinks::ship::postgres::start(&dir, pg)
+                    .context("starting the trail's PostgreSQL shipping")?,
             );
         }
     }
@@ -721,8 +725,11 @@ impl Live {
                 .stop(self.stop_reason, crate::sinks::trail::wall_now())
                 .context("writing the audit trail")?;
         }
-        if let Some(shipper) = self.shipper.take() {
-            shipper.finish(crate::sinks::ship::syslog::FINISH_GRACE);
+        for shipper in &self.shippers {
+            shipper.request_stop();
+        }
+        for shipper in self.shippers.drain(..) {
+            shipper.finish();
         }
         let mut s = self.summary;
         s.requests = self.pipeline.correlator().stats().requests;

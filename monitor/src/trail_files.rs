@@ -48,6 +48,39 @@ pub fn verify_paths(paths: &[PathBuf], key: &PublicKey) -> anyhow::Result<Report
     Ok(v.finish())
 }
 
+/// Verifies a trail read whole, as (name, bytes) files in chain order.
+fn verify_files(files: &[(String, Vec<u8>)], key: &PublicKey) -> Report {
+    let mut v = Verification::new(key);
+    for (name, bytes) in files {
+        if !v.file(&TrailFile {
+            name: name.clone(),
+            bytes,
+        }) {
+            break;
+        }
+    }
+    v.finish()
+}
+
+/// The trail as shipped to PostgreSQL (`[trail.postgres]`), per host.
+fn postgres_trails(
+    connection: &str,
+    password_file: Option<&str>,
+    host: Option<&str>,
+) -> anyhow::Result<Vec<crate::sinks::ship::postgres::HostTrail>> {
+    let config = crate::sinks::ship::postgres::connection(connection, password_file)
+        .context("--postgres connection")?;
+    let trails = crate::sinks::ship::postgres::read_trails(&config, host)
+        .context("reading the trail from PostgreSQL")?;
+    if trails.is_empty() {
+        anyhow::bail!(
+            "no trail records in PostgreSQL{}",
+            host.map(|h| format!(" for host {h:?}")).unwrap_or_default()
+        );
+    }
+    Ok(trails)
+}
+
 pub fn read_public_key(path: &Path) -> anyhow::Result<PublicKey> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -55,7 +88,13 @@ pub fn read_public_key(path: &Path) -> anyhow::Result<PublicKey> {
 }
 
 pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let report = match read_public_key(&args.key).and_then(|k| verify_paths(&args.trail, &k)) {
+    let verified = read_public_key(&args.key).and_then(|k| match &args.postgres {
+        // One host (--host is required): its chain.
+        Some(conn) => postgres_trails(conn, args.password_file.as_deref(), args.host.as_deref())
+            .map(|trails| verify_files(&trails[0].files, &k)),
+        None => verify_paths(&args.trail, &k),
+    });
+    let report = match verified {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vigie verify: {e:#}");
@@ -121,23 +160,39 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         (_, Some(u)) => Query::User(u.clone()),
         _ => Query::Breach,
     };
-    let integrity = match &args.key {
-        Some(key) => {
-            let report = verify_paths(&args.trail, &read_public_key(key)?)?;
-            report
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string()
+    let shipped = args
+        .from_postgres
+        .as_ref()
+        .map(|conn| postgres_trails(conn, args.password_file.as_deref(), args.host.as_deref()))
+        .transpose()?;
+    let first_line = |r: Report| r.to_string().lines().next().unwrap_or_default().to_string();
+    let integrity = match (&args.key, &shipped) {
+        (None, _) => "not verified (no --key given)".to_string(),
+        // Chains are per host: one verification each.
+        (Some(key), Some(trails)) => {
+            let key = read_public_key(key)?;
+            trails
+                .iter()
+                .map(|t| format!("{}: {}", t.host, first_line(verify_files(&t.files, &key))))
+                .collect::<Vec<_>>()
+                .join("; ")
         }
-        None => "not verified (no --key given)".to_string(),
+        (Some(key), None) => first_line(verify_paths(&args.trail, &read_public_key(key)?)?),
     };
-    let files = expand(&args.trail)?;
+    let files: Vec<(String, Vec<u8>)> = match shipped {
+        Some(trails) => trails.into_iter().flat_map(|t| t.files).collect(),
+        None => expand(&args.trail)?
+            .iter()
+            .map(|f| {
+                std::fs::read(f)
+                    .with_context(|| format!("reading {}", f.display()))
+                    .map(|b| (f.display().to_string(), b))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
     let mut records = Vec::new();
     let mut unreadable = 0;
-    for f in &files {
-        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+    for (_, bytes) in &files {
         let (mut r, bad) =
             report::access_records(bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()));
         records.append(&mut r);

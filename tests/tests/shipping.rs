@@ -345,3 +345,246 @@ fn syslog_shipping_survives_collector_and_vigie_kills() {
         started.elapsed()
     );
 }
+
+/// `vigie ARGS...`: (exit code, stdout + stderr).
+fn vigie_status(p: &Privileged, args: &[&str]) -> (i32, String) {
+    let out = Command::new(&p.vigie)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running vigie");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
+    use support::postgres::Postgres;
+    let Some(p) = privileged("postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills")
+    else {
+        return;
+    };
+    let Some(mut pg) = Postgres::start("ship-pg") else {
+        return;
+    };
+    let started = Instant::now();
+    pg.psql("postgres", "CREATE DATABASE audit");
+    pg.psql(
+        "audit",
+        "CREATE ROLE vigie_writer LOGIN PASSWORD 'writer-password-7';
+         GRANT CREATE ON SCHEMA public TO vigie_writer;",
+    );
+    let tmp = TempDir::new("ship-pg-keys");
+    let password = tmp.path().join("pg-password");
+    std::fs::write(&password, "writer-password-7\n").unwrap();
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let connection = pg.connection("audit", "vigie_writer");
+    let portal = Portal::start("ship-pg", &["--model", "thread"]);
+    // Two hosts: two Vigies, each with its trail and its key, writing to the same table.
+    let hosts = ["web-a", "web-b"];
+    let setup: Vec<(PathBuf, PathBuf, String, Vec<String>)> = hosts
+        .iter()
+        .map(|h| {
+            let key = tmp.path().join(format!("{h}.key"));
+            let (ok, out, err) = vigie_cmd(&p, &["trail-keygen".as_ref(), key.as_os_str()]);
+            assert!(ok, "{out}{err}");
+            let trail = tmp.path().join(format!("{h}-trail"));
+            let config = format!(
+                "{}[trail]\ncheckpoint_interval_secs = 1\n[trail.postgres]\nconnection = \"{connection}\"\npassword_file = \"{}\"\nhost = \"{h}\"\n",
+                portal.config(&format!("pids = [{}]", portal.guard.pid())),
+                password.display()
+            );
+            let args = vec![
+                "--trail".to_string(),
+                trail.display().to_string(),
+                "--trail-key".to_string(),
+                key.display().to_string(),
+            ];
+            (trail, key, config, args)
+        })
+        .collect();
+    let start = |i: usize, run: &str| {
+        let (_, _, config, args) = &setup[i];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Vigie::start(&p, run, config, &args)
+    };
+    let reads = |n: usize| {
+        for i in 0..n {
+            let user = ["alice", "bob"][i % 2];
+            assert_eq!(get_as(&portal.addr(), user, "/docs/alice/notes.txt"), 200);
+        }
+    };
+    let rows = |pg: &Postgres, host: &str, kind: &str| -> usize {
+        pg.try_psql(
+            "audit",
+            &format!("SELECT count(*) FROM vigie_trail WHERE host = '{host}' AND type = '{kind}'"),
+        )
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+    };
+    let accesses = |dir: &Path| {
+        trail_records(dir)
+            .values()
+            .filter(|l| l.contains("\"type\":\"access\""))
+            .count()
+    };
+
+    let a = start(0, "ship-pg-a1");
+    let b = start(1, "ship-pg-b1");
+    reads(4);
+    poll_until(
+        "accesses of both hosts in PostgreSQL",
+        Duration::from_secs(15),
+        || {
+            hosts
+                .iter()
+                .all(|h| rows(&pg, h, "access") >= 4)
+                .then_some(())
+        },
+        || format!("{}\n{}", a.log(), b.log()),
+    );
+    // PostgreSQL killed: the trails keep the records meanwhile.
+    pg.kill();
+    let before = accesses(&setup[0].0);
+    reads(4);
+    poll_until(
+        "accesses written while PostgreSQL is down",
+        Duration::from_secs(10),
+        || (accesses(&setup[0].0) >= before + 4).then_some(()),
+        || a.log(),
+    );
+    let back = Instant::now();
+    pg.restart();
+    poll_until(
+        "the backlog in PostgreSQL after its restart",
+        Duration::from_secs(15),
+        || (rows(&pg, "web-a", "access") >= before + 4).then_some(()),
+        || a.log(),
+    );
+    eprintln!(
+        "PostgreSQL down: backlog in the table {:?} after its restart",
+        back.elapsed()
+    );
+    // web-a killed right after more reads, restarted: its unshipped records go with run 2.
+    reads(2);
+    poll_until(
+        "the last reads in web-a's trail",
+        Duration::from_secs(10),
+        || (accesses(&setup[0].0) >= before + 6).then_some(()),
+        || a.log(),
+    );
+    let _ = a.kill();
+    let a = start(0, "ship-pg-a2");
+    reads(2);
+    a.wait_alerts("a violation of web-a's run 2", |al| !al.is_empty());
+    let (_, log_a) = a.stop();
+    let (_, log_b) = b.stop();
+    for (h, (trail, key, _, _)) in hosts.iter().zip(&setup) {
+        let records = trail_records(trail);
+        poll_until(
+            &format!("every record of {h} in PostgreSQL"),
+            Duration::from_secs(15),
+            || {
+                let n: usize = pg
+                    .psql(
+                        "audit",
+                        &format!("SELECT count(*) FROM vigie_trail WHERE host = '{h}'"),
+                    )
+                    .parse()
+                    .unwrap();
+                (n >= records.len()).then_some(())
+            },
+            || format!("{log_a}\n{log_b}"),
+        );
+        let stored = pg.psql(
+            "audit",
+            &format!("SELECT seq || ' ' || line FROM vigie_trail WHERE host = '{h}' ORDER BY seq"),
+        );
+        let expected: Vec<String> = records.iter().map(|(s, l)| format!("{s} {l}")).collect();
+        assert_eq!(
+            stored.lines().collect::<Vec<_>>(),
+            expected,
+            "{h}: the table holds the trail, each record once, byte for byte"
+        );
+        let public = format!("{}.pub", key.display());
+        let (code, out) = vigie_status(
+            &p,
+            &[
+                "verify",
+                "--key",
+                &public,
+                "--postgres",
+                &connection,
+                "--password-file",
+                password.to_str().unwrap(),
+                "--host",
+                h,
+            ],
+        );
+        assert_eq!(code, 0, "verify --postgres --host {h}:\n{out}");
+        assert!(out.starts_with("OK: seq 0.."), "{out}");
+        eprintln!(
+            "verify --postgres --host {h}: {}",
+            out.lines().next().unwrap()
+        );
+    }
+    // Monthly partitions, this month's and the next one created ahead.
+    let partitions: usize = pg
+        .psql(
+            "audit",
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'vigie_trail'::regclass",
+        )
+        .parse()
+        .unwrap();
+    assert!(partitions >= 2, "{partitions} partitions");
+    // The other key does not verify web-b's chain.
+    let (code, out) = vigie_status(
+        &p,
+        &[
+            "verify",
+            "--key",
+            &format!("{}.pub", setup[0].1.display()),
+            "--postgres",
+            &connection,
+            "--password-file",
+            password.to_str().unwrap(),
+            "--host",
+            "web-b",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    // A report over the fleet: alice's documents, read through both hosts.
+    let (code, out) = vigie_status(
+        &p,
+        &[
+            "report",
+            "--from-postgres",
+            &connection,
+            "--password-file",
+            password.to_str().unwrap(),
+            "--subject",
+            "alice",
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let total: usize = setup.iter().map(|(t, _, _, _)| accesses(t)).sum();
+    assert_eq!(
+        out.lines().filter(|l| l.contains("alice")).count(),
+        total,
+        "one report row per access of both hosts:\n{out}"
+    );
+    eprintln!("postgres shipping test took {:?}", started.elapsed());
+}

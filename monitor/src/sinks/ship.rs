@@ -6,7 +6,10 @@
 //!
 //! - [`Follower`]: reads trail records from a sequence number on, across rotations and
 //!   restarts, waiting at the end of the newest file for more;
-//! - [`syslog`]: the RFC 5424 over TCP destination and its thread.
+//! - [`syslog`]: the RFC 5424 over TCP destination;
+//! - [`postgres`]: the PostgreSQL table partitioned by month;
+//! - [`Shipper`]: a destination's thread, stopped after sending what the trail holds.
+pub mod postgres;
 pub mod syslog;
 
 use std::{
@@ -15,7 +18,94 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
 use monitor_core::trail::record;
+
+/// How long a stopping shipper may take to send what the trail holds.
+pub const FINISH_GRACE: Duration = Duration::from_secs(5);
+
+/// A destination's shipping thread; [`Shipper::finish`] stops it.
+#[derive(Debug)]
+pub struct Shipper {
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Shipper {
+    /// Runs `body` on a thread of its own; `body` returns once the flag it gets is set and it
+    /// sent what it could (within [`FINISH_GRACE`]).
+    pub fn spawn(
+        name: &'static str,
+        body: impl FnOnce(Arc<AtomicBool>) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ship-{name}"))
+            .spawn(move || body(flag))?;
+        Ok(Self {
+            name,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Tells the thread to send what the trail holds now and stop (see [`Shipper::finish`]).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Sends what the trail holds now (at most [`FINISH_GRACE`]), then stops. The next run
+    /// sends whatever was left.
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = Instant::now() + FINISH_GRACE + Duration::from_secs(1);
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        } else {
+            tracing::warn!(
+                destination = self.name,
+                "trail shipping did not finish in time: the next run sends the rest"
+            );
+        }
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// When a stopping shipper must give up: set at the first look after the stop flag.
+#[derive(Debug, Default)]
+pub struct StopClock(Option<Instant>);
+
+impl StopClock {
+    /// `Some(past_deadline)` once stopping.
+    pub fn check(&mut self, flag: &AtomicBool) -> Option<bool> {
+        if !flag.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = Instant::now();
+        Some(now >= *self.0.get_or_insert(now + FINISH_GRACE))
+    }
+}
 
 /// One trail record as written (without its newline).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,83 +17,35 @@ use std::{
     net::{TcpStream, ToSocketAddrs as _},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    sync::atomic::AtomicBool,
     time::{Duration, Instant},
 };
 
 use syslog::{Facility, Formatter5424, LogFormat as _, Severity};
 
-use super::{Cursor, Follower, Shipped};
+use super::{Cursor, Follower, Shipped, Shipper, StopClock};
 use crate::config::SyslogShipping;
 
-/// The shipping thread; [`SyslogShipper::finish`] stops it.
-#[derive(Debug)]
-pub struct SyslogShipper {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+/// Starts shipping the trail in `dir` from where the last run's shipping stood.
+pub fn start(dir: &Path, cfg: &SyslogShipping, host: String) -> std::io::Result<Shipper> {
+    let cursor = Cursor::load(dir, "syslog")?;
+    tracing::info!(address = %cfg.address, from_seq = cursor.next(), "shipping the trail to syslog");
+    let mut ship = Ship {
+        dir: dir.to_path_buf(),
+        address: cfg.address.clone(),
+        window: Duration::from_secs(cfg.resend_window_secs),
+        formatter: Formatter5424 {
+            facility: Facility::LOG_AUDIT,
+            hostname: Some(host.clone()),
+            process: "vigie".to_string(),
+            pid: std::process::id(),
+        },
+        sd_id: cfg.sd_id.clone(),
+        host,
+        cursor,
+    };
+    Shipper::spawn("syslog", move |stop| ship.run(&stop))
 }
-
-impl SyslogShipper {
-    /// Starts shipping the trail in `dir` from where the last run's shipping stood.
-    pub fn start(dir: &Path, cfg: &SyslogShipping, host: String) -> std::io::Result<Self> {
-        let cursor = Cursor::load(dir, "syslog")?;
-        tracing::info!(address = %cfg.address, from_seq = cursor.next(), "shipping the trail to syslog");
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut ship = Ship {
-            dir: dir.to_path_buf(),
-            address: cfg.address.clone(),
-            window: Duration::from_secs(cfg.resend_window_secs),
-            formatter: Formatter5424 {
-                facility: Facility::LOG_AUDIT,
-                hostname: Some(host.clone()),
-                process: "vigie".to_string(),
-                pid: std::process::id(),
-            },
-            sd_id: cfg.sd_id.clone(),
-            host,
-            cursor,
-            stop: stop.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name("ship-syslog".into())
-            .spawn(move || ship.run())?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Sends what the trail holds now (at most `grace`), then stops. What was sent but not yet
-    /// counted as delivered is sent again by the next run.
-    pub fn finish(mut self, grace: Duration) {
-        self.stop.store(true, Ordering::Relaxed);
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        let deadline = Instant::now() + grace + Duration::from_secs(1);
-        while !thread.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if thread.is_finished() {
-            let _ = thread.join();
-        } else {
-            tracing::warn!("syslog shipping did not finish in time: the next run sends the rest");
-        }
-    }
-}
-
-impl Drop for SyslogShipper {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// How long `finish` waits for the collector.
-pub const FINISH_GRACE: Duration = Duration::from_secs(5);
 
 struct Ship {
     dir: PathBuf,
@@ -103,7 +55,6 @@ struct Ship {
     sd_id: String,
     host: String,
     cursor: Cursor,
-    stop: Arc<AtomicBool>,
 }
 
 /// A record sent on the current connection, not yet counted as delivered.
@@ -120,23 +71,21 @@ struct Conn {
 }
 
 impl Ship {
-    fn run(&mut self) {
+    fn run(&mut self, stop: &AtomicBool) {
         let mut conn: Option<Conn> = None;
         let mut follower: Option<Follower> = None;
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let mut next_try = Instant::now();
-        let mut stop_deadline = None;
+        let mut stop_clock = StopClock::default();
         let mut warned = false;
         loop {
             let now = Instant::now();
-            if self.stop.load(Ordering::Relaxed) {
-                let deadline = *stop_deadline.get_or_insert(now + FINISH_GRACE);
-                if now >= deadline {
-                    return;
-                }
+            let stopping = stop_clock.check(stop);
+            if stopping == Some(true) {
+                return;
             }
             let Some(c) = conn.as_mut() else {
-                if stop_deadline.is_some() {
+                if stopping.is_some() {
                     // Down at stop: the next run sends the rest.
                     return;
                 }
@@ -222,7 +171,7 @@ impl Ship {
             {
                 tracing::warn!(error = %e, "saving the shipping cursor");
             }
-            if stop_deadline.is_some() && batch.is_empty() && acked == c.sent {
+            if stopping.is_some() && batch.is_empty() && acked == c.sent {
                 // All on the collector's side; the last window is sent again next run.
                 return;
             }
