@@ -219,6 +219,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     for pid in procfs::initial_targets(&live.cfg) {
         live.adopt(pid)?;
     }
+    // A worker forked between that scan of /proc and its parent becoming a target was seen by
+    // neither (its fork came before the probe would follow it): look again until none is new.
+    loop {
+        let missed: Vec<u32> = procfs::initial_targets(&live.cfg)
+            .into_iter()
+            .filter(|p| !live.seen.contains(p) && !live.probes.is_target(*p))
+            .collect();
+        if missed.is_empty() {
+            break;
+        }
+        for pid in missed {
+            tracing::debug!(pid, "forked while its parent was adopted");
+            live.adopt(pid)?;
+        }
+    }
     tracing::info!(targets = ?live.targets, names = ?live.cfg.exec_names(), "watching");
     // Handlers before announcing readiness: a SIGINT right after must detach and flush, not kill.
     let signals = (
