@@ -497,7 +497,7 @@ impl Live {
             let mut decoded = std::mem::take(&mut self.decoded);
             let result = match ring.next() {
                 Some(item) => {
-                    // A record stamped with a new loss count comes after a gap: what the lost
+                    // A record stamped with a new loss time comes after a gap: what the lost
                     // events could have changed is forgotten before it is handled.
                     if let Some(at) = monitor_core::decode::last_loss(&item)
                         && at != self.last_loss
