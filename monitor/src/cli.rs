@@ -108,6 +108,13 @@ pub struct ReportArgs {
     /// With --from-postgres: the password, from this file (mode 0600).
     #[arg(long, value_name = "FILE", requires = "from_postgres")]
     pub password_file: Option<String>,
+    /// Shipped records were pseudonymised with this key (`[trail] pseudonym_key_file`):
+    /// resolve the names given by --names and those of --subject and --user.
+    #[arg(long, value_name = "FILE")]
+    pub pseudonym_key: Option<String>,
+    /// With --pseudonym-key: the candidate names (one per line, e.g. the portal's users).
+    #[arg(long, value_name = "FILE", requires = "pseudonym_key")]
+    pub names: Option<PathBuf>,
     /// Every access to documents owned by this person (a right-of-access request).
     #[arg(long, value_name = "OWNER")]
     pub subject: Option<String>,
@@ -165,6 +172,13 @@ pub struct VerifyArgs {
     /// With --postgres: the password, from this file (mode 0600).
     #[arg(long, value_name = "FILE", requires = "postgres")]
     pub password_file: Option<String>,
+    /// Shipped records were pseudonymised with this key (`[trail] pseudonym_key_file`):
+    /// resolve the names given by --names (the original lines, hence the chain, come back only where every name of a record is known).
+    #[arg(long, value_name = "FILE")]
+    pub pseudonym_key: Option<String>,
+    /// With --pseudonym-key: the candidate names (one per line, e.g. the portal's users).
+    #[arg(long, value_name = "FILE", requires = "pseudonym_key")]
+    pub names: Option<PathBuf>,
     /// The public key file (`vigie trail-keygen` writes it as KEY.pub).
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,

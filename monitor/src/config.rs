@@ -67,6 +67,13 @@ pub struct Trail {
     /// keep everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_days: Option<u32>,
+    /// Pseudonymise the records shipped off the host (syslog, PostgreSQL): every `user` and
+    /// `owner` value and `shared_with` entry becomes `p:` + HMAC-SHA-256 with this key (64 hex
+    /// digits, `openssl rand -hex 32`; mode 0600). The local trail keeps the names. Whoever
+    /// holds the key, this host included, can re-identify by hashing candidate names; document
+    /// paths and request targets are shipped as they are (docs/trail.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudonym_key_file: Option<String>,
     /// Ship every trail record off the host to a syslog collector (RFC 5424 over TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syslog: Option<SyslogShipping>,
@@ -137,6 +144,7 @@ impl Default for Trail {
             checkpoint_interval_secs: default_checkpoint_interval_secs(),
             max_file_mb: default_trail_max_file_mb(),
             retention_days: None,
+            pseudonym_key_file: None,
             syslog: None,
             postgres: None,
         }
@@ -184,6 +192,9 @@ impl Trail {
                     "must be 1 to 32 printable ASCII characters without '=', ']', '\"' or space (RFC 5424 SD-NAME)",
                 ));
             }
+        }
+        if let Some(file) = &self.pseudonym_key_file {
+            read_pseudonym_key(file).map_err(|r| invalid("trail.pseudonym_key_file", r))?;
         }
         if let Some(p) = &self.postgres {
             crate::ownership::sql::parse_connection(&p.connection)
@@ -421,6 +432,15 @@ pub enum ConfigError {
     Insecure { path: String, mode: u32 },
     #[error("invalid `{field}`: {reason}")]
     Invalid { field: String, reason: String },
+}
+
+/// The pseudonym key of shipped trail records, from a file only its owner can read.
+pub fn read_pseudonym_key(
+    file: &str,
+) -> Result<monitor_core::trail::pseudonym::PseudonymKey, String> {
+    let bytes = crate::ownership::config::read_password_file(file)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{file}: not text"))?;
+    monitor_core::trail::pseudonym::PseudonymKey::parse(text).map_err(|e| format!("{file}: {e}"))
 }
 
 /// Reads a key file named by the configuration (the JWT key): at most

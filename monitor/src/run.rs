@@ -216,15 +216,29 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         let trail = open_trail(&live.cfg, &dir, clock)?;
         tracing::info!(file = %trail.current_file().display(), key_id = trail.key_id(), "audit trail");
         live.pipeline.set_trail(trail);
+        // Read once here; like the signing key, never logged.
+        let pseudonyms = live
+            .cfg
+            .trail
+            .pseudonym_key_file
+            .as_deref()
+            .map(crate::config::read_pseudonym_key)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("trail.pseudonym_key_file: {e}"))?;
         if let Some(syslog) = &live.cfg.trail.syslog {
             live.shippers.push(
-                crate::sinks::ship::syslog::start(&dir, syslog, crate::sinks::ocsf::hostname())
-                    .context("starting the trail's syslog shipping")?,
+                crate::sinks::ship::syslog::start(
+                    &dir,
+                    syslog,
+                    crate::sinks::ocsf::hostname(),
+                    pseudonyms.clone(),
+                )
+                .context("starting the trail's syslog shipping")?,
             );
         }
         if let Some(pg) = &live.cfg.trail.postgres {
             live.shippers.push(
-                crate::sinks::ship::postgres::start(&dir, pg)
+                crate::sinks::ship::postgres::start(&dir, pg, pseudonyms.clone())
                     .context("starting the trail's PostgreSQL shipping")?,
             );
         }

@@ -81,6 +81,49 @@ fn postgres_trails(
     Ok(trails)
 }
 
+/// Undoes the pseudonyms of shipped records, for the names known (`--names` and `extra`).
+fn restore_names(
+    files: &mut [(String, Vec<u8>)],
+    key_file: Option<&str>,
+    names_file: Option<&Path>,
+    extra: &[&str],
+) -> anyhow::Result<()> {
+    use monitor_core::trail::pseudonym::{dictionary, restore_line};
+    let Some(key_file) = key_file else {
+        return Ok(());
+    };
+    let key = crate::config::read_pseudonym_key(key_file).map_err(anyhow::Error::msg)?;
+    let listed = match names_file {
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
+        None => String::new(),
+    };
+    let names = dictionary(
+        &key,
+        listed
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .chain(extra.iter().copied()),
+    );
+    for (_, bytes) in files.iter_mut() {
+        let mut out = Vec::with_capacity(bytes.len());
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            let (body, nl) = match line.strip_suffix(b"\n") {
+                Some(b) => (b, true),
+                None => (line, false),
+            };
+            out.extend_from_slice(&restore_line(&names, body));
+            if nl {
+                out.push(b'\n');
+            }
+        }
+        *bytes = out;
+    }
+    Ok(())
+}
+
 pub fn read_public_key(path: &Path) -> anyhow::Result<PublicKey> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -91,7 +134,16 @@ pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let verified = read_public_key(&args.key).and_then(|k| match &args.postgres {
         // One host (--host is required): its chain.
         Some(conn) => postgres_trails(conn, args.password_file.as_deref(), args.host.as_deref())
-            .map(|trails| verify_files(&trails[0].files, &k)),
+            .and_then(|mut trails| {
+                let files = &mut trails[0].files;
+                restore_names(
+                    files,
+                    args.pseudonym_key.as_deref(),
+                    args.names.as_deref(),
+                    &[],
+                )?;
+                Ok(verify_files(files, &k))
+            }),
         None => verify_paths(&args.trail, &k),
     });
     let report = match verified {
@@ -160,11 +212,23 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         (_, Some(u)) => Query::User(u.clone()),
         _ => Query::Breach,
     };
-    let shipped = args
+    let mut shipped = args
         .from_postgres
         .as_ref()
         .map(|conn| postgres_trails(conn, args.password_file.as_deref(), args.host.as_deref()))
         .transpose()?;
+    let asked: Vec<&str> = [args.subject.as_deref(), args.user.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    for t in shipped.iter_mut().flatten() {
+        restore_names(
+            &mut t.files,
+            args.pseudonym_key.as_deref(),
+            args.names.as_deref(),
+            &asked,
+        )?;
+    }
     let first_line = |r: Report| r.to_string().lines().next().unwrap_or_default().to_string();
     let integrity = match (&args.key, &shipped) {
         (None, _) => "not verified (no --key given)".to_string(),

@@ -389,6 +389,16 @@ fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
     )
     .unwrap();
     let connection = pg.connection("audit", "vigie_writer");
+    // web-b ships pseudonyms (the DPO's key); its local trail keeps the names.
+    let pseudonym_key = tmp.path().join("pseudonym.key");
+    std::fs::write(&pseudonym_key, format!("{}\n", "5a".repeat(32))).unwrap();
+    std::fs::set_permissions(
+        &pseudonym_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let names = tmp.path().join("names.txt");
+    std::fs::write(&names, "alice\nbob\ncarol\n").unwrap();
     let portal = Portal::start("ship-pg", &["--model", "thread"]);
     // Two hosts: two Vigies, each with its trail and its key, writing to the same table.
     let hosts = ["web-a", "web-b"];
@@ -399,8 +409,13 @@ fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
             let (ok, out, err) = vigie_cmd(&p, &["trail-keygen".as_ref(), key.as_os_str()]);
             assert!(ok, "{out}{err}");
             let trail = tmp.path().join(format!("{h}-trail"));
+            let pseudonyms = if *h == "web-b" {
+                format!("pseudonym_key_file = \"{}\"\n", pseudonym_key.display())
+            } else {
+                String::new()
+            };
             let config = format!(
-                "{}[trail]\ncheckpoint_interval_secs = 1\n[trail.postgres]\nconnection = \"{connection}\"\npassword_file = \"{}\"\nhost = \"{h}\"\n",
+                "{}[trail]\ncheckpoint_interval_secs = 1\n{pseudonyms}[trail.postgres]\nconnection = \"{connection}\"\npassword_file = \"{}\"\nhost = \"{h}\"\n",
                 portal.config(&format!("pids = [{}]", portal.guard.pid())),
                 password.display()
             );
@@ -512,26 +527,57 @@ fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
             &format!("SELECT seq || ' ' || line FROM vigie_trail WHERE host = '{h}' ORDER BY seq"),
         );
         let expected: Vec<String> = records.iter().map(|(s, l)| format!("{s} {l}")).collect();
-        assert_eq!(
-            stored.lines().collect::<Vec<_>>(),
-            expected,
-            "{h}: the table holds the trail, each record once, byte for byte"
-        );
+        let stored: Vec<&str> = stored.lines().collect();
         let public = format!("{}.pub", key.display());
-        let (code, out) = vigie_status(
-            &p,
-            &[
-                "verify",
-                "--key",
-                &public,
-                "--postgres",
-                &connection,
-                "--password-file",
-                password.to_str().unwrap(),
-                "--host",
-                h,
-            ],
-        );
+        let mut verify = vec![
+            "verify",
+            "--key",
+            &public,
+            "--postgres",
+            &connection,
+            "--password-file",
+            password.to_str().unwrap(),
+            "--host",
+            h,
+        ];
+        if *h == "web-a" {
+            assert_eq!(
+                stored, expected,
+                "{h}: the table holds the trail, each record once, byte for byte"
+            );
+        } else {
+            let seqs = |v: &[&str]| -> Vec<String> {
+                v.iter()
+                    .map(|l| l.split(' ').next().unwrap().to_string())
+                    .collect()
+            };
+            let exp: Vec<&str> = expected.iter().map(String::as_str).collect();
+            assert_eq!(seqs(&stored), seqs(&exp), "{h}: each record once");
+            let all = stored.join("\n");
+            for name in ["alice", "bob"] {
+                for member in ["user", "owner"] {
+                    let plain = format!("\"{member}\":\"{name}\"");
+                    assert!(!all.contains(&plain), "{plain} shipped in clear");
+                    assert!(
+                        records
+                            .values()
+                            .any(|l| l.contains(&format!("\"user\":\"{name}\""))),
+                        "the local trail keeps {name}"
+                    );
+                }
+            }
+            assert!(all.contains("\"user\":\"p:"), "{all}");
+            // Without the key the pseudonymised records do not match their chain.
+            let (code, out) = vigie_status(&p, &verify);
+            assert_eq!(code, 1, "verify of pseudonyms without the key:\n{out}");
+            verify.extend([
+                "--pseudonym-key",
+                pseudonym_key.to_str().unwrap(),
+                "--names",
+                names.to_str().unwrap(),
+            ]);
+        }
+        let (code, out) = vigie_status(&p, &verify);
         assert_eq!(code, 0, "verify --postgres --host {h}:\n{out}");
         assert!(out.starts_with("OK: seq 0.."), "{out}");
         eprintln!(
@@ -577,6 +623,8 @@ fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
             "alice",
             "--format",
             "csv",
+            "--pseudonym-key",
+            pseudonym_key.to_str().unwrap(),
         ],
     );
     assert_eq!(code, 0, "{out}");

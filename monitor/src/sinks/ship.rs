@@ -29,6 +29,16 @@ use std::{
 
 use monitor_core::trail::record;
 
+use monitor_core::trail::pseudonym::{PseudonymKey, pseudonymise_line};
+
+/// A record's bytes as shipped: pseudonymised when a key is configured.
+pub fn shipped_line<'a>(key: Option<&PseudonymKey>, line: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    match key {
+        Some(k) => std::borrow::Cow::Owned(pseudonymise_line(k, line)),
+        None => std::borrow::Cow::Borrowed(line),
+    }
+}
+
 /// How long a stopping shipper may take to send what the trail holds.
 pub const FINISH_GRACE: Duration = Duration::from_secs(5);
 

@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use monitor_core::trail::pseudonym::PseudonymKey;
+
 use super::{Follower, Shipped, Shipper, StopClock};
 use crate::config::PostgresShipping;
 
@@ -22,7 +24,11 @@ use crate::config::PostgresShipping;
 pub const TABLE: &str = "vigie_trail";
 
 /// Starts shipping the trail in `dir`; the password (if any) is read here.
-pub fn start(dir: &Path, cfg: &PostgresShipping) -> anyhow::Result<Shipper> {
+pub fn start(
+    dir: &Path,
+    cfg: &PostgresShipping,
+    pseudonyms: Option<PseudonymKey>,
+) -> anyhow::Result<Shipper> {
     use anyhow::Context as _;
     let config = connection(&cfg.connection, cfg.password_file.as_deref())
         .context("trail.postgres.connection")?;
@@ -36,6 +42,7 @@ pub fn start(dir: &Path, cfg: &PostgresShipping) -> anyhow::Result<Shipper> {
         config,
         host,
         months: BTreeSet::new(),
+        pseudonyms,
     };
     Ok(Shipper::spawn("postgres", move |stop| ship.run(&stop))?)
 }
@@ -61,6 +68,7 @@ struct Ship {
     host: String,
     /// Months whose partitions this run made sure of ("2026-12").
     months: BTreeSet<String>,
+    pseudonyms: Option<PseudonymKey>,
 }
 
 /// The time and type of a record.
@@ -164,7 +172,9 @@ impl Ship {
         for rec in batch {
             let head: Head = serde_json::from_slice(&rec.line)
                 .map_err(|e| anyhow::anyhow!("trail record seq {}: {e}", rec.seq))?;
-            let line = std::str::from_utf8(&rec.line)?;
+            let line = String::from_utf8(
+                super::shipped_line(self.pseudonyms.as_ref(), &rec.line).into_owned(),
+            )?;
             rows.push((i64::try_from(rec.seq)?, head, line));
         }
         let months: BTreeSet<String> = rows

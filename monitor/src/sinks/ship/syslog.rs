@@ -23,11 +23,18 @@ use std::{
 
 use syslog::{Facility, Formatter5424, LogFormat as _, Severity};
 
+use monitor_core::trail::pseudonym::PseudonymKey;
+
 use super::{Cursor, Follower, Shipped, Shipper, StopClock};
 use crate::config::SyslogShipping;
 
 /// Starts shipping the trail in `dir` from where the last run's shipping stood.
-pub fn start(dir: &Path, cfg: &SyslogShipping, host: String) -> std::io::Result<Shipper> {
+pub fn start(
+    dir: &Path,
+    cfg: &SyslogShipping,
+    host: String,
+    pseudonyms: Option<PseudonymKey>,
+) -> std::io::Result<Shipper> {
     let cursor = Cursor::load(dir, "syslog")?;
     tracing::info!(address = %cfg.address, from_seq = cursor.next(), "shipping the trail to syslog");
     let mut ship = Ship {
@@ -43,6 +50,7 @@ pub fn start(dir: &Path, cfg: &SyslogShipping, host: String) -> std::io::Result<
         sd_id: cfg.sd_id.clone(),
         host,
         cursor,
+        pseudonyms,
     };
     Shipper::spawn("syslog", move |stop| ship.run(&stop))
 }
@@ -55,6 +63,7 @@ struct Ship {
     sd_id: String,
     host: String,
     cursor: Cursor,
+    pseudonyms: Option<PseudonymKey>,
 }
 
 /// A record sent on the current connection, not yet counted as delivered.
@@ -221,7 +230,14 @@ impl Ship {
             .format(
                 &mut msg,
                 Severity::LOG_INFO,
-                (1, sd, String::from_utf8_lossy(&rec.line)),
+                (
+                    1,
+                    sd,
+                    String::from_utf8_lossy(&super::shipped_line(
+                        self.pseudonyms.as_ref(),
+                        &rec.line,
+                    )),
+                ),
             )
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(msg)
