@@ -29,11 +29,49 @@ pub fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads and verifies a trail, one file in memory at a time.
+/// A trail file's bytes, mapped rather than copied: `verify` reads each byte once, and the
+/// copy into the process was as long as the check itself (0.6 s of system time per 600 MB).
+enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Empty,
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Mapped(m) => m,
+            Self::Empty => &[],
+        }
+    }
+}
+
+fn map_file(path: &Path) -> anyhow::Result<FileBytes> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if len == 0 {
+        // mmap refuses a zero length.
+        return Ok(FileBytes::Empty);
+    }
+    // SAFETY: the mapping is read-only and private. Vigie only appends to a trail file (bytes
+    // past the mapped length are not seen) and retention unlinks whole files (the mapping
+    // stays valid); a file truncated by someone else while `verify` runs would end it with
+    // SIGBUS, never with a wrong answer.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+        .with_context(|| format!("mapping {}", path.display()))?;
+    // One pass from start to end.
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(FileBytes::Mapped(map))
+}
+
+/// Reads and verifies a trail, one file mapped at a time.
 pub fn verify_paths(paths: &[PathBuf], key: &PublicKey) -> anyhow::Result<Report> {
     let mut v = Verification::new(key);
     for f in expand(paths)? {
-        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        let bytes = map_file(&f)?;
         let name = f.file_name().map_or_else(
             || f.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
