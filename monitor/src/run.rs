@@ -240,6 +240,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
             live.adopt(pid)?;
         }
     }
+    // Classic TLS uprobes (a kernel without uprobe.multi) cannot be attached after the drop:
+    // the system's libssl is hooked now, for the targets that start later.
+    if live.probes.tls_way() == Some("classic uprobes") {
+        live.tls.attach_system(&mut live.probes);
+    }
+    match live.probes.tls_way() {
+        Some(way) => tracing::info!(way, "TLS hooks"),
+        None => tracing::warn!("TLS not readable: no TLS program could be loaded"),
+    }
     tracing::info!(targets = ?live.targets, names = ?live.cfg.exec_names(), "watching");
     // Handlers before announcing readiness: a SIGINT right after must detach and flush, not kill.
     let signals = (
