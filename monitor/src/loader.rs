@@ -630,10 +630,6 @@ impl Probes {
         }
     }
 
-    /// Hooks the TLS functions of the OpenSSL library at `path` (a path Vigie can open), for
-    /// every process that maps it: the kernel puts the uprobe on the file's inode. `shown` is
-    /// the path as the target sees it, for the report. Returns how many hooks attached; each
-    /// is in `report.tls`.
     /// How the TLS hooks are made: `uprobe.multi` links (6.6+, also after the capability drop),
     /// classic uprobes (only before it), or `None`: no TLS program could be loaded.
     pub fn tls_way(&self) -> Option<&'static str> {
@@ -646,6 +642,16 @@ impl Probes {
         })
     }
 
+    /// Whether the TLS hooks are classic uprobes: attached only while Vigie holds its
+    /// capabilities.
+    pub fn tls_classic(&self) -> bool {
+        self.tls_multi == Some(false)
+    }
+
+    /// Hooks the TLS functions of the OpenSSL library at `path` (a path Vigie can open), for
+    /// every process that maps it: the kernel puts the uprobe on the file's inode. `shown` is
+    /// the path as the target sees it, for the report. Returns how many hooks attached; each
+    /// is in `report.tls`.
     pub fn attach_tls(&mut self, path: &Path, shown: &str, inode: u64) -> usize {
         let Some(multi) = self.tls_multi else {
             return 0;

@@ -102,7 +102,7 @@ struct Live {
     stop_reason: &'static str,
     /// TLS libraries of targets: hooked, or reported unreadable.
     tls: crate::tls::TlsHooks,
-    /// Connections Vigie cannot read (TLS not hooked, HTTP/2) never go past the decoder.
+    /// Connections Vigie cannot read (TLS not hooked) never go past the decoder.
     conn_gate: monitor_core::tls::ConnectionGate,
     /// HTTP/2 connections, followed before the gate (their bytes become items).
     http2: monitor_core::http2::Demux,
@@ -242,7 +242,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     }
     // Classic TLS uprobes (a kernel without uprobe.multi) cannot be attached after the drop:
     // the system's libssl is hooked now, for the targets that start later.
-    if live.probes.tls_way() == Some("classic uprobes") {
+    if live.probes.tls_classic() {
         live.tls.attach_system(&mut live.probes);
     }
     match live.probes.tls_way() {
@@ -602,21 +602,6 @@ impl Live {
                 if !data.0.is_empty() {
                     self.bodies.request(pid, *fd);
                 }
-                for (raw, hashed) in self.redactor.take_session_ids() {
-                    if let Some(user) = self.session_from_store(&raw, &hashed) {
-                        first.push(Event {
-                            ts_ns: ev.ts_ns,
-                            pid,
-                            tid: ev.tid,
-                            comm: ev.comm.clone(),
-                            goid: None,
-                            kind: EventKind::SessionFound {
-                                session: String::from_utf8_lossy(&hashed).into_owned(),
-                                user,
-                            },
-                        });
-                    }
-                }
             }
             EventKind::SockWrite {
                 fd,
@@ -639,21 +624,6 @@ impl Live {
                 use monitor_core::http2::Item;
                 if let Item::Request { head, .. } | Item::Response { head, .. } = item {
                     self.redactor.redact_head(&mut head.0);
-                }
-                for (raw, hashed) in self.redactor.take_session_ids() {
-                    if let Some(user) = self.session_from_store(&raw, &hashed) {
-                        first.push(Event {
-                            ts_ns: ev.ts_ns,
-                            pid,
-                            tid: ev.tid,
-                            comm: ev.comm.clone(),
-                            goid: None,
-                            kind: EventKind::SessionFound {
-                                session: String::from_utf8_lossy(&hashed).into_owned(),
-                                user,
-                            },
-                        });
-                    }
                 }
             }
             EventKind::SockAccept { fd, .. } => {
@@ -687,6 +657,23 @@ impl Live {
                 tracing::info!(pid = ev.pid, comm = %ev.comm, "new target (exec)");
             }
             _ => {}
+        }
+        // The session cookies a request head carried (HTTP/1 read or HTTP/2 stream), when
+        // the portal's store knows them and the correlator does not.
+        for (raw, hashed) in self.redactor.take_session_ids() {
+            if let Some(user) = self.session_from_store(&raw, &hashed) {
+                first.push(Event {
+                    ts_ns: ev.ts_ns,
+                    pid,
+                    tid: ev.tid,
+                    comm: ev.comm.clone(),
+                    goid: None,
+                    kind: EventKind::SessionFound {
+                        session: String::from_utf8_lossy(&hashed).into_owned(),
+                        user,
+                    },
+                });
+            }
         }
         Ok(first)
     }
