@@ -697,7 +697,13 @@ fn request_head(fields: &[(Vec<u8>, Vec<u8>)]) -> Option<Vec<u8>> {
         field(&mut head, name, value)?;
     }
     head.extend_from_slice(b"\r\n");
-    Some(head)
+    // What the correlator's HTTP parser refuses (too many fields, a malformed one) is not a
+    // request it could judge: the stream is not followed rather than half-read.
+    matches!(
+        crate::http::parse_request_head(&head),
+        crate::http::HeadParse::Complete(_)
+    )
+    .then_some(head)
 }
 
 /// A response's decoded fields as an HTTP/1.1 head, and whether it is interim (1xx).

@@ -514,3 +514,23 @@ fn no_credential_or_cookie_of_an_http2_exchange_reaches_a_trace() {
     assert!(trace.contains(&alice[..8]), "{trace}");
     assert!(trace.contains("eyJzdWIiOiJib2IifQ"), "{trace}");
 }
+
+#[test]
+fn a_head_the_http_parser_refuses_is_not_followed() {
+    // Found by the `http2` fuzz target: an empty `transfer-encoding` (which the HTTP parser
+    // refuses: the body's framing is unknown).
+    let (mut c, mut client) = (Connection::new(), Encoder::new());
+    let fields = [
+        (":method", "POST"),
+        (":path", "/index.html"),
+        ("transfer-encoding", ""),
+    ];
+    let mut first = HTTP2_PREFACE.to_vec();
+    first.extend(headers(&mut client, 1, END_STREAM, &fields));
+    assert_eq!(
+        read(&mut c, &first),
+        [Item::Lost {
+            why: Lost::InvalidHeaders
+        }]
+    );
+}
