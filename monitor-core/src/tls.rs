@@ -110,11 +110,14 @@ pub fn is_http2_preface(data: &[u8]) -> bool {
 
 /// Keeps the bytes of connections Vigie cannot read away from the redactor, the HTTP parser,
 /// the trace and the correlator. A connection whose first captured read is a TLS handshake
-/// record (a ClientHello: its TLS library is not hooked) is unreadable until the socket is closed (or its number is reused by an accept): each of its reads becomes
-/// an [`EventKind::Unreadable`] (no bytes kept; the correlator stops presuming that the thread
-/// serves one visible request at a time), its writes are dropped. Hooked TLS connections never show their ciphertext (the probes do not
-/// capture a TLS socket's syscalls), so what reaches this gate from them is plaintext. The
-/// documents such connections serve are then judged `unattributed`, never guessed.
+/// record (a ClientHello: its TLS library is not hooked) is unreadable until the socket is
+/// closed (or its number is reused by an accept): each of its reads becomes an
+/// [`EventKind::Unreadable`] (no bytes kept; the correlator stops presuming that the thread
+/// serves one visible request at a time), its writes are dropped. Hooked TLS connections never
+/// show their ciphertext (the probes do not capture a TLS socket's syscalls), so what reaches
+/// this gate from them is plaintext. The documents such connections serve are then judged
+/// `unattributed`, never guessed. (HTTP/2 is followed before this gate, by
+/// [`crate::http2::Demux`].)
 ///
 /// Pure and deterministic. Live runs drop before recording, so a trace holds no ciphertext,
 /// and replay needs no gate.
