@@ -46,7 +46,7 @@ pub struct Config {
     pub trail: Trail,
 }
 
-/// The audit trail (`vigie.trail/1`, README "Audit trail").
+/// The audit trail (`vigie.trail/1`, `docs/src/operators/trail.md`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Trail {
