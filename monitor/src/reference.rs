@@ -23,11 +23,11 @@ pub const METRIC_NOTES: &[(&str, &str)] = &[
     ),
     (
         "vigie_events_total",
-        "Events fed to the correlator: `file_open`, `file_read`, `file_map`, `sendfile`, `file_close`, `sock_accept`, `sock_read`, `sock_write`, `sock_close`, `unreadable` (reads of TLS or HTTP/2 connections Vigie cannot read), `process_exec`, `process_fork`, `process_exit`, `thread_exit`, `fd_found` (from `/proc`), `lost`, `tick`.",
+        "Events fed to the correlator: `file_open`, `file_read`, `file_map`, `sendfile`, `file_close`, `sock_accept`, `sock_read`, `sock_write`, `sock_close`, `http2` (what an HTTP/2 connection's frames told: a stream's request or response head, its body, its end, the connection lost), `unreadable` (reads of TLS or HTTP/2 connections Vigie cannot read), `process_exec`, `process_fork`, `process_exit`, `thread_exit`, `fd_found` (from `/proc`), `lost`, `tick`.",
     ),
     (
         "vigie_stream_desyncs_total",
-        "Times a connection's request stream could not be followed exactly: `invalid_head`, `head_too_large`, `read_not_captured`, `bad_chunked_body`, `events_lost`, `fastcgi_desync`, `pipeline_ambiguous`. Reads on it are `unattributed` with that rule until its next request.",
+        "Times a connection's request stream could not be followed exactly: `invalid_head`, `head_too_large`, `read_not_captured`, `bad_chunked_body`, `events_lost`, `fastcgi_desync`, `pipeline_ambiguous`, `http2_lost` (for good: an HTTP/2 connection is not resumed). Reads on it are `unattributed` with that rule until its next request.",
     ),
     (
         "vigie_events_lost_total",
@@ -116,7 +116,7 @@ pub const METRIC_NOTES: &[(&str, &str)] = &[
     ),
     (
         "vigie_http2_connections_total",
-        "Connections that spoke HTTP/2 (not parsed yet): kept out whole, their reads `unattributed`.",
+        r#"Connections that spoke HTTP/2 (over TLS, or cleartext prior knowledge), followed stream by stream; those lost are counted in `vigie_stream_desyncs_total{reason="http2_lost"}`."#,
     ),
     (
         "vigie_correlator_tracked",

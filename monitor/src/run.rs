@@ -102,8 +102,12 @@ struct Live {
     stop_reason: &'static str,
     /// TLS libraries of targets: hooked, or reported unreadable.
     tls: crate::tls::TlsHooks,
-    /// Connections Vigie cannot read (TLS not hooked, HTTP/2) never go past the decoder.
+    /// Connections Vigie cannot read (TLS not hooked) never go past the decoder.
     conn_gate: monitor_core::tls::ConnectionGate,
+    /// HTTP/2 connections, followed before the gate (their bytes become items).
+    http2: monitor_core::http2::Demux,
+    /// Events the HTTP/2 stage passed on (reused buffer).
+    demuxed: Vec<Event>,
     /// TLS plaintext records (reads, writes) from the uprobes.
     tls_records: [u64; 2],
     go: crate::golang::GoTargets,
@@ -187,6 +191,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         ring_usage: None,
         tls: crate::tls::TlsHooks::new(),
         conn_gate: monitor_core::tls::ConnectionGate::new(),
+        http2: monitor_core::http2::Demux::new(),
+        demuxed: Vec::new(),
         tls_records: [0; 2],
         go,
         stop_reason: "end",
@@ -233,6 +239,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
             tracing::debug!(pid, "forked while its parent was adopted");
             live.adopt(pid)?;
         }
+    }
+    // Classic TLS uprobes (a kernel without uprobe.multi) cannot be attached after the drop:
+    // the system's libssl is hooked now, for the targets that start later.
+    if live.probes.tls_classic() {
+        live.tls.attach_system(&mut live.probes);
+    }
+    match live.probes.tls_way() {
+        Some(way) => tracing::info!(way, "TLS hooks"),
+        None => tracing::warn!("TLS not readable: no TLS program could be loaded"),
     }
     tracing::info!(targets = ?live.targets, names = ?live.cfg.exec_names(), "watching");
     // Handlers before announcing readiness: a SIGINT right after must detach and flush, not kill.
@@ -530,7 +545,8 @@ impl Live {
                     // Request lines split across reads are passed on whole (see `hold`), once
                     // the connection gate kept out what Vigie cannot read.
                     let mut passed = std::mem::take(&mut self.passed);
-                    for mut ev in decoded.drain(..) {
+                    let mut demuxed = std::mem::take(&mut self.demuxed);
+                    for ev in decoded.drain(..) {
                         if !self.adoptions.is_empty() {
                             let mut due = Vec::new();
                             self.adoptions.before(&ev, &mut due);
@@ -538,12 +554,16 @@ impl Live {
                                 self.feed(found)?;
                             }
                         }
-                        if self.conn_gate.drops(&mut ev) {
-                            self.decoder.recycle(ev);
-                            continue;
+                        self.http2.take(ev, &mut demuxed);
+                        for mut ev in demuxed.drain(..) {
+                            if self.conn_gate.drops(&mut ev) {
+                                self.decoder.recycle(ev);
+                                continue;
+                            }
+                            self.hold.take(ev, &mut passed);
                         }
-                        self.hold.take(ev, &mut passed);
                     }
+                    self.demuxed = demuxed;
                     self.decoded = decoded;
                     for ev in passed.drain(..) {
                         self.pass(ev)?;
@@ -582,21 +602,6 @@ impl Live {
                 if !data.0.is_empty() {
                     self.bodies.request(pid, *fd);
                 }
-                for (raw, hashed) in self.redactor.take_session_ids() {
-                    if let Some(user) = self.session_from_store(&raw, &hashed) {
-                        first.push(Event {
-                            ts_ns: ev.ts_ns,
-                            pid,
-                            tid: ev.tid,
-                            comm: ev.comm.clone(),
-                            goid: None,
-                            kind: EventKind::SessionFound {
-                                session: String::from_utf8_lossy(&hashed).into_owned(),
-                                user,
-                            },
-                        });
-                    }
-                }
             }
             EventKind::SockWrite {
                 fd,
@@ -614,6 +619,12 @@ impl Live {
             }
             EventKind::SendFile { out_fd, bytes, .. } => {
                 self.bodies.sent(pid, *out_fd, *bytes);
+            }
+            EventKind::Http2 { item, .. } => {
+                use monitor_core::http2::Item;
+                if let Item::Request { head, .. } | Item::Response { head, .. } = item {
+                    self.redactor.redact_head(&mut head.0);
+                }
             }
             EventKind::SockAccept { fd, .. } => {
                 self.redactor.accepted(pid, *fd);
@@ -646,6 +657,23 @@ impl Live {
                 tracing::info!(pid = ev.pid, comm = %ev.comm, "new target (exec)");
             }
             _ => {}
+        }
+        // The session cookies a request head carried (HTTP/1 read or HTTP/2 stream), when
+        // the portal's store knows them and the correlator does not.
+        for (raw, hashed) in self.redactor.take_session_ids() {
+            if let Some(user) = self.session_from_store(&raw, &hashed) {
+                first.push(Event {
+                    ts_ns: ev.ts_ns,
+                    pid,
+                    tid: ev.tid,
+                    comm: ev.comm.clone(),
+                    goid: None,
+                    kind: EventKind::SessionFound {
+                        session: String::from_utf8_lossy(&hashed).into_owned(),
+                        user,
+                    },
+                });
+            }
         }
         Ok(first)
     }
@@ -727,6 +755,8 @@ impl Live {
             // A lost read may have been part of a FastCGI stream: both the redactor and the
             // correlator (at the `Lost` event below) wait for a point to resume.
             self.redactor.lost();
+            // And every HTTP/2 connection may have lost a frame: lost for good.
+            self.http2.events_lost();
         }
         for (reason, (&total, before)) in now.iter().zip(self.lost).enumerate() {
             let delta = total.saturating_sub(before);
@@ -772,11 +802,15 @@ impl Live {
         let mut pending = Vec::new();
         self.decoder.flush(&mut pending);
         let mut held = Vec::new();
-        for mut ev in pending {
-            if self.conn_gate.drops(&mut ev) {
-                continue;
+        let mut demuxed = Vec::new();
+        for ev in pending {
+            self.http2.take(ev, &mut demuxed);
+            for mut ev in demuxed.drain(..) {
+                if self.conn_gate.drops(&mut ev) {
+                    continue;
+                }
+                self.hold.take(ev, &mut held);
             }
-            self.hold.take(ev, &mut held);
         }
         self.hold.flush_all(&mut held);
         for ev in held {
@@ -969,6 +1003,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::GoRuntime { .. } => "go_runtime",
         EventKind::SockClose { .. } => "sock_close",
         EventKind::Unreadable { .. } => "unreadable",
+        EventKind::Http2 { .. } => "http2",
         EventKind::Lost { .. } => "lost",
         EventKind::Tick => "tick",
         EventKind::OwnershipFact(_) => "ownership_fact",
@@ -1031,7 +1066,7 @@ impl Live {
             self.tls.unreadable,
             self.tls_records,
             self.conn_gate.tls_connections,
-            self.conn_gate.http2_connections,
+            self.http2.connections,
         );
     }
 }

@@ -149,6 +149,14 @@ fn heading_ids(text: &str) -> BTreeSet<String> {
         } else if !fence && line.starts_with('#') {
             ids.insert(slug(&line.trim_start_matches('#').replace('`', "")));
         }
+        // Explicit anchors: `<a id="http2"></a>`.
+        if !fence {
+            for rest in line.split("<a id=\"").skip(1) {
+                if let Some(id) = rest.split('"').next() {
+                    ids.insert(id.to_owned());
+                }
+            }
+        }
     }
     ids
 }
@@ -538,7 +546,7 @@ mod tests {
         std::fs::create_dir_all(d.join("sub")).expect("dir");
         std::fs::write(
             d.join("a.md"),
-            "# Title\n## The `judge`\n[ok](sub/b.md#b-part)\n",
+            "# Title\n## The `judge`\n[ok](sub/b.md#b-part) [ok](#x)\n- <a id=\"x\"></a>X\n",
         )
         .expect("write");
         std::fs::write(
