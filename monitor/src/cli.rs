@@ -72,6 +72,12 @@ pub enum Command {
         /// Where to write the secret key; must not exist.
         file: PathBuf,
     },
+    /// Print a generated reference page of the book (`cargo xtask docs` writes them).
+    #[command(hide = true)]
+    Reference {
+        /// Which page.
+        page: crate::reference::Page,
+    },
     /// Print the session handle alerts show for credentials read from stdin, one per line
     /// (never from the command line, where `ps` would show them): which of the portal's
     /// sessions an incident is, to revoke the right one.
@@ -316,6 +322,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report(args) => crate::trail_files::report_command(&args),
         Command::TrailKeygen { file } => crate::trail_files::keygen_command(&file),
         Command::SessionHandle { key_file, kind } => session_handles(key_file, kind),
+        Command::Reference { page } => {
+            print!("{}", crate::reference::page(page)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay(args) => {
             let opts = replay_options(args)?;
             let summary = crate::replay::replay(&opts)?;

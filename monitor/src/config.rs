@@ -46,7 +46,7 @@ pub struct Config {
     pub trail: Trail,
 }
 
-/// The audit trail (`vigie.trail/1`, README "Audit trail").
+/// The audit trail (`vigie.trail/1`, `docs/src/operators/trail.md`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Trail {
@@ -216,6 +216,7 @@ impl Trail {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Targets {
+    /// Process ids, with their children (those running at start-up and those forked later).
     #[serde(default)]
     pub pids: Vec<u32>,
     /// Process names (`comm`, as in `ps -o comm`; the kernel keeps 15 bytes).
@@ -227,6 +228,7 @@ pub struct Targets {
     pub executables: Vec<String>,
 }
 
+/// Where users' documents are, and who owns them (the `templates` ownership backend).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Documents {
@@ -238,6 +240,7 @@ pub struct Documents {
     pub owner_templates: Vec<String>,
 }
 
+/// Who may read any document, and how forged credentials are judged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
@@ -268,6 +271,7 @@ impl Default for Policy {
     }
 }
 
+/// What the probes capture of socket traffic, and what is masked before anything keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Capture {
@@ -319,6 +323,7 @@ impl Default for Capture {
     }
 }
 
+/// How the correlator ties document reads to requests.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Correlation {
@@ -350,6 +355,7 @@ impl Default for Correlation {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
+    /// Serve the endpoint (`--no-metrics` turns it off for one run).
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// `IP:port` to listen on (no host names: nothing to resolve at start-up).

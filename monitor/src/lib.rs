@@ -21,6 +21,7 @@ pub mod ownership;
 pub mod pipeline;
 pub mod privilege;
 pub mod procfs;
+pub mod reference;
 pub mod replay;
 pub mod run;
 pub mod runtime;

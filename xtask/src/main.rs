@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | build | demo | test | vm-test | fuzz | package`.
+//! Project tasks: `cargo xtask setup | build | demo | test | vm-test | fuzz | package | docs`.
 mod bench;
 mod demo;
+mod docs;
 mod fuzz;
 mod package;
 mod setup;
@@ -52,6 +53,15 @@ enum Task {
     /// the systemd unit, `/etc/vigie/vigie.toml`, the Prometheus rules and the docs), installing
     /// cargo-deb when missing.
     Package,
+    /// Set up, build, then write the book's generated reference pages (`docs/src/reference/`:
+    /// configuration keys, metrics catalogue, alert schema) from the code; `cargo xtask test`
+    /// fails when the checked-in pages differ. With `--book`, also build the book (installing
+    /// the pinned mdBook when missing) into `target/book`.
+    Docs {
+        /// Also build the book.
+        #[arg(long)]
+        book: bool,
+    },
     /// Build the cargo-fuzz targets of `fuzz/` (installing cargo-fuzz when missing) and run each
     /// for a bounded time from a copy of its seed corpus; fails on any crash.
     Fuzz {
@@ -91,6 +101,14 @@ fn main() -> anyhow::Result<()> {
             args.check()?;
             setup::run()?;
             vm::run(&build()?, &args)
+        }
+        Task::Docs { book } => {
+            setup::run()?;
+            docs::write(&build()?.vigie)?;
+            if book {
+                docs::build_book()?;
+            }
+            Ok(())
         }
         Task::Fuzz { seconds, asan } => fuzz::run(seconds, asan),
         Task::Package => {

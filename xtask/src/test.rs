@@ -2,7 +2,8 @@
 //! portals and a real `vigie` with its probes. Without root those report themselves SKIPPED;
 //! with `VIGIE_REQUIRE_PRIVILEGED=1` (set by .ci/run) a skip is a failure. Then the same
 //! end-to-end tests on other kernels (`cargo xtask vm-test`) and the fuzz targets (`cargo xtask
-//! fuzz`), unless arguments select particular tests.
+//! fuzz`), and the book (`cargo xtask docs --book`), unless arguments select particular tests.
+//! The generated reference pages of the book are checked against the code every time.
 use crate::{Binaries, cargo, is_root, step};
 
 pub fn run(bins: &Binaries, args: &[String]) -> anyhow::Result<()> {
@@ -31,6 +32,7 @@ pub fn run(bins: &Binaries, args: &[String]) -> anyhow::Result<()> {
         "cargo fmt --check, cargo clippy -D warnings (userspace, then the probes)",
     );
     cargo(&["fmt", "--all", "--check"])?;
+    crate::docs::check(&bins.vigie)?;
     cargo(&["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
     crate::clippy_ebpf()?;
     step("test", "cargo test");
@@ -43,6 +45,7 @@ pub fn run(bins: &Binaries, args: &[String]) -> anyhow::Result<()> {
         step("test", "the kernel matrix (cargo xtask vm-test)");
         crate::vm::run_from_test(bins)?;
         crate::fuzz::run(crate::fuzz::DEFAULT_SECONDS, false)?;
+        crate::docs::build_book()?;
     } else {
         step(
             "test",

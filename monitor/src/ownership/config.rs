@@ -69,15 +69,16 @@ impl Default for OwnershipConfig {
     }
 }
 
-/// `[ownership.mapping]`.
+/// `[ownership.mapping]`: a mapping file of exact paths or globs to owners and the principals
+/// documents are shared with (backend `mapping`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MappingConfig {
-    /// The mapping file (TOML; see the README). Refused when group or others can write it.
+    /// The mapping file (TOML; see "Ownership backends" in the book). Refused when group or others can write it.
     pub file: String,
 }
 
-/// `[ownership.sqlite]`.
+/// `[ownership.sqlite]`: a read-only query to the portal's SQLite database (backend `sqlite`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteConfig {
@@ -91,7 +92,8 @@ pub struct SqliteConfig {
     pub document_id: Option<String>,
 }
 
-/// `[ownership.postgres]`.
+/// `[ownership.postgres]`: a read-only query to the portal's PostgreSQL database (backend
+/// `postgres`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
@@ -103,6 +105,7 @@ pub struct PostgresConfig {
     pub password_file: Option<String>,
     /// One parameter (`$1`), returns the owner and optionally the principals it is shared with.
     pub query: String,
+    /// Template capturing the parameter from the path, as for SQLite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document_id: Option<String>,
 }

@@ -1,4 +1,4 @@
-//! Alerts as JSON lines (schema `vigie.alert/1`, documented in the README). One line per judged
+//! Alerts as JSON lines (schema `vigie.alert/1`, fields in `schema.rs`). One line per judged
 //! access that is not allowed (all accesses with `audit`), one per coverage gap. Each line is
 //! flushed: an alert that sits in a buffer is an alert the SOC has not seen.
 use std::io::Write;
@@ -110,7 +110,7 @@ struct GapAlert<'a> {
 /// How alert lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum AlertFormat {
-    /// `vigie.alert/1`, documented in the README.
+    /// `vigie.alert/1` (`docs/src/reference/alerts.md`).
     #[default]
     Vigie,
     /// OCSF 1.3.0: File System Activity (Read) for accesses, Base Event for coverage gaps.

@@ -6,9 +6,10 @@
 //! targets never become labels: they would explode the series count and copy personal data into
 //! the monitoring stack. Those are in the alert lines.
 //!
-//! The catalogue (documented in the README) is built once in [`Metrics::new`]. Series that an
-//! alert rule watches with `increase()` start at 0, so the first violation or loss after a
-//! restart is a visible increase rather than a series that appears already at 1.
+//! The catalogue is built once in [`Metrics::new`] (`vigie reference metrics` prints it for
+//! `docs/src/reference/metrics.md`). Series that an alert rule watches with `increase()` start
+//! at 0, so the first violation or loss after a restart is a visible increase rather than a
+//! series that appears already at 1.
 //!
 //! The endpoint is a minimal HTTP/1.1 responder on a tokio listener: `GET /metrics` and
 //! `GET /healthz`, request heads bounded in size and time, one response per connection.
@@ -18,7 +19,7 @@ use monitor_core::http::stream::Desync;
 use monitor_core::{identity::IdentitySource, judge::Verdict};
 use prometheus::{
     CounterVec, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder, core::Collector, proto::MetricType,
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -53,6 +54,9 @@ pub enum MetricsError {
 /// HTTP task behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
+    /// Every family registered, for [`Metrics::catalogue`] (the registry gathers only
+    /// families that have a series).
+    collectors: Vec<Box<dyn Collector>>,
     events: IntCounterVec,
     events_lost: IntCounterVec,
     decode_errors: IntCounter,
@@ -93,37 +97,62 @@ pub fn source_label(source: Option<IdentitySource>) -> String {
 }
 
 fn counter_vec(
-    r: &Registry,
+    r: &Catalogue,
     name: &str,
     help: &str,
     label: &str,
 ) -> prometheus::Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
-    r.register(Box::new(c.clone()))?;
+    r.register(&c)?;
     Ok(c)
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+fn counter(r: &Catalogue, name: &str, help: &str) -> prometheus::Result<IntCounter> {
     let c = IntCounter::new(name, help)?;
-    r.register(Box::new(c.clone()))?;
+    r.register(&c)?;
     Ok(c)
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+fn gauge(r: &Catalogue, name: &str, help: &str) -> prometheus::Result<IntGauge> {
     let g = IntGauge::new(name, help)?;
-    r.register(Box::new(g.clone()))?;
+    r.register(&g)?;
     Ok(g)
 }
 
 fn histogram(
-    r: &Registry,
+    r: &Catalogue,
     name: &str,
     help: &str,
     buckets: Vec<f64>,
 ) -> prometheus::Result<Histogram> {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
-    r.register(Box::new(h.clone()))?;
+    r.register(&h)?;
     Ok(h)
+}
+
+/// The registry being built, and a handle on each collector registered in it.
+#[derive(Default)]
+struct Catalogue {
+    registry: Registry,
+    collectors: std::cell::RefCell<Vec<Box<dyn Collector>>>,
+}
+
+impl Catalogue {
+    fn register<C: Collector + Clone + 'static>(&self, c: &C) -> prometheus::Result<()> {
+        self.registry.register(Box::new(c.clone()))?;
+        self.collectors.borrow_mut().push(Box::new(c.clone()));
+        Ok(())
+    }
+}
+
+/// One metric family of the catalogue, as `vigie reference metrics` documents it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricDoc {
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`.
+    pub kind: &'static str,
+    pub labels: Vec<String>,
+    pub help: String,
 }
 
 /// Raises a counter to `total` (a cumulative count kept elsewhere). Counters only go up: a
@@ -139,7 +168,7 @@ impl Metrics {
     /// The whole catalogue. `sources` are the configured identity sources: the only values the
     /// `identity_source` label can take, besides `none`.
     pub fn new(sources: &[IdentitySource]) -> Result<Self, MetricsError> {
-        let r = Registry::new();
+        let r = Catalogue::default();
         let build = IntGaugeVec::new(
             Opts::new(
                 "vigie_build_info",
@@ -147,13 +176,13 @@ impl Metrics {
             ),
             &["version"],
         )?;
-        r.register(Box::new(build.clone()))?;
+        r.register(&build)?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let start = IntGauge::new(
             "vigie_start_time_seconds",
             "When this Vigie process started, in seconds since the Unix epoch.",
         )?;
-        r.register(Box::new(start.clone()))?;
+        r.register(&start)?;
         start.set(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -271,7 +300,7 @@ impl Metrics {
                     ),
                     &["backend", "outcome"],
                 )?;
-                r.register(Box::new(c.clone()))?;
+                r.register(&c)?;
                 c
             },
             ownership_latency: {
@@ -287,7 +316,7 @@ impl Metrics {
                     ]),
                     &["backend"],
                 )?;
-                r.register(Box::new(h.clone()))?;
+                r.register(&h)?;
                 h
             },
             tracked: {
@@ -300,7 +329,7 @@ impl Metrics {
                     ),
                     &["kind"],
                 )?;
-                r.register(Box::new(g.clone()))?;
+                r.register(&g)?;
                 g
             },
             tls_libraries: {
@@ -313,7 +342,7 @@ impl Metrics {
                     ),
                     &["state"],
                 )?;
-                r.register(Box::new(g.clone()))?;
+                r.register(&g)?;
                 g
             },
             tls_records: counter_vec(
@@ -352,10 +381,11 @@ impl Metrics {
                     ),
                     &["program"],
                 )?;
-                r.register(Box::new(c.clone()))?;
+                r.register(&c)?;
                 c
             },
-            registry: r,
+            registry: r.registry,
+            collectors: r.collectors.into_inner(),
         };
         for reason in 0..monitor_common::loss::COUNT {
             m.events_lost
@@ -393,6 +423,29 @@ impl Metrics {
         m.requests.with_label_values(&[NO_IDENTITY]).reset();
         m.set_tracked(&monitor_core::correlate::Tracked::default());
         Ok(m)
+    }
+
+    /// Every family registered, with its type, labels and help: the source of the metrics
+    /// reference page.
+    pub fn catalogue(&self) -> Vec<MetricDoc> {
+        let mut out = Vec::new();
+        for c in &self.collectors {
+            for (desc, family) in c.desc().into_iter().zip(c.collect()) {
+                out.push(MetricDoc {
+                    name: desc.fq_name.clone(),
+                    kind: match family.get_field_type() {
+                        MetricType::COUNTER => "counter",
+                        MetricType::GAUGE => "gauge",
+                        MetricType::HISTOGRAM => "histogram",
+                        MetricType::SUMMARY => "summary",
+                        MetricType::UNTYPED => "untyped",
+                    },
+                    labels: desc.variable_labels.clone(),
+                    help: desc.help.clone(),
+                });
+            }
+        }
+        out
     }
 
     /// A verdict was written for an access whose last syscall happened at `last_ts_ns`; `now_ns`

@@ -3,10 +3,11 @@
 pub mod alerts;
 pub mod metrics;
 pub mod ocsf;
+pub mod schema;
 pub mod ship;
 pub mod trace;
 pub mod trail;
 pub mod webhook;
 
-/// The schema of Vigie's alert lines (documented in the README), also named in OCSF events.
+/// The schema of Vigie's alert lines (fields in [`schema`]), also named in OCSF events.
 pub const ALERT_SCHEMA: &str = "vigie.alert/1";

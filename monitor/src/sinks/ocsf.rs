@@ -9,8 +9,8 @@
 //!   stream.
 //!
 //! What OCSF has no attribute for (verdict, rule, evidence, the HTTP request) is kept under
-//! `unmapped`, with the names of the `vigie.alert/1` schema. The mapping is documented in the
-//! README.
+//! `unmapped`, with the names of the `vigie.alert/1` schema. The mapping is documented in
+//! `docs/src/operators/ocsf.md`.
 use monitor_core::{
     correlate::Access,
     judge::{Judgement, Verdict},

@@ -30,6 +30,7 @@ pub struct WebhookConfig {
     /// Attempts after the first one, with a doubling pause (`retry_ms`, then twice that...).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Pause before the first retry, in milliseconds; each further pause doubles.
     #[serde(default = "default_retry_ms")]
     pub retry_ms: u64,
     /// Incidents waiting to be sent; past this, new ones are dropped (and counted).
