@@ -1,8 +1,7 @@
 //! End-to-end: the demo portal serves documents, a real `vigie` watches it with real probes, and
-//! each test asserts the exact set of alerts. Needs root (see `support::privileged`).
-mod support;
+//! each test asserts the exact set of alerts. Needs root (see `crate::harness::privileged`).
 
-use support::*;
+use crate::harness::*;
 
 const HR: &str = "health-record.pdf";
 const NOTES: &str = "notes.txt";

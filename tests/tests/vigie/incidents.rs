@@ -3,7 +3,6 @@
 //! headers believed from a real nginx reverse proxy and ignored from anyone else, session
 //! handles, an enumeration crossing its threshold once, a privileged bulk read, incidents that
 //! replay gives back byte for byte, and the incident webhook with its receiver down, then back.
-mod support;
 
 use std::{
     ffi::OsStr,
@@ -12,10 +11,10 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
-use support::{
+use crate::harness::{
     Portal, TempDir, Vigie, free_port, nginx::Nginx, poll_until, privileged, trace_files, vigie_cmd,
 };
+use serde_json::Value;
 
 /// `GET target` as `user` on a new connection to `addr`, with extra headers; returns the
 /// status and the client's own address (what Vigie must name).
@@ -189,7 +188,7 @@ fn enumeration_once_privileged_bulk_and_replayed_incidents() {
         a.iter().any(|l| l["type"] == "privileged_bulk")
     });
     let (live_raw, log) = vigie.stop_raw();
-    let alerts = support::parse_alerts(&live_raw);
+    let alerts = crate::harness::parse_alerts(&live_raw);
     let enumerations: Vec<&Value> = alerts
         .iter()
         .filter(|a| a["type"] == "enumeration")
@@ -376,7 +375,7 @@ fn session_handles_name_the_token_never_show_it() {
     ] {
         let value = format!("Bearer {t}");
         let (status, _) =
-            support::http_get(&portal.addr(), doc, &[("Authorization", &value)]).unwrap();
+            crate::harness::http_get(&portal.addr(), doc, &[("Authorization", &value)]).unwrap();
         assert_eq!(status, 200);
     }
     let alerts = vigie.wait_alerts("two violations", |a| {

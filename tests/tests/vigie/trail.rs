@@ -1,14 +1,13 @@
 //! The audit trail from live runs: a real `vigie` watches the demo portal with `--trail`, is
 //! killed once and restarted, then `vigie verify` checks the files with the public key only,
 //! and every kind of tampering on copies of those files is named with its exit code.
-mod support;
 
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use support::*;
+use crate::harness::*;
 
 /// `vigie verify --key PUB ARGS...`: (exit code, stdout + stderr).
 fn verify(p: &Privileged, public: &Path, trail: &[PathBuf]) -> (i32, String) {

@@ -3,12 +3,11 @@
 //! event loop interleaving requests. Several users, each on their own keep-alive connections,
 //! read a deterministic mix of their own and other users' documents at the same time; with
 //! `--audit`, every access is reported, so precision and recall are measured on allowed reads
-//! and violations alike. Needs root (see `support::privileged`).
-mod support;
+//! and violations alike. Needs root (see `crate::harness::privileged`).
 
 use std::collections::BTreeMap;
 
-use support::*;
+use crate::harness::*;
 use vigie_tests::client::KeepAlive;
 use vigie_tests::portal::{DOCUMENTS, USERS};
 

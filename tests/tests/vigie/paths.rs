@@ -3,11 +3,10 @@
 //! portal deployed through a symbolic link (`current -> releases/N`, `uploads -> /data/...`) is the
 //! case where the two differ. `cargo xtask vm-test` runs this on each way in: LSM (6.1, 6.12),
 //! fentry (6.1 without the BPF LSM), tracepoints (the host). Needs root.
-mod support;
 
 use std::path::PathBuf;
 
-use support::*;
+use crate::harness::*;
 
 const HR: &str = "health-record.pdf";
 

@@ -7,13 +7,12 @@
 //! Several users, each on their own keep-alive connections, read a deterministic mix of their
 //! own and other users' documents at once; with `--audit` every access is reported, scored for
 //! precision (must be 1: a wrong user is the one failure Vigie must not have) and recall
-//! (printed; a floor catches a regression to blindness). Needs root (see `support::privileged`).
-mod support;
+//! (printed; a floor catches a regression to blindness). Needs root (see `crate::harness::privileged`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use support::*;
+use crate::harness::*;
 use vigie_tests::client::KeepAlive;
 use vigie_tests::portal::{DOCUMENTS, USERS};
 
@@ -95,7 +94,7 @@ fn run_model(test: &str, serve: &str, cluster: Option<&str>) {
     let Some(p) = privileged(test) else {
         return;
     };
-    let Some(portal) = support::node::NodePortal::start(test, serve, cluster) else {
+    let Some(portal) = crate::harness::node::NodePortal::start(test, serve, cluster) else {
         return;
     };
     let users = portal.users.clone();

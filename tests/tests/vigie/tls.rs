@@ -2,9 +2,8 @@
 //! their OpenSSL (`libssl.so.3`). Real servers (Debian's nginx with `ssl` and `http2`, a
 //! Python application server with the `ssl` module), real clients (curl), certificates made
 //! by the test, exact alert sets, byte-identical replays, and traces that hold no secret and no
-//! ciphertext. Needs root (see `support::privileged`), nginx, python3, openssl and curl
+//! ciphertext. Needs root (see `crate::harness::privileged`), nginx, python3, openssl and curl
 //! (`cargo xtask setup` installs them).
-mod support;
 
 use std::{
     ffi::OsStr,
@@ -12,9 +11,9 @@ use std::{
     time::Duration,
 };
 
+use crate::harness::{tls::*, *};
 use base64::Engine as _;
 use serde_json::Value;
-use support::{tls::*, *};
 
 /// Every captured socket payload of the trace files, decoded (a string, or base64).
 fn trace_payloads(files: &[PathBuf]) -> Vec<Vec<u8>> {

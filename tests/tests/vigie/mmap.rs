@@ -1,10 +1,9 @@
 //! End-to-end: documents served from a memory mapping (open, `mmap`, close, then `writev` from
 //! the mapping; no `read(2)` of the document), by the demo portal's `thread` model with
-//! `--mmap`. Needs root (see `support::privileged`). The FastCGI application serves this way
+//! `--mmap`. Needs root (see `crate::harness::privileged`). The FastCGI application serves this way
 //! too: see `tests/fastcgi.rs`.
-mod support;
 
-use support::*;
+use crate::harness::*;
 
 const HR: &str = "health-record.pdf";
 

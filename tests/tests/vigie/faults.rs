@@ -1,8 +1,7 @@
 //! Faults around Vigie, each with its expected outcome: the portal restarted, a worker crashing
 //! mid-request, Vigie itself SIGKILLed and restarted under load, the ring buffer overflowing, and
 //! thousands of short connections. Real probes, the real demo portal; needs root (see
-//! `support::privileged`). Each test prints what it measured on stderr (`--nocapture`).
-mod support;
+//! `crate::harness::privileged`). Each test prints what it measured on stderr (`--nocapture`).
 
 use std::{
     collections::BTreeMap,
@@ -16,8 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::harness::*;
 use serde_json::Value;
-use support::*;
 
 const HR: &str = "health-record.pdf";
 const NOTES: &str = "notes.txt";

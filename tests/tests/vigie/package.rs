@@ -2,12 +2,11 @@
 //! on the installed configuration, the unit checked by `systemd-analyze verify`, the installed
 //! `/usr/bin/vigie` watching the demo portal (one cross-user read, one alert), then `dpkg
 //! --purge` leaving nothing behind. `cargo xtask test` builds the package and passes its path
-//! in `VIGIE_DEB`. Needs root (see `support::privileged`).
-mod support;
+//! in `VIGIE_DEB`. Needs root (see `crate::harness::privileged`).
 
 use std::{path::Path, process::Command};
 
-use support::*;
+use crate::harness::*;
 
 const PACKAGE: &str = "vigie";
 const BIN: &str = "/usr/bin/vigie";

@@ -1,9 +1,8 @@
 //! Session cookies learned from the portal's login exchange, with real probes: logins and reads
 //! interleaved across two prefork worker processes, a failed login, and a logout whose cookie
-//! the portal (by a bug on purpose) still honours. Needs root (see `support::privileged`).
-mod support;
+//! the portal (by a bug on purpose) still honours. Needs root (see `crate::harness::privileged`).
 
-use support::*;
+use crate::harness::*;
 use vigie_tests::{http_get, login};
 
 const HR: &str = "health-record.pdf";

@@ -6,8 +6,7 @@
 //! recall. Both serving styles: read the file then write it, and `io.Copy` (512 bytes read, then
 //! `sendfile`). With goroutine tracking (the probes read each thread's current goroutine) and
 //! without it (`correlation.goroutines = false`: content and sendfile evidence only). Needs
-//! root (see `support::privileged`) and Debian's golang-go (`cargo xtask setup`).
-mod support;
+//! root (see `crate::harness::privileged`) and Debian's golang-go (`cargo xtask setup`).
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +14,7 @@ use std::{
     sync::{Mutex, OnceLock},
 };
 
-use support::*;
+use crate::harness::*;
 use vigie_tests::portal::{DOCUMENTS, USERS};
 
 /// Connections per user, and requests per connection.

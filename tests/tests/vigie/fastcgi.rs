@@ -1,7 +1,6 @@
 //! End-to-end over FastCGI: a real nginx in front of the FastCGI demo application (unix socket
 //! or TCP, kept connections), a real `vigie` watching the application only, exact alert sets.
-//! Needs root (see `support::privileged`) and nginx (`cargo xtask setup` installs it).
-mod support;
+//! Needs root (see `crate::harness::privileged`) and nginx (`cargo xtask setup` installs it).
 
 use std::{
     collections::BTreeMap,
@@ -10,9 +9,9 @@ use std::{
     time::Duration,
 };
 
+use crate::harness::{nginx::Nginx, *};
 use base64::Engine as _;
 use serde_json::Value;
-use support::{nginx::Nginx, *};
 
 const HR: &str = "health-record.pdf";
 const NOTES: &str = "notes.txt";
