@@ -273,14 +273,10 @@ fn demo_portal_pipelines_and_fragments_name_the_right_user() {
     let Some(p) = privileged("demo_portal_pipelines_and_fragments_name_the_right_user") else {
         return;
     };
-    let portal = Portal::start(
-        "adversarial-portal",
-        &["--model", "thread", "--allow-anonymous"],
-    );
-    let vigie = Vigie::start(
+    let (portal, vigie) = start_watched(
         &p,
         "adversarial-portal",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        &["--model", "thread", "--allow-anonymous"],
         &["--audit"],
     );
     let addr = portal.addr();

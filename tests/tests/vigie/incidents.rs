@@ -71,7 +71,7 @@ fn clients_from_the_kernel_and_from_trusted_proxies_only() {
     };
     let config = format!(
         "{}[clients]\ntrusted_proxies = [\"127.0.0.2\"]\n",
-        portal.config(&format!("pids = [{}]", portal.guard.pid()))
+        portal.config_by_pid()
     );
     let vigie = Vigie::start(&p, "clients", &config, &[]);
     let v4 = format!("127.0.0.1:{port}");
@@ -146,7 +146,7 @@ fn enumeration_once_privileged_bulk_and_replayed_incidents() {
     let trace_dir = traces.path().join("t");
     let config = format!(
         "{}[incidents]\nenumeration = {{ owners = 3, window_s = 600 }}\nprivileged_bulk = {{ owners = 3, window_s = 600 }}\n",
-        portal.config(&format!("pids = [{}]", portal.guard.pid()))
+        portal.config_by_pid()
     );
     let vigie = Vigie::start(
         &p,
@@ -297,7 +297,7 @@ fn webhook_once_per_incident_with_its_receiver_down_then_back() {
     let port = free_port();
     let config = format!(
         "{}[incidents.webhook]\nurl = \"http://127.0.0.1:{port}/incident\"\ntimeout_ms = 1000\nretries = 10\nretry_ms = 200\n",
-        portal.config(&format!("pids = [{}]", portal.guard.pid()))
+        portal.config_by_pid()
     );
     let vigie = Vigie::start(&p, "webhook", &config, &[]);
     let addr = portal.addr();

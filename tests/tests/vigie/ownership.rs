@@ -72,15 +72,6 @@ fn alert_of<'a>(alerts: &'a [Value], user: &str, document: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no alert for {user} reading {document}: {alerts:#?}"))
 }
 
-fn trace_files(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("trace dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    files
-}
-
 /// Replays `files` (`--audit` or not) and returns the alert file's bytes.
 fn replay(p: &Privileged, files: &[PathBuf], audit: bool, out: &std::path::Path) -> String {
     let mut args: Vec<&OsStr> = vec![OsStr::new("replay")];

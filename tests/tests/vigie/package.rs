@@ -97,13 +97,7 @@ fn package_installs_runs_and_purges() {
 
     // The installed binary, with its probes, on the demo portal.
     let p = p.with_binary(BIN.into());
-    let portal = Portal::start("package", &["--model", "thread"]);
-    let vigie = Vigie::start(
-        &p,
-        "package",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) = start_watched(&p, "package", &["--model", "thread"], &[]);
     assert_eq!(
         get_as(&portal.addr(), "alice", "/docs/alice/notes.txt"),
         200

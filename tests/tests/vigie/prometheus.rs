@@ -402,7 +402,7 @@ fn prometheus_and_alertmanager_deliver_violation_and_loss_alerts() {
     let vigie_metrics = format!("127.0.0.1:{}", free_port());
     let config = format!(
         "{}[kernel]\nring_buffer_bytes = {RING_BYTES}\n",
-        portal.config(&format!("pids = [{}]", portal.guard.pid()))
+        portal.config_by_pid()
     );
     let vigie = Vigie::start(&p, "prom", &config, &["--metrics-addr", &vigie_metrics]);
 

@@ -21,7 +21,7 @@ fn replay_gives_the_live_alerts_byte_for_byte_and_answers_what_if_and_explain() 
     std::fs::write(&secret, "replay-test-signing-secret").unwrap();
     let config = format!(
         "{}[identity]\nsources = [\"trusted_header\", \"basic\", \"jwt\"]\n[identity.jwt]\nhs256_secret_file = \"{}\"\n",
-        portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        portal.config_by_pid(),
         secret.display()
     );
     let bearer = jsonwebtoken::encode(

@@ -138,7 +138,7 @@ fn no_secret_of_a_demo_portal_model_reaches_a_trace() {
             args.extend(["--workers", "2", "--fork-delay-ms", &delay]);
         }
         let portal = Portal::start(&format!("secrets-portal-{model}"), &args);
-        let config = portal.config(&format!("pids = [{}]", portal.guard.pid()));
+        let config = portal.config_by_pid();
         record_and_search(&p, model, &config, &portal.addr());
     }
 }

@@ -42,10 +42,7 @@ fn cookie_sessions_bind_users_across_worker_processes_until_logout() {
             "1500",
         ],
     );
-    let config = format!(
-        "{}{SESSION_CONFIG}",
-        portal.config(&format!("pids = [{}]", portal.guard.pid()))
-    );
+    let config = format!("{}{SESSION_CONFIG}", portal.config_by_pid());
     let traces = TempDir::new("sessions-traces");
     let trace_dir = traces.path().join("t");
     let vigie = Vigie::start(
@@ -184,7 +181,7 @@ fn sessions_created_before_vigie_resolve_from_the_portals_session_files() {
     let sessions = portal.dir.path().join("portal/sessions");
     let config = format!(
         "{}{}",
-        portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        portal.config_by_pid(),
         with_store(&format!(
             "files = \"{}/{{id}}\"\nformat = \"plain\"\n",
             sessions.display()
@@ -269,7 +266,7 @@ fn sessions_created_before_vigie_resolve_from_the_portals_redis() {
     let alice = alice.expect("cookie");
     let config = format!(
         "{}{}",
-        portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        portal.config_by_pid(),
         with_store(&format!("redis = \"{url}\"\nkey = \"session:{{id}}\"\n"))
     );
     let vigie = Vigie::start(&p, "store-redis", &config, &[]);

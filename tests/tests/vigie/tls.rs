@@ -13,33 +13,6 @@ use std::{
 
 use crate::harness::{tls::*, *};
 use base64::Engine as _;
-use serde_json::Value;
-
-/// Every captured socket payload of the trace files, decoded (a string, or base64).
-fn trace_payloads(files: &[PathBuf]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for f in files {
-        for line in std::fs::read_to_string(f).unwrap().lines().skip(1) {
-            let ev: Value = serde_json::from_str(line).unwrap();
-            for k in ["sock_read", "sock_write"] {
-                match &ev["kind"][k]["data"] {
-                    Value::String(s) => out.push(s.as_bytes().to_vec()),
-                    Value::Object(o) => out.push(
-                        base64::engine::general_purpose::STANDARD
-                            .decode(o["b64"].as_str().unwrap())
-                            .unwrap(),
-                    ),
-                    _ => {}
-                }
-            }
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 /// A trace of connections Vigie could not read: no payload at all.
 fn assert_clean_trace_without_requests(files: &[PathBuf]) {
@@ -69,7 +42,7 @@ fn assert_clean_trace(files: &[PathBuf], secrets: &[&str]) {
     }
     for secret in &forbidden {
         assert!(
-            !payloads.iter().any(|d| contains(d, secret)),
+            !payloads.iter().any(|d| bytes_contain(d, secret)),
             "{:?} in the trace",
             String::from_utf8_lossy(secret)
         );
@@ -350,7 +323,7 @@ fn https_python_loads_libssl_after_vigie_session_from_the_tls_login() {
     assert!(
         trace_payloads(&files)
             .iter()
-            .any(|d| contains(d, b"user=alice&password=")),
+            .any(|d| bytes_contain(d, b"user=alice&password=")),
         "the login form was captured (its password redacted)"
     );
     assert_replays_identically(&p, &files, &raw, &portal.dir.path().join("replayed.jsonl"));

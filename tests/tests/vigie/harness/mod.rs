@@ -2,11 +2,6 @@
 //!
 //! Privileged tests call [`privileged`] first: without root (or BTF, or the binary) they print a
 //! loud SKIPPED line and return `None`; with `VIGIE_REQUIRE_PRIVILEGED=1` a skip is a failure.
-#![allow(
-    dead_code,
-    unused_imports,
-    reason = "each test binary uses a different part of the harness"
-)]
 
 use std::{
     path::{Path, PathBuf},
@@ -16,6 +11,7 @@ use std::{
 };
 
 use serde_json::Value;
+mod attribution;
 pub mod nginx;
 pub mod node;
 pub use vigie_tests::{
@@ -26,6 +22,9 @@ pub use vigie_tests::{
 
 pub mod postgres;
 pub mod tls;
+mod traces;
+pub use attribution::{Access, Mix, Score};
+pub use traces::{bytes_contain, trace_events, trace_files, trace_payloads};
 
 /// One end-to-end test at a time: each loads its own probes and runs a portal.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -144,6 +143,11 @@ impl Portal {
         self.users.join(owner).join(name).display().to_string()
     }
 
+    /// Config for Vigie watching this portal's process (by pid).
+    pub fn config_by_pid(&self) -> String {
+        self.config(&format!("pids = [{}]", self.guard.pid()))
+    }
+
     /// Config for Vigie watching this portal, with `targets` as a TOML `[targets]` body.
     pub fn config(&self, targets: &str) -> String {
         let u = self.users.display();
@@ -151,6 +155,20 @@ impl Portal {
             "[targets]\n{targets}\n[documents]\nroots = [\"{u}\"]\nowner_templates = [\"{u}/{{owner}}/**\"]\n[policy]\nprivileged_users = [\"agent\"]\n"
         )
     }
+}
+
+/// The usual start of a privileged test: a demo portal run with `portal_args`, and Vigie (run
+/// with `vigie_args`) watching its process. Bound as `let (portal, vigie) = ...`, Vigie is
+/// dropped (killed) before the portal.
+pub fn start_watched(
+    p: &Privileged,
+    name: &str,
+    portal_args: &[&str],
+    vigie_args: &[&str],
+) -> (Portal, Vigie) {
+    let portal = Portal::start(name, portal_args);
+    let vigie = Vigie::start(p, name, &portal.config_by_pid(), vigie_args);
+    (portal, vigie)
 }
 
 /// A running `vigie run`; [`Vigie::stop`] sends SIGINT and returns the alert lines.
@@ -283,16 +301,6 @@ impl Drop for Vigie {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The files of a trace directory, in order.
-pub fn trace_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("trace directory")
-        .map(|e| e.expect("trace directory entry").path())
-        .collect();
-    files.sort();
-    files
 }
 
 pub fn parse_alerts(text: &str) -> Vec<Value> {
