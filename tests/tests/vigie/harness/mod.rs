@@ -5,12 +5,13 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+use vigie_tests::daemon::{Options, VigieProcess};
 mod attribution;
 pub mod nginx;
 pub mod node;
@@ -173,76 +174,39 @@ pub fn start_watched(
 
 /// A running `vigie run`; [`Vigie::stop`] sends SIGINT and returns the alert lines.
 pub struct Vigie {
-    child: Child,
-    alerts: PathBuf,
-    stderr: PathBuf,
+    process: VigieProcess,
     _dir: TempDir,
 }
 
 impl Vigie {
     pub fn start(p: &Privileged, name: &str, config: &str, extra: &[&str]) -> Self {
         let dir = TempDir::new(&format!("{name}-vigie"));
-        let cfg = dir.path().join("vigie.toml");
-        std::fs::write(&cfg, config).expect("writing config");
-        // Vigie refuses a config writable by group or others.
-        std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .expect("chmod config");
-        let alerts = dir.path().join("alerts.jsonl");
-        let ready = dir.path().join("ready");
-        let stderr = dir.path().join("stderr.log");
-        let child = Command::new(&p.vigie)
-            .args(["run", "--log-level", "debug", "--config"])
-            .arg(&cfg)
-            .arg("--alerts")
-            .arg(&alerts)
-            .arg("--ready-file")
-            .arg(&ready)
-            // Tests run side by side on one machine: no fixed metrics port unless asked for.
-            .args(
-                (!extra
-                    .iter()
-                    .any(|a| a.starts_with("--metrics-addr") || *a == "--no-metrics"))
-                .then_some("--no-metrics"),
-            )
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("stderr log"))
-            .spawn()
-            .expect("starting vigie");
-        let mut v = Self {
-            child,
-            alerts,
-            stderr,
-            _dir: dir,
+        let options = Options {
+            config,
+            log_level: "debug",
+            args: extra,
+            ready_within: scaled(Duration::from_secs(30)),
         };
-        let start = Instant::now();
-        while !ready.exists() {
-            if let Ok(Some(status)) = v.child.try_wait() {
-                panic!("vigie exited before attaching ({status}):\n{}", v.log());
-            }
-            let deadline = scaled(Duration::from_secs(30));
-            assert!(
-                start.elapsed() < deadline,
-                "vigie did not attach in {deadline:?}:\n{}",
-                v.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        v
+        let process =
+            VigieProcess::start(&p.vigie, dir.path(), &options).unwrap_or_else(|e| panic!("{e}"));
+        Self { process, _dir: dir }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        self.process.log()
     }
 
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.process.alive()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Alerts written so far.
     pub fn alerts_now(&self) -> Vec<Value> {
-        parse_alerts(&std::fs::read_to_string(&self.alerts).unwrap_or_default())
+        parse_alerts(&self.process.alerts())
     }
 
     /// Waits (bounded) until `pred` holds on the alerts written so far.
@@ -270,36 +234,16 @@ impl Vigie {
 
     /// Like [`Vigie::stop`], with the alerts file as written (for byte-level comparisons).
     pub fn stop_raw(mut self) -> (String, String) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGINT) };
-        }
-        let status = self.child.wait().expect("waiting for vigie");
+        let status = self.process.interrupt().expect("waiting for vigie");
         let log = self.log();
         assert!(status.success(), "vigie failed ({status}):\n{log}");
-        (
-            std::fs::read_to_string(&self.alerts).unwrap_or_default(),
-            log,
-        )
+        (self.process.alerts(), log)
     }
-}
 
-impl Vigie {
     /// SIGKILL: no detach, no drain, no flush. Returns the alerts file as written and the log.
     pub fn kill(mut self) -> (String, String) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        (
-            std::fs::read_to_string(&self.alerts).unwrap_or_default(),
-            self.log(),
-        )
-    }
-}
-
-impl Drop for Vigie {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
+        (self.process.alerts(), self.log())
     }
 }
 
@@ -401,12 +345,6 @@ pub fn poll_until<T>(
             facts()
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-impl Vigie {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 }
 
