@@ -29,7 +29,7 @@ pub struct OpenEvent {
     pub _pad: u32,
     pub path: [u8; PATH_CAP],
 }
-const _: () = assert!(core::mem::size_of::<OpenEvent>() == 48 + 24 + PATH_CAP);
+const _: () = assert!(core::mem::size_of::<OpenEvent>() == 56 + 24 + PATH_CAP);
 
 /// Where [`OpenEvent::path`] comes from.
 pub mod path_source {
@@ -62,7 +62,7 @@ pub struct FdEvent {
     /// `kind::FILE_READ` only: [`fingerprint`] of the bytes read (first iovec), else 0.
     pub fp: u64,
 }
-const _: () = assert!(core::mem::size_of::<FdEvent>() == 48 + 32);
+const _: () = assert!(core::mem::size_of::<FdEvent>() == 56 + 32);
 
 /// Bytes a content fingerprint covers: the first bytes of a document read, matched against the
 /// first bytes of a response body (DESIGN.md §4, attribution by content).

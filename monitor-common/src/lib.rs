@@ -35,8 +35,13 @@ pub struct Header {
     pub goid: u64,
     /// `comm` of the thread, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// When the kernel last lost an event (`bpf_ktime_get_ns()`, any CPU, every reason that
+    /// leaves a gap in what userspace sees; 0: none yet), read as the record went into the ring
+    /// buffer: a record carrying a new value comes after a gap, which userspace handles before
+    /// it (see the probes' `LAST_LOSS`).
+    pub last_loss_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Header>() == 48);
+const _: () = assert!(core::mem::size_of::<Header>() == 56);
 
 /// Bits of [`Header::flags`].
 pub mod header_flags {

@@ -12,4 +12,4 @@ pub struct ProcEvent {
     pub child_tgid: u32,
     pub child_tid: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProcEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 64);

@@ -36,7 +36,7 @@ pub struct DataEvent {
 
 /// Bytes before [`DataEvent::data`].
 pub const DATA_HEADER_LEN: usize = core::mem::offset_of!(DataEvent, data);
-const _: () = assert!(DATA_HEADER_LEN == 48 + 24);
+const _: () = assert!(DATA_HEADER_LEN == 56 + 24);
 
 /// `kind::SOCK_ACCEPT`: `fd` is a new connection, whose peer the probe read from the kernel's
 /// socket (`file->private_data->sk->__sk_common`) at the syscall's exit. Read from the socket, not
@@ -57,7 +57,7 @@ pub struct AcceptEvent {
     pub op: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<AcceptEvent>() == 48 + 32);
+const _: () = assert!(core::mem::size_of::<AcceptEvent>() == 56 + 32);
 
 /// Address families of [`AcceptEvent::family`] (`AF_*` in the kernel's `socket.h`).
 pub mod family {

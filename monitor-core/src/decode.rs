@@ -189,6 +189,13 @@ pub fn peek(bytes: &[u8]) -> Option<(u32, u32, u32)> {
     Some((header.kind, header.tgid, op))
 }
 
+/// When the kernel last lost an event, as of the moment `bytes`, a ring-buffer record, was
+/// written ([`Header::last_loss_ns`]): a record carrying a new value comes after a gap.
+pub fn last_loss(bytes: &[u8]) -> Option<u64> {
+    let header: Header = read(bytes, 0).ok()?;
+    Some(header.last_loss_ns)
+}
+
 /// Decodes one ring-buffer record (on its own: see [`Decoder`] for a stream of them).
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     Decoder::new().decode(bytes)
@@ -356,6 +363,7 @@ mod tests {
             ts_ns: 99,
             goid: 0,
             comm,
+            last_loss_ns: 0,
         }
     }
 

@@ -76,6 +76,17 @@ pub static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::COUNT, 0);
 
+/// When the kernel last lost an event that leaves a gap in what userspace sees (any CPU; one
+/// entry). Every record carries its value as of the moment it went into the ring buffer
+/// ([`Header::last_loss_ns`]), so userspace knows where a gap is in the stream and forgets what
+/// the lost events could have changed before it handles the records that follow, not at its
+/// next periodic check of `LOST` (by then, reads after the gap could have been given to a
+/// request whose end was lost). A time rather than a count: the BPF target has no atomic
+/// increment, and CPUs losing events together would overwrite each other's counts, possibly
+/// back to a value userspace already saw; a time stored late is still a new value.
+#[map]
+pub static LAST_LOSS: Array<u64> = Array::with_max_entries(1, 0);
+
 /// A [`DataEvent`] with room past its `data` for a whole iovec more: a vectored capture writes
 /// each iovec at the bytes captured so far (below `DATA_CAP`) for up to `DATA_CAP` bytes, and the
 /// verifier checks that write against the map value's size without knowing that the two add up
@@ -162,6 +173,27 @@ pub fn count_loss(reason: u32) {
     if let Some(p) = LOST.get_ptr_mut(reason) {
         unsafe { *p += 1 }
     }
+    // TLS plaintext with no socket belongs to no stream Vigie follows: no gap.
+    if reason != loss::TLS_NO_FD
+        && let Some(p) = LAST_LOSS.get_ptr_mut(0)
+    {
+        // SAFETY: a map value, valid and 8-byte aligned (an aligned store is not torn).
+        unsafe { core::ptr::write_volatile(p, bpf_ktime_get_ns()) }
+    }
+}
+
+/// Stamps `h` with the time of the last loss, right before its record goes into the ring
+/// buffer: a record stamped after a loss comes after it in the ring. A loss on another CPU in
+/// the few instructions between this read and the record's reservation is seen at the next
+/// record: it cannot be one of this thread's own events (those were counted before this one was
+/// made), nor one this event follows from (a request handed to this thread was read, and its
+/// loss counted, before the hand-over).
+#[inline(always)]
+pub fn stamp_losses(h: &mut Header) {
+    h.last_loss_ns = match LAST_LOSS.get(0) {
+        Some(v) => unsafe { core::ptr::read_volatile(v) },
+        None => 0,
+    };
 }
 
 #[inline(always)]
@@ -324,6 +356,8 @@ pub fn submit<T: 'static>(fill: impl FnOnce(&mut T)) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             fill(unsafe { &mut *entry.as_mut_ptr() });
+            // Every record starts with its `Header` (#[repr(C)], first field).
+            stamp_losses(unsafe { &mut *entry.as_mut_ptr().cast::<Header>() });
             entry.submit(wakeup_flags());
         }
         None => count_loss(loss::RINGBUF_FULL),

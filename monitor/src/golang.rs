@@ -139,8 +139,22 @@ impl GoTargets {
 
 /// Reads the executable behind `path` (e.g. `/proc/<pid>/exe`).
 pub fn analyze_file(path: &std::path::Path) -> std::io::Result<GoBinary> {
+    // Most targets are not Go: their executable (tens of MB with debug information) is not read
+    // whole for that, only its ELF headers.
+    if !is_go_file(path)? {
+        return Ok(GoBinary::NotGo);
+    }
     let data = std::fs::read(path)?;
     Ok(analyze(&data))
+}
+
+/// Whether the ELF file at `path` has Go's build information (`.go.buildinfo`), reading only its
+/// headers and section names. Not ELF: `false`.
+pub fn is_go_file(path: &std::path::Path) -> std::io::Result<bool> {
+    let file = std::fs::File::open(path)?;
+    let cache = object::ReadCache::new(file);
+    Ok(ElfFile64::<Endianness, _>::parse(&cache)
+        .is_ok_and(|elf| elf.section_by_name(".go.buildinfo").is_some()))
 }
 
 /// Analyzes an executable's bytes. Never fails: what it cannot read makes the binary

@@ -8,6 +8,7 @@
 //! alerts, metrics, trace). `replay` feeds recorded traces to the same `pipeline`. `config`
 //! loads and checks the TOML file and hands each stage its own settings.
 //! `golang` reads Go targets' executables: where their threads keep the running goroutine.
+pub mod adoption;
 pub mod attach;
 pub mod btf;
 pub mod capture;

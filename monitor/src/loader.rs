@@ -744,6 +744,15 @@ impl Probes {
         self.set_target(pid, GO_TARGET)
     }
 
+    /// Whether the probes report `pid` (made a target here, or by the fork probe).
+    pub fn is_target(&self, pid: u32) -> bool {
+        self.ebpf
+            .map("TARGETS")
+            .and_then(|m| Array::<_, u8>::try_from(m).ok())
+            .and_then(|targets| targets.get(&pid, 0).ok())
+            .is_some_and(|v| v != 0)
+    }
+
     pub fn remove_target(&mut self, pid: u32) -> Result<(), LoadError> {
         self.set_target(pid, 0)
     }

@@ -98,6 +98,10 @@ struct Live {
     /// TLS plaintext records (reads, writes) from the uprobes.
     tls_records: [u64; 2],
     go: crate::golang::GoTargets,
+    /// The kernel's last loss ([`monitor_common::Header::last_loss_ns`]) on the last record.
+    last_loss: u64,
+    /// What adopted processes showed in `/proc`, waiting for its place among kernel events.
+    adoptions: crate::adoption::Adoptions,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
@@ -150,6 +154,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         tls_records: [0; 2],
         go,
         stop_reason: "end",
+        last_loss: 0,
+        adoptions: crate::adoption::Adoptions::default(),
     };
     live.init_metrics(&ring);
     live.pipeline
@@ -176,6 +182,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     // Attached first, then targets: nothing a target does after this point is missed.
     for pid in procfs::initial_targets(&live.cfg) {
         live.adopt(pid)?;
+    }
+    // A worker forked between that scan of /proc and its parent becoming a target was seen by
+    // neither (its fork came before the probe would follow it): look again until none is new.
+    loop {
+        let missed: Vec<u32> = procfs::initial_targets(&live.cfg)
+            .into_iter()
+            .filter(|p| !live.seen.contains(p) && !live.probes.is_target(*p))
+            .collect();
+        if missed.is_empty() {
+            break;
+        }
+        for pid in missed {
+            tracing::debug!(pid, "forked while its parent was adopted");
+            live.adopt(pid)?;
+        }
     }
     tracing::info!(targets = ?live.targets, names = ?live.cfg.exec_names(), "watching");
     // Handlers before announcing readiness: a SIGINT right after must detach and flush, not kill.
@@ -220,28 +241,67 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
 
 impl Live {
     /// Starts watching a running process: kernel filter, fds it already holds.
+    ///
+    /// What takes time (finding its TLS library and hooking it, reading a Go executable) is
+    /// done first: from the moment it is a target, the kernel reports the process into the ring
+    /// buffer, which nobody drains until the adoption is over. What `/proc` shows then waits
+    /// for its place among the kernel's events (`adoption`).
     fn adopt(&mut self, pid: u32) -> anyhow::Result<()> {
-        self.probes.add_target(pid)?;
+        self.tls.scan(&mut self.probes, pid);
+        let go = self.go.inspect(pid);
+        let start = procfs::monotonic_ns();
+        match go.as_ref().and_then(|(_, layout)| layout.as_ref()) {
+            Some(layout) => self.probes.add_go_target(pid, layout)?,
+            None => self.probes.add_target(pid)?,
+        }
         self.targets.insert(pid);
         self.seen.insert(pid);
-        self.tls.scan(&mut self.probes, pid);
         let mut sockets = Vec::new();
         let roots = self.probes.roots.all();
-        for mut ev in procfs::describe(pid, &roots, procfs::monotonic_ns()) {
+        let described = procfs::describe(pid, &roots, start);
+        let end = procfs::monotonic_ns();
+        for mut ev in described {
             self.probes.roots.rename(&mut ev);
-            if let EventKind::FdFound {
-                fd,
-                found: FoundFd::Socket,
-            } = ev.kind
-            {
-                sockets.push(fd);
+            if let EventKind::FdFound { fd, ref found } = ev.kind {
+                if matches!(found, FoundFd::Socket) {
+                    sockets.push(fd);
+                }
+                ev.ts_ns = end;
             }
             tell_kernel(&mut self.probes, &ev)?;
-            self.feed(&ev)?;
+            // After `describe`'s exec event, which starts the process afresh, and before the
+            // fds: the correlator is told that the process is Go either way (its threads scope
+            // nothing), with whether its goroutines are followed.
+            let exec = matches!(ev.kind, EventKind::ProcessExec);
+            self.adoptions.push(ev);
+            if exec && let Some((version, layout)) = &go {
+                self.adoptions.push(Event {
+                    ts_ns: start,
+                    pid,
+                    tid: pid,
+                    comm: Comm::default(),
+                    goid: None,
+                    kind: EventKind::GoRuntime {
+                        version: version.clone(),
+                        goroutines: layout.is_some(),
+                    },
+                });
+            }
         }
-        // After `describe`'s exec event, which starts the process afresh.
-        self.follow_goroutines(pid)?;
         self.stash_sleeping_reads(pid, &sockets);
+        Ok(())
+    }
+
+    /// Feeds the adoption events that hold at `ts_ns` or before.
+    fn release_adoptions(&mut self, ts_ns: u64) -> anyhow::Result<()> {
+        if self.adoptions.is_empty() {
+            return Ok(());
+        }
+        let mut due = Vec::new();
+        self.adoptions.release(ts_ns, &mut due);
+        for ev in &due {
+            self.feed(ev)?;
+        }
         Ok(())
     }
 
@@ -298,9 +358,9 @@ impl Live {
         }
     }
 
-    /// A Go target: its events carry the goroutine id from now on, when its binary says where
-    /// to find it. The correlator is told that the process is Go either way: its threads scope
-    /// nothing.
+    /// A Go target after an exec (the probe made it a plain target again): its events carry
+    /// the goroutine id from now on, when its binary says where to find it. The correlator is
+    /// told that the process is Go either way: its threads scope nothing.
     fn follow_goroutines(&mut self, pid: u32) -> anyhow::Result<()> {
         let Some((version, layout)) = self.go.inspect(pid) else {
             return Ok(());
@@ -364,7 +424,7 @@ impl Live {
                 _ = tick.tick() => {
                     self.drain(ring.get_mut())?;
                     self.tls.tick(&mut self.probes);
-                    self.report_loss()?;
+                    self.report_loss(false)?;
                     self.publish_metrics();
                     if let Some(trace) = self.pipeline.trace_mut() {
                         trace.flush().context("writing the trace")?;
@@ -385,7 +445,7 @@ impl Live {
         }
         // What the kernel wrote before we stopped still counts.
         self.drain(ring.get_mut())?;
-        self.report_loss()
+        self.report_loss(false)
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
@@ -393,6 +453,14 @@ impl Live {
             let mut decoded = std::mem::take(&mut self.decoded);
             let result = match ring.next() {
                 Some(item) => {
+                    // A record stamped with a new loss time comes after a gap: what the lost
+                    // events could have changed is forgotten before it is handled.
+                    if let Some(at) = monitor_core::decode::last_loss(&item)
+                        && at != self.last_loss
+                    {
+                        self.last_loss = at;
+                        self.report_loss(true)?;
+                    }
                     match monitor_core::decode::peek(&item) {
                         Some((monitor_common::kind::CODE_MAP, pid, _)) => {
                             drop(item);
@@ -408,7 +476,9 @@ impl Live {
                 }
                 None => {
                     self.decoded = decoded;
-                    return Ok(());
+                    // Nothing older can still come: the adoption events due by now go in.
+                    let due = procfs::monotonic_ns().saturating_sub(crate::adoption::GRACE_NS);
+                    return self.release_adoptions(due);
                 }
             };
             match result {
@@ -417,6 +487,13 @@ impl Live {
                     // stage kept out what Vigie cannot read.
                     let mut passed = std::mem::take(&mut self.passed);
                     for ev in decoded.drain(..) {
+                        if !self.adoptions.is_empty() {
+                            let mut due = Vec::new();
+                            self.adoptions.before(&ev, &mut due);
+                            for found in &due {
+                                self.feed(found)?;
+                            }
+                        }
                         if let Some(dropped) = self.capture.admit(ev, &mut passed) {
                             self.decoder.recycle(dropped);
                         }
@@ -504,14 +581,17 @@ impl Live {
         Ok(())
     }
 
-    fn report_loss(&mut self) -> anyhow::Result<()> {
+    /// Feeds a `Lost` event per reason the kernel counted losses for since the last call.
+    /// `in_band`: a record said that events were lost before it; should the counters not show
+    /// it yet, a gap is reported all the same.
+    fn report_loss(&mut self, in_band: bool) -> anyhow::Result<()> {
         let now = self.probes.lost()?;
         // TLS plaintext with no socket to tie it to (a library used with memory BIOs, as
         // asyncio does): no stream Vigie follows lost a byte, so no gap for the redactor or
         // the correlator; such a connection's ciphertext is caught by the connection gate.
         let gap = |i: usize| i != loss::TLS_NO_FD as usize;
         let changed = (0..now.len()).any(|i| gap(i) && now[i] != self.lost[i]);
-        if changed {
+        if changed || in_band {
             // What was held goes first: it was read before whatever was lost.
             self.pass_held()?;
             // A lost read may have been part of a FastCGI stream: both the redactor and the
@@ -540,6 +620,19 @@ impl Live {
                 self.feed(&ev)?;
             }
         }
+        if in_band && !changed {
+            self.feed(&Event {
+                ts_ns: procfs::monotonic_ns(),
+                pid: 0,
+                tid: 0,
+                comm: Comm::default(),
+                goid: None,
+                kind: EventKind::Lost {
+                    reason: loss::name(u32::MAX).to_string(),
+                    count: 1,
+                },
+            })?;
+        }
         self.lost = now;
         Ok(())
     }
@@ -557,6 +650,7 @@ impl Live {
     }
 
     fn finish(mut self) -> anyhow::Result<Summary> {
+        self.release_adoptions(u64::MAX)?;
         self.pass_held()?;
         // Also writes the last ownership facts and flushes the trace.
         self.pipeline

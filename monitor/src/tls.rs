@@ -7,13 +7,6 @@ use std::{collections::HashSet, path::PathBuf};
 use crate::loader::Probes;
 use monitor_core::tls::{Stack, classify, executable_mappings};
 
-/// The magic that starts a Go binary's build information (`.go.buildinfo`): Go's own TLS is
-/// not readable.
-const GO_BUILDINFO: &[u8] = b"\xff Go buildinf:";
-
-/// Largest executable read whole to look for [`GO_BUILDINFO`].
-const MAX_EXE_SCAN: u64 = 256 << 20;
-
 #[derive(Default)]
 pub struct TlsHooks {
     /// Library files hooked, or found unreadable, or executables checked: (device, inode).
@@ -99,11 +92,8 @@ impl TlsHooks {
 }
 
 fn is_go(pid: u32, path: &str) -> bool {
-    let file = format!("/proc/{pid}/root{path}");
-    let small = std::fs::metadata(&file).is_ok_and(|m| m.len() <= MAX_EXE_SCAN);
-    small
-        && std::fs::read(&file)
-            .is_ok_and(|bytes| memchr::memmem::find(&bytes, GO_BUILDINFO).is_some())
+    crate::golang::is_go_file(std::path::Path::new(&format!("/proc/{pid}/root{path}")))
+        .unwrap_or(false)
 }
 
 /// The system's OpenSSL 3 `libssl`, where distributions put it (for `vigie probes`).

@@ -23,7 +23,7 @@ use crate::{
     maps::{
         DOC_ROOTS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED, OPENED_SCRATCH,
         ROOT_KEY_LEN, Stash, count_loss, fill_header, forget_fd_kind, global, is_target,
-        output_bytes, set_fd_kind, stash_put, stash_take, submit,
+        output_bytes, set_fd_kind, stamp_losses, stash_put, stash_take, submit,
     },
     task,
 };
@@ -175,7 +175,7 @@ fn exit_opened(ctx: &TracePointContext, o: &mut crate::maps::Opened) {
     }
     fill_header(&mut o.ev.header, kind::FILE_OPEN);
     o.ev.fd = fd;
-    submit_copy(&o.ev);
+    submit_copy(&mut o.ev);
 }
 
 #[inline(always)]
@@ -211,7 +211,8 @@ fn emit_open(stash: &Stash, fd: i32) {
 }
 
 #[inline(always)]
-fn submit_copy(ev: &OpenEvent) {
+fn submit_copy(ev: &mut OpenEvent) {
+    stamp_losses(&mut ev.header);
     let bytes = unsafe {
         core::slice::from_raw_parts(
             (ev as *const OpenEvent).cast::<u8>(),

@@ -15,7 +15,7 @@ use monitor_common::{
 use super::{ret, syscall_op};
 use crate::maps::{
     DATA_SCRATCH, REQUEST_CAPTURE, RESPONSE_CAPTURE, Stash, fill_header, global, is_target,
-    output_bytes, set_fd_kind, submit,
+    output_bytes, set_fd_kind, stamp_losses, submit,
 };
 
 /// accept(int fd, ...) / accept4(int fd, ..., int flags): the returned fd is a connection.
@@ -145,7 +145,8 @@ fn emit_chunks(stash: &Stash, ret: i64, kind: u32, cap: u64) {
 
 /// Sends `ev` with its first `n` captured bytes (the record is variable-length).
 #[inline(always)]
-fn send(ev: &DataEvent, n: u64) {
+fn send(ev: &mut DataEvent, n: u64) {
+    stamp_losses(&mut ev.header);
     // The size must be bounded at `bpf_ringbuf_output` for 6.1's verifier ("R3 min value is
     // negative, either use unsigned or 'var &= const'" after the iovec loop); the volatile
     // read keeps LLVM from folding the mask and the clamp away (see `copy_user`).

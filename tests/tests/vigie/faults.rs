@@ -608,6 +608,56 @@ fn vigie_sigkill_and_restart_under_load() {
     );
 }
 
+/// 5. Keep-alive clients of three users, each switching users on its connection, against a
+///    ring buffer far too small for them: events are lost all the time, anywhere in a request.
+///    Every access judged with a request still names the user who sent that request and the
+///    document it asked for: a gap is handled where it is in the stream (each record says when
+///    the kernel last lost one), not at the next periodic check, by which time reads after the
+///    gap would have gone to a request whose end was lost.
+#[test]
+fn sustained_loss_never_names_the_wrong_user() {
+    let Some(p) = privileged("sustained_loss_never_names_the_wrong_user") else {
+        return;
+    };
+    let portal = Portal::start("overload", &["--model", "thread"]);
+    let config = format!(
+        "{}[kernel]\nring_buffer_bytes = 8192\n",
+        portal.config(&format!("pids = [{}]", portal.guard.pid()))
+    );
+    let vigie = Vigie::start(&p, "overload", &config, &["--audit"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..3)
+        .map(|k| load(portal.addr(), k, stop.clone(), log.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let total: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let (alerts, vlog) = vigie.stop();
+    let sent: BTreeMap<String, Sent> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.tag.clone(), s.clone()))
+        .collect();
+    let lost: u64 = alerts
+        .iter()
+        .filter(|a| a["type"] == "coverage_gap")
+        .map(|a| a["lost_events"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(lost > 0, "the ring buffer never overflowed:\n{vlog}");
+    let attributed = check_attribution(&alerts, &sent, &portal);
+    let unattributed = alerts
+        .iter()
+        .filter(|a| a["type"] == "access" && a["request"].is_null())
+        .count();
+    assert!(attributed > 0, "no access attributed at all:\n{vlog}");
+    eprintln!(
+        "fault sustained loss: {total} requests, {lost} events lost; {attributed} accesses \
+         attributed, all to the right user and document; {unattributed} unattributed"
+    );
+}
+
 /// Requests with heads larger than the one-page ring buffer: their socket-read record (64 bytes
 /// and a 4 KiB capture) can never be reserved, so each loses at least that event.
 const BURST: usize = 16;
