@@ -23,11 +23,10 @@ use crate::{Binaries, step, workspace_root};
 /// The integration test binary (`tests/tests/vigie`), packed into the initramfs.
 const TEST_BINARY: &str = "vigie";
 /// Its modules run in the VMs, one after the other (each by the exact names of its tests).
-/// `prometheus` needs Prometheus and Alertmanager, and one test of
-/// `sessions` a Redis server, which the initramfs does not hold; `portal_process` tests the
-/// portal alone (no probes); `faults` opens 10,000 connections, too slow under emulation: they
-/// stay with the native run. `adversarial` runs nginx itself: the initramfs holds it (see
-/// [`VM_TOOLS`]).
+/// `prometheus` needs Prometheus and Alertmanager, and one test of `sessions` a Redis server,
+/// which the initramfs does not hold; `portal_process` tests the portal alone (no probes);
+/// `faults` opens 10,000 connections, too slow under emulation: they stay with the native run.
+/// `adversarial` runs nginx itself: the initramfs holds it (see [`VM_TOOLS`]).
 const FULL: &[&str] = &[
     "e2e",
     "jwt",
@@ -555,8 +554,8 @@ fn build_initramfs(path: &Path, bins: &Binaries, tests: &Path) -> anyhow::Result
     Ok(size)
 }
 
-/// Node.js for `tests/tests/vigie/node.rs`: the `node` on this machine at `/bin/node` (the VM's only
-/// `PATH` entry; its name is how Vigie recognises the runtime), its shared libraries, and the
+/// Node.js for `tests/tests/vigie/node.rs`: the `node` on this machine at `/bin/node` (the VM's
+/// only `PATH` entry; its name is how Vigie recognises the runtime), its shared libraries, and the
 /// Express portal (`tests/node-portal`, with its `node_modules`) at its path on this machine.
 fn add_node<W: std::io::Write>(
     cpio: &mut cpio::Cpio<W>,
