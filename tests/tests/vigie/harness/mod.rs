@@ -1,7 +1,18 @@
-//! Harness for end-to-end tests: a real `vigie` with real probes against a real portal.
+//! Harness for end-to-end tests: a real `vigie` with real probes against a real portal. It holds
+//! the privilege check, temp dirs, the demo portal ([`Portal`]) and `vigie run` ([`Vigie`], over
+//! the library's `VigieProcess`, which the bench uses too), [`start_watched`] for the usual
+//! start of both, alert helpers, trace readers (`traces`), the attribution load and its score
+//! (`attribution`), and the other servers some tests run (`nginx`, `node`, `postgres`, `tls`).
 //!
 //! Privileged tests call [`privileged`] first: without root (or BTF, or the binary) they print a
 //! loud SKIPPED line and return `None`; with `VIGIE_REQUIRE_PRIVILEGED=1` a skip is a failure.
+
+mod attribution;
+pub mod nginx;
+pub mod node;
+pub mod postgres;
+pub mod tls;
+mod traces;
 
 use std::{
     path::{Path, PathBuf},
@@ -12,20 +23,14 @@ use std::{
 
 use serde_json::Value;
 use vigie_tests::daemon::{Options, VigieProcess};
-mod attribution;
-pub mod nginx;
-pub mod node;
+
+pub use attribution::{Access, Mix, Score};
+pub use traces::{bytes_contain, trace_events, trace_files, trace_payloads};
 pub use vigie_tests::{
     client::{KeepAlive, basic, http_get, send_raw},
     process::{PortalGuard, spawn_portal},
     scaled,
 };
-
-pub mod postgres;
-pub mod tls;
-mod traces;
-pub use attribution::{Access, Mix, Score};
-pub use traces::{bytes_contain, trace_events, trace_files, trace_payloads};
 
 /// One end-to-end test at a time: each loads its own probes and runs a portal.
 static SERIAL: Mutex<()> = Mutex::new(());
