@@ -57,6 +57,7 @@ use crate::{
 };
 
 mod fastcgi;
+mod http2;
 pub mod trust;
 
 use trust::{Distrust, ScopeTrust};
@@ -241,6 +242,8 @@ struct Conn {
     protocol: crate::fastcgi::Protocol,
     /// FastCGI requests of this connection, once it spoke FastCGI.
     fastcgi: Option<Box<fastcgi::FastCgiConn>>,
+    /// HTTP/2 streams of this connection, once it spoke HTTP/2.
+    http2: Option<Box<http2::Http2Conn>>,
     /// Who connected, from the kernel at accept.
     peer: Option<crate::client::Endpoint>,
 }
@@ -526,9 +529,13 @@ impl Correlator {
                 bytes,
             } => {
                 if let Some(path) = self.docs.get(&(pid, *in_fd)).cloned() {
-                    let on_conn = self.conns.get(&(pid, *out_fd)).and_then(Conn::current);
+                    let conn = self.conns.get(&(pid, *out_fd));
+                    let on_conn = conn.and_then(Conn::current);
                     let (scope, evidence) = match on_conn {
                         Some(req) => (Some(req), Some(Evidence::Sendfile)),
+                        // Which of an HTTP/2 connection's streams it serves is not followed:
+                        // neither the connection nor the thread says.
+                        None if conn.is_some_and(|c| c.http2.is_some()) => (None, None),
                         None => {
                             let scope = self
                                 .thread_scope(pid, actor)
@@ -614,6 +621,7 @@ impl Correlator {
                 }
             }
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
+            EventKind::Http2 { fd, item } => self.on_http2(ev, actor, *fd, item, out),
             EventKind::Unreadable { fd, .. } => {
                 // This thread may now serve a request Vigie cannot see (an HTTP/2 stream, TLS
                 // it cannot decrypt), interleaved with the ones it can: thread scope is no
@@ -665,6 +673,10 @@ impl Correlator {
                         f.lose_sync();
                     }
                 }
+                // Or of an HTTP/2 connection: the live side loses it for good (its dynamic
+                // tables are unknown) and says so with an `Http2` item; until then no stream
+                // of it is anybody's.
+                self.http2_events_lost(out);
                 out.push(Finding::Gap {
                     ts_ns: ev.ts_ns,
                     reason: reason.clone(),
@@ -920,7 +932,12 @@ impl Correlator {
                             .iter()
                             .any(|r| self.requests.get(r).is_some_and(|r| !r.responded))
                     });
-                    self.new_request(ev, actor, fd, &head, false, pipelined, out);
+                    let place = if pipelined {
+                        Place::Queued
+                    } else {
+                        Place::Current
+                    };
+                    self.new_request(ev, actor, fd, &head, false, place, out);
                 }
                 Item::Body(body) => {
                     // The body of the request just read: the last one queued.
@@ -976,9 +993,9 @@ impl Correlator {
         }
     }
 
-    /// A new request read on `fd` by `ev`'s thread: it becomes the current request of both,
-    /// or, `pipelined` behind requests of the connection not answered yet, it waits in the
-    /// connection's queue for their responses. Returns its id.
+    /// A new request read on `fd` by `ev`'s thread: where `place` says (the current request of
+    /// both; queued behind requests of the connection not answered yet; an HTTP/2 stream of
+    /// its own). Returns its id.
     #[expect(
         clippy::too_many_arguments,
         reason = "what the HTTP and FastCGI paths each know of a new request"
@@ -990,7 +1007,7 @@ impl Correlator {
         fd: i32,
         head: &http::RequestHead,
         truncated: bool,
-        pipelined: bool,
+        place: Place,
         out: &mut Vec<Finding>,
     ) -> u64 {
         self.stats.requests += 1;
@@ -1067,7 +1084,27 @@ impl Correlator {
             client,
             session,
         };
-        if pipelined {
+        if place == Place::Stream {
+            // Neither the thread's nor the connection's current request: only evidence that
+            // names the stream (its response body's content) ties a read to it.
+            self.requests.insert(
+                id,
+                Request {
+                    info,
+                    pid: ev.pid,
+                    on_conn: true,
+                    on_thread: false,
+                    actor,
+                    responded: false,
+                    body_length: None,
+                    login,
+                    session_id,
+                    reported: Vec::new(),
+                },
+            );
+            return id;
+        }
+        if place == Place::Queued {
             self.stats.pipelined_requests += 1;
             self.requests.insert(
                 id,
@@ -1338,6 +1375,12 @@ impl Correlator {
     /// Reads with no request in scope that a write of request `req`'s response (by `ev`'s
     /// thread, its body starting with bytes of fingerprint `body_fp`) tells the request of.
     fn claim(&mut self, ev: &Event, actor: Actor, req: u64, body_fp: Option<u64>) {
+        self.claim_by(ev, actor, req, body_fp, true);
+    }
+
+    /// [`Self::claim`]; without `flow`, content alone (an HTTP/2 stream: its thread wrote
+    /// other streams' bodies in between, so that it wrote this one says nothing).
+    fn claim_by(&mut self, ev: &Event, actor: Actor, req: u64, body_fp: Option<u64>, flow: bool) {
         let trusted = self.trusts(ev.pid, actor);
         let multiplexed = self.is_multiplexed(ev.pid, actor);
         // A body of a known length is not a document of another size.
@@ -1367,7 +1410,7 @@ impl Correlator {
             let content = body_fp.is_some()
                 && a.fp == body_fp
                 && (length.is_none() || a.size.is_none() || a.size == length);
-            if same_thread && trusted && !multiplexed {
+            if flow && same_thread && trusted && !multiplexed {
                 let mut evidence = vec![Evidence::Flow];
                 if content {
                     evidence.push(Evidence::Fingerprint);
@@ -1388,7 +1431,7 @@ impl Correlator {
             self.stats.ambiguous_fingerprints += 1;
         } else if let Some(&id) = by_content.first() {
             let mut evidence = vec![Evidence::Fingerprint];
-            if trusted && actor_of(self.open.get(&id)) == Some(actor) {
+            if flow && trusted && actor_of(self.open.get(&id)) == Some(actor) {
                 evidence.insert(0, Evidence::Flow);
             }
             moved.push((id, evidence));
@@ -1471,6 +1514,11 @@ impl Correlator {
 
     fn drop_conn(&mut self, pid: u32, fd: i32, out: &mut Vec<Finding>) {
         if let Some(conn) = self.conns.remove(&(pid, fd)) {
+            if let Some(h2) = conn.http2 {
+                for req in h2.streams.into_values() {
+                    self.release(req, Release::Conn, out);
+                }
+            }
             for req in conn.queue {
                 // A goroutine serves one connection and ends with it (no event says so): its
                 // scope ends here, or every connection's last request would be kept.
@@ -1672,6 +1720,17 @@ fn actor_of(open: Option<&OpenAccess>) -> Option<Actor> {
 enum Release {
     Conn,
     Thread,
+}
+
+/// Where a new request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// The current request of its connection and of the thread that read it.
+    Current,
+    /// Behind requests of its connection not answered yet (HTTP/1.1 pipelining).
+    Queued,
+    /// An HTTP/2 stream: in no thread's scope and no connection's queue.
+    Stream,
 }
 
 #[cfg(test)]

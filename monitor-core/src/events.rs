@@ -114,6 +114,9 @@ pub enum EventKind {
         bytes: u64,
         why: Unreadable,
     },
+    /// What an HTTP/2 connection's frames told (see [`crate::http2`]): decoded live, its heads
+    /// redacted; the connection's raw reads and writes are not passed on.
+    Http2 { fd: i32, item: crate::http2::Item },
     /// The portal's session store says session `session` (the cookie value as the redactor
     /// hashed it) is `user`'s: a session Vigie did not see created. Found live, recorded so
     /// that replay needs no store.
@@ -222,8 +225,9 @@ impl std::fmt::Debug for Comm {
 pub enum Unreadable {
     /// TLS ciphertext: the target's TLS library is not hooked.
     Tls,
-    /// HTTP/2 frames, which Vigie does not parse yet: their HPACK headers hold credentials and
-    /// cookies the HTTP/1 redactor cannot see, and their DATA frames document content.
+    /// HTTP/2 frames Vigie cannot follow: the connection was lost (see [`crate::http2::Lost`]),
+    /// and its HPACK state is unknown for good. (Traces recorded before HTTP/2 was parsed have
+    /// every HTTP/2 connection so.)
     Http2,
 }
 

@@ -26,6 +26,7 @@ pub mod events;
 pub mod fastcgi;
 pub mod fingerprint;
 pub mod http;
+pub mod http2;
 pub mod identity;
 pub mod idmap;
 pub mod incident;

@@ -351,6 +351,14 @@ impl Redactor {
         n
     }
 
+    /// Redacts, in place, a whole head of no connection's byte stream: an HTTP/2 stream's
+    /// request or response head, rendered from its decoded fields ([`crate::http2::Item`]).
+    /// The same rules as a request's lines (credentials, cookies, secret query parameters) and
+    /// a response's (`Set-Cookie`); a session cookie it carries is reported like a read one's.
+    pub fn redact_head(&mut self, head: &mut [u8]) {
+        self.redact_response(head);
+    }
+
     /// Redacts a captured chunk of a response (socket write) in place: `Set-Cookie` values.
     pub fn redact_response(&mut self, data: &mut [u8]) {
         let mut start = 0;

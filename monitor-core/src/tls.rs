@@ -110,25 +110,25 @@ pub fn is_http2_preface(data: &[u8]) -> bool {
 
 /// Keeps the bytes of connections Vigie cannot read away from the redactor, the HTTP parser,
 /// the trace and the correlator. A connection whose first captured read is a TLS handshake
-/// record (a ClientHello: its TLS library is not hooked) or the HTTP/2 preface is unreadable
-/// until the socket is closed (or its number is reused by an accept): each of its reads becomes
-/// an [`EventKind::Unreadable`] (no bytes kept; the correlator stops presuming that the thread
-/// serves one visible request at a time), its writes are dropped. Hooked TLS connections never show their ciphertext (the probes do not
-/// capture a TLS socket's syscalls), so what reaches this gate from them is plaintext. The
-/// documents such connections serve are then judged `unattributed`, never guessed.
+/// record (a ClientHello: its TLS library is not hooked) is unreadable until the socket is
+/// closed (or its number is reused by an accept): each of its reads becomes an
+/// [`EventKind::Unreadable`] (no bytes kept; the correlator stops presuming that the thread
+/// serves one visible request at a time), its writes are dropped. Hooked TLS connections never
+/// show their ciphertext (the probes do not capture a TLS socket's syscalls), so what reaches
+/// this gate from them is plaintext. The documents such connections serve are then judged
+/// `unattributed`, never guessed. (HTTP/2 is followed before this gate, by
+/// [`crate::http2::Demux`].)
 ///
-/// Pure and deterministic. Live runs drop before recording, so a trace holds neither
-/// ciphertext nor HPACK-encoded secrets, and replay needs no gate.
+/// Pure and deterministic. Live runs drop before recording, so a trace holds no ciphertext,
+/// and replay needs no gate.
 #[derive(Debug, Default)]
 pub struct ConnectionGate {
     /// Connections (pid, fd) that have had a capture: only a connection's first read can be a
-    /// ClientHello or a preface (a body chunk that happens to start so must not blind the rest).
+    /// ClientHello (a body chunk that happens to start so must not blind the rest).
     spoken: HashSet<(u32, i32)>,
     unreadable: HashMap<(u32, i32), Unreadable>,
     /// Connections found unreadable so far: TLS ciphertext.
     pub tls_connections: u64,
-    /// Connections found unreadable so far: HTTP/2.
-    pub http2_connections: u64,
 }
 
 impl ConnectionGate {
@@ -150,10 +150,6 @@ impl ConnectionGate {
                     None if is_tls_handshake(&data.0) => {
                         self.tls_connections += 1;
                         Unreadable::Tls
-                    }
-                    None if is_http2_preface(&data.0) => {
-                        self.http2_connections += 1;
-                        Unreadable::Http2
                     }
                     None => return false,
                 };
@@ -329,41 +325,5 @@ mod tests {
         assert!(!is_tls_handshake(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
         assert!(!is_tls_handshake(&[0x16, 0x03]));
         assert!(!is_tls_handshake(&[0x16, 0x02, 0x01]));
-    }
-
-    #[test]
-    fn http2_connections_are_kept_out_whole_until_close() {
-        let mut gate = ConnectionGate::new();
-        // nginx's first read: preface, SETTINGS, WINDOW_UPDATE, HEADERS with HPACK'd credentials.
-        let mut first = HTTP2_PREFACE.to_vec();
-        first.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
-        let mut e = ev(1, read(7, &first));
-        assert!(!gate.drops(&mut e));
-        assert_eq!(
-            e.kind,
-            EventKind::Unreadable {
-                fd: 7,
-                bytes: first.len() as u64,
-                why: Unreadable::Http2
-            }
-        );
-        let mut e = ev(1, read(7, &[0, 0, 4, 8, 0, 0, 0, 0, 0]));
-        assert!(!gate.drops(&mut e) && unreadable(&e));
-        let data = EventKind::SockWrite {
-            fd: 7,
-            bytes: 9,
-            data: Payload(vec![0, 0, 9, 0, 1, 0, 0, 0, 1]),
-            body_fp: None,
-        };
-        assert!(gate.drops(&mut ev(1, data)));
-        assert_eq!((gate.http2_connections, gate.tls_connections), (1, 0));
-        // A capture cut inside the preface still counts; a bare "PRI" does not.
-        let mut e = ev(2, read(3, b"PRI * HTTP/2"));
-        assert!(!gate.drops(&mut e) && unreadable(&e));
-        let mut e = ev(3, read(3, b"PRI"));
-        assert!(!gate.drops(&mut e) && !unreadable(&e));
-        assert!(!gate.drops(&mut ev(1, EventKind::SockClose { fd: 7 })));
-        let mut e = ev(1, read(7, b"GET / HTTP/1.1\r\n\r\n"));
-        assert!(!gate.drops(&mut e) && !unreadable(&e));
     }
 }

@@ -651,18 +651,56 @@ impl AttachReport {
             Some(how) => format!(", open paths {how}"),
             None => String::new(),
         };
-        let mut libraries: Vec<&str> = self.tls.iter().map(|t| t.library.as_str()).collect();
-        libraries.dedup();
-        let tls = if libraries.is_empty() {
-            String::new()
-        } else {
-            format!(", TLS hooked in {}", libraries.join(", "))
-        };
+        let tls = self.tls_summary();
         format!(
             "{}/{} hooks attached, {fired}{opens}{tls}",
             self.attached(),
             self.expected()
         )
+    }
+}
+
+impl AttachReport {
+    /// `, TLS hooked (uprobe.multi) in <libraries>`, `, TLS hooked (classic uprobes) in ...`,
+    /// and `, TLS not readable in <libraries> (hooks failed)` for the libraries none attached
+    /// on; empty without TLS libraries.
+    fn tls_summary(&self) -> String {
+        let mut libraries: Vec<&str> = self.tls.iter().map(|t| t.library.as_str()).collect();
+        libraries.dedup();
+        let hooked = |lib: &str| {
+            self.tls
+                .iter()
+                .any(|t| t.library == lib && t.status == "attached")
+        };
+        let way = |lib: &str| {
+            let multi = self.tls.iter().any(|t| {
+                t.library == lib && t.status == "attached" && t.program.ends_with("_multi")
+            });
+            if multi {
+                "uprobe.multi"
+            } else {
+                "classic uprobes"
+            }
+        };
+        let mut out = String::new();
+        for way_name in ["uprobe.multi", "classic uprobes"] {
+            let libs: Vec<&str> = libraries
+                .iter()
+                .copied()
+                .filter(|l| hooked(l) && way(l) == way_name)
+                .collect();
+            if !libs.is_empty() {
+                out.push_str(&format!(", TLS hooked ({way_name}) in {}", libs.join(", ")));
+            }
+        }
+        let failed: Vec<&str> = libraries.iter().copied().filter(|l| !hooked(l)).collect();
+        if !failed.is_empty() {
+            out.push_str(&format!(
+                ", TLS not readable in {} (hooks failed)",
+                failed.join(", ")
+            ));
+        }
+        out
     }
 }
 

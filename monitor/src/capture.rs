@@ -1,5 +1,6 @@
 //! The live capture stage, between the decoder and the pipeline: what the probes captured is
-//! made fit to keep before anything else sees it. Connections Vigie cannot read are dropped,
+//! made fit to keep before anything else sees it. HTTP/2 connections become stream items,
+//! connections Vigie cannot read are dropped,
 //! request lines split across reads are passed on whole, secrets are redacted, document content
 //! is cut from response bodies (a fingerprint is kept), payloads that are neither HTTP nor
 //! FastCGI are cleared, session cookies the correlator does not know are looked up in the
@@ -63,8 +64,12 @@ pub struct Capture {
     /// Clears the payloads of sockets that carry neither HTTP nor FastCGI.
     gate: PayloadGate,
     bodies: Bodies,
-    /// Connections Vigie cannot read (TLS not hooked, HTTP/2) never go past the decoder.
+    /// Connections Vigie cannot read (TLS not hooked) never go past the decoder.
     conn_gate: ConnectionGate,
+    /// HTTP/2 connections, followed before the gate (their bytes become items).
+    http2: monitor_core::http2::Demux,
+    /// Events the HTTP/2 stage passed on (reused buffer).
+    demuxed: Vec<Event>,
     /// The portal's session store (`identity.session.store`), if configured.
     session_store: Option<SessionStore>,
     store_errors: u64,
@@ -88,34 +93,43 @@ impl Capture {
             gate: PayloadGate::default(),
             bodies: Bodies::new(),
             conn_gate: ConnectionGate::new(),
+            http2: monitor_core::http2::Demux::new(),
+            demuxed: Vec::new(),
             session_store,
             store_errors: 0,
         })
     }
 
-    /// A decoded event enters the stage: dropped (and handed back, for reuse) when its
-    /// connection cannot be read, else held or passed on to `passed` whole.
-    pub fn admit(&mut self, mut ev: Event, passed: &mut Vec<Event>) -> Option<Event> {
-        if self.conn_gate.drops(&mut ev) {
-            return Some(ev);
+    /// A decoded event enters the stage: an HTTP/2 connection's bytes become its stream items;
+    /// an event of a connection that cannot be read is handed to `dropped` (for reuse); the
+    /// rest is held or passed on to `passed` whole.
+    pub fn admit(&mut self, ev: Event, passed: &mut Vec<Event>, mut dropped: impl FnMut(Event)) {
+        let mut demuxed = std::mem::take(&mut self.demuxed);
+        self.http2.take(ev, &mut demuxed);
+        for mut ev in demuxed.drain(..) {
+            if self.conn_gate.drops(&mut ev) {
+                dropped(ev);
+                continue;
+            }
+            self.hold.take(ev, passed);
         }
-        self.hold.take(ev, passed);
-        None
+        self.demuxed = demuxed;
     }
 
     /// Events were lost, or the run ends: the decoder's `pending` events, then every request
     /// line still held, are passed on to `passed`.
     pub fn flush(&mut self, pending: Vec<Event>, passed: &mut Vec<Event>) {
         for ev in pending {
-            let _dropped = self.admit(ev, passed);
+            self.admit(ev, passed, drop);
         }
         self.hold.flush_all(passed);
     }
 
     /// Events were lost: a lost read may have been part of a FastCGI stream, the redactor
-    /// waits for a point to resume.
+    /// waits for a point to resume; every HTTP/2 connection may have lost a frame: lost for good.
     pub fn lost(&mut self) {
         self.redactor.lost();
+        self.http2.events_lost();
     }
 
     /// Redacts and enriches `ev` (a passed event) before anything else sees it; returns the
@@ -136,24 +150,6 @@ impl Capture {
                 if !data.0.is_empty() {
                     self.bodies.request(pid, *fd);
                 }
-                for (raw, hashed) in self.redactor.take_session_ids() {
-                    if knows_session(&hashed) {
-                        continue;
-                    }
-                    if let Some(user) = self.session_from_store(&raw) {
-                        first.push(Event {
-                            ts_ns: ev.ts_ns,
-                            pid,
-                            tid: ev.tid,
-                            comm: ev.comm.clone(),
-                            goid: None,
-                            kind: EventKind::SessionFound {
-                                session: String::from_utf8_lossy(&hashed).into_owned(),
-                                user,
-                            },
-                        });
-                    }
-                }
             }
             EventKind::SockWrite {
                 fd,
@@ -171,6 +167,12 @@ impl Capture {
             }
             EventKind::SendFile { out_fd, bytes, .. } => {
                 self.bodies.sent(pid, *out_fd, *bytes);
+            }
+            EventKind::Http2 { item, .. } => {
+                use monitor_core::http2::Item;
+                if let Item::Request { head, .. } | Item::Response { head, .. } = item {
+                    self.redactor.redact_head(&mut head.0);
+                }
             }
             EventKind::SockAccept { fd, .. } => {
                 self.redactor.accepted(pid, *fd);
@@ -192,6 +194,26 @@ impl Capture {
                 roots.rename(ev);
             }
             _ => {}
+        }
+        // The session cookies a request head carried (HTTP/1 read or HTTP/2 stream), when
+        // the portal's store knows them and the correlator does not.
+        for (raw, hashed) in self.redactor.take_session_ids() {
+            if knows_session(&hashed) {
+                continue;
+            }
+            if let Some(user) = self.session_from_store(&raw) {
+                first.push(Event {
+                    ts_ns: ev.ts_ns,
+                    pid,
+                    tid: ev.tid,
+                    comm: ev.comm.clone(),
+                    goid: None,
+                    kind: EventKind::SessionFound {
+                        session: String::from_utf8_lossy(&hashed).into_owned(),
+                        user,
+                    },
+                });
+            }
         }
         first
     }
@@ -218,12 +240,10 @@ impl Capture {
         }
     }
 
-    /// Connections of TLS not hooked, and of HTTP/2, kept out so far (for the metrics).
-    pub fn unreadable_connections(&self) -> (u64, u64) {
-        (
-            self.conn_gate.tls_connections,
-            self.conn_gate.http2_connections,
-        )
+    /// Connections of TLS not hooked kept out, and HTTP/2 connections followed, so far (for the
+    /// metrics).
+    pub fn connections(&self) -> (u64, u64) {
+        (self.conn_gate.tls_connections, self.http2.connections)
     }
 }
 

@@ -630,6 +630,24 @@ impl Probes {
         }
     }
 
+    /// How the TLS hooks are made: `uprobe.multi` links (6.6+, also after the capability drop),
+    /// classic uprobes (only before it), or `None`: no TLS program could be loaded.
+    pub fn tls_way(&self) -> Option<&'static str> {
+        self.tls_multi.map(|multi| {
+            if multi {
+                "uprobe.multi"
+            } else {
+                "classic uprobes"
+            }
+        })
+    }
+
+    /// Whether the TLS hooks are classic uprobes: attached only while Vigie holds its
+    /// capabilities.
+    pub fn tls_classic(&self) -> bool {
+        self.tls_multi == Some(false)
+    }
+
     /// Hooks the TLS functions of the OpenSSL library at `path` (a path Vigie can open), for
     /// every process that maps it: the kernel puts the uprobe on the file's inode. `shown` is
     /// the path as the target sees it, for the report. Returns how many hooks attached; each
@@ -677,7 +695,17 @@ impl Probes {
     /// to each library as targets map it. The `uprobe.multi` flavour where the kernel has it
     /// (6.6+), else the classic one. A kernel that refuses both leaves HTTPS unread (said).
     fn load_tls(&mut self) {
+        // A kernel before 6.6 may load the multi programs and refuse only their links: ask it
+        // first, so that the classic ones are loaded and attached while Vigie still may.
+        let multi_links =
+            aya::sys::is_uprobe_multi_supported(aya::sys::UProbeMultiFeature::LinkCreation);
         for multi in [true, false] {
+            if multi && let Ok(false) = multi_links {
+                tracing::info!(
+                    "this kernel has no uprobe.multi links: the TLS hooks are classic uprobes, attached before the capability drop (libraries a target maps later, other than the system's libssl, cannot be hooked)"
+                );
+                continue;
+            }
             let programs = attach::TLS_FUNCTIONS
                 .iter()
                 .map(|(_, single, m)| if multi { *m } else { *single })

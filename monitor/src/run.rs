@@ -198,6 +198,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
             live.adopt(pid)?;
         }
     }
+    // Classic TLS uprobes (a kernel without uprobe.multi) cannot be attached after the drop:
+    // the system's libssl is hooked now, for the targets that start later.
+    if live.probes.tls_classic() {
+        live.tls.attach_system(&mut live.probes);
+    }
+    match live.probes.tls_way() {
+        Some(way) => tracing::info!(way, "TLS hooks"),
+        None => tracing::warn!("TLS not readable: no TLS program could be loaded"),
+    }
     tracing::info!(targets = ?live.targets, names = ?live.cfg.exec_names(), "watching");
     // Handlers before announcing readiness: a SIGINT right after must detach and flush, not kill.
     let signals = (
@@ -494,9 +503,9 @@ impl Live {
                                 self.feed(found)?;
                             }
                         }
-                        if let Some(dropped) = self.capture.admit(ev, &mut passed) {
-                            self.decoder.recycle(dropped);
-                        }
+                        let decoder = &mut self.decoder;
+                        self.capture
+                            .admit(ev, &mut passed, |dropped| decoder.recycle(dropped));
                     }
                     self.decoded = decoded;
                     for ev in passed.drain(..) {
@@ -833,6 +842,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::GoRuntime { .. } => "go_runtime",
         EventKind::SockClose { .. } => "sock_close",
         EventKind::Unreadable { .. } => "unreadable",
+        EventKind::Http2 { .. } => "http2",
         EventKind::Lost { .. } => "lost",
         EventKind::Tick => "tick",
         EventKind::OwnershipFact(_) => "ownership_fact",
@@ -890,7 +900,7 @@ impl Live {
         }
         m.set_probes(self.probes.attached(), self.probes.expected());
         m.sync_probe_stats(&self.probes.program_stats());
-        let (tls_connections, http2_connections) = self.capture.unreadable_connections();
+        let (tls_connections, http2_connections) = self.capture.connections();
         m.sync_tls(
             self.tls.hooked,
             self.tls.unreadable,

@@ -77,6 +77,37 @@ impl TlsHooks {
         }
     }
 
+    /// With classic uprobes (no `uprobe.multi` in the kernel), which cannot be attached after
+    /// the capability drop: hooks the system's `libssl` now, so that targets started later
+    /// with it are read too (a uprobe is on the file, whichever process maps it later).
+    pub fn attach_system(&mut self, probes: &mut Probes) {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(lib) = system_libssl() else {
+            return;
+        };
+        let Ok(meta) = std::fs::metadata(&lib) else {
+            return;
+        };
+        let dev = meta.dev();
+        // As `/proc/<pid>/maps` writes it.
+        let key = (
+            format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev)),
+            meta.ino(),
+        );
+        if !self.seen.insert(key) {
+            return;
+        }
+        let shown = lib.display().to_string();
+        let attached = probes.attach_tls(&lib, &shown, meta.ino());
+        if attached == 0 {
+            tracing::warn!(library = %shown, "the system's TLS library could not be hooked: HTTPS of targets started later is not readable");
+            self.unreadable += 1;
+        } else {
+            tracing::info!(library = %shown, hooks = attached, "TLS library hooked: HTTPS of the targets that map it is read in plaintext");
+            self.hooked += 1;
+        }
+    }
+
     /// A target mapped code: read its map now and once more at the next tick.
     pub fn code_mapped(&mut self, probes: &mut Probes, pid: u32) {
         self.scan(probes, pid);

@@ -39,6 +39,8 @@ const TARGETS: &[(&str, usize)] = &[
     ("correlator", 16 * 1024),
     // A FastCGI exchange (both directions) cut into reads and writes: a few requests.
     ("fastcgi", 16 * 1024),
+    // An HTTP/2 exchange (both directions, after the preface) cut into reads and writes.
+    ("http2", 16 * 1024),
     // Audit-trail files: a few dozen records across up to four files.
     ("trail", 32 * 1024),
 ];

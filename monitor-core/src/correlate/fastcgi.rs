@@ -13,7 +13,7 @@
 //!   reads by that thread are not this request's.
 use std::collections::BTreeMap;
 
-use super::{Correlator, Finding, LOGIN_BODY_CAP, Owner, Release, learn_session};
+use super::{Correlator, Finding, LOGIN_BODY_CAP, Owner, Place, Release, learn_session};
 use crate::{
     events::Event,
     fastcgi::{Connection, Happening, MAX_EXCHANGES},
@@ -93,7 +93,7 @@ impl Correlator {
                 truncated,
             } => {
                 let actor = self.actor(ev);
-                let req = self.new_request(ev, actor, fd, &head, truncated, false, out);
+                let req = self.new_request(ev, actor, fd, &head, truncated, Place::Current, out);
                 if let Some(f) = self.conns.get_mut(&key).and_then(|c| c.fastcgi.as_mut()) {
                     f.ids.insert(id, req);
                     if f.ids.len() > 2 * MAX_EXCHANGES {

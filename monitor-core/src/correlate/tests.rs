@@ -1682,4 +1682,5 @@ fn a_closed_connection_ends_its_goroutine_scope() {
     );
 }
 
+mod http2;
 mod pipelining;

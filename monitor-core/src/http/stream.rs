@@ -66,11 +66,14 @@ pub enum Desync {
     /// Pipelined requests whose response boundary is unknown: a read between two responses
     /// could be for either request.
     PipelineAmbiguous,
+    /// An HTTP/2 connection was lost (see [`crate::http2::Lost`]): its streams are over, and
+    /// what it serves from then on is nobody's.
+    Http2,
 }
 
 impl Desync {
     /// Every reason, for metrics (bounded label values).
-    pub const ALL: [Desync; 7] = [
+    pub const ALL: [Desync; 8] = [
         Desync::InvalidHead,
         Desync::HeadTooLarge,
         Desync::Uncaptured,
@@ -78,6 +81,7 @@ impl Desync {
         Desync::EventsLost,
         Desync::FastCgi,
         Desync::PipelineAmbiguous,
+        Desync::Http2,
     ];
 
     /// The name used in alerts (the judge's rule), metrics and `explain`.
@@ -91,6 +95,7 @@ impl Desync {
             Desync::EventsLost => "events_lost",
             Desync::FastCgi => "fastcgi_desync",
             Desync::PipelineAmbiguous => "pipeline_ambiguous",
+            Desync::Http2 => "http2_lost",
         }
     }
 }

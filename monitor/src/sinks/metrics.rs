@@ -182,7 +182,8 @@ impl Metrics {
                 "vigie_stream_desyncs_total",
                 "Times a connection's request stream could not be followed exactly, by reason \
                  (invalid_head, head_too_large, read_not_captured, bad_chunked_body, events_lost, \
-                 fastcgi_desync, pipeline_ambiguous): reads on it were unattributed until its next request.",
+                 fastcgi_desync, pipeline_ambiguous, http2_lost): reads on it were unattributed until its \
+                 next request (an HTTP/2 connection: for good).",
                 "reason",
             )?,
             accesses: counter_vec(
@@ -331,8 +332,9 @@ impl Metrics {
             http2_connections: counter(
                 &r,
                 "vigie_http2_connections_total",
-                "Connections of targets that spoke HTTP/2 (over TLS or in clear), which Vigie does \
-                 not parse yet: kept out whole, their document reads are unattributed.",
+                "Connections of targets that spoke HTTP/2 (over TLS or in clear, prior knowledge), \
+                 followed stream by stream; those lost for good are counted in \
+                 vigie_stream_desyncs_total{reason=\"http2_lost\"}.",
             )?,
             probe_runs: counter_vec(
                 &r,

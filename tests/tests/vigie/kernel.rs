@@ -84,8 +84,8 @@ fn probes_report_matches_the_kernel_and_every_program_fires() {
         "SSL_do_handshake",
     ];
     assert_eq!(tls.len(), 2 * functions.len(), "{report:#}");
-    // The TLS hooks are uprobe.multi links (6.6 and later): on older kernels each is reported
-    // as failed, saying why, and TLS connections of targets are reported unreadable.
+    // The TLS hooks are uprobe.multi links on 6.6 and later, classic uprobes (attached while
+    // Vigie holds its capabilities) before: attached either way, and the summary says which.
     let version = &facts["version"];
     let multi_uprobes =
         (version["major"].as_u64(), version["minor"].as_u64()) >= (Some(6), Some(6));
@@ -94,14 +94,10 @@ fn probes_report_matches_the_kernel_and_every_program_fires() {
             assert!(
                 tls.iter().any(|t| t["function"] == f
                     && t["hook"] == hook
-                    && if multi_uprobes {
-                        t["status"] == "attached"
-                    } else {
-                        t["status"].as_str().is_some_and(|s| {
-                            s.starts_with("failed:")
-                                && s.contains("multi-uprobe links are not supported")
-                        })
-                    }
+                    && t["status"] == "attached"
+                    && t["program"]
+                        .as_str()
+                        .is_some_and(|p| p.ends_with("_multi") == multi_uprobes)
                     && t["library"]
                         .as_str()
                         .is_some_and(|l| l.contains("libssl.so"))),
@@ -109,6 +105,13 @@ fn probes_report_matches_the_kernel_and_every_program_fires() {
             );
         }
     }
+    let way = if multi_uprobes {
+        "TLS hooked (uprobe.multi) in "
+    } else {
+        "TLS hooked (classic uprobes) in "
+    };
+    let (ok, text, _) = vigie_cmd(&p, &["probes".as_ref()]);
+    assert!(ok && text.contains(way), "{text}");
     let bpf_lsm = facts["lsms"]
         .as_array()
         .is_some_and(|l| l.iter().any(|l| l == "bpf"));

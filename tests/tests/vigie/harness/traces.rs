@@ -36,13 +36,20 @@ pub fn trace_events(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Every captured socket payload of the trace files, decoded (a string, or base64).
+/// Every captured socket payload of the trace files, decoded (a string, or base64), and the
+/// HTTP/2 streams' heads.
 pub fn trace_payloads(files: &[PathBuf]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(f).expect("reading a trace file");
         for line in text.lines().skip(1) {
             let ev: Value = serde_json::from_str(line).expect("a trace event is JSON");
+            // HTTP/2 streams' heads, as decoded and redacted live.
+            for k in ["request", "response"] {
+                if let Value::String(head) = &ev["kind"]["http2"]["item"][k]["head"] {
+                    out.push(head.as_bytes().to_vec());
+                }
+            }
             for k in ["sock_read", "sock_write"] {
                 match &ev["kind"][k]["data"] {
                     Value::String(s) => out.push(s.as_bytes().to_vec()),
