@@ -7,9 +7,11 @@
 //! - [`chain`]: the writer's side of the chain (sequence numbers, links, signatures);
 //! - [`key`]: the signing and verifying keys and their file format;
 //! - [`verify`]: checks a trail with the public key only and names the first broken place;
-//! - [`report`]: answers over the access records (per data subject, per user, breach scope).
+//! - [`report`]: answers over the access records (per data subject, per user, breach scope);
+//! - [`pseudonym`]: keyed-hash pseudonyms of the names in shipped records, and their undoing.
 pub mod chain;
 pub mod key;
+pub mod pseudonym;
 pub mod record;
 pub mod report;
 pub mod verify;

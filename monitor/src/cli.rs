@@ -96,8 +96,25 @@ pub enum CredentialKind {
 #[command(group(clap::ArgGroup::new("query").required(true).args(["subject", "user", "breach"])))]
 pub struct ReportArgs {
     /// Trail files in chain order, or a trail directory.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "from_postgres")]
     pub trail: Vec<PathBuf>,
+    /// Read the trail from PostgreSQL (`[trail.postgres]`'s table) instead of files: a
+    /// connection string without a password (see --password-file).
+    #[arg(long, value_name = "CONNECTION", conflicts_with = "trail")]
+    pub from_postgres: Option<String>,
+    /// With --from-postgres: only this host's records (default: every host).
+    #[arg(long, value_name = "HOST", requires = "from_postgres")]
+    pub host: Option<String>,
+    /// With --from-postgres: the password, from this file (mode 0600).
+    #[arg(long, value_name = "FILE", requires = "from_postgres")]
+    pub password_file: Option<String>,
+    /// Shipped records were pseudonymised with this key (`[trail] pseudonym_key_file`):
+    /// resolve the names given by --names and those of --subject and --user.
+    #[arg(long, value_name = "FILE")]
+    pub pseudonym_key: Option<String>,
+    /// With --pseudonym-key: the candidate names (one per line, e.g. the portal's users).
+    #[arg(long, value_name = "FILE", requires = "pseudonym_key")]
+    pub names: Option<PathBuf>,
     /// Every access to documents owned by this person (a right-of-access request).
     #[arg(long, value_name = "OWNER")]
     pub subject: Option<String>,
@@ -138,8 +155,30 @@ pub enum ReportFormat {
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// Trail files in chain order, or a trail directory (its `trail-*.jsonl`, in order).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "postgres")]
     pub trail: Vec<PathBuf>,
+    /// Verify a host's chain as shipped to PostgreSQL (`[trail.postgres]`'s table): a
+    /// connection string without a password (see --password-file).
+    #[arg(
+        long,
+        value_name = "CONNECTION",
+        conflicts_with = "trail",
+        requires = "host"
+    )]
+    pub postgres: Option<String>,
+    /// With --postgres: the host whose chain to verify (chains are per host).
+    #[arg(long, value_name = "HOST", requires = "postgres")]
+    pub host: Option<String>,
+    /// With --postgres: the password, from this file (mode 0600).
+    #[arg(long, value_name = "FILE", requires = "postgres")]
+    pub password_file: Option<String>,
+    /// Shipped records were pseudonymised with this key (`[trail] pseudonym_key_file`):
+    /// resolve the names given by --names (the original lines, hence the chain, come back only where every name of a record is known).
+    #[arg(long, value_name = "FILE")]
+    pub pseudonym_key: Option<String>,
+    /// With --pseudonym-key: the candidate names (one per line, e.g. the portal's users).
+    #[arg(long, value_name = "FILE", requires = "pseudonym_key")]
+    pub names: Option<PathBuf>,
     /// The public key file (`vigie trail-keygen` writes it as KEY.pub).
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,

@@ -67,6 +67,66 @@ pub struct Trail {
     /// keep everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_days: Option<u32>,
+    /// Pseudonymise the records shipped off the host (syslog, PostgreSQL): every `user` and
+    /// `owner` value and `shared_with` entry becomes `p:` + HMAC-SHA-256 with this key (64 hex
+    /// digits, `openssl rand -hex 32`; mode 0600). The local trail keeps the names. Whoever
+    /// holds the key, this host included, can re-identify by hashing candidate names; document
+    /// paths and request targets are shipped as they are (docs/trail.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudonym_key_file: Option<String>,
+    /// Ship every trail record off the host to a syslog collector (RFC 5424 over TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syslog: Option<SyslogShipping>,
+    /// Ship every trail record off the host to a PostgreSQL table partitioned by month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresShipping>,
+}
+
+/// Off-host shipping of the trail to PostgreSQL: table `vigie_trail` (created if missing),
+/// partitioned by month on the record's time, one row per record, several hosts side by side
+/// (one chain per host). At least once, and no duplicate rows: the table itself says where this
+/// host's shipping stands, the trail files are the spool.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresShipping {
+    /// libpq-style connection string without a password, e.g.
+    /// `host=db.example.net dbname=audit user=vigie_writer` (no TLS yet: a unix socket or a
+    /// trusted network).
+    pub connection: String,
+    /// File holding the password (refused when group or others can read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// The name this host's chain goes by in the table (default: the host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// Off-host shipping of the trail to a syslog collector (rsyslog, syslog-ng, a SIEM's
+/// receiver): RFC 5424 messages over TCP with octet-counted framing (RFC 6587), one per trail
+/// record, at least once. The trail files are the spool: a record is sent from them, so what the
+/// collector missed while it was down, or while Vigie was stopped, is sent when both are back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogShipping {
+    /// `host:port` of the collector's TCP syslog input (plain TCP; no TLS yet).
+    pub address: String,
+    /// Plain TCP syslog has no application-level acknowledgement: records the collector's TCP
+    /// acknowledged less than this many seconds before a lost connection are sent again (the
+    /// collector may have held them in memory when it died). Duplicates carry the same `seq`.
+    #[serde(default = "default_resend_window_secs")]
+    pub resend_window_secs: u64,
+    /// The SD-ID of the structured data element carrying `host` and `seq`
+    /// (`name@private-enterprise-number`; the default uses the documentation number 32473 of
+    /// RFC 5612: put your organisation's number here if it has one).
+    #[serde(default = "default_sd_id")]
+    pub sd_id: String,
+}
+
+fn default_resend_window_secs() -> u64 {
+    5
+}
+fn default_sd_id() -> String {
+    "vigie@32473".to_string()
 }
 
 fn default_checkpoint_interval_secs() -> u64 {
@@ -84,6 +144,9 @@ impl Default for Trail {
             checkpoint_interval_secs: default_checkpoint_interval_secs(),
             max_file_mb: default_trail_max_file_mb(),
             retention_days: None,
+            pseudonym_key_file: None,
+            syslog: None,
+            postgres: None,
         }
     }
 }
@@ -110,6 +173,39 @@ impl Trail {
                 "trail.retention_days",
                 "must be at least 1 (leave it out to keep everything)",
             ));
+        }
+        if let Some(s) = &self.syslog {
+            if s.address
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err(invalid("trail.syslog.address", "must be host:port"));
+            }
+            let sd_ok = !s.sd_id.is_empty()
+                && s.sd_id.len() <= 32
+                && s.sd_id
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !matches!(b, b'=' | b']' | b'"' | b' '));
+            if !sd_ok {
+                return Err(invalid(
+                    "trail.syslog.sd_id",
+                    "must be 1 to 32 printable ASCII characters without '=', ']', '\"' or space (RFC 5424 SD-NAME)",
+                ));
+            }
+        }
+        if let Some(file) = &self.pseudonym_key_file {
+            read_pseudonym_key(file).map_err(|r| invalid("trail.pseudonym_key_file", r))?;
+        }
+        if let Some(p) = &self.postgres {
+            crate::ownership::sql::parse_connection(&p.connection)
+                .map_err(|r| invalid("trail.postgres.connection", r))?;
+            if let Some(file) = &p.password_file {
+                crate::ownership::config::read_password_file(file)
+                    .map_err(|r| invalid("trail.postgres.password_file", r))?;
+            }
+            if p.host.as_ref().is_some_and(|h| h.is_empty()) {
+                return Err(invalid("trail.postgres.host", "must not be empty"));
+            }
         }
         Ok(())
     }
@@ -336,6 +432,15 @@ pub enum ConfigError {
     Insecure { path: String, mode: u32 },
     #[error("invalid `{field}`: {reason}")]
     Invalid { field: String, reason: String },
+}
+
+/// The pseudonym key of shipped trail records, from a file only its owner can read.
+pub fn read_pseudonym_key(
+    file: &str,
+) -> Result<monitor_core::trail::pseudonym::PseudonymKey, String> {
+    let bytes = crate::ownership::config::read_password_file(file)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{file}: not text"))?;
+    monitor_core::trail::pseudonym::PseudonymKey::parse(text).map_err(|e| format!("{file}: {e}"))
 }
 
 /// Reads a key file named by the configuration (the JWT key): at most
@@ -661,6 +766,27 @@ mod tests {
         assert!(e.contains("larger"), "{e}");
         assert!(!e.contains("kkkk"), "the content is never quoted: {e}");
         assert!(read_key_file(std::path::Path::new("/nonexistent/vigie/key")).is_err());
+    }
+
+    #[test]
+    fn trail_syslog_is_checked_field_by_field() {
+        let with = |extra: &str| Config::parse(&format!("{GOOD}\n[trail.syslog]\n{extra}"), "test");
+        let cfg = with("address = \"127.0.0.1:514\"").unwrap();
+        let s = cfg.trail.syslog.unwrap();
+        assert_eq!((s.resend_window_secs, s.sd_id.as_str()), (5, "vigie@32473"));
+        for (bad, field) in [
+            ("address = \"no-port\"", "trail.syslog.address"),
+            ("address = \"h:99999\"", "trail.syslog.address"),
+            ("address = \"h:1\"\nsd_id = \"a b\"", "trail.syslog.sd_id"),
+            ("address = \"h:1\"\nsd_id = \"\"", "trail.syslog.sd_id"),
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
+        assert!(
+            with("address = \"h:1\"\nspool = 3").is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

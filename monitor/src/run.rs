@@ -93,6 +93,8 @@ struct Live {
     ring_usage: Option<crate::loader::RingUsage>,
     /// Why the run ended, for the trail's stop record.
     stop_reason: &'static str,
+    /// Ship the trail off the host (`[trail.syslog]`, `[trail.postgres]`).
+    shippers: Vec<crate::sinks::ship::Shipper>,
     /// TLS libraries of targets: hooked, or reported unreadable.
     tls: crate::tls::TlsHooks,
     /// TLS plaintext records (reads, writes) from the uprobes.
@@ -154,6 +156,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         tls_records: [0; 2],
         go,
         stop_reason: "end",
+        shippers: Vec::new(),
         last_loss: 0,
         adoptions: crate::adoption::Adoptions::default(),
     };
@@ -166,10 +169,43 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         live.pipeline
             .set_webhook(crate::sinks::webhook::Webhook::start(hook));
     }
+    if (live.cfg.trail.syslog.is_some() || live.cfg.trail.postgres.is_some())
+        && live.cfg.trail.dir.is_none()
+    {
+        anyhow::bail!(
+            "invalid `trail.syslog` or `trail.postgres`: they ship the trail's records, so they need a trail (`trail.dir` or --trail)"
+        );
+    }
     if let Some(dir) = live.cfg.trail.dir.clone() {
         let trail = open_trail(&live.cfg, &dir, clock)?;
         tracing::info!(file = %trail.current_file().display(), key_id = trail.key_id(), "audit trail");
         live.pipeline.set_trail(trail);
+        // Read once here; like the signing key, never logged.
+        let pseudonyms = live
+            .cfg
+            .trail
+            .pseudonym_key_file
+            .as_deref()
+            .map(crate::config::read_pseudonym_key)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("trail.pseudonym_key_file: {e}"))?;
+        if let Some(syslog) = &live.cfg.trail.syslog {
+            live.shippers.push(
+                crate::sinks::ship::syslog::start(
+                    &dir,
+                    syslog,
+                    crate::sinks::ocsf::hostname(),
+                    pseudonyms.clone(),
+                )
+                .context("starting the trail's syslog shipping")?,
+            );
+        }
+        if let Some(pg) = &live.cfg.trail.postgres {
+            live.shippers.push(
+                crate::sinks::ship::postgres::start(&dir, pg, pseudonyms.clone())
+                    .context("starting the trail's PostgreSQL shipping")?,
+            );
+        }
     }
     if let Some((dir, rotation)) = &opts.record {
         let header = trace::header(&live.cfg, clock);
@@ -669,6 +705,12 @@ impl Live {
             trail
                 .stop(self.stop_reason, crate::sinks::trail::wall_now())
                 .context("writing the audit trail")?;
+        }
+        for shipper in &self.shippers {
+            shipper.request_stop();
+        }
+        for shipper in self.shippers.drain(..) {
+            shipper.finish();
         }
         let mut s = self.summary;
         s.requests = self.pipeline.correlator().stats().requests;

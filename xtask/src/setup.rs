@@ -51,6 +51,9 @@ const APT_PACKAGES: &[&str] = &[
     // Debian's Chromium, headless: `tests/tests/vigie/trail.rs` renders the HTML report of
     // `vigie report` and takes a screenshot of it.
     "chromium",
+    // The syslog collector of `tests/tests/vigie/shipping.rs` (run there with its own config on a
+    // loopback port; never started as a system service).
+    "rsyslog",
 ];
 
 /// Debian's policy-rc.d protocol: while this file exists and exits 101, maintainer scripts do not

@@ -237,34 +237,38 @@ fn absolute(path: &str) -> Result<(), String> {
 
 /// The password, from a file only its owner can read (one trailing newline is ignored).
 fn read_password(p: &PostgresConfig) -> Result<Option<Vec<u8>>, FieldError> {
-    use std::os::unix::fs::PermissionsExt as _;
     let Some(file) = &p.password_file else {
         return Ok(None);
     };
     let field = "postgres.password_file";
     absolute(file).map_err(|r| err(field, r))?;
+    read_password_file(file)
+        .map(Some)
+        .map_err(|r| err(field, r))
+}
+
+/// A PostgreSQL password from a file only its owner can read (one trailing newline is
+/// ignored); also the trail shipper's. Errors never quote the content.
+pub fn read_password_file(file: &str) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(file)
-        .map_err(|e| err(field, format!("cannot read {file}: {e}")))?
+        .map_err(|e| format!("cannot read {file}: {e}"))?
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
-        return Err(err(
-            field,
-            format!(
-                "{file} is readable or writable by group or others (mode {:04o}): chmod 600",
-                mode & 0o7777
-            ),
+        return Err(format!(
+            "{file} is readable or writable by group or others (mode {:04o}): chmod 600",
+            mode & 0o7777
         ));
     }
-    let mut secret =
-        std::fs::read(file).map_err(|e| err(field, format!("cannot read {file}: {e}")))?;
+    let mut secret = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
     if secret.last() == Some(&b'\n') {
         secret.pop();
     }
     if secret.is_empty() {
-        return Err(err(field, format!("{file} is empty")));
+        return Err(format!("{file} is empty"));
     }
-    Ok(Some(secret))
+    Ok(secret)
 }
 
 #[cfg(test)]

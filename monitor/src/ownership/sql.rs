@@ -274,7 +274,7 @@ pub fn parse_connection(text: &str) -> Result<postgres::Config, String> {
         .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
     if config.get_password().is_some() {
         return Err(
-            "holds a password: put it in `ownership.postgres.password_file` (the config is printed by check-config and recorded in traces)"
+            "holds a password: put it in the `password_file` beside it (the config is printed by check-config and recorded in traces)"
                 .into(),
         );
     }

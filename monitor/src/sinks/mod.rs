@@ -1,8 +1,9 @@
 //! Where findings go: alert lines (`alerts`, in Vigie's schema or as OCSF events), Prometheus
-//! `metrics`, and the recorded `trace`.
+//! `metrics`, the recorded `trace`, the audit `trail` and its shipping off the host (`ship`).
 pub mod alerts;
 pub mod metrics;
 pub mod ocsf;
+pub mod ship;
 pub mod trace;
 pub mod trail;
 pub mod webhook;

@@ -25,5 +25,6 @@ mod prometheus;
 mod replay;
 mod secrets;
 mod sessions;
+mod shipping;
 mod tls;
 mod trail;

@@ -290,3 +290,56 @@ fn the_key_file_must_be_private() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(load_key(&path).unwrap().key_id(), key().key_id());
 }
+
+#[test]
+fn access_records_carry_the_client_and_the_unattributed_reason() {
+    use monitor_core::{
+        client::{Client, ClientSource},
+        http::stream::Desync,
+    };
+    let tmp = TempDir::new("client");
+    let policy = TrailPolicy {
+        checkpoint_interval: Duration::from_secs(60),
+        max_file_bytes: 1 << 20,
+        retention: None,
+    };
+    let config = ConfigDigest::of(&serde_json::json!({}));
+    let mut judging = Judging::new();
+    let mut w = TrailWriter::open(&tmp.0, key(), policy, clock(), &config, T0).unwrap();
+    let mut seen = access(1, "alice", "/srv/users/bob/a.pdf", 1);
+    if let Some(r) = seen.request.as_mut() {
+        r.client = Some(Client {
+            family: "ipv4",
+            ip: Some("192.0.2.7".parse().unwrap()),
+            port: Some(40000),
+            source: ClientSource::Peer,
+            proxies: Vec::new(),
+            forwarded_ignored: false,
+        });
+    }
+    let mut lost = access(2, "alice", "/srv/users/bob/b.pdf", 2);
+    lost.request = None;
+    lost.evidence.clear();
+    lost.unattributed = Some(Desync::PipelineAmbiguous);
+    for a in [&seen, &lost] {
+        let j = judging.judge(a);
+        w.access(a, &j).unwrap();
+    }
+    w.stop("end", T0 + 3 * SEC).unwrap();
+    let text: String = read_all(&tmp.0)
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["type"] == "access")
+        .collect();
+    assert_eq!(records[0]["client"]["ip"], "192.0.2.7", "{text}");
+    assert_eq!(records[0]["client"]["source"], "peer", "{text}");
+    assert!(records[0].get("unattributed").is_none(), "{text}");
+    assert_eq!(records[1]["verdict"], "unattributed", "{text}");
+    assert_eq!(records[1]["unattributed"], "pipeline_ambiguous", "{text}");
+    assert!(records[1].get("client").is_none(), "{text}");
+    assert_eq!(check(&tmp.0, &key()).outcome, Outcome::Intact);
+}

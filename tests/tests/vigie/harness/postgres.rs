@@ -131,7 +131,7 @@ impl Postgres {
         )
     }
 
-    fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
+    pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.socket_dir)
@@ -221,6 +221,56 @@ impl Postgres {
             String::new,
         );
         assert!(stopped);
+    }
+}
+
+impl Postgres {
+    /// SIGKILL to the server and its backends: no shutdown, crash recovery at the next start.
+    pub fn kill(&mut self) {
+        self.resume();
+        let processes = self.processes();
+        if let Some(mut child) = self.child.take() {
+            for pid in processes {
+                // SAFETY: our own child and its children.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same cluster (after [`Postgres::kill`] or
+    /// [`Postgres::stop`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        let (uid, gid) = postgres_user().expect("the postgres user");
+        let data = self.socket_dir.parent().expect("cluster base").join("data");
+        let child = Command::new(self.bin.join("postgres"))
+            .uid(uid)
+            .gid(gid)
+            .current_dir(self.socket_dir.parent().expect("cluster base"))
+            .stdin(Stdio::null())
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(&self.socket_dir)
+            .args(["-p", &PORT.to_string(), "-F"])
+            .args(["-c", "listen_addresses=", "-c", "max_connections=20"])
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&self.log)
+                    .expect("postgres log"),
+            )
+            .spawn()
+            .expect("starting postgres again");
+        self.child = Some(child);
+        poll_until(
+            "PostgreSQL to accept connections again",
+            Duration::from_secs(20),
+            || self.try_psql("postgres", "SELECT 1").ok(),
+            || self.facts(),
+        );
     }
 }
 

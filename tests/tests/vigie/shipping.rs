@@ -1,0 +1,637 @@
+//! The trail shipped off the host to a real rsyslog (Debian's `rsyslog`, started here on a
+//! loopback port with its own config, writing each message it receives to a file): rsyslog is
+//! killed mid-run and restarted, Vigie is killed and restarted, and every trail record still
+//! arrives (duplicates allowed, found by their `seq`).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::harness::*;
+
+/// A running `rsyslogd -n` with a TCP input on a loopback port; SIGKILLed on drop.
+struct Rsyslog {
+    bin: PathBuf,
+    child: Option<Child>,
+    conf: PathBuf,
+    pid_file: PathBuf,
+    received: PathBuf,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Rsyslog {
+    fn start(test: &str) -> Option<Self> {
+        let Some(bin) = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|b| b.exists())
+        else {
+            let msg = format!(
+                "SKIPPED {test}: rsyslog is not installed (Debian's `rsyslog`; run `cargo xtask test`)"
+            );
+            eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+            if std::env::var("VIGIE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+                panic!("{msg}, and VIGIE_REQUIRE_PRIVILEGED=1 turns skips into failures");
+            }
+            return None;
+        };
+        let dir = TempDir::new(&format!("{test}-rsyslog"));
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let received = dir.path().join("received.log");
+        let conf = dir.path().join("rsyslog.conf");
+        // `%rawmsg%`: the message exactly as received, framing removed; one per line (a trail
+        // record never holds a newline).
+        std::fs::write(
+            &conf,
+            format!(
+                "global(workDirectory=\"{}\" maxMessageSize=\"64k\")\n\
+                 module(load=\"imtcp\")\n\
+                 input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n\
+                 template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
+                 action(type=\"omfile\" file=\"{}\" template=\"raw\")\n",
+                work.display(),
+                received.display()
+            ),
+        )
+        .unwrap();
+        let mut r = Self {
+            bin,
+            child: None,
+            pid_file: dir.path().join("rsyslogd.pid"),
+            conf,
+            received,
+            port,
+            _dir: dir,
+        };
+        r.run();
+        Some(r)
+    }
+
+    fn run(&mut self) {
+        let _ = std::fs::remove_file(&self.pid_file);
+        let child = Command::new(&self.bin)
+            .arg("-n")
+            .arg("-f")
+            .arg(&self.conf)
+            .arg("-i")
+            .arg(&self.pid_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting rsyslogd");
+        self.child = Some(child);
+        poll_until(
+            "rsyslog listening",
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).ok(),
+            || format!("rsyslogd on port {}", self.port),
+        );
+    }
+
+    /// SIGKILL: what rsyslog held in memory is lost.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The messages received so far, parsed as RFC 5424.
+    fn messages(&self) -> Vec<syslog_rfc5424::SyslogMessage> {
+        std::fs::read_to_string(&self.received)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                syslog_rfc5424::parse_message(l)
+                    .unwrap_or_else(|e| panic!("not an RFC 5424 message ({e}): {l}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Complete lines of the trail files, by seq.
+fn trail_records(dir: &Path) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    for f in trace_files(dir) {
+        if !f
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("trail-")
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            let line = line.trim_end();
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            out.insert(v["seq"].as_u64().unwrap(), line.to_string());
+        }
+    }
+    out
+}
+
+/// Received seq -> (times received, the MSG of the first).
+fn received(r: &Rsyslog, host: &str) -> BTreeMap<u64, (usize, String)> {
+    let mut out: BTreeMap<u64, (usize, String)> = BTreeMap::new();
+    for m in r.messages() {
+        assert_eq!(m.appname.as_deref(), Some("vigie"));
+        assert_eq!(m.msgid.as_deref(), Some("1"));
+        assert_eq!(m.hostname.as_deref(), Some(host));
+        assert_eq!(m.facility, syslog_rfc5424::SyslogFacility::LOG_AUDIT);
+        let sd = m.sd.find_sdid("vigie@32473").expect("the vigie SD element");
+        assert_eq!(sd.get("host").map(String::as_str), Some(host));
+        let seq: u64 = sd.get("seq").expect("seq param").parse().unwrap();
+        let json: serde_json::Value = serde_json::from_str(&m.msg).expect("MSG is a trail line");
+        assert_eq!(
+            json["seq"].as_u64(),
+            Some(seq),
+            "SD seq and record seq differ"
+        );
+        let e = out.entry(seq).or_insert((0, m.msg.clone()));
+        e.0 += 1;
+        assert_eq!(
+            e.1, m.msg,
+            "a duplicate of seq {seq} differs from its first copy"
+        );
+    }
+    out
+}
+
+#[test]
+fn syslog_shipping_survives_collector_and_vigie_kills() {
+    let Some(p) = privileged("syslog_shipping_survives_collector_and_vigie_kills") else {
+        return;
+    };
+    let Some(mut rsyslog) = Rsyslog::start("shipping") else {
+        return;
+    };
+    let started = Instant::now();
+    let tmp = TempDir::new("shipping-keys");
+    let key = tmp.path().join("trail.key");
+    let (ok, out, err) = vigie_cmd(&p, &["trail-keygen".as_ref(), key.as_os_str()]);
+    assert!(ok, "{out}{err}");
+    let trail = tmp.path().join("trail");
+    let trail_args = [
+        "--trail",
+        trail.to_str().unwrap(),
+        "--trail-key",
+        key.to_str().unwrap(),
+    ];
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let portal = Portal::start("shipping", &["--model", "thread"]);
+    let config = format!(
+        "{}[trail]\ncheckpoint_interval_secs = 1\n[trail.syslog]\naddress = \"{}\"\nresend_window_secs = 1\n",
+        portal.config_by_pid(),
+        rsyslog.address()
+    );
+    let reads = |n: usize| {
+        for i in 0..n {
+            let user = ["alice", "bob"][i % 2];
+            assert_eq!(get_as(&portal.addr(), user, "/docs/alice/notes.txt"), 200);
+        }
+    };
+    let accesses = |dir: &Path| {
+        trail_records(dir)
+            .values()
+            .filter(|l| l.contains("\"type\":\"access\""))
+            .count()
+    };
+    let facts = |r: &Rsyslog, dir: &Path| {
+        let t = trail_records(dir);
+        let got = received(r, &host);
+        let missing: Vec<_> = t.keys().filter(|s| !got.contains_key(s)).collect();
+        format!(
+            "trail seqs {:?}\nreceived {:?}\nmissing {missing:?}",
+            t.keys().collect::<Vec<_>>(),
+            got.keys().collect::<Vec<_>>()
+        )
+    };
+
+    // Run 1: records reach rsyslog.
+    let vigie = Vigie::start(&p, "ship1", &config, &trail_args);
+    reads(4);
+    poll_until(
+        "the first accesses at rsyslog",
+        Duration::from_secs(10),
+        || {
+            let got = received(&rsyslog, &host);
+            (got.values()
+                .filter(|(_, m)| m.contains("\"type\":\"access\""))
+                .count()
+                >= 4)
+                .then_some(())
+        },
+        || facts(&rsyslog, &trail),
+    );
+    // rsyslog dies; the trail (the spool) keeps growing meanwhile.
+    rsyslog.kill();
+    let before = accesses(&trail);
+    reads(6);
+    poll_until(
+        "accesses written while rsyslog is down",
+        Duration::from_secs(10),
+        || (accesses(&trail) >= before + 6).then_some(()),
+        || facts(&rsyslog, &trail),
+    );
+    let backlog = trail_records(&trail).len() - received(&rsyslog, &host).len();
+    let back = Instant::now();
+    rsyslog.run();
+    poll_until(
+        "the backlog delivered after rsyslog's restart",
+        Duration::from_secs(15),
+        || {
+            let t = trail_records(&trail);
+            let got = received(&rsyslog, &host);
+            t.keys().all(|s| got.contains_key(s)).then_some(())
+        },
+        || facts(&rsyslog, &trail),
+    );
+    eprintln!(
+        "rsyslog down: {backlog} records waited in the trail; delivered {:?} after its restart",
+        back.elapsed()
+    );
+    // Vigie dies right after more reads: what it had not shipped goes with the next run.
+    reads(4);
+    poll_until(
+        "the last reads in the trail",
+        Duration::from_secs(10),
+        || (accesses(&trail) >= before + 10).then_some(()),
+        || facts(&rsyslog, &trail),
+    );
+    // Once rsyslog's TCP acknowledged them a window ago, the cursor moves past them: those are
+    // not sent again by the next run.
+    let cursor_file = trail.join("ship-syslog.cursor");
+    let cursor = || {
+        std::fs::read_to_string(&cursor_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let last = *trail_records(&trail).keys().last().unwrap();
+    poll_until(
+        "the shipping cursor past the last reads",
+        Duration::from_secs(10),
+        || (cursor() > last).then_some(()),
+        || format!("cursor {}\n{}", cursor(), facts(&rsyslog, &trail)),
+    );
+    let (_, log1) = vigie.kill();
+    let confirmed = cursor();
+    let counts_at_kill = received(&rsyslog, &host);
+    let vigie = Vigie::start(&p, "ship2", &config, &trail_args);
+    reads(2);
+    vigie.wait_alerts("a violation of run 2", |a| !a.is_empty());
+    let (_, log2) = vigie.stop();
+    let records = trail_records(&trail);
+    poll_until(
+        "every trail record at rsyslog",
+        Duration::from_secs(15),
+        || {
+            let got = received(&rsyslog, &host);
+            records.keys().all(|s| got.contains_key(s)).then_some(())
+        },
+        || format!("{}\n{log1}\n{log2}", facts(&rsyslog, &trail)),
+    );
+    let got = received(&rsyslog, &host);
+    for (seq, line) in &records {
+        assert_eq!(&got[seq].1, line, "seq {seq} arrived altered");
+    }
+    assert!(
+        got.keys().all(|s| records.contains_key(s)),
+        "rsyslog got records the trail does not hold"
+    );
+    for (seq, (n, _)) in got.range(..confirmed) {
+        assert_eq!(
+            *n, counts_at_kill[seq].0,
+            "seq {seq} was confirmed before the kill, yet sent again by the next run"
+        );
+    }
+    let duplicates: usize = got.values().map(|(n, _)| n - 1).sum();
+    assert!(
+        records
+            .values()
+            .last()
+            .unwrap()
+            .contains("\"type\":\"stop\""),
+        "the trail ends with run 2's stop record"
+    );
+    eprintln!(
+        "{} trail records, all at rsyslog, {duplicates} duplicates (seq {confirmed} on sent again after Vigie's kill); test took {:?}",
+        records.len(),
+        started.elapsed()
+    );
+}
+
+/// `vigie ARGS...`: (exit code, stdout + stderr).
+fn vigie_status(p: &Privileged, args: &[&str]) -> (i32, String) {
+    let out = Command::new(&p.vigie)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running vigie");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
+    use crate::harness::postgres::Postgres;
+    let Some(p) = privileged("postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills")
+    else {
+        return;
+    };
+    let Some(mut pg) = Postgres::start("ship-pg") else {
+        return;
+    };
+    let started = Instant::now();
+    pg.psql("postgres", "CREATE DATABASE audit");
+    pg.psql(
+        "audit",
+        "CREATE ROLE vigie_writer LOGIN PASSWORD 'writer-password-7';
+         GRANT CREATE ON SCHEMA public TO vigie_writer;",
+    );
+    let tmp = TempDir::new("ship-pg-keys");
+    let password = tmp.path().join("pg-password");
+    std::fs::write(&password, "writer-password-7\n").unwrap();
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let connection = pg.connection("audit", "vigie_writer");
+    // web-b ships pseudonyms (the DPO's key); its local trail keeps the names.
+    let pseudonym_key = tmp.path().join("pseudonym.key");
+    std::fs::write(&pseudonym_key, format!("{}\n", "5a".repeat(32))).unwrap();
+    std::fs::set_permissions(
+        &pseudonym_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let names = tmp.path().join("names.txt");
+    std::fs::write(&names, "alice\nbob\ncarol\n").unwrap();
+    let portal = Portal::start("ship-pg", &["--model", "thread"]);
+    // Two hosts: two Vigies, each with its trail and its key, writing to the same table.
+    let hosts = ["web-a", "web-b"];
+    let setup: Vec<(PathBuf, PathBuf, String, Vec<String>)> = hosts
+        .iter()
+        .map(|h| {
+            let key = tmp.path().join(format!("{h}.key"));
+            let (ok, out, err) = vigie_cmd(&p, &["trail-keygen".as_ref(), key.as_os_str()]);
+            assert!(ok, "{out}{err}");
+            let trail = tmp.path().join(format!("{h}-trail"));
+            let pseudonyms = if *h == "web-b" {
+                format!("pseudonym_key_file = \"{}\"\n", pseudonym_key.display())
+            } else {
+                String::new()
+            };
+            let config = format!(
+                "{}[trail]\ncheckpoint_interval_secs = 1\n{pseudonyms}[trail.postgres]\nconnection = \"{connection}\"\npassword_file = \"{}\"\nhost = \"{h}\"\n",
+                portal.config_by_pid(),
+                password.display()
+            );
+            let args = vec![
+                "--trail".to_string(),
+                trail.display().to_string(),
+                "--trail-key".to_string(),
+                key.display().to_string(),
+            ];
+            (trail, key, config, args)
+        })
+        .collect();
+    let start = |i: usize, run: &str| {
+        let (_, _, config, args) = &setup[i];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Vigie::start(&p, run, config, &args)
+    };
+    let reads = |n: usize| {
+        for i in 0..n {
+            let user = ["alice", "bob"][i % 2];
+            assert_eq!(get_as(&portal.addr(), user, "/docs/alice/notes.txt"), 200);
+        }
+    };
+    let rows = |pg: &Postgres, host: &str, kind: &str| -> usize {
+        pg.try_psql(
+            "audit",
+            &format!("SELECT count(*) FROM vigie_trail WHERE host = '{host}' AND type = '{kind}'"),
+        )
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+    };
+    let accesses = |dir: &Path| {
+        trail_records(dir)
+            .values()
+            .filter(|l| l.contains("\"type\":\"access\""))
+            .count()
+    };
+
+    let a = start(0, "ship-pg-a1");
+    let b = start(1, "ship-pg-b1");
+    reads(4);
+    poll_until(
+        "accesses of both hosts in PostgreSQL",
+        Duration::from_secs(15),
+        || {
+            hosts
+                .iter()
+                .all(|h| rows(&pg, h, "access") >= 4)
+                .then_some(())
+        },
+        || format!("{}\n{}", a.log(), b.log()),
+    );
+    // PostgreSQL killed: the trails keep the records meanwhile.
+    pg.kill();
+    let before = accesses(&setup[0].0);
+    reads(4);
+    poll_until(
+        "accesses written while PostgreSQL is down",
+        Duration::from_secs(10),
+        || (accesses(&setup[0].0) >= before + 4).then_some(()),
+        || a.log(),
+    );
+    let back = Instant::now();
+    pg.restart();
+    poll_until(
+        "the backlog in PostgreSQL after its restart",
+        Duration::from_secs(15),
+        || (rows(&pg, "web-a", "access") >= before + 4).then_some(()),
+        || a.log(),
+    );
+    eprintln!(
+        "PostgreSQL down: backlog in the table {:?} after its restart",
+        back.elapsed()
+    );
+    // web-a killed right after more reads, restarted: its unshipped records go with run 2.
+    reads(2);
+    poll_until(
+        "the last reads in web-a's trail",
+        Duration::from_secs(10),
+        || (accesses(&setup[0].0) >= before + 6).then_some(()),
+        || a.log(),
+    );
+    let _ = a.kill();
+    let a = start(0, "ship-pg-a2");
+    reads(2);
+    a.wait_alerts("a violation of web-a's run 2", |al| !al.is_empty());
+    let (_, log_a) = a.stop();
+    let (_, log_b) = b.stop();
+    for (h, (trail, key, _, _)) in hosts.iter().zip(&setup) {
+        let records = trail_records(trail);
+        poll_until(
+            &format!("every record of {h} in PostgreSQL"),
+            Duration::from_secs(15),
+            || {
+                let n: usize = pg
+                    .psql(
+                        "audit",
+                        &format!("SELECT count(*) FROM vigie_trail WHERE host = '{h}'"),
+                    )
+                    .parse()
+                    .unwrap();
+                (n >= records.len()).then_some(())
+            },
+            || format!("{log_a}\n{log_b}"),
+        );
+        let stored = pg.psql(
+            "audit",
+            &format!("SELECT seq || ' ' || line FROM vigie_trail WHERE host = '{h}' ORDER BY seq"),
+        );
+        let expected: Vec<String> = records.iter().map(|(s, l)| format!("{s} {l}")).collect();
+        let stored: Vec<&str> = stored.lines().collect();
+        let public = format!("{}.pub", key.display());
+        let mut verify = vec![
+            "verify",
+            "--key",
+            &public,
+            "--postgres",
+            &connection,
+            "--password-file",
+            password.to_str().unwrap(),
+            "--host",
+            h,
+        ];
+        if *h == "web-a" {
+            assert_eq!(
+                stored, expected,
+                "{h}: the table holds the trail, each record once, byte for byte"
+            );
+        } else {
+            let seqs = |v: &[&str]| -> Vec<String> {
+                v.iter()
+                    .map(|l| l.split(' ').next().unwrap().to_string())
+                    .collect()
+            };
+            let exp: Vec<&str> = expected.iter().map(String::as_str).collect();
+            assert_eq!(seqs(&stored), seqs(&exp), "{h}: each record once");
+            let all = stored.join("\n");
+            for name in ["alice", "bob"] {
+                for member in ["user", "owner"] {
+                    let plain = format!("\"{member}\":\"{name}\"");
+                    assert!(!all.contains(&plain), "{plain} shipped in clear");
+                    assert!(
+                        records
+                            .values()
+                            .any(|l| l.contains(&format!("\"user\":\"{name}\""))),
+                        "the local trail keeps {name}"
+                    );
+                }
+            }
+            assert!(all.contains("\"user\":\"p:"), "{all}");
+            // Without the key the pseudonymised records do not match their chain.
+            let (code, out) = vigie_status(&p, &verify);
+            assert_eq!(code, 1, "verify of pseudonyms without the key:\n{out}");
+            verify.extend([
+                "--pseudonym-key",
+                pseudonym_key.to_str().unwrap(),
+                "--names",
+                names.to_str().unwrap(),
+            ]);
+        }
+        let (code, out) = vigie_status(&p, &verify);
+        assert_eq!(code, 0, "verify --postgres --host {h}:\n{out}");
+        assert!(out.starts_with("OK: seq 0.."), "{out}");
+        eprintln!(
+            "verify --postgres --host {h}: {}",
+            out.lines().next().unwrap()
+        );
+    }
+    // Monthly partitions, this month's and the next one created ahead.
+    let partitions: usize = pg
+        .psql(
+            "audit",
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'vigie_trail'::regclass",
+        )
+        .parse()
+        .unwrap();
+    assert!(partitions >= 2, "{partitions} partitions");
+    // The other key does not verify web-b's chain.
+    let (code, out) = vigie_status(
+        &p,
+        &[
+            "verify",
+            "--key",
+            &format!("{}.pub", setup[0].1.display()),
+            "--postgres",
+            &connection,
+            "--password-file",
+            password.to_str().unwrap(),
+            "--host",
+            "web-b",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    // A report over the fleet: alice's documents, read through both hosts.
+    let (code, out) = vigie_status(
+        &p,
+        &[
+            "report",
+            "--from-postgres",
+            &connection,
+            "--password-file",
+            password.to_str().unwrap(),
+            "--subject",
+            "alice",
+            "--format",
+            "csv",
+            "--pseudonym-key",
+            pseudonym_key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let total: usize = setup.iter().map(|(t, _, _, _)| accesses(t)).sum();
+    assert_eq!(
+        out.lines().filter(|l| l.contains("alice")).count(),
+        total,
+        "one report row per access of both hosts:\n{out}"
+    );
+    eprintln!("postgres shipping test took {:?}", started.elapsed());
+}
