@@ -3,14 +3,15 @@
 //! correlation, judging, the trace format). The live pipeline, stage by stage:
 //!
 //! `loader` (load + attach probes, with the `attach` table and the `kernel`'s facts) -> `run`
-//! (the ring-buffer reader and the live capture stage: redaction, `/proc` facts, session-store
-//! lookups) -> `pipeline` (core correlator -> `ownership` backends -> core judge -> `sinks`:
+//! (the ring-buffer reader and its loop) -> `capture` (the live capture stage: redaction, body
+//! cuts, `/proc` facts, session-store lookups) -> `pipeline` (core correlator -> `ownership` backends -> core judge -> `sinks`:
 //! alerts, metrics, trace). `replay` feeds recorded traces to the same `pipeline`. `config`
 //! loads and checks the TOML file and hands each stage its own settings.
 //! `golang` reads Go targets' executables: where their threads keep the running goroutine.
 pub mod adoption;
 pub mod attach;
 pub mod btf;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod golang;

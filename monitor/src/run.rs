@@ -1,5 +1,6 @@
-//! The live pipeline: probes -> ring buffer (AsyncFd, no polling) -> decode -> enrich from /proc ->
-//! correlate -> judge -> alerts, until SIGINT/SIGTERM or `--duration`.
+//! The live pipeline: probes -> ring buffer (AsyncFd, no polling) -> decode -> `capture` (redact,
+//! cut bodies, session stores, /proc facts) -> correlate -> judge -> alerts, until SIGINT/SIGTERM
+//! or `--duration`. This module keeps the loop: targets, kernel feedback, loss, metrics.
 use std::{
     collections::{BTreeMap, HashSet},
     io::Write,
@@ -14,7 +15,6 @@ use monitor_core::{
     correlate::Correlator,
     decode::Decoder,
     events::{Comm, Event, EventKind, FoundFd},
-    redact::{Redactor, payload::PayloadGate},
     walltime::WallClock,
 };
 use tokio::{
@@ -23,12 +23,12 @@ use tokio::{
 };
 
 use crate::{
+    capture::{Capture, CaptureSettings, tell_kernel},
     config::Config,
     loader::Probes,
     ownership::resolver::Resolver,
     pipeline::Pipeline,
     procfs, runtime,
-    session_store::{Found, SessionStore},
     sinks::{
         alerts::AlertSink,
         trace::{self, Rotation, TraceWriter},
@@ -82,18 +82,11 @@ struct Live {
     targets: HashSet<u32>,
     seen: HashSet<u32>,
     lost: [u64; loss::COUNT as usize],
-    redactor: Redactor,
-    /// Request lines held until complete, before the redactor (`redact::hold`).
-    hold: monitor_core::redact::hold::LineHold,
-    /// Scratch for the events `hold` passes on, and the decoder's.
+    /// Redaction, body cuts, session stores, /proc facts: between the decoder and the pipeline.
+    capture: Capture,
+    /// Scratch for the events the capture stage passes on, and the decoder's.
     passed: Vec<Event>,
     decoded: Vec<Event>,
-    /// Clears the payloads of sockets that carry neither HTTP nor FastCGI.
-    gate: PayloadGate,
-    bodies: monitor_core::fingerprint::Bodies,
-    /// The portal's session store (`identity.session.store`), if configured.
-    session_store: Option<SessionStore>,
-    store_errors: u64,
     summary: Summary,
     decoder: Decoder,
     metrics: Option<std::sync::Arc<crate::sinks::metrics::Metrics>>,
@@ -104,12 +97,6 @@ struct Live {
     shippers: Vec<crate::sinks::ship::Shipper>,
     /// TLS libraries of targets: hooked, or reported unreadable.
     tls: crate::tls::TlsHooks,
-    /// Connections Vigie cannot read (TLS not hooked) never go past the decoder.
-    conn_gate: monitor_core::tls::ConnectionGate,
-    /// HTTP/2 connections, followed before the gate (their bytes become items).
-    http2: monitor_core::http2::Demux,
-    /// Events the HTTP/2 stage passed on (reused buffer).
-    demuxed: Vec<Event>,
     /// TLS plaintext records (reads, writes) from the uprobes.
     tls_records: [u64; 2],
     go: crate::golang::GoTargets,
@@ -147,25 +134,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         Resolver::from_config(&cfg)?,
         AlertSink::new(out, clock, opts.audit).with_format(opts.alerts_format),
     );
-    // The redactor holds the portal's JWT key (loaded by Config::normalize): signatures are
-    // checked at capture time, never by the correlator.
-    let cfg_jwt = cfg.identity.jwt.clone();
-    let cfg_session = cfg.identity.session.clone();
-    let max_head = cfg.capture.max_head_bytes as usize;
-    // The key of session handles: the operator's (stable across restarts), or this run's own.
-    let session_key = match &cfg.incidents.session_key_file {
-        Some(path) => {
-            crate::incidents::load_or_create_key(path).context("incidents.session_key_file")?
-        }
-        None => monitor_core::redact::SessionKey::random(),
-    };
-    let cfg_query_secrets = cfg.capture.secret_query_parameters.clone();
-    let session_store = cfg_session
-        .as_ref()
-        .and_then(|s| s.store.clone())
-        .map(SessionStore::new)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("identity.session.store: {e}"))?;
+    let capture = Capture::new(CaptureSettings::from_config(&cfg)?)?;
     // Goroutines are followed where the kernel tells where a thread's TLS is, unless turned off.
     let go =
         crate::golang::GoTargets::new(cfg.correlation.goroutines && probes.task_fsbase.is_some());
@@ -176,25 +145,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         targets: HashSet::new(),
         seen: HashSet::new(),
         lost: [0; loss::COUNT as usize],
-        redactor: Redactor::new(cfg_jwt)
-            .with_session(cfg_session)
-            .with_key(session_key)
-            .with_query_secrets(cfg_query_secrets),
-        hold: monitor_core::redact::hold::LineHold::new(max_head),
+        capture,
         passed: Vec::new(),
         decoded: Vec::new(),
-        gate: PayloadGate::default(),
-        bodies: monitor_core::fingerprint::Bodies::new(),
-        session_store,
-        store_errors: 0,
         summary: Summary::default(),
         decoder: Decoder::new(),
         metrics,
         ring_usage: None,
         tls: crate::tls::TlsHooks::new(),
-        conn_gate: monitor_core::tls::ConnectionGate::new(),
-        http2: monitor_core::http2::Demux::new(),
-        demuxed: Vec::new(),
         tls_records: [0; 2],
         go,
         stop_reason: "end",
@@ -355,7 +313,7 @@ impl Live {
                 }
                 ev.ts_ns = end;
             }
-            self.tell_kernel(&ev)?;
+            tell_kernel(&mut self.probes, &ev)?;
             // After `describe`'s exec event, which starts the process afresh, and before the
             // fds: the correlator is told that the process is Go either way (its threads scope
             // nothing), with whether its goroutines are followed.
@@ -468,14 +426,6 @@ impl Live {
         })
     }
 
-    fn tell_kernel(&mut self, ev: &Event) -> anyhow::Result<()> {
-        if let EventKind::FdFound { fd, found } = &ev.kind {
-            self.probes
-                .set_fd_kind(ev.pid, *fd, matches!(found, FoundFd::Document { .. }))?;
-        }
-        Ok(())
-    }
-
     fn feed(&mut self, ev: &Event) -> anyhow::Result<()> {
         if let EventKind::RuntimeFound { runtime } = &ev.kind {
             tracing::info!(
@@ -578,10 +528,9 @@ impl Live {
             };
             match result {
                 Ok(()) => {
-                    // Request lines split across reads are passed on whole (see `hold`), once
-                    // the connection gate kept out what Vigie cannot read.
+                    // Request lines split across reads are passed on whole, once the capture
+                    // stage kept out what Vigie cannot read.
                     let mut passed = std::mem::take(&mut self.passed);
-                    let mut demuxed = std::mem::take(&mut self.demuxed);
                     for ev in decoded.drain(..) {
                         if !self.adoptions.is_empty() {
                             let mut due = Vec::new();
@@ -590,16 +539,10 @@ impl Live {
                                 self.feed(found)?;
                             }
                         }
-                        self.http2.take(ev, &mut demuxed);
-                        for mut ev in demuxed.drain(..) {
-                            if self.conn_gate.drops(&mut ev) {
-                                self.decoder.recycle(ev);
-                                continue;
-                            }
-                            self.hold.take(ev, &mut passed);
-                        }
+                        let decoder = &mut self.decoder;
+                        self.capture
+                            .admit(ev, &mut passed, |dropped| decoder.recycle(dropped));
                     }
-                    self.demuxed = demuxed;
                     self.decoded = decoded;
                     for ev in passed.drain(..) {
                         self.pass(ev)?;
@@ -626,118 +569,26 @@ impl Live {
         Ok(())
     }
 
-    /// Redacts and enriches `ev` before anything else sees it; returns the events to feed
-    /// before it (sessions found in the portal's store for the cookies it carries).
+    /// The capture stage's work on `ev` (see [`Capture::prepare`]), then the targets' own: a
+    /// process that exec'd a program selected by name is checked against the selectors.
+    /// Returns the events to feed before `ev`.
     fn before_feed(&mut self, ev: &mut Event) -> anyhow::Result<Vec<Event>> {
-        let pid = ev.pid;
-        let mut first = Vec::new();
-        match &mut ev.kind {
-            EventKind::SockRead { fd, bytes, data } => {
-                self.redactor.redact_read(pid, *fd, &mut data.0, *bytes);
-                self.gate.pass(pid, *fd, true, &mut data.0);
-                if !data.0.is_empty() {
-                    self.bodies.request(pid, *fd);
-                }
+        let correlator = self.pipeline.correlator();
+        let first = self.capture.prepare(ev, &self.probes.roots, |hashed| {
+            correlator.knows_session(hashed)
+        });
+        if matches!(ev.kind, EventKind::ProcessExec) && !self.targets.contains(&ev.pid) {
+            // Matched by name in the kernel: an executable selector must also match the path.
+            let by_name = self.cfg.targets.names.iter().any(|n| *n == *ev.comm);
+            if !by_name && !procfs::matches(&self.cfg, ev.pid) {
+                self.probes.remove_target(ev.pid)?;
+                return Ok(first);
             }
-            EventKind::SockWrite {
-                fd,
-                bytes,
-                data,
-                body_fp,
-            } => {
-                // Document content in an HTTP response body is cut here, before anything keeps
-                // it (FastCGI writes are left alone here: the redactor masks their bodies).
-                *body_fp = self.bodies.response(pid, *fd, *bytes, &mut data.0);
-                self.redactor.redact_write(pid, *fd, &mut data.0, *bytes);
-                if !self.gate.pass(pid, *fd, false, &mut data.0) {
-                    *body_fp = None;
-                }
-            }
-            EventKind::SendFile { out_fd, bytes, .. } => {
-                self.bodies.sent(pid, *out_fd, *bytes);
-            }
-            EventKind::Http2 { item, .. } => {
-                use monitor_core::http2::Item;
-                if let Item::Request { head, .. } | Item::Response { head, .. } = item {
-                    self.redactor.redact_head(&mut head.0);
-                }
-            }
-            EventKind::SockAccept { fd, .. } => {
-                self.redactor.accepted(pid, *fd);
-                self.gate.accepted(pid, *fd);
-                self.bodies.forget(pid, *fd);
-            }
-            EventKind::SockClose { fd } => {
-                self.redactor.forget(pid, *fd);
-                self.gate.forget(pid, *fd);
-                self.bodies.forget(pid, *fd);
-            }
-            EventKind::ProcessExit => {
-                self.redactor.forget_process(pid);
-                self.gate.forget_process(pid);
-                self.bodies.forget_process(pid);
-            }
-            EventKind::FileOpen { .. } => {
-                procfs::enrich(ev);
-                self.probes.roots.rename(ev);
-            }
-            EventKind::ProcessExec if !self.targets.contains(&ev.pid) => {
-                // Matched by name in the kernel: an executable selector must also match the path.
-                let by_name = self.cfg.targets.names.iter().any(|n| *n == *ev.comm);
-                if !by_name && !procfs::matches(&self.cfg, ev.pid) {
-                    self.probes.remove_target(ev.pid)?;
-                    return Ok(first);
-                }
-                self.targets.insert(ev.pid);
-                self.seen.insert(ev.pid);
-                tracing::info!(pid = ev.pid, comm = %ev.comm, "new target (exec)");
-            }
-            _ => {}
-        }
-        // The session cookies a request head carried (HTTP/1 read or HTTP/2 stream), when
-        // the portal's store knows them and the correlator does not.
-        for (raw, hashed) in self.redactor.take_session_ids() {
-            if let Some(user) = self.session_from_store(&raw, &hashed) {
-                first.push(Event {
-                    ts_ns: ev.ts_ns,
-                    pid,
-                    tid: ev.tid,
-                    comm: ev.comm.clone(),
-                    goid: None,
-                    kind: EventKind::SessionFound {
-                        session: String::from_utf8_lossy(&hashed).into_owned(),
-                        user,
-                    },
-                });
-            }
+            self.targets.insert(ev.pid);
+            self.seen.insert(ev.pid);
+            tracing::info!(pid = ev.pid, comm = %ev.comm, "new target (exec)");
         }
         Ok(first)
-    }
-
-    /// The user of a session cookie the correlator does not know, from the portal's session
-    /// store (if one is configured).
-    fn session_from_store(&mut self, raw: &[u8], hashed: &[u8]) -> Option<String> {
-        if self.pipeline.correlator().knows_session(hashed) {
-            return None;
-        }
-        let store = self.session_store.as_mut()?;
-        match store.lookup(raw) {
-            Ok(Found::User(user)) => {
-                tracing::debug!(user, "session found in the portal's store");
-                Some(user)
-            }
-            Ok(Found::Nothing | Found::Refused) => None,
-            Err(e) => {
-                self.store_errors += 1;
-                if self.store_errors.is_power_of_two() {
-                    tracing::warn!(
-                        errors = self.store_errors,
-                        "session store lookup failed: {e}"
-                    );
-                }
-                None
-            }
-        }
     }
 
     fn after_feed(&mut self, ev: &Event) -> anyhow::Result<()> {
@@ -763,7 +614,7 @@ impl Live {
                 // fds that survived exec.
                 for mut found in procfs::found_fds(ev, &self.probes.roots.all()) {
                     self.probes.roots.rename(&mut found);
-                    self.tell_kernel(&found)?;
+                    tell_kernel(&mut self.probes, &found)?;
                     self.feed(&found)?;
                 }
             }
@@ -790,9 +641,7 @@ impl Live {
             self.pass_held()?;
             // A lost read may have been part of a FastCGI stream: both the redactor and the
             // correlator (at the `Lost` event below) wait for a point to resume.
-            self.redactor.lost();
-            // And every HTTP/2 connection may have lost a frame: lost for good.
-            self.http2.events_lost();
+            self.capture.lost();
         }
         for (reason, (&total, before)) in now.iter().zip(self.lost).enumerate() {
             let delta = total.saturating_sub(before);
@@ -838,17 +687,7 @@ impl Live {
         let mut pending = Vec::new();
         self.decoder.flush(&mut pending);
         let mut held = Vec::new();
-        let mut demuxed = Vec::new();
-        for ev in pending {
-            self.http2.take(ev, &mut demuxed);
-            for mut ev in demuxed.drain(..) {
-                if self.conn_gate.drops(&mut ev) {
-                    continue;
-                }
-                self.hold.take(ev, &mut held);
-            }
-        }
-        self.hold.flush_all(&mut held);
+        self.capture.flush(pending, &mut held);
         for ev in held {
             self.pass(ev)?;
         }
@@ -1103,12 +942,13 @@ impl Live {
         }
         m.set_probes(self.probes.attached(), self.probes.expected());
         m.sync_probe_stats(&self.probes.program_stats());
+        let (tls_connections, http2_connections) = self.capture.connections();
         m.sync_tls(
             self.tls.hooked,
             self.tls.unreadable,
             self.tls_records,
-            self.conn_gate.tls_connections,
-            self.http2.connections,
+            tls_connections,
+            http2_connections,
         );
     }
 }

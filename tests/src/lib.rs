@@ -1,8 +1,9 @@
-//! Support for Vigie's end-to-end tests: the deliberately vulnerable demo portal (also built as
-//! the `demo-portal` binary), a tiny HTTP client, and a guard running the portal as a child
-//! process.
+//! Support for Vigie's end-to-end tests and its bench: the deliberately vulnerable demo portal
+//! (also built as the `demo-portal` binary), a tiny HTTP client, and guards running the portal
+//! and `vigie run` as child processes.
 
 pub mod client;
+pub mod daemon;
 pub mod fcgi;
 pub mod goportal;
 pub mod mapped;

@@ -40,24 +40,47 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut child = Command::new(bin.as_ref())
+    spawn(bin.as_ref(), args, startup, true)
+}
+
+/// [`spawn_portal`] with the portal's per-request log discarded, not collected: for load (the
+/// bench), where keeping millions of lines would cost the measuring process.
+pub fn spawn_portal_quiet<I, S>(bin: impl AsRef<Path>, args: I) -> io::Result<PortalGuard>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    spawn(bin.as_ref(), args, STARTUP_DEADLINE, false)
+}
+
+fn spawn<I, S>(bin: &Path, args: I, startup: Duration, collect_log: bool) -> io::Result<PortalGuard>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut child = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(if collect_log {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .spawn()?;
     let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
 
     let stderr_lines = Arc::new(Mutex::new(Vec::new()));
     let collected = Arc::clone(&stderr_lines);
-    let stderr_reader = thread::spawn(move || {
-        for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
-            collected
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(String::from_utf8_lossy(&line).into_owned());
-        }
+    let stderr_reader = child.stderr.take().map(|stderr| {
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+                collected
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(String::from_utf8_lossy(&line).into_owned());
+            }
+        })
     });
 
     // A thread reads stdout so that the wait below can have a deadline; it keeps draining
@@ -76,7 +99,7 @@ where
         addr: String::new(),
         socket_addr: None,
         stderr_lines,
-        stderr_reader: Some(stderr_reader),
+        stderr_reader,
     };
     let announced = match rx.recv_timeout(crate::scaled(startup)) {
         Ok(addr) => addr,

@@ -14,11 +14,12 @@
 //! 6. replay throughput of a synthetic trace.
 use std::{
     collections::BTreeMap,
+    ffi::OsStr,
     fmt::Write as _,
-    io::{BufRead, BufReader, Read, Seek, SeekFrom},
+    io::{Read, Seek, SeekFrom},
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -28,7 +29,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use vigie_tests::client::KeepAlive;
+use vigie_tests::{
+    client::KeepAlive,
+    daemon::{Options, VigieProcess},
+    process::{PortalGuard, spawn_portal_quiet},
+};
 
 use crate::{cargo, is_root, step, workspace_root};
 
@@ -265,8 +270,8 @@ impl Bench {
             if let Some(w) = case.workers {
                 pargs.extend(["--workers", w]);
             }
-            let portal = Portal::start(&self.bins.portal, &root, &pargs)?;
-            let url = format!("http://{}/", portal.addr);
+            let portal = start_portal(&self.bins.portal, &root, &pargs)?;
+            let url = format!("http://{}/", portal.addr());
             let script = if case.close { &close } else { &keep };
             wrk(&url, 1, case.conns, script)?; // warm-up
             let (mut ratio, mut p99r, mut a_rps, mut b_rps, mut a_p99, mut b_p99) =
@@ -293,9 +298,9 @@ impl Bench {
                     let bin = match side {
                         Side::Detached => {
                             foreign.extend(foreign_attachments(None));
-                            let c0 = tree_cpu_seconds(portal.pid);
+                            let c0 = tree_cpu_seconds(portal.pid());
                             let w = wrk(&url, self.secs, case.conns, script)?;
-                            let c1 = tree_cpu_seconds(portal.pid);
+                            let c1 = tree_cpu_seconds(portal.pid());
                             portal_us_a.push((c1 - c0) / w.requests.max(1) as f64 * 1e6);
                             detached = Some(w);
                             continue;
@@ -304,14 +309,15 @@ impl Bench {
                         Side::Baseline => self.baseline.clone().context("no baseline")?,
                     };
                     let record = case.record.then(|| self.dir.join(format!("rec-{r}")));
-                    let v = Vigie::start(&bin, &self.dir, &[portal.pid], &root, record.as_deref())?;
+                    let v =
+                        Vigie::start(&bin, &self.dir, &[portal.pid()], &root, record.as_deref())?;
                     foreign.extend(foreign_attachments(Some(v.pid)));
                     std::thread::sleep(Duration::from_millis(200));
                     let cpu0 = cpu_seconds(v.pid)?;
-                    let p0 = tree_cpu_seconds(portal.pid);
+                    let p0 = tree_cpu_seconds(portal.pid());
                     let w = wrk(&url, self.secs, case.conns, script)?;
                     let cpu1 = cpu_seconds(v.pid)?;
-                    let p1 = tree_cpu_seconds(portal.pid);
+                    let p1 = tree_cpu_seconds(portal.pid());
                     let portal_us = (p1 - p0) / w.requests.max(1) as f64 * 1e6;
                     let vigie_per_k = (cpu1 - cpu0) / w.requests.max(1) as f64 * 1000.0;
                     std::thread::sleep(Duration::from_millis(250));
@@ -473,14 +479,14 @@ impl Bench {
     /// time goes, program by program, against the daemon's CPU in the same run.
     fn profile(
         &self,
-        portal: &Portal,
+        portal: &PortalGuard,
         root: &Path,
         url: &str,
         case: &PortalCase,
         script: &Path,
     ) -> anyhow::Result<(String, Value)> {
         let _stats = BpfStats::enable()?;
-        let v = Vigie::start(&self.bins.vigie, &self.dir, &[portal.pid], root, None)?;
+        let v = Vigie::start(&self.bins.vigie, &self.dir, &[portal.pid()], root, None)?;
         std::thread::sleep(Duration::from_millis(200));
         // The programs run for every process on the host: first the background (the portal
         // idle, the other processes' syscalls) over as long as the load will last, to subtract.
@@ -575,7 +581,7 @@ impl Bench {
 
     fn host_tax(&mut self, _: &BenchArgs) -> anyhow::Result<(String, Value)> {
         let root = self.dir.join("portal-tax");
-        let portal = Portal::start(&self.bins.portal, &root, &["--model", "thread"])?;
+        let portal = start_portal(&self.bins.portal, &root, &["--model", "thread"])?;
         let small = self.dir.join("small.txt");
         std::fs::write(&small, b"0123456789abcdef")?;
         let loops: [(&str, u64, u64); 3] = [
@@ -597,7 +603,7 @@ impl Bench {
                     Some(Vigie::start(
                         &self.bins.vigie,
                         &self.dir,
-                        &[portal.pid],
+                        &[portal.pid()],
                         &root,
                         None,
                     )?)
@@ -645,7 +651,7 @@ impl Bench {
     fn pipeline(&mut self, _: &BenchArgs) -> anyhow::Result<(String, Value)> {
         let root = self.dir.join("portal-pipe");
         // Generate the tree (the portal exits right after: we only need the documents).
-        let portal = Portal::start(&self.bins.portal, &root, &["--model", "thread"])?;
+        let portal = start_portal(&self.bins.portal, &root, &["--model", "thread"])?;
         drop(portal);
         let doc = root.join("users/alice/notes.txt");
         let loader = Loader::fork(&doc)?;
@@ -724,9 +730,9 @@ impl Bench {
 
     fn latency(&mut self, _: &BenchArgs) -> anyhow::Result<(String, Value)> {
         let root = self.dir.join("portal-lat");
-        let portal = Portal::start(&self.bins.portal, &root, &["--model", "thread"])?;
-        let v = Vigie::start(&self.bins.vigie, &self.dir, &[portal.pid], &root, None)?;
-        let alerts = v.alerts.clone();
+        let portal = start_portal(&self.bins.portal, &root, &["--model", "thread"])?;
+        let v = Vigie::start(&self.bins.vigie, &self.dir, &[portal.pid()], &root, None)?;
+        let alerts = v.alerts().to_path_buf();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
         // Tail the alert file every 100 us: latency = arrival - request head's kernel timestamp.
@@ -759,7 +765,7 @@ impl Bench {
                 }
             }
         });
-        let mut c = KeepAlive::connect(&portal.addr)?;
+        let mut c = KeepAlive::connect(portal.addr())?;
         let n = 200 * self.secs.max(2);
         let period = Duration::from_millis(5);
         let t0 = Instant::now();
@@ -809,8 +815,8 @@ impl Bench {
 
     fn connections(&mut self, args: &BenchArgs) -> anyhow::Result<(String, Value)> {
         let root = self.dir.join("portal-conns");
-        let portal = Portal::start(&self.bins.portal, &root, &["--model", "thread"])?;
-        let v = Vigie::start(&self.bins.vigie, &self.dir, &[portal.pid], &root, None)?;
+        let portal = start_portal(&self.bins.portal, &root, &["--model", "thread"])?;
+        let v = Vigie::start(&self.bins.vigie, &self.dir, &[portal.pid()], &root, None)?;
         std::thread::sleep(Duration::from_millis(300));
         let rss0 = proc_status_kib(v.pid, "VmRSS").unwrap_or(0);
         let cpu0 = cpu_seconds(v.pid)?;
@@ -818,7 +824,7 @@ impl Bench {
         let mut conns = Vec::with_capacity(args.connections);
         let mut failed = None;
         for i in 0..args.connections {
-            let r = KeepAlive::connect(&portal.addr).and_then(|mut c| {
+            let r = KeepAlive::connect(portal.addr()).and_then(|mut c| {
                 c.get("/docs/alice/notes.txt", &[("X-Remote-User", "alice")])?;
                 Ok(c)
             });
@@ -834,8 +840,8 @@ impl Bench {
         std::thread::sleep(Duration::from_millis(1000));
         let rss1 = proc_status_kib(v.pid, "VmRSS").unwrap_or(0);
         let hwm1 = proc_status_kib(v.pid, "VmHWM").unwrap_or(0);
-        let portal_rss = proc_status_kib(portal.pid, "VmRSS").unwrap_or(0);
-        let portal_threads = proc_status_kib(portal.pid, "Threads").unwrap_or(0);
+        let portal_rss = proc_status_kib(portal.pid(), "VmRSS").unwrap_or(0);
+        let portal_threads = proc_status_kib(portal.pid(), "Threads").unwrap_or(0);
         let cpu1 = cpu_seconds(v.pid)?;
         let opened = conns.len();
         drop(conns);
@@ -975,63 +981,25 @@ impl Bench {
 // ---------------------------------------------------------------------------------------------
 // Processes under test.
 
-struct Portal {
-    child: Child,
-    pid: u32,
-    addr: String,
+/// The release demo portal on a free loopback port, its per-request log discarded.
+fn start_portal(bin: &Path, root: &Path, args: &[&str]) -> anyhow::Result<PortalGuard> {
+    let mut all: Vec<&OsStr> = vec![
+        OsStr::new("--root"),
+        root.as_os_str(),
+        OsStr::new("--generate"),
+        OsStr::new("--listen"),
+        OsStr::new("127.0.0.1:0"),
+    ];
+    all.extend(args.iter().map(OsStr::new));
+    spawn_portal_quiet(bin, all).context("starting demo-portal")
 }
 
-impl Portal {
-    /// Starts the release demo portal on a free loopback port, its per-request log discarded.
-    fn start(bin: &Path, root: &Path, args: &[&str]) -> anyhow::Result<Portal> {
-        let mut child = Command::new(bin)
-            .arg("--root")
-            .arg(root)
-            .args(["--generate", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting demo-portal")?;
-        let stdout = child.stdout.take().context("portal stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = match lines.next() {
-            Some(Ok(l)) if l.starts_with("LISTENING ") => {
-                l["LISTENING ".len()..].trim().to_string()
-            }
-            other => {
-                let _ = child.kill();
-                bail!("demo-portal did not announce LISTENING: {other:?}");
-            }
-        };
-        // Keep draining stdout so the portal never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        let pid = child.id();
-        Ok(Portal { child, pid, addr })
-    }
-}
-
-impl Drop for Portal {
-    fn drop(&mut self) {
-        signal(self.pid, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// `vigie run` (the tests' [`VigieProcess`]) with its metrics on a free port, logging warnings
+/// only.
 struct Vigie {
-    child: Option<Child>,
+    process: VigieProcess,
     pid: u32,
     port: u16,
-    alerts: PathBuf,
 }
 
 #[derive(Default)]
@@ -1051,65 +1019,32 @@ impl Vigie {
         record: Option<&Path>,
     ) -> anyhow::Result<Vigie> {
         let users = root.join("users");
-        let config = dir.join("vigie.toml");
         let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-        std::fs::write(
-            &config,
-            format!(
-                "[targets]\npids = [{}]\n[documents]\nroots = [\"{u}\"]\nowner_templates = [\"{u}/{{owner}}/**\"]\n",
-                pids.join(", "),
-                u = users.display()
-            ),
-        )?;
-        let alerts = dir.join("alerts.jsonl");
-        let ready = dir.join("vigie.ready");
-        let _ = std::fs::remove_file(&alerts);
-        let _ = std::fs::remove_file(&ready);
-        std::fs::write(&alerts, b"")?;
+        let config = format!(
+            "[targets]\npids = [{}]\n[documents]\nroots = [\"{u}\"]\nowner_templates = [\"{u}/{{owner}}/**\"]\n",
+            pids.join(", "),
+            u = users.display()
+        );
         let port = free_port()?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--alerts")
-            .arg(&alerts)
-            .arg("--ready-file")
-            .arg(&ready)
-            .args([
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-                "--log-level",
-                "warn",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let metrics = format!("127.0.0.1:{port}");
+        let mut args = vec!["--metrics-addr", metrics.as_str()];
         if let Some(rec) = record {
-            cmd.arg("--record").arg(rec);
+            args.push("--record");
+            args.push(rec.to_str().context("a UTF-8 trace directory")?);
         }
-        let mut child = cmd.spawn().context("starting vigie")?;
-        let pid = child.id();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !ready.exists() {
-            if let Ok(Some(st)) = child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                bail!("vigie exited before attaching ({st}): {err}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("vigie did not attach within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(Vigie {
-            child: Some(child),
-            pid,
-            port,
-            alerts,
-        })
+        let options = Options {
+            config: &config,
+            log_level: "warn",
+            args: &args,
+            ready_within: Duration::from_secs(60),
+        };
+        let process = VigieProcess::start(bin, dir, &options)?;
+        let pid = process.pid();
+        Ok(Vigie { process, pid, port })
+    }
+
+    fn alerts(&self) -> &Path {
+        self.process.alerts_path()
     }
 
     fn metrics(&self) -> anyhow::Result<String> {
@@ -1124,13 +1059,8 @@ impl Vigie {
     /// SIGINT, wait, and parse the exit summary
     /// (`vigie: 2.1s, N events (R/s), L lost, ..., Q requests, ...`).
     fn stop(mut self) -> anyhow::Result<Summary> {
-        let mut child = self.child.take().context("vigie already stopped")?;
-        signal(self.pid, libc::SIGINT);
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        let st = child.wait()?;
+        let st = self.process.interrupt()?;
+        let err = self.process.log();
         if !st.success() {
             bail!("vigie exited with {st}: {err}");
         }
@@ -1157,15 +1087,6 @@ impl Vigie {
             lost: num_before(" lost,"),
             requests: num_before(" requests,"),
         })
-    }
-}
-
-impl Drop for Vigie {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(self.pid, libc::SIGINT);
-            let _ = c.wait();
-        }
     }
 }
 
@@ -1615,13 +1536,6 @@ fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into the local timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn signal(pid: u32, sig: i32) {
-    if let Ok(p) = i32::try_from(pid) {
-        // SAFETY: signalling a child we started.
-        unsafe { libc::kill(p, sig) };
-    }
 }
 
 fn free_port() -> anyhow::Result<u16> {

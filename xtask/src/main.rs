@@ -150,7 +150,7 @@ fn build() -> anyhow::Result<Binaries> {
     })
 }
 
-/// The Go portal of `tests/tests/go.rs`, with Debian's `go` (`cargo xtask setup`): standard
+/// The Go portal of `tests/tests/vigie/go.rs`, with Debian's `go` (`cargo xtask setup`): standard
 /// library only, so no module download (`GOPROXY=off`); its build cache stays in `target/`.
 fn build_go_portal(root: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     let dir = out.parent().unwrap_or(root);

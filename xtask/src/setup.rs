@@ -23,35 +23,35 @@ const APT_PACKAGES: &[&str] = &[
     "libxml2-dev",
     "libffi-dev",
     // `promtool` (alert rule unit tests) and the Prometheus server, and Alertmanager: the
-    // end-to-end test runs its own instances of both (see `tests/tests/prometheus.rs`).
+    // end-to-end test runs its own instances of both (see `tests/tests/vigie/prometheus.rs`).
     "prometheus",
     "prometheus-alertmanager",
     // PostgreSQL server and client: the ownership tests start their own cluster (initdb in a
-    // temp dir, unix socket only; see `tests/tests/support/postgres.rs`). No system cluster
+    // temp dir, unix socket only; see `tests/tests/vigie/harness/postgres.rs`). No system cluster
     // is started (see below).
     "postgresql",
-    // The front web server of the FastCGI demo (`tests/tests/fastcgi.rs` runs its own, on a
+    // The front web server of the FastCGI demo (`tests/tests/vigie/fastcgi.rs` runs its own, on a
     // temporary prefix): never started as a system service (see `NoServiceStarts`).
     "nginx",
-    // A portal's Redis session store, run by `tests/tests/sessions.rs`.
+    // A portal's Redis session store, run by `tests/tests/vigie/sessions.rs`.
     "redis-server",
-    // HTTPS portals (`tests/tests/tls.rs`): certificates made with the `openssl` command,
+    // HTTPS portals (`tests/tests/vigie/tls.rs`): certificates made with the `openssl` command,
     // requests (HTTP/1.1 and HTTP/2) made with curl, and a Python application server that
     // terminates TLS with its `ssl` module (Debian's python3, OpenSSL 3).
     "openssl",
     "curl",
     "python3",
-    // The Go net/http portal of `tests/tests/go.rs` (standard library only), built by the
+    // The Go net/http portal of `tests/tests/vigie/go.rs` (standard library only), built by the
     // test harness and by `cargo xtask vm-test`.
     "golang-go",
     // The kernel matrix (`cargo xtask vm-test`): QEMU with software emulation, and a static
     // busybox for the initramfs's `/init` (the initramfs itself is written by xtask).
     "qemu-system-x86",
     "busybox-static",
-    // Debian's Chromium, headless: `tests/tests/trail.rs` renders the HTML report of
+    // Debian's Chromium, headless: `tests/tests/vigie/trail.rs` renders the HTML report of
     // `vigie report` and takes a screenshot of it.
     "chromium",
-    // The syslog collector of `tests/tests/shipping.rs` (run there with its own config on a
+    // The syslog collector of `tests/tests/vigie/shipping.rs` (run there with its own config on a
     // loopback port; never started as a system service).
     "rsyslog",
 ];
@@ -71,7 +71,7 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// Node.js and Express for the Node.js demo portal (`tests/node-portal`, run by
-/// `tests/tests/node.rs`), Express at the versions its lock file pins. Debian's `nodejs` and
+/// `tests/tests/vigie/node.rs`), Express at the versions its lock file pins. Debian's `nodejs` and
 /// `npm` only where no `node`/`npm` is installed: a Node.js from another source bundles its own
 /// npm, which Debian's `npm` package conflicts with.
 fn node_portal() -> anyhow::Result<()> {

@@ -18,7 +18,7 @@ pub fn run(bins: &Binaries, args: &[String]) -> anyhow::Result<()> {
         std::env::set_var("VIGIE_BIN", &bins.vigie);
         std::env::set_var("VIGIE_GO_PORTAL", &bins.go_portal);
     }
-    // The Debian package, for `tests/tests/package.rs` (a release build: only for the whole
+    // The Debian package, for `tests/tests/vigie/package.rs` (a release build: only for the whole
     // suite, or when the filter names the package test).
     if args.is_empty() || args.iter().any(|a| a.contains("package")) {
         let deb = crate::package::run()?;

@@ -1,8 +1,8 @@
 //! `cargo xtask vm-test`: the privileged end-to-end suite on other kernels. Debian's 6.1 and 6.12
 //! kernels (from apt, cached under `target/vm/kernels`) boot in QEMU with software emulation
 //! (`-accel tcg`: this machine's KVM cannot boot stock kernels) from one initramfs that holds
-//! the test binaries, `vigie`, the demo portal, their shared libraries, a static busybox and an
-//! `/init` that mounts what Vigie needs, runs `vigie probes` and the tests, prints
+//! the test binary, `vigie`, the demo portal, their shared libraries, a static busybox and an
+//! `/init` that mounts what Vigie needs, runs `vigie probes` and each row's test modules, prints
 //! machine-readable result lines and powers off. Each boot's console goes to
 //! `target/vm/logs/<row>.log`; a table sums the matrix up, and any failed row fails the task.
 mod cpio;
@@ -20,11 +20,13 @@ use anyhow::{Context as _, bail};
 
 use crate::{Binaries, step, workspace_root};
 
-/// Test binaries run in the VMs. `prometheus` needs Prometheus and Alertmanager, and one test of
-/// `sessions` a Redis server, which the initramfs does not hold; `portal_process` tests the
-/// portal alone (no probes); `faults` opens 10,000 connections, too slow under emulation: they
-/// stay with the native run. `adversarial` runs nginx itself: the initramfs holds it (see
-/// [`VM_TOOLS`]).
+/// The integration test binary (`tests/tests/vigie`), packed into the initramfs.
+const TEST_BINARY: &str = "vigie";
+/// Its modules run in the VMs, one after the other (each by the exact names of its tests).
+/// `prometheus` needs Prometheus and Alertmanager, and one test of `sessions` a Redis server,
+/// which the initramfs does not hold; `portal_process` tests the portal alone (no probes);
+/// `faults` opens 10,000 connections, too slow under emulation: they stay with the native run.
+/// `adversarial` runs nginx itself: the initramfs holds it (see [`VM_TOOLS`]).
 const FULL: &[&str] = &[
     "e2e",
     "jwt",
@@ -138,7 +140,7 @@ pub struct VmArgs {
     /// suites and more under software emulation: several minutes).
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
-    /// A test name filter for the test binaries in the VMs.
+    /// A test name filter for the tests in the VMs (within each row's modules).
     #[arg(long)]
     pub filter: Option<String>,
 }
@@ -230,9 +232,9 @@ pub fn run(bins: &Binaries, args: &VmArgs) -> anyhow::Result<()> {
     }
     step(
         "vm-test",
-        "cargo test -p vigie-tests --no-run (test binaries for the VMs)",
+        "cargo test -p vigie-tests --no-run (the test binary for the VMs)",
     );
-    let tests = test_binaries()?;
+    let tests = test_binary()?;
     let initramfs = vm_dir.join("initramfs.cpio");
     let size = build_initramfs(&initramfs, bins, &tests)?;
     step(
@@ -444,14 +446,16 @@ fn cached_packages(dir: &Path, series: Series) -> Vec<String> {
     pick_newest(series, &names.join("\n")).into_iter().collect()
 }
 
-/// The test executables of `FULL_NODE` (every row's tests), from cargo's JSON messages.
-fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
+/// The integration test executable, from cargo's JSON messages.
+fn test_binary() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args([
             "test",
             "-p",
             "vigie-tests",
+            "--test",
+            TEST_BINARY,
             "--no-run",
             "--message-format=json",
         ])
@@ -462,37 +466,24 @@ fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     if !out.status.success() {
         bail!("cargo test --no-run failed ({})", out.status);
     }
-    let mut found = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let name = msg["target"]["name"].as_str().unwrap_or_default();
-        let is_test = msg["target"]["kind"]
-            .as_array()
-            .is_some_and(|k| k.iter().any(|k| k == "test"));
-        if let (true, Some(exe)) = (is_test, msg["executable"].as_str())
-            && FULL_NODE.contains(&name)
-        {
-            found.push((name.to_string(), PathBuf::from(exe)));
-        }
-    }
-    for want in FULL_NODE {
-        if !found.iter().any(|(n, _)| n == want) {
-            bail!("cargo built no test binary `{want}`");
-        }
-    }
-    Ok(found)
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find_map(|msg| {
+            let is_test = msg["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "test"));
+            (is_test && msg["target"]["name"] == TEST_BINARY)
+                .then(|| msg["executable"].as_str().map(PathBuf::from))
+                .flatten()
+        })
+        .with_context(|| format!("cargo built no test binary `{TEST_BINARY}`"))
 }
 
 /// Writes the initramfs: each binary at its path on this machine (the tests find the portal by
 /// the absolute path cargo compiled in), stripped of debug info, with the shared libraries `ldd`
 /// names, a static busybox and `/init`.
-fn build_initramfs(
-    path: &Path,
-    bins: &Binaries,
-    tests: &[(String, PathBuf)],
-) -> anyhow::Result<u64> {
+fn build_initramfs(path: &Path, bins: &Binaries, tests: &Path) -> anyhow::Result<u64> {
     let busybox = Path::new("/bin/busybox");
     let ldd = Command::new("ldd").arg(busybox).output();
     let is_static = ldd.is_ok_and(|o| {
@@ -525,8 +516,7 @@ fn build_initramfs(
     // The Go portal keeps its DWARF: Vigie reads `runtime.g`'s layout there. It is static: no
     // libraries to carry.
     cpio.copy(&bins.go_portal.to_string_lossy(), &bins.go_portal)?;
-    let mut binaries: Vec<&Path> = vec![&bins.vigie, &bins.portal];
-    binaries.extend(tests.iter().map(|(_, p)| p.as_path()));
+    let binaries: [&Path; 3] = [&bins.vigie, &bins.portal, tests];
     let mut libs = std::collections::BTreeSet::new();
     for tool in VM_TOOLS {
         let tool = Path::new(tool);
@@ -552,9 +542,8 @@ fn build_initramfs(
         cpio.copy(&bin.to_string_lossy(), &stripped)?;
         libs.extend(shared_libraries(bin)?);
     }
-    if tests.iter().any(|(name, _)| name == "node") {
-        add_node(&mut cpio, &mut libs)?;
-    }
+    // For `node` (in `FULL_NODE`): every row boots the same initramfs.
+    add_node(&mut cpio, &mut libs)?;
     for lib in &libs {
         // The library under the name the loader looks for, with the contents of its target.
         cpio.copy(lib, Path::new(lib))?;
@@ -565,8 +554,8 @@ fn build_initramfs(
     Ok(size)
 }
 
-/// Node.js for `tests/tests/node.rs`: the `node` on this machine at `/bin/node` (the VM's only
-/// `PATH` entry; its name is how Vigie recognises the runtime), its shared libraries, and the
+/// Node.js for `tests/tests/vigie/node.rs`: the `node` on this machine at `/bin/node` (the VM's
+/// only `PATH` entry; its name is how Vigie recognises the runtime), its shared libraries, and the
 /// Express portal (`tests/node-portal`, with its `node_modules`) at its path on this machine.
 fn add_node<W: std::io::Write>(
     cpio: &mut cpio::Cpio<W>,
@@ -628,13 +617,10 @@ fn parse_ldd(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// `/init`: mounts, loopback, the facts and the start-up report, then each test binary named
-/// by `vigie.tests=` on the kernel command line, one `VIGIE-VM-END` line each, then power off.
-fn init_script(bins: &Binaries, tests: &[(String, PathBuf)]) -> String {
-    let mut cases = String::new();
-    for (name, exe) in tests {
-        cases.push_str(&format!("    {name}) exe={} ;;\n", exe.display()));
-    }
+/// `/init`: mounts, loopback, the facts and the start-up report, then each test module named
+/// by `vigie.tests=` on the kernel command line (its tests by exact name, those matching
+/// `vigie.filter=` when given), one `VIGIE-VM-END` line each, then power off.
+fn init_script(bins: &Binaries, tests: &Path) -> String {
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -658,20 +644,25 @@ cd /tmp
 start=$(date +%s)
 {vigie} probes
 echo "VIGIE-VM-PROBES rc=$? seconds=$(( $(date +%s) - start ))"
+# libtest ORs its filters: a module's tests are selected here, by exact name.
+all=$({tests} --list 2>/dev/null | sed -n 's/: test$//p')
 for name in $(arg vigie.tests | tr , ' '); do
-  case $name in
-{cases}    *) echo "VIGIE-VM-END $name rc=127 seconds=0"; continue ;;
-  esac
   echo "VIGIE-VM-BEGIN $name"
   start=$(date +%s)
-  $exe --test-threads=1 $(arg vigie.filter) 2>&1
-  echo "VIGIE-VM-END $name rc=$? seconds=$(( $(date +%s) - start ))"
+  names=$(echo "$all" | grep "^$name::" | grep -e "$(arg vigie.filter)")
+  if [ -z "$(echo "$all" | grep "^$name::")" ]; then
+    echo "VIGIE-VM-END $name rc=127 seconds=0"; continue
+  fi
+  rc=0
+  [ -n "$names" ] && {{ {tests} --test-threads=1 --exact $names 2>&1; rc=$?; }}
+  echo "VIGIE-VM-END $name rc=$rc seconds=$(( $(date +%s) - start ))"
 done
 echo VIGIE-VM-DONE
 poweroff -f
 "#,
         vigie = bins.vigie.display(),
         go_portal = bins.go_portal.display(),
+        tests = tests.display(),
     )
 }
 

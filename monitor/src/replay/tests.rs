@@ -1,5 +1,5 @@
 //! Bad traces and the RFC 3339 parser. Live-vs-replay identity is proven end to end in
-//! tests/tests/replay.rs.
+//! tests/tests/vigie/replay.rs.
 
 use monitor_core::events::Payload;
 

@@ -1,14 +1,12 @@
 //! Faults around Vigie, each with its expected outcome: the portal restarted, a worker crashing
 //! mid-request, Vigie itself SIGKILLed and restarted under load, the ring buffer overflowing, and
 //! thousands of short connections. Real probes, the real demo portal; needs root (see
-//! `support::privileged`). Each test prints what it measured on stderr (`--nocapture`).
-mod support;
+//! `crate::harness::privileged`). Each test prints what it measured on stderr (`--nocapture`).
 
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::TcpStream,
-    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -16,8 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::harness::*;
 use serde_json::Value;
-use support::*;
 
 const HR: &str = "health-record.pdf";
 const NOTES: &str = "notes.txt";
@@ -32,30 +30,6 @@ fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
-/// Trace files of a recording directory, in recording order.
-fn trace_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-}
-
-/// The events of a trace (header skipped), for measurements.
-fn trace_events(dir: &Path) -> Vec<Value> {
-    trace_files(dir)
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .skip(1)
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect::<Vec<Value>>()
-        })
-        .collect()
 }
 
 /// Vigie's `/metrics` text.
@@ -406,7 +380,7 @@ fn vigie_sigkill_and_restart_under_load() {
     };
     let portal = Portal::start("sigkill", &["--model", "thread"]);
     let addr = portal.addr();
-    let config = portal.config(&format!("pids = [{}]", portal.guard.pid()));
+    let config = portal.config_by_pid();
     let traces = TempDir::new("sigkill-traces");
     let (rec_a, rec_b) = (traces.path().join("a"), traces.path().join("b"));
     let first = Vigie::start(
@@ -700,7 +674,7 @@ fn ring_buffer_overflow_is_counted_and_verdicts_recover() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let config = format!(
         "{}[kernel]\nring_buffer_bytes = 4096\n",
-        portal.config(&format!("pids = [{}]", portal.guard.pid()))
+        portal.config_by_pid()
     );
     let vigie = Vigie::start(
         &p,
@@ -890,7 +864,7 @@ fn thousands_of_short_connections_keep_state_bounded() {
     let vigie = Vigie::start(
         &p,
         "churn",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        &portal.config_by_pid(),
         &["--metrics-addr", &metrics],
     );
     let (rss_before, _) = rss_kib(vigie.pid());

@@ -2,7 +2,6 @@
 //! loopback port with its own config, writing each message it receives to a file): rsyslog is
 //! killed mid-run and restarted, Vigie is killed and restarted, and every trail record still
 //! arrives (duplicates allowed, found by their `seq`).
-mod support;
 
 use std::{
     collections::BTreeMap,
@@ -11,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::*;
+use crate::harness::*;
 
 /// A running `rsyslogd -n` with a TCP input on a loopback port; SIGKILLed on drop.
 struct Rsyslog {
@@ -206,7 +205,7 @@ fn syslog_shipping_survives_collector_and_vigie_kills() {
     let portal = Portal::start("shipping", &["--model", "thread"]);
     let config = format!(
         "{}[trail]\ncheckpoint_interval_secs = 1\n[trail.syslog]\naddress = \"{}\"\nresend_window_secs = 1\n",
-        portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        portal.config_by_pid(),
         rsyslog.address()
     );
     let reads = |n: usize| {
@@ -365,7 +364,7 @@ fn vigie_status(p: &Privileged, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
-    use support::postgres::Postgres;
+    use crate::harness::postgres::Postgres;
     let Some(p) = privileged("postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills")
     else {
         return;
@@ -416,7 +415,7 @@ fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
             };
             let config = format!(
                 "{}[trail]\ncheckpoint_interval_secs = 1\n{pseudonyms}[trail.postgres]\nconnection = \"{connection}\"\npassword_file = \"{}\"\nhost = \"{h}\"\n",
-                portal.config(&format!("pids = [{}]", portal.guard.pid())),
+                portal.config_by_pid(),
                 password.display()
             );
             let args = vec![

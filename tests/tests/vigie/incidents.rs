@@ -3,7 +3,6 @@
 //! headers believed from a real nginx reverse proxy and ignored from anyone else, session
 //! handles, an enumeration crossing its threshold once, a privileged bulk read, incidents that
 //! replay gives back byte for byte, and the incident webhook with its receiver down, then back.
-mod support;
 
 use std::{
     ffi::OsStr,
@@ -12,10 +11,10 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
-use support::{
+use crate::harness::{
     Portal, TempDir, Vigie, free_port, nginx::Nginx, poll_until, privileged, trace_files, vigie_cmd,
 };
+use serde_json::Value;
 
 /// `GET target` as `user` on a new connection to `addr`, with extra headers; returns the
 /// status and the client's own address (what Vigie must name).
@@ -72,7 +71,7 @@ fn clients_from_the_kernel_and_from_trusted_proxies_only() {
     };
     let config = format!(
         "{}[clients]\ntrusted_proxies = [\"127.0.0.2\"]\n",
-        portal.config(&format!("pids = [{}]", portal.guard.pid()))
+        portal.config_by_pid()
     );
     let vigie = Vigie::start(&p, "clients", &config, &[]);
     let v4 = format!("127.0.0.1:{port}");
@@ -147,7 +146,7 @@ fn enumeration_once_privileged_bulk_and_replayed_incidents() {
     let trace_dir = traces.path().join("t");
     let config = format!(
         "{}[incidents]\nenumeration = {{ owners = 3, window_s = 600 }}\nprivileged_bulk = {{ owners = 3, window_s = 600 }}\n",
-        portal.config(&format!("pids = [{}]", portal.guard.pid()))
+        portal.config_by_pid()
     );
     let vigie = Vigie::start(
         &p,
@@ -189,7 +188,7 @@ fn enumeration_once_privileged_bulk_and_replayed_incidents() {
         a.iter().any(|l| l["type"] == "privileged_bulk")
     });
     let (live_raw, log) = vigie.stop_raw();
-    let alerts = support::parse_alerts(&live_raw);
+    let alerts = crate::harness::parse_alerts(&live_raw);
     let enumerations: Vec<&Value> = alerts
         .iter()
         .filter(|a| a["type"] == "enumeration")
@@ -298,7 +297,7 @@ fn webhook_once_per_incident_with_its_receiver_down_then_back() {
     let port = free_port();
     let config = format!(
         "{}[incidents.webhook]\nurl = \"http://127.0.0.1:{port}/incident\"\ntimeout_ms = 1000\nretries = 10\nretry_ms = 200\n",
-        portal.config(&format!("pids = [{}]", portal.guard.pid()))
+        portal.config_by_pid()
     );
     let vigie = Vigie::start(&p, "webhook", &config, &[]);
     let addr = portal.addr();
@@ -376,7 +375,7 @@ fn session_handles_name_the_token_never_show_it() {
     ] {
         let value = format!("Bearer {t}");
         let (status, _) =
-            support::http_get(&portal.addr(), doc, &[("Authorization", &value)]).unwrap();
+            crate::harness::http_get(&portal.addr(), doc, &[("Authorization", &value)]).unwrap();
         assert_eq!(status, 200);
     }
     let alerts = vigie.wait_alerts("two violations", |a| {

@@ -3,13 +3,12 @@
 //! passwords in every place a client or a portal puts them (Basic credentials, a bearer token,
 //! a session cookie, query parameters, a login form, and, on the Node.js portal, an internal
 //! HTTP call and cluster IPC messages carrying the session id), recorded with `--record`, and
-//! the trace is searched for every one of them. Needs root (see `support::privileged`).
-mod support;
+//! the trace is searched for every one of them. Needs root (see `crate::harness::privileged`).
 
 use std::path::Path;
 
+use crate::harness::*;
 use base64::Engine as _;
-use support::*;
 use vigie_tests::client::KeepAlive;
 
 /// The secrets of one run: unique per model, so a hit cannot come from elsewhere.
@@ -139,7 +138,7 @@ fn no_secret_of_a_demo_portal_model_reaches_a_trace() {
             args.extend(["--workers", "2", "--fork-delay-ms", &delay]);
         }
         let portal = Portal::start(&format!("secrets-portal-{model}"), &args);
-        let config = portal.config(&format!("pids = [{}]", portal.guard.pid()));
+        let config = portal.config_by_pid();
         record_and_search(&p, model, &config, &portal.addr());
     }
 }
@@ -154,7 +153,7 @@ fn no_secret_of_the_node_portal_reaches_a_trace() {
         ("node-stream", "stream", None),
         ("node-cluster", "read-file", Some("2")),
     ] {
-        let Some(portal) = support::node::NodePortal::start(name, serve, cluster) else {
+        let Some(portal) = crate::harness::node::NodePortal::start(name, serve, cluster) else {
             return;
         };
         record_and_search(&p, name, &portal.config(), portal.guard.addr());

@@ -1,8 +1,7 @@
 //! End-to-end: the demo portal serves documents, a real `vigie` watches it with real probes, and
-//! each test asserts the exact set of alerts. Needs root (see `support::privileged`).
-mod support;
+//! each test asserts the exact set of alerts. Needs root (see `crate::harness::privileged`).
 
-use support::*;
+use crate::harness::*;
 
 const HR: &str = "health-record.pdf";
 const NOTES: &str = "notes.txt";
@@ -12,13 +11,7 @@ fn own_document_raises_nothing() {
     let Some(p) = privileged("own_document_raises_nothing") else {
         return;
     };
-    let portal = Portal::start("own", &["--model", "thread"]);
-    let vigie = Vigie::start(
-        &p,
-        "own",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) = start_watched(&p, "own", &["--model", "thread"], &[]);
     assert_eq!(
         get_as(&portal.addr(), "alice", "/docs/alice/health-record.pdf"),
         200
@@ -37,13 +30,7 @@ fn cross_user_read_is_exactly_one_violation() {
     let Some(p) = privileged("cross_user_read_is_exactly_one_violation") else {
         return;
     };
-    let portal = Portal::start("cross", &["--model", "thread"]);
-    let vigie = Vigie::start(
-        &p,
-        "cross",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) = start_watched(&p, "cross", &["--model", "thread"], &[]);
     assert_eq!(
         get_as(&portal.addr(), "alice", "/docs/alice/health-record.pdf"),
         200
@@ -86,13 +73,7 @@ fn basic_auth_identity_and_privileged_user() {
     let Some(p) = privileged("basic_auth_identity_and_privileged_user") else {
         return;
     };
-    let portal = Portal::start("basic", &["--model", "thread"]);
-    let vigie = Vigie::start(
-        &p,
-        "basic",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) = start_watched(&p, "basic", &["--model", "thread"], &[]);
     let addr = portal.addr();
     // The privileged agent reads anyone's documents: allowed.
     let agent = basic("agent", "s3cret-agent-password");
@@ -135,13 +116,8 @@ fn unauthenticated_read_is_alerted() {
     let Some(p) = privileged("unauthenticated_read_is_alerted") else {
         return;
     };
-    let portal = Portal::start("anon", &["--model", "thread", "--allow-anonymous"]);
-    let vigie = Vigie::start(
-        &p,
-        "anon",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) =
+        start_watched(&p, "anon", &["--model", "thread", "--allow-anonymous"], &[]);
     assert_eq!(
         http_get(&portal.addr(), "/docs/carol/notes.txt", &[])
             .unwrap()
@@ -166,13 +142,7 @@ fn keep_alive_connection_with_two_users_in_turn() {
     let Some(p) = privileged("keep_alive_connection_with_two_users_in_turn") else {
         return;
     };
-    let portal = Portal::start("keepalive", &["--model", "thread"]);
-    let vigie = Vigie::start(
-        &p,
-        "keepalive",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) = start_watched(&p, "keepalive", &["--model", "thread"], &[]);
     let mut conn = KeepAlive::connect(&portal.addr()).unwrap();
     assert_eq!(
         conn.get("/docs/alice/notes.txt", &[("X-Remote-User", "alice")])
@@ -258,13 +228,7 @@ fn pool_threads_serve_what_the_acceptor_accepted() {
     let Some(p) = privileged("pool_threads_serve_what_the_acceptor_accepted") else {
         return;
     };
-    let portal = Portal::start("pool", &["--model", "pool", "--workers", "3"]);
-    let vigie = Vigie::start(
-        &p,
-        "pool",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) = start_watched(&p, "pool", &["--model", "pool", "--workers", "3"], &[]);
     let addr = portal.addr();
     // Concurrent clients: each thread's reads belong to the request that thread read.
     let handles: Vec<_> = [
@@ -300,13 +264,7 @@ fn cached_document_fd_opened_before_vigie_is_reused_across_users() {
         return;
     };
     // The portal opens bob's health record into its file cache at start-up, before Vigie runs.
-    let portal = Portal::start("cache", &["--model", "thread", "--cache"]);
-    let vigie = Vigie::start(
-        &p,
-        "cache",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) = start_watched(&p, "cache", &["--model", "thread", "--cache"], &[]);
     let mut conn = KeepAlive::connect(&portal.addr()).unwrap();
     assert_eq!(
         conn.get("/docs/bob/health-record.pdf", &[("X-Remote-User", "bob")])
@@ -344,13 +302,7 @@ fn dotdot_in_the_request_path_is_judged_on_the_real_file() {
     let Some(p) = privileged("dotdot_in_the_request_path_is_judged_on_the_real_file") else {
         return;
     };
-    let portal = Portal::start("dotdot", &["--model", "thread"]);
-    let vigie = Vigie::start(
-        &p,
-        "dotdot",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) = start_watched(&p, "dotdot", &["--model", "thread"], &[]);
     assert_eq!(
         get_as(&portal.addr(), "alice", "/docs/alice/../bob/notes.txt"),
         200
@@ -372,13 +324,7 @@ fn non_documents_and_non_targets_raise_nothing() {
     let Some(p) = privileged("non_documents_and_non_targets_raise_nothing") else {
         return;
     };
-    let portal = Portal::start("nondoc", &["--model", "thread"]);
-    let vigie = Vigie::start(
-        &p,
-        "nondoc",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) = start_watched(&p, "nondoc", &["--model", "thread"], &[]);
     // Every request also reads the portal's database (outside the document roots).
     assert_eq!(
         http_get(&portal.addr(), "/public/welcome.txt", &[])
@@ -441,11 +387,10 @@ fn hostile_input_has_defined_outcomes_and_the_daemon_keeps_running() {
     else {
         return;
     };
-    let portal = Portal::start("hostile", &["--model", "thread", "--allow-anonymous"]);
-    let mut vigie = Vigie::start(
+    let (portal, mut vigie) = start_watched(
         &p,
         "hostile",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        &["--model", "thread", "--allow-anonymous"],
         &[],
     );
     let addr = portal.addr();
@@ -504,7 +449,8 @@ fn capabilities_are_dropped_once_attached_and_workers_are_still_followed() {
     };
     // Workers fork after Vigie has dropped its capabilities: following them needs map updates
     // and /proc reads with what is left.
-    let portal = Portal::start(
+    let (portal, vigie) = start_watched(
+        &p,
         "caps",
         &[
             "--model",
@@ -514,11 +460,6 @@ fn capabilities_are_dropped_once_attached_and_workers_are_still_followed() {
             "--fork-delay-ms",
             &fork_delay_ms(),
         ],
-    );
-    let vigie = Vigie::start(
-        &p,
-        "caps",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
         &[],
     );
     let status = std::fs::read_to_string(format!("/proc/{}/status", vigie.pid())).unwrap();
@@ -570,11 +511,10 @@ fn a_document_read_then_refused_is_still_a_read_and_the_alert_says_so() {
     else {
         return;
     };
-    let portal = Portal::start("late-check", &["--model", "thread", "--late-check"]);
-    let vigie = Vigie::start(
+    let (portal, vigie) = start_watched(
         &p,
         "late-check",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        &["--model", "thread", "--late-check"],
         &[],
     );
     assert_eq!(

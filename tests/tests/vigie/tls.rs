@@ -2,9 +2,8 @@
 //! their OpenSSL (`libssl.so.3`). Real servers (Debian's nginx with `ssl` and `http2`, a
 //! Python application server with the `ssl` module), real clients (curl), certificates made
 //! by the test, exact alert sets, byte-identical replays, and traces that hold no secret and no
-//! ciphertext. Needs root (see `support::privileged`), nginx, python3, openssl and curl
+//! ciphertext. Needs root (see `crate::harness::privileged`), nginx, python3, openssl and curl
 //! (`cargo xtask setup` installs them).
-mod support;
 
 use std::{
     ffi::OsStr,
@@ -12,41 +11,9 @@ use std::{
     time::Duration,
 };
 
+use crate::harness::{tls::*, *};
 use base64::Engine as _;
 use serde_json::Value;
-use support::{tls::*, *};
-
-/// Every captured socket payload of the trace files, decoded (a string, or base64).
-fn trace_payloads(files: &[PathBuf]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for f in files {
-        for line in std::fs::read_to_string(f).unwrap().lines().skip(1) {
-            let ev: Value = serde_json::from_str(line).unwrap();
-            // HTTP/2 streams' heads, as decoded and redacted live.
-            for k in ["request", "response"] {
-                if let Value::String(head) = &ev["kind"]["http2"]["item"][k]["head"] {
-                    out.push(head.as_bytes().to_vec());
-                }
-            }
-            for k in ["sock_read", "sock_write"] {
-                match &ev["kind"][k]["data"] {
-                    Value::String(s) => out.push(s.as_bytes().to_vec()),
-                    Value::Object(o) => out.push(
-                        base64::engine::general_purpose::STANDARD
-                            .decode(o["b64"].as_str().unwrap())
-                            .unwrap(),
-                    ),
-                    _ => {}
-                }
-            }
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 /// A trace of connections Vigie could not read: no payload at all.
 fn assert_clean_trace_without_requests(files: &[PathBuf]) {
@@ -76,7 +43,7 @@ fn assert_clean_trace(files: &[PathBuf], secrets: &[&str]) {
     }
     for secret in &forbidden {
         assert!(
-            !payloads.iter().any(|d| contains(d, secret)),
+            !payloads.iter().any(|d| bytes_contain(d, secret)),
             "{:?} in the trace",
             String::from_utf8_lossy(secret)
         );
@@ -485,7 +452,7 @@ fn https_python_loads_libssl_after_vigie_session_from_the_tls_login() {
     assert!(
         trace_payloads(&files)
             .iter()
-            .any(|d| contains(d, b"user=alice&password=")),
+            .any(|d| bytes_contain(d, b"user=alice&password=")),
         "the login form was captured (its password redacted)"
     );
     assert_replays_identically(&p, &files, &raw, &portal.dir.path().join("replayed.jsonl"));

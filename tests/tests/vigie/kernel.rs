@@ -2,10 +2,9 @@
 //! Vigie chose its probes by (checked here against what the test reads itself), attach every
 //! hook of the attach table and see each program run; under `lockdown=confidentiality` Vigie
 //! refuses to start and says why. `cargo xtask vm-test` runs this on each kernel of the matrix.
-mod support;
 
+use crate::harness::*;
 use serde_json::Value;
-use support::*;
 
 /// Every hook of the attach table.
 const HOOKS: usize = 36;

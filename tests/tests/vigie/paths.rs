@@ -3,11 +3,10 @@
 //! portal deployed through a symbolic link (`current -> releases/N`, `uploads -> /data/...`) is the
 //! case where the two differ. `cargo xtask vm-test` runs this on each way in: LSM (6.1, 6.12),
 //! fentry (6.1 without the BPF LSM), tracepoints (the host). Needs root.
-mod support;
 
 use std::path::PathBuf;
 
-use support::*;
+use crate::harness::*;
 
 const HR: &str = "health-record.pdf";
 
@@ -56,12 +55,7 @@ fn a_root_configured_through_a_symlink_gives_the_same_alert_either_way() {
     let dir = TempDir::new("paths-link");
     let (through_link, _) = deployment(&dir);
     let portal = Portal::start_in(dir, &through_link, &through_link, &["--model", "thread"]);
-    let vigie = Vigie::start(
-        &p,
-        "paths-link",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let vigie = Vigie::start(&p, "paths-link", &portal.config_by_pid(), &[]);
     alice_reads_her_record_and_bobs(&portal);
     let (alerts, log) = vigie.stop();
     eprintln!("exact open paths: {}", exact_paths(&log));
@@ -91,12 +85,7 @@ fn a_portal_reaching_its_root_through_a_symlink_is_seen_with_exact_paths() {
     let dir = TempDir::new("paths-real");
     let (through_link, real) = deployment(&dir);
     let portal = Portal::start_in(dir, &through_link, &real, &["--model", "thread"]);
-    let vigie = Vigie::start(
-        &p,
-        "paths-real",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let vigie = Vigie::start(&p, "paths-real", &portal.config_by_pid(), &[]);
     alice_reads_her_record_and_bobs(&portal);
     let (alerts, log) = vigie.stop();
     if exact_paths(&log) {

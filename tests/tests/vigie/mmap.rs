@@ -1,10 +1,9 @@
 //! End-to-end: documents served from a memory mapping (open, `mmap`, close, then `writev` from
 //! the mapping; no `read(2)` of the document), by the demo portal's `thread` model with
-//! `--mmap`. Needs root (see `support::privileged`). The FastCGI application serves this way
+//! `--mmap`. Needs root (see `crate::harness::privileged`). The FastCGI application serves this way
 //! too: see `tests/fastcgi.rs`.
-mod support;
 
-use support::*;
+use crate::harness::*;
 
 const HR: &str = "health-record.pdf";
 
@@ -13,13 +12,7 @@ fn mmap_served_cross_user_read_is_alerted_exactly_once() {
     let Some(p) = privileged("mmap_served_cross_user_read_is_alerted_exactly_once") else {
         return;
     };
-    let portal = Portal::start("mmap-cross", &["--model", "thread", "--mmap"]);
-    let vigie = Vigie::start(
-        &p,
-        "mmap-cross",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) = start_watched(&p, "mmap-cross", &["--model", "thread", "--mmap"], &[]);
     let addr = portal.addr();
     // On one kept connection: the mapping outlives the close of its fd, and must still be
     // judged once, for the right request.
@@ -64,13 +57,7 @@ fn mmap_served_own_read_is_silent() {
     let Some(p) = privileged("mmap_served_own_read_is_silent") else {
         return;
     };
-    let portal = Portal::start("mmap-own", &["--model", "thread", "--mmap"]);
-    let vigie = Vigie::start(
-        &p,
-        "mmap-own",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) = start_watched(&p, "mmap-own", &["--model", "thread", "--mmap"], &[]);
     assert_eq!(
         get_as(&portal.addr(), "alice", "/docs/alice/health-record.pdf"),
         200

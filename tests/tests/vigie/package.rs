@@ -2,12 +2,11 @@
 //! on the installed configuration, the unit checked by `systemd-analyze verify`, the installed
 //! `/usr/bin/vigie` watching the demo portal (one cross-user read, one alert), then `dpkg
 //! --purge` leaving nothing behind. `cargo xtask test` builds the package and passes its path
-//! in `VIGIE_DEB`. Needs root (see `support::privileged`).
-mod support;
+//! in `VIGIE_DEB`. Needs root (see `crate::harness::privileged`).
 
 use std::{path::Path, process::Command};
 
-use support::*;
+use crate::harness::*;
 
 const PACKAGE: &str = "vigie";
 const BIN: &str = "/usr/bin/vigie";
@@ -98,13 +97,7 @@ fn package_installs_runs_and_purges() {
 
     // The installed binary, with its probes, on the demo portal.
     let p = p.with_binary(BIN.into());
-    let portal = Portal::start("package", &["--model", "thread"]);
-    let vigie = Vigie::start(
-        &p,
-        "package",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
-        &[],
-    );
+    let (portal, vigie) = start_watched(&p, "package", &["--model", "thread"], &[]);
     assert_eq!(
         get_as(&portal.addr(), "alice", "/docs/alice/notes.txt"),
         200

@@ -6,23 +6,22 @@
 //! recall. Both serving styles: read the file then write it, and `io.Copy` (512 bytes read, then
 //! `sendfile`). With goroutine tracking (the probes read each thread's current goroutine) and
 //! without it (`correlation.goroutines = false`: content and sendfile evidence only). Needs
-//! root (see `support::privileged`) and Debian's golang-go (`cargo xtask setup`).
-mod support;
+//! root (see `crate::harness::privileged`) and Debian's golang-go (`cargo xtask setup`).
 
 use std::{
-    collections::BTreeMap,
     path::PathBuf,
     sync::{Mutex, OnceLock},
 };
 
-use support::*;
-use vigie_tests::portal::{DOCUMENTS, USERS};
+use crate::harness::*;
 
-/// Connections per user, and requests per connection.
-const CONNECTIONS: usize = 2;
-const REQUESTS: usize = 30;
-
-type Key = (String, String, String, String);
+/// Every user's connections at once: 2 per user, 30 requests each.
+const MIX: Mix = Mix {
+    connections: 2,
+    requests: 30,
+    seed: (7919, 1, 104_729),
+    check_bodies: false,
+};
 
 /// The Go portal binary: `VIGIE_GO_PORTAL` (built by xtask), else built here once with `go`.
 /// `None` after a loud SKIPPED line when there is neither.
@@ -46,49 +45,11 @@ fn go_portal(test: &str) -> Option<PathBuf> {
     built.clone()
 }
 
-/// The requests one connection makes: (owner, document), about half of them cross-user.
-fn plan(user_index: usize, conn: usize) -> Vec<(&'static str, &'static str)> {
-    let mut state = (user_index as u64 + 1) * 7919 + conn as u64 * 104_729;
-    (0..REQUESTS)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let r = (state >> 33) as usize;
-            let owner = if r.is_multiple_of(2) {
-                USERS[user_index]
-            } else {
-                USERS[(user_index + 1 + r / 2 % (USERS.len() - 1)) % USERS.len()]
-            };
-            (owner, DOCUMENTS[r / 7 % DOCUMENTS.len()])
-        })
-        .collect()
-}
-
-/// What one run found, scored.
-struct Score {
-    expected: usize,
-    /// Attributed accesses whose evidence includes `goroutine` (the goroutine that read the
-    /// request's head).
+/// What one run found: the score, and the accesses attributed by goroutine (the goroutine that
+/// read the request's head).
+struct Run {
+    score: Score,
     by_goroutine: usize,
-    right: usize,
-    /// Attributed to the wrong request: a wrong user, or the right user's verdict on a
-    /// document they did not read.
-    wrong: usize,
-    unattributed: usize,
-}
-
-impl Score {
-    fn precision(&self) -> f64 {
-        if self.right + self.wrong == 0 {
-            return 1.0;
-        }
-        self.right as f64 / (self.right + self.wrong) as f64
-    }
-
-    fn recall(&self) -> f64 {
-        self.right as f64 / self.expected as f64
-    }
 }
 
 /// When the portal starts: before Vigie (found at start-up by pid), or after it (selected by
@@ -99,7 +60,7 @@ enum Start {
     After,
 }
 
-fn run(test: &str, style: &str, goroutines: bool, start: Start) -> Option<Score> {
+fn run(test: &str, style: &str, goroutines: bool, start: Start) -> Option<Run> {
     let p = privileged(test)?;
     let bin = go_portal(test)?;
     let dir = TempDir::new(test);
@@ -152,39 +113,7 @@ fn run(test: &str, style: &str, goroutines: bool, start: Start) -> Option<Score>
             (portal, vigie)
         }
     };
-    let addr = portal.addr().to_string();
-    let mut handles = Vec::new();
-    for (i, user) in USERS.iter().enumerate() {
-        for conn in 0..CONNECTIONS {
-            let addr = addr.clone();
-            handles.push(std::thread::spawn(move || {
-                let mut c = KeepAlive::connect(&addr).expect("connecting");
-                for (owner, doc) in plan(i, conn) {
-                    let (status, _) = c
-                        .get(&format!("/docs/{owner}/{doc}"), &[("X-Remote-User", user)])
-                        .expect("request");
-                    assert_eq!(status, 200);
-                }
-            }));
-        }
-    }
-    for h in handles {
-        h.join().expect("client thread");
-    }
-    let mut expected: BTreeMap<Key, usize> = BTreeMap::new();
-    for (i, user) in USERS.iter().enumerate() {
-        for conn in 0..CONNECTIONS {
-            for (owner, doc) in plan(i, conn) {
-                let verdict = if owner == *user {
-                    "allowed"
-                } else {
-                    "violation"
-                };
-                let path = users.join(owner).join(doc).display().to_string();
-                *expected.entry(t(verdict, user, owner, &path)).or_insert(0) += 1;
-            }
-        }
-    }
+    let expected = MIX.run(portal.addr(), &users);
     let (live_raw, log) = vigie.stop_raw();
     let alerts = parse_alerts(&live_raw);
     let replayed = dir.path().join("replayed.jsonl");
@@ -199,22 +128,7 @@ fn run(test: &str, style: &str, goroutines: bool, start: Start) -> Option<Score>
         live_raw,
         "replay differs from live"
     );
-    let mut found: BTreeMap<Key, usize> = BTreeMap::new();
-    let mut unattributed = 0;
-    for v in verdicts(&alerts) {
-        if v.0 == "unattributed" {
-            unattributed += 1;
-        } else {
-            *found.entry(v).or_insert(0) += 1;
-        }
-    }
-    let mut right = 0;
-    let mut wrong = 0;
-    for (k, &n) in &found {
-        let e = expected.get(k).copied().unwrap_or(0);
-        right += n.min(e);
-        wrong += n.saturating_sub(e);
-    }
+    let score = Score::of(&expected, &alerts);
     let by_goroutine = alerts
         .iter()
         .filter(|a| {
@@ -223,40 +137,15 @@ fn run(test: &str, style: &str, goroutines: bool, start: Start) -> Option<Score>
                 .is_some_and(|e| e.iter().any(|e| e == "goroutine"))
         })
         .count();
-    let score = Score {
-        expected: expected.values().sum(),
-        by_goroutine,
-        right,
-        wrong,
-        unattributed,
-    };
-    let by_evidence = alerts
-        .iter()
-        .filter_map(|a| a["evidence"].as_array())
-        .map(|e| format!("{e:?}"))
-        .fold(BTreeMap::<String, usize>::new(), |mut m, e| {
-            *m.entry(e).or_default() += 1;
-            m
-        });
-    eprintln!(
-        "go portal, style {style}, goroutines {goroutines}: {} reads, {} right, {} wrong, {} unattributed: precision {:.3}, recall {:.3}; evidence {by_evidence:?}",
-        score.expected,
-        score.right,
-        score.wrong,
-        score.unattributed,
-        score.precision(),
-        score.recall()
-    );
-    let wrong_ones: Vec<_> = found
-        .iter()
-        .filter(|(k, n)| **n > expected.get(*k).copied().unwrap_or(0))
-        .collect();
+    eprintln!("go portal, style {style}, goroutines {goroutines}: {score}");
     assert_eq!(
-        score.wrong, 0,
-        "accesses attributed to the wrong request: {wrong_ones:?}\n{log}"
+        score.wrong,
+        0,
+        "accesses attributed to the wrong request: {:?}\n{log}",
+        score.wrong_ones(&expected)
     );
     if !goroutines {
-        assert_eq!(score.by_goroutine, 0, "goroutine scope while turned off");
+        assert_eq!(by_goroutine, 0, "goroutine scope while turned off");
         assert!(
             !alerts.iter().any(|a| a["evidence"]
                 .as_array()
@@ -271,13 +160,20 @@ fn run(test: &str, style: &str, goroutines: bool, start: Start) -> Option<Score>
         "goroutines not followed (correlation.goroutines = false"
     };
     assert!(log.contains(reported), "no `{reported}` in the log:\n{log}");
-    Some(score)
+    Some(Run {
+        score,
+        by_goroutine,
+    })
 }
 
 /// With goroutine tracking, every read is bound to the goroutine that read its request's head:
 /// nothing is left to chance, so every read is found.
 fn tracked(test: &str, style: &str, start: Start) {
-    let Some(score) = run(test, style, true, start) else {
+    let Some(Run {
+        score,
+        by_goroutine,
+    }) = run(test, style, true, start)
+    else {
         return;
     };
     assert_eq!(
@@ -287,7 +183,7 @@ fn tracked(test: &str, style: &str, start: Start) {
         score.recall()
     );
     // And it is the goroutine that found them, not content evidence alone.
-    assert_eq!(score.by_goroutine, score.expected);
+    assert_eq!(by_goroutine, score.expected);
 }
 
 #[test]

@@ -1,13 +1,12 @@
 //! Ownership from the portal's own database (SQLite, a real PostgreSQL server) and from a
 //! mapping file with delegation, with the real demo portal and real probes. Documents reached
 //! through `/api/documents/<id>` are judged on the file actually opened (`ROOT/docs/<id>.pdf`)
-//! and its owner in the database, not on the URL. Needs root (see `support::privileged`).
-mod support;
+//! and its owner in the database, not on the URL. Needs root (see `crate::harness::privileged`).
 
 use std::{ffi::OsStr, path::PathBuf, time::Duration};
 
+use crate::harness::{postgres::Postgres, *};
 use serde_json::Value;
-use support::{postgres::Postgres, *};
 
 /// `(verdict, rule, user, owner, document)` of each access alert, sorted.
 fn judged(alerts: &[Value]) -> Vec<(String, String, String, String, String)> {
@@ -71,15 +70,6 @@ fn alert_of<'a>(alerts: &'a [Value], user: &str, document: &str) -> &'a Value {
         .iter()
         .find(|a| a["user"] == user && a["document"] == document)
         .unwrap_or_else(|| panic!("no alert for {user} reading {document}: {alerts:#?}"))
-}
-
-fn trace_files(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("trace dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    files
 }
 
 /// Replays `files` (`--audit` or not) and returns the alert file's bytes.

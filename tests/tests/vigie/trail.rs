@@ -1,14 +1,13 @@
 //! The audit trail from live runs: a real `vigie` watches the demo portal with `--trail`, is
 //! killed once and restarted, then `vigie verify` checks the files with the public key only,
 //! and every kind of tampering on copies of those files is named with its exit code.
-mod support;
 
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use support::*;
+use crate::harness::*;
 
 /// `vigie verify --key PUB ARGS...`: (exit code, stdout + stderr).
 fn verify(p: &Privileged, public: &Path, trail: &[PathBuf]) -> (i32, String) {
@@ -31,14 +30,10 @@ fn verify(p: &Privileged, public: &Path, trail: &[PathBuf]) -> (i32, String) {
 }
 
 fn trail_text(dir: &Path) -> String {
-    files(dir)
+    trace_files(dir)
         .iter()
         .map(|f| std::fs::read_to_string(f).unwrap_or_default())
         .collect()
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    trace_files(dir)
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -56,7 +51,7 @@ fn write_lines(path: &Path, lines: &[String]) {
 /// A copy of the trail directory to tamper with.
 fn copy(from: &Path, to: &Path) -> Vec<PathBuf> {
     std::fs::create_dir_all(to).unwrap();
-    files(from)
+    trace_files(from)
         .iter()
         .map(|f| {
             let dst = to.join(f.file_name().unwrap());
@@ -93,7 +88,7 @@ fn live_trail_verifies_and_every_tampering_is_named() {
         key.to_str().unwrap(),
     ];
     let portal = Portal::start("trail", &["--model", "thread"]);
-    let config = portal.config(&format!("pids = [{}]", portal.guard.pid()));
+    let config = portal.config_by_pid();
 
     // Run 1: reads, then SIGKILL (no stop record).
     let vigie = Vigie::start(&p, "trail1", &config, &trail_args);
@@ -128,7 +123,7 @@ fn live_trail_verifies_and_every_tampering_is_named() {
         !logs.contains(secret.trim()),
         "the signing key reached the log"
     );
-    let original = files(&trail);
+    let original = trace_files(&trail);
     assert_eq!(original.len(), 3, "{original:?}\n{logs}");
     let all: String = original
         .iter()

@@ -1,31 +1,36 @@
-//! Harness for end-to-end tests: a real `vigie` with real probes against a real portal.
+//! Harness for end-to-end tests: a real `vigie` with real probes against a real portal. It holds
+//! the privilege check, temp dirs, the demo portal ([`Portal`]) and `vigie run` ([`Vigie`], over
+//! the library's `VigieProcess`, which the bench uses too), [`start_watched`] for the usual
+//! start of both, alert helpers, trace readers (`traces`), the attribution load and its score
+//! (`attribution`), and the other servers some tests run (`nginx`, `node`, `postgres`, `tls`).
 //!
 //! Privileged tests call [`privileged`] first: without root (or BTF, or the binary) they print a
 //! loud SKIPPED line and return `None`; with `VIGIE_REQUIRE_PRIVILEGED=1` a skip is a failure.
-#![allow(
-    dead_code,
-    unused_imports,
-    reason = "each test binary uses a different part of the harness"
-)]
+
+mod attribution;
+pub mod nginx;
+pub mod node;
+pub mod postgres;
+pub mod tls;
+mod traces;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-pub mod nginx;
-pub mod node;
+use vigie_tests::daemon::{Options, VigieProcess};
+
+pub use attribution::{Access, Mix, Score};
+pub use traces::{bytes_contain, trace_events, trace_files, trace_payloads};
 pub use vigie_tests::{
     client::{KeepAlive, basic, http_get, send_raw},
     process::{PortalGuard, spawn_portal},
     scaled,
 };
-
-pub mod postgres;
-pub mod tls;
 
 /// One end-to-end test at a time: each loads its own probes and runs a portal.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -144,6 +149,11 @@ impl Portal {
         self.users.join(owner).join(name).display().to_string()
     }
 
+    /// Config for Vigie watching this portal's process (by pid).
+    pub fn config_by_pid(&self) -> String {
+        self.config(&format!("pids = [{}]", self.guard.pid()))
+    }
+
     /// Config for Vigie watching this portal, with `targets` as a TOML `[targets]` body.
     pub fn config(&self, targets: &str) -> String {
         let u = self.users.display();
@@ -153,78 +163,55 @@ impl Portal {
     }
 }
 
+/// The usual start of a privileged test: a demo portal run with `portal_args`, and Vigie (run
+/// with `vigie_args`) watching its process. Bound as `let (portal, vigie) = ...`, Vigie is
+/// dropped (killed) before the portal.
+pub fn start_watched(
+    p: &Privileged,
+    name: &str,
+    portal_args: &[&str],
+    vigie_args: &[&str],
+) -> (Portal, Vigie) {
+    let portal = Portal::start(name, portal_args);
+    let vigie = Vigie::start(p, name, &portal.config_by_pid(), vigie_args);
+    (portal, vigie)
+}
+
 /// A running `vigie run`; [`Vigie::stop`] sends SIGINT and returns the alert lines.
 pub struct Vigie {
-    child: Child,
-    alerts: PathBuf,
-    stderr: PathBuf,
+    process: VigieProcess,
     _dir: TempDir,
 }
 
 impl Vigie {
     pub fn start(p: &Privileged, name: &str, config: &str, extra: &[&str]) -> Self {
         let dir = TempDir::new(&format!("{name}-vigie"));
-        let cfg = dir.path().join("vigie.toml");
-        std::fs::write(&cfg, config).expect("writing config");
-        // Vigie refuses a config writable by group or others.
-        std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .expect("chmod config");
-        let alerts = dir.path().join("alerts.jsonl");
-        let ready = dir.path().join("ready");
-        let stderr = dir.path().join("stderr.log");
-        let child = Command::new(&p.vigie)
-            .args(["run", "--log-level", "debug", "--config"])
-            .arg(&cfg)
-            .arg("--alerts")
-            .arg(&alerts)
-            .arg("--ready-file")
-            .arg(&ready)
-            // Tests run side by side on one machine: no fixed metrics port unless asked for.
-            .args(
-                (!extra
-                    .iter()
-                    .any(|a| a.starts_with("--metrics-addr") || *a == "--no-metrics"))
-                .then_some("--no-metrics"),
-            )
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("stderr log"))
-            .spawn()
-            .expect("starting vigie");
-        let mut v = Self {
-            child,
-            alerts,
-            stderr,
-            _dir: dir,
+        let options = Options {
+            config,
+            log_level: "debug",
+            args: extra,
+            ready_within: scaled(Duration::from_secs(30)),
         };
-        let start = Instant::now();
-        while !ready.exists() {
-            if let Ok(Some(status)) = v.child.try_wait() {
-                panic!("vigie exited before attaching ({status}):\n{}", v.log());
-            }
-            let deadline = scaled(Duration::from_secs(30));
-            assert!(
-                start.elapsed() < deadline,
-                "vigie did not attach in {deadline:?}:\n{}",
-                v.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        v
+        let process =
+            VigieProcess::start(&p.vigie, dir.path(), &options).unwrap_or_else(|e| panic!("{e}"));
+        Self { process, _dir: dir }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        self.process.log()
     }
 
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.process.alive()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Alerts written so far.
     pub fn alerts_now(&self) -> Vec<Value> {
-        parse_alerts(&std::fs::read_to_string(&self.alerts).unwrap_or_default())
+        parse_alerts(&self.process.alerts())
     }
 
     /// Waits (bounded) until `pred` holds on the alerts written so far.
@@ -252,47 +239,17 @@ impl Vigie {
 
     /// Like [`Vigie::stop`], with the alerts file as written (for byte-level comparisons).
     pub fn stop_raw(mut self) -> (String, String) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGINT) };
-        }
-        let status = self.child.wait().expect("waiting for vigie");
+        let status = self.process.interrupt().expect("waiting for vigie");
         let log = self.log();
         assert!(status.success(), "vigie failed ({status}):\n{log}");
-        (
-            std::fs::read_to_string(&self.alerts).unwrap_or_default(),
-            log,
-        )
+        (self.process.alerts(), log)
     }
-}
 
-impl Vigie {
     /// SIGKILL: no detach, no drain, no flush. Returns the alerts file as written and the log.
     pub fn kill(mut self) -> (String, String) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        (
-            std::fs::read_to_string(&self.alerts).unwrap_or_default(),
-            self.log(),
-        )
+        self.process.kill();
+        (self.process.alerts(), self.log())
     }
-}
-
-impl Drop for Vigie {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The files of a trace directory, in order.
-pub fn trace_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("trace directory")
-        .map(|e| e.expect("trace directory entry").path())
-        .collect();
-    files.sort();
-    files
 }
 
 pub fn parse_alerts(text: &str) -> Vec<Value> {
@@ -393,12 +350,6 @@ pub fn poll_until<T>(
             facts()
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-impl Vigie {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 }
 

@@ -1,9 +1,8 @@
 //! Session cookies learned from the portal's login exchange, with real probes: logins and reads
 //! interleaved across two prefork worker processes, a failed login, and a logout whose cookie
-//! the portal (by a bug on purpose) still honours. Needs root (see `support::privileged`).
-mod support;
+//! the portal (by a bug on purpose) still honours. Needs root (see `crate::harness::privileged`).
 
-use support::*;
+use crate::harness::*;
 use vigie_tests::{http_get, login};
 
 const HR: &str = "health-record.pdf";
@@ -43,10 +42,7 @@ fn cookie_sessions_bind_users_across_worker_processes_until_logout() {
             "1500",
         ],
     );
-    let config = format!(
-        "{}{SESSION_CONFIG}",
-        portal.config(&format!("pids = [{}]", portal.guard.pid()))
-    );
+    let config = format!("{}{SESSION_CONFIG}", portal.config_by_pid());
     let traces = TempDir::new("sessions-traces");
     let trace_dir = traces.path().join("t");
     let vigie = Vigie::start(
@@ -189,7 +185,7 @@ fn sessions_created_before_vigie_resolve_from_the_portals_session_files() {
     let sessions = portal.dir.path().join("portal/sessions");
     let config = format!(
         "{}{}",
-        portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        portal.config_by_pid(),
         with_store(&format!(
             "files = \"{}/{{id}}\"\nformat = \"plain\"\n",
             sessions.display()
@@ -274,7 +270,7 @@ fn sessions_created_before_vigie_resolve_from_the_portals_redis() {
     let alice = alice.expect("cookie");
     let config = format!(
         "{}{}",
-        portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        portal.config_by_pid(),
         with_store(&format!("redis = \"{url}\"\nkey = \"session:{{id}}\"\n"))
     );
     let vigie = Vigie::start(&p, "store-redis", &config, &[]);

@@ -8,9 +8,8 @@
 //!
 //! Each run asserts the exact alert set (verdict, user, owner, document; `--audit`, so allowed
 //! reads too) against what the server itself says it served: nginx's access log (user, status,
-//! file), the demo portal's expectations per request. Needs root (see `support::privileged`)
+//! file), the demo portal's expectations per request. Needs root (see `crate::harness::privileged`)
 //! and nginx (`cargo xtask setup` installs it).
-mod support;
 
 use std::{
     io::{Read as _, Write as _},
@@ -19,14 +18,14 @@ use std::{
     time::Duration,
 };
 
+use crate::harness::{nginx::Nginx, *};
 use base64::Engine as _;
-use support::{nginx::Nginx, *};
 
 type Verdict = (String, String, String, String);
 
-/// `Authorization: Basic` line for a user of [`support::nginx::PASSWORDS`].
+/// `Authorization: Basic` line for a user of [`crate::harness::nginx::PASSWORDS`].
 fn auth(user: &str) -> String {
-    let pw = support::nginx::PASSWORDS
+    let pw = crate::harness::nginx::PASSWORDS
         .iter()
         .find(|(u, _)| *u == user)
         .map(|(_, p)| *p)
@@ -274,14 +273,10 @@ fn demo_portal_pipelines_and_fragments_name_the_right_user() {
     let Some(p) = privileged("demo_portal_pipelines_and_fragments_name_the_right_user") else {
         return;
     };
-    let portal = Portal::start(
-        "adversarial-portal",
-        &["--model", "thread", "--allow-anonymous"],
-    );
-    let vigie = Vigie::start(
+    let (portal, vigie) = start_watched(
         &p,
         "adversarial-portal",
-        &portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        &["--model", "thread", "--allow-anonymous"],
         &["--audit"],
     );
     let addr = portal.addr();

@@ -1,16 +1,15 @@
 //! End-to-end: JWT bearer identity. The demo portal takes the `sub` of any bearer token without
 //! checking it (a bug on purpose), a real `vigie` with real probes verifies the tokens with the
 //! portal's HS256 secret, and each test asserts the exact set of alerts. Needs root (see
-//! `support::privileged`).
-mod support;
+//! `crate::harness::privileged`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::harness::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use support::*;
 
 const SECRET: &str = "demo-portal-hs256-secret-e2e-only";
 

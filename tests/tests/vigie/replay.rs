@@ -1,10 +1,9 @@
 //! Record on a live run, replay the trace: the same alerts, byte for byte. Then a what-if and an
-//! explain on the same trace. Needs root (see `support::privileged`).
-mod support;
+//! explain on the same trace. Needs root (see `crate::harness::privileged`).
 
 use std::{ffi::OsStr, os::unix::fs::PermissionsExt as _};
 
-use support::*;
+use crate::harness::*;
 
 #[test]
 fn replay_gives_the_live_alerts_byte_for_byte_and_answers_what_if_and_explain() {
@@ -22,7 +21,7 @@ fn replay_gives_the_live_alerts_byte_for_byte_and_answers_what_if_and_explain() 
     std::fs::write(&secret, "replay-test-signing-secret").unwrap();
     let config = format!(
         "{}[identity]\nsources = [\"trusted_header\", \"basic\", \"jwt\"]\n[identity.jwt]\nhs256_secret_file = \"{}\"\n",
-        portal.config(&format!("pids = [{}]", portal.guard.pid())),
+        portal.config_by_pid(),
         secret.display()
     );
     let bearer = jsonwebtoken::encode(

@@ -1,7 +1,6 @@
 //! SOC integration: the shipped alert rules, the systemd unit and the deployment configs are
 //! checked with the real tools (promtool, amtool, systemd-analyze, `vigie check-config`), and a
 //! real Prometheus and Alertmanager scraping a real `vigie` deliver its alerts to a webhook.
-mod support;
 
 use std::{
     collections::BTreeMap,
@@ -17,8 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::harness::*;
 use serde_json::{Value, json};
-use support::*;
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -403,7 +402,7 @@ fn prometheus_and_alertmanager_deliver_violation_and_loss_alerts() {
     let vigie_metrics = format!("127.0.0.1:{}", free_port());
     let config = format!(
         "{}[kernel]\nring_buffer_bytes = {RING_BYTES}\n",
-        portal.config(&format!("pids = [{}]", portal.guard.pid()))
+        portal.config_by_pid()
     );
     let vigie = Vigie::start(&p, "prom", &config, &["--metrics-addr", &vigie_metrics]);
 

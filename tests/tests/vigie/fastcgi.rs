@@ -1,18 +1,11 @@
 //! End-to-end over FastCGI: a real nginx in front of the FastCGI demo application (unix socket
 //! or TCP, kept connections), a real `vigie` watching the application only, exact alert sets.
-//! Needs root (see `support::privileged`) and nginx (`cargo xtask setup` installs it).
-mod support;
+//! Needs root (see `crate::harness::privileged`) and nginx (`cargo xtask setup` installs it).
 
-use std::{
-    collections::BTreeMap,
-    ffi::OsStr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeMap, ffi::OsStr, path::PathBuf, time::Duration};
 
-use base64::Engine as _;
+use crate::harness::{nginx::Nginx, *};
 use serde_json::Value;
-use support::{nginx::Nginx, *};
 
 const HR: &str = "health-record.pdf";
 const NOTES: &str = "notes.txt";
@@ -247,7 +240,9 @@ fn fastcgi_basic_in_http_authorization_is_redacted_and_replays_identically() {
     let files = trace_files(&traces);
     let captured = trace_payloads(&files);
     assert!(
-        captured.iter().any(|d| contains(d, b"HTTP_AUTHORIZATION")),
+        captured
+            .iter()
+            .any(|d| bytes_contain(d, b"HTTP_AUTHORIZATION")),
         "the params were captured"
     );
     for secret in [
@@ -258,7 +253,7 @@ fn fastcgi_basic_in_http_authorization_is_redacted_and_replays_identically() {
         b"bobs-password",
     ] {
         assert!(
-            !captured.iter().any(|d| contains(d, secret)),
+            !captured.iter().any(|d| bytes_contain(d, secret)),
             "{:?} in the trace",
             String::from_utf8_lossy(secret)
         );
@@ -426,7 +421,7 @@ fn fastcgi_cookie_session_learnt_from_the_login_response() {
     assert!(
         captured
             .iter()
-            .any(|d| contains(d, b"user=alice&password=")),
+            .any(|d| bytes_contain(d, b"user=alice&password=")),
         "the login form was captured"
     );
     let alice_id = alice.trim_start_matches("session=");
@@ -437,7 +432,7 @@ fn fastcgi_cookie_session_learnt_from_the_login_response() {
         b"confidential to bob",
     ] {
         assert!(
-            !captured.iter().any(|d| contains(d, secret)),
+            !captured.iter().any(|d| bytes_contain(d, secret)),
             "{:?} in the trace",
             String::from_utf8_lossy(secret)
         );
@@ -605,41 +600,6 @@ fn pair(name: &[u8], value: &[u8]) -> Vec<u8> {
     out
 }
 
-fn trace_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-}
-
-/// Every captured socket payload of the trace files, decoded (a string, or base64).
-fn trace_payloads(files: &[PathBuf]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for f in files {
-        for line in std::fs::read_to_string(f).unwrap().lines().skip(1) {
-            let ev: Value = serde_json::from_str(line).unwrap();
-            for k in ["sock_read", "sock_write"] {
-                match &ev["kind"][k]["data"] {
-                    Value::String(s) => out.push(s.as_bytes().to_vec()),
-                    Value::Object(o) => out.push(
-                        base64::engine::general_purpose::STANDARD
-                            .decode(o["b64"].as_str().unwrap())
-                            .unwrap(),
-                    ),
-                    _ => {}
-                }
-            }
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 /// A concurrent run: four users (one privileged) each make many requests through nginx, own and
 /// cross-user, with the expected violations known from the application's own log. Prints
 /// precision and recall, and requires both to be 1.
@@ -684,58 +644,36 @@ fn concurrent_fastcgi_run_precision_and_recall() {
     // owner nor privileged. Statuses 200 and 403 both read the document.
     let served = stack.served_at_least(users.len() * PER_USER);
     assert_eq!(served.len(), users.len() * PER_USER, "{served:?}");
-    let mut expected: Vec<(String, String, String)> = served
-        .iter()
-        .filter_map(|(_, user, target, _)| {
-            let path = target.trim_start_matches("/secure/docs/");
-            let path = path.split('?').next().unwrap();
-            let (owner, doc) = path.split_once('/').unwrap();
-            (user != owner && user != "agent")
-                .then(|| (user.clone(), owner.to_owned(), stack.doc(owner, doc)))
-        })
-        .collect();
+    let mut expected: BTreeMap<Access, usize> = BTreeMap::new();
+    for (_, user, target, _) in &served {
+        let path = target.trim_start_matches("/secure/docs/");
+        let path = path.split('?').next().unwrap();
+        let (owner, doc) = path.split_once('/').unwrap();
+        if user != owner && user != "agent" {
+            let access = (
+                "violation".into(),
+                user.clone(),
+                owner.into(),
+                stack.doc(owner, doc),
+            );
+            *expected.entry(access).or_insert(0) += 1;
+        }
+    }
     let (alerts, log) = vigie.stop();
     assert!(
         !alerts.iter().any(|a| a["type"] == "coverage_gap"),
         "events lost: {log}"
     );
-    let mut got: Vec<(String, String, String)> = alerts
-        .iter()
-        .filter(|a| a["verdict"] == "violation")
-        .map(|a| {
-            let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
-            (s(&a["user"]), s(&a["owner"]), s(&a["document"]))
-        })
-        .collect();
-    expected.sort();
-    got.sort();
-    // Multiset matching: true positives are the common part.
-    let (mut tp, mut i, mut j) = (0usize, 0usize, 0usize);
-    while i < expected.len() && j < got.len() {
-        match expected[i].cmp(&got[j]) {
-            std::cmp::Ordering::Equal => {
-                tp += 1;
-                i += 1;
-                j += 1;
-            }
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-        }
-    }
-    let (fp, fn_) = (got.len() - tp, expected.len() - tp);
-    let precision = tp as f64 / got.len().max(1) as f64;
-    let recall = tp as f64 / expected.len().max(1) as f64;
+    let score = Score::of(&expected, &alerts);
     eprintln!(
-        "FASTCGI CONCURRENT RUN: {} requests, {} expected violations, {} alerted; \
-         TP {tp} FP {fp} FN {fn_}; precision {precision:.3}, recall {recall:.3}",
+        "FASTCGI CONCURRENT RUN: {} requests, {} expected violations; {score}",
         served.len(),
-        expected.len(),
-        got.len()
+        score.expected,
     );
     let others: Vec<&Value> = alerts
         .iter()
         .filter(|a| a["type"] == "access" && a["verdict"] != "violation")
         .collect();
     assert!(others.is_empty(), "unexpected alerts: {others:#?}");
-    assert_eq!((fp, fn_), (0, 0), "{log}");
+    assert_eq!((score.wrong, score.missed), (0, 0), "{log}");
 }
