@@ -1,5 +1,5 @@
 // An Express document portal, written the way most new Node.js portals are, for Vigie's tests
-// (tests/tests/node.rs): documents are read by libuv pool threads, never by the thread that
+// (tests/tests/vigie/node.rs): documents are read by libuv pool threads, never by the thread that
 // reads the request, and go out with `writev([head, body])` or in stream chunks, so Vigie can
 // only attribute them by content. Deliberately vulnerable: any authenticated user may read any
 // document.
