@@ -12,9 +12,8 @@ use libfuzzer_sys::fuzz_target;
 use monitor_core::{
     events::{Event, EventKind, Payload},
     http::{self, HeadParse},
-    http2::{Demux, Item},
+    http2::{Demux, HTTP2_PREFACE, Item},
     redact::Redactor,
-    tls::HTTP2_PREFACE,
 };
 
 /// xorshift64: the cuts, captures and losses, from the input's first bytes.

@@ -116,7 +116,7 @@ pub enum EventKind {
     },
     /// What an HTTP/2 connection's frames told (see [`crate::http2`]): decoded live, its heads
     /// redacted; the connection's raw reads and writes are not passed on.
-    Http2 { fd: i32, item: crate::http2::Item },
+    Http2 { fd: i32, item: Http2Item },
     /// The portal's session store says session `session` (the cookie value as the redactor
     /// hashed it) is `user`'s: a session Vigie did not see created. Found live, recorded so
     /// that replay needs no store.
@@ -229,6 +229,61 @@ pub enum Unreadable {
     /// and its HPACK state is unknown for good. (Traces recorded before HTTP/2 was parsed have
     /// every HTTP/2 connection so.)
     Http2,
+}
+
+/// What an HTTP/2 connection's frames tell the correlator (`crate::http2` decodes them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Http2Item {
+    /// Stream `stream`'s request headers, as an HTTP/1.1 head (`:method`, `:path`, then the
+    /// other fields; `:authority` as `host`), redacted before anything keeps it.
+    Request { stream: u32, head: Payload },
+    /// Its final response headers, as an HTTP/1.1 status line and fields (redacted).
+    Response { stream: u32, head: Payload },
+    /// `bytes` of its response body went out in DATA frames; `body_fp`: the fingerprint of the
+    /// body's first bytes, on the frame that completed them.
+    Data {
+        stream: u32,
+        bytes: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body_fp: Option<u64>,
+    },
+    /// The stream is over (the response's END_STREAM, or a reset from either side).
+    End { stream: u32 },
+    /// The connection cannot be followed any more, for good: every stream ends.
+    Lost { why: Http2Lost },
+}
+
+/// Why an HTTP/2 connection was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Http2Lost {
+    /// Bytes the target read or wrote that the capture did not hold, where they mattered (a
+    /// frame header, a header block).
+    Uncaptured,
+    /// Events were lost in the kernel: a read or write of this connection may be among them.
+    EventsLost,
+    /// An HPACK block failed to decode: the dynamic table is unknown from now on.
+    Hpack,
+    /// Frames that break the protocol (a bad preface, a CONTINUATION out of place, a header
+    /// block or frame over Vigie's bounds, too many streams).
+    Framing,
+    /// Header fields no HTTP/1 head can carry (line breaks or NUL in a name or value, no
+    /// `:method` or `:path`): Vigie does not guess what the server made of them.
+    InvalidHeaders,
+}
+
+impl Http2Lost {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Http2Lost::Uncaptured => "uncaptured",
+            Http2Lost::EventsLost => "events_lost",
+            Http2Lost::Hpack => "hpack_error",
+            Http2Lost::Framing => "framing",
+            Http2Lost::InvalidHeaders => "invalid_headers",
+        }
+    }
 }
 
 /// Kinds of fds found by scanning `/proc/<pid>/fd`.

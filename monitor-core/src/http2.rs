@@ -18,9 +18,8 @@
 use std::collections::BTreeMap;
 
 use loona_hpack::Decoder;
-use serde::{Deserialize, Serialize};
 
-use crate::{events::Payload, tls::HTTP2_PREFACE};
+use crate::events::Payload;
 
 /// A frame header's length (RFC 9113 §4.1).
 const FRAME_HEADER: usize = 9;
@@ -49,63 +48,19 @@ mod flag {
     pub const PRIORITY: u8 = 0x20;
 }
 
-/// What a connection's frames tell the correlator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Item {
-    /// Stream `stream`'s request headers, as an HTTP/1.1 head (`:method`, `:path`, then the
-    /// other fields; `:authority` as `host`), redacted before anything keeps it.
-    Request { stream: u32, head: Payload },
-    /// Its final response headers, as an HTTP/1.1 status line and fields (redacted).
-    Response { stream: u32, head: Payload },
-    /// `bytes` of its response body went out in DATA frames; `body_fp`: the fingerprint of the
-    /// body's first bytes, on the frame that completed them.
-    Data {
-        stream: u32,
-        bytes: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        body_fp: Option<u64>,
-    },
-    /// The stream is over (the response's END_STREAM, or a reset from either side).
-    End { stream: u32 },
-    /// The connection cannot be followed any more, for good: every stream ends.
-    Lost { why: Lost },
-}
+/// What a connection's frames tell the correlator, and why one is lost: part of the event
+/// vocabulary (`EventKind::Http2`), defined with the other events.
+pub use crate::events::{Http2Item as Item, Http2Lost as Lost};
 
-/// Why an HTTP/2 connection was lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Lost {
-    /// Bytes the target read or wrote that the capture did not hold, where they mattered (a
-    /// frame header, a header block).
-    Uncaptured,
-    /// Events were lost in the kernel: a read or write of this connection may be among them.
-    EventsLost,
-    /// An HPACK block failed to decode: the dynamic table is unknown from now on.
-    Hpack,
-    /// Frames that break the protocol (a bad preface, a CONTINUATION out of place, a header
-    /// block or frame over Vigie's bounds, too many streams).
-    Framing,
-    /// Header fields no HTTP/1 head can carry (line breaks or NUL in a name or value, no
-    /// `:method` or `:path`): Vigie does not guess what the server made of them.
-    InvalidHeaders,
-}
-
-impl Lost {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lost::Uncaptured => "uncaptured",
-            Lost::EventsLost => "events_lost",
-            Lost::Hpack => "hpack_error",
-            Lost::Framing => "framing",
-            Lost::InvalidHeaders => "invalid_headers",
-        }
-    }
-}
+/// The client connection preface (RFC 9113 §3.4), over TLS (ALPN `h2`) or in clear (prior
+/// knowledge).
+pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether `data` starts like the client preface (a capture may hold only its start).
-pub use crate::tls::is_http2_preface as starts_preface;
+pub fn starts_preface(data: &[u8]) -> bool {
+    let n = data.len().min(HTTP2_PREFACE.len());
+    n >= 4 && data[..n] == HTTP2_PREFACE[..n]
+}
 
 #[derive(Debug, Clone, Copy)]
 struct FrameHeader {

@@ -49,6 +49,9 @@ use crate::{
 
 mod fcgi;
 pub mod hold;
+
+/// The key of cookie hashes lives with the session handles it also keys.
+pub use crate::identity::handle::SessionKey;
 pub mod payload;
 pub mod query;
 
@@ -469,48 +472,6 @@ impl Redactor {
         for (dst, src) in value.iter_mut().zip(hex.bytes().cycle()) {
             *dst = src;
         }
-    }
-}
-
-/// The key of the cookie hashes (HMAC-SHA-256). Never logged, never in a trace.
-#[derive(Clone)]
-pub struct SessionKey([u8; 32]);
-
-impl std::fmt::Debug for SessionKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionKey(..)")
-    }
-}
-
-impl SessionKey {
-    /// A key of this run's own: hashes mean nothing outside it. From std's per-process random
-    /// hasher keys (the core does no I/O of its own; the daemon loads or makes a key with the
-    /// OS's generator, see `vigie::incidents`).
-    #[must_use]
-    pub fn random() -> Self {
-        use std::hash::BuildHasher as _;
-        let state = std::collections::hash_map::RandomState::new();
-        let mut key = [0u8; 32];
-        for (i, chunk) in key.chunks_mut(8).enumerate() {
-            chunk.copy_from_slice(&state.hash_one(i).to_le_bytes());
-        }
-        Self(key)
-    }
-
-    #[must_use]
-    pub fn from_bytes(key: [u8; 32]) -> Self {
-        Self(key)
-    }
-
-    /// 16 hex digits of HMAC-SHA-256(key, value): what a cookie value becomes in the trace.
-    #[must_use]
-    pub fn cookie_hash(&self, value: &[u8]) -> String {
-        use hmac::Mac as _;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
-            .expect("HMAC takes a key of any length");
-        mac.update(value);
-        let digest = mac.finalize().into_bytes();
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 

@@ -98,16 +98,6 @@ pub fn is_tls_handshake(data: &[u8]) -> bool {
     matches!(data, [0x16, 0x03, 0x00..=0x04, ..])
 }
 
-/// The client connection preface of HTTP/2 (RFC 9113 §3.4), over TLS (ALPN `h2`) or in clear
-/// (prior knowledge).
-pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether `data` starts like the HTTP/2 preface (a capture may hold only its start).
-pub fn is_http2_preface(data: &[u8]) -> bool {
-    let n = data.len().min(HTTP2_PREFACE.len());
-    n >= 4 && data[..n] == HTTP2_PREFACE[..n]
-}
-
 /// Keeps the bytes of connections Vigie cannot read away from the redactor, the HTTP parser,
 /// the trace and the correlator. A connection whose first captured read is a TLS handshake
 /// record (a ClientHello: its TLS library is not hooked) is unreadable until the socket is

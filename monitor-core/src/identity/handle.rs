@@ -58,7 +58,7 @@ pub fn session_handle(
 /// The handle an analyst computes for a session cookie of the portal, with the key Vigie hashes
 /// cookies with: the handle alerts show for requests that carried it.
 #[must_use]
-pub fn cookie_handle(key: &crate::redact::SessionKey, cookie: &[u8]) -> String {
+pub fn cookie_handle(key: &SessionKey, cookie: &[u8]) -> String {
     let hashed = key.cookie_hash(cookie);
     // The redactor cycles the hash to the cookie's length: the trace holds that.
     let cycled: Vec<u8> = hashed.bytes().cycle().take(cookie.len()).collect();
@@ -86,6 +86,48 @@ pub fn bearer_handle(token: &[u8]) -> Option<String> {
         roles: Vec::new(),
     };
     session_handle(&identity, &head, None)
+}
+
+/// The key of the cookie hashes (HMAC-SHA-256). Never logged, never in a trace.
+#[derive(Clone)]
+pub struct SessionKey([u8; 32]);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+impl SessionKey {
+    /// A key of this run's own: hashes mean nothing outside it. From std's per-process random
+    /// hasher keys (the core does no I/O of its own; the daemon loads or makes a key with the
+    /// OS's generator, see `vigie::incidents`).
+    #[must_use]
+    pub fn random() -> Self {
+        use std::hash::BuildHasher as _;
+        let state = std::collections::hash_map::RandomState::new();
+        let mut key = [0u8; 32];
+        for (i, chunk) in key.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(&state.hash_one(i).to_le_bytes());
+        }
+        Self(key)
+    }
+
+    #[must_use]
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        Self(key)
+    }
+
+    /// 16 hex digits of HMAC-SHA-256(key, value): what a cookie value becomes in the trace.
+    #[must_use]
+    pub fn cookie_hash(&self, value: &[u8]) -> String {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
+            .expect("HMAC takes a key of any length");
+        mac.update(value);
+        let digest = mac.finalize().into_bytes();
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 #[cfg(test)]
@@ -153,7 +195,7 @@ mod tests {
 
     #[test]
     fn cookie_handles_match_what_the_analyst_computes() {
-        let key = crate::redact::SessionKey::from_bytes([7; 32]);
+        let key = SessionKey::from_bytes([7; 32]);
         let cookie = b"0123456789abcdef0123456789";
         let redacted: Vec<u8> = key
             .cookie_hash(cookie)
@@ -168,7 +210,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got, cookie_handle(&key, cookie));
-        let other = crate::redact::SessionKey::from_bytes([8; 32]);
+        let other = SessionKey::from_bytes([8; 32]);
         assert_ne!(got, cookie_handle(&other, cookie));
     }
 
