@@ -494,6 +494,27 @@ impl Config {
     }
 
     /// The judge of this configuration's policy.
+    /// The live ownership resolver: every configured backend is asked.
+    pub fn resolver(&self) -> Result<crate::ownership::resolver::Resolver, ConfigError> {
+        crate::ownership::resolver::Resolver::live(&self.ownership, self.ownership()?)
+            .map_err(|(field, reason)| ConfigError::Invalid { field, reason })
+    }
+
+    /// The ownership resolver of a replay under this configuration, of a run recorded under
+    /// `recorded` (see `Resolver::replaying`).
+    pub fn replay_resolver(
+        &self,
+        recorded: &Config,
+    ) -> Result<crate::ownership::resolver::Resolver, ConfigError> {
+        crate::ownership::resolver::Resolver::replaying(
+            &self.ownership,
+            self.ownership()?,
+            &recorded.ownership,
+            self == recorded,
+        )
+        .map_err(|(field, reason)| ConfigError::Invalid { field, reason })
+    }
+
     pub fn judge(&self) -> Judge {
         Judge::new(self.policy.privileged_users.iter().cloned())
             .with_privileged_roles(self.policy.privileged_roles.iter().cloned())

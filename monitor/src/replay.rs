@@ -204,7 +204,7 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
     };
     // Ownership backends configured as recorded answer from the trace's facts: no database or
     // mapping file is needed. A what-if that changes a backend asks it for real.
-    let mut resolver = Resolver::for_replay(&config, &recorded)?;
+    let mut resolver = config.replay_resolver(&recorded)?;
     if what_if {
         resolver.start(std::time::Duration::from_secs(5))?;
     }
@@ -233,7 +233,7 @@ pub fn replay(opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
         true => Some(Shadow {
             correlator: correlator(&recorded),
             judge: recorded.judge(),
-            resolver: Resolver::for_replay(&recorded, &recorded)?,
+            resolver: recorded.replay_resolver(&recorded)?,
         }),
         false => None,
     };

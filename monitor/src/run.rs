@@ -26,7 +26,6 @@ use crate::{
     capture::{Capture, CaptureSettings, tell_kernel},
     config::Config,
     loader::Probes,
-    ownership::resolver::Resolver,
     pipeline::Pipeline,
     procfs, runtime,
     sinks::{
@@ -131,7 +130,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
                 .with_realtime_offset_ns(clock.realtime_offset_ns),
         ),
         cfg.judge(),
-        Resolver::from_config(&cfg)?,
+        cfg.resolver()?,
         AlertSink::new(out, clock, opts.audit).with_format(opts.alerts_format),
     );
     let capture = Capture::new(CaptureSettings::from_config(&cfg)?)?;

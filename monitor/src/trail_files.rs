@@ -9,7 +9,100 @@ use monitor_core::trail::{
     verify::{Report, TrailFile, Verification},
 };
 
-use crate::cli::{ReportArgs, ReportFormat, VerifyArgs};
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("query").required(true).args(["subject", "user", "breach"])))]
+pub struct ReportArgs {
+    /// Trail files in chain order, or a trail directory.
+    #[arg(required_unless_present = "from_postgres")]
+    pub trail: Vec<PathBuf>,
+    /// Read the trail from PostgreSQL (`[trail.postgres]`'s table) instead of files: a
+    /// connection string without a password (see --password-file).
+    #[arg(long, value_name = "CONNECTION", conflicts_with = "trail")]
+    pub from_postgres: Option<String>,
+    /// With --from-postgres: only this host's records (default: every host).
+    #[arg(long, value_name = "HOST", requires = "from_postgres")]
+    pub host: Option<String>,
+    /// With --from-postgres: the password, from this file (mode 0600).
+    #[arg(long, value_name = "FILE", requires = "from_postgres")]
+    pub password_file: Option<String>,
+    /// Shipped records were pseudonymised with this key (`[trail] pseudonym_key_file`):
+    /// resolve the names given by --names and those of --subject and --user.
+    #[arg(long, value_name = "FILE")]
+    pub pseudonym_key: Option<String>,
+    /// With --pseudonym-key: the candidate names (one per line, e.g. the portal's users).
+    #[arg(long, value_name = "FILE", requires = "pseudonym_key")]
+    pub names: Option<PathBuf>,
+    /// Every access to documents owned by this person (a right-of-access request).
+    #[arg(long, value_name = "OWNER")]
+    pub subject: Option<String>,
+    /// Everything this account read.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Every cross-user read, grouped by affected owner (the notification list).
+    #[arg(long)]
+    pub breach: bool,
+    /// Only accesses at or after this time (RFC 3339, UTC).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only accesses before this time (RFC 3339, UTC).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Re-judge every access under this (corrected) configuration's ownership and policy.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the trail with this public key first, and say in the report whether it holds.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormat,
+    /// Write the report to this file instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Csv,
+    Json,
+    Html,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Trail files in chain order, or a trail directory (its `trail-*.jsonl`, in order).
+    #[arg(required_unless_present = "postgres")]
+    pub trail: Vec<PathBuf>,
+    /// Verify a host's chain as shipped to PostgreSQL (`[trail.postgres]`'s table): a
+    /// connection string without a password (see --password-file).
+    #[arg(
+        long,
+        value_name = "CONNECTION",
+        conflicts_with = "trail",
+        requires = "host"
+    )]
+    pub postgres: Option<String>,
+    /// With --postgres: the host whose chain to verify (chains are per host).
+    #[arg(long, value_name = "HOST", requires = "postgres")]
+    pub host: Option<String>,
+    /// With --postgres: the password, from this file (mode 0600).
+    #[arg(long, value_name = "FILE", requires = "postgres")]
+    pub password_file: Option<String>,
+    /// Shipped records were pseudonymised with this key (`[trail] pseudonym_key_file`):
+    /// resolve the names given by --names (the original lines, hence the chain, come back only where every name of a record is known).
+    #[arg(long, value_name = "FILE")]
+    pub pseudonym_key: Option<String>,
+    /// With --pseudonym-key: the candidate names (one per line, e.g. the portal's users).
+    #[arg(long, value_name = "FILE", requires = "pseudonym_key")]
+    pub names: Option<PathBuf>,
+    /// The public key file (`vigie trail-keygen` writes it as KEY.pub).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Trail files named on the command line, directories expanded, in chain order.
 pub fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -230,7 +323,7 @@ pub fn keygen_command(file: &Path) -> anyhow::Result<ExitCode> {
 /// compare as strings).
 fn bound(flag: &str, v: Option<&String>) -> anyhow::Result<Option<String>> {
     v.map(|s| {
-        crate::replay::parse_rfc3339(s)
+        monitor_core::walltime::parse_rfc3339(s)
             .map(monitor_core::walltime::rfc3339)
             .ok_or_else(|| {
                 anyhow::anyhow!("--{flag} {s:?}: expected RFC 3339 UTC, e.g. 2026-11-22T16:41:26Z")
@@ -343,7 +436,7 @@ struct Rejudge {
 impl Rejudge {
     fn new(path: &Path) -> anyhow::Result<Self> {
         let cfg = crate::config::Config::load(path)?;
-        let mut resolver = crate::ownership::resolver::Resolver::from_config(&cfg)?;
+        let mut resolver = cfg.resolver()?;
         resolver.start(std::time::Duration::from_secs(5))?;
         Ok(Self {
             judge: cfg.judge(),

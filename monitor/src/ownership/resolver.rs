@@ -20,7 +20,6 @@ use super::{
     sql::DocumentId,
     worker::Worker,
 };
-use crate::sinks::metrics::Metrics;
 
 /// A fact the resolution used, with the generation of the lookup that produced it (a cached
 /// answer keeps its generation): the trace writer records each generation once per file.
@@ -112,12 +111,29 @@ pub struct Resolver {
     recorded: HashMap<Key, Fact>,
 }
 
+/// A database refused the configured query at start-up: the configuration is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid `{field}`: {reason}")]
+pub struct QueryRefused {
+    pub field: String,
+    pub reason: String,
+}
+
+/// Where the resolver counts its lookups (live runs: `vigie_ownership_lookups_total` and
+/// `vigie_ownership_lookup_seconds`, implemented by the metrics sink).
+pub trait LookupMetrics: Send + Sync {
+    /// Every outcome of each backend that asks something outside Vigie, at zero.
+    fn init_ownership(&self, backends: &[BackendKind]);
+    /// One lookup of `backend` with its outcome, and how long the backend took to answer.
+    fn ownership_lookup(&self, backend: &str, outcome: &str, seconds: Option<f64>);
+}
+
 /// What live lookups share: the cache, its TTLs, the metrics, the generation counter.
 struct Lookups {
     cache: Cache,
     ttl: Duration,
     negative_ttl: Duration,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<dyn LookupMetrics>>,
     next_generation: u64,
 }
 
@@ -171,27 +187,30 @@ impl Resolver {
         }
     }
 
-    /// The live resolver: every backend is asked.
-    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
-        Self::build(cfg, |_| Mode::Live)
+    /// The live resolver of ownership section `own` (with `templates`, the document roots'
+    /// owner templates): every backend is asked. Built by `Config::resolver`.
+    pub fn live(own: &OwnershipConfig, templates: OwnershipRules) -> Result<Self, FieldError> {
+        Self::build(own, templates, |_| Mode::Live)
     }
 
-    /// For replay. Under the recorded config, every backend answers from the recorded facts
+    /// For replay (built by `Config::replay_resolver`). Under the recorded config (`same`: the
+    /// whole configuration is the recorded one), every backend answers from the recorded facts
     /// only, so the verdicts are the live ones. In a what-if, a backend configured as recorded
     /// answers from the facts, and asks for real about documents the recording never asked it
     /// about; a backend the what-if changes is asked for real.
-    pub fn for_replay(
-        cfg: &crate::config::Config,
-        recorded: &crate::config::Config,
-    ) -> Result<Self, crate::config::ConfigError> {
-        let (now, then) = (&cfg.ownership, &recorded.ownership);
+    pub fn replaying(
+        now: &OwnershipConfig,
+        templates: OwnershipRules,
+        then: &OwnershipConfig,
+        same: bool,
+    ) -> Result<Self, FieldError> {
         let same_timeout = now.lookup_timeout_ms == then.lookup_timeout_ms;
-        let unchanged = if cfg == recorded {
+        let unchanged = if same {
             Mode::Recorded
         } else {
             Mode::RecordedOrLive
         };
-        Self::build(cfg, |kind| {
+        Self::build(now, templates, |kind| {
             let same = match kind {
                 BackendKind::Templates => true,
                 BackendKind::Mapping => now.mapping == then.mapping,
@@ -203,12 +222,10 @@ impl Resolver {
     }
 
     fn build(
-        cfg: &crate::config::Config,
+        own: &OwnershipConfig,
+        templates: OwnershipRules,
         mode: impl Fn(BackendKind) -> Mode,
-    ) -> Result<Self, crate::config::ConfigError> {
-        let invalid =
-            |(field, reason): FieldError| crate::config::ConfigError::Invalid { field, reason };
-        let own = &cfg.ownership;
+    ) -> Result<Self, FieldError> {
         let id_of = |t: &Option<String>, field: &str| {
             t.as_deref()
                 .map(DocumentId::parse)
@@ -220,15 +237,14 @@ impl Resolver {
             let link = match kind {
                 BackendKind::Templates => Link {
                     kind,
-                    source: Source::Templates(cfg.ownership()?),
+                    source: Source::Templates(templates.clone()),
                 },
                 BackendKind::Mapping => link(mode(kind), kind, || {
                     let m = own.mapping.as_ref().ok_or_else(|| missing(kind))?;
                     let mapping = Mapping::load(std::path::Path::new(&m.file))
                         .map_err(|e| ("ownership.mapping.file".to_owned(), e.to_string()))?;
                     Ok(Source::Mapping(mapping))
-                })
-                .map_err(invalid)?,
+                })?,
                 BackendKind::Sqlite => link(mode(kind), kind, || {
                     let s = own.sqlite.as_ref().ok_or_else(|| missing(kind))?;
                     Ok(Source::Query {
@@ -239,8 +255,7 @@ impl Resolver {
                             own.timeout(),
                         ),
                     })
-                })
-                .map_err(invalid)?,
+                })?,
                 BackendKind::Postgres => link(mode(kind), kind, || {
                     let p = own.postgres.as_ref().ok_or_else(|| missing(kind))?;
                     Ok(Source::Query {
@@ -251,8 +266,7 @@ impl Resolver {
                             own.timeout(),
                         ),
                     })
-                })
-                .map_err(invalid)?,
+                })?,
             };
             links.push(link);
         }
@@ -260,7 +274,7 @@ impl Resolver {
     }
 
     /// Counts lookups in `vigie_ownership_lookups_total` (live runs).
-    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+    pub fn set_metrics(&mut self, metrics: Arc<dyn LookupMetrics>) {
         let external: Vec<BackendKind> = self
             .links
             .iter()
@@ -274,7 +288,7 @@ impl Resolver {
     /// Checks each database and its query (start-up; waits at most `wait` per database). A
     /// query the database refuses is an error naming the field; a database that cannot be
     /// reached only a warning: lookups fail (`unknown_owner`) until it is back.
-    pub fn start(&mut self, wait: Duration) -> Result<(), crate::config::ConfigError> {
+    pub fn start(&mut self, wait: Duration) -> Result<(), QueryRefused> {
         for link in &mut self.links {
             let source = match &mut link.source {
                 Source::Recorded(Some(fallback)) => fallback.as_mut(),
@@ -285,7 +299,7 @@ impl Resolver {
                 match worker.probe(wait) {
                     Ok(()) => tracing::info!(backend = name, "ownership database ready"),
                     Err(super::sql::ProbeError::Query(reason)) => {
-                        return Err(crate::config::ConfigError::Invalid {
+                        return Err(QueryRefused {
                             field: format!("ownership.{name}.query"),
                             reason,
                         });

@@ -294,10 +294,7 @@ fn request_reading(ts: u64, n: u32, user: &str, path: &str) -> Vec<Event> {
 
 #[test]
 fn a_database_backed_run_replays_identically_without_the_database() {
-    use crate::{
-        ownership::resolver::Resolver,
-        sinks::trace::{Rotation, TraceWriter},
-    };
+    use crate::sinks::trace::{Rotation, TraceWriter};
     let d = dir("sqlite");
     let db = d.join("portal.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -321,7 +318,7 @@ fn a_database_backed_run_replays_identically_without_the_database() {
     let mut live = Pipeline::new(
         Correlator::new(cfg.correlator().with_realtime_offset_ns(0)),
         cfg.judge(),
-        Resolver::from_config(&cfg).unwrap(),
+        cfg.resolver().unwrap(),
         AlertSink::new(
             Box::new(crate::sinks::alerts::open_alert_file(&live_alerts).unwrap()),
             clock,
@@ -428,10 +425,7 @@ fn a_database_backed_run_replays_identically_without_the_database() {
 
 #[test]
 fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
-    use crate::{
-        ownership::resolver::Resolver,
-        sinks::trace::{Rotation, TraceWriter},
-    };
+    use crate::sinks::trace::{Rotation, TraceWriter};
     let d = dir("batch");
     let db = d.join("portal.db");
     rusqlite::Connection::open(&db)
@@ -454,7 +448,7 @@ fn a_document_is_resolved_once_per_event_however_many_accesses_it_ends() {
     let mut live = Pipeline::new(
         Correlator::new(cfg.correlator().with_realtime_offset_ns(0)),
         cfg.judge(),
-        Resolver::from_config(&cfg).unwrap(),
+        cfg.resolver().unwrap(),
         AlertSink::new(
             Box::new(crate::sinks::alerts::open_alert_file(&alerts).unwrap()),
             clock,

@@ -496,29 +496,6 @@ impl Metrics {
         }
     }
 
-    /// Lookup series at 0 for these backends, so the first failure is a visible increase.
-    pub fn init_ownership(&self, backends: &[monitor_core::ownership::fact::BackendKind]) {
-        for b in backends {
-            for outcome in OWNERSHIP_OUTCOMES {
-                self.ownership_lookups
-                    .with_label_values(&[b.as_str(), outcome])
-                    .reset();
-            }
-        }
-    }
-
-    /// One ownership lookup; `seconds` when it was not answered from the cache.
-    pub fn ownership_lookup(&self, backend: &str, outcome: &str, seconds: Option<f64>) {
-        self.ownership_lookups
-            .with_label_values(&[backend, outcome])
-            .inc();
-        if let Some(s) = seconds {
-            self.ownership_latency
-                .with_label_values(&[backend])
-                .observe(s);
-        }
-    }
-
     /// Events so far, by kind (cumulative, as in the run summary).
     pub fn sync_events(&self, by_kind: &BTreeMap<&'static str, u64>) {
         for (kind, total) in by_kind {
@@ -805,6 +782,31 @@ fn route(head: &[u8], metrics: &Metrics) -> Response {
     };
     response.head_only = head_only;
     response
+}
+
+impl crate::ownership::resolver::LookupMetrics for Metrics {
+    /// Lookup series at 0 for these backends, so the first failure is a visible increase.
+    fn init_ownership(&self, backends: &[monitor_core::ownership::fact::BackendKind]) {
+        for b in backends {
+            for outcome in OWNERSHIP_OUTCOMES {
+                self.ownership_lookups
+                    .with_label_values(&[b.as_str(), outcome])
+                    .reset();
+            }
+        }
+    }
+
+    /// One ownership lookup; `seconds` when it was not answered from the cache.
+    fn ownership_lookup(&self, backend: &str, outcome: &str, seconds: Option<f64>) {
+        self.ownership_lookups
+            .with_label_values(&[backend, outcome])
+            .inc();
+        if let Some(s) = seconds {
+            self.ownership_latency
+                .with_label_values(&[backend])
+                .observe(s);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -611,7 +611,7 @@ fn time_of(line: &[u8]) -> Option<(i128, String)> {
         time: String,
     }
     let t: T = serde_json::from_slice(line).ok()?;
-    Some((crate::replay::parse_rfc3339(&t.time)?, t.time))
+    Some((monitor_core::walltime::parse_rfc3339(&t.time)?, t.time))
 }
 
 #[cfg(test)]

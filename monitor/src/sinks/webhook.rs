@@ -12,70 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
+pub use crate::incidents::WebhookConfig;
 
 /// Schema of the webhook's body: `incident` (id), `opened_by` (`violation`, `enumeration`,
 /// `privileged_bulk`) and `alert`, the `vigie.alert/1` line that opened the incident.
 pub const SCHEMA: &str = "vigie.incident/1";
-
-/// `[incidents.webhook]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// `http://host:port/path` (plain HTTP: the receiver is local, or behind a local relay).
-    pub url: String,
-    /// Per attempt: connect, send and read the answer.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Attempts after the first one, with a doubling pause (`retry_ms`, then twice that...).
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-    /// Pause before the first retry, in milliseconds; each further pause doubles.
-    #[serde(default = "default_retry_ms")]
-    pub retry_ms: u64,
-    /// Incidents waiting to be sent; past this, new ones are dropped (and counted).
-    #[serde(default = "default_queue")]
-    pub queue: usize,
-}
-
-fn default_timeout_ms() -> u64 {
-    2000
-}
-fn default_retries() -> u32 {
-    3
-}
-fn default_retry_ms() -> u64 {
-    500
-}
-fn default_queue() -> usize {
-    256
-}
-
-impl WebhookConfig {
-    /// `(field, reason)` of the first bad setting.
-    pub fn check(&self) -> Result<(), (String, String)> {
-        let parsed = self
-            .url
-            .parse::<ureq::http::Uri>()
-            .map_err(|e| ("url".to_string(), format!("{:?}: {e}", self.url)))?;
-        if parsed.scheme_str() != Some("http") || parsed.host().is_none() {
-            return Err((
-                "url".into(),
-                format!("{:?}: an http://host[:port]/path URL is required", self.url),
-            ));
-        }
-        if self.timeout_ms == 0 || self.timeout_ms > 60_000 {
-            return Err(("timeout_ms".into(), "must be 1 to 60000".into()));
-        }
-        if self.retries > 10 {
-            return Err(("retries".into(), "must be at most 10".into()));
-        }
-        if self.queue == 0 {
-            return Err(("queue".into(), "must be positive".into()));
-        }
-        Ok(())
-    }
-}
 
 /// What happened to the calls (for metrics and tests).
 #[derive(Debug, Default)]

@@ -347,7 +347,7 @@ fn from_config_and_for_replay() {
         map.display()
     );
     let cfg = crate::config::Config::parse(&text, "t").unwrap();
-    let mut live = Resolver::from_config(&cfg).unwrap();
+    let mut live = cfg.resolver().unwrap();
     let t0 = Instant::now();
     let (alice, mut facts) = resolve(&mut live, "/d/a", t0);
     assert_eq!(alice.owner.as_deref(), Some("alice"));
@@ -358,7 +358,7 @@ fn from_config_and_for_replay() {
     facts.extend(more);
     // Replay under the recorded config: the mapping file is not read (it may be gone).
     std::fs::remove_file(&map).unwrap();
-    let mut replay = Resolver::for_replay(&cfg, &cfg).unwrap();
+    let mut replay = cfg.replay_resolver(&cfg).unwrap();
     assert_eq!(
         resolve(&mut replay, "/d/a", t0).0.error,
         Some(LookupError::NotRecorded)
@@ -373,7 +373,7 @@ fn from_config_and_for_replay() {
     std::fs::write(&other, "[[document]]\npath = \"/d/a\"\nowner = \"zoe\"\n").unwrap();
     let mut what_if = cfg.clone();
     what_if.ownership.mapping.as_mut().unwrap().file = other.display().to_string();
-    let mut r = Resolver::for_replay(&what_if, &cfg).unwrap();
+    let mut r = what_if.replay_resolver(&cfg).unwrap();
     assert_eq!(resolve(&mut r, "/d/a", t0).0.owner.as_deref(), Some("zoe"));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -398,11 +398,11 @@ fn a_what_if_asks_an_unchanged_backend_what_the_recording_never_asked() {
     let what_if = crate::config::Config::parse(&text("\"mapping\", \"templates\""), "t").unwrap();
     let t0 = Instant::now();
     // Live, the template decided: the mapping was never asked, so no fact was recorded.
-    let mut live = Resolver::from_config(&recorded).unwrap();
+    let mut live = recorded.resolver().unwrap();
     let (o, used) = resolve(&mut live, "/d/bob/special", t0);
     assert_eq!((o.owner.as_deref(), used.len()), (Some("bob"), 0));
     // The what-if puts the mapping first: it is asked for real, and names zed.
-    let mut r = Resolver::for_replay(&what_if, &recorded).unwrap();
+    let mut r = what_if.replay_resolver(&recorded).unwrap();
     assert_eq!(
         resolve(&mut r, "/d/bob/special", t0).0.owner.as_deref(),
         Some("zed")
