@@ -650,32 +650,11 @@ impl Live {
                 if !gap(reason) {
                     continue;
                 }
-                let ev = Event {
-                    ts_ns: procfs::monotonic_ns(),
-                    pid: 0,
-                    tid: 0,
-                    comm: Comm::default(),
-                    goid: None,
-                    kind: EventKind::Lost {
-                        reason: name.to_string(),
-                        count: delta,
-                    },
-                };
-                self.feed(&ev)?;
+                self.feed(&lost(name, delta))?;
             }
         }
         if in_band && !changed {
-            self.feed(&Event {
-                ts_ns: procfs::monotonic_ns(),
-                pid: 0,
-                tid: 0,
-                comm: Comm::default(),
-                goid: None,
-                kind: EventKind::Lost {
-                    reason: loss::name(u32::MAX).to_string(),
-                    count: 1,
-                },
-            })?;
+            self.feed(&lost(loss::name(u32::MAX), 1))?;
         }
         self.lost = now;
         Ok(())
@@ -861,6 +840,21 @@ fn log_report(report: &crate::attach::AttachReport) {
     }
     tracing::info!("{}", report.goroutines);
     tracing::info!("probes: {}", report.summary());
+}
+
+/// A `Lost` event: `count` events lost in the kernel for `reason`, as of now.
+fn lost(reason: &str, count: u64) -> Event {
+    Event {
+        ts_ns: procfs::monotonic_ns(),
+        pid: 0,
+        tid: 0,
+        comm: Comm::default(),
+        goid: None,
+        kind: EventKind::Lost {
+            reason: reason.to_string(),
+            count,
+        },
+    }
 }
 
 pub fn kind_name(kind: &EventKind) -> &'static str {
