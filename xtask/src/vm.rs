@@ -57,6 +57,13 @@ const FULL_NODE: &[&str] = &[
     "node",
     "adversarial",
 ];
+/// The 6.1 row, whose kernel runs about three times slower under emulation than 6.12's: what
+/// depends on the kernel (the probes' captures, the attach report, goroutine ids read through
+/// the thread's fsbase, nginx's vectored and chunked I/O, thread scope). `jwt` and `replay` are
+/// userspace logic on the same events (they run natively and on the 6.12 row); `paths` runs on
+/// 6.1 in the `6.1-integrity-nobpflsm` row (with fentry, the way that row differs) and on 6.12.
+/// Keeps `.ci/run` under its 45 minutes.
+const OLDEST: &[&str] = &["e2e", "kernel", "concurrency", "go", "adversarial"];
 /// The start-up report only: facts, attach table, fire check (or the refusal).
 const REPORT: &[&str] = &["kernel"];
 /// The report, and the tests that tell exact open paths from paths as written.
@@ -97,7 +104,7 @@ const MATRIX: &[Row] = &[
         id: "6.1",
         series: DEBIAN_6_1,
         cmdline: "",
-        tests: FULL,
+        tests: OLDEST,
         opens: "lsm_file_open",
     },
     Row {
