@@ -289,6 +289,32 @@ struct Request {
     reported: Vec<String>,
 }
 
+impl Request {
+    /// A request just read on its connection (`on_thread`: in scope of `actor` from now on),
+    /// not answered yet.
+    fn new(
+        info: RequestInfo,
+        pid: u32,
+        actor: Actor,
+        on_thread: bool,
+        login: Option<Vec<u8>>,
+        session_id: Option<Vec<u8>>,
+    ) -> Self {
+        Self {
+            info,
+            pid,
+            on_conn: true,
+            on_thread,
+            actor,
+            responded: false,
+            body_length: None,
+            login,
+            session_id,
+            reported: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Owner {
     Request(u64),
@@ -1089,38 +1115,16 @@ impl Correlator {
             // names the stream (its response body's content) ties a read to it.
             self.requests.insert(
                 id,
-                Request {
-                    info,
-                    pid: ev.pid,
-                    on_conn: true,
-                    on_thread: false,
-                    actor,
-                    responded: false,
-                    body_length: None,
-                    login,
-                    session_id,
-                    reported: Vec::new(),
-                },
+                Request::new(info, ev.pid, actor, false, login, session_id),
             );
             return id;
         }
         if place == Place::Queued {
             self.stats.pipelined_requests += 1;
+            // In scope of a thread once the requests before it are answered.
             self.requests.insert(
                 id,
-                Request {
-                    info,
-                    pid: ev.pid,
-                    on_conn: true,
-                    // In scope of a thread once the requests before it are answered.
-                    on_thread: false,
-                    actor,
-                    responded: false,
-                    body_length: None,
-                    login,
-                    session_id,
-                    reported: Vec::new(),
-                },
+                Request::new(info, ev.pid, actor, false, login, session_id),
             );
             self.conns
                 .entry((ev.pid, fd))
@@ -1154,18 +1158,7 @@ impl Correlator {
         self.end_scope(ev.pid, actor, fd, out);
         self.requests.insert(
             id,
-            Request {
-                info,
-                pid: ev.pid,
-                on_conn: true,
-                on_thread: actor.scopes(),
-                actor,
-                responded: false,
-                body_length: None,
-                login,
-                session_id,
-                reported: Vec::new(),
-            },
+            Request::new(info, ev.pid, actor, actor.scopes(), login, session_id),
         );
         let conn = self.conns.entry((ev.pid, fd)).or_default();
         conn.queue.push_back(id);
