@@ -319,17 +319,8 @@ impl Live {
             let exec = matches!(ev.kind, EventKind::ProcessExec);
             self.adoptions.push(ev);
             if exec && let Some((version, layout)) = &go {
-                self.adoptions.push(Event {
-                    ts_ns: start,
-                    pid,
-                    tid: pid,
-                    comm: Comm::default(),
-                    goid: None,
-                    kind: EventKind::GoRuntime {
-                        version: version.clone(),
-                        goroutines: layout.is_some(),
-                    },
-                });
+                self.adoptions
+                    .push(go_runtime(pid, start, version.clone(), layout.is_some()));
             }
         }
         self.stash_sleeping_reads(pid, &sockets);
@@ -338,11 +329,19 @@ impl Live {
 
     /// Feeds the adoption events that hold at `ts_ns` or before.
     fn release_adoptions(&mut self, ts_ns: u64) -> anyhow::Result<()> {
+        self.feed_adoptions(|a, due| a.release(ts_ns, due))
+    }
+
+    /// Feeds the adoption events `take` hands out (none while no adoption waits).
+    fn feed_adoptions(
+        &mut self,
+        take: impl FnOnce(&mut crate::adoption::Adoptions, &mut Vec<Event>),
+    ) -> anyhow::Result<()> {
         if self.adoptions.is_empty() {
             return Ok(());
         }
         let mut due = Vec::new();
-        self.adoptions.release(ts_ns, &mut due);
+        take(&mut self.adoptions, &mut due);
         for ev in &due {
             self.feed(ev)?;
         }
@@ -412,17 +411,12 @@ impl Live {
         if let Some(layout) = &layout {
             self.probes.add_go_target(pid, layout)?;
         }
-        self.feed(&Event {
-            ts_ns: procfs::monotonic_ns(),
+        self.feed(&go_runtime(
             pid,
-            tid: pid,
-            comm: Comm::default(),
-            goid: None,
-            kind: EventKind::GoRuntime {
-                version,
-                goroutines: layout.is_some(),
-            },
-        })
+            procfs::monotonic_ns(),
+            version,
+            layout.is_some(),
+        ))
     }
 
     fn feed(&mut self, ev: &Event) -> anyhow::Result<()> {
@@ -531,13 +525,7 @@ impl Live {
                     // stage kept out what Vigie cannot read.
                     let mut passed = std::mem::take(&mut self.passed);
                     for ev in decoded.drain(..) {
-                        if !self.adoptions.is_empty() {
-                            let mut due = Vec::new();
-                            self.adoptions.before(&ev, &mut due);
-                            for found in &due {
-                                self.feed(found)?;
-                            }
-                        }
+                        self.feed_adoptions(|a, due| a.before(&ev, due))?;
                         let decoder = &mut self.decoder;
                         self.capture
                             .admit(ev, &mut passed, |dropped| decoder.recycle(dropped));
@@ -840,6 +828,21 @@ fn log_report(report: &crate::attach::AttachReport) {
     }
     tracing::info!("{}", report.goroutines);
     tracing::info!("probes: {}", report.summary());
+}
+
+/// The correlator is told that `pid` runs Go, and whether its goroutines are followed.
+fn go_runtime(pid: u32, ts_ns: u64, version: String, goroutines: bool) -> Event {
+    Event {
+        ts_ns,
+        pid,
+        tid: pid,
+        comm: Comm::default(),
+        goid: None,
+        kind: EventKind::GoRuntime {
+            version,
+            goroutines,
+        },
+    }
 }
 
 /// A `Lost` event: `count` events lost in the kernel for `reason`, as of now.
