@@ -22,6 +22,25 @@ pub const PASSWORDS: [(&str, &str); 4] = [
     ("agent", "agent-pw"),
 ];
 
+/// The start of an nginx configuration every test server shares: run in the foreground as
+/// `nobody` with `workers` workers of `connections` connections, its pid file, logs and
+/// temporary files in `d`, and the `http` block opened (the caller writes its servers and closes
+/// it).
+pub fn nginx_conf_prologue(d: &str, workers: u32, connections: u32) -> String {
+    format!(
+        "user nobody nogroup;\nworker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log info;\n\
+         events {{ worker_connections {connections}; }}\n\
+         http {{\n\
+           access_log {d}/access.log;\n\
+           client_body_temp_path {d}/tmp-body;\n\
+           fastcgi_temp_path {d}/tmp-fastcgi;\n\
+           proxy_temp_path {d}/tmp-proxy;\n\
+           uwsgi_temp_path {d}/tmp-uwsgi;\n\
+           scgi_temp_path {d}/tmp-scgi;\n"
+    )
+}
+
 pub struct Nginx {
     child: Child,
     dir: TempDir,
@@ -60,17 +79,9 @@ impl Nginx {
              fastcgi_param SERVER_NAME $server_name;\n\
              fastcgi_param REMOTE_USER $remote_user;\n",
         );
+        let prologue = nginx_conf_prologue(&d, 2, 512);
         let conf = format!(
-            "user nobody nogroup;\nworker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log info;\n\
-             events {{ worker_connections 512; }}\n\
-             http {{\n\
-               access_log {d}/access.log;\n\
-               client_body_temp_path {d}/tmp-body;\n\
-               fastcgi_temp_path {d}/tmp-fastcgi;\n\
-               proxy_temp_path {d}/tmp-proxy;\n\
-               uwsgi_temp_path {d}/tmp-uwsgi;\n\
-               scgi_temp_path {d}/tmp-scgi;\n\
+            "{prologue}\
                upstream app {{ server {upstream}; keepalive 8; }}\n\
                server {{\n\
                  listen 127.0.0.1:{port};\n\
@@ -151,17 +162,9 @@ impl Nginx {
         let dir = TempDir::new(&format!("{test}-nginx"));
         let d = dir.path().display().to_string();
         let port = free_port();
+        let prologue = nginx_conf_prologue(&d, 1, 128);
         let conf = format!(
-            "user nobody nogroup;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log info;\n\
-             events {{ worker_connections 128; }}\n\
-             http {{\n\
-               access_log {d}/access.log;\n\
-               client_body_temp_path {d}/tmp-body;\n\
-               fastcgi_temp_path {d}/tmp-fastcgi;\n\
-               proxy_temp_path {d}/tmp-proxy;\n\
-               uwsgi_temp_path {d}/tmp-uwsgi;\n\
-               scgi_temp_path {d}/tmp-scgi;\n\
+            "{prologue}\
                server {{\n\
                  listen 127.0.0.1:{port};\n\
                  location / {{\n\

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{TempDir, free_port, require_tool, scaled};
+use super::{TempDir, free_port, nginx::nginx_conf_prologue, require_tool, scaled};
 
 /// Users nginx knows (`user:{PLAIN}password` in its htpasswd file); the Python portal takes
 /// `<user>-pw` as every user's password.
@@ -170,17 +170,9 @@ pub fn nginx_setup(test: &str) -> Option<Server> {
     documents(dir.path());
     let d = dir.path().display().to_string();
     let port = free_port();
+    let prologue = nginx_conf_prologue(&d, 1, 256);
     let conf = format!(
-        "user nobody nogroup;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n\
-         error_log {d}/error.log info;\n\
-         events {{ worker_connections 256; }}\n\
-         http {{\n\
-           access_log {d}/access.log;\n\
-           client_body_temp_path {d}/tmp-body;\n\
-           proxy_temp_path {d}/tmp-proxy;\n\
-           fastcgi_temp_path {d}/tmp-fastcgi;\n\
-           uwsgi_temp_path {d}/tmp-uwsgi;\n\
-           scgi_temp_path {d}/tmp-scgi;\n\
+        "{prologue}\
            server {{\n\
              listen 127.0.0.1:{port} ssl http2;\n\
              ssl_certificate {};\n\
