@@ -76,6 +76,13 @@ pub enum Command {
         /// Where to write the secret key; must not exist.
         file: PathBuf,
     },
+    /// Make the data-protection officer's key for sealed pseudonyms: writes FILE (the X25519
+    /// secret, mode 0600, kept by the DPO, never on a monitored host) and FILE.pub (for
+    /// `[trail] pseudonym_recipient_file` on the hosts).
+    DpoKeygen {
+        /// Where to write the secret key; must not exist.
+        file: PathBuf,
+    },
     /// Print a generated reference page of the book (`cargo xtask docs` writes them).
     #[command(hide = true)]
     Reference {
@@ -230,6 +237,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => crate::trail_files::verify_command(&args),
         Command::Report(args) => crate::trail_files::report_command(&args),
         Command::TrailKeygen { file } => crate::trail_files::keygen_command(&file),
+        Command::DpoKeygen { file } => crate::trail_files::dpo_keygen_command(&file),
         Command::SessionHandle { key_file, kind } => session_handles(key_file, kind),
         Command::Reference { page } => {
             print!("{}", crate::reference::page(page)?);
