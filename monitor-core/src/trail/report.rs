@@ -605,4 +605,39 @@ mod tests {
         let (recs, bad) = access_records(&lines);
         assert_eq!((recs.len(), bad), (1, 2));
     }
+
+    #[test]
+    fn dropping_what_may_not_be_kept_changes_no_answer() {
+        let all = records();
+        let window = Window {
+            since: Some("2026-12-03T09:30:00.000000Z".into()),
+            until: Some("2026-12-03T10:30:00.000000Z".into()),
+        };
+        // A corrected config that makes every access alice's and a violation.
+        let fix: Rejudge<'_> = &|_| ("violation".into(), Some("alice".into()));
+        for query in [
+            Query::Subject("alice".into()),
+            Query::User("bob".into()),
+            Query::Breach,
+        ] {
+            for w in [Window::default(), window.clone()] {
+                for rejudge in [None, Some(fix)] {
+                    let kept: Vec<AccessRecord> = all
+                        .iter()
+                        .filter(|r| may_keep(r, &query, &w, rejudge.is_some()))
+                        .cloned()
+                        .collect();
+                    assert_eq!(
+                        answer(&kept, &query, &w, rejudge, String::new()),
+                        answer(&all, &query, &w, rejudge, String::new()),
+                        "{query:?} {w:?} rejudged: {}",
+                        rejudge.is_some()
+                    );
+                    if rejudge.is_none() && query == Query::Subject("alice".into()) {
+                        assert!(kept.len() < all.len());
+                    }
+                }
+            }
+        }
+    }
 }
