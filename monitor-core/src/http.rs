@@ -216,6 +216,10 @@ const SYNTHETIC_LINE: &[u8] = b"GET / HTTP/1.1\r\n";
 /// Parses the header block (through its final empty line) into owned, lowercased fields,
 /// skipping invalid lines. `Ok(None)` when the block is incomplete.
 fn parse_header_block(block: &[u8]) -> Result<Option<HeaderBlock>, HttpError> {
+    // The block ends at its first empty line: a body captured after it (a request read with
+    // its body, up to 16 KiB) is neither copied nor scanned. Without one, the whole capture is
+    // parsed, so that an invalid line is refused as soon as it is seen.
+    let block = block.get(..head_block_end(block)).unwrap_or(block);
     let mut input = Vec::with_capacity(SYNTHETIC_LINE.len() + block.len());
     input.extend_from_slice(SYNTHETIC_LINE);
     input.extend_from_slice(block);
@@ -245,6 +249,23 @@ fn parse_header_block(block: &[u8]) -> Result<Option<HeaderBlock>, HttpError> {
         }
         Err(httparse::Error::TooManyHeaders) => Err(HttpError::TooManyHeaders),
         Err(_) => Err(HttpError::BadHeader),
+    }
+}
+
+/// Length of a header block through its final empty line (`CRLF` or bare `LF`), or the whole
+/// buffer when it has none yet.
+fn head_block_end(block: &[u8]) -> usize {
+    if block.starts_with(b"\n") {
+        return 1;
+    }
+    if block.starts_with(b"\r\n") {
+        return 2;
+    }
+    let crlf = memchr::memmem::find(block, b"\n\r\n").map(|i| i + 3);
+    let lf = memchr::memmem::find(block, b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(block.len()),
     }
 }
 
