@@ -67,7 +67,8 @@ pub enum Command {
     /// not verify (unreadable file, bad key), 3 intact but the last records are not signed yet
     /// (Vigie running, killed and not restarted, or the end after the last checkpoint cut).
     Verify(VerifyArgs),
-    /// Answer questions over an audit trail: every access to a person's documents (--subject),
+    /// Answer questions over an audit trail (or a recorded trace, replayed: --trace): every
+    /// access to a person's documents (--subject),
     /// everything an account read (--user), or every cross-user read between two times grouped
     /// by affected owner (--breach), optionally re-judged under a corrected config.
     Report(ReportArgs),

@@ -13,8 +13,18 @@ use monitor_core::trail::{
 #[command(group(clap::ArgGroup::new("query").required(true).args(["subject", "user", "breach"])))]
 pub struct ReportArgs {
     /// Trail files in chain order, or a trail directory.
-    #[arg(required_unless_present = "from_postgres")]
+    #[arg(required_unless_present_any = ["from_postgres", "traces"])]
     pub trail: Vec<PathBuf>,
+    /// Answer over recorded traces instead of a trail (`vigie run --record`): they are replayed
+    /// through the same correlator and judge (`vigie replay --audit`) and every judged access
+    /// is answered on. Trace files in recording order, of one recording.
+    #[arg(
+        long = "trace",
+        value_name = "FILE",
+        num_args = 1..,
+        conflicts_with_all = ["trail", "from_postgres", "key"]
+    )]
+    pub traces: Vec<PathBuf>,
     /// Read the trail from PostgreSQL (`[trail.postgres]`'s table) instead of files: a
     /// connection string without a password (see --password-file).
     #[arg(long, value_name = "CONNECTION", conflicts_with = "trail")]
@@ -382,6 +392,57 @@ pub fn keygen_command(file: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Replays `traces` (`vigie replay --audit`: every judged access, allowed ones included) and
+/// hands each access, as an alert line, to `take`. The alerts go through a private temporary
+/// file, read back line by line.
+fn replayed_accesses(traces: &[PathBuf], take: &mut dyn FnMut(&[u8])) -> anyhow::Result<()> {
+    use std::{io::BufRead as _, os::unix::fs::OpenOptionsExt as _};
+    let mut name = [0u8; 8];
+    getrandom::getrandom(&mut name).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let path = std::env::temp_dir().join(format!("vigie-report-{}.jsonl", hex::encode(name)));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // Removed however the replay ends.
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let _remove = Remove(&path);
+    crate::replay::replay(&crate::replay::ReplayOptions {
+        files: traces.to_vec(),
+        config: None,
+        alerts: Some(path.clone()),
+        audit: true,
+        since_ns: None,
+        until_ns: None,
+        pids: Vec::new(),
+        on_corrupt: monitor_core::trace::OnCorrupt::Stop,
+        explain: None,
+        progress: false,
+    })
+    .context("replaying the traces")?;
+    let mut reader = std::io::BufReader::new(
+        std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?,
+    );
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        if !body.is_empty() {
+            take(body);
+        }
+    }
+}
+
 pub fn dpo_keygen_command(file: &Path) -> anyhow::Result<ExitCode> {
     use monitor_core::trail::pseudonym::DpoKey;
     use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
@@ -460,6 +521,9 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     }
     let first_line = |r: Report| r.to_string().lines().next().unwrap_or_default().to_string();
     let integrity = match (&args.key, &shipped) {
+        (None, _) if !args.traces.is_empty() => {
+            "replayed from traces (traces are not signed: no integrity check)".to_string()
+        }
         (None, _) => "not verified (no --key given)".to_string(),
         // Chains are per host: one verification each.
         (Some(key), Some(trails)) => {
@@ -477,11 +541,20 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let mut records = Vec::new();
     let mut unreadable = 0u64;
     let rejudged = args.config.is_some();
+    let from_traces = !args.traces.is_empty();
     let mut take = |line: &[u8]| {
         if line.is_empty() {
             return;
         }
-        match report::access_record(line) {
+        // Replayed accesses come as alert lines (no chain link), trail lines as records.
+        let parsed = if from_traces {
+            serde_json::from_slice(line)
+                .map(Some)
+                .map_err(|_| report::Unreadable)
+        } else {
+            report::access_record(line)
+        };
+        match parsed {
             Ok(Some(r)) if report::may_keep(&r, &query, &window, rejudged) => records.push(r),
             Ok(_) => {}
             Err(report::Unreadable) => unreadable += 1,
@@ -493,6 +566,7 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
                 bytes.split(|b| *b == b'\n').for_each(&mut take);
             }
         }
+        None if from_traces => replayed_accesses(&args.traces, &mut take)?,
         None => {
             use std::io::BufRead as _;
             for f in expand(&args.trail)? {
