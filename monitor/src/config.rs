@@ -878,6 +878,18 @@ mod tests {
             ("address = \"h:99999\"", "trail.syslog.address"),
             ("address = \"h:1\"\nsd_id = \"a b\"", "trail.syslog.sd_id"),
             ("address = \"h:1\"\nsd_id = \"\"", "trail.syslog.sd_id"),
+            (
+                "address = \"h:1\"\n[trail.syslog.tls]\nca_file = \"/nonexistent/ca.pem\"",
+                "trail.syslog.tls.ca_file",
+            ),
+            (
+                "address = \"h:1\"\n[trail.syslog.tls]\nca_file = \"/etc/hostname\"",
+                "trail.syslog.tls.ca_file",
+            ),
+            (
+                "address = \"h:1\"\n[trail.syslog.tls]\nclient_key = \"/nonexistent/k.pem\"",
+                "trail.syslog.tls.client_cert",
+            ),
         ] {
             let e = with(bad).unwrap_err().to_string();
             assert!(e.contains(field), "{bad}: {e}");
@@ -886,6 +898,31 @@ mod tests {
             with("address = \"h:1\"\nspool = 3").is_err(),
             "unknown keys are refused"
         );
+    }
+
+    #[test]
+    fn sealed_pseudonyms_need_the_hash_key_and_a_public_key() {
+        let dir = std::env::temp_dir().join(format!("vigie-cfg-dpo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let public = dir.join("dpo.pub");
+        std::fs::write(&public, format!("{}\n", "11".repeat(32))).unwrap();
+        let with = |extra: &str| Config::parse(&format!("{GOOD}\n[trail]\n{extra}"), "test");
+        let e = with(&format!(
+            "pseudonym_recipient_file = \"{}\"",
+            public.display()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pseudonym_key_file"), "{e}");
+        std::fs::write(&public, "not hex\n").unwrap();
+        let e = with(&format!(
+            "pseudonym_recipient_file = \"{}\"",
+            public.display()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("trail.pseudonym_recipient_file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
