@@ -24,29 +24,8 @@ pub const SECRET: &str = "confidential document of";
 /// A self-signed certificate and its key for `localhost`, made in `dir`.
 pub fn certificate(test: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let openssl = require_tool(test, "openssl")?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new(openssl)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some((cert, key))
+    let made = vigie_tests::nginx::self_signed(&openssl, dir);
+    Some(made.unwrap_or_else(|e| panic!("making a certificate: {e}")))
 }
 
 /// `users/<user>/notes.txt` for each of [`USERS`] under `dir`, readable by nginx's workers.
