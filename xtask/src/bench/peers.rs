@@ -181,6 +181,13 @@ impl Bench {
                 Ok(s) => {
                     audited = Some(s);
                     peers.push(Peer::Auditd);
+                    notes.push(
+                        "auditd's side ran on a second instance of the server, started while \
+                         auditd ran, so that its processes are audited as on a host that runs \
+                         auditd from boot (the kernel gives a process an audit context at fork \
+                         only once auditing is on)."
+                            .into(),
+                    );
                 }
                 Err(e) => notes.push(format!(
                     "**auditd could not run here, so its side is missing**: {e:#}."
@@ -398,6 +405,27 @@ impl Bench {
         Ok(run)
     }
 
+    /// Vigie's programs' time per request over one more attached run ([`program_costs`]; the
+    /// caller turns the kernel's statistics on).
+    fn vigie_costs(
+        &self,
+        server: &Server,
+        root: &Path,
+        url: &str,
+        script: &Path,
+        case: &Case,
+    ) -> anyhow::Result<(Costs, WrkResult)> {
+        let v = Vigie::start(&self.bins.vigie, &self.dir, &[server.pid()], root, None)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let costs = program_costs(
+            self.secs,
+            || vigie_programs(&v),
+            || wrk(url, self.secs, case.conns, script),
+        )?;
+        v.stop()?;
+        Ok(costs)
+    }
+
     /// One more run each of Vigie and of the floor with the kernel's BPF run statistics on:
     /// program time per request, Vigie's against the floor's on the same hooks.
     #[expect(
@@ -415,14 +443,7 @@ impl Bench {
         floor: &str,
     ) -> anyhow::Result<(String, Value)> {
         let _stats = BpfStats::enable()?;
-        let v = Vigie::start(&self.bins.vigie, &self.dir, &[server.pid()], root, None)?;
-        std::thread::sleep(Duration::from_millis(200));
-        let (vigie_cost, vw) = program_costs(
-            self.secs,
-            || vigie_programs(&v),
-            || wrk(url, self.secs, case.conns, script),
-        )?;
-        v.stop()?;
+        let (vigie_cost, vw) = self.vigie_costs(server, root, url, script, case)?;
         let tracer = Bpftrace::start(&self.dir, "floor", floor, floor.lines().count())?;
         let (floor_cost, fw) = program_costs(
             self.secs,
@@ -484,14 +505,7 @@ impl Bench {
         runs: &BTreeMap<&str, SideRuns>,
     ) -> anyhow::Result<(String, Value)> {
         let _stats = BpfStats::enable()?;
-        let v = Vigie::start(&self.bins.vigie, &self.dir, &[server.pid()], root, None)?;
-        std::thread::sleep(Duration::from_millis(200));
-        let (cost, w) = program_costs(
-            self.secs,
-            || vigie_programs(&v),
-            || wrk(url, self.secs, case.conns, script),
-        )?;
-        v.stop()?;
+        let (cost, w) = self.vigie_costs(server, root, url, script, case)?;
         let ssl: Vec<(&String, &(f64, f64))> =
             cost.iter().filter(|(p, _)| p.starts_with("ssl_")).collect();
         // Entry programs: one run per SSL call; the return program runs once more per call.

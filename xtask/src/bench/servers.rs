@@ -181,6 +181,6 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        super::sides::stop(&mut self.child, libc::SIGTERM);
+        vigie_tests::process::stop_child(&mut self.child, libc::SIGTERM);
     }
 }

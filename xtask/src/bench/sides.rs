@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
+use vigie_tests::process::stop_child;
 
 /// A hook of Vigie's attach table and the program Vigie runs there.
 #[derive(Debug, Clone)]
@@ -157,25 +158,8 @@ impl Bpftrace {
 
 impl Drop for Bpftrace {
     fn drop(&mut self) {
-        stop(&mut self.child, libc::SIGINT);
+        stop_child(&mut self.child, libc::SIGINT);
     }
-}
-
-/// `signal`, then SIGKILL after 5 s; reaped.
-pub fn stop(child: &mut Child, signal: i32) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: signalling our own child (not reaped yet: we hold it).
-        unsafe { libc::kill(pid, signal) };
-    }
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// The perf-based attachments (tracepoints, kprobes, uprobes) of process `pid`, as `bpftool perf
@@ -375,7 +359,7 @@ impl Auditd {
 impl Drop for Auditd {
     fn drop(&mut self) {
         let _ = self.rule("-W");
-        stop(&mut self.child, libc::SIGTERM);
+        stop_child(&mut self.child, libc::SIGTERM);
         let _ = Command::new("auditctl")
             .args(["-e", &self.enabled_before])
             .output();

@@ -110,22 +110,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let Some(child) = &mut self.child else {
-            return;
-        };
-        if let Ok(pid) = i32::try_from(child.id()) {
-            // SAFETY: signalling our own child (not reaped yet: we hold it).
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+        if let Some(child) = &mut self.child {
+            vigie_tests::process::stop_child(child, libc::SIGTERM);
         }
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
