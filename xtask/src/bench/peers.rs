@@ -376,9 +376,7 @@ impl Bench {
             ..SideRun::default()
         };
         if let Some(a) = auditd {
-            // auditd writes asynchronously: give it its flush.
-            std::thread::sleep(Duration::from_millis(500));
-            run.records_per_request = Some((a.records() - a0) as f64 / requests);
+            run.records_per_request = Some((a.records_settled() - a0) as f64 / requests);
         }
         if let (Some(v), Some(m0)) = (vigie, m0) {
             // The metrics are published on the reader's 100 ms tick.

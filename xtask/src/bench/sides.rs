@@ -230,16 +230,29 @@ pub fn floor_by_program(
     Ok(out)
 }
 
-/// A real auditd (Debian's, its packaged `auditd.conf` with the log in the bench's directory)
-/// with a read watch on the document root (`auditctl -w ROOT -p r`): what an operator deploys
-/// today for access traceability. Dropping it removes the rule, stops auditd and sets auditing
-/// back to what it was.
+/// A real auditd (Debian's, its packaged `auditd.conf` with the log in the bench's directory,
+/// and its packaged rules, `/etc/audit/audit.rules`: backlog, wait and failure mode) with a read
+/// watch on the document root (`auditctl -w ROOT -p r`): what an operator deploys today for
+/// access traceability. Dropping it removes the rule, stops auditd and sets the kernel's audit
+/// settings back to what they were.
 pub struct Auditd {
     child: Child,
     root: PathBuf,
-    enabled_before: String,
+    /// `auditctl -s` before: `enabled`, `failure`, `backlog_limit`, `backlog_wait_time`.
+    before: BTreeMap<String, String>,
     pub log: PathBuf,
 }
+
+/// The packaged rules augenrules loads at boot.
+const AUDIT_RULES: &str = "/etc/audit/audit.rules";
+
+/// The kernel's audit settings the packaged rules change, and `auditctl`'s flag for each.
+const AUDIT_SETTINGS: [(&str, &str); 4] = [
+    ("enabled", "-e"),
+    ("failure", "-f"),
+    ("backlog_limit", "-b"),
+    ("backlog_wait_time", "--backlog_wait_time"),
+];
 
 const AUDIT_KEY: &str = "vigie-bench";
 
@@ -257,14 +270,22 @@ impl Auditd {
                 String::from_utf8_lossy(&status.stderr).trim()
             );
         }
-        let enabled_before = text
+        let before: BTreeMap<String, String> = text
             .lines()
-            .find_map(|l| l.strip_prefix("enabled "))
-            .unwrap_or("0")
-            .trim()
-            .to_string();
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(k, _)| AUDIT_SETTINGS.iter().any(|(s, _)| s == k))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect();
         if text.lines().any(|l| l.starts_with("pid ") && l != "pid 0") {
             bail!("an auditd is already running on this host ({text}): not touching it");
+        }
+        // The packaged rules start with `-D` (delete all): only where there are none.
+        let rules = Command::new("auditctl").arg("-l").output()?;
+        if String::from_utf8_lossy(&rules.stdout).trim() != "No rules" {
+            bail!(
+                "audit rules are loaded on this host: not touching them ({})",
+                String::from_utf8_lossy(&rules.stdout).trim()
+            );
         }
         let conf_dir = dir.join("auditd");
         std::fs::create_dir_all(&conf_dir)?;
@@ -301,7 +322,7 @@ impl Auditd {
         let mut a = Auditd {
             child,
             root: root.to_path_buf(),
-            enabled_before,
+            before,
             log,
         };
         let want = format!("pid {}", a.child.id());
@@ -325,6 +346,15 @@ impl Auditd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let st = Command::new("auditctl")
+            .args(["-R", AUDIT_RULES])
+            .output()?;
+        if !st.status.success() {
+            bail!(
+                "auditctl -R {AUDIT_RULES}: {}",
+                String::from_utf8_lossy(&st.stderr).trim()
+            );
+        }
         a.rule("-w")?;
         Ok(a)
     }
@@ -346,6 +376,22 @@ impl Auditd {
         Ok(())
     }
 
+    /// SYSCALL records of the watch written so far, once auditd has caught up (the count has
+    /// not moved for 300 ms; 10 s at most): it writes behind the kernel's backlog.
+    pub fn records_settled(&self) -> u64 {
+        let start = Instant::now();
+        let mut last = self.records();
+        while start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = self.records();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        last
+    }
+
     /// SYSCALL records of the watch written so far.
     pub fn records(&self) -> u64 {
         std::fs::read_to_string(&self.log)
@@ -360,8 +406,10 @@ impl Drop for Auditd {
     fn drop(&mut self) {
         let _ = self.rule("-W");
         stop_child(&mut self.child, libc::SIGTERM);
-        let _ = Command::new("auditctl")
-            .args(["-e", &self.enabled_before])
-            .output();
+        for (setting, flag) in AUDIT_SETTINGS {
+            if let Some(v) = self.before.get(setting) {
+                let _ = Command::new("auditctl").args([flag, v]).output();
+            }
+        }
     }
 }
