@@ -236,7 +236,8 @@ impl Drop for Scenario {
 /// `events` as the probes send them (`monitor-ebpf`'s `ReadAgg`): a thread's document read is
 /// sent, then its reads of the same fd that follow with no other event of the thread in between
 /// are counted, and the count is sent as one `FileReadMore` (with the last read's time) before
-/// the thread's next event, or before another thread's close of that fd. A loss ends every run:
+/// the thread's next event, or before another thread's close of that fd, and every 100 reads of
+/// a long run (the probes send it by age). A loss ends every run:
 /// the next read is sent in full. (Events of no thread, `Tick` and `Lost`, are userspace's.)
 fn counted_as_the_kernel_does(events: &[Event]) -> Vec<Event> {
     #[derive(Default)]
@@ -258,6 +259,7 @@ fn counted_as_the_kernel_does(events: &[Event]) -> Vec<Event> {
         run.calls = 0;
         run.bytes = 0;
     }
+    const BATCH: u32 = 100;
     let mut runs: BTreeMap<(u32, u32), Run> = BTreeMap::new();
     let mut out = Vec::new();
     for ev in events {
@@ -281,6 +283,10 @@ fn counted_as_the_kernel_does(events: &[Event]) -> Vec<Event> {
             && let Some(run) = runs.get_mut(&key)
             && run.fd == *fd
         {
+            // A long run is sent in parts (the probes' `READ_BATCH_NS`, here by count).
+            if run.calls == BATCH {
+                send(run, &mut out);
+            }
             run.calls += 1;
             run.bytes += bytes;
             run.last = Some(ev.clone());
@@ -1836,7 +1842,8 @@ fn threads_reading_documents_in_chunks_at_once_send_a_read_and_a_count_each() {
     }
     s.close(1, 2, 7).respond(1, 2, 5, 200);
     s.close(1, 3, 8).respond(1, 3, 6, 200);
-    assert_eq!(reads_of(&sent(&s)), 4, "{:#?}", sent(&s));
+    // 255 counted reads per run: in three parts.
+    assert_eq!(reads_of(&sent(&s)), 2 * 4, "{:#?}", sent(&s));
     let got = s.finish();
     assert_eq!(
         summary(&got),
@@ -1872,7 +1879,7 @@ fn a_pool_thread_reading_in_chunks_is_attributed_by_the_first_chunks_fingerprint
     // Closed by another pool thread: the run's count goes first.
     s.close(1, 11, 7);
     s.respond_fp(1, 1, 5, 200, Some(0xb0));
-    assert_eq!(reads_of(&sent(&s)), 2);
+    assert_eq!(reads_of(&sent(&s)), 4);
     let got = s.finish();
     assert_eq!(
         summary(&got),
