@@ -1,7 +1,8 @@
 //! A document read in many small chunks costs a bounded number of events per request: the
 //! probes send a thread's first read of a document and count the reads that follow
 //! (`file_read_more`), and the alerts are those of every read sent one by one. Needs root (see
-//! `crate::harness::privileged`).
+//! `crate::harness::privileged`). Native run only: under the kernel matrix's emulation it takes
+//! about 35 s a row (2 MiB twice), and what it adds to `e2e` there is the same probes.
 
 use std::ffi::OsStr;
 
@@ -11,7 +12,8 @@ use crate::harness::*;
 
 const DOCUMENT: usize = 2 << 20;
 const CHUNK: &str = "8192";
-const REQUESTS: usize = 4;
+/// Alice's own document, then bob's: an allowed read and a violation.
+const REQUESTS: usize = 2;
 
 #[test]
 fn a_2_mib_document_read_in_8_kib_chunks_is_a_read_and_a_count_per_request() {
@@ -54,8 +56,6 @@ fn a_2_mib_document_read_in_8_kib_chunks_is_a_read_and_a_count_per_request() {
         verdicts(&alerts),
         [
             t("allowed", "alice", "alice", &alice),
-            t("allowed", "alice", "alice", &alice),
-            t("violation", "alice", "bob", &bob),
             t("violation", "alice", "bob", &bob),
         ],
         "{log}"
