@@ -864,6 +864,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::FdFound { .. } => "fd_found",
         EventKind::FileOpen { .. } => "file_open",
         EventKind::FileRead { .. } => "file_read",
+        EventKind::FileReadMore { .. } => "file_read_more",
         EventKind::FileMap { .. } => "file_map",
         EventKind::SendFile { .. } => "sendfile",
         EventKind::FileClose { .. } => "file_close",
