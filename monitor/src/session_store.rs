@@ -95,7 +95,20 @@ impl SessionStore {
         })
     }
 
+    /// `GET key`, asked a second time on a new connection when the first try failed on an I/O
+    /// error that is not a timeout: a signal (Vigie's own SIGINT or SIGTERM, arriving while it
+    /// drains its last events) interrupts a socket read that has a timeout, which the kernel
+    /// never restarts, and the session of the request being drained would be lost to it.
     fn redis_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.redis_get_once(key) {
+            Err(StoreError::Redis(e)) if e.is_io_error() && !e.is_timeout() => {
+                self.redis_get_once(key)
+            }
+            got => got,
+        }
+    }
+
+    fn redis_get_once(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let timeout = Duration::from_millis(self.cfg.timeout_ms);
         if self.conn.is_none()
             && let Some(client) = &self.redis
