@@ -21,8 +21,8 @@ use monitor_common::{
 use super::{arg, ret, sockets, syscall_op};
 use crate::{
     maps::{
-        DOC_ROOTS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED, OPENED_SCRATCH,
-        ROOT_KEY_LEN, Stash, count_loss, fill_header, forget_fd_kind, global, is_target,
+        DOC_ROOTS, H2_CONNS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED, OPENED_SCRATCH,
+        ROOT_KEY_LEN, Stash, count_loss, fd_key, fill_header, forget_fd_kind, global, is_target,
         output_bytes, set_fd_kind, stamp_losses, stash_put, stash_take, submit,
     },
     task,
@@ -296,7 +296,14 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let fd = arg(&ctx, 0) as i32;
     let record = match forget_fd_kind(tgid, fd) {
         fd_kind::DOCUMENT => kind::FILE_CLOSE,
-        fd_kind::SOCKET | fd_kind::TLS => kind::SOCK_CLOSE,
+        fd_kind::SOCKET | fd_kind::TLS => {
+            // The next connection with this number is HTTP/2 only if its own preface says so.
+            let key = fd_key(tgid, fd);
+            if unsafe { H2_CONNS.get(&key) }.is_some() {
+                let _ = H2_CONNS.remove(&key);
+            }
+            kind::SOCK_CLOSE
+        }
         _ => return 0,
     };
     submit::<FdEvent>(|ev| {
