@@ -6,7 +6,10 @@
 //!
 //! A lost connection's reads become [`EventKind::Unreadable`] (its thread serves streams Vigie
 //! can no longer see) and its writes are dropped, until it closes.
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+};
 
 use super::{Connection, Item, Lost};
 use crate::{
@@ -18,18 +21,29 @@ use crate::{
 pub struct Demux {
     conns: IdMap<(u32, i32), Connection>,
     /// Connections that had a first read that was not the preface: not HTTP/2 (prior
-    /// knowledge is said at once, and HTTP/1's `Upgrade: h2c` is not followed).
+    /// knowledge is said at once), unless they switch with HTTP/1's `Upgrade: h2c`, which
+    /// Vigie does not follow: such a connection is lost at its `101` (or at the client preface
+    /// when the `101` was not seen).
     spoken: HashSet<(u32, i32)>,
     /// HTTP/2 connections seen so far.
     pub connections: u64,
     /// HTTP/2 connections lost so far, by reason.
     pub lost: BTreeMap<&'static str, u64>,
     items: Vec<Item>,
+    /// `identity.session`'s `login_path`, whose forms are kept.
+    login_path: Option<Arc<str>>,
 }
 
 impl Demux {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps the form of each login request (`POST` to `login_path`) as an
+    /// [`Item::LoginForm`], for sessions learnt at an HTTP/2 login.
+    pub fn with_login_path(mut self, login_path: Option<&str>) -> Self {
+        self.login_path = login_path.map(Arc::from);
+        self
     }
 
     /// HTTP/2 connections followed at the moment.
@@ -44,12 +58,26 @@ impl Demux {
             EventKind::SockRead { fd, bytes, data } => {
                 let key = (pid, *fd);
                 if !self.conns.contains_key(&key) {
-                    if !self.spoken.insert(key) || !super::starts_preface(&data.0) {
+                    if self.spoken.insert(key) {
+                        if whole_frames(&data.0, *bytes) {
+                            // A connection joined in the middle (open before Vigie started)
+                            // that speaks HTTP/2: not followable, and never HTTP/1.
+                            self.lose_new(key, Lost::Joined, &ev, out);
+                        } else if !super::starts_preface(&data.0) {
+                            return out.push(ev);
+                        } else {
+                            self.spoken.remove(&key);
+                            self.connections += 1;
+                            let conn = Connection::new().with_login_path(self.login_path.clone());
+                            self.conns.insert(key, conn);
+                        }
+                    } else if data.0.starts_with(super::HTTP2_PREFACE) {
+                        // The whole client preface after HTTP/1 on the connection: an h2c
+                        // upgrade whose `101` was not seen. Never an HTTP/1 request (`PRI *`).
+                        self.lose_new(key, Lost::H2cUpgrade, &ev, out);
+                    } else {
                         return out.push(ev);
                     }
-                    self.spoken.remove(&key);
-                    self.connections += 1;
-                    self.conns.insert(key, Connection::new());
                 }
                 let (fd, bytes) = (*fd, *bytes);
                 let Some(conn) = self.conns.get_mut(&key) else {
@@ -68,7 +96,20 @@ impl Demux {
                 fd, bytes, data, ..
             } => {
                 let fd = *fd;
-                let Some(conn) = self.conns.get_mut(&(pid, fd)) else {
+                let key = (pid, fd);
+                if !self.conns.contains_key(&key)
+                    && self.spoken.contains(&key)
+                    && switches_to_h2c(&data.0)
+                {
+                    // The `101` ends the HTTP/1 exchange (passed on as the upgrade request's
+                    // response); every byte after it is HTTP/2, not followed.
+                    let mut lost = Vec::new();
+                    self.lose_new(key, Lost::H2cUpgrade, &ev, &mut lost);
+                    out.push(ev);
+                    out.extend(lost);
+                    return;
+                }
+                let Some(conn) = self.conns.get_mut(&key) else {
                     return out.push(ev);
                 };
                 let mut items = std::mem::take(&mut self.items);
@@ -103,6 +144,20 @@ impl Demux {
         }
     }
 
+    /// Connection `key`, not HTTP/2 to Vigie so far, speaks HTTP/2 that cannot be followed
+    /// (`why`: an h2c upgrade, a connection joined in the middle): a lost HTTP/2 connection
+    /// from now on (its reads `unreadable`, its writes dropped). The item that tells the
+    /// correlator goes to `out`, in `ev`'s name.
+    fn lose_new(&mut self, key: (u32, i32), why: Lost, ev: &Event, out: &mut Vec<Event>) {
+        self.spoken.remove(&key);
+        self.connections += 1;
+        let mut conn = Connection::new();
+        let mut items = Vec::new();
+        conn.lose(why, &mut items);
+        self.conns.insert(key, conn);
+        self.emit(ev, key.1, &mut items, out);
+    }
+
     /// Events were lost in the kernel: every HTTP/2 connection may have lost a frame, and is
     /// lost for good. The correlator ends their streams at the `Lost` event itself, so nothing
     /// is emitted here.
@@ -135,4 +190,37 @@ fn with_kind(ev: &Event, kind: EventKind) -> Event {
         goid: ev.goid,
         kind,
     }
+}
+
+/// Whether a response write starts with `101 Switching Protocols` to `h2c`.
+fn switches_to_h2c(data: &[u8]) -> bool {
+    crate::http::response_status(data) == Some(101)
+        && crate::http::response_header_values(data, "upgrade")
+            .any(|v| v.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+}
+
+/// Whether a connection's first read seen (`data` captured of `total` bytes) is whole HTTP/2
+/// frames, one or more, as a client writes them: kinds DATA to CONTINUATION, the reserved bit
+/// clear, the read ending where a frame does. No HTTP/1 request line, FastCGI record, TLS
+/// record or preface is one (their first three bytes, read as a frame length, are over
+/// 64 KiB), so a connection Vigie saw from its start never is.
+fn whole_frames(data: &[u8], total: u64) -> bool {
+    if data.len() as u64 != total || data.is_empty() {
+        return false;
+    }
+    let mut rest = data;
+    while !rest.is_empty() {
+        let Some(h) = rest.get(..super::FRAME_HEADER) else {
+            return false;
+        };
+        let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+        if len > super::MAX_KEPT_PAYLOAD || h[3] > 9 || h[5] & 0x80 != 0 {
+            return false;
+        }
+        let Some(next) = rest.get(super::FRAME_HEADER + len..) else {
+            return false;
+        };
+        rest = next;
+    }
+    true
 }
