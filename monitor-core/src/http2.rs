@@ -341,15 +341,9 @@ impl Connection {
         let Some(login_path) = self.login_path.as_deref() else {
             return false;
         };
-        let pseudo = |name: &[u8]| {
-            fields
-                .iter()
-                .find(|(n, _)| n.as_slice() == name)
-                .map(|(_, v)| v.as_slice())
-        };
-        let path = pseudo(b":path").unwrap_or_default();
+        let path = field_value(fields, b":path").unwrap_or_default();
         let path = path.split(|&b| b == b'?' || b == b'#').next();
-        pseudo(b":method") == Some(b"POST") && path == Some(login_path.as_bytes())
+        field_value(fields, b":method") == Some(b"POST") && path == Some(login_path.as_bytes())
     }
 
     fn on_request_headers(
@@ -686,12 +680,7 @@ fn plain(b: &[u8]) -> bool {
 
 /// A request's decoded fields as an HTTP/1.1 head; `None` when they cannot be one.
 fn request_head(fields: &[(Vec<u8>, Vec<u8>)]) -> Option<Vec<u8>> {
-    let pseudo = |name: &[u8]| {
-        fields
-            .iter()
-            .find(|(n, _)| n.as_slice() == name)
-            .map(|(_, v)| v.as_slice())
-    };
+    let pseudo = |name: &[u8]| field_value(fields, name);
     let method = pseudo(b":method")?;
     let path = pseudo(b":path")?;
     let token = |b: &[u8]| !b.is_empty() && b.iter().all(|c| c.is_ascii_graphic());
@@ -720,12 +709,17 @@ fn request_head(fields: &[(Vec<u8>, Vec<u8>)]) -> Option<Vec<u8>> {
     .then_some(head)
 }
 
+/// The value of the first field named `name` (a pseudo-header, with its colon).
+fn field_value<'f>(fields: &'f [(Vec<u8>, Vec<u8>)], name: &[u8]) -> Option<&'f [u8]> {
+    fields
+        .iter()
+        .find(|(n, _)| n.as_slice() == name)
+        .map(|(_, v)| v.as_slice())
+}
+
 /// A response's decoded fields as an HTTP/1.1 head, and whether it is interim (1xx).
 fn response_head(fields: &[(Vec<u8>, Vec<u8>)]) -> Option<(Vec<u8>, bool)> {
-    let status = fields
-        .iter()
-        .find(|(n, _)| n.as_slice() == b":status")
-        .map(|(_, v)| v.as_slice())?;
+    let status = field_value(fields, b":status")?;
     if status.len() != 3 || !status.iter().all(u8::is_ascii_digit) {
         return None;
     }
