@@ -1278,16 +1278,13 @@ impl Correlator {
         if let Some(r) = self.requests.get_mut(&req) {
             let first = !r.responded && !interim;
             if first {
+                let framing = http::ResponseFraming::of(data);
                 r.responded = true;
-                body_left = response_length(data, &r.info.method, bytes);
+                body_left = response_length(data, status, framing, &r.info.method, bytes);
+                r.body_length = framing.first_content_length;
             }
             if r.info.status.is_none() && !interim {
                 r.info.status = status;
-            }
-            if first {
-                r.body_length = http::response_header_values(data, "content-length")
-                    .next()
-                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
             }
             if first && let Some(s) = &self.cfg.identity.session {
                 learn_session(&mut self.sessions, s, r, data, ev.ts_ns);
@@ -1676,17 +1673,22 @@ impl Correlator {
 }
 
 /// Bytes of a response still to be written after its first write (`bytes` long, `head`
-/// captured), when its head says how long it is: `Content-Length`, or no body at all (`HEAD`,
-/// 204, 304). `None` when unknown (chunked, until close, or a head past the capture).
-fn response_length(head: &[u8], method: &str, bytes: u64) -> Option<u64> {
-    let end = head
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i as u64 + 4)?;
+/// captured, with its `status` and `framing` fields), when its head says how long it is:
+/// `Content-Length`, or no body at all (`HEAD`, 1xx, 204, 304). `None` when unknown (chunked,
+/// until close, or a head past the capture).
+fn response_length(
+    head: &[u8],
+    status: Option<u16>,
+    framing: http::ResponseFraming,
+    method: &str,
+    bytes: u64,
+) -> Option<u64> {
+    let end = memchr::memmem::find(head, b"\r\n\r\n").map(|i| i as u64 + 4)?;
+    let status = status?;
     let body = if method.eq_ignore_ascii_case("HEAD") {
         0
     } else {
-        http::response_body_length(head)?
+        framing.body_length(status)?
     };
     Some((end + body).saturating_sub(bytes))
 }

@@ -129,9 +129,7 @@ impl Correlator {
         }
         r.responded = true;
         r.info.status = http::response_status(head);
-        r.body_length = http::response_header_values(head, "content-length")
-            .next()
-            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
+        r.body_length = http::ResponseFraming::of(head).first_content_length;
         if let Some(s) = &self.cfg.identity.session {
             super::learn_session(&mut self.sessions, s, r, head, ev.ts_ns);
         }
