@@ -248,6 +248,12 @@ impl Capture {
 
     /// Connections of TLS not hooked kept out, and HTTP/2 connections followed, so far (for the
     /// metrics).
+    /// An adoption's event, fed to the correlator without this stage: the HTTP/2 stage
+    /// learns which sockets were open before Vigie started.
+    pub fn adopted(&mut self, ev: &Event) {
+        self.http2.adopted(ev);
+    }
+
     pub fn connections(&self) -> (u64, u64) {
         (self.conn_gate.tls_connections, self.http2.connections)
     }

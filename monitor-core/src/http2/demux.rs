@@ -13,7 +13,7 @@ use std::{
 
 use super::{Connection, Item, Lost};
 use crate::{
-    events::{Event, EventKind, Unreadable},
+    events::{Event, EventKind, FoundFd, Unreadable},
     idmap::IdMap,
 };
 
@@ -32,6 +32,11 @@ pub struct Demux {
     items: Vec<Item>,
     /// `identity.session`'s `login_path`, whose forms are kept.
     login_path: Option<Arc<str>>,
+    /// Sockets open when their process was adopted ([`Demux::adopted`]), until their first read: a
+    /// connection joined in the middle, whose first read may be HTTP/2 frames. Sockets opened
+    /// since (a target's own HTTP/2 client connections, whose first read is the server's
+    /// frames) are never taken for one.
+    found: HashSet<(u32, i32)>,
 }
 
 impl Demux {
@@ -44,6 +49,18 @@ impl Demux {
     pub fn with_login_path(mut self, login_path: Option<&str>) -> Self {
         self.login_path = login_path.map(Arc::from);
         self
+    }
+
+    /// What an adoption found open (`FdFound`, which goes to the correlator directly): a
+    /// socket there is a connection Vigie joins in the middle.
+    pub fn adopted(&mut self, ev: &Event) {
+        if let EventKind::FdFound {
+            fd,
+            found: FoundFd::Socket,
+        } = &ev.kind
+        {
+            self.found.insert((ev.pid, *fd));
+        }
     }
 
     /// HTTP/2 connections followed at the moment.
@@ -59,7 +76,7 @@ impl Demux {
                 let key = (pid, *fd);
                 if !self.conns.contains_key(&key) {
                     if self.spoken.insert(key) {
-                        if whole_frames(&data.0, *bytes) {
+                        if self.found.remove(&key) && whole_frames(&data.0, *bytes) {
                             // A connection joined in the middle (open before Vigie started)
                             // that speaks HTTP/2: not followable, and never HTTP/1.
                             self.lose_new(key, Lost::Joined, &ev, out);
@@ -133,11 +150,13 @@ impl Demux {
             EventKind::SockAccept { fd, .. } | EventKind::SockClose { fd } => {
                 self.conns.remove(&(pid, *fd));
                 self.spoken.remove(&(pid, *fd));
+                self.found.remove(&(pid, *fd));
                 out.push(ev);
             }
             EventKind::ProcessExit => {
                 self.conns.retain(|(p, _), _| *p != pid);
                 self.spoken.retain(|(p, _)| *p != pid);
+                self.found.retain(|(p, _)| *p != pid);
                 out.push(ev);
             }
             _ => out.push(ev),
@@ -199,11 +218,11 @@ fn switches_to_h2c(data: &[u8]) -> bool {
             .any(|v| v.trim_ascii().eq_ignore_ascii_case(b"h2c"))
 }
 
-/// Whether a connection's first read seen (`data` captured of `total` bytes) is whole HTTP/2
-/// frames, one or more, as a client writes them: kinds DATA to CONTINUATION, the reserved bit
+/// Whether the first read seen of a socket open before Vigie started (`data` captured of
+/// `total` bytes) is whole HTTP/2 frames, one or more: kinds DATA to CONTINUATION, the reserved bit
 /// clear, the read ending where a frame does. No HTTP/1 request line, FastCGI record, TLS
 /// record or preface is one (their first three bytes, read as a frame length, are over
-/// 64 KiB), so a connection Vigie saw from its start never is.
+/// 64 KiB), so no joined connection that starts a request there is taken for HTTP/2.
 fn whole_frames(data: &[u8], total: u64) -> bool {
     if data.len() as u64 != total || data.is_empty() {
         return false;

@@ -655,12 +655,20 @@ fn an_h2c_upgrade_makes_the_connection_unreadable_never_http1() {
 
 #[test]
 fn a_joined_connection_that_reads_http2_frames_is_unreadable_never_http1() {
-    // Open before Vigie started: its first read seen is a request's frames, no preface.
+    // Open before Vigie started (found at adoption): its first read seen is a request's
+    // frames, no preface.
     let mut client = Encoder::new();
     let mut frames = req(&mut client, 5, "/docs/bob/b.txt", "Basic Ym9iOnB3");
     frames.extend(frame(DATA, END_STREAM, 3, b"GET /x HTTP/1.1"));
+    let found = || {
+        ev(EventKind::FdFound {
+            fd: 9,
+            found: crate::events::FoundFd::Socket,
+        })
+    };
     let mut d = Demux::new();
     let mut out = Vec::new();
+    d.adopted(&found());
     d.take(ev(sock_read(9, &frames)), &mut out);
     d.take(ev(sock_read(9, b"GET / HTTP/1.1\r\n\r\n")), &mut out);
     let kinds: Vec<&EventKind> = out.iter().map(|e| &e.kind).collect();
@@ -690,6 +698,7 @@ fn a_joined_connection_that_reads_http2_frames_is_unreadable_never_http1() {
     ] {
         let mut d = Demux::new();
         let mut out = Vec::new();
+        d.adopted(&found());
         d.take(ev(sock_read(9, first)), &mut out);
         assert!(
             matches!(out[0].kind, EventKind::SockRead { .. }),
@@ -697,4 +706,11 @@ fn a_joined_connection_that_reads_http2_frames_is_unreadable_never_http1() {
         );
         assert_eq!(d.tracked(), 0);
     }
+    // A socket opened since Vigie started (a target's own HTTP/2 client connection, reading
+    // the server's SETTINGS first) is not taken for a joined one.
+    let mut d = Demux::new();
+    let mut out = Vec::new();
+    d.take(ev(sock_read(9, &frame(SETTINGS, 0, 0, &[]))), &mut out);
+    assert!(matches!(out[0].kind, EventKind::SockRead { .. }));
+    assert_eq!(d.tracked(), 0);
 }
