@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod fcgi;
 pub mod goportal;
 pub mod mapped;
+pub mod nginx;
 pub mod portal;
 pub mod process;
 #[cfg(test)]

@@ -218,3 +218,20 @@ impl Drop for PortalGuard {
         }
     }
 }
+
+/// Stops a child: `signal`, then SIGKILL if it is still running 5 s later; reaps it.
+pub fn stop_child(child: &mut Child, signal: i32) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: signalling our own child (not reaped yet: we hold it).
+        unsafe { libc::kill(pid, signal) };
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

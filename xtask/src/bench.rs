@@ -11,7 +11,14 @@
 //! 3. pipeline capacity: a forked target doing `pread` at fixed rates until events are lost;
 //! 4. alert latency at light load, from the request's kernel timestamp to the alert line;
 //! 5. daemon RSS with 10,000 idle keep-alive connections tracked;
-//! 6. replay throughput of a synthetic trace.
+//! 6. replay throughput of a synthetic trace;
+//! 7. real servers from Debian packages (nginx with sendfile, gunicorn in 8 KiB chunks) with
+//!    Vigie next to the tools a user would pick instead (auditd, a bpftrace logger) and the floor
+//!    of Vigie's hooks, and nginx over HTTPS (`peers`, `servers`, `sides`).
+mod peers;
+mod servers;
+mod sides;
+
 use std::{
     collections::BTreeMap,
     ffi::OsStr,
@@ -37,7 +44,7 @@ use vigie_tests::{
 
 use crate::{cargo, is_root, step, workspace_root};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct BenchArgs {
     /// A/B rounds per comparison.
     #[arg(long, default_value_t = 5)]
@@ -59,9 +66,31 @@ pub struct BenchArgs {
     /// round: before/after figures from the same rounds.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
-    /// Skip sections (comma-separated): portal, tax, pipeline, latency, conns, replay, trail.
+    /// Skip sections (comma-separated): portal, nginx, chunked, https, tax, pipeline, latency,
+    /// conns, replay, trail.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
+    /// A short run of every section, to see that it works (its numbers are not worth
+    /// publishing): 1 round of 1 s, 1M replay events, 100k trail records, 1,000 connections.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+impl BenchArgs {
+    /// These arguments, or `--quick`'s.
+    fn effective(&self) -> BenchArgs {
+        if !self.quick {
+            return self.clone();
+        }
+        BenchArgs {
+            rounds: 1,
+            secs: 1,
+            replay_events: 1_000_000,
+            trail_records: 100_000,
+            connections: 1_000,
+            ..self.clone()
+        }
+    }
 }
 
 struct Bins {
@@ -72,6 +101,7 @@ struct Bins {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let args = &args.effective();
     if !is_root() {
         bail!("the bench loads eBPF programs: run it as root");
     }
@@ -126,8 +156,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rounds: args.rounds,
         baseline: args.baseline.clone(),
     };
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 10] = [
         ("portal", Bench::portal),
+        ("nginx", Bench::nginx),
+        ("chunked", Bench::chunked),
+        ("https", Bench::https),
         ("tax", Bench::host_tax),
         ("pipeline", Bench::pipeline),
         ("latency", Bench::latency),
@@ -214,12 +247,19 @@ struct PortalCase {
 
 impl Bench {
     fn portal(&mut self, _: &BenchArgs) -> anyhow::Result<(String, Value)> {
+        let docs = ["health-record.pdf", "disability-file.pdf", "notes.txt"].map(String::from);
+        let users = ["alice", "bob", "carol"].map(String::from);
         let keep = self.dir.join("mix.lua");
-        std::fs::write(&keep, WRK_SCRIPT.replace("HEADERS", ""))?;
+        std::fs::write(&keep, wrk_mix(&docs, "X-Remote-User", &users, ""))?;
         let close = self.dir.join("mix-close.lua");
         std::fs::write(
             &close,
-            WRK_SCRIPT.replace("HEADERS", ", [\"Connection\"] = \"close\""),
+            wrk_mix(
+                &docs,
+                "X-Remote-User",
+                &users,
+                ", [\"Connection\"] = \"close\"",
+            ),
         )?;
         let cases = [
             PortalCase {
@@ -488,83 +528,45 @@ impl Bench {
         let _stats = BpfStats::enable()?;
         let v = Vigie::start(&self.bins.vigie, &self.dir, &[portal.pid()], root, None)?;
         std::thread::sleep(Duration::from_millis(200));
-        // The programs run for every process on the host: first the background (the portal
-        // idle, the other processes' syscalls) over as long as the load will last, to subtract.
-        // The statistics are published on the reader's 100 ms tick.
-        let idle0 = (Instant::now(), v.metrics()?);
-        std::thread::sleep(Duration::from_secs(self.secs));
-        let idle1 = (Instant::now(), v.metrics()?);
-        let m0 = (Instant::now(), v.metrics()?);
-        let cpu0 = cpu_seconds(v.pid)?;
-        let w = wrk(url, self.secs, case.conns, script)?;
-        let cpu1 = cpu_seconds(v.pid)?;
-        std::thread::sleep(Duration::from_millis(250));
-        let m1 = (Instant::now(), v.metrics()?);
+        let mut daemon_s = 0.0;
+        let (costs, w) = peers::program_costs(
+            self.secs,
+            || peers::vigie_programs(&v),
+            || {
+                let cpu0 = cpu_seconds(v.pid)?;
+                let w = wrk(url, self.secs, case.conns, script)?;
+                daemon_s = cpu_seconds(v.pid)? - cpu0;
+                Ok(w)
+            },
+        )?;
         v.stop()?;
-        let requests = w.requests.max(1) as f64;
-        let scale = (m1.0 - m0.0).as_secs_f64() / (idle1.0 - idle0.0).as_secs_f64();
-        let delta = |a: &(Instant, String), b: &(Instant, String), metric: &str| {
-            let (x, y) = (
-                by_label(&a.1, metric, "program"),
-                by_label(&b.1, metric, "program"),
-            );
-            y.into_iter()
-                .map(|(p, v)| {
-                    let d = v - x.get(&p).copied().unwrap_or(0.0);
-                    (p, d)
-                })
-                .collect::<BTreeMap<String, f64>>()
-        };
-        let (idle_runs, idle_secs) = (
-            delta(&idle0, &idle1, "vigie_probe_runs_total"),
-            delta(&idle0, &idle1, "vigie_probe_run_seconds_total"),
-        );
-        let (load_runs, load_secs) = (
-            delta(&m0, &m1, "vigie_probe_runs_total"),
-            delta(&m0, &m1, "vigie_probe_run_seconds_total"),
-        );
-        let background: f64 = idle_runs.values().sum::<f64>() * scale;
-        let mut rows: Vec<(String, f64, f64)> = load_runs
-            .iter()
-            .map(|(p, r)| {
-                let bg = |m: &BTreeMap<String, f64>| m.get(p).copied().unwrap_or(0.0) * scale;
-                let runs = (r - bg(&idle_runs)).max(0.0);
-                let ns = (load_secs.get(p).copied().unwrap_or(0.0) - bg(&idle_secs)).max(0.0) * 1e9;
-                (p.clone(), runs, ns)
-            })
-            .collect();
-        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
-        let kernel_ns: f64 = rows.iter().map(|r| r.2).sum();
-        let daemon_ns = (cpu1 - cpu0) * 1e9;
+        let mut rows: Vec<(&String, &(f64, f64))> = costs.iter().collect();
+        rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+        let kernel_ns: f64 = rows.iter().map(|r| r.1.1).sum();
+        let daemon_ns = daemon_s * 1e9 / w.requests.max(1) as f64;
         let mut md = format!(
             "\n**Where the time goes: {}** (one more attached run of {} s with \
              `kernel.bpf_stats_enabled=1`: {:.0} req/s, {} requests; the background of the same \
-             length with the portal idle, {:.0} runs, subtracted). Program run time only: the \
+             length with the portal idle subtracted). Program run time only: the \
              tracepoint's own cost around each run (the host tax) is not in it; counting adds \
              about 45 ns to each run.\n\n\
              | program | runs per request | ns per run | ns per request |\n|---|---|---|---|\n",
-            case.name, self.secs, w.rps, w.requests, background
+            case.name, self.secs, w.rps, w.requests
         );
         let mut js = vec![];
-        for (p, runs, ns) in &rows {
+        for (p, (runs, ns)) in &rows {
             let per_run = if *runs > 0.0 { ns / runs } else { 0.0 };
-            writeln!(
-                md,
-                "| `{p}` | {:.2} | {per_run:.0} | {:.0} |",
-                runs / requests,
-                ns / requests
-            )?;
-            js.push(json!({ "program": p, "runs": runs, "run_ns": ns }));
+            writeln!(md, "| `{p}` | {runs:.2} | {per_run:.0} | {ns:.0} |")?;
+            js.push(json!({ "program": p, "runs_per_request": runs, "ns_per_request": ns }));
         }
         writeln!(
             md,
-            "| **all programs** | {:.2} | | **{:.0}** |\n\n\
+            "| **all programs** | {:.2} | | **{kernel_ns:.0}** |\n\n\
              Kernel-side program time {:.2} us per request against Vigie's own CPU {:.2} us per \
              request in the same run ({:.1}x).\n",
-            rows.iter().map(|r| r.1).sum::<f64>() / requests,
-            kernel_ns / requests,
-            kernel_ns / requests / 1e3,
-            daemon_ns / requests / 1e3,
+            rows.iter().map(|r| r.1.0).sum::<f64>(),
+            kernel_ns / 1e3,
+            daemon_ns / 1e3,
             if kernel_ns > 0.0 {
                 daemon_ns / kernel_ns
             } else {
@@ -573,9 +575,9 @@ impl Bench {
         )?;
         Ok((
             md,
-            json!({ "rps": w.rps, "requests": w.requests, "programs": js, "background_runs": background,
-                    "kernel_ns_per_request": kernel_ns / requests,
-                    "daemon_cpu_ns_per_request": daemon_ns / requests }),
+            json!({ "rps": w.rps, "requests": w.requests, "programs": js,
+                    "kernel_ns_per_request": kernel_ns,
+                    "daemon_cpu_ns_per_request": daemon_ns }),
         ))
     }
 
@@ -1272,18 +1274,33 @@ fn parse_duration_ms(s: &str) -> f64 {
     num.parse::<f64>().map(|v| v * mult).unwrap_or(f64::NAN)
 }
 
-/// wrk request mix: users alice, bob and carol read their own documents, 1 in 8 requests reads
-/// another user's (a violation alert each).
-const WRK_SCRIPT: &str = r#"
-local users = {"alice", "bob", "carol"}
-local docs = {"health-record.pdf", "disability-file.pdf", "notes.txt"}
-local reqs = {}
-for n = 0, 23 do
-  local u = users[(n % 3) + 1]
-  local owner = u
-  if n % 8 == 7 then owner = users[((n + 1) % 3) + 1] end
-  local d = docs[(math.floor(n / 3) % 3) + 1]
-  reqs[#reqs + 1] = wrk.format("GET", "/docs/" .. owner .. "/" .. d, {["X-Remote-User"] = u HEADERS})
+/// wrk request mix: users alice, bob and carol (in that order, `creds` their values of the
+/// `header` that says who they are) read their own `docs` under `/docs/<owner>/`, and 1 in 8
+/// requests reads another user's (a violation alert each). `extra`: more headers, as Lua table
+/// fields (`, ["Connection"] = "close"`).
+fn wrk_mix(docs: &[String], header: &str, creds: &[String], extra: &str) -> String {
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"
+local users = {{"alice", "bob", "carol"}}
+local creds = {{{}}}
+local docs = {{{}}}
+local reqs = {{}}
+-- In init, once wrk knows the Host header it adds to each request.
+init = function(args)
+  for n = 0, 23 do
+    local u = (n % 3) + 1
+    local owner = users[u]
+    if n % 8 == 7 then owner = users[((n + 1) % 3) + 1] end
+    local d = docs[(math.floor(n / 3) % #docs) + 1]
+    local headers = {{["Host"] = wrk.headers["Host"], [{header:?}] = creds[u]{extra}}}
+    reqs[#reqs + 1] = wrk.format("GET", "/docs/" .. owner .. "/" .. d, headers)
+  end
 end
 local i = 0
 request = function()
@@ -1291,7 +1308,11 @@ request = function()
   if i > #reqs then i = 1 end
   return reqs[i]
 end
-"#;
+"#,
+        list(creds),
+        list(docs)
+    )
+}
 
 /// Runs loop `which` `n` times in this (non-target) process; ns per iteration.
 fn syscall_loop(which: usize, n: u64, small: &Path) -> anyhow::Result<f64> {
@@ -1376,10 +1397,18 @@ fn foreign_attachments(ours: Option<u32>) -> Vec<String> {
 
 /// CPU seconds of `pid` and its descendants now alive (prefork workers).
 fn tree_cpu_seconds(pid: u32) -> f64 {
-    let mut total = 0.0;
+    tree_pids(pid)
+        .into_iter()
+        .map(|p| cpu_seconds(p).unwrap_or(0.0))
+        .sum()
+}
+
+/// `pid` and its descendants now alive.
+fn tree_pids(pid: u32) -> Vec<u32> {
+    let mut all = vec![];
     let mut todo = vec![pid];
     while let Some(p) = todo.pop() {
-        total += cpu_seconds(p).unwrap_or(0.0);
+        all.push(p);
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
             continue;
         };
@@ -1392,7 +1421,7 @@ fn tree_cpu_seconds(pid: u32) -> f64 {
             );
         }
     }
-    total
+    all
 }
 
 fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {

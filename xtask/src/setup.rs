@@ -53,6 +53,14 @@ const APT_PACKAGES: &[&str] = &[
     // Debian's Chromium, headless: `tests/tests/vigie/trail.rs` renders the HTML report of
     // `vigie report` and takes a screenshot of it.
     "chromium",
+    // The peers of `cargo xtask bench` (`xtask/src/bench/sides.rs`, `servers.rs`): auditd (run
+    // there with its own config, a watch rule added and removed; never started as a system
+    // service), bpftrace (an open logger, and the floor of Vigie's hooks), bpftool (the floor's
+    // BPF run statistics), and gunicorn (a WSGI app server serving documents in 8 KiB chunks).
+    "auditd",
+    "bpftrace",
+    "bpftool",
+    "gunicorn",
     // The syslog collector of `tests/tests/vigie/shipping.rs` (run there with its own config on a
     // loopback port; never started as a system service).
     "rsyslog",

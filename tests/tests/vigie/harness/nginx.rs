@@ -14,32 +14,9 @@ use std::{
 
 use super::{TempDir, free_port, require_tool};
 
-/// Users nginx knows under `/secure/` (`user:{PLAIN}password` in its htpasswd file).
-pub const PASSWORDS: [(&str, &str); 4] = [
-    ("alice", "alice-pw"),
-    ("bob", "bob-pw"),
-    ("carol", "carol-pw"),
-    ("agent", "agent-pw"),
-];
-
-/// The start of an nginx configuration every test server shares: run in the foreground as
-/// `nobody` with `workers` workers of `connections` connections, its pid file, logs and
-/// temporary files in `d`, and the `http` block opened (the caller writes its servers and closes
-/// it).
-pub fn nginx_conf_prologue(d: &str, workers: u32, connections: u32) -> String {
-    format!(
-        "user nobody nogroup;\nworker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\n\
-         error_log {d}/error.log info;\n\
-         events {{ worker_connections {connections}; }}\n\
-         http {{\n\
-           access_log {d}/access.log;\n\
-           client_body_temp_path {d}/tmp-body;\n\
-           fastcgi_temp_path {d}/tmp-fastcgi;\n\
-           proxy_temp_path {d}/tmp-proxy;\n\
-           uwsgi_temp_path {d}/tmp-uwsgi;\n\
-           scgi_temp_path {d}/tmp-scgi;\n"
-    )
-}
+/// Users nginx knows under `/secure/` (and the static site under `/docs/`), and the start of
+/// every configuration: written once in the library, which the bench uses too.
+pub use vigie_tests::nginx::{PASSWORDS, conf_prologue as nginx_conf_prologue};
 
 pub struct Nginx {
     child: Child,
@@ -102,11 +79,10 @@ impl Nginx {
         ))
     }
 
-    /// Starts nginx as a static document portal, itself the target Vigie watches: `root` is
-    /// served under `/docs/` to users nginx authenticates (HTTP Basic, [`PASSWORDS`]), and the
-    /// same files under `/open/` to anyone. `sendfile` on or off; heads up to 16 KiB a line
-    /// and 128 KiB in all (`large_client_header_buffers 8 16k`), one worker. Its access log
-    /// (`access_log`) has one line per request: `user status bytes filename`.
+    /// Starts nginx as a static document portal, itself the target Vigie watches: `root` under
+    /// `/docs/` behind HTTP Basic ([`PASSWORDS`]) and under `/open/`, `sendfile` on or off (the
+    /// configuration of [`vigie_tests::nginx::static_conf`], which the bench runs too). Its
+    /// access log ([`Nginx::access_log`]) has one line per request: `user status bytes filename`.
     pub fn start_static(test: &str, root: &Path, sendfile: bool) -> Option<Nginx> {
         // Debian's path first: the kernel matrix's initramfs holds it there, off `PATH`.
         let debian = Path::new("/usr/sbin/nginx");
@@ -117,35 +93,8 @@ impl Nginx {
         };
         let dir = TempDir::new(&format!("{test}-nginx"));
         let d = dir.path().display().to_string();
-        let r = root.display();
         let port = free_port();
-        let sendfile = if sendfile { "on" } else { "off" };
-        let conf = format!(
-            "user nobody nogroup;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log info;\n\
-             events {{ worker_connections 512; }}\n\
-             http {{\n\
-               log_format who '$remote_user $status $body_bytes_sent $request_filename';\n\
-               access_log {d}/access.log who;\n\
-               sendfile {sendfile};\n\
-               large_client_header_buffers 8 16k;\n\
-               keepalive_requests 10000;\n\
-               client_body_temp_path {d}/tmp-body;\n\
-               proxy_temp_path {d}/tmp-proxy;\n\
-               fastcgi_temp_path {d}/tmp-fastcgi;\n\
-               uwsgi_temp_path {d}/tmp-uwsgi;\n\
-               scgi_temp_path {d}/tmp-scgi;\n\
-               server {{\n\
-                 listen 127.0.0.1:{port};\n\
-                 location /docs/ {{\n\
-                   alias {r}/;\n\
-                   auth_basic \"portal\";\n\
-                   auth_basic_user_file {d}/htpasswd;\n\
-                 }}\n\
-                 location /open/ {{ alias {r}/; }}\n\
-               }}\n\
-             }}\n"
-        );
+        let conf = vigie_tests::nginx::static_conf(&d, port, root, sendfile, None);
         Some(Self::launch(&bin, dir, port, [("nginx.conf", conf)]))
     }
 
@@ -190,11 +139,8 @@ impl Nginx {
         files: [(&str, String); N],
     ) -> Nginx {
         let d = dir.path().display().to_string();
-        let htpasswd: String = PASSWORDS
-            .iter()
-            .map(|(u, p)| format!("{u}:{{PLAIN}}{p}\n"))
-            .collect();
-        std::fs::write(dir.path().join("htpasswd"), htpasswd).expect("writing htpasswd");
+        std::fs::write(dir.path().join("htpasswd"), vigie_tests::nginx::htpasswd())
+            .expect("writing htpasswd");
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).expect("writing nginx files");
         }
@@ -269,18 +215,6 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling our own child (not reaped yet: we hold it).
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        vigie_tests::process::stop_child(&mut self.child, libc::SIGTERM);
     }
 }
