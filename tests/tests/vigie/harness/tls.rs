@@ -410,16 +410,7 @@ while True:
 /// false: HTTP/1.1, and HTTP/2 after `Upgrade: h2c`). `None` after a loud SKIPPED line without
 /// python3, its `h2` module (Debian's `python3-h2`) or openssl.
 pub fn python_h2_portal(test: &str, tls: bool) -> Option<Server> {
-    let python = Path::new("/usr/bin/python3");
-    let has_h2 = python.exists()
-        && Command::new(python)
-            .args(["-c", "import h2"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    if !has_h2 {
-        require_tool(test, "python3-h2-from-debian")?;
-    }
+    let python = python_with_h2(test)?;
     let dir = TempDir::new(&format!("{test}-py-h2"));
     let (cert, key) = certificate(test, dir.path())?;
     let users = documents(dir.path());
@@ -519,15 +510,7 @@ impl H2Client {
         after: &[&str],
     ) -> Option<Self> {
         use base64::Engine as _;
-        let python = Path::new("/usr/bin/python3");
-        let has_h2 = Command::new(python)
-            .args(["-c", "import h2"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !has_h2 {
-            require_tool(test, "python3-h2-from-debian")?;
-        }
+        let python = python_with_h2(test)?;
         let dir = TempDir::new(&format!("{test}-h2-client"));
         let script = dir.path().join("client.py");
         std::fs::write(&script, PY_H2_CLIENT).expect("writing the client");
@@ -582,9 +565,23 @@ impl H2Client {
 
 impl Drop for H2Client {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        vigie_tests::process::stop_child(&mut self.child, libc::SIGTERM);
     }
+}
+
+/// Debian's python3 when it has the `h2` module (`python3-h2`); `None` after a loud SKIPPED
+/// line.
+fn python_with_h2(test: &str) -> Option<&'static Path> {
+    let python = Path::new("/usr/bin/python3");
+    let has_h2 = Command::new(python)
+        .args(["-c", "import h2"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_h2 {
+        require_tool(test, "python3-h2-from-debian")?;
+    }
+    Some(python)
 }
 
 /// Runs curl (`-sk`, options `opts`) on `urls`; the URLs of one call share a connection
