@@ -365,11 +365,12 @@ fn https_nginx_http2_concurrent_users_precision_is_one() {
     assert!(found > 0, "no cross read found at all:\n{log}");
 }
 
-/// Documents of 40 KiB over HTTP/2 with the default capture bounds: nginx writes them as
-/// 16 KiB TLS records holding several DATA frames (8 KiB `http2_chunk_size`), so frame headers
-/// lie far past the configured 512 bytes of a response capture. The kernel captures an HTTP/2
-/// connection's writes whole (up to 64 KiB, in chained records) once its first read was the
-/// preface: the connection is followed to the end, each cross read alerted with its user.
+/// Documents of 30 to 50 KiB over HTTP/2 with the default capture bounds: nginx writes them
+/// as 16 KiB TLS records holding several DATA frames (8 KiB `http2_chunk_size`), so frame
+/// headers lie far past the configured 512 bytes of a response capture. The kernel captures an
+/// HTTP/2 connection's writes whole (up to 64 KiB, in chained records) once its first read was
+/// the preface: the connection is followed to the end, each cross read alerted with its user
+/// (the documents nginx reads in two buffers as one access: the rest joins the first read).
 #[test]
 fn https_nginx_http2_large_documents_are_followed_with_the_default_capture() {
     let test = "https_nginx_http2_large_documents_are_followed_with_the_default_capture";
