@@ -65,6 +65,9 @@ pub mod kind {
     pub const FILE_SENDFILE: u32 = 103;
     /// A document mapped into memory (`mmap` with `PROT_READ`): a read without `read(2)`.
     pub const FILE_MAP: u32 = 104;
+    /// More reads of a document fd by one thread, counted in the kernel after the thread's
+    /// `FILE_READ` of that fd rather than sent one by one (see [`crate::files::FdEvent`]).
+    pub const FILE_READ_MORE: u32 = 105;
 
     pub const SOCK_ACCEPT: u32 = 200;
     pub const SOCK_READ: u32 = 201;
@@ -232,6 +235,9 @@ pub mod globals {
     pub const REQUEST_CAPTURE: &str = "REQUEST_CAPTURE";
     /// Bytes of each socket write captured (at most [`crate::sockets::DATA_CAP`]).
     pub const RESPONSE_CAPTURE: &str = "RESPONSE_CAPTURE";
+    /// Longest a thread's counted document reads wait in the kernel while the thread keeps
+    /// reading (`kind::FILE_READ_MORE`): past it, the count so far is sent and a new one starts.
+    pub const READ_BATCH_NS: &str = "READ_BATCH_NS";
     /// Pending ring-buffer bytes past which a record wakes the reader; below it records are
     /// submitted without a wake-up and the reader drains on a short timer (0: wake every time).
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";

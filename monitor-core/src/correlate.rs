@@ -402,7 +402,21 @@ pub struct Correlator {
     /// Processes without thread scope: the access each open document file's reads join, and
     /// the request it went to once known (reads after it was judged are repeated reads).
     by_open: IdMap<(u32, i32), (u64, Option<u64>)>,
+    /// Each thread's last [`EventKind::FileRead`] ((pid, tid) -> (fd, where it went)): the
+    /// kernel's count of the reads that followed it ([`EventKind::FileReadMore`]) goes there.
+    last_read: IdMap<(u32, u32), (i32, ReadWent)>,
     stats: Stats,
+}
+
+/// Where a thread's last document read went, for the reads the kernel counted after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadWent {
+    /// Open access `id`.
+    Access(u64),
+    /// Nowhere new: its request had reported the document already.
+    Repeated,
+    /// Not a document read (the fd is no document Vigie follows).
+    Ignored,
 }
 
 /// Most bytes of a login request body kept (the form naming the user).
@@ -427,6 +441,7 @@ impl Correlator {
             sessions: Sessions::new(),
             trust: ScopeTrust::default(),
             by_open: IdMap::default(),
+            last_read: IdMap::default(),
             stats: Stats::default(),
         }
     }
@@ -527,12 +542,24 @@ impl Correlator {
                 fp,
                 size,
             } => {
-                if let Some(path) = self.docs.get(&(pid, *fd)).cloned() {
-                    let scope = self.read_scope(pid, actor);
-                    let evidence = scope.map(|_| actor.evidence());
-                    let content = fp.map(|fp| (fp, *size));
-                    self.record_access(ev, actor, *fd, path, *bytes, content, scope, evidence);
-                }
+                let went = match self.docs.get(&(pid, *fd)).cloned() {
+                    Some(path) => {
+                        let scope = self.read_scope(pid, actor);
+                        let evidence = scope.map(|_| actor.evidence());
+                        let content = fp.map(|fp| (fp, *size));
+                        match self
+                            .record_access(ev, actor, *fd, path, *bytes, content, scope, evidence)
+                        {
+                            Some(id) => ReadWent::Access(id),
+                            None => ReadWent::Repeated,
+                        }
+                    }
+                    None => ReadWent::Ignored,
+                };
+                self.last_read.insert((pid, ev.tid), (*fd, went));
+            }
+            EventKind::FileReadMore { fd, bytes, calls } => {
+                self.more_reads(ev, *fd, *bytes, *calls);
             }
             // A mapping is a read with the same evidence rules (thread scope, or flow to the
             // write that follows on this thread), judged when its request ends, not at close.
@@ -715,6 +742,29 @@ impl Correlator {
                 let horizon = ev.ts_ns.saturating_sub(self.cfg.idle_flush_ns);
                 self.finish_where(out, |a| a.access.last_ts_ns < horizon);
             }
+        }
+    }
+
+    /// Reads the kernel counted after the thread's last `FileRead` of `fd`: one by one, each
+    /// would have joined that read's access (same thread, same open file, nothing of the thread
+    /// in between). They join it, and never start an access: a count carries no evidence of its
+    /// own. An access judged since (the idle horizon, events lost) takes no more bytes: the
+    /// reads are counted as repeated, as reads of a document already reported are.
+    fn more_reads(&mut self, ev: &Event, fd: i32, bytes: u64, calls: u32) {
+        let went = match self.last_read.get(&(ev.pid, ev.tid)) {
+            Some(&(f, went)) if f == fd => went,
+            _ => ReadWent::Ignored,
+        };
+        match went {
+            ReadWent::Access(id) => match self.open.get_mut(&id) {
+                Some(open) => {
+                    open.access.bytes = open.access.bytes.saturating_add(bytes);
+                    open.access.last_ts_ns = open.access.last_ts_ns.max(ev.ts_ns);
+                }
+                None => self.stats.repeated_reads += u64::from(calls),
+            },
+            ReadWent::Repeated => self.stats.repeated_reads += u64::from(calls),
+            ReadWent::Ignored => {}
         }
     }
 
@@ -1585,6 +1635,7 @@ impl Correlator {
     }
 
     fn on_exit(&mut self, pid: u32, out: &mut Vec<Finding>) {
+        self.last_read.retain(|(p, _), _| *p != pid);
         self.finish_where(out, |a| a.access.pid == pid);
         // Sorted: the maps' order is random, and replay must emit findings in the same order.
         let mut fds: Vec<i32> = self
@@ -1624,6 +1675,7 @@ impl Correlator {
     /// (A goroutine outlives the thread that ran it: a Go thread's exit ends no goroutine's
     /// scope.)
     fn on_thread_exit(&mut self, pid: u32, tid: u32, out: &mut Vec<Finding>) {
+        self.last_read.remove(&(pid, tid));
         let thread = Actor::Thread(tid);
         if self.socket_threads.get(&thread) == Some(&pid) {
             self.socket_threads.remove(&thread);

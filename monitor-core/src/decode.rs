@@ -265,6 +265,7 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
             }
         }
         kind::FILE_READ
+        | kind::FILE_READ_MORE
         | kind::FILE_MAP
         | kind::FILE_SENDFILE
         | kind::FILE_CLOSE
@@ -279,6 +280,11 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
                     // `u32::MAX`: 4 GiB or more, not a length to compare.
                     size: (ev.fp != 0 && ev.size != 0 && ev.size != u32::MAX)
                         .then_some(u64::from(ev.size)),
+                },
+                kind::FILE_READ_MORE => EventKind::FileReadMore {
+                    fd: ev.fd,
+                    bytes: n,
+                    calls: ev.size,
                 },
                 kind::FILE_MAP => EventKind::FileMap {
                     fd: ev.fd,
@@ -692,6 +698,27 @@ mod tests {
         assert_eq!(
             decode(&bytes_of(&ev)).unwrap().kind,
             EventKind::FileMap { fd: 7, bytes: 9500 }
+        );
+    }
+
+    #[test]
+    fn decodes_a_count_of_reads() {
+        let ev = FdEvent {
+            header: header(kind::FILE_READ_MORE),
+            fd: 7,
+            fd2: -1,
+            ret: 255 * 8192,
+            op: op::PREAD64,
+            size: 255,
+            fp: 0,
+        };
+        assert_eq!(
+            decode(&bytes_of(&ev)).unwrap().kind,
+            EventKind::FileReadMore {
+                fd: 7,
+                bytes: 255 * 8192,
+                calls: 255
+            }
         );
     }
 

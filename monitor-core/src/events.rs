@@ -76,6 +76,12 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<u64>,
     },
+    /// `calls` more reads of document fd `fd` by this thread, `bytes` in all, each right after
+    /// the previous one and the first right after the thread's last [`EventKind::FileRead`] of
+    /// `fd`, with no event of the thread in between: counted in the kernel rather than sent one
+    /// by one (no fingerprint: the first read has it). The time is the last read's. Traces
+    /// recorded before the probes counted reads have a `FileRead` per read instead.
+    FileReadMore { fd: i32, bytes: u64, calls: u32 },
     /// A document fd was mapped readable (`mmap`), `bytes` long: read through memory, without
     /// read syscalls. The mapping outlives a close of the fd.
     FileMap { fd: i32, bytes: u64 },

@@ -8,10 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    Header, MAX_SYSCALL_NR, fd_kind,
-    files::OpenEvent,
+    COMM_LEN, Header, MAX_SYSCALL_NR, fd_kind,
+    files::{FdEvent, OpenEvent},
     go::{GO_TARGET, GoLayout},
-    header_flags, loss, op,
+    header_flags, kind, loss, op,
     sockets::DataEvent,
     tls::{SslKey, TlsCall},
 };
@@ -129,6 +129,43 @@ pub static OPENED: LruHashMap<u64, Opened> = LruHashMap::with_max_entries(4096, 
 #[map]
 pub static OPENED_SCRATCH: PerCpuArray<Opened> = PerCpuArray::with_max_entries(1, 0);
 
+/// A thread's run of reads of one document fd (values of `READ_AGG`, key: pid_tgid). The
+/// thread's `FILE_READ` record of `fd` arms it; the reads of `fd` that follow with no other
+/// record of the thread in between are only counted here, and sent as one `FILE_READ_MORE`
+/// before the thread's next record (which disarms it), when another thread closes `fd`, or
+/// when the count gets `READ_BATCH_NS` old. A server reading a document in chunks then costs
+/// one record, one fingerprint and one size lookup per request rather than per chunk.
+#[repr(C)]
+pub struct ReadAgg {
+    /// The document fd whose reads are counted; -1: none (a read is sent in full).
+    pub fd: i32,
+    /// Reads counted and not sent yet.
+    pub calls: u32,
+    pub bytes: u64,
+    /// Time of the first and of the last read counted.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// `LAST_LOSS` when armed: a loss since ends the run (userspace handles a gap before the
+    /// reads that follow it).
+    pub loss_ns: u64,
+    /// The last counted read's op.
+    pub op: u32,
+    pub _pad: u32,
+    /// The thread's `comm`, for a record sent by another thread (a close).
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Runs of document reads being counted, by thread. A plain hash map: an entry is written in
+/// place once a thread has one, and removed when the thread exits (`sched_process_exit`).
+#[map]
+pub static READ_AGG: HashMap<u64, ReadAgg> = HashMap::with_max_entries(16384, 0);
+
+/// `(tgid << 32 | fd)` -> the pid_tgid of the thread whose run counts reads of that fd, so that
+/// a close by another thread sends that count before its own record. LRU: an entry lost to
+/// eviction only delays a count to its thread's next record.
+#[map]
+pub static READ_AGG_FD: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
 pub use monitor_common::Stash;
 
 macro_rules! global {
@@ -168,6 +205,8 @@ global!(TP_MMAP_FD);
 // Capture bounds.
 global!(REQUEST_CAPTURE);
 global!(RESPONSE_CAPTURE);
+// Longest a run of counted document reads waits (see `ReadAgg`).
+global!(READ_BATCH_NS);
 // Batched wake-ups (see `wakeup_flags`).
 global!(WAKEUP_BYTES);
 
@@ -359,9 +398,11 @@ fn wakeup_flags() -> u64 {
     }
 }
 
-/// Writes a fixed-size record; a full ring buffer is counted, never silent.
+/// Writes a fixed-size record; a full ring buffer is counted, never silent. The thread's
+/// counted document reads go first (see [`ReadAgg`]).
 #[inline(always)]
 pub fn submit<T: 'static>(fill: impl FnOnce(&mut T)) {
+    flush_reads(bpf_get_current_pid_tgid());
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             fill(unsafe { &mut *entry.as_mut_ptr() });
@@ -373,7 +414,57 @@ pub fn submit<T: 'static>(fill: impl FnOnce(&mut T)) {
     }
 }
 
-/// Copies the first `len` bytes of a scratch record to the ring buffer.
+/// Sends the reads `pid_tgid` counted, if any, and ends its run: the thread's next record
+/// follows them. Called before every record but through [`output_bytes`], whose callers call it
+/// once per syscall (a loop of chunks would repeat it for the verifier to walk).
+#[inline(always)]
+pub fn flush_reads(pid_tgid: u64) {
+    let Some(agg) = READ_AGG.get_ptr_mut(&pid_tgid) else {
+        return;
+    };
+    let agg = unsafe { &mut *agg };
+    if agg.fd < 0 {
+        return;
+    }
+    send_reads(pid_tgid, agg);
+    agg.fd = -1;
+}
+
+/// Sends `agg`'s count as a `FILE_READ_MORE` of thread `pid_tgid` (stamped with the last read's
+/// time), and zeroes it; the run goes on.
+#[inline(always)]
+pub fn send_reads(pid_tgid: u64, agg: &mut ReadAgg) {
+    if agg.calls == 0 {
+        return;
+    }
+    match EVENTS.reserve::<FdEvent>(0) {
+        Some(mut entry) => {
+            let ev = unsafe { &mut *entry.as_mut_ptr() };
+            ev.header.kind = kind::FILE_READ_MORE;
+            ev.header.tgid = (pid_tgid >> 32) as u32;
+            ev.header.tid = pid_tgid as u32;
+            // Go targets never count reads (a thread's reads may be different goroutines').
+            ev.header.flags = 0;
+            ev.header.goid = 0;
+            ev.header.ts_ns = agg.last_ns;
+            ev.header.comm = agg.comm;
+            ev.fd = agg.fd;
+            ev.fd2 = -1;
+            ev.ret = agg.bytes as i64;
+            ev.op = agg.op;
+            ev.size = agg.calls;
+            ev.fp = 0;
+            stamp_losses(&mut ev.header);
+            entry.submit(wakeup_flags());
+        }
+        None => count_loss(loss::RINGBUF_FULL),
+    }
+    agg.calls = 0;
+    agg.bytes = 0;
+}
+
+/// Copies the first `len` bytes of a scratch record to the ring buffer (callers send the
+/// thread's counted reads first: [`flush_reads`]).
 #[inline(always)]
 pub fn output_bytes(bytes: &[u8]) {
     if EVENTS.output(bytes, wakeup_flags()).is_err() {

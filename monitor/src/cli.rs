@@ -67,12 +67,20 @@ pub enum Command {
     /// not verify (unreadable file, bad key), 3 intact but the last records are not signed yet
     /// (Vigie running, killed and not restarted, or the end after the last checkpoint cut).
     Verify(VerifyArgs),
-    /// Answer questions over an audit trail: every access to a person's documents (--subject),
+    /// Answer questions over an audit trail (or a recorded trace, replayed: --trace): every
+    /// access to a person's documents (--subject),
     /// everything an account read (--user), or every cross-user read between two times grouped
     /// by affected owner (--breach), optionally re-judged under a corrected config.
     Report(ReportArgs),
     /// Make a trail signing key: writes FILE (the secret, mode 0600) and FILE.pub (for verify).
     TrailKeygen {
+        /// Where to write the secret key; must not exist.
+        file: PathBuf,
+    },
+    /// Make the data-protection officer's key for sealed pseudonyms: writes FILE (the X25519
+    /// secret, mode 0600, kept by the DPO, never on a monitored host) and FILE.pub (for
+    /// `[trail] pseudonym_recipient_file` on the hosts).
+    DpoKeygen {
         /// Where to write the secret key; must not exist.
         file: PathBuf,
     },
@@ -230,6 +238,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => crate::trail_files::verify_command(&args),
         Command::Report(args) => crate::trail_files::report_command(&args),
         Command::TrailKeygen { file } => crate::trail_files::keygen_command(&file),
+        Command::DpoKeygen { file } => crate::trail_files::dpo_keygen_command(&file),
         Command::SessionHandle { key_file, kind } => session_handles(key_file, kind),
         Command::Reference { page } => {
             print!("{}", crate::reference::page(page)?);

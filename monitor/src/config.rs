@@ -67,13 +67,20 @@ pub struct Trail {
     /// keep everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_days: Option<u32>,
-    /// Pseudonymise the records shipped off the host (syslog, PostgreSQL): every `user` and
-    /// `owner` value and `shared_with` entry becomes `p:` + HMAC-SHA-256 with this key (64 hex
-    /// digits, `openssl rand -hex 32`; mode 0600). The local trail keeps the names. Whoever
-    /// holds the key, this host included, can re-identify by hashing candidate names; document
-    /// paths and request targets are shipped as they are (docs/trail.md).
+    /// Pseudonymise the records shipped off the host (syslog, PostgreSQL): every `user`,
+    /// `owner` and `ip` (client address) value and `shared_with` entry becomes `p:` +
+    /// HMAC-SHA-256 with this key (64 hex digits, `openssl rand -hex 32`; mode 0600). The local
+    /// trail keeps the names. Whoever holds the key, this host included, can re-identify by
+    /// hashing candidates (see `pseudonym_recipient_file` for a way back only the DPO has);
+    /// document paths and request targets are shipped as they are (docs/trail.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pseudonym_key_file: Option<String>,
+    /// With `pseudonym_key_file`: the data-protection officer's X25519 public key (`vigie
+    /// dpo-keygen` writes it as KEY.pub). Each shipped record then also carries its original
+    /// names and addresses sealed to that key, which only the DPO's secret key opens (`vigie
+    /// report --dpo-key`); this host cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudonym_recipient_file: Option<String>,
     /// Ship every trail record off the host to a syslog collector (RFC 5424 over TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syslog: Option<SyslogShipping>,
@@ -90,8 +97,9 @@ pub struct Trail {
 #[serde(deny_unknown_fields)]
 pub struct PostgresShipping {
     /// libpq-style connection string without a password, e.g.
-    /// `host=db.example.net dbname=audit user=vigie_writer` (no TLS yet: a unix socket or a
-    /// trusted network).
+    /// `host=db.example.net dbname=audit user=vigie_writer`. `sslmode=require` asks for TLS
+    /// with the system's certificate authorities (see `tls`); the server certificate and its
+    /// name are always verified (libpq's `verify-full`).
     pub connection: String,
     /// File holding the password (refused when group or others can read it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +107,28 @@ pub struct PostgresShipping {
     /// The name this host's chain goes by in the table (default: the host name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// TLS to the server (required when present): its certificate authority and a client
+    /// certificate. The server's certificate is verified against the host name of `connection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ShipTls>,
+}
+
+/// TLS to a trail destination. The server's certificate is always verified (chain and name);
+/// there is no switch to turn that off.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ShipTls {
+    /// PEM file of the certificate authorities to trust for the server's certificate (default:
+    /// the system's, `/etc/ssl/certs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// PEM certificate chain to present to the server (with `client_key`), for collectors and
+    /// databases that authenticate their clients by certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert` (PKCS#8, PKCS#1 or SEC1), mode 0600 (refused otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 /// Off-host shipping of the trail to a syslog collector (rsyslog, syslog-ng, a SIEM's
@@ -108,7 +138,8 @@ pub struct PostgresShipping {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SyslogShipping {
-    /// `host:port` of the collector's TCP syslog input (plain TCP; no TLS yet).
+    /// `host:port` of the collector's TCP syslog input (with `tls`: its TLS input, RFC 5425,
+    /// usually port 6514; the certificate must name `host`).
     pub address: String,
     /// Plain TCP syslog has no application-level acknowledgement: records the collector's TCP
     /// acknowledged less than this many seconds before a lost connection are sent again (the
@@ -120,6 +151,9 @@ pub struct SyslogShipping {
     /// RFC 5612: put your organisation's number here if it has one).
     #[serde(default = "default_sd_id")]
     pub sd_id: String,
+    /// Syslog over TLS (RFC 5425) instead of plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ShipTls>,
 }
 
 fn default_resend_window_secs() -> u64 {
@@ -145,6 +179,7 @@ impl Default for Trail {
             max_file_mb: default_trail_max_file_mb(),
             retention_days: None,
             pseudonym_key_file: None,
+            pseudonym_recipient_file: None,
             syslog: None,
             postgres: None,
         }
@@ -193,12 +228,18 @@ impl Trail {
                 ));
             }
         }
-        if let Some(file) = &self.pseudonym_key_file {
-            read_pseudonym_key(file).map_err(|r| invalid("trail.pseudonym_key_file", r))?;
+        pseudonymiser(self).map_err(|(field, r)| invalid(field, r))?;
+        if let Some(tls) = self.syslog.as_ref().and_then(|s| s.tls.as_ref()) {
+            crate::sinks::ship::tls::client_config(tls)
+                .map_err(|r| invalid(format!("trail.syslog.tls.{}", r.field), r.reason))?;
         }
         if let Some(p) = &self.postgres {
-            crate::ownership::sql::parse_connection(&p.connection)
+            crate::ownership::sql::parse_connection_tls(&p.connection)
                 .map_err(|r| invalid("trail.postgres.connection", r))?;
+            if let Some(tls) = &p.tls {
+                crate::sinks::ship::tls::client_config(tls)
+                    .map_err(|r| invalid(format!("trail.postgres.tls.{}", r.field), r.reason))?;
+            }
             if let Some(file) = &p.password_file {
                 crate::ownership::config::read_password_file(file)
                     .map_err(|r| invalid("trail.postgres.password_file", r))?;
@@ -443,6 +484,37 @@ pub enum ConfigError {
 }
 
 /// The pseudonym key of shipped trail records, from a file only its owner can read.
+/// The shippers' pseudonymiser of `[trail]` (None: names shipped as they are), or the key and
+/// why it is refused.
+pub fn pseudonymiser(
+    trail: &Trail,
+) -> Result<Option<monitor_core::trail::pseudonym::Pseudonymiser>, (&'static str, String)> {
+    let recipient = trail
+        .pseudonym_recipient_file
+        .as_deref()
+        .map(|file| {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+            monitor_core::trail::pseudonym::Recipient::parse(&text)
+                .map_err(|e| format!("{file}: {e}"))
+        })
+        .transpose()
+        .map_err(|r| ("trail.pseudonym_recipient_file", r))?;
+    let Some(file) = &trail.pseudonym_key_file else {
+        if recipient.is_some() {
+            return Err((
+                "trail.pseudonym_recipient_file",
+                "needs `trail.pseudonym_key_file` (the key of the stable pseudonyms)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let key = read_pseudonym_key(file).map_err(|r| ("trail.pseudonym_key_file", r))?;
+    Ok(Some(monitor_core::trail::pseudonym::Pseudonymiser {
+        key,
+        recipient,
+    }))
+}
+
 pub fn read_pseudonym_key(
     file: &str,
 ) -> Result<monitor_core::trail::pseudonym::PseudonymKey, String> {
@@ -808,6 +880,18 @@ mod tests {
             ("address = \"h:99999\"", "trail.syslog.address"),
             ("address = \"h:1\"\nsd_id = \"a b\"", "trail.syslog.sd_id"),
             ("address = \"h:1\"\nsd_id = \"\"", "trail.syslog.sd_id"),
+            (
+                "address = \"h:1\"\n[trail.syslog.tls]\nca_file = \"/nonexistent/ca.pem\"",
+                "trail.syslog.tls.ca_file",
+            ),
+            (
+                "address = \"h:1\"\n[trail.syslog.tls]\nca_file = \"/etc/hostname\"",
+                "trail.syslog.tls.ca_file",
+            ),
+            (
+                "address = \"h:1\"\n[trail.syslog.tls]\nclient_key = \"/nonexistent/k.pem\"",
+                "trail.syslog.tls.client_cert",
+            ),
         ] {
             let e = with(bad).unwrap_err().to_string();
             assert!(e.contains(field), "{bad}: {e}");
@@ -816,6 +900,31 @@ mod tests {
             with("address = \"h:1\"\nspool = 3").is_err(),
             "unknown keys are refused"
         );
+    }
+
+    #[test]
+    fn sealed_pseudonyms_need_the_hash_key_and_a_public_key() {
+        let dir = std::env::temp_dir().join(format!("vigie-cfg-dpo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let public = dir.join("dpo.pub");
+        std::fs::write(&public, format!("{}\n", "11".repeat(32))).unwrap();
+        let with = |extra: &str| Config::parse(&format!("{GOOD}\n[trail]\n{extra}"), "test");
+        let e = with(&format!(
+            "pseudonym_recipient_file = \"{}\"",
+            public.display()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pseudonym_key_file"), "{e}");
+        std::fs::write(&public, "not hex\n").unwrap();
+        let e = with(&format!(
+            "pseudonym_recipient_file = \"{}\"",
+            public.display()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("trail.pseudonym_recipient_file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -388,6 +388,12 @@ impl Probes {
             globals::RESPONSE_CAPTURE,
             u64::from(cfg.capture.response_bytes),
         ));
+        // A document read's count is sent at least this often while its thread keeps reading,
+        // well within the idle horizon that judges an access its reads stopped coming to.
+        values.push((
+            globals::READ_BATCH_NS,
+            cfg.correlation.idle_flush_ms.saturating_mul(1_000_000) / 4,
+        ));
         // A quarter of the ring pending wakes the reader at once; below that it drains every
         // `run::DRAIN` (a few ms), so a burst never waits for the timer to find a full ring.
         values.push((

@@ -560,7 +560,9 @@ fn explain_access(
                 doc_fds.push(*fd);
                 false
             }
-            EventKind::FileRead { fd, .. } | EventKind::FileMap { fd, .. } => {
+            EventKind::FileRead { fd, .. }
+            | EventKind::FileReadMore { fd, .. }
+            | EventKind::FileMap { fd, .. } => {
                 doc_fds.contains(fd) && ev.tid == access.tid && (lo..=hi).contains(&ev.ts_ns)
             }
             EventKind::SendFile { .. } => (lo..=hi).contains(&ev.ts_ns) && ev.tid == access.tid,
@@ -638,6 +640,9 @@ fn describe(kind: &EventKind) -> String {
             "read {bytes} bytes of the document (fd {fd}){}",
             fp.map_or(String::new(), |fp| format!(" [fingerprint {fp:016x}]"))
         ),
+        EventKind::FileReadMore { fd, bytes, calls } => {
+            format!("read {bytes} bytes more of the document (fd {fd}) in {calls} reads")
+        }
         EventKind::FileMap { fd, bytes } => {
             format!("mapped {bytes} bytes of the document (fd {fd})")
         }

@@ -180,14 +180,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         tracing::info!(file = %trail.current_file().display(), key_id = trail.key_id(), "audit trail");
         live.pipeline.set_trail(trail);
         // Read once here; like the signing key, never logged.
-        let pseudonyms = live
-            .cfg
-            .trail
-            .pseudonym_key_file
-            .as_deref()
-            .map(crate::config::read_pseudonym_key)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("trail.pseudonym_key_file: {e}"))?;
+        let pseudonyms = crate::config::pseudonymiser(&live.cfg.trail)
+            .map_err(|(field, why)| anyhow::anyhow!("{field}: {why}"))?;
         if let Some(syslog) = &live.cfg.trail.syslog {
             live.shippers.push(
                 crate::sinks::ship::syslog::start(
@@ -871,6 +865,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::FdFound { .. } => "fd_found",
         EventKind::FileOpen { .. } => "file_open",
         EventKind::FileRead { .. } => "file_read",
+        EventKind::FileReadMore { .. } => "file_read_more",
         EventKind::FileMap { .. } => "file_map",
         EventKind::SendFile { .. } => "sendfile",
         EventKind::FileClose { .. } => "file_close",

@@ -13,8 +13,18 @@ use monitor_core::trail::{
 #[command(group(clap::ArgGroup::new("query").required(true).args(["subject", "user", "breach"])))]
 pub struct ReportArgs {
     /// Trail files in chain order, or a trail directory.
-    #[arg(required_unless_present = "from_postgres")]
+    #[arg(required_unless_present_any = ["from_postgres", "traces"])]
     pub trail: Vec<PathBuf>,
+    /// Answer over recorded traces instead of a trail (`vigie run --record`): they are replayed
+    /// through the same correlator and judge (`vigie replay --audit`) and every judged access
+    /// is answered on. Trace files in recording order, of one recording.
+    #[arg(
+        long = "trace",
+        value_name = "FILE",
+        num_args = 1..,
+        conflicts_with_all = ["trail", "from_postgres", "key"]
+    )]
+    pub traces: Vec<PathBuf>,
     /// Read the trail from PostgreSQL (`[trail.postgres]`'s table) instead of files: a
     /// connection string without a password (see --password-file).
     #[arg(long, value_name = "CONNECTION", conflicts_with = "trail")]
@@ -25,6 +35,11 @@ pub struct ReportArgs {
     /// With --from-postgres: the password, from this file (mode 0600).
     #[arg(long, value_name = "FILE", requires = "from_postgres")]
     pub password_file: Option<String>,
+    /// With --from-postgres: connect over TLS, the server's certificate checked against the
+    /// certificate authorities of this PEM file (`sslmode=require` in the connection string:
+    /// against the system's).
+    #[arg(long, value_name = "FILE", requires = "from_postgres")]
+    pub ca_file: Option<String>,
     /// Shipped records were pseudonymised with this key (`[trail] pseudonym_key_file`):
     /// resolve the names given by --names and those of --subject and --user.
     #[arg(long, value_name = "FILE")]
@@ -32,6 +47,11 @@ pub struct ReportArgs {
     /// With --pseudonym-key: the candidate names (one per line, e.g. the portal's users).
     #[arg(long, value_name = "FILE", requires = "pseudonym_key")]
     pub names: Option<PathBuf>,
+    /// Shipped records carry their names sealed to the DPO's key (`[trail]
+    /// pseudonym_recipient_file`): open them with this secret key (`vigie dpo-keygen`), every
+    /// name and address back, no candidate list needed.
+    #[arg(long, value_name = "FILE")]
+    pub dpo_key: Option<String>,
     /// Every access to documents owned by this person (a right-of-access request).
     #[arg(long, value_name = "OWNER")]
     pub subject: Option<String>,
@@ -89,6 +109,11 @@ pub struct VerifyArgs {
     /// With --postgres: the password, from this file (mode 0600).
     #[arg(long, value_name = "FILE", requires = "postgres")]
     pub password_file: Option<String>,
+    /// With --postgres: connect over TLS, the server's certificate checked against the
+    /// certificate authorities of this PEM file (`sslmode=require` in the connection string:
+    /// against the system's).
+    #[arg(long, value_name = "FILE", requires = "postgres")]
+    pub ca_file: Option<String>,
     /// Shipped records were pseudonymised with this key (`[trail] pseudonym_key_file`):
     /// resolve the names given by --names (the original lines, hence the chain, come back only where every name of a record is known).
     #[arg(long, value_name = "FILE")]
@@ -96,6 +121,11 @@ pub struct VerifyArgs {
     /// With --pseudonym-key: the candidate names (one per line, e.g. the portal's users).
     #[arg(long, value_name = "FILE", requires = "pseudonym_key")]
     pub names: Option<PathBuf>,
+    /// Shipped records carry their names sealed to the DPO's key (`[trail]
+    /// pseudonym_recipient_file`): open them with this secret key (`vigie dpo-keygen`), every
+    /// name and address back, no candidate list needed.
+    #[arg(long, value_name = "FILE")]
+    pub dpo_key: Option<String>,
     /// The public key file (`vigie trail-keygen` writes it as KEY.pub).
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
@@ -197,9 +227,14 @@ fn verify_files(files: &[(String, Vec<u8>)], key: &PublicKey) -> Report {
 fn postgres_trails(
     connection: &str,
     password_file: Option<&str>,
+    ca_file: Option<&str>,
     host: Option<&str>,
 ) -> anyhow::Result<Vec<crate::sinks::ship::postgres::HostTrail>> {
-    let config = crate::sinks::ship::postgres::connection(connection, password_file)
+    let tls = ca_file.map(|f| crate::config::ShipTls {
+        ca_file: Some(f.to_string()),
+        ..Default::default()
+    });
+    let config = crate::sinks::ship::postgres::connection(connection, password_file, tls.as_ref())
         .context("--postgres connection")?;
     let trails = crate::sinks::ship::postgres::read_trails(&config, host)
         .context("reading the trail from PostgreSQL")?;
@@ -210,6 +245,49 @@ fn postgres_trails(
         );
     }
     Ok(trails)
+}
+
+/// Opens the sealed names of shipped records with the DPO's key (lines without any are left
+/// as they are). A line that does not open stays pseudonymised and is counted.
+fn unseal_names(files: &mut [(String, Vec<u8>)], dpo_key: Option<&str>) -> anyhow::Result<()> {
+    use monitor_core::trail::pseudonym::{DpoKey, unseal_line};
+    let Some(file) = dpo_key else {
+        return Ok(());
+    };
+    let bytes = crate::ownership::config::read_password_file(file).map_err(anyhow::Error::msg)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| anyhow::anyhow!("{file}: not text"))?;
+    let key = DpoKey::parse(text).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+    let mut failed: Option<(usize, String)> = None;
+    for (name, bytes) in files.iter_mut() {
+        *bytes = map_lines(bytes, |line| match unseal_line(&key, line) {
+            Ok(l) => l,
+            Err(e) => {
+                let f = failed.get_or_insert((0, format!("{name}: {e}")));
+                f.0 += 1;
+                line.to_vec()
+            }
+        });
+    }
+    if let Some((n, first)) = failed {
+        eprintln!("vigie: {n} shipped records keep their pseudonyms; the first: {first}");
+    }
+    Ok(())
+}
+
+/// Each line of `bytes` through `f` (newlines kept).
+fn map_lines(bytes: &[u8], mut f: impl FnMut(&[u8]) -> Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        let (body, nl) = match line.strip_suffix(b"\n") {
+            Some(b) => (b, true),
+            None => (line, false),
+        };
+        out.extend_from_slice(&f(body));
+        if nl {
+            out.push(b'\n');
+        }
+    }
+    out
 }
 
 /// Undoes the pseudonyms of shipped records, for the names known (`--names` and `extra`).
@@ -239,18 +317,7 @@ fn restore_names(
             .chain(extra.iter().copied()),
     );
     for (_, bytes) in files.iter_mut() {
-        let mut out = Vec::with_capacity(bytes.len());
-        for line in bytes.split_inclusive(|b| *b == b'\n') {
-            let (body, nl) = match line.strip_suffix(b"\n") {
-                Some(b) => (b, true),
-                None => (line, false),
-            };
-            out.extend_from_slice(&restore_line(&names, body));
-            if nl {
-                out.push(b'\n');
-            }
-        }
-        *bytes = out;
+        *bytes = map_lines(bytes, |line| restore_line(&names, line));
     }
     Ok(())
 }
@@ -264,17 +331,23 @@ pub fn read_public_key(path: &Path) -> anyhow::Result<PublicKey> {
 pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let verified = read_public_key(&args.key).and_then(|k| match &args.postgres {
         // One host (--host is required): its chain.
-        Some(conn) => postgres_trails(conn, args.password_file.as_deref(), args.host.as_deref())
-            .and_then(|mut trails| {
-                let files = &mut trails[0].files;
-                restore_names(
-                    files,
-                    args.pseudonym_key.as_deref(),
-                    args.names.as_deref(),
-                    &[],
-                )?;
-                Ok(verify_files(files, &k))
-            }),
+        Some(conn) => postgres_trails(
+            conn,
+            args.password_file.as_deref(),
+            args.ca_file.as_deref(),
+            args.host.as_deref(),
+        )
+        .and_then(|mut trails| {
+            let files = &mut trails[0].files;
+            unseal_names(files, args.dpo_key.as_deref())?;
+            restore_names(
+                files,
+                args.pseudonym_key.as_deref(),
+                args.names.as_deref(),
+                &[],
+            )?;
+            Ok(verify_files(files, &k))
+        }),
         None => verify_paths(&args.trail, &k),
     });
     let report = match verified {
@@ -319,6 +392,84 @@ pub fn keygen_command(file: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Replays `traces` (`vigie replay --audit`: every judged access, allowed ones included) and
+/// hands each access, as an alert line, to `take`. The alerts go through a private temporary
+/// file, read back line by line.
+fn replayed_accesses(traces: &[PathBuf], take: &mut dyn FnMut(&[u8])) -> anyhow::Result<()> {
+    use std::{io::BufRead as _, os::unix::fs::OpenOptionsExt as _};
+    let mut name = [0u8; 8];
+    getrandom::getrandom(&mut name).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let path = std::env::temp_dir().join(format!("vigie-report-{}.jsonl", hex::encode(name)));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // Removed however the replay ends.
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let _remove = Remove(&path);
+    crate::replay::replay(&crate::replay::ReplayOptions {
+        files: traces.to_vec(),
+        config: None,
+        alerts: Some(path.clone()),
+        audit: true,
+        since_ns: None,
+        until_ns: None,
+        pids: Vec::new(),
+        on_corrupt: monitor_core::trace::OnCorrupt::Stop,
+        explain: None,
+        progress: false,
+    })
+    .context("replaying the traces")?;
+    let mut reader = std::io::BufReader::new(
+        std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?,
+    );
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        if !body.is_empty() {
+            take(body);
+        }
+    }
+}
+
+pub fn dpo_keygen_command(file: &Path) -> anyhow::Result<ExitCode> {
+    use monitor_core::trail::pseudonym::DpoKey;
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let key = DpoKey::from_bytes(seed);
+    let public = PathBuf::from(format!("{}.pub", file.display()));
+    for (path, mode, text) in [
+        (file, 0o600, key.to_file_text()),
+        (public.as_path(), 0o644, key.recipient().to_file_text()),
+    ] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "DPO key: secret in {} (0600: keep it with the data-protection officer, off the hosts; for vigie report/verify --dpo-key), public key in {} (for [trail] pseudonym_recipient_file)",
+        file.display(),
+        public.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A bound given on the command line, in the records' own fixed-width form (so that times
 /// compare as strings).
 fn bound(flag: &str, v: Option<&String>) -> anyhow::Result<Option<String>> {
@@ -346,13 +497,21 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let mut shipped = args
         .from_postgres
         .as_ref()
-        .map(|conn| postgres_trails(conn, args.password_file.as_deref(), args.host.as_deref()))
+        .map(|conn| {
+            postgres_trails(
+                conn,
+                args.password_file.as_deref(),
+                args.ca_file.as_deref(),
+                args.host.as_deref(),
+            )
+        })
         .transpose()?;
     let asked: Vec<&str> = [args.subject.as_deref(), args.user.as_deref()]
         .into_iter()
         .flatten()
         .collect();
     for t in shipped.iter_mut().flatten() {
+        unseal_names(&mut t.files, args.dpo_key.as_deref())?;
         restore_names(
             &mut t.files,
             args.pseudonym_key.as_deref(),
@@ -362,6 +521,9 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     }
     let first_line = |r: Report| r.to_string().lines().next().unwrap_or_default().to_string();
     let integrity = match (&args.key, &shipped) {
+        (None, _) if !args.traces.is_empty() => {
+            "replayed from traces (traces are not signed: no integrity check)".to_string()
+        }
         (None, _) => "not verified (no --key given)".to_string(),
         // Chains are per host: one verification each.
         (Some(key), Some(trails)) => {
@@ -374,24 +536,56 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         }
         (Some(key), None) => first_line(verify_paths(&args.trail, &read_public_key(key)?)?),
     };
-    let files: Vec<(String, Vec<u8>)> = match shipped {
-        Some(trails) => trails.into_iter().flat_map(|t| t.files).collect(),
-        None => expand(&args.trail)?
-            .iter()
-            .map(|f| {
-                std::fs::read(f)
-                    .with_context(|| format!("reading {}", f.display()))
-                    .map(|b| (f.display().to_string(), b))
-            })
-            .collect::<anyhow::Result<_>>()?,
-    };
+    // Records are kept as they are read, only those the answer may hold: a trail file is
+    // read line by line, never whole.
     let mut records = Vec::new();
-    let mut unreadable = 0;
-    for (_, bytes) in &files {
-        let (mut r, bad) =
-            report::access_records(bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()));
-        records.append(&mut r);
-        unreadable += bad;
+    let mut unreadable = 0u64;
+    let rejudged = args.config.is_some();
+    let from_traces = !args.traces.is_empty();
+    let mut take = |line: &[u8]| {
+        if line.is_empty() {
+            return;
+        }
+        // Replayed accesses come as alert lines (no chain link), trail lines as records.
+        let parsed = if from_traces {
+            serde_json::from_slice(line)
+                .map(Some)
+                .map_err(|_| report::Unreadable)
+        } else {
+            report::access_record(line)
+        };
+        match parsed {
+            Ok(Some(r)) if report::may_keep(&r, &query, &window, rejudged) => records.push(r),
+            Ok(_) => {}
+            Err(report::Unreadable) => unreadable += 1,
+        }
+    };
+    match shipped {
+        Some(trails) => {
+            for (_, bytes) in trails.iter().flat_map(|t| &t.files) {
+                bytes.split(|b| *b == b'\n').for_each(&mut take);
+            }
+        }
+        None if from_traces => replayed_accesses(&args.traces, &mut take)?,
+        None => {
+            use std::io::BufRead as _;
+            for f in expand(&args.trail)? {
+                let file =
+                    std::fs::File::open(&f).with_context(|| format!("reading {}", f.display()))?;
+                let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    let n = reader
+                        .read_until(b'\n', &mut line)
+                        .with_context(|| format!("reading {}", f.display()))?;
+                    if n == 0 {
+                        break;
+                    }
+                    take(line.strip_suffix(b"\n").unwrap_or(&line));
+                }
+            }
+        }
     }
     if unreadable > 0 {
         eprintln!("vigie report: {unreadable} unreadable lines skipped");

@@ -1093,7 +1093,7 @@ impl Vigie {
 }
 
 /// A forked child that is a Vigie target and, on command, calls `pread(fd, 1 byte)` at a given
-/// rate. It only makes raw syscalls (safe after fork in a threaded parent).
+/// rate, on two fds of the document in turn (each call one `file_read` event). It only makes raw syscalls (safe after fork in a threaded parent).
 struct Loader {
     pid: u32,
     cmd_w: i32,
@@ -1165,7 +1165,12 @@ impl Drop for Loader {
 
 unsafe fn loader_child(path: &std::ffi::CStr, cmd_r: i32, res_w: i32) -> ! {
     unsafe {
-        let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+        // Two open files of the document, read in turn: the probes count a thread's reads of
+        // the fd it read last rather than send each, and every call here must be one event.
+        let fds = [
+            libc::open(path.as_ptr(), libc::O_RDONLY),
+            libc::open(path.as_ptr(), libc::O_RDONLY),
+        ];
         let mut byte = 0u8;
         loop {
             let mut cmd = [0u64; 2];
@@ -1196,7 +1201,7 @@ unsafe fn loader_child(path: &std::ffi::CStr, cmd_r: i32, res_w: i32) -> ! {
                     continue;
                 }
                 while done < target {
-                    libc::pread(fd, (&raw mut byte).cast(), 1, 0);
+                    libc::pread(fds[(done & 1) as usize], (&raw mut byte).cast(), 1, 0);
                     done += 1;
                 }
             }

@@ -64,6 +64,8 @@ const APT_PACKAGES: &[&str] = &[
     // The syslog collector of `tests/tests/vigie/shipping.rs` (run there with its own config on a
     // loopback port; never started as a system service).
     "rsyslog",
+    // rsyslog's TLS driver (`gtls`): syslog over TLS (RFC 5425) in `tests/tests/vigie/shipping.rs`.
+    "rsyslog-gnutls",
 ];
 
 /// Debian's policy-rc.d protocol: while this file exists and exits 101, maintainer scripts do not

@@ -12,6 +12,9 @@ struct Scenario {
     found: Vec<Finding>,
     /// The goroutine the next events are made on (a Go target's), see [`Scenario::on_g`].
     goid: Option<u64>,
+    /// Every event fed: when the scenario ends, the same stream with its reads counted as the
+    /// probes count them must give the same findings (see [`counted_as_the_kernel_does`]).
+    log: Vec<Event>,
 }
 
 impl Scenario {
@@ -33,6 +36,7 @@ impl Scenario {
             ts: 1_000,
             found: Vec::new(),
             goid: None,
+            log: Vec::new(),
         }
     }
 
@@ -47,6 +51,7 @@ impl Scenario {
             kind,
         };
         self.c.handle(&ev, &mut self.found);
+        self.log.push(ev);
         self
     }
 
@@ -186,6 +191,7 @@ impl Scenario {
             kind: EventKind::Tick,
         };
         self.c.handle(&ev, &mut self.found);
+        self.log.push(ev);
         self
     }
 
@@ -199,6 +205,120 @@ impl Scenario {
             })
             .collect()
     }
+}
+
+impl Drop for Scenario {
+    /// Every scenario doubles as a test of the probes' read counting: its stream, and the same
+    /// stream with each thread's runs of document reads counted as the kernel counts them, give
+    /// the same findings (verdicts, evidence, bytes, times), in the same order.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let run = |events: &[Event]| {
+            let mut c = Correlator::new(self.c.cfg.clone());
+            let mut found = Vec::new();
+            for ev in events {
+                c.handle(ev, &mut found);
+            }
+            c.flush(&mut found);
+            found
+        };
+        let counted = counted_as_the_kernel_does(&self.log);
+        assert_eq!(
+            run(&counted),
+            run(&self.log),
+            "findings differ once reads are counted; counted stream: {counted:#?}"
+        );
+    }
+}
+
+/// `events` as the probes send them (`monitor-ebpf`'s `ReadAgg`): a thread's document read is
+/// sent, then its reads of the same fd that follow with no other event of the thread in between
+/// are counted, and the count is sent as one `FileReadMore` (with the last read's time) before
+/// the thread's next event, or before another thread's close of that fd, and every 100 reads of
+/// a long run (the probes send it by age). A loss ends every run:
+/// the next read is sent in full. (Events of no thread, `Tick` and `Lost`, are userspace's.)
+fn counted_as_the_kernel_does(events: &[Event]) -> Vec<Event> {
+    #[derive(Default)]
+    struct Run {
+        fd: i32,
+        calls: u32,
+        bytes: u64,
+        last: Option<Event>,
+    }
+    fn send(run: &mut Run, out: &mut Vec<Event>) {
+        if let Some(mut ev) = run.last.take() {
+            ev.kind = EventKind::FileReadMore {
+                fd: run.fd,
+                bytes: run.bytes,
+                calls: run.calls,
+            };
+            out.push(ev);
+        }
+        run.calls = 0;
+        run.bytes = 0;
+    }
+    const BATCH: u32 = 100;
+    let mut runs: BTreeMap<(u32, u32), Run> = BTreeMap::new();
+    let mut out = Vec::new();
+    for ev in events {
+        match &ev.kind {
+            EventKind::Tick => {
+                out.push(ev.clone());
+                continue;
+            }
+            EventKind::Lost { .. } => {
+                out.push(ev.clone());
+                for run in runs.values_mut() {
+                    run.fd = -1;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let key = (ev.pid, ev.tid);
+        // Go targets' reads are never counted.
+        if let (EventKind::FileRead { fd, bytes, .. }, None) = (&ev.kind, ev.goid)
+            && let Some(run) = runs.get_mut(&key)
+            && run.fd == *fd
+        {
+            // A long run is sent in parts (the probes' `READ_BATCH_NS`, here by count).
+            if run.calls == BATCH {
+                send(run, &mut out);
+            }
+            run.calls += 1;
+            run.bytes += bytes;
+            run.last = Some(ev.clone());
+            continue;
+        }
+        if let Some(run) = runs.get_mut(&key) {
+            send(run, &mut out);
+            run.fd = -1;
+        }
+        if let EventKind::FileClose { fd } = ev.kind {
+            for ((pid, _), run) in runs.iter_mut() {
+                if *pid == ev.pid && run.fd == fd {
+                    send(run, &mut out);
+                    run.fd = -1;
+                }
+            }
+        }
+        out.push(ev.clone());
+        if let (EventKind::FileRead { fd, .. }, None) = (&ev.kind, ev.goid) {
+            runs.insert(
+                key,
+                Run {
+                    fd: *fd,
+                    ..Run::default()
+                },
+            );
+        }
+    }
+    for run in runs.values_mut() {
+        send(run, &mut out);
+    }
+    out
 }
 
 /// (user, document, evidence) of each access, for compact assertions.
@@ -1684,3 +1804,135 @@ fn a_closed_connection_ends_its_goroutine_scope() {
 
 mod http2;
 mod pipelining;
+
+/// Reads of a 2 MiB document in 8 KiB chunks.
+const CHUNKS: u64 = 256;
+const CHUNK: u64 = 8192;
+
+/// The events the probes send for `s`'s stream, counting reads (see
+/// [`counted_as_the_kernel_does`]); every scenario's `Drop` checks their findings are the same.
+fn sent(s: &Scenario) -> Vec<Event> {
+    counted_as_the_kernel_does(&s.log)
+}
+
+fn reads_of(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::FileRead { .. } | EventKind::FileReadMore { .. }
+            )
+        })
+        .count()
+}
+
+#[test]
+fn threads_reading_documents_in_chunks_at_once_send_a_read_and_a_count_each() {
+    // Two thread-per-request workers serve alice and bob at once, reading 2 MiB each in 8 KiB
+    // chunks, their reads interleaved; each thread's reads form one run.
+    let mut s = Scenario::new();
+    s.accept(1, 1, 5).accept(1, 1, 6);
+    s.get_as(1, 2, 5, "alice", "/docs/bob/x");
+    s.get_as(1, 3, 6, "bob", "/docs/bob/y");
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .open(1, 3, 8, "/srv/users/bob/y");
+    for i in 0..CHUNKS {
+        s.read_fp(1, 2, 7, CHUNK, 0x10 + i).read(1, 3, 8, CHUNK);
+    }
+    s.close(1, 2, 7).respond(1, 2, 5, 200);
+    s.close(1, 3, 8).respond(1, 3, 6, 200);
+    // 255 counted reads per run: in three parts.
+    assert_eq!(reads_of(&sent(&s)), 2 * 4, "{:#?}", sent(&s));
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("alice"),
+                "/srv/users/bob/x".into(),
+                vec![Evidence::Thread]
+            ),
+            (u("bob"), "/srv/users/bob/y".into(), vec![Evidence::Thread]),
+        ]
+    );
+    assert!(got.iter().all(|a| a.bytes == CHUNKS * CHUNK));
+}
+
+#[test]
+fn a_pool_thread_reading_in_chunks_is_attributed_by_the_first_chunks_fingerprint() {
+    // An M:N runtime: a pool thread reads the document, the loop thread writes it; the count
+    // carries no fingerprint, the first read does.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Node,
+        },
+    );
+    s.accept(1, 1, 5).get_as(1, 1, 5, "alice", "/docs/bob/x");
+    s.open(1, 10, 7, "/srv/users/bob/x");
+    for i in 0..CHUNKS {
+        s.read_fp(1, 10, 7, CHUNK, 0xb0 + i);
+    }
+    // Closed by another pool thread: the run's count goes first.
+    s.close(1, 11, 7);
+    s.respond_fp(1, 1, 5, 200, Some(0xb0));
+    assert_eq!(reads_of(&sent(&s)), 4);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("alice"),
+            "/srv/users/bob/x".into(),
+            vec![Evidence::Fingerprint]
+        )]
+    );
+    assert_eq!(got[0].bytes, CHUNKS * CHUNK);
+}
+
+#[test]
+fn a_run_of_reads_ends_at_each_write_and_at_a_loss() {
+    // A server that writes each chunk as it reads it sends every read (its writes end the
+    // runs), as before; reads with no request in scope go by flow to the write that follows.
+    let mut s = Scenario::new();
+    s.accept(1, 1, 5).get_as(1, 2, 5, "alice", "/docs/bob/x");
+    s.respond(1, 2, 5, 200);
+    s.accept(1, 1, 6);
+    s.open(1, 3, 7, "/srv/users/bob/y");
+    for _ in 0..4 {
+        s.read(1, 3, 7, CHUNK)
+            .read(1, 3, 7, CHUNK)
+            .body(1, 3, 6, 2 * CHUNK);
+    }
+    assert_eq!(reads_of(&sent(&s)), 8);
+    // A loss between two reads of a run: the read after it is sent in full.
+    s.open(1, 2, 8, "/srv/users/bob/x").read(1, 2, 8, CHUNK);
+    s.ev(
+        0,
+        0,
+        EventKind::Lost {
+            reason: "ringbuf_full".into(),
+            count: 1,
+        },
+    );
+    s.read(1, 2, 8, CHUNK).read(1, 2, 8, CHUNK).close(1, 2, 8);
+    assert_eq!(reads_of(&sent(&s)), 8 + 3);
+    let got = s.finish();
+    let bytes: Vec<u64> = got.iter().map(|a| a.bytes).collect();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("alice"),
+                "/srv/users/bob/x".into(),
+                vec![Evidence::Thread]
+            ),
+            (None, "/srv/users/bob/x".into(), vec![]),
+            (None, "/srv/users/bob/y".into(), vec![]),
+        ]
+    );
+    assert_eq!(bytes, [CHUNK, 2 * CHUNK, 8 * CHUNK]);
+    assert_eq!(got[1].unattributed, Some(Desync::EventsLost));
+}

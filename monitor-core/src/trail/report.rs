@@ -75,17 +75,43 @@ pub fn access_records(
     let mut out = Vec::new();
     let mut unreadable = 0;
     for line in lines {
-        let line = line.as_ref();
-        match parse_link(line) {
-            Ok(link) if link.kind == b"access" => match serde_json::from_slice(line) {
-                Ok(r) => out.push(r),
-                Err(_) => unreadable += 1,
-            },
-            Ok(_) => {}
-            Err(_) => unreadable += 1,
+        match access_record(line.as_ref()) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => {}
+            Err(Unreadable) => unreadable += 1,
         }
     }
     (out, unreadable)
+}
+
+/// A trail line that is not a record (or an access record that does not parse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreadable;
+
+/// The access record of one trail line (None: a record of another kind).
+pub fn access_record(line: &[u8]) -> Result<Option<AccessRecord>, Unreadable> {
+    match parse_link(line) {
+        Ok(link) if link.kind == b"access" => serde_json::from_slice(line)
+            .map(Some)
+            .map_err(|_| Unreadable),
+        Ok(_) => Ok(None),
+        Err(_) => Err(Unreadable),
+    }
+}
+
+/// Whether [`answer`] may keep `r`, so that a reader can drop the others as it goes: in the
+/// window and, unless re-judging may change its owner and verdict, matching the query (the
+/// user never changes).
+pub fn may_keep(r: &AccessRecord, query: &Query, window: &Window, rejudged: bool) -> bool {
+    if !window.contains(&r.time) {
+        return false;
+    }
+    match query {
+        Query::User(who) => r.user.as_deref() == Some(who.as_str()),
+        _ if rejudged => true,
+        Query::Subject(who) => r.owner.as_deref() == Some(who.as_str()),
+        Query::Breach => r.verdict == "violation",
+    }
 }
 
 /// A corrected config's (verdict, owner) for a recorded access.
@@ -578,5 +604,40 @@ mod tests {
         ];
         let (recs, bad) = access_records(&lines);
         assert_eq!((recs.len(), bad), (1, 2));
+    }
+
+    #[test]
+    fn dropping_what_may_not_be_kept_changes_no_answer() {
+        let all = records();
+        let window = Window {
+            since: Some("2026-12-03T09:30:00.000000Z".into()),
+            until: Some("2026-12-03T10:30:00.000000Z".into()),
+        };
+        // A corrected config that makes every access alice's and a violation.
+        let fix: Rejudge<'_> = &|_| ("violation".into(), Some("alice".into()));
+        for query in [
+            Query::Subject("alice".into()),
+            Query::User("bob".into()),
+            Query::Breach,
+        ] {
+            for w in [Window::default(), window.clone()] {
+                for rejudge in [None, Some(fix)] {
+                    let kept: Vec<AccessRecord> = all
+                        .iter()
+                        .filter(|r| may_keep(r, &query, &w, rejudge.is_some()))
+                        .cloned()
+                        .collect();
+                    assert_eq!(
+                        answer(&kept, &query, &w, rejudge, String::new()),
+                        answer(&all, &query, &w, rejudge, String::new()),
+                        "{query:?} {w:?} rejudged: {}",
+                        rejudge.is_some()
+                    );
+                    if rejudge.is_none() && query == Query::Subject("alice".into()) {
+                        assert!(kept.len() < all.len());
+                    }
+                }
+            }
+        }
     }
 }

@@ -15,15 +15,17 @@ use monitor_common::{
         FP_BYTES, FP_MIN, FP_WORDS, FdEvent, OpenEvent, PATH_CAP, fingerprint_words, has_dotdot,
         path_source,
     },
+    go::GO_TARGET,
     kind, loss, op,
 };
 
 use super::{arg, ret, sockets, syscall_op};
 use crate::{
     maps::{
-        DOC_ROOTS, H2_CONNS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED, OPENED_SCRATCH,
-        ROOT_KEY_LEN, Stash, count_loss, fd_key, fill_header, forget_fd_kind, global, is_target,
-        output_bytes, set_fd_kind, stamp_losses, stash_put, stash_take, submit,
+        DOC_ROOTS, H2_CONNS, LAST_LOSS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED,
+        OPENED_SCRATCH, READ_AGG, READ_AGG_FD, READ_BATCH_NS, ROOT_KEY_LEN, ReadAgg, Stash,
+        TARGETS, count_loss, fd_key, fill_header, flush_reads, forget_fd_kind, global, is_target,
+        output_bytes, send_reads, set_fd_kind, stamp_losses, stash_put, stash_take, submit,
     },
     task,
 };
@@ -212,6 +214,7 @@ fn emit_open(stash: &Stash, fd: i32) {
 
 #[inline(always)]
 fn submit_copy(ev: &mut OpenEvent) {
+    flush_reads(bpf_get_current_pid_tgid());
     stamp_losses(&mut ev.header);
     let bytes = unsafe {
         core::slice::from_raw_parts(
@@ -222,9 +225,15 @@ fn submit_copy(ev: &mut OpenEvent) {
     output_bytes(bytes);
 }
 
-/// Read of a document fd (`ret` bytes), or sendfile from one.
+/// Read of a document fd (`ret` bytes), or sendfile from one. A read that continues the
+/// thread's run of reads of its fd is only counted (see [`ReadAgg`]); any other is sent in full
+/// and starts a run.
 #[inline(always)]
 pub fn emit_io(stash: &Stash, ret: i64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if stash.op != op::SENDFILE64 && count_read(pid_tgid, stash, ret) {
+        return;
+    }
     let (kind, fd, fd2, fp, size) = if stash.op == op::SENDFILE64 {
         (kind::FILE_SENDFILE, stash.fd, stash.fd2, 0, 0)
     } else {
@@ -238,6 +247,9 @@ pub fn emit_io(stash: &Stash, ret: i64) {
         };
         (kind::FILE_READ, stash.fd, -1, fp, size)
     };
+    // Taken before the record: if it is lost, the run's next read sees a new loss time and is
+    // sent in full, rather than counted after a read userspace never saw.
+    let loss_ns = last_loss();
     submit::<FdEvent>(|ev| {
         fill_header(&mut ev.header, kind);
         ev.fd = fd;
@@ -247,6 +259,110 @@ pub fn emit_io(stash: &Stash, ret: i64) {
         ev.size = size;
         ev.fp = fp;
     });
+    if kind == kind::FILE_READ {
+        start_run(pid_tgid, fd, loss_ns);
+    }
+}
+
+/// Counts a read of `stash.fd` in the thread's run, when it continues one: the thread's last
+/// record was a read of this fd (or the count of such reads), and no event was lost since. A
+/// count `READ_BATCH_NS` old is sent first, so that a long read stays visible to the idle
+/// horizon.
+#[inline(always)]
+fn count_read(pid_tgid: u64, stash: &Stash, ret: i64) -> bool {
+    let Some(agg) = READ_AGG.get_ptr_mut(&pid_tgid) else {
+        return false;
+    };
+    let agg = unsafe { &mut *agg };
+    // A process found to be a Go target since the run started counts no more.
+    if agg.fd != stash.fd
+        || agg.loss_ns != last_loss()
+        || TARGETS.get((pid_tgid >> 32) as u32).copied() == Some(GO_TARGET)
+    {
+        return false;
+    }
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    if agg.calls != 0 && now.wrapping_sub(agg.first_ns) > global(&READ_BATCH_NS) {
+        send_reads(pid_tgid, agg);
+    }
+    if agg.calls == 0 {
+        agg.first_ns = now;
+    }
+    agg.calls += 1;
+    agg.bytes = agg.bytes.wrapping_add(ret as u64);
+    agg.last_ns = now;
+    agg.op = stash.op;
+    true
+}
+
+/// Arms the thread's run on document `fd`, right after its `FILE_READ` record (`loss_ns`: the
+/// last loss time before it). Not in a Go
+/// target, whose threads take turns running goroutines: two reads of one thread may be two
+/// goroutines', so each is sent with its own.
+#[inline(always)]
+fn start_run(pid_tgid: u64, fd: i32, loss_ns: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if TARGETS.get(tgid).copied() == Some(GO_TARGET) {
+        return;
+    }
+    let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]);
+    if let Some(agg) = READ_AGG.get_ptr_mut(&pid_tgid) {
+        let agg = unsafe { &mut *agg };
+        agg.fd = fd;
+        agg.calls = 0;
+        agg.bytes = 0;
+        agg.loss_ns = loss_ns;
+        agg.comm = comm;
+    } else {
+        let agg = ReadAgg {
+            fd,
+            calls: 0,
+            bytes: 0,
+            first_ns: 0,
+            last_ns: 0,
+            loss_ns,
+            op: 0,
+            _pad: 0,
+            comm,
+        };
+        // A full map only means reads are sent one by one.
+        if READ_AGG.insert(&pid_tgid, &agg, 0).is_err() {
+            return;
+        }
+    }
+    let key = fd_key(tgid, fd);
+    if let Some(slot) = READ_AGG_FD.get_ptr_mut(&key) {
+        unsafe { *slot = pid_tgid };
+    } else {
+        let _ = READ_AGG_FD.insert(&key, &pid_tgid, 0);
+    }
+}
+
+/// A document fd is being closed by this thread: the run of another thread counting its reads
+/// is sent first (this thread's own goes with the close record), and ended.
+#[inline(always)]
+fn flush_run_of(tgid: u32, fd: i32) {
+    let Some(&reader) = (unsafe { READ_AGG_FD.get(&fd_key(tgid, fd)) }) else {
+        return;
+    };
+    if reader == bpf_get_current_pid_tgid() {
+        return;
+    }
+    if let Some(agg) = READ_AGG.get_ptr_mut(&reader) {
+        let agg = unsafe { &mut *agg };
+        if agg.fd == fd {
+            send_reads(reader, agg);
+            agg.fd = -1;
+        }
+    }
+}
+
+#[inline(always)]
+fn last_loss() -> u64 {
+    match LAST_LOSS.get(0) {
+        Some(v) => unsafe { core::ptr::read_volatile(v) },
+        None => 0,
+    }
 }
 
 /// Fingerprint of the first bytes a document read returned (first iovec): the bytes are hashed
@@ -295,7 +411,10 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     }
     let fd = arg(&ctx, 0) as i32;
     let record = match forget_fd_kind(tgid, fd) {
-        fd_kind::DOCUMENT => kind::FILE_CLOSE,
+        fd_kind::DOCUMENT => {
+            flush_run_of(tgid, fd);
+            kind::FILE_CLOSE
+        }
         fd_kind::SOCKET | fd_kind::TLS => {
             // The next connection with this number is HTTP/2 only if its own preface says so.
             let key = fd_key(tgid, fd);

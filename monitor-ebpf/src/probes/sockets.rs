@@ -14,8 +14,8 @@ use monitor_common::{
 
 use super::{ret, syscall_op};
 use crate::maps::{
-    DATA_SCRATCH, H2_CONNS, REQUEST_CAPTURE, RESPONSE_CAPTURE, Stash, fd_key, fill_header, global,
-    is_target, output_bytes, set_fd_kind, stamp_losses, submit,
+    DATA_SCRATCH, H2_CONNS, REQUEST_CAPTURE, RESPONSE_CAPTURE, Stash, fd_key, fill_header,
+    flush_reads, global, is_target, output_bytes, set_fd_kind, stamp_losses, submit,
 };
 
 /// accept(int fd, ...) / accept4(int fd, ..., int flags): the returned fd is a connection.
@@ -72,6 +72,7 @@ pub const MAX_IOVECS: u64 = 8;
 /// to the bound).
 #[inline(always)]
 pub fn emit_data(stash: &Stash, ret: i64) {
+    flush_reads(bpf_get_current_pid_tgid());
     let is_write = op::is_output(stash.op);
     let mut cap = if is_write {
         if is_http2(stash.fd) {

@@ -269,6 +269,18 @@ pub struct PostgresLookup {
 /// Checks a `connection` string: it parses, names a host and a user, carries no password (it
 /// belongs in `password_file`: configs are printed and recorded), and asks for no TLS.
 pub fn parse_connection(text: &str) -> Result<postgres::Config, String> {
+    let config = parse_connection_tls(text)?;
+    if config.get_ssl_mode() == postgres::config::SslMode::Require {
+        return Err(
+            "sslmode=require: TLS to the ownership database is not supported yet; connect over a unix socket or loopback".into(),
+        );
+    }
+    Ok(config)
+}
+
+/// [`parse_connection`] for a client that can do TLS (the trail's shipping): `sslmode=require`
+/// accepted.
+pub fn parse_connection_tls(text: &str) -> Result<postgres::Config, String> {
     let config: postgres::Config = text
         .parse()
         .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
@@ -286,11 +298,6 @@ pub fn parse_connection(text: &str) -> Result<postgres::Config, String> {
     }
     if config.get_user().is_none() {
         return Err("names no user: give user=... (a role allowed to SELECT only)".into());
-    }
-    if config.get_ssl_mode() == postgres::config::SslMode::Require {
-        return Err(
-            "sslmode=require: TLS to PostgreSQL is not supported yet; connect over a unix socket or loopback".into(),
-        );
     }
     Ok(config)
 }

@@ -6,11 +6,13 @@
 //!
 //! - [`Follower`]: reads trail records from a sequence number on, across rotations and
 //!   restarts, waiting at the end of the newest file for more;
-//! - [`syslog`]: the RFC 5424 over TCP destination;
+//! - [`syslog`]: the RFC 5424 over TCP (or TLS, RFC 5425) destination;
 //! - [`postgres`]: the PostgreSQL table partitioned by month;
+//! - [`tls`]: TLS to both, the server's certificate always verified;
 //! - [`Shipper`]: a destination's thread, stopped after sending what the trail holds.
 pub mod postgres;
 pub mod syslog;
+pub mod tls;
 
 use std::{
     fs::File,
@@ -29,12 +31,15 @@ use std::{
 
 use monitor_core::trail::record;
 
-use monitor_core::trail::pseudonym::{PseudonymKey, pseudonymise_line};
+use monitor_core::trail::pseudonym::Pseudonymiser;
 
 /// A record's bytes as shipped: pseudonymised when a key is configured.
-pub fn shipped_line<'a>(key: Option<&PseudonymKey>, line: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-    match key {
-        Some(k) => std::borrow::Cow::Owned(pseudonymise_line(k, line)),
+pub fn shipped_line<'a>(
+    pseudonyms: Option<&Pseudonymiser>,
+    line: &'a [u8],
+) -> std::borrow::Cow<'a, [u8]> {
+    match pseudonyms {
+        Some(p) => std::borrow::Cow::Owned(p.line(line)),
         None => std::borrow::Cow::Borrowed(line),
     }
 }

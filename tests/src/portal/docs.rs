@@ -7,10 +7,14 @@ use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{
+    Arc, LazyLock, Mutex, PoisonError,
+    atomic::{AtomicUsize, Ordering},
+};
 
-/// Documents are read in chunks of this size, so a large document shows up as several reads.
-const CHUNK: usize = 16 * 1024;
+/// Documents are read in chunks of this size (`--read-chunk`, 16 KiB unless told), so a large
+/// document shows up as several reads.
+pub(crate) static READ_CHUNK: AtomicUsize = AtomicUsize::new(16 * 1024);
 
 /// How much of the portal database each request reads.
 const PORTAL_DB_READ: usize = 4 * 1024;
@@ -107,7 +111,7 @@ impl Document {
 
     /// Reads the whole document with `pread64` and keeps it open; returns the bytes read.
     pub(crate) fn read_keeping_open(&self) -> io::Result<u64> {
-        let mut chunk = vec![0; CHUNK];
+        let mut chunk = vec![0; READ_CHUNK.load(Ordering::Relaxed)];
         let mut total = 0u64;
         loop {
             match retry(|| self.file().read_at(&mut chunk, total))? {
@@ -117,12 +121,12 @@ impl Document {
         }
     }
 
-    /// Reads the whole document in 16 KiB chunks, then closes it unless cached.
+    /// Reads the whole document in chunks (`READ_CHUNK`), then closes it unless cached.
     ///
     /// A cached file is always read with `pread64`: its offset is shared by every request.
     pub(crate) fn read_all(self, with: ReadWith) -> io::Result<Vec<u8>> {
         let mut body = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
-        let mut chunk = vec![0; CHUNK];
+        let mut chunk = vec![0; READ_CHUNK.load(Ordering::Relaxed)];
         let mut file = self.file.as_file();
         let positional = with == ReadWith::Pread || matches!(self.file, DocFile::Cached(_));
         loop {

@@ -102,6 +102,10 @@ pub struct Config {
     #[arg(long)]
     pub mmap: bool,
 
+    /// Bytes a document is read in at a time (each chunk one `read`/`pread64`).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
+    pub read_chunk: u32,
+
     /// Check ownership only after loading the document, and answer 403 to other users: the
     /// document is read all the same (a portal that authorises too late).
     #[arg(long)]
@@ -165,6 +169,10 @@ const PREOPENED_DOCUMENT: &str = "bob/health-record.pdf";
 
 /// Runs the portal as the `demo-portal` binary does: never returns unless setup fails.
 pub fn run(config: Config) -> io::Result<()> {
+    docs::READ_CHUNK.store(
+        config.read_chunk as usize,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let (listener, ctx) = prepare(&config)?;
     let addr = listener.local_addr()?;
     announce(addr, config.ready_file.as_deref())?;

@@ -7,6 +7,7 @@
 mod harness;
 
 mod adversarial;
+mod chunked;
 mod concurrency;
 mod e2e;
 mod fastcgi;

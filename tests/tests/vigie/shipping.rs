@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::*;
+use crate::harness::{
+    tls::{Pki, pki},
+    *,
+};
 
 /// A running `rsyslogd -n` with a TCP input on a loopback port; SIGKILLed on drop.
 struct Rsyslog {
@@ -25,6 +28,28 @@ struct Rsyslog {
 
 impl Rsyslog {
     fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, None)
+    }
+
+    /// Syslog over TLS (RFC 5425, rsyslog's `gtls` driver, Debian's `rsyslog-gnutls`): the
+    /// server certificate of `pki`, and clients must present a certificate its CA signed.
+    fn start_tls(test: &str, pki: &Pki) -> Option<Self> {
+        if !Path::new("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so").exists()
+            && !Path::new("/usr/lib/rsyslog/lmnsd_gtls.so").exists()
+        {
+            let msg = format!(
+                "SKIPPED {test}: rsyslog's TLS driver is not installed (Debian's `rsyslog-gnutls`; run `cargo xtask test`)"
+            );
+            eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+            if std::env::var("VIGIE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+                panic!("{msg}, and VIGIE_REQUIRE_PRIVILEGED=1 turns skips into failures");
+            }
+            return None;
+        }
+        Self::start_with(test, Some(pki))
+    }
+
+    fn start_with(test: &str, tls: Option<&Pki>) -> Option<Self> {
         let Some(bin) = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
             .into_iter()
             .map(PathBuf::from)
@@ -48,13 +73,25 @@ impl Rsyslog {
             .port();
         let received = dir.path().join("received.log");
         let conf = dir.path().join("rsyslog.conf");
+        let (tls_global, tls_module) = match tls {
+            None => (String::new(), ""),
+            Some(pki) => (
+                format!(
+                    " defaultNetstreamDriverCAFile=\"{}\" defaultNetstreamDriverCertFile=\"{}\" defaultNetstreamDriverKeyFile=\"{}\"",
+                    pki.ca.display(),
+                    pki.server_cert.display(),
+                    pki.server_key.display()
+                ),
+                " streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"x509/certvalid\"",
+            ),
+        };
         // `%rawmsg%`: the message exactly as received, framing removed; one per line (a trail
         // record never holds a newline).
         std::fs::write(
             &conf,
             format!(
-                "global(workDirectory=\"{}\" maxMessageSize=\"64k\")\n\
-                 module(load=\"imtcp\")\n\
+                "global(workDirectory=\"{}\" maxMessageSize=\"64k\"{tls_global})\n\
+                 module(load=\"imtcp\"{tls_module})\n\
                  input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n\
                  template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
                  action(type=\"omfile\" file=\"{}\" template=\"raw\")\n",
@@ -396,8 +433,14 @@ fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
+    // The candidates for the hash-only way back: the users and the client's address.
     let names = tmp.path().join("names.txt");
-    std::fs::write(&names, "alice\nbob\ncarol\n").unwrap();
+    std::fs::write(&names, "alice\nbob\ncarol\n127.0.0.1\n").unwrap();
+    // ... and the sealed way: the DPO's key pair; web-b gets only the public half.
+    let dpo_key = tmp.path().join("dpo.key");
+    let (ok, out, err) = vigie_cmd(&p, &["dpo-keygen".as_ref(), dpo_key.as_os_str()]);
+    assert!(ok, "{out}{err}");
+    let dpo_pub = format!("{}.pub", dpo_key.display());
     let portal = Portal::start("ship-pg", &["--model", "thread"]);
     // Two hosts: two Vigies, each with its trail and its key, writing to the same table.
     let hosts = ["web-a", "web-b"];
@@ -409,7 +452,10 @@ fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
             assert!(ok, "{out}{err}");
             let trail = tmp.path().join(format!("{h}-trail"));
             let pseudonyms = if *h == "web-b" {
-                format!("pseudonym_key_file = \"{}\"\n", pseudonym_key.display())
+                format!(
+                    "pseudonym_key_file = \"{}\"\npseudonym_recipient_file = \"{dpo_pub}\"\n",
+                    pseudonym_key.display()
+                )
             } else {
                 String::new()
             };
@@ -566,9 +612,23 @@ fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
                 }
             }
             assert!(all.contains("\"user\":\"p:"), "{all}");
-            // Without the key the pseudonymised records do not match their chain.
+            // The client's address too (the local trail keeps it).
+            assert!(
+                records.values().any(|l| l.contains("\"ip\":\"127.0.0.1\"")),
+                "the local trail keeps the client's address"
+            );
+            assert!(!all.contains("127.0.0.1"), "an address shipped in clear");
+            assert!(all.contains("\"ip\":\"p:"), "{all}");
+            assert!(all.contains(",\"sealed\":\""), "{all}");
+            // Without a key the pseudonymised records do not match their chain.
             let (code, out) = vigie_status(&p, &verify);
             assert_eq!(code, 1, "verify of pseudonyms without the key:\n{out}");
+            // The DPO's key alone opens the sealed names: the chain holds, no name list.
+            let mut with_dpo = verify.clone();
+            with_dpo.extend(["--dpo-key", dpo_key.to_str().unwrap()]);
+            let (code, out) = vigie_status(&p, &with_dpo);
+            assert_eq!(code, 0, "verify --dpo-key:\n{out}");
+            // The hash key with the candidates works too.
             verify.extend([
                 "--pseudonym-key",
                 pseudonym_key.to_str().unwrap(),
@@ -609,29 +669,250 @@ fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
         ],
     );
     assert_eq!(code, 1, "{out}");
-    // A report over the fleet: alice's documents, read through both hosts.
-    let (code, out) = vigie_status(
-        &p,
-        &[
-            "report",
-            "--from-postgres",
-            &connection,
-            "--password-file",
-            password.to_str().unwrap(),
-            "--subject",
-            "alice",
-            "--format",
-            "csv",
-            "--pseudonym-key",
-            pseudonym_key.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(code, 0, "{out}");
+    // A report over the fleet: alice's documents, read through both hosts; web-b's names
+    // resolved with the hash key (by hashing `alice`), or with the DPO's key alone (out of
+    // their seals).
     let total: usize = setup.iter().map(|(t, _, _, _)| accesses(t)).sum();
-    assert_eq!(
-        out.lines().filter(|l| l.contains("alice")).count(),
-        total,
-        "one report row per access of both hosts:\n{out}"
+    let fleet_report = |flag: &str, file: &Path| {
+        let (code, out) = vigie_status(
+            &p,
+            &[
+                "report",
+                "--from-postgres",
+                &connection,
+                "--password-file",
+                password.to_str().unwrap(),
+                "--subject",
+                "alice",
+                "--format",
+                "csv",
+                flag,
+                file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(
+            out.lines().filter(|l| l.contains("alice")).count(),
+            total,
+            "one report row per access of both hosts ({flag}):\n{out}"
+        );
+        out
+    };
+    fleet_report("--pseudonym-key", &pseudonym_key);
+    let out = fleet_report("--dpo-key", &dpo_key);
+    assert!(
+        !out.contains("p:"),
+        "a pseudonym left with the DPO key:\n{out}"
     );
     eprintln!("postgres shipping test took {:?}", started.elapsed());
+}
+
+#[test]
+fn syslog_over_tls_checks_the_collector_and_presents_a_client_certificate() {
+    let test = "syslog_over_tls_checks_the_collector_and_presents_a_client_certificate";
+    let Some(p) = privileged(test) else {
+        return;
+    };
+    let tmp = TempDir::new("ship-tls-keys");
+    let (good, other) = (tmp.path().join("pki"), tmp.path().join("other-pki"));
+    std::fs::create_dir_all(&good).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    let (Some(pki), Some(other)) = (pki(test, &good), pki(test, &other)) else {
+        return;
+    };
+    let Some(rsyslog) = Rsyslog::start_tls("ship-tls", &pki) else {
+        return;
+    };
+    let started = Instant::now();
+    let key = tmp.path().join("trail.key");
+    let (ok, out, err) = vigie_cmd(&p, &["trail-keygen".as_ref(), key.as_os_str()]);
+    assert!(ok, "{out}{err}");
+    let trail = tmp.path().join("trail");
+    let trail_args = [
+        "--trail",
+        trail.to_str().unwrap(),
+        "--trail-key",
+        key.to_str().unwrap(),
+    ];
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let portal = Portal::start("ship-tls", &["--model", "thread"]);
+    // `localhost`: the name the server certificate carries, checked by Vigie.
+    let config = |ca: &Path| {
+        format!(
+            "{}[trail]\ncheckpoint_interval_secs = 1\n[trail.syslog]\naddress = \"localhost:{}\"\nresend_window_secs = 1\n\
+             [trail.syslog.tls]\nca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            portal.config_by_pid(),
+            rsyslog.port,
+            ca.display(),
+            pki.client_cert.display(),
+            pki.client_key.display()
+        )
+    };
+    let reads = |n: usize| {
+        for i in 0..n {
+            let user = ["alice", "bob"][i % 2];
+            assert_eq!(get_as(&portal.addr(), user, "/docs/alice/notes.txt"), 200);
+        }
+    };
+
+    // Trusting another CA: rsyslog's certificate is refused, nothing is sent, the log says why;
+    // the records wait in the trail.
+    let vigie = Vigie::start(&p, "ship-tls1", &config(&other.ca), &trail_args);
+    reads(2);
+    poll_until(
+        "the refused certificate in Vigie's log",
+        Duration::from_secs(10),
+        || {
+            let log = vigie.log();
+            (log.contains("syslog collector unreachable") && log.contains("certificate"))
+                .then_some(())
+        },
+        || vigie.log(),
+    );
+    let (_, log1) = vigie.stop();
+    assert!(
+        rsyslog.messages().is_empty(),
+        "records reached a collector whose certificate was not trusted"
+    );
+    let refusal = log1
+        .lines()
+        .find(|l| l.contains("syslog collector unreachable"))
+        .unwrap()
+        .to_string();
+
+    // The CA that signed it: everything arrives, the first run's records included, byte for
+    // byte, over TLS with the client certificate (rsyslog requires one: `x509/certvalid`).
+    let vigie = Vigie::start(&p, "ship-tls2", &config(&pki.ca), &trail_args);
+    reads(2);
+    vigie.wait_alerts("a violation of run 2", |a| !a.is_empty());
+    let (_, log2) = vigie.stop();
+    let records = trail_records(&trail);
+    poll_until(
+        "every trail record at rsyslog over TLS",
+        Duration::from_secs(15),
+        || {
+            let got = received(&rsyslog, &host);
+            records.keys().all(|s| got.contains_key(s)).then_some(())
+        },
+        || format!("{log2}\nreceived {:?}", received(&rsyslog, &host).keys()),
+    );
+    let got = received(&rsyslog, &host);
+    for (seq, line) in &records {
+        assert_eq!(&got[seq].1, line, "seq {seq} arrived altered");
+    }
+    eprintln!(
+        "syslog over TLS: refused with the wrong CA ({refusal}); {} records delivered with the right one; test took {:?}",
+        records.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn postgres_shipping_over_tls_verifies_the_server() {
+    use crate::harness::postgres::Postgres;
+    let test = "postgres_shipping_over_tls_verifies_the_server";
+    let Some(p) = privileged(test) else {
+        return;
+    };
+    let tmp = TempDir::new("ship-pg-tls-keys");
+    let (good, other) = (tmp.path().join("pki"), tmp.path().join("other-pki"));
+    std::fs::create_dir_all(&good).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    let (Some(pki), Some(other)) = (pki(test, &good), pki(test, &other)) else {
+        return;
+    };
+    let Some(pg) = Postgres::start_tls("ship-pg-tls", &pki.server_cert, &pki.server_key) else {
+        return;
+    };
+    let started = Instant::now();
+    pg.psql("postgres", "CREATE DATABASE audit");
+    pg.psql(
+        "audit",
+        "CREATE ROLE vigie_writer LOGIN PASSWORD 'writer-password-9';
+         GRANT CREATE ON SCHEMA public TO vigie_writer;",
+    );
+    let password = tmp.path().join("pg-password");
+    std::fs::write(&password, "writer-password-9\n").unwrap();
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let key = tmp.path().join("trail.key");
+    let (ok, out, err) = vigie_cmd(&p, &["trail-keygen".as_ref(), key.as_os_str()]);
+    assert!(ok, "{out}{err}");
+    let trail = tmp.path().join("trail");
+    let trail_args = [
+        "--trail",
+        trail.to_str().unwrap(),
+        "--trail-key",
+        key.to_str().unwrap(),
+    ];
+    // TCP to `localhost`, which the server certificate names; the server rejects plain text.
+    let connection = pg.tcp_connection("audit", "vigie_writer");
+    let portal = Portal::start("ship-pg-tls", &["--model", "thread"]);
+    let config = format!(
+        "{}[trail]\ncheckpoint_interval_secs = 1\n[trail.postgres]\nconnection = \"{connection}\"\npassword_file = \"{}\"\nhost = \"web-tls\"\n[trail.postgres.tls]\nca_file = \"{}\"\n",
+        portal.config_by_pid(),
+        password.display(),
+        pki.ca.display()
+    );
+    let vigie = Vigie::start(&p, "ship-pg-tls", &config, &trail_args);
+    for user in ["alice", "bob"] {
+        assert_eq!(get_as(&portal.addr(), user, "/docs/alice/notes.txt"), 200);
+    }
+    vigie.wait_alerts("bob's violation", |a| !a.is_empty());
+    let (_, log) = vigie.stop();
+    let records = trail_records(&trail);
+    let rows = || -> usize {
+        pg.try_psql("audit", "SELECT count(*) FROM vigie_trail")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    poll_until(
+        "every record in PostgreSQL over TLS",
+        Duration::from_secs(10),
+        || (rows() == records.len()).then_some(()),
+        || format!("{} rows, {} records\n{log}", rows(), records.len()),
+    );
+    // Reading back over TLS: `verify` with the right CA passes; with another CA, or without
+    // TLS (the server rejects plain text), it cannot connect (exit 2) and says why.
+    let pub_key = format!("{}.pub", key.display());
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--key",
+            &pub_key,
+            "--postgres",
+            &connection,
+            "--host",
+            "web-tls",
+            "--password-file",
+            password.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        vigie_status(&p, &args)
+    };
+    let (code, out) = verify(&["--ca-file", pki.ca.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let (code, other_ca) = verify(&["--ca-file", other.ca.to_str().unwrap()]);
+    assert_eq!(code, 2, "{other_ca}");
+    assert!(other_ca.contains("certificate"), "{other_ca}");
+    let (code, out) = verify(&[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("no encryption") || out.contains("rejects"),
+        "{out}"
+    );
+    eprintln!(
+        "PostgreSQL over TLS: {} records shipped and verified; another CA: {}; no TLS: {}; test took {:?}",
+        records.len(),
+        other_ca.lines().next().unwrap_or_default(),
+        out.lines().next().unwrap_or_default(),
+        started.elapsed()
+    );
 }

@@ -106,10 +106,15 @@ fn live_trail_verifies_and_every_tampering_is_named() {
         || trail_text(&trail),
     );
     let (_, log1) = vigie.kill();
-    // Runs 2 and 3: more reads, clean stops.
+    // Runs 2 and 3: more reads, clean stops. Run 3 is recorded too (`report --trace`).
     let mut logs = log1;
+    let recorded = tmp.path().join("rec3");
     for (run, user) in [("trail2", "bob"), ("trail3", "carol")] {
-        let vigie = Vigie::start(&p, run, &config, &trail_args);
+        let mut args = trail_args.to_vec();
+        if run == "trail3" {
+            args.extend(["--record", recorded.to_str().unwrap()]);
+        }
+        let vigie = Vigie::start(&p, run, &config, &args);
         assert_eq!(get_as(&portal.addr(), user, "/docs/alice/notes.txt"), 200);
         assert_eq!(
             get_as(&portal.addr(), user, &format!("/docs/{user}/notes.txt")),
@@ -266,6 +271,44 @@ fn live_trail_verifies_and_every_tampering_is_named() {
     assert_eq!(code, 2, "{out}");
 
     report_from_the_live_trail(&p, &trail, &public, &portal, tmp.path());
+    report_from_a_replayed_trace(&p, &trail, &recorded);
+}
+
+/// `vigie report --trace` over run 3's recording (carol's two reads) answers as the trail does.
+fn report_from_a_replayed_trace(p: &Privileged, trail: &Path, recorded: &Path) {
+    let rows = |source: Vec<&std::ffi::OsStr>| -> Vec<(String, String, String, String)> {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["report".as_ref()];
+        args.extend(source);
+        args.extend(["--user", "carol", "--format", "json"].map(std::ffi::OsStr::new));
+        let (ok, out, err) = vigie_cmd(p, &args);
+        assert!(ok, "vigie report {args:?}: {out}{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut rows: Vec<_> = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (s("user"), s("verdict"), s("owner"), s("document"))
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let traces = trace_files(recorded);
+    assert!(!traces.is_empty(), "run 3 recorded no trace");
+    let mut source: Vec<&std::ffi::OsStr> = vec!["--trace".as_ref()];
+    source.extend(traces.iter().map(|t| t.as_os_str()));
+    let replayed = rows(source);
+    let from_trail = rows(vec![trail.as_os_str()]);
+    assert_eq!(replayed.len(), 2, "carol's two reads: {replayed:?}");
+    assert_eq!(replayed, from_trail, "the trace and the trail answer alike");
+    assert!(
+        replayed
+            .iter()
+            .any(|r| r.1 == "violation" && r.2 == "alice"),
+        "{replayed:?}"
+    );
 }
 
 /// `vigie report` over the live trail: the answers, and the HTML page in headless Chromium.

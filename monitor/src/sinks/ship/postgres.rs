@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monitor_core::trail::pseudonym::PseudonymKey;
+use monitor_core::trail::pseudonym::Pseudonymiser;
 
 use super::{Follower, Shipped, Shipper, StopClock};
 use crate::config::PostgresShipping;
@@ -27,11 +27,15 @@ pub const TABLE: &str = "vigie_trail";
 pub fn start(
     dir: &Path,
     cfg: &PostgresShipping,
-    pseudonyms: Option<PseudonymKey>,
+    pseudonyms: Option<Pseudonymiser>,
 ) -> anyhow::Result<Shipper> {
     use anyhow::Context as _;
-    let config = connection(&cfg.connection, cfg.password_file.as_deref())
-        .context("trail.postgres.connection")?;
+    let config = connection(
+        &cfg.connection,
+        cfg.password_file.as_deref(),
+        cfg.tls.as_ref(),
+    )
+    .context("trail.postgres.connection")?;
     let host = cfg
         .host
         .clone()
@@ -47,9 +51,32 @@ pub fn start(
     Ok(Shipper::spawn("postgres", move |stop| ship.run(&stop))?)
 }
 
-/// A client configuration from a connection string (no password in it) and a password file.
-pub fn connection(text: &str, password_file: Option<&str>) -> anyhow::Result<postgres::Config> {
-    let mut config = crate::ownership::sql::parse_connection(text).map_err(anyhow::Error::msg)?;
+/// How to reach the database: the client configuration, and TLS when asked for.
+pub struct Database {
+    config: postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+impl Database {
+    pub fn connect(&self) -> Result<postgres::Client, postgres::Error> {
+        match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(postgres::NoTls),
+        }
+    }
+}
+
+/// A client configuration from a connection string (no password in it), a password file and
+/// TLS settings. TLS is used (and required) with `tls`, or with `sslmode=require` in the
+/// connection string (then with the system's certificate authorities); the server's
+/// certificate and name are verified either way.
+pub fn connection(
+    text: &str,
+    password_file: Option<&str>,
+    tls: Option<&crate::config::ShipTls>,
+) -> anyhow::Result<Database> {
+    let mut config =
+        crate::ownership::sql::parse_connection_tls(text).map_err(anyhow::Error::msg)?;
     if let Some(file) = password_file {
         config.password(
             crate::ownership::config::read_password_file(file).map_err(anyhow::Error::msg)?,
@@ -59,16 +86,38 @@ pub fn connection(text: &str, password_file: Option<&str>) -> anyhow::Result<pos
         .application_name("vigie")
         .connect_timeout(Duration::from_secs(3))
         .tcp_user_timeout(Duration::from_secs(10));
-    Ok(config)
+    let require = config.get_ssl_mode() == postgres::config::SslMode::Require;
+    let tls = match (tls, require) {
+        (Some(t), _) => Some(t.clone()),
+        (None, true) => Some(crate::config::ShipTls::default()),
+        (None, false) => None,
+    };
+    let tls = match tls {
+        Some(t) => {
+            let client = super::tls::client_config(&t).map_err(|e| anyhow::anyhow!("tls.{e}"))?;
+            // Without TLS the server would be asked nothing (a prefer fallback to plain text
+            // would defeat the point).
+            config.ssl_mode(postgres::config::SslMode::Require);
+            Some(tokio_postgres_rustls::MakeRustlsConnect::new(
+                std::sync::Arc::unwrap_or_clone(client),
+            ))
+        }
+        None => {
+            // A server offering TLS is not asked for it: the client has no CA to check it with.
+            config.ssl_mode(postgres::config::SslMode::Disable);
+            None
+        }
+    };
+    Ok(Database { config, tls })
 }
 
 struct Ship {
     dir: PathBuf,
-    config: postgres::Config,
+    config: Database,
     host: String,
     /// Months whose partitions this run made sure of ("2026-12").
     months: BTreeSet<String>,
-    pseudonyms: Option<PseudonymKey>,
+    pseudonyms: Option<Pseudonymiser>,
 }
 
 /// The time and type of a record.
@@ -141,7 +190,7 @@ impl Ship {
 
     /// Connects, creates the table if missing, and opens the trail where this host's rows end.
     fn connect(&mut self) -> anyhow::Result<(postgres::Client, Follower)> {
-        let mut client = self.config.connect(postgres::NoTls)?;
+        let mut client = self.config.connect()?;
         let mut tx = client.transaction()?;
         lock(&mut tx)?;
         tx.batch_execute(&format!(
@@ -248,11 +297,8 @@ pub struct HostTrail {
 
 /// What `vigie verify --postgres` and `vigie report --from-postgres` read: `host`'s trail, or
 /// every host's (None).
-pub fn read_trails(
-    config: &postgres::Config,
-    host: Option<&str>,
-) -> anyhow::Result<Vec<HostTrail>> {
-    let mut client = config.connect(postgres::NoTls)?;
+pub fn read_trails(config: &Database, host: Option<&str>) -> anyhow::Result<Vec<HostTrail>> {
+    let mut client = config.connect()?;
     let rows = client.query(
         &format!(
             "SELECT host, type, line FROM {TABLE} WHERE $1::text IS NULL OR host = $1 ORDER BY host, seq, time"

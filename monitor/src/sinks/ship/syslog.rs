@@ -1,19 +1,20 @@
 //! Trail records to a syslog collector: one RFC 5424 message per record (formatted by the
 //! `syslog` crate's `Formatter5424`), sent over TCP with octet-counted framing (RFC 6587,
-//! `LEN SP MSG`, so a record may hold any byte but never splits or merges), on a thread of its
-//! own.
+//! `LEN SP MSG`, so a record may hold any byte but never splits or merges), or over TLS with
+//! the same framing (RFC 5425), on a thread of its own.
 //!
 //! The message: facility `log audit` (13), severity `info`, APP-NAME `vigie`, MSGID `1` (the
 //! trail schema's version), structured data `[<sd_id> host="..." seq="N"]`, and the trail line
 //! itself (JSON, with its `prev` chain digest) as MSG.
 //!
 //! Delivery: plain TCP syslog has no application acknowledgement. A record counts as delivered
-//! once the collector's TCP acknowledged its bytes (`TIOCOUTQ`) and the connection stayed up
-//! `resend_window_secs` after that; then the cursor moves past it. A lost connection sends
-//! again every record not yet counted as delivered.
+//! once the collector's TCP acknowledged its bytes (`TIOCOUTQ`; over TLS, the ciphertext bytes
+//! up to the end of its record) and the connection stayed up `resend_window_secs` after that;
+//! then the cursor moves past it. A lost connection sends again every record not yet counted
+//! as delivered.
 use std::{
     collections::VecDeque,
-    io::Write as _,
+    io::{Read as _, Write as _},
     net::{TcpStream, ToSocketAddrs as _},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
@@ -23,7 +24,7 @@ use std::{
 
 use syslog::{Facility, Formatter5424, LogFormat as _, Severity};
 
-use monitor_core::trail::pseudonym::PseudonymKey;
+use monitor_core::trail::pseudonym::Pseudonymiser;
 
 use super::{Cursor, Follower, Shipped, Shipper, StopClock};
 use crate::config::SyslogShipping;
@@ -33,10 +34,17 @@ pub fn start(
     dir: &Path,
     cfg: &SyslogShipping,
     host: String,
-    pseudonyms: Option<PseudonymKey>,
+    pseudonyms: Option<Pseudonymiser>,
 ) -> std::io::Result<Shipper> {
     let cursor = Cursor::load(dir, "syslog")?;
-    tracing::info!(address = %cfg.address, from_seq = cursor.next(), "shipping the trail to syslog");
+    let tls = match &cfg.tls {
+        Some(t) => Some(Tls {
+            config: super::tls::client_config(t).map_err(std::io::Error::other)?,
+            name: super::tls::server_name(&cfg.address).map_err(std::io::Error::other)?,
+        }),
+        None => None,
+    };
+    tracing::info!(address = %cfg.address, tls = tls.is_some(), from_seq = cursor.next(), "shipping the trail to syslog");
     let mut ship = Ship {
         dir: dir.to_path_buf(),
         address: cfg.address.clone(),
@@ -51,8 +59,15 @@ pub fn start(
         host,
         cursor,
         pseudonyms,
+        tls,
     };
     Shipper::spawn("syslog", move |stop| ship.run(&stop))
+}
+
+/// Syslog over TLS: the client configuration and the name the certificate must carry.
+struct Tls {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
 }
 
 struct Ship {
@@ -63,7 +78,8 @@ struct Ship {
     sd_id: String,
     host: String,
     cursor: Cursor,
-    pseudonyms: Option<PseudonymKey>,
+    pseudonyms: Option<Pseudonymiser>,
+    tls: Option<Tls>,
 }
 
 /// A record sent on the current connection, not yet counted as delivered.
@@ -75,8 +91,23 @@ struct InFlight {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
+    /// Bytes put on the wire (over TLS: ciphertext, handshake included).
     sent: u64,
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<super::tls::TlsStream>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(t) => &t.sock.stream,
+        }
+    }
 }
 
 impl Ship {
@@ -196,8 +227,19 @@ impl Ship {
             match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
                 Ok(stream) => {
                     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+                    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
                     stream.set_nodelay(true)?;
-                    return Ok(Conn { stream, sent: 0 });
+                    let Some(tls) = &self.tls else {
+                        return Ok(Conn {
+                            stream: Stream::Plain(stream),
+                            sent: 0,
+                        });
+                    };
+                    let t = super::tls::handshake(&tls.config, tls.name.clone(), stream)?;
+                    return Ok(Conn {
+                        sent: t.sock.written,
+                        stream: Stream::Tls(Box::new(t)),
+                    });
                 }
                 Err(e) => last = e,
             }
@@ -209,8 +251,18 @@ impl Ship {
         let msg = self.message(rec)?;
         let mut frame = format!("{} ", msg.len()).into_bytes();
         frame.extend_from_slice(&msg);
-        c.stream.write_all(&frame)?;
-        c.sent += frame.len() as u64;
+        match &mut c.stream {
+            Stream::Plain(s) => {
+                s.write_all(&frame)?;
+                c.sent += frame.len() as u64;
+            }
+            Stream::Tls(t) => {
+                t.write_all(&frame)?;
+                // Puts the record's ciphertext on the wire now.
+                t.flush()?;
+                c.sent = t.sock.written;
+            }
+        }
         Ok(())
     }
 
@@ -246,12 +298,34 @@ impl Ship {
 
 impl Conn {
     /// The peer closed the connection (a collector never sends on it): EOF or an error.
-    fn alive(&self) -> std::io::Result<()> {
+    fn alive(&mut self) -> std::io::Result<()> {
+        let Stream::Tls(t) = &mut self.stream else {
+            return self.peek();
+        };
+        // Over TLS the collector may send (session tickets, an alert, close_notify): let
+        // rustls read what came, without waiting.
+        t.sock.stream.set_nonblocking(true)?;
+        let mut b = [0u8; 512];
+        let r = t.read(&mut b);
+        t.sock.stream.set_nonblocking(false)?;
+        self.sent = t.sock.written;
+        match r {
+            Ok(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the collector closed the TLS session",
+            )),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn peek(&self) -> std::io::Result<()> {
         let mut b = [0u8; 1];
         // SAFETY: a valid socket and a 1-byte buffer; MSG_PEEK leaves the data in place.
         let n = unsafe {
             libc::recv(
-                self.stream.as_raw_fd(),
+                self.stream.tcp().as_raw_fd(),
                 b.as_mut_ptr().cast(),
                 1,
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -278,7 +352,7 @@ impl Conn {
     fn acked(&self) -> std::io::Result<u64> {
         let mut outq: libc::c_int = 0;
         // SAFETY: TIOCOUTQ (SIOCOUTQ) on a TCP socket writes one int: bytes not yet acknowledged.
-        let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
+        let r = unsafe { libc::ioctl(self.stream.tcp().as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
         if r < 0 {
             return Err(std::io::Error::last_os_error());
         }

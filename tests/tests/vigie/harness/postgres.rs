@@ -42,6 +42,10 @@ fn postgres_user() -> Option<(u32, u32)> {
 pub struct Postgres {
     bin: PathBuf,
     child: Option<Child>,
+    /// The port (of the unix socket's name, and of TCP with TLS).
+    port: u16,
+    /// `-c` settings of the server (listening, TLS).
+    settings: Vec<String>,
     pub socket_dir: PathBuf,
     log: PathBuf,
     _dir: TempDir,
@@ -51,6 +55,16 @@ impl Postgres {
     /// Starts a server, or `None` after a loud SKIPPED line when PostgreSQL is not installed
     /// (`cargo xtask test` installs it; `VIGIE_REQUIRE_PRIVILEGED=1` makes that a failure).
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, None)
+    }
+
+    /// [`Postgres::start`], also listening on TCP at 127.0.0.1 with TLS only (`cert` and `key`,
+    /// PEM; the certificate must name `localhost`): plain-text TCP connections are rejected.
+    pub fn start_tls(test: &str, cert: &Path, key: &Path) -> Option<Self> {
+        Self::start_with(test, Some((cert, key)))
+    }
+
+    fn start_with(test: &str, tls: Option<(&Path, &Path)>) -> Option<Self> {
         let (Some(bin), Some((uid, gid))) = (bin_dir(), postgres_user()) else {
             let msg = format!(
                 "SKIPPED {test}: PostgreSQL is not installed (Debian's `postgresql`; run `cargo xtask test`)"
@@ -89,21 +103,52 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // The admin is trusted on the socket; every other role must give its password.
+        // The admin is trusted on the socket; every other role must give its password (over
+        // TCP: with TLS only).
         let hba = data.join("pg_hba.conf");
         std::fs::write(
             &hba,
-            format!("local all {ADMIN} trust\nlocal all all scram-sha-256\n"),
+            format!(
+                "local all {ADMIN} trust\nlocal all all scram-sha-256\n\
+                 hostssl all all 127.0.0.1/32 scram-sha-256\nhost all all 0.0.0.0/0 reject\n"
+            ),
         )
         .expect("writing pg_hba.conf");
         std::os::unix::fs::chown(&hba, Some(uid), Some(gid)).expect("chown pg_hba.conf");
+        let mut settings = vec!["max_connections=20".to_string()];
+        let port = match tls {
+            None => {
+                settings.push("listen_addresses=".into());
+                PORT
+            }
+            Some((cert, key)) => {
+                // The server reads its key only if it owns it, mode 0600.
+                for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                    let to = data.join(name);
+                    std::fs::copy(from, &to).expect("copying the server's TLS files");
+                    std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown");
+                    std::fs::set_permissions(
+                        &to,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                    )
+                    .expect("chmod");
+                }
+                settings.extend([
+                    "listen_addresses=127.0.0.1".to_string(),
+                    "ssl=on".into(),
+                    "ssl_cert_file=server.crt".into(),
+                    "ssl_key_file=server.key".into(),
+                ]);
+                super::free_port()
+            }
+        };
         let child = as_postgres(&bin.join("postgres"))
             .arg("-D")
             .arg(&data)
             .arg("-k")
             .arg(&socket_dir)
-            .args(["-p", &PORT.to_string(), "-F"])
-            .args(["-c", "listen_addresses=", "-c", "max_connections=20"])
+            .args(["-p", &port.to_string(), "-F"])
+            .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("postgres log"))
             .spawn()
@@ -111,6 +156,8 @@ impl Postgres {
         let pg = Self {
             bin,
             child: Some(child),
+            port,
+            settings,
             socket_dir,
             log,
             _dir: dir,
@@ -135,7 +182,16 @@ impl Postgres {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.socket_dir)
-            .args(["-p", &PORT.to_string(), "-U", ADMIN, "-d", db, "-c", sql])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                ADMIN,
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| e.to_string())?;
@@ -155,9 +211,15 @@ impl Postgres {
     /// A connection string for `user` on database `db` (no password: that goes in a file).
     pub fn connection(&self, db: &str, user: &str) -> String {
         format!(
-            "host={} port={PORT} dbname={db} user={user}",
-            self.socket_dir.display()
+            "host={} port={} dbname={db} user={user}",
+            self.socket_dir.display(),
+            self.port
         )
+    }
+
+    /// A connection string over TCP to `localhost` (with [`Postgres::start_tls`]).
+    pub fn tcp_connection(&self, db: &str, user: &str) -> String {
+        format!("host=localhost port={} dbname={db} user={user}", self.port)
     }
 
     /// The postmaster and its children (backends run in sessions of their own: a process
@@ -253,8 +315,8 @@ impl Postgres {
             .arg(&data)
             .arg("-k")
             .arg(&self.socket_dir)
-            .args(["-p", &PORT.to_string(), "-F"])
-            .args(["-c", "listen_addresses=", "-c", "max_connections=20"])
+            .args(["-p", &self.port.to_string(), "-F"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()

@@ -28,6 +28,119 @@ pub fn certificate(test: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
     Some(made.unwrap_or_else(|e| panic!("making a certificate: {e}")))
 }
 
+/// A certificate authority made for a test, with a server certificate for `localhost` and
+/// 127.0.0.1 and a client certificate, all signed by it (PEM files, keys mode 0600).
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// Makes a [`Pki`] in `dir` with the `openssl` command (P-256 keys, one day).
+pub fn pki(test: &str, dir: &Path) -> Option<Pki> {
+    let openssl = require_tool(test, "openssl")?;
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |name: &str| dir.join(name);
+    let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
+    let ec = "ec_paramgen_curve:P-256";
+    let o = std::ffi::OsStr::new;
+    run(&[
+        o("req"),
+        o("-x509"),
+        o("-newkey"),
+        o("ec"),
+        o("-pkeyopt"),
+        o(ec),
+        o("-nodes"),
+        o("-days"),
+        o("1"),
+        o("-subj"),
+        o("/CN=Vigie test CA"),
+        o("-addext"),
+        o("basicConstraints=critical,CA:TRUE"),
+        o("-addext"),
+        o("keyUsage=critical,keyCertSign,cRLSign"),
+        o("-keyout"),
+        ca_key.as_os_str(),
+        o("-out"),
+        ca_pem.as_os_str(),
+    ]);
+    for (who, subject, ext) in [
+        (
+            "server",
+            "/CN=localhost",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+        ),
+        (
+            "client",
+            "/CN=vigie-client",
+            "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+        ),
+    ] {
+        let (key, csr, cert, extfile) = (
+            p(&format!("{who}.key")),
+            p(&format!("{who}.csr")),
+            p(&format!("{who}.pem")),
+            p(&format!("{who}.ext")),
+        );
+        std::fs::write(&extfile, ext).expect("writing the extensions");
+        run(&[
+            o("req"),
+            o("-new"),
+            o("-newkey"),
+            o("ec"),
+            o("-pkeyopt"),
+            o(ec),
+            o("-nodes"),
+            o("-subj"),
+            o(subject),
+            o("-keyout"),
+            key.as_os_str(),
+            o("-out"),
+            csr.as_os_str(),
+        ]);
+        run(&[
+            o("x509"),
+            o("-req"),
+            o("-days"),
+            o("1"),
+            o("-in"),
+            csr.as_os_str(),
+            o("-CA"),
+            ca_pem.as_os_str(),
+            o("-CAkey"),
+            ca_key.as_os_str(),
+            o("-CAcreateserial"),
+            o("-extfile"),
+            extfile.as_os_str(),
+            o("-out"),
+            cert.as_os_str(),
+        ]);
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod the key");
+    }
+    Some(Pki {
+        ca: ca_pem,
+        server_cert: p("server.pem"),
+        server_key: p("server.key"),
+        client_cert: p("client.pem"),
+        client_key: p("client.key"),
+    })
+}
+
 /// `users/<user>/notes.txt` for each of [`USERS`] under `dir`, readable by nginx's workers.
 pub fn documents(dir: &Path) -> PathBuf {
     let users = dir.join("users");
