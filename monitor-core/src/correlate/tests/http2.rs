@@ -277,6 +277,7 @@ fn the_rest_of_a_claimed_document_joins_its_access_a_read_from_its_start_does_no
     );
     h2(&mut s, 2, 5, data(1, Some(0xb0)));
     s.read_fp(1, 2, 7, 18000, 0x2d);
+    h2(&mut s, 2, 5, data(1, None));
     // Stream 3 reads the same open file (a cache's fd) from its start: its own access.
     s.read_fp(1, 2, 7, 32768, 0xb0);
     h2(&mut s, 2, 5, Item::Response { stream: 3, head });
