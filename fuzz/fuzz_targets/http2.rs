@@ -49,7 +49,10 @@ fuzz_target!(|data: &[u8]| {
     let mut client = HTTP2_PREFACE.to_vec();
     client.extend_from_slice(&data[9..split]);
     let server = &data[split..];
-    let (mut demux, mut redactor) = (Demux::new(), Redactor::default());
+    let (mut demux, mut redactor) = (
+        Demux::new().with_login_path(Some("/login")),
+        Redactor::default(),
+    );
     let (mut c, mut s) = (0usize, 0usize);
     let mut out = Vec::new();
     let mut lost = false;
@@ -109,6 +112,17 @@ fuzz_target!(|data: &[u8]| {
                                         let pw = &plain[colon + 1..];
                                         assert!(pw.iter().all(|&b| b == b'*'), "{v}");
                                     }
+                                }
+                            }
+                        }
+                        Item::LoginForm { form, .. } => {
+                            assert!(form.0.len() <= monitor_core::http2::LOGIN_FORM_CAP);
+                            // Without a session config, every value is masked.
+                            let mut redacted = form.0.clone();
+                            redactor.redact_login_form(&mut redacted);
+                            for pair in redacted.split(|&b| b == b'&') {
+                                if let Some(eq) = pair.iter().position(|&b| b == b'=') {
+                                    assert!(pair[eq + 1..].iter().all(|&b| b == b'*'));
                                 }
                             }
                         }

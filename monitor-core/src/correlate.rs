@@ -787,6 +787,39 @@ impl Correlator {
         }
     }
 
+    /// On an event loop (HTTP/2), a read of open file `fd` after its first one, which a
+    /// response already claimed by content: the access it continues. Only a read that does not
+    /// start like that first one (same document, fd still open, another fingerprint): the
+    /// rest of the document, read on for the same response (nginx reads a large document a
+    /// buffer at a time as its stream's window allows). A read from the document's start again
+    /// (another stream reading a cached fd) is a new access of its own.
+    fn continued_claim(
+        &self,
+        ev: &Event,
+        actor: Actor,
+        fd: i32,
+        path: &str,
+        content: Option<(u64, Option<u64>)>,
+    ) -> Option<u64> {
+        if !self.is_multiplexed(ev.pid, actor) {
+            return None;
+        }
+        let fp = content.map(|(fp, _)| fp);
+        self.open
+            .iter()
+            .find(|(_, a)| {
+                a.access.pid == ev.pid
+                    && a.fd == fd
+                    && !a.closed
+                    && matches!(a.owner, Owner::Request(_))
+                    && *a.access.document == *path
+                    && a.fp.is_some()
+                    && fp.is_some()
+                    && a.fp != fp
+            })
+            .map(|(id, _)| *id)
+    }
+
     fn is_multiplexed(&self, pid: u32, actor: Actor) -> bool {
         self.multiplexed.get(&actor) == Some(&pid)
     }
@@ -889,6 +922,14 @@ impl Correlator {
         scope: Option<u64>,
         evidence: Option<Evidence>,
     ) -> Option<u64> {
+        if scope.is_none()
+            && let Some(id) = self.continued_claim(ev, actor, fd, &path, content)
+            && let Some(open) = self.open.get_mut(&id)
+        {
+            open.access.bytes = open.access.bytes.saturating_add(bytes);
+            open.access.last_ts_ns = ev.ts_ns;
+            return Some(id);
+        }
         let owner = match scope {
             Some(req) => {
                 if let Some(r) = self.requests.get(&req)

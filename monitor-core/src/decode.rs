@@ -48,8 +48,9 @@ fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
 pub struct Decoder {
     comms: IdMap<[u8; COMM_LEN], Comm>,
     spare: Vec<u8>,
-    /// Per thread: a socket read whose capture continues in the next records (reads larger
-    /// than one record, see `monitor_common::sockets::MAX_CHUNKS`).
+    /// Per thread: a socket read or write whose capture continues in the next records (reads
+    /// larger than one record, writes of HTTP/2 connections; see
+    /// `monitor_common::sockets::MAX_CHUNKS`).
     pending: IdMap<u32, Event>,
 }
 
@@ -70,15 +71,15 @@ impl Decoder {
         decode_with(bytes, self)
     }
 
-    /// Decodes the next ring-buffer record into `out`: nothing while a read's capture goes on
-    /// in further records, then the read with its whole capture. A thread's record that is not
+    /// Decodes the next ring-buffer record into `out`: nothing while a read's or write's
+    /// capture goes on in further records, then the transfer with its whole capture. A thread's record that is not
     /// the expected continuation means the rest was lost (counted in the kernel): the read is
     /// passed on with what arrived (its byte count tells that the rest was not seen), and a
     /// stray continuation is dropped.
     pub fn next(&mut self, bytes: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
         let ev = self.decode(bytes)?;
         let chunk = match &ev.kind {
-            EventKind::SockRead { .. } => {
+            EventKind::SockRead { .. } | EventKind::SockWrite { .. } => {
                 let at = std::mem::offset_of!(DataEvent, chunk);
                 bytes
                     .get(at..at + 4)
@@ -92,9 +93,17 @@ impl Decoder {
         if offset > 0 {
             let continues = self.pending.get(&ev.tid).is_some_and(|p| {
                 p.pid == ev.pid
-                    && matches!((&p.kind, &ev.kind),
-                        (EventKind::SockRead { fd: a, data, .. }, EventKind::SockRead { fd: b, .. })
-                            if a == b && data.0.len() == offset)
+                    && match (&p.kind, &ev.kind) {
+                        (
+                            EventKind::SockRead { fd: a, data, .. },
+                            EventKind::SockRead { fd: b, .. },
+                        )
+                        | (
+                            EventKind::SockWrite { fd: a, data, .. },
+                            EventKind::SockWrite { fd: b, .. },
+                        ) => a == b && data.0.len() == offset,
+                        _ => false,
+                    }
             });
             if !continues {
                 if let Some(p) = self.pending.remove(&ev.tid) {
@@ -106,6 +115,12 @@ impl Decoder {
                 if let (
                     EventKind::SockRead { data, .. },
                     EventKind::SockRead {
+                        data: more_data, ..
+                    },
+                )
+                | (
+                    EventKind::SockWrite { data, .. },
+                    EventKind::SockWrite {
                         data: more_data, ..
                     },
                 ) = (&mut p.kind, &ev.kind)
@@ -539,6 +554,72 @@ mod tests {
             .unwrap();
         d.flush(&mut out);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_write_captured_in_several_records_is_joined_never_with_a_read() {
+        // An HTTP/2 connection's writes are captured past one record (`H2_CONNS`).
+        let record = |k: u32, text: &[u8], ret: usize, chunk: u32| {
+            let mut ev = DataEvent {
+                header: header(k),
+                fd: 4,
+                op: if k == kind::SOCK_WRITE {
+                    op::WRITE
+                } else {
+                    op::READ
+                },
+                ret: ret as i64,
+                captured: text.len() as u32,
+                chunk,
+                data: [0; DATA_CAP],
+            };
+            ev.data[..text.len()].copy_from_slice(text);
+            bytes_of(&ev)[..DATA_HEADER_LEN + text.len()].to_vec()
+        };
+        let frames: Vec<u8> = (0..DATA_CAP + 300).map(|i| i as u8).collect();
+        let total = frames.len();
+        let (first, rest) = frames.split_at(DATA_CAP);
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        d.next(
+            &record(kind::SOCK_WRITE, first, total, CHUNK_MORE),
+            &mut out,
+        )
+        .unwrap();
+        assert!(out.is_empty());
+        d.next(
+            &record(kind::SOCK_WRITE, rest, total, DATA_CAP as u32),
+            &mut out,
+        )
+        .unwrap();
+        let [ev] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        let EventKind::SockWrite { data, bytes, .. } = &ev.kind else {
+            panic!("{out:?}");
+        };
+        assert_eq!((data.0.as_slice(), *bytes), (&frames[..], total as u64));
+        // A read's continuation never completes a write: the write is passed on as far as it
+        // came (its byte count says the rest was not seen), the stray record dropped.
+        out.clear();
+        d.next(
+            &record(kind::SOCK_WRITE, first, total, CHUNK_MORE),
+            &mut out,
+        )
+        .unwrap();
+        d.next(
+            &record(kind::SOCK_READ, rest, total, DATA_CAP as u32),
+            &mut out,
+        )
+        .unwrap();
+        let [ev] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert!(
+            matches!(&ev.kind, EventKind::SockWrite { data, bytes, .. }
+                if data.0.len() == DATA_CAP && *bytes == total as u64),
+            "{ev:?}"
+        );
     }
 
     #[test]

@@ -254,6 +254,11 @@ pub enum Http2Item {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         body_fp: Option<u64>,
     },
+    /// The request body of the portal's login (`POST` to `identity.session`'s `login_path`),
+    /// read whole (END_STREAM) and at most [`crate::http2::LOGIN_FORM_CAP`] bytes: the form
+    /// whose user field names the user its response's session cookie is bound to. Redacted
+    /// before anything keeps it: every value but the user field's is masked.
+    LoginForm { stream: u32, form: Payload },
     /// The stream is over (the response's END_STREAM, or a reset from either side).
     End { stream: u32 },
     /// The connection cannot be followed any more, for good: every stream ends.
@@ -277,6 +282,12 @@ pub enum Http2Lost {
     /// Header fields no HTTP/1 head can carry (line breaks or NUL in a name or value, no
     /// `:method` or `:path`): Vigie does not guess what the server made of them.
     InvalidHeaders,
+    /// An HTTP/1.1 connection switched to HTTP/2 (`Upgrade: h2c`, answered `101`, or the
+    /// client preface after HTTP/1 requests): not followed, unreadable from then on.
+    H2cUpgrade,
+    /// A connection open before Vigie started whose first read Vigie saw was whole HTTP/2
+    /// frames: its dynamic tables are unknown, it is never followed.
+    Joined,
 }
 
 impl Http2Lost {
@@ -288,6 +299,8 @@ impl Http2Lost {
             Http2Lost::Hpack => "hpack_error",
             Http2Lost::Framing => "framing",
             Http2Lost::InvalidHeaders => "invalid_headers",
+            Http2Lost::H2cUpgrade => "h2c_upgrade",
+            Http2Lost::Joined => "joined",
         }
     }
 }

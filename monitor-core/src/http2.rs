@@ -15,7 +15,7 @@
 //! streams end, and what its reads serve is `unattributed`.
 //!
 //! Pure: bytes in, items out.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use loona_hpack::Decoder;
 
@@ -32,6 +32,9 @@ const MAX_HEADER_BLOCK: usize = 64 * 1024;
 const MAX_TABLE: usize = 64 * 1024;
 /// Streams followed at once on one connection (nginx allows 128 by default).
 const MAX_STREAMS: usize = 1024;
+/// Longest login form kept (the correlator keeps as much of an HTTP/1 login body): a longer
+/// one binds no session, rather than a user field cut short.
+pub const LOGIN_FORM_CAP: usize = 4096;
 
 mod kind {
     pub const DATA: u8 = 0;
@@ -90,7 +93,7 @@ enum At {
     /// A frame payload kept whole (to parse), `buf` so far.
     Payload(FrameHeader, Vec<u8>),
     /// A DATA payload: its first bytes are kept in `head` (the padding length, and up to
-    /// [`FP_BYTES`](monitor_common::files::FP_BYTES) of data), `left` bytes are still to come.
+    /// the direction's `keep` bytes of data), `left` bytes are still to come.
     /// `cut`: bytes of that start went uncaptured, so what `head` holds is not it.
     Data {
         frame: FrameHeader,
@@ -105,6 +108,9 @@ enum At {
 /// One direction of a connection: its frame parser and HPACK decoder.
 struct Direction {
     at: At,
+    /// Bytes of each DATA payload kept: a fingerprint's worth of a response body, a login
+    /// form's of a request body.
+    keep: usize,
     hpack: Decoder<'static>,
     /// A header block whose END_HEADERS has not come yet: (frame kind, stream, flags, block).
     block: Option<(u8, u32, u8, Vec<u8>)>,
@@ -117,14 +123,21 @@ impl std::fmt::Debug for Direction {
 }
 
 impl Direction {
-    fn new(preface: bool) -> Self {
+    /// The client's side (`read`: starts with the preface) or the server's.
+    fn new(read: bool) -> Self {
         let mut hpack = Decoder::new();
         hpack.set_max_allowed_table_size(MAX_TABLE);
         Self {
-            at: if preface {
+            at: if read {
                 At::Preface(0)
             } else {
                 At::Header(Vec::new())
+            },
+            // One byte more: a padded frame's padding length comes first.
+            keep: 1 + if read {
+                LOGIN_FORM_CAP
+            } else {
+                monitor_common::files::FP_BYTES
             },
             hpack,
             block: None,
@@ -141,6 +154,9 @@ struct Stream {
     /// The first body bytes, until the fingerprint is taken.
     body: Vec<u8>,
     fingerprinted: bool,
+    /// The request is the portal's login: its form so far, until the request body ends
+    /// (`None` once it cannot be the whole form: cut by the capture, or too long).
+    form: Option<Vec<u8>>,
 }
 
 /// One HTTP/2 connection: both directions and its streams.
@@ -150,6 +166,8 @@ pub struct Connection {
     writes: Direction,
     streams: BTreeMap<u32, Stream>,
     lost: Option<Lost>,
+    /// `identity.session`'s `login_path`: the body of a `POST` to it is kept (the form).
+    login_path: Option<Arc<str>>,
 }
 
 impl Default for Connection {
@@ -166,7 +184,15 @@ impl Connection {
             writes: Direction::new(false),
             streams: BTreeMap::new(),
             lost: None,
+            login_path: None,
         }
+    }
+
+    /// A connection whose login requests (`POST` to `login_path`) have their form kept
+    /// ([`Item::LoginForm`]).
+    pub fn with_login_path(mut self, login_path: Option<Arc<str>>) -> Self {
+        self.login_path = login_path;
+        self
     }
 
     /// Why it was lost, if it was.
@@ -236,7 +262,7 @@ impl Connection {
                     return Ok(());
                 }
                 if read {
-                    self.on_request_headers(stream, &fields, out)?;
+                    self.on_request_headers(stream, end_stream, &fields, out)?;
                 } else {
                     self.on_response_headers(stream, &fields, out)?;
                     if end_stream && self.streams.remove(&stream).is_some() {
@@ -250,9 +276,23 @@ impl Connection {
                 len,
                 end_stream,
             } => {
-                // Request bodies are not followed (yet): a login form over HTTP/2 binds no
-                // session.
                 if read {
+                    // Request bodies are passed over, but for the login's form.
+                    if let Some(s) = self.streams.get_mut(&stream)
+                        && let Some(form) = s.form.as_mut()
+                    {
+                        if first.len() as u64 != len || form.len() + first.len() > LOGIN_FORM_CAP {
+                            s.form = None;
+                        } else {
+                            form.extend_from_slice(&first);
+                            if end_stream && let Some(form) = s.form.take() {
+                                out.push(Item::LoginForm {
+                                    stream,
+                                    form: Payload(form),
+                                });
+                            }
+                        }
+                    }
                     return Ok(());
                 }
                 let Some(s) = self.streams.get_mut(&stream) else {
@@ -295,9 +335,21 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether a request's fields are the portal's login: `POST` to its `login_path` (the
+    /// query and fragment aside), the correlator's rule.
+    fn is_login(&self, fields: &[(Vec<u8>, Vec<u8>)]) -> bool {
+        let Some(login_path) = self.login_path.as_deref() else {
+            return false;
+        };
+        let path = field_value(fields, b":path").unwrap_or_default();
+        let path = path.split(|&b| b == b'?' || b == b'#').next();
+        field_value(fields, b":method") == Some(b"POST") && path == Some(login_path.as_bytes())
+    }
+
     fn on_request_headers(
         &mut self,
         stream: u32,
+        end_stream: bool,
         fields: &[(Vec<u8>, Vec<u8>)],
         out: &mut Vec<Item>,
     ) -> Result<(), Lost> {
@@ -309,10 +361,12 @@ impl Connection {
         if self.streams.len() >= MAX_STREAMS {
             return Err(Lost::Framing);
         }
+        let login = !end_stream && self.is_login(fields);
         self.streams.insert(
             stream,
             Stream {
                 requested: true,
+                form: login.then(Vec::new),
                 ..Stream::default()
             },
         );
@@ -377,7 +431,6 @@ fn parse(
     total: u64,
     emit: &mut impl FnMut(OwnedFrame),
 ) -> Result<(), Lost> {
-    use monitor_common::files::FP_BYTES;
     let mut rest = data;
     while !rest.is_empty() {
         match &mut dir.at {
@@ -445,7 +498,7 @@ fn parse(
             } => {
                 let n = (*left).min(rest.len());
                 if !*cut {
-                    let keep = (FP_BYTES + 1).saturating_sub(head.len()).min(n);
+                    let keep = dir.keep.saturating_sub(head.len()).min(n);
                     head.extend_from_slice(&rest[..keep]);
                 }
                 *left -= n;
@@ -480,8 +533,8 @@ fn parse(
             cut,
         } if missing <= *left as u64 => {
             *left -= missing as usize;
-            // The frame's first bytes were not all seen: no fingerprint from them.
-            if head.len() < (FP_BYTES + 1).min(frame.len) {
+            // The frame's first bytes were not all seen: no fingerprint (nor form) from them.
+            if head.len() < dir.keep.min(frame.len) {
                 *cut = true;
             }
             if *left == 0 {
@@ -627,12 +680,7 @@ fn plain(b: &[u8]) -> bool {
 
 /// A request's decoded fields as an HTTP/1.1 head; `None` when they cannot be one.
 fn request_head(fields: &[(Vec<u8>, Vec<u8>)]) -> Option<Vec<u8>> {
-    let pseudo = |name: &[u8]| {
-        fields
-            .iter()
-            .find(|(n, _)| n.as_slice() == name)
-            .map(|(_, v)| v.as_slice())
-    };
+    let pseudo = |name: &[u8]| field_value(fields, name);
     let method = pseudo(b":method")?;
     let path = pseudo(b":path")?;
     let token = |b: &[u8]| !b.is_empty() && b.iter().all(|c| c.is_ascii_graphic());
@@ -661,12 +709,17 @@ fn request_head(fields: &[(Vec<u8>, Vec<u8>)]) -> Option<Vec<u8>> {
     .then_some(head)
 }
 
+/// The value of the first field named `name` (a pseudo-header, with its colon).
+fn field_value<'f>(fields: &'f [(Vec<u8>, Vec<u8>)], name: &[u8]) -> Option<&'f [u8]> {
+    fields
+        .iter()
+        .find(|(n, _)| n.as_slice() == name)
+        .map(|(_, v)| v.as_slice())
+}
+
 /// A response's decoded fields as an HTTP/1.1 head, and whether it is interim (1xx).
 fn response_head(fields: &[(Vec<u8>, Vec<u8>)]) -> Option<(Vec<u8>, bool)> {
-    let status = fields
-        .iter()
-        .find(|(n, _)| n.as_slice() == b":status")
-        .map(|(_, v)| v.as_slice())?;
+    let status = field_value(fields, b":status")?;
     if status.len() != 3 || !status.iter().all(u8::is_ascii_digit) {
         return None;
     }

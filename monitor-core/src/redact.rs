@@ -362,6 +362,17 @@ impl Redactor {
         self.redact_response(head);
     }
 
+    /// Redacts, in place, a whole login form of no connection's byte stream (an HTTP/2
+    /// stream's, [`crate::http2::Item::LoginForm`]): every value but the user field's is
+    /// masked, as in an HTTP/1 login body (all of them without `identity.session`).
+    pub fn redact_login_form(&self, form: &mut [u8]) {
+        let user_field = self
+            .session
+            .as_ref()
+            .map_or(&b""[..], |s| s.user_field.as_bytes());
+        mask_form(form, &mut Vec::new(), &mut None, user_field);
+    }
+
     /// Redacts a captured chunk of a response (socket write) in place: `Set-Cookie` values.
     pub fn redact_response(&mut self, data: &mut [u8]) {
         let mut start = 0;

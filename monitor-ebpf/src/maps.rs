@@ -50,6 +50,15 @@ pub static DOC_ROOTS: LpmTrie<[u8; ROOT_KEY_LEN], u32> = LpmTrie::with_max_entri
 #[map]
 pub static FD_KIND: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// Connections (`fd_key`) whose first captured read was the HTTP/2 client preface: their writes
+/// are captured up to `MAX_CAPTURE` (in chained records), whatever `RESPONSE_CAPTURE` says,
+/// because following HTTP/2 needs every frame header a write holds (nginx fills 16 KiB TLS
+/// records with several frames). Set by the read capture itself, so the first response write
+/// already sees it; removed at the fd's close. Only a capture bound: userspace decides on its
+/// own whether a connection is HTTP/2. LRU: entries of exited processes age out.
+#[map]
+pub static H2_CONNS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
 /// Syscall number -> `op::*` (userspace fills it from the target architecture's numbers).
 #[map]
 pub static SYSCALL_OPS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);

@@ -84,6 +84,8 @@ impl Capture {
             .map(SessionStore::new)
             .transpose()
             .map_err(|e| anyhow::anyhow!("identity.session.store: {e}"))?;
+        let login_path = settings.session.as_ref().map(|s| s.login_path.as_str());
+        let http2 = monitor_core::http2::Demux::new().with_login_path(login_path);
         Ok(Self {
             redactor: Redactor::new(settings.jwt)
                 .with_session(settings.session)
@@ -93,7 +95,7 @@ impl Capture {
             gate: PayloadGate::default(),
             bodies: Bodies::new(),
             conn_gate: ConnectionGate::new(),
-            http2: monitor_core::http2::Demux::new(),
+            http2,
             demuxed: Vec::new(),
             session_store,
             store_errors: 0,
@@ -170,8 +172,12 @@ impl Capture {
             }
             EventKind::Http2 { item, .. } => {
                 use monitor_core::http2::Item;
-                if let Item::Request { head, .. } | Item::Response { head, .. } = item {
-                    self.redactor.redact_head(&mut head.0);
+                match item {
+                    Item::Request { head, .. } | Item::Response { head, .. } => {
+                        self.redactor.redact_head(&mut head.0);
+                    }
+                    Item::LoginForm { form, .. } => self.redactor.redact_login_form(&mut form.0),
+                    _ => {}
                 }
             }
             EventKind::SockAccept { fd, .. } => {
@@ -242,6 +248,12 @@ impl Capture {
 
     /// Connections of TLS not hooked kept out, and HTTP/2 connections followed, so far (for the
     /// metrics).
+    /// An adoption's event, fed to the correlator without this stage: the HTTP/2 stage
+    /// learns which sockets were open before Vigie started.
+    pub fn adopted(&mut self, ev: &Event) {
+        self.http2.adopted(ev);
+    }
+
     pub fn connections(&self) -> (u64, u64) {
         (self.conn_gate.tls_connections, self.http2.connections)
     }

@@ -319,7 +319,9 @@ pub struct Capture {
     /// Bytes of each socket read captured in the kernel (request heads).
     #[serde(default = "default_request_bytes")]
     pub request_bytes: u32,
-    /// Bytes of each socket write captured in the kernel (response heads).
+    /// Bytes of each socket write captured in the kernel (response heads). Writes on HTTP/2
+    /// connections are captured up to 64 KiB whatever this says: following HTTP/2 needs every
+    /// frame header.
     #[serde(default = "default_response_bytes")]
     pub response_bytes: u32,
     /// Longest request head reassembled per connection, across reads: a longer one is

@@ -337,6 +337,7 @@ impl Live {
         let mut due = Vec::new();
         take(&mut self.adoptions, &mut due);
         for ev in &due {
+            self.capture.adopted(ev);
             self.feed(ev)?;
         }
         Ok(())

@@ -37,10 +37,12 @@ const APT_PACKAGES: &[&str] = &[
     "redis-server",
     // HTTPS portals (`tests/tests/vigie/tls.rs`): certificates made with the `openssl` command,
     // requests (HTTP/1.1 and HTTP/2) made with curl, and a Python application server that
-    // terminates TLS with its `ssl` module (Debian's python3, OpenSSL 3).
+    // terminates TLS with its `ssl` module (Debian's python3, OpenSSL 3); the HTTP/2 login
+    // portal speaks HTTP/2 itself with the `h2` library.
     "openssl",
     "curl",
     "python3",
+    "python3-h2",
     // The Go net/http portal of `tests/tests/vigie/go.rs` (standard library only), built by the
     // test harness and by `cargo xtask vm-test`.
     "golang-go",

@@ -10,6 +10,8 @@
 //! - Its DATA carry the fingerprint of the body's first bytes: the one evidence that names a
 //!   stream. A read whose fingerprint matches goes to the stream ([`Correlator::claim_by`], which
 //!   refuses a fingerprint shared by reads of different documents).
+//! - A login's form (its request body, [`Item::LoginForm`]) names the user its response's
+//!   `Set-Cookie` binds, as an HTTP/1 login body does.
 //! - Its end (END_STREAM, a reset, the connection's close or loss) ends the request: what it
 //!   read is judged. Reads no response claimed are `unattributed`.
 use std::collections::BTreeMap;
@@ -85,6 +87,17 @@ impl Correlator {
                 };
                 if body_fp.is_some() {
                     self.claim_by(ev, actor, req, *body_fp, false);
+                }
+            }
+            Item::LoginForm { stream, form } => {
+                if let Some(login) = h2
+                    .streams
+                    .get(stream)
+                    .and_then(|req| self.requests.get_mut(req))
+                    .and_then(|r| r.login.as_mut())
+                {
+                    let room = super::LOGIN_BODY_CAP.saturating_sub(login.len());
+                    login.extend_from_slice(&form.0[..room.min(form.0.len())]);
                 }
             }
             Item::End { stream } => {

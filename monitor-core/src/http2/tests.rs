@@ -265,6 +265,70 @@ fn an_uncaptured_body_is_passed_over_by_length() {
     assert_eq!(c.lost(), None);
 }
 
+fn post(enc: &mut Encoder<'_>, stream: u32, path: &str) -> Vec<u8> {
+    let fields = [
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", "portal.test"),
+        (":path", path),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    headers(enc, stream, 0, &fields)
+}
+
+#[test]
+fn a_login_form_is_kept_whole_and_no_other_body() {
+    let login = Some(std::sync::Arc::from("/login"));
+    let (mut c, mut client) = (
+        Connection::new().with_login_path(login.clone()),
+        Encoder::new(),
+    );
+    let mut first = HTTP2_PREFACE.to_vec();
+    first.extend(post(&mut client, 1, "/login?next=/docs"));
+    // The form in two DATA frames, the second padded.
+    first.extend(frame(DATA, 0, 1, b"user=alice&pass"));
+    let mut padded = vec![3];
+    padded.extend_from_slice(b"word=alice-pw");
+    padded.extend_from_slice(&[0; 3]);
+    first.extend(frame(DATA, END_STREAM | PADDED, 1, &padded));
+    // Another POST's body (an upload) is not kept.
+    first.extend(post(&mut client, 3, "/upload"));
+    first.extend(frame(DATA, END_STREAM, 3, b"user=mallory"));
+    let items = read(&mut c, &first);
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert_eq!(
+        items[1],
+        Item::LoginForm {
+            stream: 1,
+            form: Payload(b"user=alice&password=alice-pw".to_vec())
+        }
+    );
+    assert!(matches!(items[2], Item::Request { stream: 3, .. }));
+
+    // A form whose bytes went partly uncaptured is no form (never a user name cut short), nor
+    // one longer than the bound, nor one whose body has not ended.
+    let mut c = Connection::new().with_login_path(login);
+    let mut client = Encoder::new();
+    let mut first = HTTP2_PREFACE.to_vec();
+    first.extend(post(&mut client, 1, "/login"));
+    let head = first.len();
+    first.extend(frame(DATA, END_STREAM, 1, b"user=alice&password=x"));
+    let mut out = Vec::new();
+    c.on_read(&first[..head + 9 + 7], first.len() as u64, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let mut more = post(&mut client, 3, "/login");
+    let long = format!("user=bob&csrf={}", "t".repeat(LOGIN_FORM_CAP));
+    more.extend(frame(DATA, END_STREAM, 3, long.as_bytes()));
+    more.extend(post(&mut client, 5, "/login"));
+    more.extend(frame(DATA, 0, 5, b"user=carol"));
+    let items = read(&mut c, &more);
+    assert!(
+        items.iter().all(|i| matches!(i, Item::Request { .. })),
+        "{items:?}"
+    );
+    assert_eq!(c.lost(), None);
+}
+
 #[test]
 fn padding_is_not_body() {
     let (mut c, mut client) = (Connection::new(), Encoder::new());
@@ -407,8 +471,9 @@ fn the_demux_replaces_http2_bytes_by_items_and_leaves_http1_alone() {
     ));
     d.take(ev(sock_read(7, &first)), &mut out);
     d.take(ev(sock_read(8, b"GET / HTTP/1.1\r\n\r\n")), &mut out);
-    // A later read of the HTTP/1 connection that starts like a preface: still HTTP/1.
-    d.take(ev(sock_read(8, HTTP2_PREFACE)), &mut out);
+    // A later read of the HTTP/1 connection that starts like a preface, not all of it: still
+    // HTTP/1.
+    d.take(ev(sock_read(8, &HTTP2_PREFACE[..10])), &mut out);
     let kinds: Vec<&EventKind> = out.iter().map(|e| &e.kind).collect();
     assert!(matches!(
         kinds[0],
@@ -533,4 +598,119 @@ fn a_head_the_http_parser_refuses_is_not_followed() {
             why: Lost::InvalidHeaders
         }]
     );
+}
+
+#[test]
+fn an_h2c_upgrade_makes_the_connection_unreadable_never_http1() {
+    let lost = EventKind::Http2 {
+        fd: 8,
+        item: Item::Lost {
+            why: Lost::H2cUpgrade,
+        },
+    };
+    let unreadable = |bytes: usize| EventKind::Unreadable {
+        fd: 8,
+        bytes: bytes as u64,
+        why: Unreadable::Http2,
+    };
+    let upgrade = b"GET /docs/a.txt HTTP/1.1\r\nHost: p\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n";
+    let switching =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+    let frames = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    // The `101` seen: passed on (the upgrade request's response), then the connection is lost;
+    // the server's frames are dropped, the client's preface and frames unreadable.
+    let mut d = Demux::new();
+    let mut out = Vec::new();
+    d.take(ev(sock_read(8, upgrade)), &mut out);
+    d.take(ev(sock_write(8, switching)), &mut out);
+    d.take(ev(sock_write(8, &frames)), &mut out);
+    d.take(ev(sock_read(8, HTTP2_PREFACE)), &mut out);
+    let kinds: Vec<&EventKind> = out.iter().map(|e| &e.kind).collect();
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    assert!(matches!(kinds[0], EventKind::SockRead { .. }));
+    assert!(matches!(kinds[1], EventKind::SockWrite { .. }));
+    assert_eq!(kinds[2..], [&lost, &unreadable(HTTP2_PREFACE.len())]);
+    assert_eq!((d.connections, d.tracked()), (1, 1));
+    // The `101` not seen (its write lost, say): the client's whole preface on an HTTP/1
+    // connection is the switch, never a `PRI *` request.
+    let mut d = Demux::new();
+    let mut out = Vec::new();
+    d.take(ev(sock_read(8, upgrade)), &mut out);
+    d.take(ev(sock_read(8, HTTP2_PREFACE)), &mut out);
+    let kinds: Vec<&EventKind> = out.iter().map(|e| &e.kind).collect();
+    assert_eq!(kinds[1..], [&lost, &unreadable(HTTP2_PREFACE.len())]);
+    // A `101` to something else (WebSocket) is not HTTP/2.
+    let mut d = Demux::new();
+    let mut out = Vec::new();
+    d.take(ev(sock_read(8, b"GET /ws HTTP/1.1\r\n\r\n")), &mut out);
+    d.take(
+        ev(sock_write(
+            8,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        )),
+        &mut out,
+    );
+    assert_eq!((out.len(), d.tracked()), (2, 0));
+}
+
+#[test]
+fn a_joined_connection_that_reads_http2_frames_is_unreadable_never_http1() {
+    // Open before Vigie started (found at adoption): its first read seen is a request's
+    // frames, no preface.
+    let mut client = Encoder::new();
+    let mut frames = req(&mut client, 5, "/docs/bob/b.txt", "Basic Ym9iOnB3");
+    frames.extend(frame(DATA, END_STREAM, 3, b"GET /x HTTP/1.1"));
+    let found = || {
+        ev(EventKind::FdFound {
+            fd: 9,
+            found: crate::events::FoundFd::Socket,
+        })
+    };
+    let mut d = Demux::new();
+    let mut out = Vec::new();
+    d.adopted(&found());
+    d.take(ev(sock_read(9, &frames)), &mut out);
+    d.take(ev(sock_read(9, b"GET / HTTP/1.1\r\n\r\n")), &mut out);
+    let kinds: Vec<&EventKind> = out.iter().map(|e| &e.kind).collect();
+    let unreadable = |bytes: usize| EventKind::Unreadable {
+        fd: 9,
+        bytes: bytes as u64,
+        why: Unreadable::Http2,
+    };
+    assert_eq!(
+        kinds,
+        [
+            &EventKind::Http2 {
+                fd: 9,
+                item: Item::Lost { why: Lost::Joined }
+            },
+            &unreadable(frames.len()),
+            &unreadable(18),
+        ]
+    );
+    // A first read that is not whole frames (HTTP/1, FastCGI, TLS, a frame cut by the
+    // capture) is left to the HTTP/1 and FastCGI readers.
+    for first in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[1, 1, 0, 1, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+        &[0x16, 3, 1, 0, 5, 1, 0, 0, 1, 3],
+        &frames[..frames.len() - 1],
+    ] {
+        let mut d = Demux::new();
+        let mut out = Vec::new();
+        d.adopted(&found());
+        d.take(ev(sock_read(9, first)), &mut out);
+        assert!(
+            matches!(out[0].kind, EventKind::SockRead { .. }),
+            "{first:?}"
+        );
+        assert_eq!(d.tracked(), 0);
+    }
+    // A socket opened since Vigie started (a target's own HTTP/2 client connection, reading
+    // the server's SETTINGS first) is not taken for a joined one.
+    let mut d = Demux::new();
+    let mut out = Vec::new();
+    d.take(ev(sock_read(9, &frame(SETTINGS, 0, 0, &[]))), &mut out);
+    assert!(matches!(out[0].kind, EventKind::SockRead { .. }));
+    assert_eq!(d.tracked(), 0);
 }

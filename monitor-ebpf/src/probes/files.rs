@@ -22,10 +22,10 @@ use monitor_common::{
 use super::{arg, ret, sockets, syscall_op};
 use crate::{
     maps::{
-        DOC_ROOTS, LAST_LOSS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED, OPENED_SCRATCH,
-        READ_AGG, READ_AGG_FD, READ_BATCH_NS, ROOT_KEY_LEN, ReadAgg, Stash, TARGETS, count_loss,
-        fd_key, fill_header, flush_reads, forget_fd_kind, global, is_target, output_bytes,
-        send_reads, set_fd_kind, stamp_losses, stash_put, stash_take, submit,
+        DOC_ROOTS, H2_CONNS, LAST_LOSS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED,
+        OPENED_SCRATCH, READ_AGG, READ_AGG_FD, READ_BATCH_NS, ROOT_KEY_LEN, ReadAgg, Stash,
+        TARGETS, count_loss, fd_key, fill_header, flush_reads, forget_fd_kind, global, is_target,
+        output_bytes, send_reads, set_fd_kind, stamp_losses, stash_put, stash_take, submit,
     },
     task,
 };
@@ -415,7 +415,14 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
             flush_run_of(tgid, fd);
             kind::FILE_CLOSE
         }
-        fd_kind::SOCKET | fd_kind::TLS => kind::SOCK_CLOSE,
+        fd_kind::SOCKET | fd_kind::TLS => {
+            // The next connection with this number is HTTP/2 only if its own preface says so.
+            let key = fd_key(tgid, fd);
+            if unsafe { H2_CONNS.get(&key) }.is_some() {
+                let _ = H2_CONNS.remove(&key);
+            }
+            kind::SOCK_CLOSE
+        }
         _ => return 0,
     };
     submit::<FdEvent>(|ev| {

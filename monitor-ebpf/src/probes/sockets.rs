@@ -14,8 +14,8 @@ use monitor_common::{
 
 use super::{ret, syscall_op};
 use crate::maps::{
-    DATA_SCRATCH, REQUEST_CAPTURE, RESPONSE_CAPTURE, Stash, fill_header, flush_reads, global,
-    is_target, output_bytes, set_fd_kind, stamp_losses, submit,
+    DATA_SCRATCH, H2_CONNS, REQUEST_CAPTURE, RESPONSE_CAPTURE, Stash, fd_key, fill_header,
+    flush_reads, global, is_target, output_bytes, set_fd_kind, stamp_losses, submit,
 };
 
 /// accept(int fd, ...) / accept4(int fd, ..., int flags): the returned fd is a connection.
@@ -63,7 +63,8 @@ const MSGHDR_IOVLEN: u64 = 24;
 /// nginx's header/body chains), so a handful covers what the capture bounds let through.
 pub const MAX_IOVECS: u64 = 8;
 
-/// Captures the first bytes of a socket transfer of `ret` bytes, up to the capture bound. A
+/// Captures the first bytes of a socket transfer of `ret` bytes, up to the capture bound (for
+/// a write on an HTTP/2 connection, [`H2_CONNS`], `MAX_CAPTURE` rather than the configured one). A
 /// vectored call (`readv`/`writev`/`recvmsg`/`sendmsg`) is captured across its iovecs in order,
 /// into one record of at most `DATA_CAP` bytes, so that a head and a body written together are
 /// both seen. A single-buffer transfer is captured in up to `MAX_CHUNKS` chained records of
@@ -74,7 +75,11 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     flush_reads(bpf_get_current_pid_tgid());
     let is_write = op::is_output(stash.op);
     let mut cap = if is_write {
-        global(&RESPONSE_CAPTURE)
+        if is_http2(stash.fd) {
+            MAX_CAPTURE as u64
+        } else {
+            global(&RESPONSE_CAPTURE)
+        }
     } else {
         global(&REQUEST_CAPTURE)
     };
@@ -89,6 +94,33 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     match iovecs(stash) {
         Some((iov, count)) => emit_vectored(stash, ret, kind, iov, count, cap),
         None => emit_chunks(stash, ret, kind, cap.min(stash.arg)),
+    }
+}
+
+/// Whether the current process's connection `fd` speaks HTTP/2 (see [`H2_CONNS`]).
+#[inline(always)]
+fn is_http2(fd: i32) -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    unsafe { H2_CONNS.get(&fd_key(tgid, fd)) }.is_some()
+}
+
+/// A read's first record that starts like the HTTP/2 client preface (`PRI `, the rule
+/// userspace applies to the same bytes, or looser) marks its connection HTTP/2 for the write
+/// captures that follow.
+#[inline(always)]
+fn note_preface(ev: &DataEvent, n: u64) {
+    if ev.header.kind != kind::SOCK_READ || ev.chunk & !CHUNK_MORE != 0 || n < 4 {
+        return;
+    }
+    // Byte by byte: a slice comparison becomes a `memcmp` call, which BPF has not.
+    if ev.data[0] != b'P' || ev.data[1] != b'R' || ev.data[2] != b'I' || ev.data[3] != b' ' {
+        return;
+    }
+    let key = fd_key(ev.header.tgid, ev.fd);
+    // A mark that did not go in (an LRU map hardly refuses) leaves the writes bounded as
+    // usual: userspace sees their frames uncaptured and loses the connection, explicitly.
+    if unsafe { H2_CONNS.get(&key) }.is_none() {
+        let _ = H2_CONNS.insert(&key, &1, 0);
     }
 }
 
@@ -147,6 +179,7 @@ fn emit_chunks(stash: &Stash, ret: i64, kind: u32, cap: u64) {
 /// Sends `ev` with its first `n` captured bytes (the record is variable-length).
 #[inline(always)]
 fn send(ev: &mut DataEvent, n: u64) {
+    note_preface(ev, n);
     stamp_losses(&mut ev.header);
     // The size must be bounded at `bpf_ringbuf_output` for 6.1's verifier ("R3 min value is
     // negative, either use unsigned or 'var &= const'" after the iovec loop); the volatile

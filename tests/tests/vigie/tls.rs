@@ -96,10 +96,6 @@ fn wait_late_hook(vigie: &Vigie) -> bool {
     )
 }
 
-/// HTTP/2 needs each write's frame headers: nginx writes several streams' frames at once, past
-/// the default 512 bytes of a response capture (4096 is the most a write's capture holds).
-const H2_CAPTURE: &str = "[capture]\nresponse_bytes = 4096\n";
-
 fn https(addr: &str, path: &str) -> String {
     format!("https://{addr}{path}")
 }
@@ -197,11 +193,7 @@ fn https_nginx_started_after_vigie_http2_streams_are_attributed_by_content() {
     let vigie = Vigie::start(
         &p,
         "tls-nginx-late",
-        &nginx.config(
-            "executables = [\"/usr/sbin/nginx\"]",
-            "\"basic\"",
-            H2_CAPTURE,
-        ),
+        &nginx.config("executables = [\"/usr/sbin/nginx\"]", "\"basic\"", ""),
         &["--record", traces.to_str().unwrap()],
     );
     nginx.start("nginx");
@@ -302,11 +294,7 @@ fn https_nginx_http2_concurrent_users_precision_is_one() {
     let vigie = Vigie::start(
         &p,
         "tls-nginx-h2-concurrent",
-        &nginx.config(
-            &format!("pids = [{}]", nginx.pid()),
-            "\"basic\"",
-            H2_CAPTURE,
-        ),
+        &nginx.config(&format!("pids = [{}]", nginx.pid()), "\"basic\"", ""),
         &[],
     );
     if !vigie.log().contains("TLS library hooked") {
@@ -375,6 +363,81 @@ fn https_nginx_http2_concurrent_users_precision_is_one() {
         started.elapsed().as_secs_f64()
     );
     assert!(found > 0, "no cross read found at all:\n{log}");
+}
+
+/// Documents of 30 to 50 KiB over HTTP/2 with the default capture bounds: nginx writes them
+/// as 16 KiB TLS records holding several DATA frames (8 KiB `http2_chunk_size`), so frame
+/// headers lie far past the configured 512 bytes of a response capture. The kernel captures an
+/// HTTP/2 connection's writes whole (up to 64 KiB, in chained records) once its first read was
+/// the preface: the connection is followed to the end, each cross read alerted with its user
+/// (the documents nginx reads in two buffers as one access: the rest joins the first read).
+#[test]
+fn https_nginx_http2_large_documents_are_followed_with_the_default_capture() {
+    let test = "https_nginx_http2_large_documents_are_followed_with_the_default_capture";
+    let Some(p) = privileged(test) else {
+        return;
+    };
+    let Some(mut nginx) = nginx_setup(test) else {
+        return;
+    };
+    for owner in USERS {
+        let text = format!("{SECRET} {owner}, large: {}\n", owner.repeat(40 * 1024 / 4));
+        std::fs::write(nginx.users().join(owner).join("large.txt"), text).unwrap();
+    }
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(nginx.users())
+        .status();
+    nginx.start("nginx");
+    let vigie = Vigie::start(
+        &p,
+        "tls-nginx-h2-large",
+        &nginx.config(&format!("pids = [{}]", nginx.pid()), "\"basic\"", ""),
+        &[],
+    );
+    if !vigie.log().contains("TLS library hooked") {
+        eprintln!("NOTE: {test}: nginx's libssl not hooked on this kernel: nothing to check");
+        return;
+    }
+    let a = &nginx.addr;
+    let large = |owner: &str| https(a, &format!("/users/{owner}/large.txt"));
+    let doc = |owner: &str| nginx.users().join(owner).join("large.txt");
+    // Two connections one after the other: the second checks the first ended in step.
+    for urls in [
+        [large("carol"), large("alice"), large("bob")],
+        [large("bob"), large("carol"), large("alice")],
+    ] {
+        let statuses = curl(
+            test,
+            &["--http2", "--parallel", "-u", "carol:carol-pw"],
+            &urls,
+        )
+        .unwrap();
+        assert_eq!(statuses, [200, 200, 200]);
+    }
+    let d = |owner: &str| doc(owner).display().to_string();
+    let mut want = vec![
+        t("violation", "carol", "alice", &d("alice")),
+        t("violation", "carol", "alice", &d("alice")),
+        t("violation", "carol", "bob", &d("bob")),
+        t("violation", "carol", "bob", &d("bob")),
+    ];
+    want.sort();
+    vigie.wait_alerts("the four cross reads", |al| verdicts(al).len() >= 4);
+    let (raw, log) = vigie.stop_raw();
+    let alerts = parse_alerts(&raw);
+    assert_eq!(verdicts(&alerts), want, "{log}");
+    for alert in &alerts {
+        assert_eq!(
+            alert["evidence"],
+            serde_json::json!(["fingerprint"]),
+            "{alert}"
+        );
+    }
+    assert!(
+        !log.contains("unattributed") && !log.contains("unreadable"),
+        "an HTTP/2 connection was lost:\n{log}"
+    );
 }
 
 /// A Python application server terminating TLS itself, running before Vigie but loading OpenSSL
@@ -456,4 +519,239 @@ fn https_python_loads_libssl_after_vigie_session_from_the_tls_login() {
         "the login form was captured (its password redacted)"
     );
     assert_replays_identically(&p, &files, &raw, &portal.dir.path().join("replayed.jsonl"));
+}
+
+/// A Python portal that speaks HTTP/2 itself (ALPN `h2`, the `h2` library over the `ssl`
+/// module), running before Vigie: the logins are HTTP/2 POSTs whose form (a request body, in
+/// DATA frames) names the user the response's `Set-Cookie` binds, as an HTTP/1 login does. The
+/// cross read is alerted with the session's user, own reads are silent; the trace holds the
+/// login forms with their passwords masked, no session id, no frame; replay is byte-identical.
+#[test]
+fn https_python_http2_login_binds_the_session_from_its_form() {
+    let test = "https_python_http2_login_binds_the_session_from_its_form";
+    let Some(p) = privileged(test) else {
+        return;
+    };
+    let Some(portal) = python_h2_portal(test, true) else {
+        return;
+    };
+    let traces = portal.dir.path().join("traces");
+    let session = "[identity.session]\ncookie = \"session\"\nlogin_path = \"/login\"\nuser_field = \"user\"\n";
+    let vigie = Vigie::start(
+        &p,
+        "tls-python-h2",
+        &portal.config(
+            &format!("pids = [{}]", portal.pid()),
+            "\"session\"",
+            session,
+        ),
+        &["--record", traces.to_str().unwrap()],
+    );
+    assert!(
+        vigie.log().contains("TLS library hooked"),
+        "the portal's libssl is hooked at adoption:\n{}",
+        vigie.log()
+    );
+    let a = portal.addr.clone();
+    let alice = login_with(test, &a, "alice", "--http2").unwrap();
+    let carol = login_with(test, &a, "carol", "--http2").unwrap();
+    // A wrong password binds nothing.
+    let statuses = curl(
+        test,
+        &["--http2", "--data", "user=bob&password=guess"],
+        &[https(&a, "/login")],
+    )
+    .unwrap();
+    assert_eq!(statuses, [403]);
+    for (cookie, owners) in [(&alice, ["alice", "bob"]), (&carol, ["carol", "carol"])] {
+        let urls = owners.map(|o| https(&a, &format!("/docs/{o}/notes.txt")));
+        let statuses = curl(test, &["--http2", "-b", cookie], &urls).unwrap();
+        assert_eq!(statuses, [200, 200], "{owners:?}: {}", portal.log());
+    }
+    vigie.wait_alerts("the cross read", |al| !verdicts(al).is_empty());
+    let (raw, log) = vigie.stop_raw();
+    let alerts = parse_alerts(&raw);
+    assert_eq!(
+        verdicts(&alerts),
+        [t("violation", "alice", "bob", &portal.doc("bob"))],
+        "{log}"
+    );
+    assert_eq!(alerts[0]["identity_source"], "session");
+    assert_eq!(alerts[0]["evidence"], serde_json::json!(["fingerprint"]));
+    assert!(!log.contains("unattributed"), "{log}");
+    let files = trace_files(&traces);
+    let ids: Vec<String> = [&alice, &carol]
+        .iter()
+        .map(|c| c.trim_start_matches("session=").to_owned())
+        .collect();
+    assert_clean_trace(&files, &[&ids[0], &ids[1]]);
+    let forms: Vec<Vec<u8>> = trace_payloads(&files)
+        .into_iter()
+        .filter(|d| d.starts_with(b"user="))
+        .collect();
+    assert_eq!(
+        forms,
+        [
+            b"user=alice&password=********".to_vec(),
+            b"user=carol&password=********".to_vec(),
+            b"user=bob&password=*****".to_vec(),
+        ],
+        "the login forms, passwords masked"
+    );
+    assert!(
+        !trace_payloads(&files)
+            .iter()
+            .any(|d| d.starts_with(b"PRI * HTTP/2.0")),
+        "HTTP/2 frames in the trace"
+    );
+    assert_replays_identically(&p, &files, &raw, &portal.dir.path().join("replayed.jsonl"));
+}
+
+/// An HTTP/2 connection opened before Vigie started (a client keeping one connection to
+/// nginx): Vigie never saw its preface nor its HPACK tables, so it cannot follow it. Its first
+/// read Vigie sees is whole HTTP/2 frames: the connection is lost for good at once
+/// (`unreadable`, counted as `http2_lost`), never read as HTTP/1, and the documents it serves
+/// are `unattributed`, never anybody's. A connection opened after the start is followed.
+#[test]
+fn https_nginx_http2_connection_open_before_vigie_is_never_attributed() {
+    let test = "https_nginx_http2_connection_open_before_vigie_is_never_attributed";
+    let Some(p) = privileged(test) else {
+        return;
+    };
+    let Some(nginx) = nginx(test) else {
+        return;
+    };
+    let a = nginx.addr.clone();
+    let doc = |owner: &str| format!("/users/{owner}/notes.txt");
+    let after = [doc("alice"), doc("bob")];
+    let after: Vec<&str> = after.iter().map(String::as_str).collect();
+    let Some(client) = H2Client::start(test, &a, "carol", &[&doc("carol")], &after) else {
+        return;
+    };
+    let vigie = Vigie::start(
+        &p,
+        "tls-nginx-h2-joined",
+        &nginx.config(&format!("pids = [{}]", nginx.pid()), "\"basic\"", ""),
+        &[],
+    );
+    if !vigie.log().contains("TLS library hooked") {
+        eprintln!("NOTE: {test}: nginx's libssl not hooked on this kernel: nothing to check");
+        return;
+    }
+    assert_eq!(client.go(2), [200, 200]);
+    // A new connection of the same user: followed from its preface.
+    let statuses = curl(
+        test,
+        &["--http2", "-u", "carol:carol-pw"],
+        &[https(&a, &doc("alice"))],
+    )
+    .unwrap();
+    assert_eq!(statuses, [200]);
+    vigie.wait_alerts("the three reads", |al| verdicts(al).len() >= 3);
+    let (raw, log) = vigie.stop_raw();
+    let mut want = vec![
+        t("unattributed", "-", "alice", &nginx.doc("alice")),
+        t("unattributed", "-", "bob", &nginx.doc("bob")),
+        t("violation", "carol", "alice", &nginx.doc("alice")),
+    ];
+    want.sort();
+    assert_eq!(verdicts(&parse_alerts(&raw)), want, "{log}");
+    assert!(
+        log.contains("\"unreadable\""),
+        "the joined connection's reads are unreadable:\n{log}"
+    );
+}
+
+/// `Upgrade: h2c` (curl `--http2` on `http://`) to a Python portal that switches: Vigie does
+/// not follow HTTP/2 reached that way. The connection is lost at the `101` (counted as
+/// `http2_lost`, its later reads `unreadable`), its HTTP/2 bytes never read as HTTP/1, and
+/// what it serves is `unattributed`, never anybody's; the login before it, over HTTP/1.1,
+/// binds its session as usual, and an HTTP/1.1 cross read after it is alerted. The trace is
+/// recorded (and shown on failure).
+#[test]
+fn h2c_upgrade_is_an_unreadable_connection_never_attributed() {
+    let test = "h2c_upgrade_is_an_unreadable_connection_never_attributed";
+    let Some(p) = privileged(test) else {
+        return;
+    };
+    let Some(portal) = python_h2_portal(test, false) else {
+        return;
+    };
+    let traces = portal.dir.path().join("traces");
+    let session = "[identity.session]\ncookie = \"session\"\nlogin_path = \"/login\"\nuser_field = \"user\"\n";
+    let vigie = Vigie::start(
+        &p,
+        "h2c-upgrade",
+        &portal.config(
+            &format!("pids = [{}]", portal.pid()),
+            "\"session\"",
+            session,
+        ),
+        &["--record", traces.to_str().unwrap()],
+    );
+    let a = portal.addr.clone();
+    let http = |owner: &str| format!("http://{a}/docs/{owner}/notes.txt");
+    let Some(curl_bin) = require_tool(test, "curl") else {
+        return;
+    };
+    let out = std::process::Command::new(&curl_bin)
+        .args(["-s", "--http1.1", "-o", "/dev/null", "-D", "-", "--data"])
+        .arg("user=alice&password=alice-pw")
+        .arg(format!("http://{a}/login"))
+        .output()
+        .expect("running curl");
+    let head = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no session cookie in {head}"))
+        .to_owned();
+    // The upgrade request (stream 1) and a second request on the upgraded connection.
+    let out = std::process::Command::new(&curl_bin)
+        .args([
+            "-s",
+            "--http2",
+            "-b",
+            &cookie,
+            "-w",
+            "%{http_code} %{http_version}\\n",
+        ])
+        .args([
+            "-o",
+            "/dev/null",
+            &http("bob"),
+            "-o",
+            "/dev/null",
+            &http("alice"),
+        ])
+        .output()
+        .expect("running curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 2\n200 2\n",
+        "curl upgraded to h2c"
+    );
+    // Then HTTP/1.1 as usual: the cross read is alerted (another document: the same content
+    // could claim the upgraded connection's read, waiting for a response that names it).
+    let statuses = curl(test, &["--http1.1", "-b", &cookie], &[http("carol")]).unwrap();
+    assert_eq!(statuses, [200]);
+    vigie.wait_alerts("the three reads", |al| verdicts(al).len() >= 3);
+    let (raw, log) = vigie.stop_raw();
+    let trace: String = trace_files(&traces)
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let log = format!("{log}\ntrace:\n{trace}");
+    let mut want = vec![
+        t("unattributed", "-", "alice", &portal.doc("alice")),
+        t("unattributed", "-", "bob", &portal.doc("bob")),
+        t("violation", "alice", "carol", &portal.doc("carol")),
+    ];
+    want.sort();
+    assert_eq!(verdicts(&parse_alerts(&raw)), want, "{log}");
+    assert!(
+        log.contains("\"unreadable\"") && log.contains("\"http2\""),
+        "the upgraded connection is lost, its reads unreadable:\n{log}"
+    );
 }

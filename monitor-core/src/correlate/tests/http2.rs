@@ -160,3 +160,139 @@ fn events_lost_end_every_stream() {
     let got = s.finish();
     assert!(got[0].request.is_none());
 }
+
+#[test]
+fn an_http2_login_form_binds_its_session_and_a_missing_form_binds_none() {
+    let mut s = super::sessions();
+    s.accept(1, 2, 5);
+    let head = |text: &str| Payload(text.as_bytes().to_vec());
+    // alice logs in on stream 1: her form (the redactor masked the password), then the cookie.
+    let login = "POST /login HTTP/1.1\r\nhost: x\r\n\r\n";
+    h2(
+        &mut s,
+        2,
+        5,
+        Item::Request {
+            stream: 1,
+            head: head(login),
+        },
+    );
+    let form = head("user=alice&password=********");
+    h2(&mut s, 2, 5, Item::LoginForm { stream: 1, form });
+    let set = |sid: &str| {
+        head(&format!(
+            "HTTP/1.1 303 \r\nset-cookie: sid={sid}; HttpOnly\r\n\r\n"
+        ))
+    };
+    h2(
+        &mut s,
+        2,
+        5,
+        Item::Response {
+            stream: 1,
+            head: set("aaaa"),
+        },
+    );
+    h2(&mut s, 2, 5, Item::End { stream: 1 });
+    // bob's login on stream 3 came with no form (cut by the capture): its cookie binds nobody.
+    h2(
+        &mut s,
+        2,
+        5,
+        Item::Request {
+            stream: 3,
+            head: head(login),
+        },
+    );
+    h2(
+        &mut s,
+        2,
+        5,
+        Item::Response {
+            stream: 3,
+            head: set("bbbb"),
+        },
+    );
+    h2(&mut s, 2, 5, Item::End { stream: 3 });
+    // Each cookie reads bob's document.
+    for (stream, sid, fp) in [(5, "aaaa", 0xa), (7, "bbbb", 0xb)] {
+        let get = format!("GET /d/bob HTTP/1.1\r\nhost: x\r\ncookie: sid={sid}\r\n\r\n");
+        h2(
+            &mut s,
+            2,
+            5,
+            Item::Request {
+                stream,
+                head: head(&get),
+            },
+        );
+        s.open(1, 2, 7, "/srv/users/bob/x")
+            .read_fp(1, 2, 7, 100, fp)
+            .close(1, 2, 7);
+        respond(&mut s, 2, 5, stream, 200, Some(fp));
+    }
+    let got = s.finish();
+    let who: Vec<(Option<String>, Option<IdentityProblem>)> = got
+        .iter()
+        .map(|a| {
+            let r = a.request.as_ref().unwrap();
+            (
+                r.identity.as_ref().map(|i| i.user.clone()),
+                r.identity_problem,
+            )
+        })
+        .collect();
+    assert_eq!(
+        who,
+        [
+            (u("alice"), None),
+            (None, Some(IdentityProblem::UnknownSession))
+        ]
+    );
+}
+
+#[test]
+fn the_rest_of_a_claimed_document_joins_its_access_a_read_from_its_start_does_not() {
+    let mut s = Scenario::new();
+    s.accept(1, 2, 5);
+    get(&mut s, 2, 5, 1, "alice", "/docs/bob/x");
+    get(&mut s, 2, 5, 3, "carol", "/docs/bob/x");
+    // A large document, read a buffer at a time as stream 1's DATA go out.
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .read_fp(1, 2, 7, 32768, 0xb0);
+    let data = |stream, fp| Item::Data {
+        stream,
+        bytes: 16384,
+        body_fp: fp,
+    };
+    let head = Payload(b"HTTP/1.1 200 \r\n\r\n".to_vec());
+    h2(
+        &mut s,
+        2,
+        5,
+        Item::Response {
+            stream: 1,
+            head: head.clone(),
+        },
+    );
+    h2(&mut s, 2, 5, data(1, Some(0xb0)));
+    s.read_fp(1, 2, 7, 18000, 0x2d);
+    h2(&mut s, 2, 5, data(1, None));
+    // Stream 3 reads the same open file (a cache's fd) from its start: its own access.
+    s.read_fp(1, 2, 7, 32768, 0xb0);
+    h2(&mut s, 2, 5, Item::Response { stream: 3, head });
+    h2(&mut s, 2, 5, data(3, Some(0xb0)));
+    h2(&mut s, 2, 5, Item::End { stream: 1 });
+    h2(&mut s, 2, 5, Item::End { stream: 3 });
+    s.close(1, 2, 7);
+    let got = s.finish();
+    let mut who: Vec<(Option<String>, u64)> = got
+        .iter()
+        .map(|a| {
+            let user = a.request.as_ref().and_then(|r| r.identity.as_ref());
+            (user.map(|i| i.user.clone()), a.bytes)
+        })
+        .collect();
+    who.sort();
+    assert_eq!(who, [(u("alice"), 32768 + 18000), (u("carol"), 32768)]);
+}

@@ -408,6 +408,295 @@ pub fn open_gate(server: &mut Server, gate: &Path) {
     server.wait_listening("the Python portal");
 }
 
+/// The Python portal of [`PY_PORTAL`], speaking HTTP/2 with the `h2` library: over the `ssl`
+/// module (ALPN `h2` only), or in clear (`cert` is `clear`: HTTP/1.1, one request a
+/// connection, or HTTP/2 after `Upgrade: h2c`). `POST /login` sets a `session` cookie,
+/// `GET /docs/<owner>/notes.txt` serves any logged-in user. One thread per connection, each
+/// stream answered once its request ended (the login once its form is read).
+const PY_H2_PORTAL: &str = r#"
+import os, secrets, socket, ssl, sys, threading
+import h2.config, h2.connection, h2.events
+port, root, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+if cert != "clear":
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["h2"])
+sessions = {}
+lock = threading.Lock()
+
+def answer(headers, body):
+    method, path = headers.get(":method"), headers.get(":path", "")
+    if method == "POST" and path == "/login":
+        form = dict(p.split("=", 1) for p in body.decode().split("&") if "=" in p)
+        user = form.get("user", "")
+        if form.get("password") != user + "-pw":
+            return 403, b"no\n", []
+        sid = secrets.token_hex(16)
+        with lock:
+            sessions[sid] = user
+        return 303, b"", [("set-cookie", "session=%s; HttpOnly" % sid), ("location", "/")]
+    cookies = dict(c.strip().split("=", 1) for c in headers.get("cookie", "").split(";") if "=" in c)
+    with lock:
+        user = sessions.get(cookies.get("session", ""))
+    parts = path.split("/")
+    if user is None or len(parts) != 4 or parts[1] != "docs":
+        return (401 if user is None else 404), b"no\n", []
+    with open(os.path.join(root, parts[2], parts[3]), "rb") as f:
+        return 200, f.read(), []
+
+def serve(sock, conn=None):
+    if conn is None:
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+    streams = {}
+    while True:
+        data = sock.recv(65535)
+        if not data:
+            return
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.RequestReceived):
+                streams[ev.stream_id] = (dict((k.decode(), v.decode()) for k, v in ev.headers), bytearray())
+            elif isinstance(ev, h2.events.DataReceived):
+                streams[ev.stream_id][1].extend(ev.data)
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                headers, body = streams.pop(ev.stream_id)
+                status, out, extra = answer(headers, bytes(body))
+                conn.send_headers(ev.stream_id, [(":status", str(status)), ("content-length", str(len(out)))] + extra, end_stream=not out)
+                if out:
+                    conn.send_data(ev.stream_id, out, end_stream=True)
+        sock.sendall(conn.data_to_send())
+
+def serve_clear(sock):
+    # HTTP/1.1, one request a connection, unless it asks to switch to h2c (curl --http2 on
+    # http://): then `101`, stream 1 is that request, and HTTP/2 from there on.
+    f = sock.makefile("rb", buffering=0)
+    method, target, _ = f.readline(8192).decode().split(" ", 2)
+    headers = {}
+    while True:
+        h = f.readline(8192).decode()
+        if h in ("\r\n", "\n", ""):
+            break
+        k, v = h.split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    body = f.read(int(headers.get("content-length", "0")))
+    fields = {":method": method, ":path": target, "cookie": headers.get("cookie", "")}
+    if headers.get("upgrade", "").lower() != "h2c":
+        status, out, extra = answer(fields, body)
+        head = "HTTP/1.1 %d X\r\nContent-Length: %d\r\nConnection: close\r\n" % (status, len(out))
+        head += "".join("%s: %s\r\n" % kv for kv in extra)
+        sock.sendall(head.encode() + b"\r\n" + out)
+        return
+    sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+    conn.initiate_upgrade_connection(headers["http2-settings"])
+    status, out, extra = answer(fields, body)
+    conn.send_headers(1, [(":status", str(status)), ("content-length", str(len(out)))] + extra, end_stream=not out)
+    if out:
+        conn.send_data(1, out, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    serve(sock, conn)
+
+def run(raw):
+    try:
+        if cert == "clear":
+            with raw:
+                serve_clear(raw)
+            return
+        with ctx.wrap_socket(raw, server_side=True) as sock:
+            serve(sock)
+    except (OSError, ssl.SSLError):
+        pass
+
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", port))
+listener.listen(16)
+print("listening", flush=True)
+while True:
+    raw, _ = listener.accept()
+    threading.Thread(target=run, args=(raw,), daemon=True).start()
+"#;
+
+/// The HTTP/2 Python portal ([`PY_H2_PORTAL`]), listening: over TLS, or in clear (`tls`
+/// false: HTTP/1.1, and HTTP/2 after `Upgrade: h2c`). `None` after a loud SKIPPED line without
+/// python3, its `h2` module (Debian's `python3-h2`) or openssl.
+pub fn python_h2_portal(test: &str, tls: bool) -> Option<Server> {
+    let python = python_with_h2(test)?;
+    let dir = TempDir::new(&format!("{test}-py-h2"));
+    let (cert, key) = certificate(test, dir.path())?;
+    let users = documents(dir.path());
+    let script = dir.path().join("portal.py");
+    std::fs::write(&script, PY_H2_PORTAL).expect("writing the portal");
+    let log = dir.path().join("portal.log");
+    let port = free_port();
+    let mut command = Command::new(python);
+    command.arg(&script).arg(port.to_string()).arg(&users);
+    if tls {
+        command.arg(&cert).arg(&key);
+    } else {
+        command.args(["clear", "-"]);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("portal log"))
+        .stderr(std::fs::File::create(dir.path().join("portal.err")).expect("portal log"));
+    let mut server = Server {
+        child: None,
+        command: Some(command),
+        dir,
+        addr: format!("127.0.0.1:{port}"),
+        log,
+    };
+    server.start("the Python HTTP/2 portal");
+    Some(server)
+}
+
+/// An HTTP/2 client (the `h2` library over `ssl`, ALPN `h2`) that keeps one connection: it
+/// GETs its first paths, prints `waiting`, and GETs the rest on the same connection once the
+/// gate file exists; each response's status is printed (`<path> <status>`), then `done`.
+const PY_H2_CLIENT: &str = r#"
+import os, socket, ssl, sys, time
+import h2.connection, h2.events
+host, port, auth, gate = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+before, after = sys.argv[5].split(","), sys.argv[6].split(",")
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2"])
+s = ctx.wrap_socket(socket.create_connection((host, port)), server_hostname="localhost")
+assert s.selected_alpn_protocol() == "h2", s.selected_alpn_protocol()
+c = h2.connection.H2Connection()
+c.initiate_connection()
+s.sendall(c.data_to_send())
+
+def get(path):
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, [(":method", "GET"), (":scheme", "https"), (":authority", "localhost"),
+                         (":path", path), ("authorization", auth)], end_stream=True)
+    s.sendall(c.data_to_send())
+    status = None
+    while True:
+        data = s.recv(65535)
+        if not data:
+            sys.exit("connection closed")
+        for ev in c.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                status = dict(ev.headers)[b":status"].decode()
+            if isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                out = c.data_to_send()
+                if out:
+                    s.sendall(out)
+                print(path, status, flush=True)
+                return
+        out = c.data_to_send()
+        if out:
+            s.sendall(out)
+
+for p in before:
+    get(p)
+print("waiting", flush=True)
+while not os.path.exists(gate):
+    time.sleep(0.02)
+for p in after:
+    get(p)
+print("done", flush=True)
+"#;
+
+/// A running [`PY_H2_CLIENT`]: its output lines, as they come.
+pub struct H2Client {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    pub gate: PathBuf,
+    _dir: TempDir,
+}
+
+impl H2Client {
+    /// Connects to `addr` as `user` (Basic), GETs `before`, and waits for [`H2Client::go`].
+    /// `None` after a loud SKIPPED line without python3's `h2` module.
+    pub fn start(
+        test: &str,
+        addr: &str,
+        user: &str,
+        before: &[&str],
+        after: &[&str],
+    ) -> Option<Self> {
+        use base64::Engine as _;
+        let python = python_with_h2(test)?;
+        let dir = TempDir::new(&format!("{test}-h2-client"));
+        let script = dir.path().join("client.py");
+        std::fs::write(&script, PY_H2_CLIENT).expect("writing the client");
+        let gate = dir.path().join("gate");
+        let (host, port) = addr.split_once(':').expect("host:port");
+        let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{user}-pw"));
+        let mut child = Command::new(python)
+            .arg(&script)
+            .args([host, port, &format!("Basic {creds}")])
+            .arg(&gate)
+            .args([before.join(","), after.join(",")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the HTTP/2 client");
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut client = Self {
+            child,
+            lines,
+            gate,
+            _dir: dir,
+        };
+        client.expect_until("waiting", before.len());
+        Some(client)
+    }
+
+    /// Lets it GET the rest on its connection; returns their statuses once done.
+    pub fn go(mut self, after: usize) -> Vec<u16> {
+        std::fs::write(&self.gate, "").expect("opening the gate");
+        self.expect_until("done", after)
+    }
+
+    /// Reads lines until `last`: the statuses of the responses before it (`expected` of them).
+    fn expect_until(&mut self, last: &str, expected: usize) -> Vec<u16> {
+        let mut statuses = Vec::new();
+        for line in self.lines.by_ref() {
+            let line = line.expect("the client's output");
+            if line == last {
+                break;
+            }
+            statuses.push(
+                line.rsplit(' ')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+            );
+        }
+        assert_eq!(statuses.len(), expected, "the HTTP/2 client stopped early");
+        statuses
+    }
+}
+
+impl Drop for H2Client {
+    fn drop(&mut self) {
+        vigie_tests::process::stop_child(&mut self.child, libc::SIGTERM);
+    }
+}
+
+/// Debian's python3 when it has the `h2` module (`python3-h2`); `None` after a loud SKIPPED
+/// line.
+fn python_with_h2(test: &str) -> Option<&'static Path> {
+    let python = Path::new("/usr/bin/python3");
+    let has_h2 = Command::new(python)
+        .args(["-c", "import h2"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_h2 {
+        require_tool(test, "python3-h2-from-debian")?;
+    }
+    Some(python)
+}
+
 /// Runs curl (`-sk`, options `opts`) on `urls`; the URLs of one call share a connection
 /// (HTTP/1.1 keep-alive, or HTTP/2 streams). Returns each URL's status.
 pub fn curl(test: &str, opts: &[&str], urls: &[String]) -> Option<Vec<u16>> {
@@ -428,9 +717,14 @@ pub fn curl(test: &str, opts: &[&str], urls: &[String]) -> Option<Vec<u16>> {
 
 /// The `session=...` cookie the Python portal set at a login of `user` over TLS.
 pub fn login(test: &str, addr: &str, user: &str) -> Option<String> {
+    login_with(test, addr, user, "--http1.1")
+}
+
+/// [`login`], curl speaking `http` (`--http1.1`, `--http2`).
+pub fn login_with(test: &str, addr: &str, user: &str, http: &str) -> Option<String> {
     let bin = require_tool(test, "curl")?;
     let out = Command::new(bin)
-        .args(["-sk", "-o", "/dev/null", "-D", "-", "--data"])
+        .args(["-sk", http, "-o", "/dev/null", "-D", "-", "--data"])
         .arg(format!("user={user}&password={user}-pw"))
         .arg(format!("https://{addr}/login"))
         .stdin(Stdio::null())
@@ -441,7 +735,9 @@ pub fn login(test: &str, addr: &str, user: &str) -> Option<String> {
         .lines()
         .map_while(Result::ok)
         .find_map(|l| {
+            // HTTP/2 field names are lower case.
             l.strip_prefix("Set-Cookie: ")
+                .or_else(|| l.strip_prefix("set-cookie: "))
                 .and_then(|c| c.split(';').next().map(str::to_owned))
         });
     Some(cookie.unwrap_or_else(|| panic!("no session cookie in {head}")))

@@ -44,22 +44,22 @@ pub fn trace_payloads(files: &[PathBuf]) -> Vec<Vec<u8>> {
         let text = std::fs::read_to_string(f).expect("reading a trace file");
         for line in text.lines().skip(1) {
             let ev: Value = serde_json::from_str(line).expect("a trace event is JSON");
-            // HTTP/2 streams' heads, as decoded and redacted live.
-            for k in ["request", "response"] {
-                if let Value::String(head) = &ev["kind"]["http2"]["item"][k]["head"] {
-                    out.push(head.as_bytes().to_vec());
-                }
-            }
+            let mut push = |payload: &Value| match payload {
+                Value::String(s) => out.push(s.as_bytes().to_vec()),
+                Value::Object(o) => out.push(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(o["b64"].as_str().expect("b64 payload"))
+                        .expect("base64 payload"),
+                ),
+                _ => {}
+            };
+            // HTTP/2 streams' heads and login forms, as decoded and redacted live.
+            let item = &ev["kind"]["http2"]["item"];
+            push(&item["request"]["head"]);
+            push(&item["response"]["head"]);
+            push(&item["login_form"]["form"]);
             for k in ["sock_read", "sock_write"] {
-                match &ev["kind"][k]["data"] {
-                    Value::String(s) => out.push(s.as_bytes().to_vec()),
-                    Value::Object(o) => out.push(
-                        base64::engine::general_purpose::STANDARD
-                            .decode(o["b64"].as_str().expect("b64 payload"))
-                            .expect("base64 payload"),
-                    ),
-                    _ => {}
-                }
+                push(&ev["kind"][k]["data"]);
             }
         }
     }
