@@ -4,8 +4,6 @@
 //! `crate::harness::privileged`). Native run only: under the kernel matrix's emulation it takes
 //! about 35 s a row (2 MiB twice), and what it adds to `e2e` there is the same probes.
 
-use std::ffi::OsStr;
-
 use serde_json::Value;
 
 use crate::harness::*;
@@ -106,14 +104,6 @@ fn a_2_mib_document_read_in_8_kib_chunks_is_a_read_and_a_count_per_request() {
     // Replay: the same alerts, byte for byte.
     let replayed = traces.path().join("replayed.jsonl");
     let files = trace_files(&trace_dir);
-    let mut args: Vec<&OsStr> = vec![OsStr::new("replay")];
-    args.extend(files.iter().map(|f| f.as_os_str()));
-    args.extend([
-        OsStr::new("--audit"),
-        OsStr::new("--alerts"),
-        replayed.as_os_str(),
-    ]);
-    let (ok, _, stderr) = vigie_cmd(&p, &args);
-    assert!(ok, "{stderr}");
-    assert_eq!(std::fs::read_to_string(&replayed).unwrap(), live_raw);
+    let replayed_raw = replay_alerts(&p, &files, &["--audit"], &replayed);
+    assert_eq!(replayed_raw, live_raw, "replay differs from the live run");
 }

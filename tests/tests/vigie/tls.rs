@@ -6,7 +6,6 @@
 //! (`cargo xtask setup` installs them).
 
 use std::{
-    ffi::OsStr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -59,12 +58,7 @@ fn assert_clean_trace(files: &[PathBuf], secrets: &[&str]) {
 
 /// Replays `files` and checks the alerts are the live ones, byte for byte.
 fn assert_replays_identically(p: &Privileged, files: &[PathBuf], live: &str, out: &Path) {
-    let mut args: Vec<&OsStr> = vec![OsStr::new("replay")];
-    args.extend(files.iter().map(|f| f.as_os_str()));
-    args.extend([OsStr::new("--alerts"), out.as_os_str()]);
-    let (ok, _, stderr) = vigie_cmd(p, &args);
-    assert!(ok, "replay failed: {stderr}");
-    let replayed = std::fs::read_to_string(out).expect("replayed alerts");
+    let replayed = replay_alerts(p, files, &[], out);
     assert_eq!(replayed, live, "replay differs from the live run");
 }
 
@@ -454,15 +448,10 @@ fn https_python_loads_libssl_after_vigie_session_from_the_tls_login() {
         return;
     };
     let traces = portal.dir.path().join("traces");
-    let session = "[identity.session]\ncookie = \"session\"\nlogin_path = \"/login\"\nuser_field = \"user\"\n";
     let vigie = Vigie::start(
         &p,
         "tls-python",
-        &portal.config(
-            &format!("pids = [{}]", portal.pid()),
-            "\"session\"",
-            session,
-        ),
+        &portal.session_config(),
         &["--record", traces.to_str().unwrap()],
     );
     assert!(
@@ -536,15 +525,10 @@ fn https_python_http2_login_binds_the_session_from_its_form() {
         return;
     };
     let traces = portal.dir.path().join("traces");
-    let session = "[identity.session]\ncookie = \"session\"\nlogin_path = \"/login\"\nuser_field = \"user\"\n";
     let vigie = Vigie::start(
         &p,
         "tls-python-h2",
-        &portal.config(
-            &format!("pids = [{}]", portal.pid()),
-            "\"session\"",
-            session,
-        ),
+        &portal.session_config(),
         &["--record", traces.to_str().unwrap()],
     );
     assert!(
@@ -678,15 +662,10 @@ fn h2c_upgrade_is_an_unreadable_connection_never_attributed() {
         return;
     };
     let traces = portal.dir.path().join("traces");
-    let session = "[identity.session]\ncookie = \"session\"\nlogin_path = \"/login\"\nuser_field = \"user\"\n";
     let vigie = Vigie::start(
         &p,
         "h2c-upgrade",
-        &portal.config(
-            &format!("pids = [{}]", portal.pid()),
-            "\"session\"",
-            session,
-        ),
+        &portal.session_config(),
         &["--record", traces.to_str().unwrap()],
     );
     let a = portal.addr.clone();

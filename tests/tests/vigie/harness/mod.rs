@@ -302,6 +302,17 @@ pub fn vigie_cmd(p: &Privileged, args: &[&std::ffi::OsStr]) -> (bool, String, St
     )
 }
 
+/// `vigie replay FILES... [extra] --alerts out`, which must succeed: the alert lines it wrote.
+pub fn replay_alerts(p: &Privileged, files: &[PathBuf], extra: &[&str], out: &Path) -> String {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["replay".as_ref()];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    args.extend(["--alerts".as_ref(), out.as_os_str()]);
+    let (ok, _, stderr) = vigie_cmd(p, &args);
+    assert!(ok, "replay failed: {stderr}");
+    std::fs::read_to_string(out).expect("replayed alerts")
+}
+
 /// An external program a test needs (`promtool`, `prometheus`, ...), from `PATH`. `None` after a
 /// loud SKIPPED line when it is missing (`cargo xtask test` installs them); with
 /// `VIGIE_REQUIRE_PRIVILEGED=1` a missing tool is a failure.

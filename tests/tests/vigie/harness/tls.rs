@@ -212,6 +212,13 @@ impl Server {
             .to_string()
     }
 
+    /// Vigie's config for this server's process with sessions learnt from its logins (cookie
+    /// `session`, the form's `user` field posted to `/login`).
+    pub fn session_config(&self) -> String {
+        let session = "[identity.session]\ncookie = \"session\"\nlogin_path = \"/login\"\nuser_field = \"user\"\n";
+        self.config(&format!("pids = [{}]", self.pid()), "\"session\"", session)
+    }
+
     /// Vigie's config for this tree: `targets` is a TOML `[targets]` body; `extra` follows.
     pub fn config(&self, targets: &str, sources: &str, extra: &str) -> String {
         let u = self.users().display().to_string();
