@@ -225,16 +225,9 @@ fn syslog_shipping_survives_collector_and_vigie_kills() {
     };
     let started = Instant::now();
     let tmp = TempDir::new("shipping-keys");
-    let key = tmp.path().join("trail.key");
-    let (ok, out, err) = vigie_cmd(&p, &["trail-keygen".as_ref(), key.as_os_str()]);
-    assert!(ok, "{out}{err}");
-    let trail = tmp.path().join("trail");
-    let trail_args = [
-        "--trail",
-        trail.to_str().unwrap(),
-        "--trail-key",
-        key.to_str().unwrap(),
-    ];
+    let signed = SignedTrail::new(&p, tmp.path());
+    let trail = signed.dir.clone();
+    let trail_args = signed.args();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
         .trim()
@@ -724,16 +717,9 @@ fn syslog_over_tls_checks_the_collector_and_presents_a_client_certificate() {
         return;
     };
     let started = Instant::now();
-    let key = tmp.path().join("trail.key");
-    let (ok, out, err) = vigie_cmd(&p, &["trail-keygen".as_ref(), key.as_os_str()]);
-    assert!(ok, "{out}{err}");
-    let trail = tmp.path().join("trail");
-    let trail_args = [
-        "--trail",
-        trail.to_str().unwrap(),
-        "--trail-key",
-        key.to_str().unwrap(),
-    ];
+    let signed = SignedTrail::new(&p, tmp.path());
+    let trail = signed.dir.clone();
+    let trail_args = signed.args();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
         .trim()
@@ -841,16 +827,9 @@ fn postgres_shipping_over_tls_verifies_the_server() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let key = tmp.path().join("trail.key");
-    let (ok, out, err) = vigie_cmd(&p, &["trail-keygen".as_ref(), key.as_os_str()]);
-    assert!(ok, "{out}{err}");
-    let trail = tmp.path().join("trail");
-    let trail_args = [
-        "--trail",
-        trail.to_str().unwrap(),
-        "--trail-key",
-        key.to_str().unwrap(),
-    ];
+    let signed = SignedTrail::new(&p, tmp.path());
+    let (key, trail) = (signed.key.clone(), signed.dir.clone());
+    let trail_args = signed.args();
     // TCP to `localhost`, which the server certificate names; the server rejects plain text.
     let connection = pg.tcp_connection("audit", "vigie_writer");
     let portal = Portal::start("ship-pg-tls", &["--model", "thread"]);

@@ -75,18 +75,11 @@ fn live_trail_verifies_and_every_tampering_is_named() {
         return;
     };
     let tmp = TempDir::new("trail-keys");
-    let key = tmp.path().join("trail.key");
+    let signed = SignedTrail::new(&p, tmp.path());
+    let (key, trail) = (signed.key.clone(), signed.dir.clone());
     let public = tmp.path().join("trail.key.pub");
-    let (ok, out, err) = vigie_cmd(&p, &["trail-keygen".as_ref(), key.as_os_str()]);
-    assert!(ok, "{out}{err}");
     let secret = std::fs::read_to_string(&key).unwrap();
-    let trail = tmp.path().join("trail");
-    let trail_args = [
-        "--trail",
-        trail.to_str().unwrap(),
-        "--trail-key",
-        key.to_str().unwrap(),
-    ];
+    let trail_args = signed.args();
     let portal = Portal::start("trail", &["--model", "thread"]);
     let config = portal.config_by_pid();
 

@@ -302,6 +302,35 @@ pub fn vigie_cmd(p: &Privileged, args: &[&std::ffi::OsStr]) -> (bool, String, St
     )
 }
 
+/// A trail signing key made by `vigie trail-keygen` (`DIR/trail.key`, its `.pub` beside it) and
+/// the trail directory `DIR/trail`.
+pub struct SignedTrail {
+    pub key: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl SignedTrail {
+    pub fn new(p: &Privileged, dir: &Path) -> Self {
+        let key = dir.join("trail.key");
+        let (ok, out, err) = vigie_cmd(p, &["trail-keygen".as_ref(), key.as_os_str()]);
+        assert!(ok, "{out}{err}");
+        Self {
+            key,
+            dir: dir.join("trail"),
+        }
+    }
+
+    /// `--trail DIR --trail-key KEY`, for `vigie run`.
+    pub fn args(&self) -> [&str; 4] {
+        [
+            "--trail",
+            self.dir.to_str().expect("a UTF-8 path"),
+            "--trail-key",
+            self.key.to_str().expect("a UTF-8 path"),
+        ]
+    }
+}
+
 /// `vigie replay FILES... [extra] --alerts out`, which must succeed: the alert lines it wrote.
 pub fn replay_alerts(p: &Privileged, files: &[PathBuf], extra: &[&str], out: &Path) -> String {
     let mut args: Vec<&std::ffi::OsStr> = vec!["replay".as_ref()];
