@@ -78,17 +78,23 @@ fn cookie_sessions_bind_users_across_worker_processes_until_logout() {
         .expect("GET");
         assert_eq!(status, 200);
     };
-    // Each read on a new connection: the two workers usually take turns accepting; on a busy
-    // machine one may take several in a row, so rounds go on (up to 12) until both workers have
-    // served reads (one of them is then not the worker of alice's login).
+    // Each read on a new connection. Which blocked worker the kernel wakes for a connection is
+    // its choice: on an idle machine the same one took every connection of a sequential client
+    // (CI). So every other round starts with a connection that sends nothing: the worker that
+    // accepts it (a prefork worker serves one connection at a time) is busy with it, and the
+    // round's reads go to the other one. Rounds go on (up to 12) until both workers have served
+    // reads (one of them is then not the worker of alice's login).
     let mut rounds = 0;
     let mut workers: Vec<u32> = Vec::new();
     let both_served = |w: &[u32]| w.windows(2).any(|p| p[0] != p[1]);
     while rounds < 12 && (rounds < 3 || !both_served(&workers)) {
+        let pin = (rounds % 2 == 1)
+            .then(|| std::net::TcpStream::connect(&addr).expect("an idle connection"));
         get(&alice, "bob", HR);
         get(&bob, "bob", HR);
         get(&alice, "alice", NOTES);
         get(&bob, "alice", NOTES);
+        drop(pin);
         rounds += 1;
         workers = poll_until(
             "every read in the portal's log",
