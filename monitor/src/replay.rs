@@ -570,8 +570,12 @@ fn explain_access(
                 response_seen = true;
                 true
             }
-            EventKind::FileClose { fd } => {
-                doc_fds.contains(fd) && (lo..=hi.saturating_add(1_000_000)).contains(&ev.ts_ns)
+            // The close of the document's fd that ends this open of it: the first one after
+            // the request began, however long after the last read (a slow or emulated machine
+            // can put milliseconds between the end-of-file read and the close).
+            EventKind::FileClose { fd } if ev.ts_ns >= lo && doc_fds.contains(fd) => {
+                doc_fds.retain(|f| f != fd);
+                true
             }
             _ => false,
         };
