@@ -490,22 +490,32 @@ mod tests {
         ));
     }
 
+    /// A socket record of thread `tid` on fd 4 (`kind` `SOCK_READ` or `SOCK_WRITE`): `text`
+    /// captured of a transfer of `ret` bytes, at `chunk`.
+    fn data_record(k: u32, tid: u32, text: &[u8], ret: usize, chunk: u32) -> Vec<u8> {
+        let mut h = header(k);
+        h.tid = tid;
+        let mut ev = DataEvent {
+            header: h,
+            fd: 4,
+            op: if k == kind::SOCK_WRITE {
+                op::WRITE
+            } else {
+                op::READ
+            },
+            ret: ret as i64,
+            captured: text.len() as u32,
+            chunk,
+            data: [0; DATA_CAP],
+        };
+        ev.data[..text.len()].copy_from_slice(text);
+        bytes_of(&ev)[..DATA_HEADER_LEN + text.len()].to_vec()
+    }
+
     #[test]
     fn a_read_captured_in_several_records_is_joined() {
         let record = |tid: u32, text: &[u8], ret: usize, chunk: u32| {
-            let mut h = header(kind::SOCK_READ);
-            h.tid = tid;
-            let mut ev = DataEvent {
-                header: h,
-                fd: 4,
-                op: op::READ,
-                ret: ret as i64,
-                captured: text.len() as u32,
-                chunk,
-                data: [0; DATA_CAP],
-            };
-            ev.data[..text.len()].copy_from_slice(text);
-            bytes_of(&ev)[..DATA_HEADER_LEN + text.len()].to_vec()
+            data_record(kind::SOCK_READ, tid, text, ret, chunk)
         };
         let head = [b'a'; DATA_CAP * 2 + 100];
         let mut d = Decoder::new();
@@ -560,21 +570,7 @@ mod tests {
     fn a_write_captured_in_several_records_is_joined_never_with_a_read() {
         // An HTTP/2 connection's writes are captured past one record (`H2_CONNS`).
         let record = |k: u32, text: &[u8], ret: usize, chunk: u32| {
-            let mut ev = DataEvent {
-                header: header(k),
-                fd: 4,
-                op: if k == kind::SOCK_WRITE {
-                    op::WRITE
-                } else {
-                    op::READ
-                },
-                ret: ret as i64,
-                captured: text.len() as u32,
-                chunk,
-                data: [0; DATA_CAP],
-            };
-            ev.data[..text.len()].copy_from_slice(text);
-            bytes_of(&ev)[..DATA_HEADER_LEN + text.len()].to_vec()
+            data_record(k, header(k).tid, text, ret, chunk)
         };
         let frames: Vec<u8> = (0..DATA_CAP + 300).map(|i| i as u8).collect();
         let total = frames.len();
