@@ -700,6 +700,15 @@ fn postgres_shipping_from_two_hosts_survives_postgres_and_vigie_kills() {
     eprintln!("postgres shipping test took {:?}", started.elapsed());
 }
 
+/// The certificates of the destination's authority (`dir/pki`) and of another one
+/// (`dir/other-pki`), which the destination must refuse.
+fn two_pkis(test: &str, dir: &Path) -> Option<(Pki, Pki)> {
+    let (good, other) = (dir.join("pki"), dir.join("other-pki"));
+    std::fs::create_dir_all(&good).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    Some((pki(test, &good)?, pki(test, &other)?))
+}
+
 #[test]
 fn syslog_over_tls_checks_the_collector_and_presents_a_client_certificate() {
     let test = "syslog_over_tls_checks_the_collector_and_presents_a_client_certificate";
@@ -707,10 +716,7 @@ fn syslog_over_tls_checks_the_collector_and_presents_a_client_certificate() {
         return;
     };
     let tmp = TempDir::new("ship-tls-keys");
-    let (good, other) = (tmp.path().join("pki"), tmp.path().join("other-pki"));
-    std::fs::create_dir_all(&good).unwrap();
-    std::fs::create_dir_all(&other).unwrap();
-    let (Some(pki), Some(other)) = (pki(test, &good), pki(test, &other)) else {
+    let Some((pki, other)) = two_pkis(test, tmp.path()) else {
         return;
     };
     let Some(rsyslog) = Rsyslog::start_tls("ship-tls", &pki) else {
@@ -804,10 +810,7 @@ fn postgres_shipping_over_tls_verifies_the_server() {
         return;
     };
     let tmp = TempDir::new("ship-pg-tls-keys");
-    let (good, other) = (tmp.path().join("pki"), tmp.path().join("other-pki"));
-    std::fs::create_dir_all(&good).unwrap();
-    std::fs::create_dir_all(&other).unwrap();
-    let (Some(pki), Some(other)) = (pki(test, &good), pki(test, &other)) else {
+    let Some((pki, other)) = two_pkis(test, tmp.path()) else {
         return;
     };
     let Some(pg) = Postgres::start_tls("ship-pg-tls", &pki.server_cert, &pki.server_key) else {
