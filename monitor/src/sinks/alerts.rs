@@ -119,21 +119,40 @@ pub enum AlertFormat {
 
 pub struct AlertSink {
     out: Box<dyn Write + Send>,
+    /// Lines not written out yet: written at [`AlertSink::flush`] (the live loop's, after each
+    /// batch of events) or once they pass [`FLUSH_AT`], rather than a write call per line.
+    pending: Vec<u8>,
     clock: WallClock,
     audit: bool,
     written: u64,
     ocsf: Option<crate::sinks::ocsf::Ocsf>,
 }
 
+/// Pending alert bytes written out at once, whatever the batch.
+const FLUSH_AT: usize = 64 * 1024;
+
 impl AlertSink {
     pub fn new(out: Box<dyn Write + Send>, clock: WallClock, audit: bool) -> Self {
         Self {
             out,
+            pending: Vec::new(),
             clock,
             audit,
             written: 0,
             ocsf: None,
         }
+    }
+
+    /// Writes the pending lines out.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let written = self.out.write_all(&self.pending);
+        // Not written twice, even in part, after an error.
+        self.pending.clear();
+        written?;
+        self.out.flush()
     }
 
     /// Writes lines in `format` instead of `vigie.alert/1`.
@@ -271,11 +290,24 @@ impl AlertSink {
     }
 
     fn write_line(&mut self, line: &impl Serialize) -> std::io::Result<()> {
-        let mut buf = serde_json::to_vec(line).map_err(std::io::Error::other)?;
-        buf.push(b'\n');
-        self.out.write_all(&buf)?;
-        self.out.flush()?;
+        let start = self.pending.len();
+        if let Err(e) = serde_json::to_writer(&mut self.pending, line) {
+            self.pending.truncate(start);
+            return Err(std::io::Error::other(e));
+        }
+        self.pending.push(b'\n');
         self.written += 1;
+        if self.pending.len() >= FLUSH_AT {
+            self.flush()?;
+        }
         Ok(())
+    }
+}
+
+impl Drop for AlertSink {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!("alert lines not written: {e}");
+        }
     }
 }
