@@ -262,6 +262,9 @@ const SYNTHETIC_LINE: &[u8] = b"GET / HTTP/1.1\r\n";
 /// Header slots on the stack: a head with more lines takes them from the heap.
 const STACK_SLOTS: usize = 32;
 
+/// Header blocks up to this size (with [`SYNTHETIC_LINE`]) are parsed from a copy on the stack.
+const STACK_BLOCK: usize = 2048;
+
 /// Parses the header block (through its final empty line), skipping invalid lines, and calls
 /// `f` on its fields and its length in bytes. `Ok(None)` when the block is incomplete.
 fn with_header_block<T>(
@@ -272,9 +275,19 @@ fn with_header_block<T>(
     // its body, up to 16 KiB) is neither copied nor scanned. Without one, the whole capture is
     // parsed, so that an invalid line is refused as soon as it is seen.
     let block = block.get(..head_block_end(block)).unwrap_or(block);
-    let mut input = Vec::with_capacity(SYNTHETIC_LINE.len() + block.len());
-    input.extend_from_slice(SYNTHETIC_LINE);
-    input.extend_from_slice(block);
+    let mut on_stack = [0u8; STACK_BLOCK];
+    let mut on_heap = Vec::new();
+    let input: &[u8] = if SYNTHETIC_LINE.len() + block.len() <= STACK_BLOCK {
+        let n = SYNTHETIC_LINE.len() + block.len();
+        on_stack[..SYNTHETIC_LINE.len()].copy_from_slice(SYNTHETIC_LINE);
+        on_stack[SYNTHETIC_LINE.len()..n].copy_from_slice(block);
+        &on_stack[..n]
+    } else {
+        on_heap.reserve_exact(SYNTHETIC_LINE.len() + block.len());
+        on_heap.extend_from_slice(SYNTHETIC_LINE);
+        on_heap.extend_from_slice(block);
+        &on_heap
+    };
     // As many slots as the block has lines (every field takes one), not a fixed table: small
     // heads stay cheap and large ones are not refused for their field count alone.
     let lines = block
@@ -293,7 +306,7 @@ fn with_header_block<T>(
     let mut request = httparse::Request::new(slots);
     let mut config = httparse::ParserConfig::default();
     config.ignore_invalid_headers_in_requests(true);
-    match config.parse_request(&mut request, &input) {
+    match config.parse_request(&mut request, input) {
         Ok(httparse::Status::Partial) => Ok(None),
         Ok(httparse::Status::Complete(len)) => Ok(Some(f(
             request.headers,
@@ -313,12 +326,15 @@ fn head_block_end(block: &[u8]) -> usize {
     if block.starts_with(b"\r\n") {
         return 2;
     }
-    let crlf = memchr::memmem::find(block, b"\n\r\n").map(|i| i + 3);
-    let lf = memchr::memmem::find(block, b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b).unwrap_or(block.len()),
-    }
+    // The first `LF` that an empty line follows (`LF` or `CR LF`): one pass over the line
+    // ends, no substring searcher set up per head.
+    memchr::memchr_iter(b'\n', block)
+        .find_map(|i| match block.get(i + 1..) {
+            Some([b'\n', ..]) => Some(i + 2),
+            Some([b'\r', b'\n', ..]) => Some(i + 3),
+            _ => None,
+        })
+        .unwrap_or(block.len())
 }
 
 /// Assembles a [`RequestHead`] once the line and the header block are known to be valid.
@@ -789,6 +805,43 @@ mod tests {
         let head = complete(buf);
         assert_eq!(head.content_length, Some(4));
         assert_eq!(&buf[head.head_len..], b"abcdGARBAGE");
+    }
+
+    #[test]
+    fn a_header_block_ends_at_its_first_empty_line_however_its_lines_end() {
+        // The earliest `LF LF` or `LF CR LF`, as two substring searches found it.
+        let searched = |block: &[u8]| {
+            let find = |pat: &[u8]| block.windows(pat.len()).position(|w| w == pat);
+            let crlf = find(b"\n\r\n").map(|i| i + 3);
+            let lf = find(b"\n\n").map(|i| i + 2);
+            match (crlf, lf) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(block.len()),
+            }
+        };
+        let blocks: [&[u8]; 7] = [
+            b"A: 1\r\nB: 2\r\n\r\nbody\n\nmore",
+            b"A: 1\nB: 2\n\nbody\r\n\r\n",
+            b"A: 1\r\n\n",
+            b"A: 1\n\r\r\n\n",
+            b"A: 1\r\nB: 2\r\n",
+            b"A\n\r",
+            b"x",
+        ];
+        for block in blocks {
+            for end in 0..=block.len() {
+                let b = &block[..end];
+                if b.starts_with(b"\n") || b.starts_with(b"\r\n") {
+                    continue;
+                }
+                assert_eq!(
+                    head_block_end(b),
+                    searched(b),
+                    "{:?}",
+                    String::from_utf8_lossy(b)
+                );
+            }
+        }
     }
 
     #[test]
