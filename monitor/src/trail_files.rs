@@ -548,9 +548,7 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         }
         // Replayed accesses come as alert lines (no chain link), trail lines as records.
         let parsed = if from_traces {
-            serde_json::from_slice(line)
-                .map(Some)
-                .map_err(|_| report::Unreadable)
+            report::replayed_access(line)
         } else {
             report::access_record(line)
         };
