@@ -311,3 +311,71 @@ impl Drop for AlertSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A writer whose bytes the test can read, and that counts its write calls.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<(Vec<u8>, usize)>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut inner = self.0.lock().unwrap();
+            inner.0.extend_from_slice(buf);
+            inner.1 += 1;
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_batch_of_lines_goes_out_in_one_write_at_flush_and_nothing_is_lost_at_drop() {
+        let out = Shared::default();
+        let clock = WallClock {
+            realtime_offset_ns: 0,
+        };
+        let mut sink = AlertSink::new(Box::new(out.clone()), clock, false);
+        sink.gap(1, "ringbuf_full", 3).unwrap();
+        sink.gap(2, "ringbuf_full", 4).unwrap();
+        assert_eq!(sink.written(), 2);
+        assert!(
+            out.0.lock().unwrap().0.is_empty(),
+            "nothing before the flush"
+        );
+        sink.flush().unwrap();
+        {
+            let inner = out.0.lock().unwrap();
+            assert_eq!(inner.1, 1, "one write for the batch");
+            let text = String::from_utf8(inner.0.clone()).unwrap();
+            assert_eq!(text.lines().count(), 2, "{text}");
+            assert!(text.lines().all(|l| l.contains("ringbuf_full")), "{text}");
+        }
+        sink.gap(3, "ringbuf_full", 5).unwrap();
+        drop(sink);
+        let text = String::from_utf8(out.0.lock().unwrap().0.clone()).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    #[test]
+    fn a_large_batch_is_written_out_before_the_flush() {
+        let out = Shared::default();
+        let clock = WallClock {
+            realtime_offset_ns: 0,
+        };
+        let mut sink = AlertSink::new(Box::new(out.clone()), clock, false);
+        let mut n = 0;
+        while out.0.lock().unwrap().0.is_empty() {
+            sink.gap(n, "ringbuf_full", 1).unwrap();
+            n += 1;
+            assert!(n < 10_000, "never written out");
+        }
+        assert!(out.0.lock().unwrap().0.len() >= FLUSH_AT);
+    }
+}
