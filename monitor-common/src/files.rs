@@ -44,7 +44,8 @@ pub mod path_source {
 ///   bytes hash to `fp` (see [`fingerprint`]; 0 when there is none);
 /// - `kind::FILE_READ_MORE`: `size` more reads of `fd` (`ret` bytes in all, the last one's op
 ///   and time) by this thread, each made right after the previous one with no record of the
-///   thread in between, the first of them right after its `kind::FILE_READ` of `fd`: counted in
+///   thread in between (but its writes inside a response body that do not complete it), the
+///   first of them right after its `kind::FILE_READ` of `fd`: counted in
 ///   the kernel, without fingerprint or size, and sent before the thread's next record, when
 ///   another thread closes `fd`, or when the count is `READ_BATCH_NS` old;
 /// - `kind::SOCK_WRITE_MORE`: `size` more writes of connection `fd` (`ret` bytes in all, the

@@ -78,7 +78,8 @@ pub enum EventKind {
     },
     /// `calls` more reads of document fd `fd` by this thread, `bytes` in all, each right after
     /// the previous one and the first right after the thread's last [`EventKind::FileRead`] of
-    /// `fd`, with no event of the thread in between: counted in the kernel rather than sent one
+    /// `fd`, with no event of the thread in between but writes inside a response body that did
+    /// not complete it ([`EventKind::SockWriteMore`], or a [`EventKind::SockWrite`] of such): counted in the kernel rather than sent one
     /// by one (no fingerprint: the first read has it). The time is the last read's. Traces
     /// recorded before the probes counted reads have a `FileRead` per read instead.
     FileReadMore { fd: i32, bytes: u64, calls: u32 },

@@ -131,8 +131,10 @@ pub static OPENED_SCRATCH: PerCpuArray<Opened> = PerCpuArray::with_max_entries(1
 
 /// A thread's run of reads of one document fd (values of `READ_AGG`, key: pid_tgid). The
 /// thread's `FILE_READ` record of `fd` arms it; the reads of `fd` that follow with no other
-/// record of the thread in between are only counted here, and sent as one `FILE_READ_MORE`
-/// before the thread's next record (which disarms it), when another thread closes `fd`, or
+/// record of the thread in between (but counted writes, and writes inside a response body that
+/// do not complete it: see [`flush_counts_keeping`]) are only counted here, and sent as one
+/// `FILE_READ_MORE` before the thread's next record (which disarms it, but for such a write),
+/// when another thread closes `fd`, or
 /// when the count gets `READ_BATCH_NS` old. A server reading a document in chunks then costs
 /// one record, one fingerprint and one size lookup per request rather than per chunk.
 #[repr(C)]
@@ -191,7 +193,7 @@ pub static WRITE_AGG_FD: LruHashMap<u64, u64> = LruHashMap::with_max_entries(163
 #[repr(C)]
 pub struct ConnWrites {
     /// Where the next write starts: bytes written on `(tgid, fd)` since the entry was made, plus
-    /// the entry's base (see [`conn_offset`]).
+    /// the entry's base (see `sockets::advance_offset`).
     pub offset: u64,
     /// `offset` when the current connection on this fd began (its accept, or the previous one's
     /// close): a body span below it is a former connection's, given too late, and never used.

@@ -106,7 +106,22 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     }
     flush_counts_keeping(pid_tgid, in_body, false);
     flush_writer_of(tgid, stash.fd, pid_tgid);
-    let loss_ns = last_loss();
+    let offset = match at {
+        Some((start, _)) => start,
+        None => 0,
+    };
+    // Armed before the record goes out (with the loss time before it: a record lost arms a
+    // run no write will continue). Here rather than after the capture loop, and the offset
+    // written into the scratch once rather than carried through it: 6.1's verifier walks
+    // `emit_chunks` once per distinct state it is entered with, and values live across it
+    // multiplied those walks past its limit ("BPF program is too large. Processed 1000001
+    // insn").
+    if offset != 0 && !http2 {
+        start_write_run(pid_tgid, stash.fd, last_loss());
+    }
+    if let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) {
+        unsafe { (*scratch).ev.offset = offset };
+    }
     let mut cap = if is_write {
         if http2 {
             MAX_CAPTURE as u64
@@ -124,16 +139,9 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     } else {
         kind::SOCK_READ
     };
-    let offset = match at {
-        Some((start, _)) => start,
-        None => 0,
-    };
     match iovecs(stash) {
-        Some((iov, count)) => emit_vectored(stash, ret, kind, iov, count, cap, offset),
-        None => emit_chunks(stash, ret, kind, cap.min(stash.arg), offset),
-    }
-    if offset != 0 && !http2 {
-        start_write_run(pid_tgid, stash.fd, loss_ns);
+        Some((iov, count)) => emit_vectored(stash, ret, kind, iov, count, cap),
+        None => emit_chunks(stash, ret, kind, cap.min(stash.arg)),
     }
 }
 
@@ -324,7 +332,7 @@ fn note_preface(ev: &DataEvent, n: u64) {
 
 /// One record of a vectored transfer: its iovecs gathered in order, at most `DATA_CAP` bytes.
 #[inline(always)]
-fn emit_vectored(stash: &Stash, ret: i64, kind: u32, iov: u64, count: u64, cap: u64, offset: u64) {
+fn emit_vectored(stash: &Stash, ret: i64, kind: u32, iov: u64, count: u64, cap: u64) {
     let cap = cap.min(DATA_CAP as u64);
     let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
         return;
@@ -335,7 +343,6 @@ fn emit_vectored(stash: &Stash, ret: i64, kind: u32, iov: u64, count: u64, cap: 
     ev.op = stash.op;
     ev.ret = ret;
     ev.chunk = 0;
-    ev.offset = offset;
     let n = capture_iovecs(ev, iov, count, cap);
     ev.captured = n as u32;
     send(ev, n);
@@ -344,7 +351,7 @@ fn emit_vectored(stash: &Stash, ret: i64, kind: u32, iov: u64, count: u64, cap: 
 /// A single-buffer transfer in chained records of at most `DATA_CAP` bytes each, the first
 /// `cap` bytes (at most `MAX_CAPTURE`) of `stash.ptr`.
 #[inline(always)]
-fn emit_chunks(stash: &Stash, ret: i64, kind: u32, cap: u64, offset: u64) {
+fn emit_chunks(stash: &Stash, ret: i64, kind: u32, cap: u64) {
     let cap = cap.min(MAX_CAPTURE as u64);
     // Each record's offset and length follow from `cap` and its index alone, never from the
     // previous record: with `off += n` the verifier kept every possible `n` apart and gave up
@@ -362,7 +369,6 @@ fn emit_chunks(stash: &Stash, ret: i64, kind: u32, cap: u64, offset: u64) {
         ev.fd = stash.fd;
         ev.op = stash.op;
         ev.ret = ret;
-        ev.offset = offset;
         let left = cap.saturating_sub(off);
         let more = left > DATA_CAP as u64;
         let want = if more { DATA_CAP as u64 } else { left };
