@@ -8,6 +8,9 @@ pub const PATH_CAP: usize = 256;
 /// `kind::FILE_OPEN`: a successful `openat`/`openat2` of a path under a document root, or of a path
 /// the probe cannot rule out (relative, or containing `..`).
 ///
+/// Variable-length: a record ends with the path's bytes ([`OPEN_HEADER_LEN`] + `path_len`, all of
+/// `path` when truncated); earlier versions sent the whole structure, which decodes the same.
+///
 /// Where the kernel runs BTF programs, `file_open` gives the exact path (`source` is
 /// [`path_source::KERNEL`]): absolute, with symlinks and `..` resolved, so nothing is left
 /// undecided. Elsewhere it is the `openat` argument as the process wrote it
@@ -26,10 +29,26 @@ pub struct OpenEvent {
     pub path_len: u32,
     /// One of [`path_source`].
     pub source: u32,
-    pub _pad: u32,
+    /// 0 in a record. In the probes' scratch, the root trie's key length in bits while the trie
+    /// is asked: with the path right after it, the two are an LPM key in place (no copy).
+    pub key_bits: u32,
     pub path: [u8; PATH_CAP],
 }
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 56 + 24 + PATH_CAP);
+const _: () = assert!(
+    core::mem::offset_of!(OpenEvent, path) == core::mem::offset_of!(OpenEvent, key_bits) + 4
+);
+
+/// Bytes of an [`OpenEvent`] before its path: what every open record holds at least.
+pub const OPEN_HEADER_LEN: usize = core::mem::offset_of!(OpenEvent, path);
+const _: () = assert!(OPEN_HEADER_LEN == 56 + 24);
+
+/// Bytes of `path` an open record with this `path_len` carries.
+#[inline(always)]
+pub const fn open_path_bytes(path_len: u32) -> usize {
+    let n = path_len as usize;
+    if n >= PATH_CAP { PATH_CAP } else { n }
+}
 
 /// Where [`OpenEvent::path`] comes from.
 pub mod path_source {

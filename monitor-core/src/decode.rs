@@ -2,7 +2,7 @@
 //! kind or with inconsistent lengths is an error, never a panic.
 use monitor_common::{
     COMM_LEN, Header,
-    files::{FdEvent, OpenEvent, PATH_CAP, path_source},
+    files::{FdEvent, OPEN_HEADER_LEN, OpenEvent, PATH_CAP, path_source},
     header_flags, kind,
     process::ProcEvent,
     sockets::{AcceptEvent, CHUNK_MORE, DATA_CAP, DATA_HEADER_LEN, DataEvent, family},
@@ -249,10 +249,24 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
         kind::PROCESS_EXIT => EventKind::ProcessExit,
         kind::THREAD_EXIT => EventKind::ThreadExit,
         kind::FILE_OPEN => {
-            let ev: OpenEvent = read(bytes, k)?;
+            // The record ends with its path's bytes (older probes sent all of `path`).
+            let mut whole = [0u8; size_of::<OpenEvent>()];
+            let head = bytes.get(..OPEN_HEADER_LEN).ok_or(DecodeError::Short {
+                kind: k,
+                len: bytes.len(),
+                need: OPEN_HEADER_LEN,
+            })?;
+            whole[..OPEN_HEADER_LEN].copy_from_slice(head);
+            let ev: OpenEvent = read(&whole, k)?;
             let len = (ev.path_len as usize).min(PATH_CAP - 1);
+            let need = OPEN_HEADER_LEN + len;
+            let path = bytes.get(OPEN_HEADER_LEN..need).ok_or(DecodeError::Short {
+                kind: k,
+                len: bytes.len(),
+                need,
+            })?;
             // A path has no NUL: bytes past one are left over from an earlier record.
-            let path = ev.path[..len].split(|b| *b == 0).next().unwrap_or_default();
+            let path = path.split(|b| *b == 0).next().unwrap_or_default();
             EventKind::FileOpen {
                 fd: ev.fd,
                 path: paths::from_bytes(path),
@@ -411,7 +425,7 @@ mod tests {
             flags: 0,
             path_len: 12,
             source: path_source::KERNEL,
-            _pad: 0,
+            key_bits: 0,
             path,
         };
         let e = decode(&bytes_of(&ev)).unwrap();
@@ -453,7 +467,7 @@ mod tests {
             flags: 0,
             path_len: PATH_CAP as u32,
             source: path_source::KERNEL,
-            _pad: 0,
+            key_bits: 0,
             path,
         };
         let e = decode(&bytes_of(&ev)).unwrap();
@@ -461,6 +475,57 @@ mod tests {
             matches!(e.kind, EventKind::FileOpen { ref path, truncated: true, .. } if path.is_empty()),
             "{e:?}"
         );
+    }
+
+    /// Probes send an open record cut after its path; older ones sent the whole structure
+    /// (`decodes_open_with_path`). A record shorter than the path it claims is refused.
+    #[test]
+    fn open_records_end_with_their_path() {
+        let mut path = [b'x'; PATH_CAP];
+        path[..14].copy_from_slice(b"/docs/b/y.pdf\0");
+        let ev = OpenEvent {
+            header: header(kind::FILE_OPEN),
+            fd: 7,
+            dirfd: -100,
+            flags: 0,
+            path_len: 13,
+            source: path_source::SYSCALL,
+            key_bits: 0,
+            path,
+        };
+        let whole = bytes_of(&ev);
+        let cut = &whole[..OPEN_HEADER_LEN + 13];
+        let e = decode(cut).unwrap();
+        assert!(
+            matches!(e.kind, EventKind::FileOpen { fd: 7, ref path, exact: false, truncated: false, .. } if path == "/docs/b/y.pdf"),
+            "{e:?}"
+        );
+        assert_eq!(decode(&whole).unwrap().kind, e.kind);
+        assert_eq!(
+            decode(&whole[..OPEN_HEADER_LEN + 12]).unwrap_err(),
+            DecodeError::Short {
+                kind: kind::FILE_OPEN,
+                len: OPEN_HEADER_LEN + 12,
+                need: OPEN_HEADER_LEN + 13
+            }
+        );
+        assert!(matches!(
+            decode(&whole[..OPEN_HEADER_LEN - 1]),
+            Err(DecodeError::Short { .. })
+        ));
+        // Truncated: all of `path` (its last byte the NUL of the kernel's copy) is sent.
+        let long = OpenEvent {
+            path_len: PATH_CAP as u32,
+            ..ev
+        };
+        let e = decode(&bytes_of(&long)[..OPEN_HEADER_LEN + PATH_CAP]).unwrap();
+        assert!(matches!(
+            e.kind,
+            EventKind::FileOpen {
+                truncated: true,
+                ..
+            }
+        ));
     }
 
     #[test]

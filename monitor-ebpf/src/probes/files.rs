@@ -10,10 +10,10 @@ use aya_ebpf::{
     programs::{FEntryContext, LsmContext, TracePointContext},
 };
 use monitor_common::{
-    fd_kind,
+    COMM_LEN, fd_kind,
     files::{
-        FP_BYTES, FP_MIN, FP_WORDS, FdEvent, OpenEvent, PATH_CAP, fingerprint_words, has_dotdot,
-        path_source,
+        FP_BYTES, FP_MIN, FP_WORDS, FdEvent, OPEN_HEADER_LEN, OpenEvent, PATH_CAP,
+        fingerprint_words, has_dotdot, open_path_bytes, path_source,
     },
     go::GO_TARGET,
     kind, loss, op,
@@ -24,14 +24,21 @@ use crate::{
     maps::{
         DOC_ROOTS, H2_CONNS, LAST_LOSS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED,
         OPENED_SCRATCH, READ_AGG, READ_AGG_FD, READ_BATCH_NS, ROOT_KEY_LEN, ReadAgg, Stash,
-        TARGETS, count_loss, fd_key, fill_header, flush_counts, forget_fd_kind, global, is_target,
-        output_bytes, send_reads, set_fd_kind, stamp_losses, stash_put, stash_take, submit,
-        submit_keeping,
+        TARGETS, count_loss, current_comm, fd_key, fill_header, flush_counts, forget_fd_kind,
+        global, is_target, output_bytes, send_reads, set_fd_kind, stamp_losses, stash_put,
+        stash_take, submit, submit_keeping,
     },
     task,
 };
 
 const AT_FDCWD: i32 = -100;
+
+/// Zeroes words `k...` at `ptr` (a `*mut u64`), one store each. Zeroing an array by assignment
+/// (`[0u64; N]`) became a call to a byte-loop `memset`, 5 instructions a byte: about 640 of
+/// every open for the trie key, 320 of every document read for the fingerprint.
+macro_rules! zero_words {
+    ($ptr:expr; $($k:literal)*) => {$(unsafe { core::ptr::write_volatile($ptr.add($k), 0u64) };)*};
+}
 
 /// openat(int dfd, const char *filename, int flags, umode_t mode)
 /// openat2(int dfd, const char *filename, struct open_how *how, size_t usize)
@@ -86,7 +93,6 @@ fn on_file_open(file: *const u8) {
     o.ev.flags = unsafe { task::read::<u32>(file, global(&OFF_FILE_FLAGS)) }.unwrap_or(0);
     o.ev.dirfd = AT_FDCWD;
     o.ev.source = path_source::KERNEL;
-    o.ev._pad = 0;
     // `&file->f_path`: a constant offset into the BTF-typed `file`, which the verifier checks
     // lands on a `struct path`.
     let f_path = file.wrapping_add(global(&OFF_FILE_PATH) as usize) as *const path;
@@ -99,10 +105,8 @@ fn on_file_open(file: *const u8) {
         o.kind = fd_kind::DOCUMENT;
     } else {
         o.ev.path_len = (n as u32).saturating_sub(1);
-        let mut key = Key::new((ROOT_KEY_LEN * 8) as u32, [0u8; ROOT_KEY_LEN]);
-        key.data.copy_from_slice(&o.ev.path[..ROOT_KEY_LEN]);
         // Exact and absolute: the root prefix decides (roots are shorter than the key).
-        o.kind = if DOC_ROOTS.get(&key).is_some() {
+        o.kind = if under_root(&mut o.ev) {
             fd_kind::DOCUMENT
         } else {
             fd_kind::OTHER
@@ -116,57 +120,54 @@ fn on_file_open(file: *const u8) {
 #[tracepoint]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // `file_open` keeps entries for targets only: every other process's `openat` exit takes the
-    // inlined array lookup of the target check, not a hash lookup.
-    if is_target((pid_tgid >> 32) as u32)
-        && let Some(o) = OPENED.get_ptr_mut(&pid_tgid)
-    {
-        exit_opened(&ctx, unsafe { &mut *o });
-        let _ = OPENED.remove(&pid_tgid);
+    // Every other process's `openat` exit takes the inlined array lookup of the target check,
+    // and no hash lookup.
+    if !is_target((pid_tgid >> 32) as u32) {
         return 0;
     }
-    let Some(stash) = stash_take(pid_tgid) else {
-        return 0;
-    };
-    let fd = ret(&ctx);
-    if fd < 0 {
-        return 0;
-    }
-    let tgid = (pid_tgid >> 32) as u32;
-    let fd = fd as i32;
-    // Cheap check first, on the stack: the first ROOT_KEY_LEN bytes against the root trie.
-    let mut key = Key::new((ROOT_KEY_LEN * 8) as u32, [0u8; ROOT_KEY_LEN]);
-    let Ok(head) =
-        (unsafe { bpf_probe_read_user_str_bytes(stash.ptr as *const u8, &mut key.data) })
-    else {
-        return 0;
-    };
-    let head_len = head.len();
-    if head_len == 0 {
-        return 0;
-    }
-    let absolute = key.data[0] == b'/';
-    let under_root = absolute && DOC_ROOTS.get(&key).is_some();
-    // Relative paths, `..` and paths longer than the key cannot be ruled out here: userspace
-    // resolves and normalises them.
-    let undecided = !absolute || head_len >= ROOT_KEY_LEN - 1 || has_dotdot(&key.data);
-    if !under_root && !undecided {
-        set_fd_kind(tgid, fd, fd_kind::OTHER);
-        return 0;
-    }
-    set_fd_kind(tgid, fd, fd_kind::DOCUMENT);
-    emit_open(&stash, fd);
+    exit_opened(pid_tgid, ret(&ctx));
     0
+}
+
+/// A target's open returned `fd`: decides from the path the thread's `openat` entry stashed
+/// (tracepoints) or the one a `file_open` program kept (BTF), and emits.
+#[inline(always)]
+fn exit_opened(pid_tgid: u64, fd: i64) {
+    // The stash first: on the tracepoints it is this open's, and the `file_open` map is empty
+    // (its programs are on standby); with them, `sys_enter_open` is on standby and the thread
+    // has no open stashed.
+    if let Some(stash) = stash_take(pid_tgid)
+        && (stash.op == op::OPENAT || stash.op == op::OPENAT2)
+    {
+        if fd >= 0 {
+            opened_stashed(&stash, fd as i32);
+        }
+        return;
+    }
+    if let Some(o) = OPENED.get_ptr_mut(&pid_tgid) {
+        if fd >= 0 {
+            opened_kernel(unsafe { &mut *o }, fd as i32);
+        }
+        let _ = OPENED.remove(&pid_tgid);
+    }
+}
+
+/// Whether the path in `ev` (NUL-terminated) starts with a document root. The trie is asked
+/// in place: `key_bits` and the path are an LPM key. Bytes left past the NUL by an earlier
+/// path cannot make a match: a root the path is shorter than would have to match its NUL.
+#[inline(always)]
+fn under_root(ev: &mut OpenEvent) -> bool {
+    let bits = &raw mut ev.key_bits;
+    unsafe { core::ptr::write_volatile(bits, (ROOT_KEY_LEN * 8) as u32) };
+    let key = unsafe { &*(bits as *const Key<[u8; ROOT_KEY_LEN]>) };
+    let hit = DOC_ROOTS.get(key).is_some();
+    unsafe { core::ptr::write_volatile(bits, 0) };
+    hit
 }
 
 /// The `openat` exit of an open a `file_open` program saw.
 #[inline(always)]
-fn exit_opened(ctx: &TracePointContext, o: &mut crate::maps::Opened) {
-    let fd = ret(ctx);
-    if fd < 0 {
-        return;
-    }
-    let fd = fd as i32;
+fn opened_kernel(o: &mut crate::maps::Opened, fd: i32) {
     // An `O_PATH` open does not reach `file_open`; the entry is then another open's.
     if task::fd_file(fd) != Some(o.file) {
         return;
@@ -178,50 +179,69 @@ fn exit_opened(ctx: &TracePointContext, o: &mut crate::maps::Opened) {
     }
     fill_header(&mut o.ev.header, kind::FILE_OPEN);
     o.ev.fd = fd;
-    submit_copy(&mut o.ev);
+    send_open(&mut o.ev);
 }
 
+/// The `openat` exit of an open whose arguments `sys_enter_open` stashed. The path is read
+/// once, into the record: the root trie is asked on it in place, and only a document's record
+/// is filled in and sent. A path the probe cannot rule out (relative, `..`, longer than the
+/// trie's key) is sent for userspace to resolve.
 #[inline(always)]
-fn emit_open(stash: &Stash, fd: i32) {
+fn opened_stashed(stash: &Stash, fd: i32) {
     let Some(ev) = OPEN_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let ev = unsafe { &mut *ev };
+    // `has_dotdot` reads whole words of the key: what follows the NUL must be zero, not an
+    // earlier path.
+    let words = ev.path.as_mut_ptr().cast::<u64>();
+    zero_words!(words; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    const _: () = assert!(ROOT_KEY_LEN == 16 * 8);
+    let len = match unsafe { bpf_probe_read_user_str_bytes(stash.ptr as *const u8, &mut ev.path) } {
+        Ok(p) if !p.is_empty() => p.len(),
+        _ => return,
+    };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Cheapest test first; `..` only for an absolute path outside the roots, where it could
+    // lead back under one.
+    let document = ev.path[0] != b'/'
+        || len >= ROOT_KEY_LEN - 1
+        || under_root(ev)
+        || has_dotdot(unsafe { &*ev.path.as_ptr().cast::<[u8; ROOT_KEY_LEN]>() });
+    if !document {
+        set_fd_kind(tgid, fd, fd_kind::OTHER);
+        return;
+    }
+    set_fd_kind(tgid, fd, fd_kind::DOCUMENT);
     fill_header(&mut ev.header, kind::FILE_OPEN);
     ev.fd = fd;
-    ev.dirfd = if stash.fd2 == AT_FDCWD {
-        AT_FDCWD
-    } else {
-        stash.fd2
-    };
+    ev.dirfd = stash.fd2;
     ev.flags = if stash.op == op::OPENAT2 {
         // struct open_how { __u64 flags; ... }
         unsafe { bpf_probe_read_user(stash.arg as *const u64) }.unwrap_or(0) as u32
     } else {
         stash.arg as u32
     };
-    ev.path_len =
-        match unsafe { bpf_probe_read_user_str_bytes(stash.ptr as *const u8, &mut ev.path) } {
-            Ok(p) => p.len() as u32,
-            Err(_) => 0,
-        };
-    if ev.path_len as usize >= PATH_CAP - 1 {
-        ev.path_len = PATH_CAP as u32;
-    }
+    ev.path_len = if len >= PATH_CAP - 1 {
+        PATH_CAP as u32
+    } else {
+        len as u32
+    };
     ev.source = path_source::SYSCALL;
-    ev._pad = 0;
-    submit_copy(ev);
+    send_open(ev);
 }
 
+/// Sends an open record, cut after its path.
 #[inline(always)]
-fn submit_copy(ev: &mut OpenEvent) {
+fn send_open(ev: &mut OpenEvent) {
     flush_counts(bpf_get_current_pid_tgid());
     stamp_losses(&mut ev.header);
+    // Bounded for the verifier (see `sockets::send`): the volatile read keeps LLVM from
+    // folding the mask and the clamp away.
+    let n = unsafe { core::ptr::read_volatile(&ev.path_len) } as usize & (2 * PATH_CAP - 1);
+    let n = open_path_bytes(n as u32);
     let bytes = unsafe {
-        core::slice::from_raw_parts(
-            (ev as *const OpenEvent).cast::<u8>(),
-            core::mem::size_of::<OpenEvent>(),
-        )
+        core::slice::from_raw_parts((ev as *const OpenEvent).cast::<u8>(), OPEN_HEADER_LEN + n)
     };
     output_bytes(bytes);
 }
@@ -307,15 +327,16 @@ fn start_run(pid_tgid: u64, fd: i32, loss_ns: u64) {
     if TARGETS.get(tgid).copied() == Some(GO_TARGET) {
         return;
     }
-    let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]);
     if let Some(agg) = READ_AGG.get_ptr_mut(&pid_tgid) {
         let agg = unsafe { &mut *agg };
         agg.fd = fd;
         agg.calls = 0;
         agg.bytes = 0;
         agg.loss_ns = loss_ns;
-        agg.comm = comm;
+        current_comm(&mut agg.comm);
     } else {
+        let mut comm = [0; COMM_LEN];
+        current_comm(&mut comm);
         let agg = ReadAgg {
             fd,
             calls: 0,
@@ -385,7 +406,10 @@ fn read_fingerprint(stash: &Stash, ret: i64) -> u64 {
         n = FP_BYTES as u64;
     }
     // Words, not bytes: the hash takes 8 bytes at a time, and the stack slot is then aligned.
-    let mut words = [0u64; FP_WORDS];
+    let mut words = core::mem::MaybeUninit::<[u64; FP_WORDS]>::uninit();
+    let w = words.as_mut_ptr().cast::<u64>();
+    zero_words!(w; 0 1 2 3 4 5 6 7);
+    const _: () = assert!(FP_WORDS == 8);
     // The mask keeps the verifier's range for the size within the stack buffer.
     let size = (n as u32) & (FP_BYTES as u32 * 2 - 1);
     let size = if size > FP_BYTES as u32 {
@@ -394,16 +418,13 @@ fn read_fingerprint(stash: &Stash, ret: i64) -> u64 {
         size
     };
     let r = unsafe {
-        aya_ebpf::helpers::generated::bpf_probe_read_user(
-            words.as_mut_ptr().cast(),
-            size,
-            buf as *const _,
-        )
+        aya_ebpf::helpers::generated::bpf_probe_read_user(w.cast(), size, buf as *const _)
     };
     if r != 0 {
         return 0;
     }
-    fingerprint_words(&words, size as usize)
+    // SAFETY: every word was written above.
+    fingerprint_words(unsafe { &*words.as_ptr() }, size as usize)
 }
 
 /// close(unsigned int fd): forget the fd, and tell userspace when it was one we follow.

@@ -15,9 +15,9 @@ use monitor_common::{
 use super::{ret, syscall_op};
 use crate::maps::{
     BODY_SPANS, CONN_WRITES, ConnWrites, DATA_SCRATCH, H2_CONNS, LAST_LOSS, READ_BATCH_NS,
-    REQUEST_CAPTURE, RESPONSE_CAPTURE, Stash, TARGETS, WRITE_AGG, WRITE_AGG_FD, WriteAgg, fd_key,
-    fill_header, flush_counts, flush_counts_keeping, global, is_target, output_bytes,
-    output_bytes_waking, send_reads, send_writes, set_fd_kind, stamp_losses, submit,
+    REQUEST_CAPTURE, RESPONSE_CAPTURE, Stash, TARGETS, WRITE_AGG, WRITE_AGG_FD, WriteAgg,
+    current_comm, fd_key, fill_header, flush_counts, flush_counts_keeping, global, is_target,
+    output_bytes, output_bytes_waking, send_reads, send_writes, set_fd_kind, stamp_losses, submit,
 };
 use monitor_common::go::GO_TARGET;
 
@@ -237,15 +237,16 @@ fn start_write_run(pid_tgid: u64, fd: i32, loss_ns: u64) {
     if TARGETS.get(tgid).copied() == Some(GO_TARGET) {
         return;
     }
-    let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]);
     if let Some(agg) = WRITE_AGG.get_ptr_mut(&pid_tgid) {
         let agg = unsafe { &mut *agg };
         agg.fd = fd;
         agg.calls = 0;
         agg.bytes = 0;
         agg.loss_ns = loss_ns;
-        agg.comm = comm;
+        current_comm(&mut agg.comm);
     } else {
+        let mut comm = [0; monitor_common::COMM_LEN];
+        current_comm(&mut comm);
         let agg = WriteAgg {
             fd,
             calls: 0,
