@@ -32,6 +32,7 @@ const FULL: &[&str] = &[
     "jwt",
     "replay",
     "kernel",
+    "hooks",
     "concurrency",
     "paths",
     "go",
@@ -57,6 +58,7 @@ const FULL_NODE: &[&str] = &[
     "jwt",
     "replay",
     "kernel",
+    "hooks",
     "concurrency",
     "paths",
     "go",
@@ -75,6 +77,7 @@ const FULL_NODE: &[&str] = &[
 const OLDEST: &[&str] = &[
     "e2e",
     "kernel",
+    "hooks",
     "concurrency",
     "go",
     "adversarial",
