@@ -6,6 +6,7 @@
 //! machine-readable result lines and powers off. Each boot's console goes to
 //! `target/vm/logs/<row>.log`; a table sums the matrix up, and any failed row fails the task.
 mod cpio;
+pub mod measure;
 
 use std::{
     collections::BTreeMap,
