@@ -40,6 +40,13 @@ pub struct ReportArgs {
     /// against the system's).
     #[arg(long, value_name = "FILE", requires = "from_postgres")]
     pub ca_file: Option<String>,
+    /// With --from-postgres: present this PEM certificate chain (with --client-key), to a server that
+    /// authenticates its clients by certificate (`clientcert=` in `pg_hba.conf`).
+    #[arg(long, value_name = "FILE", requires_all = ["from_postgres", "client_key"])]
+    pub client_cert: Option<String>,
+    /// The private key of --client-cert (PEM; mode 0600).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<String>,
     /// Shipped records were pseudonymised with this key (`[trail] pseudonym_key_file`):
     /// resolve the names given by --names and those of --subject and --user.
     #[arg(long, value_name = "FILE")]
@@ -114,6 +121,13 @@ pub struct VerifyArgs {
     /// against the system's).
     #[arg(long, value_name = "FILE", requires = "postgres")]
     pub ca_file: Option<String>,
+    /// With --postgres: present this PEM certificate chain (with --client-key), to a server that
+    /// authenticates its clients by certificate (`clientcert=` in `pg_hba.conf`).
+    #[arg(long, value_name = "FILE", requires_all = ["postgres", "client_key"])]
+    pub client_cert: Option<String>,
+    /// The private key of --client-cert (PEM; mode 0600).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<String>,
     /// Shipped records were pseudonymised with this key (`[trail] pseudonym_key_file`):
     /// resolve the names given by --names (the original lines, hence the chain, come back only where every name of a record is known).
     #[arg(long, value_name = "FILE")]
@@ -224,16 +238,27 @@ fn verify_files(files: &[(String, Vec<u8>)], key: &PublicKey) -> Report {
 }
 
 /// The trail as shipped to PostgreSQL (`[trail.postgres]`), per host.
+/// TLS to the database when any of its files is given (`sslmode=require` in the connection
+/// string asks for it too, with the system's certificate authorities).
+fn pg_tls(
+    ca_file: &Option<String>,
+    client_cert: &Option<String>,
+    client_key: &Option<String>,
+) -> Option<crate::config::ShipTls> {
+    let tls = crate::config::ShipTls {
+        ca_file: ca_file.clone(),
+        client_cert: client_cert.clone(),
+        client_key: client_key.clone(),
+    };
+    (tls != crate::config::ShipTls::default()).then_some(tls)
+}
+
 fn postgres_trails(
     connection: &str,
     password_file: Option<&str>,
-    ca_file: Option<&str>,
+    tls: Option<crate::config::ShipTls>,
     host: Option<&str>,
 ) -> anyhow::Result<Vec<crate::sinks::ship::postgres::HostTrail>> {
-    let tls = ca_file.map(|f| crate::config::ShipTls {
-        ca_file: Some(f.to_string()),
-        ..Default::default()
-    });
     let config = crate::sinks::ship::postgres::connection(connection, password_file, tls.as_ref())
         .context("--postgres connection")?;
     let trails = crate::sinks::ship::postgres::read_trails(&config, host)
@@ -334,7 +359,7 @@ pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         Some(conn) => postgres_trails(
             conn,
             args.password_file.as_deref(),
-            args.ca_file.as_deref(),
+            pg_tls(&args.ca_file, &args.client_cert, &args.client_key),
             args.host.as_deref(),
         )
         .and_then(|mut trails| {
@@ -501,7 +526,7 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             postgres_trails(
                 conn,
                 args.password_file.as_deref(),
-                args.ca_file.as_deref(),
+                pg_tls(&args.ca_file, &args.client_cert, &args.client_key),
                 args.host.as_deref(),
             )
         })
@@ -548,9 +573,7 @@ pub fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         }
         // Replayed accesses come as alert lines (no chain link), trail lines as records.
         let parsed = if from_traces {
-            serde_json::from_slice(line)
-                .map(Some)
-                .map_err(|_| report::Unreadable)
+            report::replayed_access(line)
         } else {
             report::access_record(line)
         };

@@ -3,8 +3,9 @@
 //! (`-accel tcg`: this machine's KVM cannot boot stock kernels) from one initramfs that holds
 //! the test binary, `vigie`, the demo portal, their shared libraries, a static busybox and an
 //! `/init` that mounts what Vigie needs, runs `vigie probes` and each row's test modules, prints
-//! machine-readable result lines and powers off. Each boot's console goes to
-//! `target/vm/logs/<row>.log`; a table sums the matrix up, and any failed row fails the task.
+//! machine-readable result lines and powers off. The rows boot side by side, one lane per CPU
+//! ([`lanes`]). Each boot's console goes to `target/vm/logs/<row>.log`; a table sums the matrix
+//! up, and any failed row fails the task.
 mod cpio;
 pub mod measure;
 
@@ -71,7 +72,8 @@ const FULL_NODE: &[&str] = &[
 /// the thread's fsbase, nginx's vectored and chunked I/O, thread scope). `jwt` and `replay` are
 /// userspace logic on the same events (they run natively and on the 6.12 row); `paths` runs on
 /// 6.1 in the `6.1-integrity-nobpflsm` row (with fentry, the way that row differs) and on 6.12.
-/// Keeps `.ci/run` under its 45 minutes.
+/// Keeps `.ci/run` under its 45 minutes (with the rows side by side, see [`lanes`]: this row is
+/// the longest lane).
 /// One HTTPS test there (nginx over TLS, its libssl hooked with classic uprobes, which only
 /// kernels before 6.6 use); the other TLS tests need python3, which the initramfs does not
 /// hold (its standard library is 54 MB).
@@ -117,6 +119,8 @@ struct Row {
     tests: &'static [&'static str],
     /// The program that must give open paths there (the `kernel` tests check it).
     opens: &'static str,
+    /// About how long the row takes in CI, to spread the rows over the lanes (see [`lanes`]).
+    seconds: u32,
 }
 
 const MATRIX: &[Row] = &[
@@ -126,6 +130,7 @@ const MATRIX: &[Row] = &[
         cmdline: "",
         tests: OLDEST,
         opens: "lsm_file_open",
+        seconds: 540,
     },
     Row {
         id: "6.12",
@@ -133,6 +138,7 @@ const MATRIX: &[Row] = &[
         cmdline: "",
         tests: FULL_NODE,
         opens: "lsm_file_open",
+        seconds: 490,
     },
     // Secure Boot's lockdown mode, and a kernel built with the BPF LSM that does not run it:
     // the facts must say so, the LSM program must not be trusted (nor, attached anyway, pass
@@ -143,6 +149,7 @@ const MATRIX: &[Row] = &[
         cmdline: "lockdown=integrity lsm=lockdown,capability,landlock,yama",
         tests: FENTRY,
         opens: "fentry_file_open",
+        seconds: 120,
     },
     // Vigie must refuse, saying why (tracefs and kernel reads are closed).
     Row {
@@ -151,6 +158,7 @@ const MATRIX: &[Row] = &[
         cmdline: "lockdown=confidentiality",
         tests: REPORT,
         opens: "",
+        seconds: 10,
     },
 ];
 
@@ -232,7 +240,7 @@ pub fn run(bins: &Binaries, args: &VmArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let vm_dir = workspace_root().join("target").join("vm");
     let host = host_kernel();
-    let rows: Vec<(&str, PathBuf, &str, &[&str], &str)> = {
+    let rows: Vec<BootPlan> = {
         let wanted = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
         let mut kernels = BTreeMap::new();
         let mut rows = Vec::new();
@@ -244,11 +252,25 @@ pub fn run(bins: &Binaries, args: &VmArgs) -> anyhow::Result<()> {
                     kernels.entry(row.series.name).or_insert(k)
                 }
             };
-            rows.push((row.id, vmlinuz.clone(), row.cmdline, row.tests, row.opens));
+            rows.push(BootPlan {
+                id: row.id,
+                vmlinuz: vmlinuz.clone(),
+                extra: row.cmdline,
+                tests: row.tests,
+                opens: row.opens,
+                seconds: row.seconds,
+            });
         }
         if wanted("host") {
             match &host {
-                Ok(vmlinuz) => rows.push(("host", vmlinuz.clone(), "", FULL, "")),
+                Ok(vmlinuz) => rows.push(BootPlan {
+                    id: "host",
+                    vmlinuz: vmlinuz.clone(),
+                    extra: "",
+                    tests: FULL,
+                    opens: "",
+                    seconds: 600,
+                }),
                 Err(why) => step("vm-test", why),
             }
         }
@@ -274,42 +296,48 @@ pub fn run(bins: &Binaries, args: &VmArgs) -> anyhow::Result<()> {
     );
     let logs = vm_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let mut results = Vec::new();
-    for (id, vmlinuz, extra, names, opens) in rows {
-        let mut cmdline = format!(
-            "console=ttyS0 panic=-1 quiet vigie.tests={} vigie.scale={TIME_SCALE}",
-            names.join(",")
-        );
-        if !opens.is_empty() {
-            cmdline.push_str(&format!(" vigie.opens={opens}"));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lanes = lanes(&rows, cpus);
+    step(
+        "vm-test",
+        &format!(
+            "{} boots in {} lane(s), one per CPU (each QEMU emulates on one thread): {}",
+            rows.len(),
+            lanes.len(),
+            lanes
+                .iter()
+                .map(|lane| lane
+                    .iter()
+                    .map(|&i| rows[i].id)
+                    .collect::<Vec<_>>()
+                    .join(" then "))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
+    );
+    let mut results: Vec<(usize, RowResult)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = lanes
+            .iter()
+            .map(|lane| {
+                let (rows, initramfs, logs) = (&rows, &initramfs, &logs);
+                scope.spawn(move || -> anyhow::Result<Vec<(usize, RowResult)>> {
+                    lane.iter()
+                        .map(|&i| Ok((i, boot_row(&rows[i], initramfs, logs, args)?)))
+                        .collect()
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for handle in handles {
+            let lane = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a matrix lane panicked"))??;
+            all.extend(lane);
         }
-        if let Some(f) = &args.filter {
-            cmdline.push_str(&format!(" vigie.filter={f}"));
-        }
-        if !extra.is_empty() {
-            cmdline.push(' ');
-            cmdline.push_str(extra);
-        }
-        let log = logs.join(format!("{id}.log"));
-        step("vm-test", &format!("boot {id}: {}", vmlinuz.display()));
-        let outcome = boot(
-            &vmlinuz,
-            &initramfs,
-            &cmdline,
-            &log,
-            Duration::from_secs(args.timeout),
-        )?;
-        let result = RowResult::parse(id, extra, &outcome, names);
-        if !result.ok() {
-            eprintln!(
-                "[xtask vm-test] {id} FAILED: {}; console tail ({}):\n{}",
-                result.problem.as_deref().unwrap_or("see the log"),
-                log.display(),
-                tail(&outcome.console, 60)
-            );
-        }
-        results.push(result);
-    }
+        anyhow::Ok(all)
+    })?;
+    results.sort_by_key(|(i, _)| *i);
+    let results: Vec<RowResult> = results.into_iter().map(|(_, r)| r).collect();
     print_table(&results);
     if let Err(why) = &host {
         eprintln!("{why}");
@@ -325,6 +353,89 @@ pub fn run(bins: &Binaries, args: &VmArgs) -> anyhow::Result<()> {
         bail!("kernel matrix failed on: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// One boot to make: a row of the matrix (or the host's kernel).
+struct BootPlan {
+    id: &'static str,
+    vmlinuz: PathBuf,
+    /// Extra kernel command line.
+    extra: &'static str,
+    tests: &'static [&'static str],
+    opens: &'static str,
+    /// Expected duration, for [`lanes`].
+    seconds: u32,
+}
+
+/// Spreads the boots over `cpus` lanes that run side by side, longest first, each onto the lane
+/// that ends soonest. Each QEMU emulates its guest on one host thread (see [`boot`]), so on this
+/// 2-CPU machine the 6.1 row runs beside the 6.12 row instead of before it: the matrix takes the
+/// longest lane's time instead of the sum (about 10 minutes of CI instead of 19).
+fn lanes(boots: &[BootPlan], cpus: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..boots.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(boots[i].seconds));
+    let mut lanes: Vec<(u32, Vec<usize>)> =
+        vec![(0, Vec::new()); cpus.clamp(1, boots.len().max(1))];
+    for i in order {
+        let lane = lanes
+            .iter_mut()
+            .min_by_key(|(load, _)| *load)
+            .expect("at least one lane");
+        lane.0 += boots[i].seconds;
+        lane.1.push(i);
+    }
+    lanes
+        .into_iter()
+        .map(|(_, l)| l)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Boots one row and reads its result; a failed row's console tail goes to stderr.
+fn boot_row(
+    b: &BootPlan,
+    initramfs: &Path,
+    logs: &Path,
+    args: &VmArgs,
+) -> anyhow::Result<RowResult> {
+    let mut cmdline = format!(
+        "console=ttyS0 panic=-1 quiet vigie.tests={} vigie.scale={TIME_SCALE}",
+        b.tests.join(",")
+    );
+    if !b.opens.is_empty() {
+        cmdline.push_str(&format!(" vigie.opens={}", b.opens));
+    }
+    if let Some(f) = &args.filter {
+        cmdline.push_str(&format!(" vigie.filter={f}"));
+    }
+    if !b.extra.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(b.extra);
+    }
+    let log = logs.join(format!("{}.log", b.id));
+    step(
+        "vm-test",
+        &format!("boot {}: {}", b.id, b.vmlinuz.display()),
+    );
+    let outcome = boot(
+        b.id,
+        &b.vmlinuz,
+        initramfs,
+        &cmdline,
+        &log,
+        Duration::from_secs(args.timeout),
+    )?;
+    let result = RowResult::parse(b.id, b.extra, &outcome, b.tests);
+    if !result.ok() {
+        eprintln!(
+            "[xtask vm-test] {} FAILED: {}; console tail ({}):\n{}",
+            b.id,
+            result.problem.as_deref().unwrap_or("see the log"),
+            log.display(),
+            tail(&outcome.console, 60)
+        );
+    }
+    Ok(result)
 }
 
 /// The host's kernel image, when it is there to boot; otherwise why not.
@@ -706,8 +817,9 @@ struct Boot {
 }
 
 /// Boots `vmlinuz` with the initramfs; streams the console to `log` (and the result lines to
-/// stderr) until QEMU exits or `timeout` passes.
+/// stderr, after the row's `id`: rows boot side by side) until QEMU exits or `timeout` passes.
 fn boot(
+    id: &str,
     vmlinuz: &Path,
     initramfs: &Path,
     cmdline: &str,
@@ -772,7 +884,7 @@ fn boot(
                     || line.starts_with("vigie: this kernel cannot")
                     || (line.starts_with("test ") && line.ends_with("FAILED"))
                 {
-                    eprintln!("    {line}");
+                    eprintln!("    {id}: {line}");
                 }
                 console.push_str(&line);
                 console.push('\n');
@@ -935,6 +1047,37 @@ fn tail(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rows_spread_over_the_cpus_longest_first() {
+        let plan = |id, seconds| BootPlan {
+            id,
+            vmlinuz: PathBuf::new(),
+            extra: "",
+            tests: &[],
+            opens: "",
+            seconds,
+        };
+        let boots: Vec<BootPlan> = MATRIX.iter().map(|r| plan(r.id, r.seconds)).collect();
+        let ids = |lanes: Vec<Vec<usize>>| -> Vec<Vec<&str>> {
+            lanes
+                .into_iter()
+                .map(|l| l.into_iter().map(|i| boots[i].id).collect())
+                .collect()
+        };
+        assert_eq!(
+            ids(lanes(&boots, 2)),
+            [
+                vec!["6.1", "6.12-confidentiality"],
+                vec!["6.12", "6.1-integrity-nobpflsm"]
+            ]
+        );
+        assert_eq!(lanes(&boots, 1), [vec![0, 1, 2, 3]]);
+        // More CPUs than boots: one boot per lane, no empty lane.
+        assert_eq!(lanes(&boots, 16).len(), 4);
+        assert_eq!(lanes(&boots[..1], 2), [vec![0]]);
+        assert!(lanes(&[], 2).is_empty());
+    }
 
     #[test]
     fn skipping_the_matrix_is_refused_when_privileged_tests_are_required() {

@@ -99,6 +99,24 @@ pub fn access_record(line: &[u8]) -> Result<Option<AccessRecord>, Unreadable> {
     }
 }
 
+/// The access of one line of a replay's alert file (`report --trace`): None for its other lines
+/// (enumeration alerts, coverage gaps), which are not accesses.
+pub fn replayed_access(line: &[u8]) -> Result<Option<AccessRecord>, Unreadable> {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    let kind: Kind = serde_json::from_slice(line).map_err(|_| Unreadable)?;
+    match kind.kind.as_deref() {
+        Some("access") => serde_json::from_slice(line)
+            .map(Some)
+            .map_err(|_| Unreadable),
+        Some(_) => Ok(None),
+        None => Err(Unreadable),
+    }
+}
+
 /// Whether [`answer`] may keep `r`, so that a reader can drop the others as it goes: in the
 /// window and, unless re-judging may change its owner and verdict, matching the query (the
 /// user never changes).
@@ -440,6 +458,33 @@ pub fn html(a: &Answer) -> String {
 mod tests {
     use super::*;
     use crate::trail::record::RequestLine;
+
+    #[test]
+    fn a_replays_alert_file_gives_its_accesses_and_skips_its_other_lines() {
+        let access = serde_json::json!({
+            "schema": "vigie.alert/1", "type": "access", "time": "2026-12-03T10:00:00Z",
+            "verdict": "violation", "user": "bob", "owner": "alice",
+            "document": "/srv/docs/alice/a.pdf", "pid": 7, "tid": 7, "comm": "portal",
+            "request": null, "evidence": [], "bytes": 10, "rule": "owner", "access_id": 3,
+        });
+        let r = replayed_access(access.to_string().as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.user.as_deref(), r.access_id), (Some("bob"), 3));
+        for other in [
+            r#"{"schema":"vigie.alert/1","type":"coverage_gap","time":"t","reason":"lost","lost_events":2}"#,
+            r#"{"schema":"vigie.alert/1","type":"enumeration","time":"t","user":"bob"}"#,
+        ] {
+            assert_eq!(replayed_access(other.as_bytes()), Ok(None), "{other}");
+        }
+        for bad in [
+            &b"not json"[..],
+            br#"{"no":"type"}"#,
+            br#"{"type":"access"}"#,
+        ] {
+            assert_eq!(replayed_access(bad), Err(Unreadable));
+        }
+    }
 
     fn rec(time: &str, verdict: &str, user: &str, owner: &str, id: u64) -> AccessRecord {
         AccessRecord {

@@ -803,9 +803,9 @@ fn syslog_over_tls_checks_the_collector_and_presents_a_client_certificate() {
 }
 
 #[test]
-fn postgres_shipping_over_tls_verifies_the_server() {
+fn postgres_over_tls_checks_the_server_and_presents_a_client_certificate() {
     use crate::harness::postgres::Postgres;
-    let test = "postgres_shipping_over_tls_verifies_the_server";
+    let test = "postgres_over_tls_checks_the_server_and_presents_a_client_certificate";
     let Some(p) = privileged(test) else {
         return;
     };
@@ -813,7 +813,8 @@ fn postgres_shipping_over_tls_verifies_the_server() {
     let Some((pki, other)) = two_pkis(test, tmp.path()) else {
         return;
     };
-    let Some(pg) = Postgres::start_tls("ship-pg-tls", &pki.server_cert, &pki.server_key) else {
+    let Some(pg) = Postgres::start_tls("ship-pg-tls", &pki.server_cert, &pki.server_key, &pki.ca)
+    else {
         return;
     };
     let started = Instant::now();
@@ -837,10 +838,13 @@ fn postgres_shipping_over_tls_verifies_the_server() {
     let connection = pg.tcp_connection("audit", "vigie_writer");
     let portal = Portal::start("ship-pg-tls", &["--model", "thread"]);
     let config = format!(
-        "{}[trail]\ncheckpoint_interval_secs = 1\n[trail.postgres]\nconnection = \"{connection}\"\npassword_file = \"{}\"\nhost = \"web-tls\"\n[trail.postgres.tls]\nca_file = \"{}\"\n",
+        "{}[trail]\ncheckpoint_interval_secs = 1\n[trail.postgres]\nconnection = \"{connection}\"\npassword_file = \"{}\"\nhost = \"web-tls\"\n\
+         [trail.postgres.tls]\nca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
         portal.config_by_pid(),
         password.display(),
-        pki.ca.display()
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
     );
     let vigie = Vigie::start(&p, "ship-pg-tls", &config, &trail_args);
     for user in ["alice", "bob"] {
@@ -861,8 +865,9 @@ fn postgres_shipping_over_tls_verifies_the_server() {
         || (rows() == records.len()).then_some(()),
         || format!("{} rows, {} records\n{log}", rows(), records.len()),
     );
-    // Reading back over TLS: `verify` with the right CA passes; with another CA, or without
-    // TLS (the server rejects plain text), it cannot connect (exit 2) and says why.
+    // Reading back over TLS: `verify` with the right CA and a client certificate passes; without
+    // the certificate (the server requires one), with another CA, or without TLS (the server
+    // rejects plain text), it cannot connect (exit 2) and says why.
     let pub_key = format!("{}.pub", key.display());
     let verify = |extra: &[&str]| {
         let mut args = vec![
@@ -879,9 +884,19 @@ fn postgres_shipping_over_tls_verifies_the_server() {
         args.extend(extra);
         vigie_status(&p, &args)
     };
-    let (code, out) = verify(&["--ca-file", pki.ca.to_str().unwrap()]);
+    let client = [
+        "--client-cert",
+        pki.client_cert.to_str().unwrap(),
+        "--client-key",
+        pki.client_key.to_str().unwrap(),
+    ];
+    let (code, out) = verify(&[&["--ca-file", pki.ca.to_str().unwrap()][..], &client].concat());
     assert_eq!(code, 0, "{out}");
-    let (code, other_ca) = verify(&["--ca-file", other.ca.to_str().unwrap()]);
+    let (code, no_client) = verify(&["--ca-file", pki.ca.to_str().unwrap()]);
+    assert_eq!(code, 2, "{no_client}");
+    assert!(no_client.contains("certificate"), "{no_client}");
+    let (code, other_ca) =
+        verify(&[&["--ca-file", other.ca.to_str().unwrap()][..], &client].concat());
     assert_eq!(code, 2, "{other_ca}");
     assert!(other_ca.contains("certificate"), "{other_ca}");
     let (code, out) = verify(&[]);
@@ -891,8 +906,9 @@ fn postgres_shipping_over_tls_verifies_the_server() {
         "{out}"
     );
     eprintln!(
-        "PostgreSQL over TLS: {} records shipped and verified; another CA: {}; no TLS: {}; test took {:?}",
+        "PostgreSQL over TLS: {} records shipped and verified; no client certificate: {}; another CA: {}; no TLS: {}; test took {:?}",
         records.len(),
+        no_client.lines().next().unwrap_or_default(),
         other_ca.lines().next().unwrap_or_default(),
         out.lines().next().unwrap_or_default(),
         started.elapsed()

@@ -59,12 +59,13 @@ impl Postgres {
     }
 
     /// [`Postgres::start`], also listening on TCP at 127.0.0.1 with TLS only (`cert` and `key`,
-    /// PEM; the certificate must name `localhost`): plain-text TCP connections are rejected.
-    pub fn start_tls(test: &str, cert: &Path, key: &Path) -> Option<Self> {
-        Self::start_with(test, Some((cert, key)))
+    /// PEM; the certificate must name `localhost`): plain-text TCP connections are rejected, and
+    /// so are clients without a certificate signed by `client_ca` (`clientcert=verify-ca`).
+    pub fn start_tls(test: &str, cert: &Path, key: &Path, client_ca: &Path) -> Option<Self> {
+        Self::start_with(test, Some((cert, key, client_ca)))
     }
 
-    fn start_with(test: &str, tls: Option<(&Path, &Path)>) -> Option<Self> {
+    fn start_with(test: &str, tls: Option<(&Path, &Path, &Path)>) -> Option<Self> {
         let (Some(bin), Some((uid, gid))) = (bin_dir(), postgres_user()) else {
             let msg = format!(
                 "SKIPPED {test}: PostgreSQL is not installed (Debian's `postgresql`; run `cargo xtask test`)"
@@ -104,13 +105,14 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         // The admin is trusted on the socket; every other role must give its password (over
-        // TCP: with TLS only).
+        // TCP: with TLS only, and a client certificate).
         let hba = data.join("pg_hba.conf");
         std::fs::write(
             &hba,
             format!(
                 "local all {ADMIN} trust\nlocal all all scram-sha-256\n\
-                 hostssl all all 127.0.0.1/32 scram-sha-256\nhost all all 0.0.0.0/0 reject\n"
+                 hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n\
+                 host all all 0.0.0.0/0 reject\n"
             ),
         )
         .expect("writing pg_hba.conf");
@@ -121,9 +123,13 @@ impl Postgres {
                 settings.push("listen_addresses=".into());
                 PORT
             }
-            Some((cert, key)) => {
+            Some((cert, key, client_ca)) => {
                 // The server reads its key only if it owns it, mode 0600.
-                for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                for (from, name) in [
+                    (cert, "server.crt"),
+                    (key, "server.key"),
+                    (client_ca, "client-ca.crt"),
+                ] {
                     let to = data.join(name);
                     std::fs::copy(from, &to).expect("copying the server's TLS files");
                     std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown");
@@ -138,6 +144,7 @@ impl Postgres {
                     "ssl=on".into(),
                     "ssl_cert_file=server.crt".into(),
                     "ssl_key_file=server.key".into(),
+                    "ssl_ca_file=client-ca.crt".into(),
                 ]);
                 super::free_port()
             }
