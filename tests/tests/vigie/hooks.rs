@@ -197,7 +197,7 @@ fn measure_btf_hooks_against_tracepoints() {
     };
     let seconds = measure_setting("VIGIE_MEASURE_SECONDS", 5);
     let rounds = measure_setting("VIGIE_MEASURE_ROUNDS", 3);
-    let portal = Portal::start(TEST, &[]);
+    let portal = Portal::start(TEST, &["--model", "thread"]);
     let _stats = BpfStats::on();
     let ways: [(&str, Option<&[&str]>); 3] = [
         ("detached", None),

@@ -54,6 +54,7 @@ pub fn run(bins: &Binaries, row: &str, seconds: u64, rounds: u64) -> anyhow::Res
     );
     let budget = 600 + rounds * seconds * 3 * 4;
     let boot = super::boot(
+        &format!("measure-{row}"),
         &vmlinuz,
         &initramfs,
         &cmdline,
