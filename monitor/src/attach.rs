@@ -205,14 +205,18 @@ const SYSCALL_FUNCTION_PREFIX: &str = "__arm64_sys_";
 #[cfg(not(target_arch = "aarch64"))]
 const SYSCALL_FUNCTION_PREFIX: &str = "__x64_sys_";
 
-/// The attach table. A program with a [`Fallback::Program`] comes before the standby entries it
-/// falls back to.
+/// The attach table. A program with a [`Fallback::Programs`] comes before the standby entries
+/// it falls back to.
 ///
 /// Opens have three ways in, best first: the BPF LSM `file_open` hook, `fentry` on
 /// `security_file_open` (BPF trampolines, where the BPF LSM is not active), then the `openat`
 /// tracepoints. The first two read the opened file's exact path with `bpf_d_path`; the
 /// tracepoint reads the path argument as the process wrote it. `sys_exit_open` is needed by all
 /// three: the fd is only known at the syscall's exit.
+///
+/// Reads, writes, sendfile, accepts and closes have two: BTF programs on the syscall functions
+/// (the [`SYSCALL_FUNCTIONS`] group), then the syscall tracepoints, on standby until the group
+/// falls back (or `--hooks tracepoints` forces them).
 pub fn table() -> Vec<Entry> {
     let mut rows = vec![
         Entry {
