@@ -318,6 +318,7 @@ fn events(input: &Input) -> Vec<Event> {
                     bytes: u64::from(*n),
                     data: Payload(h.render()),
                     body_fp: (*n % 3 != 0).then_some(u64::from(*n % 4)),
+                    at: None,
                 },
                 Kind::SockClose(f) => EventKind::SockClose { fd: fd(*f) },
                 Kind::Lost(n) => EventKind::Lost {

@@ -76,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
                 bytes: n as u64,
                 data: chunk,
                 body_fp: None,
+                at: None,
             }
         };
         *at += n;

@@ -44,9 +44,16 @@ pub mod path_source {
 ///   bytes hash to `fp` (see [`fingerprint`]; 0 when there is none);
 /// - `kind::FILE_READ_MORE`: `size` more reads of `fd` (`ret` bytes in all, the last one's op
 ///   and time) by this thread, each made right after the previous one with no record of the
-///   thread in between, the first of them right after its `kind::FILE_READ` of `fd`: counted in
+///   thread in between (but its writes inside a response body that do not complete it), the
+///   first of them right after its `kind::FILE_READ` of `fd`: counted in
 ///   the kernel, without fingerprint or size, and sent before the thread's next record, when
 ///   another thread closes `fd`, or when the count is `READ_BATCH_NS` old;
+/// - `kind::SOCK_WRITE_MORE`: `size` more writes of connection `fd` (`ret` bytes in all, the
+///   last one's op and time) by this thread, each inside the body span userspace gave for the
+///   connection's current response and past the write holding the body's first bytes, the first
+///   of them after the thread's last `kind::SOCK_WRITE` of `fd`, with no record of the thread in
+///   between but counted document reads: sent before the thread's next record, before another
+///   thread's record of `fd`, when the body's last byte went out, or when `READ_BATCH_NS` old;
 /// - `kind::FILE_SENDFILE`: `sendfile(out = fd, in = fd2)` moved `ret` bytes;
 /// - `kind::FILE_MAP`: `fd` was mapped readable, `ret` bytes long (op: mmap);
 /// - `kind::FILE_CLOSE` / `kind::SOCK_CLOSE`: `fd` closed;
@@ -62,7 +69,8 @@ pub struct FdEvent {
     pub op: u32,
     /// `kind::FILE_READ` only: the document's size at the read (`inode.i_size`), so that a
     /// response body is matched only to reads of a document of its length; 0 unknown,
-    /// `u32::MAX` for 4 GiB or more. `kind::FILE_READ_MORE`: the reads counted. Else 0.
+    /// `u32::MAX` for 4 GiB or more. `kind::FILE_READ_MORE` / `kind::SOCK_WRITE_MORE`: the reads
+    /// or writes counted. Else 0.
     pub size: u32,
     /// `kind::FILE_READ` only: [`fingerprint`] of the bytes read (first iovec), else 0.
     pub fp: u64,

@@ -73,6 +73,10 @@ pub mod kind {
     pub const SOCK_READ: u32 = 201;
     pub const SOCK_WRITE: u32 = 202;
     pub const SOCK_CLOSE: u32 = 203;
+    /// More writes of a connection by one thread, inside a response body whose span userspace
+    /// gave ([`crate::sockets::BodySpan`]), counted in the kernel rather than sent one by one
+    /// (see [`crate::files::FdEvent`]).
+    pub const SOCK_WRITE_MORE: u32 = 204;
 }
 
 /// The syscalls the probes decode, as stored in [`files::FdEvent::op`] and
@@ -259,6 +263,7 @@ mod pod {
     unsafe impl aya::Pod for files::FdEvent {}
     unsafe impl aya::Pod for process::ProcEvent {}
     unsafe impl aya::Pod for sockets::DataEvent {}
+    unsafe impl aya::Pod for sockets::BodySpan {}
     unsafe impl aya::Pod for Stash {}
     unsafe impl aya::Pod for tls::TlsCall {}
     unsafe impl aya::Pod for go::GoLayout {}

@@ -31,12 +31,16 @@ pub struct DataEvent {
     /// Offset of `data` in the transfer's capture, with [`CHUNK_MORE`] when another record of
     /// this transfer follows (from the same thread, next).
     pub chunk: u32,
+    /// `kind::SOCK_WRITE` of a plain socket (not TLS plaintext): where the write's first byte
+    /// is in the connection's output, as the probes count it (cumulative bytes written on
+    /// `(tgid, fd)`, from a base of their own). 0: not known.
+    pub offset: u64,
     pub data: [u8; DATA_CAP],
 }
 
 /// Bytes before [`DataEvent::data`].
 pub const DATA_HEADER_LEN: usize = core::mem::offset_of!(DataEvent, data);
-const _: () = assert!(DATA_HEADER_LEN == 56 + 24);
+const _: () = assert!(DATA_HEADER_LEN == 56 + 32);
 
 /// `kind::SOCK_ACCEPT`: `fd` is a new connection, whose peer the probe read from the kernel's
 /// socket (`file->private_data->sk->__sk_common`) at the syscall's exit. Read from the socket, not
@@ -66,3 +70,16 @@ pub mod family {
     pub const INET: u16 = 2;
     pub const INET6: u16 = 10;
 }
+
+/// Where the body of the response being written on a connection lies in its output, in the
+/// offsets of [`DataEvent::offset`]: `start` is its first byte, `end` one past its last.
+/// Userspace writes it (the `BODY_SPANS` map, key `tgid << 32 | fd`) once a response head gave
+/// the body's length; the probes then only count the connection's writes that lie after the
+/// write holding the body's first bytes and within `end` (`kind::SOCK_WRITE_MORE`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodySpan {
+    pub start: u64,
+    pub end: u64,
+}
+const _: () = assert!(core::mem::size_of::<BodySpan>() == 16);

@@ -405,7 +405,25 @@ pub struct Correlator {
     /// Each thread's last [`EventKind::FileRead`] ((pid, tid) -> (fd, where it went)): the
     /// kernel's count of the reads that followed it ([`EventKind::FileReadMore`]) goes there.
     last_read: IdMap<(u32, u32), (i32, ReadWent)>,
+    /// Body spans learnt from the last event, for the live pipeline to give the probes (see
+    /// [`BodySpan`]); replay drops them.
+    spans: Vec<BodySpan>,
     stats: Stats,
+}
+
+/// Where the body of the response being written on connection `fd` of `pid` lies in the
+/// connection's output, in the probes' offsets ([`EventKind::SockWrite`]'s `at`): `start` is
+/// its first byte, `end` one past its last. Learnt from a response head with a
+/// `Content-Length`; the probes then count, rather than send, the writes that lie past the one
+/// holding the body's first bytes and within `end` ([`EventKind::SockWriteMore`]): such a write
+/// tells the correlator nothing but its length. A write that crosses `end` holds the next
+/// response's head, and is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodySpan {
+    pub pid: u32,
+    pub fd: i32,
+    pub start: u64,
+    pub end: u64,
 }
 
 /// Where a thread's last document read went, for the reads the kernel counted after it.
@@ -442,12 +460,19 @@ impl Correlator {
             trust: ScopeTrust::default(),
             by_open: IdMap::default(),
             last_read: IdMap::default(),
+            spans: Vec::new(),
             stats: Stats::default(),
         }
     }
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The body spans learnt since the last call (see [`BodySpan`]): hints for the probes,
+    /// which change no finding.
+    pub fn take_spans(&mut self) -> std::vec::Drain<'_, BodySpan> {
+        self.spans.drain(..)
     }
 
     /// Whether session `id` (hashed cookie value) is bound to a user.
@@ -662,6 +687,7 @@ impl Correlator {
                 bytes,
                 data,
                 body_fp,
+                at,
             } => {
                 if self
                     .conns
@@ -670,7 +696,18 @@ impl Correlator {
                 {
                     self.on_fastcgi_write(ev, *fd, *bytes, &data.0, out);
                 } else {
-                    self.on_sock_write(ev, actor, *fd, *bytes, &data.0, *body_fp, out);
+                    self.on_sock_write(ev, actor, *fd, *bytes, &data.0, *body_fp, *at, out);
+                }
+            }
+            // Writes inside a body, past its first bytes: each would have come as a write whose
+            // data the capture stage cut (a body is never kept), with no fingerprint.
+            EventKind::SockWriteMore { fd, bytes, .. } => {
+                if self
+                    .conns
+                    .get(&(pid, *fd))
+                    .is_some_and(|c| c.fastcgi.is_none())
+                {
+                    self.on_sock_write(ev, actor, *fd, *bytes, &[], None, None, out);
                 }
             }
             EventKind::SockClose { fd } => self.drop_conn(pid, *fd, out),
@@ -1295,6 +1332,7 @@ impl Correlator {
         bytes: u64,
         data: &[u8],
         body_fp: Option<u64>,
+        at: Option<u64>,
         out: &mut Vec<Finding>,
     ) {
         let key = (ev.pid, fd);
@@ -1351,6 +1389,17 @@ impl Correlator {
                     self.claim(ev, actor, req, body_fp);
                     self.pipeline_lost(ev.pid, fd, out);
                     return;
+                }
+                if let (Some(at), Some(left)) = (at, body_left)
+                    && left > 0
+                    && let Some(head) = memchr::memmem::find(data, b"\r\n\r\n")
+                {
+                    self.spans.push(BodySpan {
+                        pid: ev.pid,
+                        fd,
+                        start: at.saturating_add(head as u64 + 4),
+                        end: at.saturating_add(bytes).saturating_add(left),
+                    });
                 }
             }
         }

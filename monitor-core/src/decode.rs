@@ -266,6 +266,7 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
         }
         kind::FILE_READ
         | kind::FILE_READ_MORE
+        | kind::SOCK_WRITE_MORE
         | kind::FILE_MAP
         | kind::FILE_SENDFILE
         | kind::FILE_CLOSE
@@ -282,6 +283,11 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
                         .then_some(u64::from(ev.size)),
                 },
                 kind::FILE_READ_MORE => EventKind::FileReadMore {
+                    fd: ev.fd,
+                    bytes: n,
+                    calls: ev.size,
+                },
+                kind::SOCK_WRITE_MORE => EventKind::SockWriteMore {
                     fd: ev.fd,
                     bytes: n,
                     calls: ev.size,
@@ -347,6 +353,7 @@ fn decode_with(bytes: &[u8], decoder: &mut Decoder) -> Result<Event, DecodeError
                     bytes: n,
                     data,
                     body_fp: None,
+                    at: (ev.offset != 0).then_some(ev.offset),
                 }
             }
         }
@@ -465,6 +472,7 @@ mod tests {
             ret: 300,
             captured: 5,
             chunk: 0,
+            offset: 0,
             data: [0; DATA_CAP],
         };
         ev.data[..5].copy_from_slice(b"GET /");
@@ -506,6 +514,7 @@ mod tests {
             ret: ret as i64,
             captured: text.len() as u32,
             chunk,
+            offset: 0,
             data: [0; DATA_CAP],
         };
         ev.data[..text.len()].copy_from_slice(text);
@@ -629,6 +638,7 @@ mod tests {
                 ret: text.len() as i64,
                 captured: text.len() as u32,
                 chunk: 0,
+                offset: 0,
                 data: [0; DATA_CAP],
             };
             ev.data[..text.len()].copy_from_slice(text);

@@ -78,7 +78,8 @@ pub enum EventKind {
     },
     /// `calls` more reads of document fd `fd` by this thread, `bytes` in all, each right after
     /// the previous one and the first right after the thread's last [`EventKind::FileRead`] of
-    /// `fd`, with no event of the thread in between: counted in the kernel rather than sent one
+    /// `fd`, with no event of the thread in between but writes inside a response body that did
+    /// not complete it ([`EventKind::SockWriteMore`], or a [`EventKind::SockWrite`] of such): counted in the kernel rather than sent one
     /// by one (no fingerprint: the first read has it). The time is the last read's. Traces
     /// recorded before the probes counted reads have a `FileRead` per read instead.
     FileReadMore { fd: i32, bytes: u64, calls: u32 },
@@ -109,7 +110,20 @@ pub enum EventKind {
         /// (see [`crate::fingerprint`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         body_fp: Option<u64>,
+        /// Where the write's first byte is in the connection's output, as the probes count it
+        /// (from a base of their own): plain connections only, not TLS plaintext. Absent in
+        /// traces recorded before the probes counted body writes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<u64>,
     },
+    /// `calls` more writes on connection `fd` by this thread, `bytes` in all, inside the body
+    /// of the response being written and past its first bytes, each right after the previous
+    /// one with no event of the thread in between but counted document reads, the first after
+    /// the thread's last [`EventKind::SockWrite`] of `fd`: counted in the kernel once the
+    /// correlator said where the body ends ([`crate::correlate::BodySpan`]), rather than sent one
+    /// by one (nothing of them would have been kept: a body is cut). The time is the last
+    /// write's.
+    SockWriteMore { fd: i32, bytes: u64, calls: u32 },
     /// A socket was closed.
     SockClose { fd: i32 },
     /// `bytes` read from a connection Vigie cannot read (see `tls::ConnectionGate`): TLS

@@ -147,7 +147,9 @@ impl ConnectionGate {
                 ev.kind = EventKind::Unreadable { fd, bytes, why };
                 false
             }
-            EventKind::SockWrite { fd, .. } => self.unreadable.contains_key(&(pid, *fd)),
+            EventKind::SockWrite { fd, .. } | EventKind::SockWriteMore { fd, .. } => {
+                self.unreadable.contains_key(&(pid, *fd))
+            }
             EventKind::SockAccept { fd, .. } | EventKind::SockClose { fd } => {
                 self.spoken.remove(&(pid, *fd));
                 self.unreadable.remove(&(pid, *fd));
@@ -280,6 +282,7 @@ mod tests {
             bytes: 5,
             data: Payload(vec![0x17, 0x03, 0x03]),
             body_fp: None,
+            at: None,
         };
         assert_eq!(gated(&mut gate, ev(1, write)), (true, false));
         // Another process's fd 5, another fd: untouched.

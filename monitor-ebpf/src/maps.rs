@@ -12,7 +12,7 @@ use monitor_common::{
     files::{FdEvent, OpenEvent},
     go::{GO_TARGET, GoLayout},
     header_flags, kind, loss, op,
-    sockets::DataEvent,
+    sockets::{BodySpan, DataEvent},
     tls::{SslKey, TlsCall},
 };
 
@@ -131,8 +131,10 @@ pub static OPENED_SCRATCH: PerCpuArray<Opened> = PerCpuArray::with_max_entries(1
 
 /// A thread's run of reads of one document fd (values of `READ_AGG`, key: pid_tgid). The
 /// thread's `FILE_READ` record of `fd` arms it; the reads of `fd` that follow with no other
-/// record of the thread in between are only counted here, and sent as one `FILE_READ_MORE`
-/// before the thread's next record (which disarms it), when another thread closes `fd`, or
+/// record of the thread in between (but counted writes, and writes inside a response body that
+/// do not complete it: see [`flush_counts_keeping`]) are only counted here, and sent as one
+/// `FILE_READ_MORE` before the thread's next record (which disarms it, but for such a write),
+/// when another thread closes `fd`, or
 /// when the count gets `READ_BATCH_NS` old. A server reading a document in chunks then costs
 /// one record, one fingerprint and one size lookup per request rather than per chunk.
 #[repr(C)]
@@ -165,6 +167,50 @@ pub static READ_AGG: HashMap<u64, ReadAgg> = HashMap::with_max_entries(16384, 0)
 /// eviction only delays a count to its thread's next record.
 #[map]
 pub static READ_AGG_FD: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// A thread's run of writes on one connection (values of `WRITE_AGG`, key: pid_tgid), in the
+/// shape of [`ReadAgg`]: the thread's `SOCK_WRITE` record of `fd` arms it; the writes of `fd`
+/// that follow inside the body span userspace gave ([`BODY_SPANS`]), with no record of the
+/// thread in between but counted document reads, are only counted, and sent as one
+/// `SOCK_WRITE_MORE` before the thread's next record, before another thread's record of `fd`,
+/// at the write that completes the body, or when the count gets `READ_BATCH_NS` old. A server
+/// that reads a document a chunk at a time and writes each chunk as it reads it then costs a
+/// read, a count of reads, a few writes and a count of writes per request.
+pub type WriteAgg = ReadAgg;
+
+/// Runs of response writes being counted, by thread; an entry is written in place, and removed
+/// when the thread exits.
+#[map]
+pub static WRITE_AGG: HashMap<u64, WriteAgg> = HashMap::with_max_entries(16384, 0);
+
+/// `(tgid << 32 | fd)` -> the pid_tgid of the thread whose run counts writes of that
+/// connection, so that another thread's record of it (a request read, a write, the close) sends
+/// that count first. LRU: an entry lost to eviction only delays a count.
+#[map]
+pub static WRITE_AGG_FD: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// What the probes count of a connection's output (values of `CONN_WRITES`).
+#[repr(C)]
+pub struct ConnWrites {
+    /// Where the next write starts: bytes written on `(tgid, fd)` since the entry was made, plus
+    /// the entry's base (see `sockets::advance_offset`).
+    pub offset: u64,
+    /// `offset` when the current connection on this fd began (its accept, or the previous one's
+    /// close): a body span below it is a former connection's, given too late, and never used.
+    pub floor: u64,
+}
+
+/// `(tgid << 32 | fd)` -> the connection's output offsets. Kernel-owned. LRU: entries of
+/// exited processes age out, and an entry made again starts at a new base.
+#[map]
+pub static CONN_WRITES: LruHashMap<u64, ConnWrites> = LruHashMap::with_max_entries(65536, 0);
+
+/// `(tgid << 32 | fd)` -> where the body of the response being written lies in the connection's
+/// output ([`BodySpan`]). Written by userspace only (the correlator learns it from a response
+/// head with a `Content-Length`), read here. LRU: a connection's span is replaced by its next
+/// response's, and stale ones age out.
+#[map]
+pub static BODY_SPANS: LruHashMap<u64, BodySpan> = LruHashMap::with_max_entries(16384, 0);
 
 pub use monitor_common::Stash;
 
@@ -405,10 +451,16 @@ fn wakeup_flags() -> u64 {
 }
 
 /// Writes a fixed-size record; a full ring buffer is counted, never silent. The thread's
-/// counted document reads go first (see [`ReadAgg`]).
+/// counted document reads and response writes go first (see [`ReadAgg`], [`WriteAgg`]).
 #[inline(always)]
 pub fn submit<T: 'static>(fill: impl FnOnce(&mut T)) {
-    flush_reads(bpf_get_current_pid_tgid());
+    submit_keeping(false, false, fill);
+}
+
+/// [`submit`], with the thread's runs kept as [`flush_counts_keeping`] says.
+#[inline(always)]
+pub fn submit_keeping<T: 'static>(keep_reads: bool, keep_writes: bool, fill: impl FnOnce(&mut T)) {
+    flush_counts_keeping(bpf_get_current_pid_tgid(), keep_reads, keep_writes);
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             fill(unsafe { &mut *entry.as_mut_ptr() });
@@ -420,36 +472,69 @@ pub fn submit<T: 'static>(fill: impl FnOnce(&mut T)) {
     }
 }
 
-/// Sends the reads `pid_tgid` counted, if any, and ends its run: the thread's next record
-/// follows them. Called before every record but through [`output_bytes`], whose callers call it
-/// once per syscall (a loop of chunks would repeat it for the verifier to walk).
+/// Sends the reads and then the writes `pid_tgid` counted, if any, and ends both runs: the
+/// thread's next record follows them. Reads first: a counted write completes a body only with
+/// a flush of its own (see `sockets`), so every counted read before a flush came before the
+/// writes that matter to the order. Called before every record but through [`output_bytes`],
+/// whose callers call it once per syscall (a loop of chunks would repeat it for the verifier to
+/// walk).
 #[inline(always)]
-pub fn flush_reads(pid_tgid: u64) {
-    let Some(agg) = READ_AGG.get_ptr_mut(&pid_tgid) else {
-        return;
-    };
-    let agg = unsafe { &mut *agg };
-    if agg.fd < 0 {
-        return;
+pub fn flush_counts(pid_tgid: u64) {
+    flush_counts_keeping(pid_tgid, false, false);
+}
+
+/// [`flush_counts`], the counts sent all the same, but a run kept going where the record that
+/// follows cannot change where its next calls go: a document read keeps the run of response
+/// writes (`keep_writes`), a write inside a response body that does not complete it keeps the
+/// run of document reads (`keep_reads`). So a server that reads a chunk and writes it, again
+/// and again, has both runs going at once.
+#[inline(always)]
+pub fn flush_counts_keeping(pid_tgid: u64, keep_reads: bool, keep_writes: bool) {
+    if let Some(agg) = READ_AGG.get_ptr_mut(&pid_tgid) {
+        let agg = unsafe { &mut *agg };
+        if agg.fd >= 0 {
+            send_reads(pid_tgid, agg);
+            if !keep_reads {
+                agg.fd = -1;
+            }
+        }
     }
-    send_reads(pid_tgid, agg);
-    agg.fd = -1;
+    if let Some(agg) = WRITE_AGG.get_ptr_mut(&pid_tgid) {
+        let agg = unsafe { &mut *agg };
+        if agg.fd >= 0 {
+            send_writes(pid_tgid, agg);
+            if !keep_writes {
+                agg.fd = -1;
+            }
+        }
+    }
 }
 
 /// Sends `agg`'s count as a `FILE_READ_MORE` of thread `pid_tgid` (stamped with the last read's
 /// time), and zeroes it; the run goes on.
 #[inline(always)]
 pub fn send_reads(pid_tgid: u64, agg: &mut ReadAgg) {
+    send_count(pid_tgid, agg, kind::FILE_READ_MORE);
+}
+
+/// Sends `agg`'s count as a `SOCK_WRITE_MORE` (see [`send_reads`]).
+#[inline(always)]
+pub fn send_writes(pid_tgid: u64, agg: &mut WriteAgg) {
+    send_count(pid_tgid, agg, kind::SOCK_WRITE_MORE);
+}
+
+#[inline(always)]
+fn send_count(pid_tgid: u64, agg: &mut ReadAgg, record: u32) {
     if agg.calls == 0 {
         return;
     }
     match EVENTS.reserve::<FdEvent>(0) {
         Some(mut entry) => {
             let ev = unsafe { &mut *entry.as_mut_ptr() };
-            ev.header.kind = kind::FILE_READ_MORE;
+            ev.header.kind = record;
             ev.header.tgid = (pid_tgid >> 32) as u32;
             ev.header.tid = pid_tgid as u32;
-            // Go targets never count reads (a thread's reads may be different goroutines').
+            // Go targets never count (a thread's calls may be different goroutines').
             ev.header.flags = 0;
             ev.header.goid = 0;
             ev.header.ts_ns = agg.last_ns;
@@ -470,10 +555,24 @@ pub fn send_reads(pid_tgid: u64, agg: &mut ReadAgg) {
 }
 
 /// Copies the first `len` bytes of a scratch record to the ring buffer (callers send the
-/// thread's counted reads first: [`flush_reads`]).
+/// thread's counts first: [`flush_counts`]).
 #[inline(always)]
 pub fn output_bytes(bytes: &[u8]) {
     if EVENTS.output(bytes, wakeup_flags()).is_err() {
+        count_loss(loss::RINGBUF_FULL);
+    }
+}
+
+/// [`output_bytes`], waking the reader at once: a response head, whose body span userspace
+/// should give back while the body is still being written (see [`BODY_SPANS`]).
+#[inline(always)]
+pub fn output_bytes_waking(bytes: &[u8]) {
+    let flags = if global(&WAKEUP_BYTES) == 0 {
+        0
+    } else {
+        BPF_RB_FORCE_WAKEUP
+    };
+    if EVENTS.output(bytes, flags).is_err() {
         count_loss(loss::RINGBUF_FULL);
     }
 }

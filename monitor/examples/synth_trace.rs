@@ -176,6 +176,7 @@ fn main() -> anyhow::Result<()> {
                 bytes: 20_080,
                 data: Payload(resp),
                 body_fp: None,
+                at: None,
             },
             &mut n,
             &mut ts,

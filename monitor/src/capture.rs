@@ -158,6 +158,7 @@ impl Capture {
                 bytes,
                 data,
                 body_fp,
+                ..
             } => {
                 // Document content in an HTTP response body is cut here, before anything keeps
                 // it (FastCGI writes are left alone here: the redactor masks their bodies).
@@ -169,6 +170,10 @@ impl Capture {
             }
             EventKind::SendFile { out_fd, bytes, .. } => {
                 self.bodies.sent(pid, *out_fd, *bytes);
+            }
+            // Body writes the probes counted: their bytes were never captured.
+            EventKind::SockWriteMore { fd, bytes, .. } => {
+                self.bodies.sent(pid, *fd, *bytes);
             }
             EventKind::Http2 { item, .. } => {
                 use monitor_core::http2::Item;

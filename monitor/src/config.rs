@@ -333,6 +333,13 @@ pub struct Capture {
     /// (names compared ignoring case).
     #[serde(default = "default_secret_query_parameters")]
     pub secret_query_parameters: Vec<String>,
+    /// Count the writes of a response body in the kernel rather than send each (the first
+    /// body write, which carries the fingerprint, is always sent): a server that writes a
+    /// document in small chunks then costs a few events per response, whatever its size. Only
+    /// HTTP/1 bodies of a known `Content-Length` on plain connections; chunked bodies, HTTP/2
+    /// and TLS plaintext are sent write by write. Off: every write is sent, as before.
+    #[serde(default = "default_true")]
+    pub count_body_writes: bool,
 }
 
 fn default_secret_query_parameters() -> Vec<String> {
@@ -362,6 +369,7 @@ impl Default for Capture {
             response_bytes: default_response_bytes(),
             max_head_bytes: default_max_head_bytes(),
             secret_query_parameters: default_secret_query_parameters(),
+            count_body_writes: true,
         }
     }
 }

@@ -894,6 +894,21 @@ impl Probes {
         kinds.insert(&key, &kind, 0).map_err(map_err("FD_KIND"))
     }
 
+    /// Tells the probes where the body of the response being written on connection `fd` of
+    /// `pid` lies (see `monitor_common::sockets::BodySpan`): its writes past the first body
+    /// bytes and within it are counted rather than sent.
+    pub fn set_body_span(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        span: &monitor_common::sockets::BodySpan,
+    ) -> Result<(), LoadError> {
+        let mut spans: HashMap<_, u64, monitor_common::sockets::BodySpan> =
+            HashMap::try_from(self.map_mut("BODY_SPANS")?).map_err(map_err("BODY_SPANS"))?;
+        let key = (u64::from(pid) << 32) | u64::from(fd as u32);
+        spans.insert(&key, span, 0).map_err(map_err("BODY_SPANS"))
+    }
+
     /// Gives thread `tid` of `pid` the stash its `sys_enter` would have left, unless it already
     /// has one (the probes' own entry wins). True when inserted.
     pub fn stash_for(&mut self, pid: u32, tid: u32, stash: &Stash) -> Result<bool, LoadError> {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use monitor_core::{
-    correlate::{Access, Correlator, Finding},
+    correlate::{Access, BodySpan, Correlator, Finding},
     events::{Event, EventKind},
     incident::Incidents,
     judge::{Judge, Judgement, Verdict},
@@ -163,6 +163,8 @@ impl Pipeline {
             self.resolver.learn(fact.clone());
             return Ok(());
         }
+        // Spans of the previous event no one took (replay) go.
+        self.correlator.take_spans();
         self.correlator.handle(ev, &mut self.findings);
         self.resolve();
         if let Some(trace) = self.trace.as_mut() {
@@ -244,6 +246,12 @@ impl Pipeline {
 
     pub fn correlator(&self) -> &Correlator {
         &self.correlator
+    }
+
+    /// The body spans the correlator learnt from the last event (see [`BodySpan`]), for the
+    /// probes (live runs). Replay never asks: the next event drops them.
+    pub fn take_spans(&mut self) -> std::vec::Drain<'_, BodySpan> {
+        self.correlator.take_spans()
     }
 
     pub fn alerts_written(&self) -> u64 {

@@ -23,7 +23,7 @@ pub const METRIC_NOTES: &[(&str, &str)] = &[
     ),
     (
         "vigie_events_total",
-        "Events fed to the correlator: `file_open`, `file_read`, `file_read_more` (a thread's further reads of a document, counted in the kernel), `file_map`, `sendfile`, `file_close`, `sock_accept`, `sock_read`, `sock_write`, `sock_close`, `http2` (what an HTTP/2 connection's frames told: a stream's request or response head, its body, its end, the connection lost), `unreadable` (reads of TLS or HTTP/2 connections Vigie cannot read), `process_exec`, `process_fork`, `process_exit`, `thread_exit`, `fd_found` (from `/proc`), `lost`, `tick`.",
+        "Events fed to the correlator: `file_open`, `file_read`, `file_read_more` (a thread's further reads of a document, counted in the kernel), `file_map`, `sendfile`, `file_close`, `sock_accept`, `sock_read`, `sock_write`, `sock_write_more` (a thread's further writes of a response body, counted in the kernel), `sock_close`, `http2` (what an HTTP/2 connection's frames told: a stream's request or response head, its body, its end, the connection lost), `unreadable` (reads of TLS or HTTP/2 connections Vigie cannot read), `process_exec`, `process_fork`, `process_exit`, `thread_exit`, `fd_found` (from `/proc`), `lost`, `tick`.",
     ),
     (
         "vigie_stream_desyncs_total",

@@ -634,6 +634,7 @@ fn describe(kind: &EventKind) -> String {
             bytes,
             data,
             body_fp,
+            ..
         } => format!(
             "wrote response on fd {fd} ({bytes} bytes): {}{}",
             head(&data.0),
@@ -646,6 +647,9 @@ fn describe(kind: &EventKind) -> String {
         ),
         EventKind::FileReadMore { fd, bytes, calls } => {
             format!("read {bytes} bytes more of the document (fd {fd}) in {calls} reads")
+        }
+        EventKind::SockWriteMore { fd, bytes, calls } => {
+            format!("wrote {bytes} bytes more of the response body on fd {fd} in {calls} writes")
         }
         EventKind::FileMap { fd, bytes } => {
             format!("mapped {bytes} bytes of the document (fd {fd})")

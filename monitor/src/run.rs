@@ -442,7 +442,23 @@ impl Live {
         // The pipeline records the event (after the ownership facts it needed), then alerts.
         self.pipeline
             .handle(ev)
-            .context("writing alerts or the trace")
+            .context("writing alerts or the trace")?;
+        // Where a response body ends, for the probes to count its writes rather than send them.
+        // A span the map refuses only means those writes are sent one by one.
+        let spans = self.pipeline.take_spans();
+        if !self.cfg.capture.count_body_writes {
+            return Ok(());
+        }
+        for span in spans {
+            let body = monitor_common::sockets::BodySpan {
+                start: span.start,
+                end: span.end,
+            };
+            if let Err(e) = self.probes.set_body_span(span.pid, span.fd, &body) {
+                tracing::debug!("body span not given to the probes: {e}");
+            }
+        }
+        Ok(())
     }
 
     async fn serve(
@@ -888,6 +904,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::SockAccept { .. } => "sock_accept",
         EventKind::SockRead { .. } => "sock_read",
         EventKind::SockWrite { .. } => "sock_write",
+        EventKind::SockWriteMore { .. } => "sock_write_more",
         EventKind::SessionFound { .. } => "session_found",
         EventKind::GoRuntime { .. } => "go_runtime",
         EventKind::SockClose { .. } => "sock_close",

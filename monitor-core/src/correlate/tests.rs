@@ -132,6 +132,7 @@ impl Scenario {
                 bytes,
                 data: Payload(Vec::new()),
                 body_fp: None,
+                at: None,
             },
         )
     }
@@ -172,6 +173,7 @@ impl Scenario {
                 bytes: data.len() as u64,
                 data: Payload(data),
                 body_fp,
+                at: None,
             },
         )
     }
@@ -208,118 +210,37 @@ impl Scenario {
 }
 
 impl Drop for Scenario {
-    /// Every scenario doubles as a test of the probes' read counting: its stream, and the same
-    /// stream with each thread's runs of document reads counted as the kernel counts them, give
-    /// the same findings (verdicts, evidence, bytes, times), in the same order.
+    /// Every scenario doubles as a test of the probes' counting: its stream, and the same
+    /// stream with each thread's runs of document reads and of response body writes counted as
+    /// the kernel counts them, give the same findings (verdicts, evidence, bytes, times), in the
+    /// same order.
     fn drop(&mut self) {
         if std::thread::panicking() {
             return;
         }
-        let run = |events: &[Event]| {
-            let mut c = Correlator::new(self.c.cfg.clone());
-            let mut found = Vec::new();
-            for ev in events {
-                c.handle(ev, &mut found);
-            }
-            c.flush(&mut found);
-            found
-        };
-        let counted = counted_as_the_kernel_does(&self.log);
+        let cfg = self.c.cfg.clone();
+        let (counted, _) = counted_as_the_kernel_does(&self.log, &cfg);
         assert_eq!(
-            run(&counted),
-            run(&self.log),
-            "findings differ once reads are counted; counted stream: {counted:#?}"
+            run(&cfg, &counted),
+            run(&cfg, &self.log),
+            "findings differ once reads and writes are counted; counted stream: {counted:#?}"
         );
     }
 }
 
-/// `events` as the probes send them (`monitor-ebpf`'s `ReadAgg`): a thread's document read is
-/// sent, then its reads of the same fd that follow with no other event of the thread in between
-/// are counted, and the count is sent as one `FileReadMore` (with the last read's time) before
-/// the thread's next event, or before another thread's close of that fd, and every 100 reads of
-/// a long run (the probes send it by age). A loss ends every run:
-/// the next read is sent in full. (Events of no thread, `Tick` and `Lost`, are userspace's.)
-fn counted_as_the_kernel_does(events: &[Event]) -> Vec<Event> {
-    #[derive(Default)]
-    struct Run {
-        fd: i32,
-        calls: u32,
-        bytes: u64,
-        last: Option<Event>,
-    }
-    fn send(run: &mut Run, out: &mut Vec<Event>) {
-        if let Some(mut ev) = run.last.take() {
-            ev.kind = EventKind::FileReadMore {
-                fd: run.fd,
-                bytes: run.bytes,
-                calls: run.calls,
-            };
-            out.push(ev);
-        }
-        run.calls = 0;
-        run.bytes = 0;
-    }
-    const BATCH: u32 = 100;
-    let mut runs: BTreeMap<(u32, u32), Run> = BTreeMap::new();
-    let mut out = Vec::new();
+/// Every finding of `events`, fed in order, then flushed.
+fn run(cfg: &CorrelatorConfig, events: &[Event]) -> Vec<Finding> {
+    let mut c = Correlator::new(cfg.clone());
+    let mut found = Vec::new();
     for ev in events {
-        match &ev.kind {
-            EventKind::Tick => {
-                out.push(ev.clone());
-                continue;
-            }
-            EventKind::Lost { .. } => {
-                out.push(ev.clone());
-                for run in runs.values_mut() {
-                    run.fd = -1;
-                }
-                continue;
-            }
-            _ => {}
-        }
-        let key = (ev.pid, ev.tid);
-        // Go targets' reads are never counted.
-        if let (EventKind::FileRead { fd, bytes, .. }, None) = (&ev.kind, ev.goid)
-            && let Some(run) = runs.get_mut(&key)
-            && run.fd == *fd
-        {
-            // A long run is sent in parts (the probes' `READ_BATCH_NS`, here by count).
-            if run.calls == BATCH {
-                send(run, &mut out);
-            }
-            run.calls += 1;
-            run.bytes += bytes;
-            run.last = Some(ev.clone());
-            continue;
-        }
-        if let Some(run) = runs.get_mut(&key) {
-            send(run, &mut out);
-            run.fd = -1;
-        }
-        if let EventKind::FileClose { fd } = ev.kind {
-            for ((pid, _), run) in runs.iter_mut() {
-                if *pid == ev.pid && run.fd == fd {
-                    send(run, &mut out);
-                    run.fd = -1;
-                }
-            }
-        }
-        out.push(ev.clone());
-        if let (EventKind::FileRead { fd, .. }, None) = (&ev.kind, ev.goid) {
-            runs.insert(
-                key,
-                Run {
-                    fd: *fd,
-                    ..Run::default()
-                },
-            );
-        }
+        c.handle(ev, &mut found);
     }
-    for run in runs.values_mut() {
-        send(run, &mut out);
-    }
-    out
+    c.flush(&mut found);
+    found
 }
+
+mod kernel_counts;
+use kernel_counts::counted_as_the_kernel_does;
 
 /// (user, document, evidence) of each access, for compact assertions.
 fn summary(accesses: &[Access]) -> Vec<(Option<String>, String, Vec<Evidence>)> {
@@ -1165,6 +1086,7 @@ impl Scenario {
                 bytes: data.len() as u64,
                 data: Payload(data),
                 body_fp: None,
+                at: None,
             },
         )
     }
@@ -1809,10 +1731,10 @@ mod pipelining;
 const CHUNKS: u64 = 256;
 const CHUNK: u64 = 8192;
 
-/// The events the probes send for `s`'s stream, counting reads (see
+/// The events the probes send for `s`'s stream, counting reads and body writes (see
 /// [`counted_as_the_kernel_does`]); every scenario's `Drop` checks their findings are the same.
 fn sent(s: &Scenario) -> Vec<Event> {
-    counted_as_the_kernel_does(&s.log)
+    counted_as_the_kernel_does(&s.log, &s.c.cfg).0
 }
 
 fn reads_of(events: &[Event]) -> usize {
@@ -1935,4 +1857,228 @@ fn a_run_of_reads_ends_at_each_write_and_at_a_loss() {
     );
     assert_eq!(bytes, [CHUNK, 2 * CHUNK, 8 * CHUNK]);
     assert_eq!(got[1].unattributed, Some(Desync::EventsLost));
+}
+
+impl Scenario {
+    /// A write of `bytes` bytes on connection `fd` whose captured data (as the capture stage
+    /// passes it on: a head, or nothing of a body) is `data`.
+    fn write(&mut self, pid: u32, tid: u32, fd: i32, data: &[u8], bytes: u64) -> &mut Self {
+        self.ev(
+            pid,
+            tid,
+            EventKind::SockWrite {
+                fd,
+                bytes,
+                data: Payload(data.to_vec()),
+                body_fp: None,
+                at: None,
+            },
+        )
+    }
+}
+
+/// A response head with a body of `length` bytes.
+fn head(status: u16, length: u64) -> Vec<u8> {
+    format!("HTTP/1.1 {status} X\r\nContent-Length: {length}\r\n\r\n").into_bytes()
+}
+
+/// Writes counted by the model of the probes for `s`, and the events it sends.
+fn counted_writes(s: &Scenario) -> (u64, usize) {
+    let (sent, counted) = counted_as_the_kernel_does(&s.log, &s.c.cfg);
+    (counted, sent.len())
+}
+
+#[test]
+fn a_body_written_chunk_by_chunk_as_it_is_read_is_counted_with_the_same_findings() {
+    // gunicorn's loop: read 8 KiB of the document, write them, again; the head goes first.
+    // Every write past the body's first one is counted, and so is every read past the first
+    // one after it: a few events per request, whatever the document's size, and the findings
+    // of the stream with every call sent (`Drop` compares them).
+    let mut s = Scenario::new();
+    s.accept(1, 1, 5).get_as(1, 2, 5, "alice", "/docs/bob/x");
+    s.open(1, 2, 7, "/srv/users/bob/x")
+        .read_fp(1, 2, 7, CHUNK, 0xab);
+    s.write(
+        1,
+        2,
+        5,
+        &head(200, CHUNKS * CHUNK),
+        head(200, 0).len() as u64 + 4,
+    );
+    s.write(1, 2, 5, &[], CHUNK);
+    for _ in 1..CHUNKS {
+        s.read(1, 2, 7, CHUNK).write(1, 2, 5, &[], CHUNK);
+    }
+    s.close(1, 2, 7);
+    let (counted, sent) = counted_writes(&s);
+    // The first body write is sent (its fingerprint), the others counted.
+    assert_eq!(counted, CHUNKS - 1);
+    assert!(
+        sent <= 16,
+        "{sent} events sent: {:#?}",
+        super::tests::sent(&s)
+    );
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("alice"),
+            "/srv/users/bob/x".into(),
+            vec![Evidence::Thread]
+        )]
+    );
+    assert_eq!(got[0].bytes, CHUNKS * CHUNK);
+    assert_eq!(got[0].request.as_ref().unwrap().status, Some(200));
+}
+
+#[test]
+fn keep_alive_responses_back_to_back_with_the_next_head_in_the_write_that_ends_a_body() {
+    // Two pipelined requests of two users on one connection: the last write of alice's body
+    // also holds the head of bob's response, so it crosses the body's end and is sent; bob's
+    // body is counted in turn. Then a third request, after both, on the same connection.
+    let len = 4 * CHUNK;
+    let mut s = Scenario::new();
+    s.accept(1, 1, 5)
+        .get_as(1, 2, 5, "alice", "/docs/alice/a")
+        .get_as(1, 2, 5, "bob", "/docs/alice/b");
+    s.open(1, 2, 7, "/srv/users/alice/a")
+        .read_fp(1, 2, 7, CHUNK, 0xa1);
+    s.write(1, 2, 5, &head(200, len), head(200, len).len() as u64);
+    s.write(1, 2, 5, &[], CHUNK);
+    for _ in 0..2 {
+        s.read(1, 2, 7, CHUNK).write(1, 2, 5, &[], CHUNK);
+    }
+    s.read(1, 2, 7, CHUNK).close(1, 2, 7);
+    // The write that ends alice's body and starts bob's response (the server buffers its
+    // output), then bob's document.
+    let second = head(200, len);
+    let mut crossing = vec![b'x'; 16];
+    crossing.extend_from_slice(&second);
+    s.write(1, 2, 5, &crossing, CHUNK + second.len() as u64);
+    s.open(1, 2, 8, "/srv/users/alice/b")
+        .read_fp(1, 2, 8, CHUNK, 0xb1);
+    s.write(1, 2, 5, &[], CHUNK);
+    for _ in 0..2 {
+        s.read(1, 2, 8, CHUNK).write(1, 2, 5, &[], CHUNK);
+    }
+    s.read(1, 2, 8, CHUNK).close(1, 2, 8);
+    s.get_as(1, 2, 5, "carol", "/docs/carol/c");
+    s.open(1, 2, 9, "/srv/users/carol/c")
+        .read_fp(1, 2, 9, CHUNK, 0xc1);
+    s.write(1, 2, 5, &head(200, len), head(200, len).len() as u64);
+    for _ in 0..4 {
+        s.write(1, 2, 5, &[], CHUNK).read(1, 2, 9, CHUNK);
+    }
+    s.close(1, 2, 9);
+    let (counted, _) = counted_writes(&s);
+    // Alice's body: 2 of its 4 writes (the first is sent, the last crosses); bob's: none (his
+    // head came in a write the correlator did not see start a response, so no span); carol's:
+    // 3 of 4.
+    assert!(counted >= 5, "{counted} writes counted");
+    let got = s.finish();
+    let statuses: Vec<Option<u16>> = got
+        .iter()
+        .map(|a| a.request.as_ref().and_then(|r| r.status))
+        .collect();
+    assert_eq!(
+        summary(&got),
+        [
+            (
+                u("alice"),
+                "/srv/users/alice/a".into(),
+                vec![Evidence::Thread]
+            ),
+            (
+                u("bob"),
+                "/srv/users/alice/b".into(),
+                vec![Evidence::Thread]
+            ),
+            (
+                u("carol"),
+                "/srv/users/carol/c".into(),
+                vec![Evidence::Thread]
+            ),
+        ],
+        "{got:#?}"
+    );
+    assert_eq!(statuses[0], Some(200));
+    assert_eq!(statuses[2], Some(200));
+}
+
+#[test]
+fn a_span_of_a_former_connection_counts_nothing_on_the_next_one() {
+    // Alice's download is cut short (the client went away): the span given for her body
+    // reaches past what was written. The next connection on the same fd writes its response
+    // within those offsets: each of its writes is sent.
+    let mut s = Scenario::new();
+    s.accept(1, 1, 5).get_as(1, 2, 5, "alice", "/docs/alice/a");
+    s.open(1, 2, 7, "/srv/users/alice/a")
+        .read_fp(1, 2, 7, CHUNK, 0xa1);
+    s.write(
+        1,
+        2,
+        5,
+        &head(200, 100 * CHUNK),
+        head(200, 0).len() as u64 + 2,
+    );
+    s.write(1, 2, 5, &[], CHUNK).read(1, 2, 7, CHUNK);
+    s.close(1, 2, 7).sock_close(1, 2, 5);
+    let before = counted_writes(&s).0;
+    s.accept(1, 1, 5).get_as(1, 2, 5, "bob", "/docs/bob/b");
+    s.write(1, 2, 5, b"HTTP/1.1 404 X\r\n", 16);
+    s.write(1, 2, 5, b"Content-Length: 0\r\n\r\n", 21);
+    assert_eq!(counted_writes(&s).0, before);
+    s.finish();
+}
+
+#[test]
+fn the_first_body_write_is_sent_with_its_fingerprint_the_rest_counted() {
+    // An M:N runtime: a pool thread reads the document, the loop thread writes the head, then
+    // the body in chunks. Only the first body write's fingerprint names the document's
+    // request: it is sent, the writes after it counted.
+    let mut s = Scenario::new();
+    s.ev(
+        1,
+        1,
+        EventKind::RuntimeFound {
+            runtime: crate::events::Runtime::Node,
+        },
+    );
+    s.accept(1, 1, 5).get_as(1, 1, 5, "alice", "/docs/bob/x");
+    s.open(1, 10, 7, "/srv/users/bob/x");
+    for i in 0..8 {
+        s.read_fp(1, 10, 7, CHUNK, 0xb0 + i);
+    }
+    s.close(1, 10, 7);
+    s.write(
+        1,
+        1,
+        5,
+        &head(200, 8 * CHUNK),
+        head(200, 8 * CHUNK).len() as u64,
+    );
+    s.ev(
+        1,
+        1,
+        EventKind::SockWrite {
+            fd: 5,
+            bytes: CHUNK,
+            data: Payload(Vec::new()),
+            body_fp: Some(0xb0),
+            at: None,
+        },
+    );
+    for _ in 1..8 {
+        s.write(1, 1, 5, &[], CHUNK);
+    }
+    assert_eq!(counted_writes(&s).0, 7);
+    let got = s.finish();
+    assert_eq!(
+        summary(&got),
+        [(
+            u("alice"),
+            "/srv/users/bob/x".into(),
+            vec![Evidence::Fingerprint]
+        )]
+    );
 }

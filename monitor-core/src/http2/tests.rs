@@ -452,6 +452,7 @@ fn sock_write(fd: i32, data: &[u8]) -> EventKind {
         bytes: data.len() as u64,
         data: Payload(data.to_vec()),
         body_fp: None,
+        at: None,
     }
 }
 

@@ -24,8 +24,9 @@ use crate::{
     maps::{
         DOC_ROOTS, H2_CONNS, LAST_LOSS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED,
         OPENED_SCRATCH, READ_AGG, READ_AGG_FD, READ_BATCH_NS, ROOT_KEY_LEN, ReadAgg, Stash,
-        TARGETS, count_loss, fd_key, fill_header, flush_reads, forget_fd_kind, global, is_target,
+        TARGETS, count_loss, fd_key, fill_header, flush_counts, forget_fd_kind, global, is_target,
         output_bytes, send_reads, set_fd_kind, stamp_losses, stash_put, stash_take, submit,
+        submit_keeping,
     },
     task,
 };
@@ -214,7 +215,7 @@ fn emit_open(stash: &Stash, fd: i32) {
 
 #[inline(always)]
 fn submit_copy(ev: &mut OpenEvent) {
-    flush_reads(bpf_get_current_pid_tgid());
+    flush_counts(bpf_get_current_pid_tgid());
     stamp_losses(&mut ev.header);
     let bytes = unsafe {
         core::slice::from_raw_parts(
@@ -250,7 +251,8 @@ pub fn emit_io(stash: &Stash, ret: i64) {
     // Taken before the record: if it is lost, the run's next read sees a new loss time and is
     // sent in full, rather than counted after a read userspace never saw.
     let loss_ns = last_loss();
-    submit::<FdEvent>(|ev| {
+    // A document read leaves the thread's run of response writes going (see `sockets`).
+    submit_keeping::<FdEvent>(false, kind == kind::FILE_READ, |ev| {
         fill_header(&mut ev.header, kind);
         ev.fd = fd;
         ev.fd2 = fd2;
@@ -339,7 +341,8 @@ fn start_run(pid_tgid: u64, fd: i32, loss_ns: u64) {
 }
 
 /// A document fd is being closed by this thread: the run of another thread counting its reads
-/// is sent first (this thread's own goes with the close record), and ended.
+/// is sent first, with the writes that thread counted (this thread's own go with the close
+/// record), and ended.
 #[inline(always)]
 fn flush_run_of(tgid: u32, fd: i32) {
     let Some(&reader) = (unsafe { READ_AGG_FD.get(&fd_key(tgid, fd)) }) else {
@@ -353,6 +356,7 @@ fn flush_run_of(tgid: u32, fd: i32) {
         if agg.fd == fd {
             send_reads(reader, agg);
             agg.fd = -1;
+            sockets::send_writes_of(reader);
         }
     }
 }
@@ -433,6 +437,9 @@ fn on_close(tgid: u32, fd: i32) {
             kind::FILE_CLOSE
         }
         fd_kind::SOCKET | fd_kind::TLS => {
+            // Another thread's counted writes of the connection precede its close; the next
+            // connection with this number uses no span of this one.
+            sockets::conn_over(tgid, fd);
             // The next connection with this number is HTTP/2 only if its own preface says so.
             let key = fd_key(tgid, fd);
             if unsafe { H2_CONNS.get(&key) }.is_some() {

@@ -9,8 +9,8 @@ use monitor_common::{kind, process::ProcEvent};
 
 use crate::{
     maps::{
-        OFF_TASK_PID, OFF_TASK_TGID, READ_AGG, STASH, TARGET_COMMS, TLS_CALLS, fill_header,
-        flush_reads, global, is_target, set_target, submit,
+        OFF_TASK_PID, OFF_TASK_TGID, READ_AGG, STASH, TARGET_COMMS, TLS_CALLS, WRITE_AGG,
+        fill_header, flush_counts, global, is_target, set_target, submit,
     },
     task::read,
 };
@@ -75,11 +75,18 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if unsafe { STASH.get(&pid_tgid) }.is_some() {
         let _ = STASH.remove(&pid_tgid);
     }
-    // Its counted document reads go before its exit record (and are sent even for a thread
-    // that outlives its leader).
-    if unsafe { READ_AGG.get(&pid_tgid) }.is_some() {
-        flush_reads(pid_tgid);
+    // Its counted document reads and response writes go before its exit record (and are sent
+    // even for a thread that outlives its leader).
+    let reads = unsafe { READ_AGG.get(&pid_tgid) }.is_some();
+    let writes = unsafe { WRITE_AGG.get(&pid_tgid) }.is_some();
+    if reads || writes {
+        flush_counts(pid_tgid);
+    }
+    if reads {
         let _ = READ_AGG.remove(&pid_tgid);
+    }
+    if writes {
+        let _ = WRITE_AGG.remove(&pid_tgid);
     }
     if !is_target(tgid) {
         return 0;

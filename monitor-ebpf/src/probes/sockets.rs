@@ -14,9 +14,12 @@ use monitor_common::{
 
 use super::{ret, syscall_op};
 use crate::maps::{
-    DATA_SCRATCH, H2_CONNS, REQUEST_CAPTURE, RESPONSE_CAPTURE, Stash, fd_key, fill_header,
-    flush_reads, global, is_target, output_bytes, set_fd_kind, stamp_losses, submit,
+    BODY_SPANS, CONN_WRITES, ConnWrites, DATA_SCRATCH, H2_CONNS, LAST_LOSS, READ_BATCH_NS,
+    REQUEST_CAPTURE, RESPONSE_CAPTURE, Stash, TARGETS, WRITE_AGG, WRITE_AGG_FD, WriteAgg, fd_key,
+    fill_header, flush_counts, flush_counts_keeping, global, is_target, output_bytes,
+    output_bytes_waking, send_reads, send_writes, set_fd_kind, stamp_losses, submit,
 };
+use monitor_common::go::GO_TARGET;
 
 /// accept(int fd, ...) / accept4(int fd, ..., int flags): the returned fd is a connection.
 /// Tracepoint, or (preferred, see the attach table) `fexit` on the syscall function.
@@ -57,6 +60,7 @@ fn on_accept(tgid: u32, fd: i64, op: u32) {
     }
     let fd = fd as i32;
     set_fd_kind(tgid, fd, fd_kind::SOCKET);
+    conn_over(tgid, fd);
     let (fam, port, addr) = crate::task::fd_peer(fd).unwrap_or((family::UNKNOWN, 0, [0; 16]));
     submit::<AcceptEvent>(|ev| {
         fill_header(&mut ev.header, kind::SOCK_ACCEPT);
@@ -96,10 +100,54 @@ pub const MAX_IOVECS: u64 = 8;
 /// to the bound).
 #[inline(always)]
 pub fn emit_data(stash: &Stash, ret: i64) {
-    flush_reads(bpf_get_current_pid_tgid());
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     let is_write = op::is_output(stash.op);
+    let http2 = is_write && is_http2(stash.fd);
+    // Where a plain connection's write starts in its output (TLS plaintext comes from the
+    // library's probes, whose bytes are not the socket's).
+    let at = if is_write && !op::is_tls(stash.op) {
+        advance_offset(tgid, stash.fd, ret as u64)
+    } else {
+        None
+    };
+    // What the body span, when there is one, says of this write: inside the body and not
+    // completing it, it leaves the thread's run of document reads going.
+    let mut in_body = false;
+    if let Some((start, floor)) = at
+        && !http2
+        && let Some(span) = unsafe { BODY_SPANS.get(&fd_key(tgid, stash.fd)) }
+        && span.start >= floor
+    {
+        let end = start + ret as u64;
+        if start > span.start
+            && end <= span.end
+            && count_write(pid_tgid, stash, ret, end == span.end)
+        {
+            return;
+        }
+        in_body = start + ret as u64 > span.start && end < span.end;
+    }
+    flush_counts_keeping(pid_tgid, in_body, false);
+    flush_writer_of(tgid, stash.fd, pid_tgid);
+    let offset = match at {
+        Some((start, _)) => start,
+        None => 0,
+    };
+    // Armed before the record goes out (with the loss time before it: a record lost arms a
+    // run no write will continue). Here rather than after the capture loop, and the offset
+    // written into the scratch once rather than carried through it: 6.1's verifier walks
+    // `emit_chunks` once per distinct state it is entered with, and values live across it
+    // multiplied those walks past its limit ("BPF program is too large. Processed 1000001
+    // insn").
+    if offset != 0 && !http2 {
+        start_write_run(pid_tgid, stash.fd, last_loss());
+    }
+    if let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) {
+        unsafe { (*scratch).ev.offset = offset };
+    }
     let mut cap = if is_write {
-        if is_http2(stash.fd) {
+        if http2 {
             MAX_CAPTURE as u64
         } else {
             global(&RESPONSE_CAPTURE)
@@ -118,6 +166,164 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     match iovecs(stash) {
         Some((iov, count)) => emit_vectored(stash, ret, kind, iov, count, cap),
         None => emit_chunks(stash, ret, kind, cap.min(stash.arg)),
+    }
+}
+
+/// The offset where a write of `len` bytes on `fd` starts, and the connection's floor (see
+/// [`ConnWrites`]); the next write starts `len` further. A connection first seen gets a base of
+/// 16 times the boot time in ns: offsets of the entry an LRU eviction dropped (or of an earlier
+/// connection on the fd) lie below it unless that connection wrote more than 16 bytes per ns
+/// of its life, so a span given for them is never used. Not atomic: two threads writing one
+/// HTTP/1 connection at the same moment would interleave their bytes anyway; a wrong offset
+/// only makes a write sent in full (the span no longer matches) or, at worst, a count of bytes
+/// that userspace finds in the wrong write of the same body.
+#[inline(always)]
+fn advance_offset(tgid: u32, fd: i32, len: u64) -> Option<(u64, u64)> {
+    let key = fd_key(tgid, fd);
+    if let Some(c) = CONN_WRITES.get_ptr_mut(&key) {
+        let c = unsafe { &mut *c };
+        let start = c.offset;
+        c.offset = start.wrapping_add(len);
+        return Some((start, c.floor));
+    }
+    let base = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }.wrapping_mul(16) | 1;
+    let c = ConnWrites {
+        offset: base.wrapping_add(len),
+        floor: base,
+    };
+    CONN_WRITES.insert(&key, &c, 0).ok()?;
+    Some((base, base))
+}
+
+/// Connection `fd` of `tgid` ends (closed) or begins (accepted): another thread's counted writes
+/// of it are sent, and the spans given so far are a former connection's (see [`ConnWrites`]).
+#[inline(always)]
+pub fn conn_over(tgid: u32, fd: i32) {
+    flush_writer_of(tgid, fd, bpf_get_current_pid_tgid());
+    if let Some(c) = CONN_WRITES.get_ptr_mut(&fd_key(tgid, fd)) {
+        let c = unsafe { &mut *c };
+        c.floor = c.offset;
+    }
+}
+
+/// Counts a write of the thread's run on `stash.fd`, when the run is armed for that fd (by the
+/// thread's last `SOCK_WRITE` of it) and no event was lost since. `last`: the write completes
+/// the body: the thread's counts are sent at once and its runs end, as the record of a write
+/// would have ended them (the next response is another request's).
+#[inline(always)]
+fn count_write(pid_tgid: u64, stash: &Stash, ret: i64, last: bool) -> bool {
+    let Some(agg) = WRITE_AGG.get_ptr_mut(&pid_tgid) else {
+        return false;
+    };
+    let agg = unsafe { &mut *agg };
+    if agg.fd != stash.fd
+        || agg.loss_ns != last_loss()
+        || TARGETS.get((pid_tgid >> 32) as u32).copied() == Some(GO_TARGET)
+    {
+        return false;
+    }
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    if agg.calls != 0 && now.wrapping_sub(agg.first_ns) > global(&READ_BATCH_NS) {
+        send_writes(pid_tgid, agg);
+    }
+    if agg.calls == 0 {
+        agg.first_ns = now;
+    }
+    agg.calls += 1;
+    agg.bytes = agg.bytes.wrapping_add(ret as u64);
+    agg.last_ns = now;
+    agg.op = stash.op;
+    if last {
+        flush_counts(pid_tgid);
+    }
+    true
+}
+
+/// Arms the thread's run of writes on connection `fd`, right after its `SOCK_WRITE` record
+/// (`loss_ns`: the last loss time before it). Not in a Go target (see `files::start_run`).
+#[inline(always)]
+fn start_write_run(pid_tgid: u64, fd: i32, loss_ns: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if TARGETS.get(tgid).copied() == Some(GO_TARGET) {
+        return;
+    }
+    let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]);
+    if let Some(agg) = WRITE_AGG.get_ptr_mut(&pid_tgid) {
+        let agg = unsafe { &mut *agg };
+        agg.fd = fd;
+        agg.calls = 0;
+        agg.bytes = 0;
+        agg.loss_ns = loss_ns;
+        agg.comm = comm;
+    } else {
+        let agg = WriteAgg {
+            fd,
+            calls: 0,
+            bytes: 0,
+            first_ns: 0,
+            last_ns: 0,
+            loss_ns,
+            op: 0,
+            _pad: 0,
+            comm,
+        };
+        // A full map only means writes are sent one by one.
+        if WRITE_AGG.insert(&pid_tgid, &agg, 0).is_err() {
+            return;
+        }
+    }
+    let key = fd_key(tgid, fd);
+    if let Some(slot) = WRITE_AGG_FD.get_ptr_mut(&key) {
+        unsafe { *slot = pid_tgid };
+    } else {
+        let _ = WRITE_AGG_FD.insert(&key, &pid_tgid, 0);
+    }
+}
+
+/// A record of connection `fd` by thread `me` follows: another thread's counted writes of it
+/// (and the document reads that thread counted, which came before them) are sent first, and
+/// its run of writes ends.
+#[inline(always)]
+fn flush_writer_of(tgid: u32, fd: i32, me: u64) {
+    let Some(&writer) = (unsafe { WRITE_AGG_FD.get(&fd_key(tgid, fd)) }) else {
+        return;
+    };
+    if writer == me {
+        return;
+    }
+    let Some(agg) = WRITE_AGG.get_ptr_mut(&writer) else {
+        return;
+    };
+    let agg = unsafe { &mut *agg };
+    if agg.fd != fd {
+        return;
+    }
+    if agg.calls != 0
+        && let Some(reads) = crate::maps::READ_AGG.get_ptr_mut(&writer)
+    {
+        send_reads(writer, unsafe { &mut *reads });
+    }
+    send_writes(writer, agg);
+    agg.fd = -1;
+}
+
+/// Sends the writes thread `pid_tgid` counted (a document it reads is being closed by another
+/// thread); its run goes on.
+#[inline(always)]
+pub fn send_writes_of(pid_tgid: u64) {
+    if let Some(agg) = WRITE_AGG.get_ptr_mut(&pid_tgid) {
+        let agg = unsafe { &mut *agg };
+        if agg.fd >= 0 {
+            send_writes(pid_tgid, agg);
+        }
+    }
+}
+
+#[inline(always)]
+fn last_loss() -> u64 {
+    match LAST_LOSS.get(0) {
+        Some(v) => unsafe { core::ptr::read_volatile(v) },
+        None => 0,
     }
 }
 
@@ -204,6 +410,7 @@ fn emit_chunks(stash: &Stash, ret: i64, kind: u32, cap: u64) {
 #[inline(always)]
 fn send(ev: &mut DataEvent, n: u64) {
     note_preface(ev, n);
+    let wake = is_response_head(ev, n);
     stamp_losses(&mut ev.header);
     // The size must be bounded at `bpf_ringbuf_output` for 6.1's verifier ("R3 min value is
     // negative, either use unsigned or 'var &= const'" after the iovec loop); the volatile
@@ -213,7 +420,27 @@ fn send(ev: &mut DataEvent, n: u64) {
     let total = DATA_HEADER_LEN + n;
     let bytes =
         unsafe { core::slice::from_raw_parts((ev as *const DataEvent).cast::<u8>(), total) };
-    output_bytes(bytes);
+    if wake {
+        output_bytes_waking(bytes);
+    } else {
+        output_bytes(bytes);
+    }
+}
+
+/// A plain connection's write that starts like a response head (`HTTP/`): the reader is woken
+/// for it, so that the body span userspace learns from it comes back while the body is being
+/// written (until it does, the body's writes are sent one by one).
+#[inline(always)]
+fn is_response_head(ev: &DataEvent, n: u64) -> bool {
+    ev.header.kind == kind::SOCK_WRITE
+        && ev.offset != 0
+        && ev.chunk & !CHUNK_MORE == 0
+        && n >= 5
+        && ev.data[0] == b'H'
+        && ev.data[1] == b'T'
+        && ev.data[2] == b'T'
+        && ev.data[3] == b'P'
+        && ev.data[4] == b'/'
 }
 
 /// Copies the iovecs of array `iov` (`count` of them) into `ev.data`, in order, until `cap` bytes

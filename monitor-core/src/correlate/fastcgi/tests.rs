@@ -81,6 +81,7 @@ impl App {
                 bytes: total,
                 data: Payload(data.to_vec()),
                 body_fp: None,
+                at: None,
             },
         )
     }

@@ -93,6 +93,7 @@ fn sendfile_responses_move_to_the_next_request_by_length() {
                 bytes: h.len() as u64,
                 data: Payload(h),
                 body_fp: None,
+                at: None,
             },
         );
         s.open(1, 2, 7, doc);
@@ -148,6 +149,7 @@ fn responses_of_unknown_length_in_a_pipeline_leave_the_rest_to_nobody() {
             bytes: chunked.len() as u64,
             data: Payload(chunked),
             body_fp: None,
+            at: None,
         },
     );
     s.open(1, 2, 7, "/srv/users/bob/b")
