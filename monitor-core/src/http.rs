@@ -172,57 +172,122 @@ struct RequestLine<'a> {
     minor_version: u8,
 }
 
-/// How the message body is delimited and whether the connection persists.
-struct Framing {
-    content_length: Option<u64>,
-    chunked: bool,
-    keep_alive: bool,
+/// How the message body is delimited and whether the connection persists: all that a
+/// request's stream needs of its head (see [`parse_request_framing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    /// Bytes of the head, as [`RequestHead::head_len`].
+    pub head_len: usize,
+    /// `Content-Length`, when present and not overridden by `Transfer-Encoding`.
+    pub content_length: Option<u64>,
+    /// `Transfer-Encoding` ends with `chunked`.
+    pub chunked: bool,
+    /// Whether the server keeps the connection open after the response.
+    pub keep_alive: bool,
+}
+
+/// Outcome of [`parse_request_framing`]: [`HeadParse`] without the head's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FramingParse {
+    Complete(Framing),
+    Partial,
+    Invalid(HttpError),
 }
 
 /// Parses the request head at the start of `buf` (leading empty lines are skipped, as RFC 9112
 /// §2.2 allows). Bytes after the head are ignored.
 #[must_use]
 pub fn parse_request_head(buf: &[u8]) -> HeadParse {
+    match parse_head(buf, build_head) {
+        Parsed::Complete(head) => HeadParse::Complete(head),
+        Parsed::Partial => HeadParse::Partial,
+        Parsed::Invalid(e) => HeadParse::Invalid(e),
+    }
+}
+
+/// [`parse_request_head`]'s verdict and framing, the same in every case, without copying the
+/// head's fields: for a stage that follows where requests start and end but keeps no request
+/// (the line hold in front of the redactor).
+#[must_use]
+pub fn parse_request_framing(buf: &[u8]) -> FramingParse {
+    match parse_head(buf, |line, fields, head_len| {
+        framing(fields, line.minor_version, head_len)
+    }) {
+        Parsed::Complete(framing) => FramingParse::Complete(framing),
+        Parsed::Partial => FramingParse::Partial,
+        Parsed::Invalid(e) => FramingParse::Invalid(e),
+    }
+}
+
+/// What parsing a head's start gives: `T` once it is complete.
+enum Parsed<T> {
+    Complete(T),
+    Partial,
+    Invalid(HttpError),
+}
+
+/// The request line, then the header block, then `build` on the line, the fields as parsed
+/// (names as on the wire) and the head's length.
+fn parse_head<T>(
+    buf: &[u8],
+    build: impl FnOnce(&RequestLine<'_>, &[httparse::Header<'_>], usize) -> Result<T, HttpError>,
+) -> Parsed<T> {
     let start = skip_empty_lines(buf);
     let rest = buf.get(start..).unwrap_or_default();
     let Some(line_len) = line_length(rest) else {
         return if is_request_line_prefix(rest) {
-            HeadParse::Partial
+            Parsed::Partial
         } else {
-            HeadParse::Invalid(HttpError::NotHttp)
+            Parsed::Invalid(HttpError::NotHttp)
         };
     };
     let (line_with_end, after_line) = rest.split_at_checked(line_len).unwrap_or_default();
     let Some(line) = split_request_line(strip_line_end(line_with_end)) else {
-        return HeadParse::Invalid(HttpError::NotHttp);
+        return Parsed::Invalid(HttpError::NotHttp);
     };
-    match parse_header_block(after_line) {
-        Ok(None) => HeadParse::Partial,
-        Ok(Some(block)) => build_head(&line, block.headers, start + line_len + block.len),
-        Err(e) => HeadParse::Invalid(e),
+    let built = with_header_block(after_line, |fields, block_len| {
+        build(&line, fields, start + line_len + block_len)
+    });
+    match built {
+        Ok(None) => Parsed::Partial,
+        Ok(Some(Ok(t))) => Parsed::Complete(t),
+        Ok(Some(Err(e))) | Err(e) => Parsed::Invalid(e),
     }
-}
-
-/// A parsed header block: its length in bytes and its fields (names lowercased).
-struct HeaderBlock {
-    len: usize,
-    headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Request line put before the header block for `httparse`, which offers its lenient header
 /// options only when parsing a whole request (the real line is already parsed).
 const SYNTHETIC_LINE: &[u8] = b"GET / HTTP/1.1\r\n";
 
-/// Parses the header block (through its final empty line) into owned, lowercased fields,
-/// skipping invalid lines. `Ok(None)` when the block is incomplete.
-fn parse_header_block(block: &[u8]) -> Result<Option<HeaderBlock>, HttpError> {
+/// Header slots on the stack: a head with more lines takes them from the heap.
+const STACK_SLOTS: usize = 32;
+
+/// Header blocks up to this size (with [`SYNTHETIC_LINE`]) are parsed from a copy on the stack.
+const STACK_BLOCK: usize = 2048;
+
+/// Parses the header block (through its final empty line), skipping invalid lines, and calls
+/// `f` on its fields and its length in bytes. `Ok(None)` when the block is incomplete.
+fn with_header_block<T>(
+    block: &[u8],
+    f: impl FnOnce(&[httparse::Header<'_>], usize) -> T,
+) -> Result<Option<T>, HttpError> {
     // The block ends at its first empty line: a body captured after it (a request read with
     // its body, up to 16 KiB) is neither copied nor scanned. Without one, the whole capture is
     // parsed, so that an invalid line is refused as soon as it is seen.
     let block = block.get(..head_block_end(block)).unwrap_or(block);
-    let mut input = Vec::with_capacity(SYNTHETIC_LINE.len() + block.len());
-    input.extend_from_slice(SYNTHETIC_LINE);
-    input.extend_from_slice(block);
+    let mut on_stack = [0u8; STACK_BLOCK];
+    let mut on_heap = Vec::new();
+    let input: &[u8] = if SYNTHETIC_LINE.len() + block.len() <= STACK_BLOCK {
+        let n = SYNTHETIC_LINE.len() + block.len();
+        on_stack[..SYNTHETIC_LINE.len()].copy_from_slice(SYNTHETIC_LINE);
+        on_stack[SYNTHETIC_LINE.len()..n].copy_from_slice(block);
+        &on_stack[..n]
+    } else {
+        on_heap.reserve_exact(SYNTHETIC_LINE.len() + block.len());
+        on_heap.extend_from_slice(SYNTHETIC_LINE);
+        on_heap.extend_from_slice(block);
+        &on_heap
+    };
     // As many slots as the block has lines (every field takes one), not a fixed table: small
     // heads stay cheap and large ones are not refused for their field count alone.
     let lines = block
@@ -230,23 +295,23 @@ fn parse_header_block(block: &[u8]) -> Result<Option<HeaderBlock>, HttpError> {
         .filter(|&&b| b == b'\n')
         .count()
         .clamp(1, MAX_HEADERS);
-    let mut slots = vec![httparse::EMPTY_HEADER; lines];
-    let mut request = httparse::Request::new(&mut slots);
+    let mut stack = [httparse::EMPTY_HEADER; STACK_SLOTS];
+    let mut heap = Vec::new();
+    let slots: &mut [httparse::Header<'_>] = if lines <= STACK_SLOTS {
+        &mut stack[..lines]
+    } else {
+        heap.resize(lines, httparse::EMPTY_HEADER);
+        &mut heap
+    };
+    let mut request = httparse::Request::new(slots);
     let mut config = httparse::ParserConfig::default();
     config.ignore_invalid_headers_in_requests(true);
-    match config.parse_request(&mut request, &input) {
+    match config.parse_request(&mut request, input) {
         Ok(httparse::Status::Partial) => Ok(None),
-        Ok(httparse::Status::Complete(len)) => {
-            let headers = request
-                .headers
-                .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-                .collect();
-            Ok(Some(HeaderBlock {
-                len: len.saturating_sub(SYNTHETIC_LINE.len()),
-                headers,
-            }))
-        }
+        Ok(httparse::Status::Complete(len)) => Ok(Some(f(
+            request.headers,
+            len.saturating_sub(SYNTHETIC_LINE.len()),
+        ))),
         Err(httparse::Error::TooManyHeaders) => Err(HttpError::TooManyHeaders),
         Err(_) => Err(HttpError::BadHeader),
     }
@@ -261,29 +326,32 @@ fn head_block_end(block: &[u8]) -> usize {
     if block.starts_with(b"\r\n") {
         return 2;
     }
-    let crlf = memchr::memmem::find(block, b"\n\r\n").map(|i| i + 3);
-    let lf = memchr::memmem::find(block, b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b).unwrap_or(block.len()),
-    }
+    // The first `LF` that an empty line follows (`LF` or `CR LF`): one pass over the line
+    // ends, no substring searcher set up per head.
+    memchr::memchr_iter(b'\n', block)
+        .find_map(|i| match block.get(i + 1..) {
+            Some([b'\n', ..]) => Some(i + 2),
+            Some([b'\r', b'\n', ..]) => Some(i + 3),
+            _ => None,
+        })
+        .unwrap_or(block.len())
 }
 
 /// Assembles a [`RequestHead`] once the line and the header block are known to be valid.
 fn build_head(
     line: &RequestLine<'_>,
-    headers: Vec<(String, Vec<u8>)>,
+    fields: &[httparse::Header<'_>],
     head_len: usize,
-) -> HeadParse {
-    let framing = match framing(&headers, line.minor_version) {
-        Ok(framing) => framing,
-        Err(e) => return HeadParse::Invalid(e),
-    };
-    HeadParse::Complete(RequestHead {
+) -> Result<RequestHead, HttpError> {
+    let framing = framing(fields, line.minor_version, head_len)?;
+    Ok(RequestHead {
         method: String::from_utf8_lossy(line.method).into_owned(),
         target: String::from_utf8_lossy(line.target).into_owned(),
         minor_version: line.minor_version,
-        headers,
+        headers: fields
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+            .collect(),
         head_len,
         content_length: framing.content_length,
         chunked: framing.chunked,
@@ -295,12 +363,16 @@ fn build_head(
 ///
 /// `Transfer-Encoding` overrides `Content-Length`; a request carrying both, or an HTTP/1.0
 /// request carrying `Transfer-Encoding`, must be followed by a close, so it is not keep-alive.
-fn framing(headers: &[(String, Vec<u8>)], minor_version: u8) -> Result<Framing, HttpError> {
+fn framing(
+    fields: &[httparse::Header<'_>],
+    minor_version: u8,
+    head_len: usize,
+) -> Result<Framing, HttpError> {
     let named = |name: &'static str| {
-        headers
+        fields
             .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
     };
     let has_transfer_encoding = named("transfer-encoding").next().is_some();
     let has_content_length = named("content-length").next().is_some();
@@ -319,6 +391,7 @@ fn framing(headers: &[(String, Vec<u8>)], minor_version: u8) -> Result<Framing, 
     };
     let ambiguous = has_transfer_encoding && (has_content_length || minor_version == 0);
     Ok(Framing {
+        head_len,
         content_length,
         chunked,
         keep_alive: persistent && !ambiguous,
@@ -732,6 +805,43 @@ mod tests {
         let head = complete(buf);
         assert_eq!(head.content_length, Some(4));
         assert_eq!(&buf[head.head_len..], b"abcdGARBAGE");
+    }
+
+    #[test]
+    fn a_header_block_ends_at_its_first_empty_line_however_its_lines_end() {
+        // The earliest `LF LF` or `LF CR LF`, as two substring searches found it.
+        let searched = |block: &[u8]| {
+            let find = |pat: &[u8]| block.windows(pat.len()).position(|w| w == pat);
+            let crlf = find(b"\n\r\n").map(|i| i + 3);
+            let lf = find(b"\n\n").map(|i| i + 2);
+            match (crlf, lf) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(block.len()),
+            }
+        };
+        let blocks: [&[u8]; 7] = [
+            b"A: 1\r\nB: 2\r\n\r\nbody\n\nmore",
+            b"A: 1\nB: 2\n\nbody\r\n\r\n",
+            b"A: 1\r\n\n",
+            b"A: 1\n\r\r\n\n",
+            b"A: 1\r\nB: 2\r\n",
+            b"A\n\r",
+            b"x",
+        ];
+        for block in blocks {
+            for end in 0..=block.len() {
+                let b = &block[..end];
+                if b.starts_with(b"\n") || b.starts_with(b"\r\n") {
+                    continue;
+                }
+                assert_eq!(
+                    head_block_end(b),
+                    searched(b),
+                    "{:?}",
+                    String::from_utf8_lossy(b)
+                );
+            }
+        }
     }
 
     #[test]

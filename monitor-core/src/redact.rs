@@ -225,6 +225,20 @@ impl Redactor {
             let Some((end, complete)) = next_line(data, start) else {
                 break;
             };
+            if carried.is_empty() {
+                // The whole line is in this chunk (the rule, behind the line hold): redacted in
+                // place, copied only when it is unfinished and carried to the next chunk.
+                let raw = &mut data[start..end];
+                if complete && self.session.is_some() {
+                    self.follow_line_of_login(key, raw);
+                }
+                if !complete && raw.len() <= MAX_PENDING {
+                    carried = raw.to_vec();
+                }
+                self.redact_line(raw, complete);
+                start = end + 1;
+                continue;
+            }
             let prefix = carried.len();
             let mut raw = std::mem::take(&mut carried);
             raw.extend_from_slice(&data[start..end]);

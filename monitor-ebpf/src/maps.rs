@@ -104,6 +104,10 @@ pub static LAST_LOSS: Array<u64> = Array::with_max_entries(1, 0);
 pub struct DataScratch {
     pub ev: DataEvent,
     pub spill: [u8; monitor_common::sockets::DATA_CAP],
+    /// Non-zero: the record being built continues a response body in another write, and wakes
+    /// the reader when it goes out (set by `sockets::emit_data`, here rather than carried
+    /// through the capture loops for 6.1's verifier).
+    pub wake: u64,
 }
 
 /// Per-CPU scratch for records larger than the 512-byte stack.
@@ -198,6 +202,10 @@ pub struct ConnWrites {
     /// `offset` when the current connection on this fd began (its accept, or the previous one's
     /// close): a body span below it is a former connection's, given too late, and never used.
     pub floor: u64,
+    /// Where the last write that started with a response head ended: the write starting there
+    /// continues that response's body, which is when the reader is woken (see
+    /// `sockets::emit_data`).
+    pub head_end: u64,
 }
 
 /// `(tgid << 32 | fd)` -> the connection's output offsets. Kernel-owned. LRU: entries of
@@ -563,8 +571,8 @@ pub fn output_bytes(bytes: &[u8]) {
     }
 }
 
-/// [`output_bytes`], waking the reader at once: a response head, whose body span userspace
-/// should give back while the body is still being written (see [`BODY_SPANS`]).
+/// [`output_bytes`], waking the reader at once: a body written in several writes, whose span
+/// userspace should give back while the rest is still being written (see [`BODY_SPANS`]).
 #[inline(always)]
 pub fn output_bytes_waking(bytes: &[u8]) {
     let flags = if global(&WAKEUP_BYTES) == 0 {

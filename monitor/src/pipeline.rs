@@ -181,7 +181,14 @@ impl Pipeline {
             trace.record_with_facts(&self.used, None)?;
             trace.flush()?;
         }
-        self.drain()
+        self.drain()?;
+        self.alerts.flush()
+    }
+
+    /// Writes out the alert lines of the events handled so far (the live loop, after each
+    /// batch: one write for the batch, not one per line).
+    pub fn flush_alerts(&mut self) -> std::io::Result<()> {
+        self.alerts.flush()
     }
 
     /// Keeps the findings to report, each access with the ownership of its document (asked

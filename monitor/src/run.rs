@@ -502,6 +502,8 @@ impl Live {
                     break;
                 }
             }
+            // The batch's alert lines, in one write.
+            self.pipeline.flush_alerts().context("writing alerts")?;
         }
         // What the kernel wrote before we stopped still counts.
         self.drain(ring.get_mut())?;

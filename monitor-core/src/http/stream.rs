@@ -9,7 +9,10 @@
 //! target checks exactly that), up to the first desync: resuming after one is a guess about
 //! where the next request starts, made only at the start of a read.
 
-use super::{HeadParse, HttpError, RequestHead, looks_like_request_start, parse_request_head};
+use super::{
+    FramingParse, HeadParse, HttpError, RequestHead, looks_like_request_start,
+    parse_request_framing, parse_request_head,
+};
 
 /// Default bound on a request head (request line, fields and the empty line), in bytes.
 ///
@@ -153,6 +156,9 @@ pub struct RequestStream {
     /// The request being read is the connection's last (not persistent).
     close_after_body: bool,
     max_head: usize,
+    /// Heads are yielded as [`Item::Head`]; without, only followed (see
+    /// [`RequestStream::framing_only`]).
+    heads: bool,
 }
 
 impl RequestStream {
@@ -166,6 +172,18 @@ impl RequestStream {
             line_checked: false,
             close_after_body: false,
             max_head: max_head.max(16),
+            heads: true,
+        }
+    }
+
+    /// The same stream, every state alike, but complete heads are not yielded: each head is
+    /// parsed for its framing only, its fields never copied (for a stage that needs to know
+    /// where requests start and end, not what they ask).
+    #[must_use]
+    pub fn framing_only(self) -> Self {
+        Self {
+            heads: false,
+            ..self
         }
     }
 
@@ -297,18 +315,35 @@ impl RequestStream {
         self.head.extend_from_slice(&rest[..take]);
         if let Some(end) = self.find_end() {
             let used = end - before;
-            let parsed = parse_request_head(&self.head[..end]);
+            let (framing, head) = if self.heads {
+                match parse_request_head(&self.head[..end]) {
+                    HeadParse::Complete(head) => (
+                        Some((head.chunked, head.content_length, head.keep_alive)),
+                        Some(head),
+                    ),
+                    _ => (None, None),
+                }
+            } else {
+                match parse_request_framing(&self.head[..end]) {
+                    FramingParse::Complete(f) => {
+                        (Some((f.chunked, f.content_length, f.keep_alive)), None)
+                    }
+                    _ => (None, None),
+                }
+            };
             self.reset_head();
-            let HeadParse::Complete(head) = parsed else {
+            let Some((chunked, content_length, keep_alive)) = framing else {
                 return self.lost(Desync::InvalidHead, out) + rest.len();
             };
-            self.close_after_body = !head.keep_alive;
-            self.state = match (head.chunked, head.content_length) {
+            self.close_after_body = !keep_alive;
+            self.state = match (chunked, content_length) {
                 (true, _) => State::Chunked(CHUNK_START),
                 (false, Some(n)) if n > 0 => State::Body { remaining: n },
                 _ => self.after_body(),
             };
-            out.push(Item::Head(head));
+            if let Some(head) = head {
+                out.push(Item::Head(head));
+            }
             return used;
         }
         // Not complete yet: refuse early what no continuation can make a head.
@@ -467,13 +502,27 @@ mod tests {
     use super::*;
 
     /// What a stream fed `reads` (each captured whole) yields: heads as `method target`,
-    /// bodies joined per request, desyncs by name.
+    /// bodies joined per request, desyncs by name. A framing-only stream fed alike must yield
+    /// the same items but the heads, and be in the same state after every read.
     fn run(reads: &[&[u8]], max_head: usize) -> Vec<String> {
         let mut s = RequestStream::new(max_head);
+        let mut framing = RequestStream::new(max_head).framing_only();
         let mut got: Vec<String> = Vec::new();
         for r in reads {
             let mut out = Vec::new();
             s.feed(r, r.len() as u64, &mut out);
+            let mut framed = Vec::new();
+            framing.feed(r, r.len() as u64, &mut framed);
+            let no_heads: Vec<Item<'_>> = out
+                .iter()
+                .filter(|i| !matches!(i, Item::Head(_)))
+                .cloned()
+                .collect();
+            assert_eq!(framed, no_heads);
+            assert_eq!(
+                (framing.state, framing.close_after_body, &framing.head),
+                (s.state, s.close_after_body, &s.head)
+            );
             for item in out {
                 match item {
                     Item::Head(h) => got.push(format!("{} {}", h.method, h.target)),

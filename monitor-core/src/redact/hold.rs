@@ -61,11 +61,13 @@ impl LineHold {
             } else {
                 Protocol::Unknown
             },
+            // Only where heads end matters here: the correlator parses them whole, redacted.
             stream: if accepted {
                 RequestStream::new(max_head)
             } else {
                 RequestStream::joined(max_head)
-            },
+            }
+            .framing_only(),
             held: None,
         })
     }

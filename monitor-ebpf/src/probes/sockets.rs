@@ -114,7 +114,7 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     // What the body span, when there is one, says of this write: inside the body and not
     // completing it, it leaves the thread's run of document reads going.
     let mut in_body = false;
-    if let Some((start, floor)) = at
+    if let Some((start, floor, _)) = at
         && !http2
         && let Some(span) = unsafe { BODY_SPANS.get(&fd_key(tgid, stash.fd)) }
         && span.start >= floor
@@ -130,9 +130,9 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     }
     flush_counts_keeping(pid_tgid, in_body, false);
     flush_writer_of(tgid, stash.fd, pid_tgid);
-    let offset = match at {
-        Some((start, _)) => start,
-        None => 0,
+    let (offset, follows_head) = match at {
+        Some((start, _, follows_head)) => (start, follows_head && !http2),
+        None => (0, false),
     };
     // Armed before the record goes out (with the loss time before it: a record lost arms a
     // run no write will continue). Here rather than after the capture loop, and the offset
@@ -144,7 +144,10 @@ pub fn emit_data(stash: &Stash, ret: i64) {
         start_write_run(pid_tgid, stash.fd, last_loss());
     }
     if let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) {
-        unsafe { (*scratch).ev.offset = offset };
+        unsafe {
+            (*scratch).ev.offset = offset;
+            (*scratch).wake = u64::from(follows_head);
+        }
     }
     let mut cap = if is_write {
         if http2 {
@@ -169,8 +172,9 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     }
 }
 
-/// The offset where a write of `len` bytes on `fd` starts, and the connection's floor (see
-/// [`ConnWrites`]); the next write starts `len` further. A connection first seen gets a base of
+/// The offset where a write of `len` bytes on `fd` starts, the connection's floor (see
+/// [`ConnWrites`]), and whether the write starts where one that began with a response head
+/// ended (it continues that body); the next write starts `len` further. A connection first seen gets a base of
 /// 16 times the boot time in ns: offsets of the entry an LRU eviction dropped (or of an earlier
 /// connection on the fd) lie below it unless that connection wrote more than 16 bytes per ns
 /// of its life, so a span given for them is never used. Not atomic: two threads writing one
@@ -178,21 +182,31 @@ pub fn emit_data(stash: &Stash, ret: i64) {
 /// only makes a write sent in full (the span no longer matches) or, at worst, a count of bytes
 /// that userspace finds in the wrong write of the same body.
 #[inline(always)]
-fn advance_offset(tgid: u32, fd: i32, len: u64) -> Option<(u64, u64)> {
+fn advance_offset(tgid: u32, fd: i32, len: u64) -> Option<(u64, u64, bool)> {
     let key = fd_key(tgid, fd);
     if let Some(c) = CONN_WRITES.get_ptr_mut(&key) {
         let c = unsafe { &mut *c };
         let start = c.offset;
         c.offset = start.wrapping_add(len);
-        return Some((start, c.floor));
+        return Some((start, c.floor, c.head_end == start));
     }
     let base = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }.wrapping_mul(16) | 1;
     let c = ConnWrites {
         offset: base.wrapping_add(len),
         floor: base,
+        head_end: 0,
     };
     CONN_WRITES.insert(&key, &c, 0).ok()?;
-    Some((base, base))
+    Some((base, base, false))
+}
+
+/// A response head went out in the write `ev` (at its `offset`): the write that starts where
+/// it ends continues its body (see [`advance_offset`]).
+#[inline(always)]
+fn note_head_end(ev: &DataEvent) {
+    if let Some(c) = CONN_WRITES.get_ptr_mut(&fd_key(ev.header.tgid, ev.fd)) {
+        unsafe { (*c).head_end = ev.offset.wrapping_add(ev.ret as u64) };
+    }
 }
 
 /// Connection `fd` of `tgid` ends (closed) or begins (accepted): another thread's counted writes
@@ -410,7 +424,16 @@ fn emit_chunks(stash: &Stash, ret: i64, kind: u32, cap: u64) {
 #[inline(always)]
 fn send(ev: &mut DataEvent, n: u64) {
     note_preface(ev, n);
-    let wake = is_response_head(ev, n);
+    if is_response_head(ev, n) {
+        note_head_end(ev);
+    }
+    // A body's second write wakes the reader: the span it learns from the head comes back
+    // while the rest of the body is written. Not the head itself: most responses are one write
+    // (a head and its body together) or a head and `sendfile`, and a wake-up per request costs
+    // the server microseconds (see `maps::wakeup_flags`).
+    let wake = DATA_SCRATCH
+        .get_ptr_mut(0)
+        .is_some_and(|s| unsafe { core::mem::replace(&mut (*s).wake, 0) } != 0);
     stamp_losses(&mut ev.header);
     // The size must be bounded at `bpf_ringbuf_output` for 6.1's verifier ("R3 min value is
     // negative, either use unsigned or 'var &= const'" after the iovec loop); the volatile
@@ -427,9 +450,9 @@ fn send(ev: &mut DataEvent, n: u64) {
     }
 }
 
-/// A plain connection's write that starts like a response head (`HTTP/`): the reader is woken
-/// for it, so that the body span userspace learns from it comes back while the body is being
-/// written (until it does, the body's writes are sent one by one).
+/// A plain connection's write that starts like a response head (`HTTP/`): the write after it
+/// wakes the reader, so that the body span userspace learns from it comes back while the body
+/// is being written (until it does, the body's writes are sent one by one).
 #[inline(always)]
 fn is_response_head(ev: &DataEvent, n: u64) -> bool {
     ev.header.kind == kind::SOCK_WRITE

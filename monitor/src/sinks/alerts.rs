@@ -119,21 +119,40 @@ pub enum AlertFormat {
 
 pub struct AlertSink {
     out: Box<dyn Write + Send>,
+    /// Lines not written out yet: written at [`AlertSink::flush`] (the live loop's, after each
+    /// batch of events) or once they pass [`FLUSH_AT`], rather than a write call per line.
+    pending: Vec<u8>,
     clock: WallClock,
     audit: bool,
     written: u64,
     ocsf: Option<crate::sinks::ocsf::Ocsf>,
 }
 
+/// Pending alert bytes written out at once, whatever the batch.
+const FLUSH_AT: usize = 64 * 1024;
+
 impl AlertSink {
     pub fn new(out: Box<dyn Write + Send>, clock: WallClock, audit: bool) -> Self {
         Self {
             out,
+            pending: Vec::new(),
             clock,
             audit,
             written: 0,
             ocsf: None,
         }
+    }
+
+    /// Writes the pending lines out.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let written = self.out.write_all(&self.pending);
+        // Not written twice, even in part, after an error.
+        self.pending.clear();
+        written?;
+        self.out.flush()
     }
 
     /// Writes lines in `format` instead of `vigie.alert/1`.
@@ -271,11 +290,92 @@ impl AlertSink {
     }
 
     fn write_line(&mut self, line: &impl Serialize) -> std::io::Result<()> {
-        let mut buf = serde_json::to_vec(line).map_err(std::io::Error::other)?;
-        buf.push(b'\n');
-        self.out.write_all(&buf)?;
-        self.out.flush()?;
+        let start = self.pending.len();
+        if let Err(e) = serde_json::to_writer(&mut self.pending, line) {
+            self.pending.truncate(start);
+            return Err(std::io::Error::other(e));
+        }
+        self.pending.push(b'\n');
         self.written += 1;
+        if self.pending.len() >= FLUSH_AT {
+            self.flush()?;
+        }
         Ok(())
+    }
+}
+
+impl Drop for AlertSink {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!("alert lines not written: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A writer whose bytes the test can read, and that counts its write calls.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<(Vec<u8>, usize)>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut inner = self.0.lock().unwrap();
+            inner.0.extend_from_slice(buf);
+            inner.1 += 1;
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_batch_of_lines_goes_out_in_one_write_at_flush_and_nothing_is_lost_at_drop() {
+        let out = Shared::default();
+        let clock = WallClock {
+            realtime_offset_ns: 0,
+        };
+        let mut sink = AlertSink::new(Box::new(out.clone()), clock, false);
+        sink.gap(1, "ringbuf_full", 3).unwrap();
+        sink.gap(2, "ringbuf_full", 4).unwrap();
+        assert_eq!(sink.written(), 2);
+        assert!(
+            out.0.lock().unwrap().0.is_empty(),
+            "nothing before the flush"
+        );
+        sink.flush().unwrap();
+        {
+            let inner = out.0.lock().unwrap();
+            assert_eq!(inner.1, 1, "one write for the batch");
+            let text = String::from_utf8(inner.0.clone()).unwrap();
+            assert_eq!(text.lines().count(), 2, "{text}");
+            assert!(text.lines().all(|l| l.contains("ringbuf_full")), "{text}");
+        }
+        sink.gap(3, "ringbuf_full", 5).unwrap();
+        drop(sink);
+        let text = String::from_utf8(out.0.lock().unwrap().0.clone()).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    #[test]
+    fn a_large_batch_is_written_out_before_the_flush() {
+        let out = Shared::default();
+        let clock = WallClock {
+            realtime_offset_ns: 0,
+        };
+        let mut sink = AlertSink::new(Box::new(out.clone()), clock, false);
+        let mut n = 0;
+        while out.0.lock().unwrap().0.is_empty() {
+            sink.gap(n, "ringbuf_full", 1).unwrap();
+            n += 1;
+            assert!(n < 10_000, "never written out");
+        }
+        assert!(out.0.lock().unwrap().0.len() >= FLUSH_AT);
     }
 }

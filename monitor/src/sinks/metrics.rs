@@ -62,6 +62,8 @@ pub struct Metrics {
     decode_errors: IntCounter,
     desyncs: IntCounterVec,
     accesses: IntCounterVec,
+    /// `accesses`' series, in [`Verdict::ALL`]'s order: looked up once, not per access.
+    accesses_by_verdict: Vec<IntCounter>,
     violations: IntCounterVec,
     enumerations: IntCounterVec,
     incidents: IntCounterVec,
@@ -188,7 +190,7 @@ impl Metrics {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
         );
-        let m = Self {
+        let mut m = Self {
             events: counter_vec(
                 &r,
                 "vigie_events_total",
@@ -384,9 +386,14 @@ impl Metrics {
                 r.register(&c)?;
                 c
             },
+            accesses_by_verdict: Vec::new(),
             registry: r.registry,
             collectors: r.collectors.into_inner(),
         };
+        m.accesses_by_verdict = Verdict::ALL
+            .iter()
+            .map(|v| m.accesses.with_label_values(&[v.as_str()]))
+            .collect();
         for reason in 0..monitor_common::loss::COUNT {
             m.events_lost
                 .with_label_values(&[monitor_common::loss::name(reason)])
@@ -463,7 +470,14 @@ impl Metrics {
         last_ts_ns: u64,
         now_ns: u64,
     ) {
-        self.accesses.with_label_values(&[verdict.as_str()]).inc();
+        match Verdict::ALL
+            .iter()
+            .position(|v| *v == verdict)
+            .and_then(|i| self.accesses_by_verdict.get(i))
+        {
+            Some(counter) => counter.inc(),
+            None => self.accesses.with_label_values(&[verdict.as_str()]).inc(),
+        }
         if verdict == Verdict::Violation {
             self.violations
                 .with_label_values(&[&source_label(source)])
