@@ -224,6 +224,13 @@ pub mod globals {
     pub const OFF_SKC_DPORT: &str = "OFF_SKC_DPORT";
     pub const OFF_SKC_DADDR: &str = "OFF_SKC_DADDR";
     pub const OFF_SKC_V6_DADDR: &str = "OFF_SKC_V6_DADDR";
+    /// Offsets of the registers that hold a syscall's first four arguments in the `struct
+    /// pt_regs` the syscall functions get (`__x64_sys_read(const struct pt_regs *regs)`; x86-64:
+    /// `di`, `si`, `dx`, `r10`), for the BTF programs on those functions.
+    pub const OFF_REGS_ARG0: &str = "OFF_REGS_ARG0";
+    pub const OFF_REGS_ARG1: &str = "OFF_REGS_ARG1";
+    pub const OFF_REGS_ARG2: &str = "OFF_REGS_ARG2";
+    pub const OFF_REGS_ARG3: &str = "OFF_REGS_ARG3";
     /// Offset of `__syscall_nr` in `sys_enter_*`/`sys_exit_*` records.
     pub const TP_SYSCALL_NR: &str = "TP_SYSCALL_NR";
     /// Offset of the first argument slot in `sys_enter_*` records (slots are 8 bytes).

@@ -248,6 +248,12 @@ global!(OFF_SKC_FAMILY);
 global!(OFF_SKC_DPORT);
 global!(OFF_SKC_DADDR);
 global!(OFF_SKC_V6_DADDR);
+// Where the syscall wrappers' `struct pt_regs` holds the first four arguments (x86-64: di, si,
+// dx, r10), from BTF, for the BTF programs on the syscall functions.
+global!(OFF_REGS_ARG0);
+global!(OFF_REGS_ARG1);
+global!(OFF_REGS_ARG2);
+global!(OFF_REGS_ARG3);
 // Tracepoint record layout, from tracefs `format` files.
 global!(TP_SYSCALL_NR);
 global!(TP_ENTER_ARGS);

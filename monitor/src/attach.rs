@@ -11,7 +11,10 @@ use std::fmt;
 
 use monitor_common::op;
 
-use crate::kernel::{KernelFacts, KernelVersion, Lockdown};
+use crate::{
+    config::HookChoice,
+    kernel::{KernelFacts, KernelVersion, Lockdown},
+};
 
 /// The oldest kernel the probes load on: they write to a BPF ring buffer (5.8) and read with
 /// `bpf_probe_read_kernel`/`_user` (5.5).
@@ -63,6 +66,8 @@ pub enum HookKind {
     Lsm,
     /// A BTF-typed function entry probe.
     Fentry,
+    /// A BTF-typed function exit probe (the arguments and the return value).
+    Fexit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -98,6 +103,7 @@ impl fmt::Display for Hook {
             HookKind::RawTracepoint => write!(f, "raw_tracepoint {}", self.name),
             HookKind::Lsm => write!(f, "lsm {}", self.name),
             HookKind::Fentry => write!(f, "fentry {}", self.name),
+            HookKind::Fexit => write!(f, "fexit {}", self.name),
         }
     }
 }
@@ -124,8 +130,8 @@ pub enum Fallback {
     Required,
     /// Go on without it; the text says what is then not seen.
     Skip(&'static str),
-    /// Use this program's entries (marked `standby`) instead.
-    Program(&'static str),
+    /// Use these programs' entries (marked `standby`) instead.
+    Programs(&'static [&'static str]),
 }
 
 /// How the fire check makes a program run: Vigie does this itself right after attaching. The
@@ -139,6 +145,9 @@ pub enum Trigger {
     Accept,
     /// Start a child process and reap it (fork, exec, exit).
     Spawn,
+    /// Call each hooked syscall once, on fd -1: it fails with `EBADF`, and the programs on the
+    /// syscall functions' entry and return run all the same.
+    Syscalls,
 }
 
 impl Trigger {
@@ -147,6 +156,7 @@ impl Trigger {
             Self::FileIo => "open, read and close a file",
             Self::Accept => "accept a connection on a Unix socket",
             Self::Spawn => "start and reap a child process",
+            Self::Syscalls => "call each hooked syscall on fd -1",
         }
     }
 }
@@ -162,8 +172,11 @@ pub struct Entry {
     pub needs: &'static [Need],
     pub fallback: Fallback,
     pub fire_check: Trigger,
-    /// Used only as another program's [`Fallback::Program`].
+    /// Used only as another program's [`Fallback::Programs`].
     pub standby: bool,
+    /// Entries that are used together or not at all: one that cannot be used takes the others
+    /// of its group to their fallbacks with it (see [`SYSCALL_FUNCTIONS`]).
+    pub group: Option<&'static str>,
     /// Why it is there: what it sees.
     pub why: &'static str,
 }
@@ -174,14 +187,36 @@ const TRACEPOINT_NO_READS: &[Need] = &[Need::Tracefs];
 /// `bpf_d_path` (5.10) in a BTF program on `file_open`.
 const EXACT_PATHS: KernelVersion = KernelVersion::new(5, 10, 0);
 
-/// The attach table. A program with a [`Fallback::Program`] comes before the standby entries it
-/// falls back to.
+/// The group of BTF programs on the syscall functions (`fexit __x64_sys_read`, ...), which
+/// replace the syscall tracepoints of reads, writes, sendfile, accepts and closes. They fall
+/// back as a group: whatever stops one (no BPF trampolines, a refusal by the kernel or the
+/// verifier, a program that does not fire) almost always stops them all, and a mix would make
+/// the report, and a comparison of both ways on one kernel, hard to read. Each falls back to
+/// the tracepoint programs of its own syscalls.
+pub const SYSCALL_FUNCTIONS: &str = "syscall functions";
+
+/// The kernel function behind syscall `name` (the `pt_regs` wrapper `SYSCALL_DEFINE` makes).
+pub fn syscall_function(name: &str) -> String {
+    format!("{SYSCALL_FUNCTION_PREFIX}{name}")
+}
+
+#[cfg(target_arch = "aarch64")]
+const SYSCALL_FUNCTION_PREFIX: &str = "__arm64_sys_";
+#[cfg(not(target_arch = "aarch64"))]
+const SYSCALL_FUNCTION_PREFIX: &str = "__x64_sys_";
+
+/// The attach table. A program with a [`Fallback::Programs`] comes before the standby entries
+/// it falls back to.
 ///
 /// Opens have three ways in, best first: the BPF LSM `file_open` hook, `fentry` on
 /// `security_file_open` (BPF trampolines, where the BPF LSM is not active), then the `openat`
 /// tracepoints. The first two read the opened file's exact path with `bpf_d_path`; the
 /// tracepoint reads the path argument as the process wrote it. `sys_exit_open` is needed by all
 /// three: the fd is only known at the syscall's exit.
+///
+/// Reads, writes, sendfile, accepts and closes have two: BTF programs on the syscall functions
+/// (the [`SYSCALL_FUNCTIONS`] group), then the syscall tracepoints, on standby until the group
+/// falls back (or `--hooks tracepoints` forces them).
 pub fn table() -> Vec<Entry> {
     let mut rows = vec![
         Entry {
@@ -193,9 +228,10 @@ pub fn table() -> Vec<Entry> {
             },
             min_kernel: EXACT_PATHS,
             needs: &[Need::BpfLsm],
-            fallback: Fallback::Program("fentry_file_open"),
+            fallback: Fallback::Programs(&["fentry_file_open"]),
             fire_check: Trigger::FileIo,
             standby: false,
+            group: None,
             why: "preferred: exact path of every open by a target (bpf_d_path: symlinks and `..` resolved)",
         },
         Entry {
@@ -207,12 +243,61 @@ pub fn table() -> Vec<Entry> {
             },
             min_kernel: EXACT_PATHS,
             needs: &[],
-            fallback: Fallback::Program("sys_enter_open"),
+            fallback: Fallback::Programs(&["sys_enter_open"]),
             fire_check: Trigger::FileIo,
             standby: true,
+            group: None,
             why: "exact path of every open by a target (bpf_d_path), without the BPF LSM",
         },
     ];
+    // Reads, writes, sendfile, accepts and closes: one BTF program per syscall function, each
+    // with what its tracepoint pair does, in one program and without the stash between them.
+    let mut btf = |program: &'static str,
+                   kind: HookKind,
+                   syscall: &str,
+                   fallback: &'static [&'static str],
+                   why: &'static str| {
+        rows.push(Entry {
+            program,
+            hook: Hook {
+                kind,
+                category: "",
+                name: syscall_function(syscall),
+            },
+            min_kernel: MIN_KERNEL,
+            needs: &[],
+            fallback: Fallback::Programs(fallback),
+            fire_check: Trigger::Syscalls,
+            standby: false,
+            group: Some(SYSCALL_FUNCTIONS),
+            why,
+        });
+    };
+    for (name, _, _) in IO_SYSCALLS {
+        btf(
+            fexit_program(name),
+            HookKind::Fexit,
+            name,
+            &["sys_enter_io", "sys_exit_io"],
+            "preferred: document reads, sendfile, request and response heads (arguments and byte count in one program)",
+        );
+    }
+    for (name, _, _) in ACCEPT_SYSCALLS {
+        btf(
+            fexit_program(name),
+            HookKind::Fexit,
+            name,
+            &["sys_exit_accept"],
+            "preferred: new connections",
+        );
+    }
+    btf(
+        "fentry_close",
+        HookKind::Fentry,
+        "close",
+        &["sys_enter_close"],
+        "preferred: end of documents and connections",
+    );
     let mut syscalls = |program: &'static str,
                         prefix: &str,
                         set: &[(&str, i64, u32)],
@@ -227,6 +312,7 @@ pub fn table() -> Vec<Entry> {
                 fallback: Fallback::Required,
                 fire_check: trigger,
                 standby: false,
+                group: None,
                 why,
             });
         }
@@ -299,6 +385,25 @@ pub fn table() -> Vec<Entry> {
         row.standby = true;
         row.why = "fallback: stashes the path argument of opens by targets (as written: symlinks not resolved)";
     }
+    for row in rows.iter_mut().filter(|r| {
+        [
+            "sys_enter_io",
+            "sys_exit_io",
+            "sys_exit_accept",
+            "sys_enter_close",
+        ]
+        .contains(&r.program)
+    }) {
+        row.standby = true;
+        row.why = match row.program {
+            "sys_enter_io" => {
+                "fallback: classifies the fd (socket, document) and stashes the buffer"
+            }
+            "sys_exit_io" => "fallback: document reads, sendfile, request and response heads",
+            "sys_exit_accept" => "fallback: new connections",
+            _ => "fallback: end of documents and connections",
+        };
+    }
     let sched = |program: &'static str, why: &'static str| Entry {
         program,
         hook: Hook::tracepoint("sched", program),
@@ -307,6 +412,7 @@ pub fn table() -> Vec<Entry> {
         fallback: Fallback::Required,
         fire_check: Trigger::Spawn,
         standby: false,
+        group: None,
         why,
     };
     rows.push(sched(
@@ -322,9 +428,30 @@ pub fn table() -> Vec<Entry> {
         fallback: Fallback::Required,
         fire_check: Trigger::Spawn,
         standby: false,
+        group: None,
         why: "baseline: forked workers (raw, to tell a new process from a new thread)",
     });
     rows
+}
+
+/// The `fexit` program on syscall `name` (`fexit_read`, ...; `probes/io.rs`, `probes/sockets.rs`).
+fn fexit_program(name: &str) -> &'static str {
+    match name {
+        "read" => "fexit_read",
+        "pread64" => "fexit_pread64",
+        "readv" => "fexit_readv",
+        "preadv" => "fexit_preadv",
+        "recvfrom" => "fexit_recvfrom",
+        "recvmsg" => "fexit_recvmsg",
+        "write" => "fexit_write",
+        "writev" => "fexit_writev",
+        "sendto" => "fexit_sendto",
+        "sendmsg" => "fexit_sendmsg",
+        "sendfile64" => "fexit_sendfile64",
+        "accept" => "fexit_accept",
+        "accept4" => "fexit_accept4",
+        _ => unreachable!("no fexit program for {name}"),
+    }
 }
 
 /// What the planner decided for an entry, before anything is loaded.
@@ -353,7 +480,7 @@ impl Planned {
             (Decision::Attach, None) => ("planned", why()),
             (Decision::Attach, Some(true)) => ("attached", why()),
             (Decision::Attach, Some(false)) => ("skipped", "not attached".into()),
-            (Decision::Skip(reason), _) if matches!(self.entry.fallback, Fallback::Program(_)) => {
+            (Decision::Skip(reason), _) if matches!(self.entry.fallback, Fallback::Programs(_)) => {
                 ("replaced", reason.clone())
             }
             (Decision::Skip(reason), _) => ("skipped", reason.clone()),
@@ -418,9 +545,14 @@ pub fn unmet(facts: &KernelFacts, entry: &Entry) -> Option<String> {
     None
 }
 
-/// Decides, from the kernel's facts alone, which entries to attach. Refuses when a required
-/// entry cannot work here (or the kernel is too old or has no BTF for any of them).
-pub fn plan(facts: &KernelFacts, table: Vec<Entry>) -> Result<Vec<Planned>, Refusal> {
+/// Decides, from the kernel's facts alone (and the operator's [`HookChoice`]), which entries to
+/// attach. Refuses when a required entry cannot work here (or the kernel is too old or has no
+/// BTF for any of them).
+pub fn plan(
+    facts: &KernelFacts,
+    table: Vec<Entry>,
+    hooks: HookChoice,
+) -> Result<Vec<Planned>, Refusal> {
     let mut refusals = Vec::new();
     if !facts.btf {
         refusals.push(
@@ -449,6 +581,14 @@ pub fn plan(facts: &KernelFacts, table: Vec<Entry>) -> Result<Vec<Planned>, Refu
             entry,
         })
         .collect();
+    if hooks == HookChoice::Tracepoints
+        && let Some(i) = planned
+            .iter()
+            .position(|p| p.entry.group == Some(SYSCALL_FUNCTIONS))
+    {
+        // Never required: the group always has its tracepoints to fall back to.
+        let _ = give_up(&mut planned, i, FORCED.to_string());
+    }
     let mut i = 0;
     while i < planned.len() {
         if planned[i].decision == Decision::Attach
@@ -472,25 +612,66 @@ pub fn plan(facts: &KernelFacts, table: Vec<Entry>) -> Result<Vec<Planned>, Refu
     }
 }
 
+/// The reason the BTF programs on the syscall functions are not used under
+/// `--hooks tracepoints`.
+pub const FORCED: &str = "tracepoints forced (--hooks tracepoints, or kernel.hooks)";
+
 /// Entry `i` cannot be used, for `reason`: applies its fallback. A skip or a fallback program
 /// becomes the entry's decision (and wakes the standby entries it names, which come later in
-/// the table); a required entry gives the reason back, for the caller to refuse.
+/// the table); a required entry gives the reason back, for the caller to refuse. The other
+/// entries of its group, if it has one, go to their fallbacks too (the caller detaches those it
+/// had attached: [`Decision::Attach`] no more).
 pub fn give_up(planned: &mut [Planned], i: usize, reason: String) -> Result<(), String> {
+    if let Some(group) = planned[i].entry.group {
+        let failed = planned[i].entry.hook.to_string();
+        for j in 0..planned.len() {
+            if j != i
+                && planned[j].entry.group == Some(group)
+                && planned[j].decision == Decision::Attach
+            {
+                give_up_one(planned, j, format!("with its group ({failed} not used)"))?;
+            }
+        }
+    }
+    give_up_one(planned, i, reason)
+}
+
+fn give_up_one(planned: &mut [Planned], i: usize, reason: String) -> Result<(), String> {
     match planned[i].entry.fallback {
         Fallback::Required => Err(reason),
         Fallback::Skip(lost) => {
             planned[i].decision = Decision::Skip(format!("{reason}; {lost}"));
             Ok(())
         }
-        Fallback::Program(other) => {
-            planned[i].decision = Decision::Skip(format!("{reason}; {other} instead"));
+        Fallback::Programs(others) => {
+            planned[i].decision =
+                Decision::Skip(format!("{reason}; {} instead", others.join(" and ")));
+            // The entries of the same syscalls only: a tracepoint program is attached to
+            // several syscalls, each of which may have its own BTF program.
+            let syscall = syscall_of(&planned[i].entry).map(str::to_owned);
             for p in planned.iter_mut().skip(i + 1) {
-                if p.entry.program == other && p.decision == Decision::Standby {
+                if others.contains(&p.entry.program)
+                    && p.decision == Decision::Standby
+                    && (syscall.is_none() || syscall_of(&p.entry) == syscall.as_deref())
+                {
                     p.decision = Decision::Attach;
                 }
             }
             Ok(())
         }
+    }
+}
+
+/// The syscall an entry hooks, for the entries on one syscall (`read` of `fexit
+/// __x64_sys_read` and of `tracepoint syscalls/sys_exit_read`).
+fn syscall_of(entry: &Entry) -> Option<&str> {
+    let name = entry.hook.name.as_str();
+    match entry.hook.kind {
+        HookKind::Tracepoint if entry.hook.category == "syscalls" => name
+            .strip_prefix("sys_enter_")
+            .or_else(|| name.strip_prefix("sys_exit_")),
+        HookKind::Fentry | HookKind::Fexit => name.strip_prefix(SYSCALL_FUNCTION_PREFIX),
+        _ => None,
     }
 }
 
@@ -507,6 +688,8 @@ pub struct HookReport {
     /// How the fire check made it run, and how many times it ran then (`None`: not checked).
     pub fire_check: &'static str,
     pub fired: Option<u64>,
+    /// The entry's group ([`Entry::group`]).
+    pub group: Option<&'static str>,
 }
 
 /// The whole start-up report: the kernel facts and every entry.
@@ -581,6 +764,7 @@ impl AttachReport {
                     reason,
                     fire_check: p.entry.fire_check.describe(),
                     fired: None,
+                    group: p.entry.group,
                 }
             })
             .collect();
@@ -639,8 +823,36 @@ impl AttachReport {
         .find_map(|(program, how)| attached(program).then_some(how))
     }
 
-    /// One line for logs and the VM matrix:
-    /// `33/33 hooks attached, 11/11 programs fired, open paths exact, lsm file_open`.
+    /// How reads, writes, sendfile, accepts and closes are hooked: `BTF (fexit/fentry on the
+    /// syscall functions)`, or `tracepoints (<why not BTF>)`. `None` when nothing was loaded or
+    /// planned.
+    pub fn syscall_hooks(&self) -> Option<String> {
+        let group: Vec<&HookReport> = self
+            .hooks
+            .iter()
+            .filter(|h| h.group == Some(SYSCALL_FUNCTIONS))
+            .collect();
+        if group
+            .iter()
+            .any(|h| h.status == "attached" || h.status == "planned")
+        {
+            return Some("BTF (fexit/fentry on the syscall functions)".into());
+        }
+        // The reason of the one that failed; the others say `with its group (...)`.
+        let replaced = group
+            .iter()
+            .find(|h| h.status == "replaced" && !h.reason.starts_with("with its group"))
+            .or_else(|| group.iter().find(|h| h.status == "replaced"))?;
+        let why = replaced
+            .reason
+            .rsplit_once("; ")
+            .map_or(replaced.reason.as_str(), |(why, _)| why);
+        Some(format!("tracepoints ({why})"))
+    }
+
+    /// One line for logs and the VM matrix: `33/33 hooks attached, 11/11 programs fired, open
+    /// paths exact, lsm file_open, syscalls hooked by BTF (fexit/fentry on the syscall
+    /// functions)`.
     pub fn summary(&self) -> String {
         let (programs, ran) = self.fired();
         let fired = match &self.fire_check_unavailable {
@@ -651,9 +863,13 @@ impl AttachReport {
             Some(how) => format!(", open paths {how}"),
             None => String::new(),
         };
+        let syscalls = match self.syscall_hooks() {
+            Some(how) => format!(", syscalls hooked by {how}"),
+            None => String::new(),
+        };
         let tls = self.tls_summary();
         format!(
-            "{}/{} hooks attached, {fired}{opens}{tls}",
+            "{}/{} hooks attached, {fired}{opens}{syscalls}{tls}",
             self.attached(),
             self.expected()
         )
@@ -781,20 +997,45 @@ mod tests {
     }
 
     #[test]
-    fn the_table_attaches_36_hooks_with_the_lsm_on_the_matrix_kernels() {
+    fn the_table_attaches_22_hooks_with_the_lsm_and_fexit_on_the_matrix_kernels() {
         for release in ["6.1.0-56-amd64", "6.12.117+deb12-amd64", "6.18.44-fc-v595"] {
             for lockdown in [Lockdown::None, Lockdown::Integrity] {
-                let plan = plan(&facts(release, lockdown, LSMS), table()).unwrap();
-                assert_eq!(plan.len(), 36);
+                let plan =
+                    plan(&facts(release, lockdown, LSMS), table(), HookChoice::Auto).unwrap();
+                // 22 attached; on standby: the fentry and tracepoints of opens, and the 25
+                // tracepoints of the syscalls the 14 BTF syscall programs hook.
+                assert_eq!(plan.len(), 50);
+                assert_eq!(
+                    plan.iter()
+                        .filter(|p| p.decision == Decision::Attach)
+                        .count(),
+                    22
+                );
                 let d = decisions(&plan);
                 assert_eq!(d["lsm_file_open"], Decision::Attach);
-                assert_eq!(d["fentry_file_open"], Decision::Standby);
-                assert_eq!(d["sys_enter_open"], Decision::Standby);
+                assert_eq!(d["fexit_read"], Decision::Attach);
+                assert_eq!(d["fentry_close"], Decision::Attach);
+                let standby = [
+                    "fentry_file_open",
+                    "sys_enter_open",
+                    "sys_enter_io",
+                    "sys_exit_io",
+                    "sys_exit_accept",
+                    "sys_enter_close",
+                ];
+                for program in standby {
+                    assert_eq!(d[program], Decision::Standby, "{program}");
+                }
                 assert!(
                     d.iter()
-                        .filter(|(p, _)| !["fentry_file_open", "sys_enter_open"].contains(p))
+                        .filter(|(p, _)| !standby.contains(p))
                         .all(|(_, d)| *d == Decision::Attach),
                     "{d:?}"
+                );
+                let report = AttachReport::of_plan(facts(release, lockdown, LSMS), &plan);
+                assert_eq!(
+                    report.syscall_hooks().as_deref(),
+                    Some("BTF (fexit/fentry on the syscall functions)")
                 );
             }
         }
@@ -803,6 +1044,118 @@ mod tests {
         assert!(names.contains(&"raw_tracepoint sched_process_fork".to_string()));
         assert!(names.contains(&"lsm file_open".to_string()));
         assert!(names.contains(&"fentry security_file_open".to_string()));
+        assert!(names.contains(&"fexit __x64_sys_recvmsg".to_string()));
+        assert!(names.contains(&"fexit __x64_sys_accept4".to_string()));
+        assert!(names.contains(&"fentry __x64_sys_close".to_string()));
+    }
+
+    #[test]
+    fn forced_tracepoints_replace_every_btf_syscall_program_and_say_why() {
+        let f = facts("6.12.117+deb12-amd64", Lockdown::None, LSMS);
+        let plan = plan(&f, table(), HookChoice::Tracepoints).unwrap();
+        let d = decisions(&plan);
+        for program in [
+            "sys_enter_io",
+            "sys_exit_io",
+            "sys_exit_accept",
+            "sys_enter_close",
+        ] {
+            assert_eq!(d[program], Decision::Attach, "{program}");
+        }
+        for p in plan
+            .iter()
+            .filter(|p| p.entry.group == Some(SYSCALL_FUNCTIONS))
+        {
+            let Decision::Skip(why) = &p.decision else {
+                panic!("{}: {:?}", p.entry.program, p.decision)
+            };
+            assert!(
+                why.starts_with(FORCED) || why.starts_with("with its group"),
+                "{why}"
+            );
+        }
+        // The open programs are not the syscall functions': the LSM still gives the paths.
+        assert_eq!(d["lsm_file_open"], Decision::Attach);
+        let report = AttachReport::of_plan(f, &plan);
+        assert_eq!(
+            report.syscall_hooks(),
+            Some(format!("tracepoints ({FORCED})"))
+        );
+        assert!(
+            report
+                .summary()
+                .contains(&format!("syscalls hooked by tracepoints ({FORCED})")),
+            "{}",
+            report.summary()
+        );
+        assert_eq!(report.expected(), 33);
+    }
+
+    #[test]
+    fn one_btf_syscall_program_failing_takes_the_group_to_the_tracepoints() {
+        // The host refuses BPF trampolines (EPERM): the first fexit fails to load, and every
+        // syscall goes back to its tracepoints, the close one included.
+        let f = facts("6.18.44", Lockdown::None, LSMS);
+        let mut planned = plan(&f, table(), HookChoice::Auto).unwrap();
+        let sendto = planned
+            .iter()
+            .position(|p| p.entry.program == "fexit_sendto")
+            .unwrap();
+        give_up(
+            &mut planned,
+            sendto,
+            "attach: Operation not permitted".into(),
+        )
+        .unwrap();
+        let d = decisions(&planned);
+        for program in [
+            "sys_enter_io",
+            "sys_exit_io",
+            "sys_exit_accept",
+            "sys_enter_close",
+        ] {
+            assert_eq!(d[program], Decision::Attach, "{program}");
+        }
+        assert_eq!(
+            d["fexit_sendto"],
+            Decision::Skip(
+                "attach: Operation not permitted; sys_enter_io and sys_exit_io instead".into()
+            )
+        );
+        assert_eq!(
+            d["fentry_close"],
+            Decision::Skip(
+                "with its group (fexit __x64_sys_sendto not used); sys_enter_close instead".into()
+            )
+        );
+        let report = AttachReport::of_plan(f, &planned);
+        assert_eq!(
+            report.syscall_hooks().as_deref(),
+            Some("tracepoints (attach: Operation not permitted)")
+        );
+        assert_eq!(report.expected(), 33);
+    }
+
+    #[test]
+    fn a_btf_syscall_program_wakes_the_tracepoints_of_its_own_syscalls_only() {
+        // Without its group (give_up_one): the fallback of one syscall is that syscall's pair.
+        let mut planned = plan(
+            &facts("6.12.0", Lockdown::None, LSMS),
+            table(),
+            HookChoice::Auto,
+        )
+        .unwrap();
+        let read = planned
+            .iter()
+            .position(|p| p.entry.program == "fexit_read")
+            .unwrap();
+        give_up_one(&mut planned, read, "x".into()).unwrap();
+        let woken: Vec<String> = planned
+            .iter()
+            .filter(|p| p.entry.standby && p.decision == Decision::Attach)
+            .map(|p| p.entry.hook.name.clone())
+            .collect();
+        assert_eq!(woken, ["sys_enter_read", "sys_exit_read"]);
     }
 
     #[test]
@@ -810,6 +1163,7 @@ mod tests {
         let refusal = plan(
             &facts("6.12.117+deb12-amd64", Lockdown::Confidentiality, LSMS),
             table(),
+            HookChoice::Auto,
         )
         .unwrap_err();
         // One line per distinct reason, not one per hook.
@@ -824,7 +1178,12 @@ mod tests {
 
     #[test]
     fn old_kernels_and_kernels_without_btf_are_refused() {
-        let old = plan(&facts("5.4.0-200-generic", Lockdown::None, LSMS), table()).unwrap_err();
+        let old = plan(
+            &facts("5.4.0-200-generic", Lockdown::None, LSMS),
+            table(),
+            HookChoice::Auto,
+        )
+        .unwrap_err();
         assert!(
             old.to_string()
                 .contains("Vigie needs Linux 5.8 or later (BPF ring buffer), this is 5.4"),
@@ -832,7 +1191,7 @@ mod tests {
         );
         let mut no_btf = facts("6.1.0", Lockdown::None, LSMS);
         no_btf.btf = false;
-        let err = plan(&no_btf, table()).unwrap_err();
+        let err = plan(&no_btf, table(), HookChoice::Auto).unwrap_err();
         assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
     }
 
@@ -840,14 +1199,14 @@ mod tests {
     fn tracefs_missing_refuses_but_unreadable_does_not() {
         let mut f = facts("6.12.0", Lockdown::None, LSMS);
         f.tracefs = Some(false);
-        let err = plan(&f, table()).unwrap_err();
+        let err = plan(&f, table(), HookChoice::Auto).unwrap_err();
         assert!(
             err.to_string().contains("tracefs events are not readable"),
             "{err}"
         );
         // Not root: tracefs is root's, so the facts cannot say; the plan stands.
         f.tracefs = None;
-        assert!(plan(&f, table()).is_ok());
+        assert!(plan(&f, table(), HookChoice::Auto).is_ok());
     }
 
     #[test]
@@ -857,6 +1216,7 @@ mod tests {
         let off = plan(
             &facts("6.12.0", Lockdown::None, "lockdown,capability,yama"),
             table(),
+            HookChoice::Auto,
         )
         .unwrap();
         let Decision::Skip(why) = &off[0].decision else {
@@ -873,14 +1233,19 @@ mod tests {
         // Unknown LSMs: not trusted either.
         let mut unknown = facts("6.12.0", Lockdown::None, LSMS);
         unknown.lsms = None;
-        let plan = plan(&unknown, table()).unwrap();
+        let plan = plan(&unknown, table(), HookChoice::Auto).unwrap();
         assert!(matches!(plan[0].decision, Decision::Skip(_)));
         assert_eq!(decisions(&plan)["fentry_file_open"], Decision::Attach);
     }
 
     #[test]
     fn kernels_before_bpf_d_path_use_the_openat_tracepoints() {
-        let plan = plan(&facts("5.8.0", Lockdown::None, LSMS), table()).unwrap();
+        let plan = plan(
+            &facts("5.8.0", Lockdown::None, LSMS),
+            table(),
+            HookChoice::Auto,
+        )
+        .unwrap();
         let d = decisions(&plan);
         for program in ["lsm_file_open", "fentry_file_open"] {
             let Decision::Skip(why) = &d[program] else {
@@ -896,7 +1261,12 @@ mod tests {
 
     #[test]
     fn a_failure_at_attach_time_applies_the_same_fallback() {
-        let mut planned = plan(&facts("6.18.44", Lockdown::None, LSMS), table()).unwrap();
+        let mut planned = plan(
+            &facts("6.18.44", Lockdown::None, LSMS),
+            table(),
+            HookChoice::Auto,
+        )
+        .unwrap();
         // The host refuses LSM and fentry programs with EPERM although `bpf` is listed.
         give_up(&mut planned, 0, "attach: Operation not permitted".into()).unwrap();
         assert_eq!(decisions(&planned)["fentry_file_open"], Decision::Attach);
@@ -920,15 +1290,22 @@ mod tests {
         assert_eq!(status("lsm_file_open"), Some("replaced"));
         assert_eq!(status("fentry_file_open"), Some("replaced"));
         assert_eq!(status("sys_enter_open"), Some("planned"));
-        assert_eq!(report.expected(), 34);
+        assert_eq!(report.expected(), 23);
+        // The BTF syscall programs stay: only the open ones were refused here.
+        assert_eq!(status("fexit_read"), Some("planned"));
         // A required entry gives its reason back for the caller to refuse.
-        let mut base = plan(&facts("6.18.44", Lockdown::None, LSMS), table()).unwrap();
-        let read = base
+        let mut base = plan(
+            &facts("6.18.44", Lockdown::None, LSMS),
+            table(),
+            HookChoice::Auto,
+        )
+        .unwrap();
+        let exec = base
             .iter()
-            .position(|p| p.entry.hook.name == "sys_enter_read")
+            .position(|p| p.entry.hook.name == "sched_process_exec")
             .unwrap();
         assert_eq!(
-            give_up(&mut base, read, "boom".into()),
+            give_up(&mut base, exec, "boom".into()),
             Err("boom".to_string())
         );
         // openat2 is optional: skipped, saying what is not seen.
@@ -947,14 +1324,16 @@ mod tests {
     fn standby_entries_come_after_what_they_replace() {
         for t in [table()] {
             for (i, e) in t.iter().enumerate() {
-                if let Fallback::Program(other) = e.fallback {
-                    assert!(
-                        t.iter()
-                            .enumerate()
-                            .any(|(j, s)| s.program == other && s.standby && j > i),
-                        "{} falls back to {other}, which has no later standby entry",
-                        e.program
-                    );
+                if let Fallback::Programs(others) = e.fallback {
+                    for other in others {
+                        assert!(
+                            t.iter()
+                                .enumerate()
+                                .any(|(j, s)| s.program == *other && s.standby && j > i),
+                            "{} falls back to {other}, which has no later standby entry",
+                            e.program
+                        );
+                    }
                 }
             }
         }

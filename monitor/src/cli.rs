@@ -61,6 +61,10 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Plan (and as root, attach) with these hooks for reads, writes, sendfile, accepts
+        /// and closes: `auto` (BTF programs where the kernel runs them) or `tracepoints`.
+        #[arg(long, value_enum, default_value = "auto")]
+        hooks: crate::config::HookChoice,
     },
     /// Check an audit trail with the public key only: OK with the range covered, or the first
     /// broken place and what broke. Exit 0 intact (ends with a stop record), 1 broken, 2 could
@@ -171,6 +175,10 @@ pub struct RunArgs {
     /// The trail's signing key (overrides `[trail] key_file`; mode 0600).
     #[arg(long, value_name = "FILE")]
     pub trail_key: Option<PathBuf>,
+    /// How reads, writes, sendfile, accepts and closes are hooked (overrides `[kernel] hooks`):
+    /// `auto` (BTF programs where the kernel runs them) or `tracepoints`.
+    #[arg(long, value_enum)]
+    pub hooks: Option<crate::config::HookChoice>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -234,7 +242,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Probes { json } => crate::run::probes_command(json),
+        Command::Probes { json, hooks } => crate::run::probes_command(json, hooks),
         Command::Verify(args) => crate::trail_files::verify_command(&args),
         Command::Report(args) => crate::trail_files::report_command(&args),
         Command::TrailKeygen { file } => crate::trail_files::keygen_command(&file),
@@ -341,6 +349,9 @@ fn run_options(args: RunArgs) -> anyhow::Result<RunOptions> {
     }
     if let Some(key) = args.trail_key {
         cfg.trail.key_file = Some(key);
+    }
+    if let Some(hooks) = args.hooks {
+        cfg.kernel.hooks = hooks;
     }
     cfg.normalize().context("invalid configuration")?;
     if cfg.targets.pids.is_empty()

@@ -452,6 +452,22 @@ pub struct Kernel {
     /// -10). It changes when Vigie's work runs, not how much there is.
     #[serde(default = "default_reader_nice")]
     pub reader_nice: i32,
+    /// How reads, writes, sendfile, accepts and closes are hooked: `auto` (BTF programs on the
+    /// syscall functions where the kernel runs them, the syscall tracepoints elsewhere) or
+    /// `tracepoints` (always the tracepoints: to compare both ways on one kernel).
+    #[serde(default)]
+    pub hooks: HookChoice,
+}
+
+/// [`Kernel::hooks`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HookChoice {
+    /// BTF programs (`fexit`/`fentry` on the syscall functions) where they load and run.
+    #[default]
+    Auto,
+    /// The syscall tracepoints, even where BTF programs would run.
+    Tracepoints,
 }
 
 /// Smallest ring buffer the kernel accepts (one page on 4 KiB-page machines).
@@ -470,6 +486,7 @@ impl Default for Kernel {
         Self {
             ring_buffer_bytes: default_ring_buffer_bytes(),
             reader_nice: default_reader_nice(),
+            hooks: HookChoice::Auto,
         }
     }
 }

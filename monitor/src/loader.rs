@@ -11,8 +11,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        FEntry, Lsm, Program, RawTracePoint, TracePoint, UProbe,
+        FEntry, FExit, Lsm, Program, RawTracePoint, TracePoint, UProbe,
         fentry::FEntryLinkId,
+        fexit::FExitLinkId,
         lsm::LsmLinkId,
         raw_trace_point::RawTracePointLinkId,
         trace_point::TracePointLinkId,
@@ -113,6 +114,7 @@ enum LinkId {
     Raw(RawTracePointLinkId),
     Lsm(LsmLinkId),
     Fentry(FEntryLinkId),
+    Fexit(FExitLinkId),
     UProbe(UProbeLinkId),
 }
 
@@ -145,6 +147,7 @@ pub fn kernel_offsets() -> Result<Vec<(&'static str, u64)>, LoadError> {
     ];
     let mut names: Vec<&str> = wanted.iter().map(|(_, s, _)| *s).collect();
     names.push("thread_struct");
+    names.push("pt_regs");
     let ids = btf.struct_ids(&names);
     let mut out = Vec::new();
     for (global, strukt, field) in wanted {
@@ -172,7 +175,29 @@ pub fn kernel_offsets() -> Result<Vec<(&'static str, u64)>, LoadError> {
             Some(u64::from(t) + u64::from(f))
         });
     out.push((globals::OFF_TASK_FSBASE, fsbase.unwrap_or(0)));
+    // Optional: without them, the BTF programs on the syscall functions are not used.
+    out.extend(regs_offsets(&btf, id("pt_regs")));
     Ok(out)
+}
+
+/// Where `struct pt_regs` holds a syscall's first four arguments (x86-64: `di`, `si`, `dx`,
+/// `r10`), for the BTF programs on the syscall functions; all 0 when the kernel's BTF has no
+/// such `pt_regs` (another architecture): those programs then fall back to the tracepoints.
+fn regs_offsets(btf: &Btf, pt_regs: Option<u32>) -> Vec<(&'static str, u64)> {
+    let names = [
+        (globals::OFF_REGS_ARG0, "di"),
+        (globals::OFF_REGS_ARG1, "si"),
+        (globals::OFF_REGS_ARG2, "dx"),
+        (globals::OFF_REGS_ARG3, "r10"),
+    ];
+    let found: Option<Vec<(&'static str, u64)>> = names
+        .iter()
+        .map(|(global, field)| match btf.member(pt_regs?, field) {
+            Ok(Some(Member::Bytes(off))) => Some((*global, u64::from(off))),
+            _ => None,
+        })
+        .collect();
+    found.unwrap_or_else(|| names.iter().map(|(g, _)| (*g, 0)).collect())
 }
 
 /// The kernel's `pid_max` (tgids are below it): the size of the `TARGETS` array. The largest
@@ -374,10 +399,24 @@ impl Probes {
         // A fresh machine may have neither mounted; the facts say what is missing if this fails.
         crate::kernel::mount_if_missing("tracefs", TRACEFS, "events");
         let facts = KernelFacts::read();
-        let mut planned = attach::plan(&plan_facts(&facts), attach::table())
+        let mut planned = attach::plan(&plan_facts(&facts), attach::table(), cfg.kernel.hooks)
             .map_err(|refusal| LoadError::Unsupported(facts.to_string(), refusal))?;
         raise_memlock();
         let mut values = kernel_offsets()?;
+        if values
+            .iter()
+            .any(|(name, off)| *name == globals::OFF_REGS_ARG0 && *off == 0)
+            && let Some(i) = planned.iter().position(|p| {
+                p.entry.group == Some(attach::SYSCALL_FUNCTIONS) && p.decision == Decision::Attach
+            })
+        {
+            attach::give_up(
+                &mut planned,
+                i,
+                "the kernel's BTF has no x86-64 `struct pt_regs` (di, si, dx, r10) to read the syscalls' arguments from".into(),
+            )
+            .map_err(|reason| LoadError::Required(planned[i].entry.hook.to_string(), reason))?;
+        }
         values.extend(syscall_layout(&mut planned)?);
         values.extend(mmap_layout()?);
         values.push((
@@ -500,8 +539,14 @@ impl Probes {
                         attached.insert(i);
                         new_programs.insert(entry.program, entry.fire_check);
                     }
-                    Err(e) => attach::give_up(&mut planned, i, attach_failure(&e))
-                        .map_err(|reason| LoadError::Required(entry.hook.to_string(), reason))?,
+                    Err(e) => {
+                        attach::give_up(&mut planned, i, attach_failure(&e)).map_err(|reason| {
+                            LoadError::Required(entry.hook.to_string(), reason)
+                        })?;
+                        for program in self.detach_given_up(&planned, &mut attached) {
+                            new_programs.remove(program);
+                        }
+                    }
                 }
             }
             if new_programs.is_empty() {
@@ -533,6 +578,7 @@ impl Probes {
                         })?;
                     }
                 }
+                self.detach_given_up(&planned, &mut attached);
             }
         }
         self.report.hooks = planned
@@ -551,6 +597,7 @@ impl Probes {
                     } else {
                         None
                     },
+                    group: p.entry.group,
                 }
             })
             .collect();
@@ -559,13 +606,40 @@ impl Probes {
         Ok(())
     }
 
+    /// Detaches the attached entries a group's fallback took back ([`attach::give_up`]), and
+    /// returns their programs.
+    fn detach_given_up(
+        &mut self,
+        planned: &[Planned],
+        attached: &mut BTreeSet<usize>,
+    ) -> Vec<&'static str> {
+        let gone: Vec<usize> = attached
+            .iter()
+            .copied()
+            .filter(|&i| planned[i].decision != Decision::Attach)
+            .collect();
+        let mut programs = Vec::new();
+        for i in gone {
+            attached.remove(&i);
+            let program = planned[i].entry.program;
+            if !programs.contains(&program) {
+                self.unload(program);
+                programs.push(program);
+            }
+        }
+        programs
+    }
+
     fn attach_entry(
         &mut self,
         entry: &attach::Entry,
         loaded: &mut BTreeSet<&'static str>,
     ) -> Result<(), LoadError> {
         let name = entry.program;
-        if matches!(entry.hook.kind, HookKind::Lsm | HookKind::Fentry) && self.kernel_btf.is_none()
+        if matches!(
+            entry.hook.kind,
+            HookKind::Lsm | HookKind::Fentry | HookKind::Fexit
+        ) && self.kernel_btf.is_none()
         {
             let started = std::time::Instant::now();
             let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Btf(e.to_string()))?;
@@ -617,6 +691,15 @@ impl Probes {
                 let link = fentry.attach().map_err(err)?;
                 self.links.push((name, LinkId::Fentry(link)));
             }
+            HookKind::Fexit => {
+                let fexit: &mut FExit = program.try_into().map_err(err)?;
+                if loaded.insert(name) {
+                    let btf = self.kernel_btf.as_ref().ok_or(LoadError::NoBtf)?;
+                    fexit.load(&entry.hook.name, btf).map_err(err)?;
+                }
+                let link = fexit.attach().map_err(err)?;
+                self.links.push((name, LinkId::Fexit(link)));
+            }
         }
         Ok(())
     }
@@ -629,6 +712,7 @@ impl Probes {
             Some(Program::RawTracePoint(p)) => p.unload(),
             Some(Program::Lsm(p)) => p.unload(),
             Some(Program::FEntry(p)) => p.unload(),
+            Some(Program::FExit(p)) => p.unload(),
             _ => Ok(()),
         };
         if let Err(e) = result {
@@ -872,6 +956,17 @@ impl Probes {
         Ok(out)
     }
 
+    /// Whether reads reach the probes through the BTF programs on the syscall functions rather
+    /// than the tracepoints: a read already in progress when they attached is then not seen at
+    /// its return (a BPF trampoline only runs for calls that enter after it is in place), and
+    /// there is no exit tracepoint for a stash to be given to.
+    pub fn syscalls_by_btf(&self) -> bool {
+        self.report
+            .hooks
+            .iter()
+            .any(|h| h.group == Some(attach::SYSCALL_FUNCTIONS) && h.status == "attached")
+    }
+
     /// How many hooks the plan meant to attach on this kernel: fewer attached means a blind spot.
     pub fn expected(&self) -> usize {
         self.report.expected()
@@ -909,6 +1004,9 @@ impl Drop for Probes {
                     p.take_link(id).ok().map(|l| Box::new(l) as Box<dyn Send>)
                 }
                 (Some(Program::FEntry(p)), LinkId::Fentry(id)) => {
+                    p.take_link(id).ok().map(|l| Box::new(l) as Box<dyn Send>)
+                }
+                (Some(Program::FExit(p)), LinkId::Fexit(id)) => {
                     p.take_link(id).ok().map(|l| Box::new(l) as Box<dyn Send>)
                 }
                 (Some(Program::UProbe(p)), LinkId::UProbe(id)) => {

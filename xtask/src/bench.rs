@@ -74,11 +74,15 @@ pub struct BenchArgs {
     /// publishing): 1 round of 1 s, 1M replay events, 100k trail records, 1,000 connections.
     #[arg(long)]
     pub quick: bool,
+    /// Instead of the host bench: boot this kernel of the matrix (6.1 or 6.12) and measure the
+    /// syscalls hooked by BTF programs against the tracepoints there (`--rounds`, `--secs`).
+    #[arg(long, value_name = "KERNEL")]
+    pub vm: Option<String>,
 }
 
 impl BenchArgs {
     /// These arguments, or `--quick`'s.
-    fn effective(&self) -> BenchArgs {
+    pub fn effective(&self) -> BenchArgs {
         if !self.quick {
             return self.clone();
         }

@@ -91,7 +91,13 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Bench(args) => {
             setup::run()?;
-            bench::run(&args)
+            match &args.vm {
+                Some(kernel) => {
+                    let args = args.effective();
+                    vm::measure::run(&build()?, kernel, args.secs, args.rounds as u64)
+                }
+                None => bench::run(&args),
+            }
         }
         Task::Test { args } => {
             setup::run()?;

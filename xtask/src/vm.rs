@@ -7,6 +7,7 @@
 //! ([`lanes`]). Each boot's console goes to `target/vm/logs/<row>.log`; a table sums the matrix
 //! up, and any failed row fails the task.
 mod cpio;
+pub mod measure;
 
 use std::{
     collections::BTreeMap,
@@ -33,6 +34,7 @@ const FULL: &[&str] = &[
     "jwt",
     "replay",
     "kernel",
+    "hooks",
     "concurrency",
     "paths",
     "go",
@@ -58,6 +60,7 @@ const FULL_NODE: &[&str] = &[
     "jwt",
     "replay",
     "kernel",
+    "hooks",
     "concurrency",
     "paths",
     "go",
@@ -77,6 +80,7 @@ const FULL_NODE: &[&str] = &[
 const OLDEST: &[&str] = &[
     "e2e",
     "kernel",
+    "hooks",
     "concurrency",
     "go",
     "adversarial",

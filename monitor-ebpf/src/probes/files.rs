@@ -431,10 +431,27 @@ fn read_fingerprint(stash: &Stash, ret: i64) -> u64 {
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_target(tgid) {
-        return 0;
+    if is_target(tgid) {
+        on_close(tgid, arg(&ctx, 0) as i32);
     }
-    let fd = arg(&ctx, 0) as i32;
+    0
+}
+
+/// `__x64_sys_close(const struct pt_regs *regs)`, on entry: the fd is only meaningful before
+/// the call.
+#[fentry(function = "__x64_sys_close")]
+pub fn fentry_close(ctx: FEntryContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_target(tgid) {
+        let regs: *const u8 = ctx.arg(0);
+        on_close(tgid, super::io::regs_arg(regs, 0) as i32);
+    }
+    0
+}
+
+/// A target is closing `fd`: shared by both ways in.
+#[inline(always)]
+fn on_close(tgid: u32, fd: i32) {
     let record = match forget_fd_kind(tgid, fd) {
         fd_kind::DOCUMENT => {
             flush_run_of(tgid, fd);
@@ -451,7 +468,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
             }
             kind::SOCK_CLOSE
         }
-        _ => return 0,
+        _ => return,
     };
     submit::<FdEvent>(|ev| {
         fill_header(&mut ev.header, record);
@@ -462,5 +479,4 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         ev.size = 0;
         ev.fp = 0;
     });
-    0
 }

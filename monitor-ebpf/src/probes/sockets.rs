@@ -1,8 +1,8 @@
 //! accept/accept4, and bounded captures of socket reads (request heads) and writes (response heads).
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{fexit, tracepoint},
+    programs::{FExitContext, TracePointContext},
 };
 use monitor_common::{
     fd_kind, kind, op,
@@ -22,20 +22,45 @@ use crate::maps::{
 use monitor_common::go::GO_TARGET;
 
 /// accept(int fd, ...) / accept4(int fd, ..., int flags): the returned fd is a connection.
+/// Tracepoint, or (preferred, see the attach table) `fexit` on the syscall function.
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_target(tgid) {
-        return 0;
+    if is_target(tgid) {
+        on_accept(tgid, ret(&ctx), syscall_op(&ctx));
     }
-    let fd = ret(&ctx);
+    0
+}
+
+/// `__x64_sys_accept[4](const struct pt_regs *regs)` returned: the new fd is the return value.
+macro_rules! fexit_accept {
+    ($($program:ident: $function:literal => $op:expr;)*) => {$(
+        #[doc = concat!("`", $function, "` returned: see [`on_accept`].")]
+        #[fexit(function = $function)]
+        pub fn $program(ctx: FExitContext) -> u32 {
+            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            if is_target(tgid) {
+                on_accept(tgid, ctx.arg(1), $op);
+            }
+            0
+        }
+    )*};
+}
+
+fexit_accept! {
+    fexit_accept: "__x64_sys_accept" => op::ACCEPT;
+    fexit_accept4: "__x64_sys_accept4" => op::ACCEPT4;
+}
+
+/// A target's accept returned `fd`: shared by both ways in.
+#[inline(always)]
+fn on_accept(tgid: u32, fd: i64, op: u32) {
     if fd < 0 {
-        return 0;
+        return;
     }
     let fd = fd as i32;
     set_fd_kind(tgid, fd, fd_kind::SOCKET);
     conn_over(tgid, fd);
-    let op = syscall_op(&ctx);
     let (fam, port, addr) = crate::task::fd_peer(fd).unwrap_or((family::UNKNOWN, 0, [0; 16]));
     submit::<AcceptEvent>(|ev| {
         fill_header(&mut ev.header, kind::SOCK_ACCEPT);
@@ -46,7 +71,6 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         ev.op = op;
         ev._pad = 0;
     });
-    0
 }
 
 /// `struct iovec { void *iov_base; size_t iov_len; }` (uapi).

@@ -7,10 +7,63 @@ use crate::harness::*;
 use serde_json::Value;
 
 /// Every hook of the attach table.
-const HOOKS: usize = 36;
-/// The programs behind the hooks attached on any kernel: one of the three ways in for opens,
-/// and the ten others.
-const PROGRAMS: usize = 11;
+const HOOKS: usize = 50;
+/// The programs behind the hooks attached: one of the three ways in for opens, and the ten
+/// others where reads, writes, sendfile, accepts and closes are on their tracepoints (4
+/// programs), or the 24 others where they are on BTF programs (14, one per syscall function).
+const PROGRAMS_TRACEPOINTS: usize = 11;
+const PROGRAMS_BTF: usize = 21;
+/// The tracepoint programs the BTF programs on the syscall functions replace.
+const SYSCALL_TRACEPOINTS: [&str; 4] = [
+    "sys_enter_io",
+    "sys_exit_io",
+    "sys_exit_accept",
+    "sys_enter_close",
+];
+
+/// Whether this kernel runs BPF trampolines, as far as the matrix row says (`cargo xtask
+/// vm-test` names the open program each row must use): the BTF syscall programs must be used
+/// there. `None` outside the matrix.
+fn trampolines_expected() -> Option<bool> {
+    let want = std::env::var("VIGIE_EXPECT_OPEN_PROGRAM").ok()?;
+    (!want.is_empty()).then(|| want == "lsm_file_open" || want == "fentry_file_open")
+}
+
+/// Exactly one way for the syscalls: every BTF program on the syscall functions attached and
+/// fired, their tracepoints on standby; or every one replaced, saying why, and the tracepoints
+/// attached. Returns whether it is BTF.
+fn check_syscall_ways(hooks: &[Value]) -> bool {
+    let group: Vec<&Value> = hooks
+        .iter()
+        .filter(|h| h["group"] == "syscall functions")
+        .collect();
+    assert_eq!(group.len(), 14, "{hooks:#?}");
+    let btf = group[0]["status"] == "attached";
+    for h in &group {
+        if btf {
+            assert_eq!(h["status"], "attached", "{h:#}");
+            assert!(h["fired"].as_u64().is_some_and(|n| n > 0), "{h:#}");
+        } else {
+            assert_eq!(h["status"], "replaced", "{h:#}");
+            assert!(
+                h["reason"].as_str().is_some_and(|r| r.contains(" instead")),
+                "{h:#}"
+            );
+        }
+    }
+    for h in hooks
+        .iter()
+        .filter(|h| SYSCALL_TRACEPOINTS.iter().any(|p| h["program"] == *p))
+    {
+        if btf {
+            assert_eq!(h["status"], "standby", "{h:#}");
+        } else {
+            assert_eq!(h["status"], "attached", "{h:#}");
+            assert!(h["fired"].as_u64().is_some_and(|n| n > 0), "{h:#}");
+        }
+    }
+    btf
+}
 /// The ways in for opens, best first, and how the start-up summary names each.
 const OPEN_WAYS: [(&str, &str); 3] = [
     ("lsm_file_open", "exact, lsm file_open"),
@@ -122,8 +175,15 @@ fn probes_report_matches_the_kernel_and_every_program_fires() {
     {
         assert_eq!(OPEN_WAYS[way].0, want, "{report:#}");
     }
+    let btf = check_syscall_ways(hooks);
+    if let Some(expected) = trampolines_expected() {
+        assert_eq!(btf, expected, "{report:#}");
+    }
     for h in hooks {
-        if OPEN_WAYS.iter().any(|(p, _)| h["program"] == *p) {
+        if OPEN_WAYS.iter().any(|(p, _)| h["program"] == *p)
+            || h["group"] == "syscall functions"
+            || SYSCALL_TRACEPOINTS.iter().any(|p| h["program"] == *p)
+        {
             continue;
         }
         assert_eq!(h["status"], "attached", "{h:#}");
@@ -138,6 +198,8 @@ fn probes_report_matches_the_kernel_and_every_program_fires() {
     let names: Vec<&str> = hooks.iter().filter_map(|h| h["hook"].as_str()).collect();
     for want in [
         "tracepoint syscalls/sys_enter_read",
+        "fexit __x64_sys_read",
+        "fentry __x64_sys_close",
         "tracepoint syscalls/sys_exit_openat",
         "tracepoint syscalls/sys_exit_accept4",
         "tracepoint sched/sched_process_exec",
@@ -266,18 +328,33 @@ fn vigie_run_logs_what_it_attached_and_why() {
     let (alerts, log) = vigie.stop();
     assert_eq!(verdicts(&alerts), [], "{log}");
     let release = read("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let btf = log.contains("syscalls hooked by BTF (fexit/fentry on the syscall functions)");
+    if let Some(expected) = trampolines_expected() {
+        assert_eq!(btf, expected, "{log}");
+    }
+    let (programs, syscalls) = if btf {
+        (
+            PROGRAMS_BTF,
+            "attached fexit_read on fexit __x64_sys_read: preferred: ",
+        )
+    } else {
+        (
+            PROGRAMS_TRACEPOINTS,
+            "attached sys_enter_io on tracepoint syscalls/sys_enter_read, sys_enter_pread64, ",
+        )
+    };
     for want in [
         format!("kernel {}, BTF yes, tracefs yes, lockdown ", release.trim()),
-        "attached sys_enter_io on tracepoint syscalls/sys_enter_read, sys_enter_pread64, ".into(),
+        syscalls.into(),
         "attached sched_process_fork on raw_tracepoint sched_process_fork: baseline: ".into(),
-        format!("hooks attached, {PROGRAMS}/{PROGRAMS} programs fired, open paths "),
+        format!("hooks attached, {programs}/{programs} programs fired, open paths "),
     ] {
         assert!(log.contains(&want), "{want:?} not in the log:\n{log}");
     }
     assert!(
-        OPEN_WAYS
-            .iter()
-            .any(|(_, how)| log.contains(&format!("programs fired, open paths {how}\n"))),
+        OPEN_WAYS.iter().any(|(_, how)| log.contains(&format!(
+            "programs fired, open paths {how}, syscalls hooked by "
+        ))),
         "{log}"
     );
     assert!(!log.contains("not attached"), "{log}");
@@ -285,7 +362,9 @@ fn vigie_run_logs_what_it_attached_and_why() {
     for line in log.lines().filter(|l| l.contains("replaced: ")) {
         assert!(
             line.contains("replaced: lsm file_open (lsm_file_open): ")
-                || line.contains("replaced: fentry security_file_open (fentry_file_open): "),
+                || line.contains("replaced: fentry security_file_open (fentry_file_open): ")
+                || (!btf && line.contains("replaced: fexit __x64_sys_"))
+                || (!btf && line.contains("replaced: fentry __x64_sys_close (fentry_close): ")),
             "{line}\n{log}"
         );
     }

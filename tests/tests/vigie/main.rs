@@ -13,6 +13,7 @@ mod e2e;
 mod fastcgi;
 mod faults;
 mod go;
+mod hooks;
 mod incidents;
 mod jwt;
 mod kernel;
