@@ -217,6 +217,7 @@ pub fn conn_over(tgid: u32, fd: i32) {
     if let Some(c) = CONN_WRITES.get_ptr_mut(&fd_key(tgid, fd)) {
         let c = unsafe { &mut *c };
         c.floor = c.offset;
+        c.head_end = 0;
     }
 }
 
@@ -425,16 +426,19 @@ fn emit_chunks(stash: &Stash, ret: i64, kind: u32, cap: u64) {
 #[inline(always)]
 fn send(ev: &mut DataEvent, n: u64) {
     note_preface(ev, n);
-    if is_response_head(ev, n) {
-        note_head_end(ev);
-    }
     // A body's second write wakes the reader: the span it learns from the head comes back
-    // while the rest of the body is written. Not the head itself: most responses are one write
-    // (a head and its body together) or a head and `sendfile`, and a wake-up per request costs
-    // the server microseconds (see `maps::wakeup_flags`).
-    let wake = DATA_SCRATCH
+    // while the rest of the body is written. Not a head: most responses are one write (a head
+    // and its body together) or a head and `sendfile`, so on a keep-alive connection the write
+    // that starts where a head's write ended is mostly the next response's head, and a wake-up
+    // per request costs the server microseconds (see `maps::wakeup_flags`).
+    let follows_head = DATA_SCRATCH
         .get_ptr_mut(0)
         .is_some_and(|s| unsafe { core::mem::replace(&mut (*s).wake, 0) } != 0);
+    let head = is_response_head(ev, n);
+    if head {
+        note_head_end(ev);
+    }
+    let wake = follows_head && !head;
     stamp_losses(&mut ev.header);
     // The size must be bounded at `bpf_ringbuf_output` for 6.1's verifier ("R3 min value is
     // negative, either use unsigned or 'var &= const'" after the iovec loop); the volatile
