@@ -103,8 +103,8 @@ pub static LAST_LOSS: Array<u64> = Array::with_max_entries(1, 0);
 pub struct DataScratch {
     pub ev: DataEvent,
     pub spill: [u8; monitor_common::sockets::DATA_CAP],
-    /// Non-zero: the record being built continues a response body in another write, and wakes
-    /// the reader when it goes out (set by `sockets::emit_data`, here rather than carried
+    /// Non-zero: the record being built continues a long response body, and wakes the reader
+    /// when it goes out (set by `sockets::emit_data`, here rather than carried
     /// through the capture loops for 6.1's verifier).
     pub wake: u64,
 }
@@ -201,10 +201,12 @@ pub struct ConnWrites {
     /// `offset` when the current connection on this fd began (its accept, or the previous one's
     /// close): a body span below it is a former connection's, given too late, and never used.
     pub floor: u64,
-    /// Where the last write that started with a response head ended: the write starting there
-    /// continues that response's body, which is when the reader is woken (see
-    /// `sockets::emit_data`).
-    pub head_end: u64,
+    /// Where the last write of the response being written ended (0: none): a write starting
+    /// there continues its body (see `sockets::advance_offset`).
+    pub chain_end: u64,
+    /// Writes that continued the body since its head: the reader is woken at the
+    /// `sockets::WAKE_AFTER_WRITES`th (see `sockets::emit_data`).
+    pub chain: u64,
 }
 
 /// `(tgid << 32 | fd)` -> the connection's output offsets. Kernel-owned. LRU: entries of

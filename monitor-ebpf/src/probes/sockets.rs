@@ -86,6 +86,11 @@ struct Iovec {
 const MSGHDR_IOV: u64 = 16;
 const MSGHDR_IOVLEN: u64 = 24;
 
+/// The write of a response body, counted from its head's, that wakes the reader for the body's
+/// span: 16 writes of gunicorn's 8 KiB chunks is 128 KiB, past which a body is long enough for
+/// its counting to repay the wake-up (see [`send`]).
+pub const WAKE_AFTER_WRITES: u64 = 16;
+
 /// Most iovecs of one vectored call whose bytes are captured: a constant bound for the verifier.
 /// Servers write a response as a head and a body or two (Node.js's `writev([head, body])`,
 /// nginx's header/body chains), so a handful covers what the capture bounds let through.
@@ -130,8 +135,8 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     }
     flush_counts_keeping(pid_tgid, in_body, false);
     flush_writer_of(tgid, stash.fd, pid_tgid);
-    let (offset, follows_head) = match at {
-        Some((start, _, follows_head)) => (start, follows_head && !http2),
+    let (offset, long_body) = match at {
+        Some((start, _, long_body)) => (start, long_body && !http2),
         None => (0, false),
     };
     // Armed before the record goes out (with the loss time before it: a record lost arms a
@@ -146,7 +151,7 @@ pub fn emit_data(stash: &Stash, ret: i64) {
     if let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) {
         unsafe {
             (*scratch).ev.offset = offset;
-            (*scratch).wake = u64::from(follows_head);
+            (*scratch).wake = u64::from(long_body);
         }
     }
     let mut cap = if is_write {
@@ -173,9 +178,9 @@ pub fn emit_data(stash: &Stash, ret: i64) {
 }
 
 /// The offset where a write of `len` bytes on `fd` starts, the connection's floor (see
-/// [`ConnWrites`]), and whether the write starts where one that began with a response head
-/// ended (it continues that body); the next write starts `len` further. A connection first seen gets a base of
-/// 16 times the boot time in ns: offsets of the entry an LRU eviction dropped (or of an earlier
+/// [`ConnWrites`]), and whether it is the [`WAKE_AFTER_WRITES`]th write to continue a response
+/// body since its head; the next write starts `len` further. A connection first seen gets a
+/// base of 16 times the boot time in ns: offsets of the entry an LRU eviction dropped (or of an earlier
 /// connection on the fd) lie below it unless that connection wrote more than 16 bytes per ns
 /// of its life, so a span given for them is never used. Not atomic: two threads writing one
 /// HTTP/1 connection at the same moment would interleave their bytes anyway; a wrong offset
@@ -188,13 +193,20 @@ fn advance_offset(tgid: u32, fd: i32, len: u64) -> Option<(u64, u64, bool)> {
         let c = unsafe { &mut *c };
         let start = c.offset;
         c.offset = start.wrapping_add(len);
-        return Some((start, c.floor, c.head_end == start));
+        let mut wake = false;
+        if c.chain_end != 0 && c.chain_end == start {
+            c.chain_end = c.offset;
+            c.chain += 1;
+            wake = c.chain == WAKE_AFTER_WRITES;
+        }
+        return Some((start, c.floor, wake));
     }
     let base = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }.wrapping_mul(16) | 1;
     let c = ConnWrites {
         offset: base.wrapping_add(len),
         floor: base,
-        head_end: 0,
+        chain_end: 0,
+        chain: 0,
     };
     CONN_WRITES.insert(&key, &c, 0).ok()?;
     Some((base, base, false))
@@ -205,7 +217,9 @@ fn advance_offset(tgid: u32, fd: i32, len: u64) -> Option<(u64, u64, bool)> {
 #[inline(always)]
 fn note_head_end(ev: &DataEvent) {
     if let Some(c) = CONN_WRITES.get_ptr_mut(&fd_key(ev.header.tgid, ev.fd)) {
-        unsafe { (*c).head_end = ev.offset.wrapping_add(ev.ret as u64) };
+        let c = unsafe { &mut *c };
+        c.chain_end = ev.offset.wrapping_add(ev.ret as u64);
+        c.chain = 0;
     }
 }
 
@@ -217,7 +231,8 @@ pub fn conn_over(tgid: u32, fd: i32) {
     if let Some(c) = CONN_WRITES.get_ptr_mut(&fd_key(tgid, fd)) {
         let c = unsafe { &mut *c };
         c.floor = c.offset;
-        c.head_end = 0;
+        c.chain_end = 0;
+        c.chain = 0;
     }
 }
 
@@ -426,19 +441,20 @@ fn emit_chunks(stash: &Stash, ret: i64, kind: u32, cap: u64) {
 #[inline(always)]
 fn send(ev: &mut DataEvent, n: u64) {
     note_preface(ev, n);
-    // A body's second write wakes the reader: the span it learns from the head comes back
-    // while the rest of the body is written. Not a head: most responses are one write (a head
-    // and its body together) or a head and `sendfile`, so on a keep-alive connection the write
-    // that starts where a head's write ended is mostly the next response's head, and a wake-up
-    // per request costs the server microseconds (see `maps::wakeup_flags`).
-    let follows_head = DATA_SCRATCH
+    // The 16th write of a body wakes the reader: the span it learns from the head comes back
+    // while the rest of a long body is written. Not a head, nor every response: most are one
+    // write (a head and its body together), a head and `sendfile`, or a few writes done before
+    // any span could come back, and a wake-up costs the server microseconds (in this VM, tens:
+    // a wake at each 64 KiB gunicorn body's second write took it from 0.86 to 0.66 of its
+    // throughput in the bench).
+    let long_body = DATA_SCRATCH
         .get_ptr_mut(0)
         .is_some_and(|s| unsafe { core::mem::replace(&mut (*s).wake, 0) } != 0);
     let head = is_response_head(ev, n);
     if head {
         note_head_end(ev);
     }
-    let wake = follows_head && !head;
+    let wake = long_body && !head;
     stamp_losses(&mut ev.header);
     // The size must be bounded at `bpf_ringbuf_output` for 6.1's verifier ("R3 min value is
     // negative, either use unsigned or 'var &= const'" after the iovec loop); the volatile
@@ -455,9 +471,10 @@ fn send(ev: &mut DataEvent, n: u64) {
     }
 }
 
-/// A plain connection's write that starts like a response head (`HTTP/`): the write after it
-/// wakes the reader, so that the body span userspace learns from it comes back while the body
-/// is being written (until it does, the body's writes are sent one by one).
+/// A plain connection's write that starts like a response head (`HTTP/`): the writes that
+/// continue its body are counted from it, and the [`WAKE_AFTER_WRITES`]th wakes the reader, so
+/// that the body span userspace learns comes back while a long body is being written (until it
+/// does, the body's writes are sent one by one).
 #[inline(always)]
 fn is_response_head(ev: &DataEvent, n: u64) -> bool {
     ev.header.kind == kind::SOCK_WRITE
