@@ -410,6 +410,55 @@ pub fn fill_header(h: &mut Header, kind: u32) {
     }
 }
 
+/// Arms the thread's run of reads (of a document) or writes (of a connection) on `fd` in
+/// `runs`, and makes the thread `fd`'s counter in `owners` (see [`READ_AGG`], [`WRITE_AGG`]).
+/// A full map only means the calls are sent one by one. Not in a Go target, whose threads take
+/// turns running goroutines: two calls of one thread may be two goroutines'.
+#[inline(always)]
+pub fn arm_run(
+    runs: &HashMap<u64, ReadAgg>,
+    owners: &LruHashMap<u64, u64>,
+    pid_tgid: u64,
+    fd: i32,
+    loss_ns: u64,
+) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if TARGETS.get(tgid).copied() == Some(GO_TARGET) {
+        return;
+    }
+    if let Some(agg) = runs.get_ptr_mut(&pid_tgid) {
+        let agg = unsafe { &mut *agg };
+        agg.fd = fd;
+        agg.calls = 0;
+        agg.bytes = 0;
+        agg.loss_ns = loss_ns;
+        current_comm(&mut agg.comm);
+    } else {
+        let mut comm = [0; COMM_LEN];
+        current_comm(&mut comm);
+        let agg = ReadAgg {
+            fd,
+            calls: 0,
+            bytes: 0,
+            first_ns: 0,
+            last_ns: 0,
+            loss_ns,
+            op: 0,
+            _pad: 0,
+            comm,
+        };
+        if runs.insert(&pid_tgid, &agg, 0).is_err() {
+            return;
+        }
+    }
+    let key = fd_key(tgid, fd);
+    if let Some(slot) = owners.get_ptr_mut(&key) {
+        unsafe { *slot = pid_tgid };
+    } else {
+        let _ = owners.insert(&key, &pid_tgid, 0);
+    }
+}
+
 /// Writes the current thread's name into `comm`, NUL-padded. The helper writes the buffer in
 /// place and pads it itself (zeroes on failure): `bpf_get_current_comm().unwrap_or([0; 16])`
 /// made LLVM zero a stack copy and move it with three calls to a byte-loop `memset` (about 250

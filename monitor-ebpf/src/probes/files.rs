@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::{FEntryContext, LsmContext, TracePointContext},
 };
 use monitor_common::{
-    COMM_LEN, fd_kind,
+    fd_kind,
     files::{
         FP_BYTES, FP_MIN, FP_WORDS, FdEvent, OPEN_HEADER_LEN, OpenEvent, PATH_CAP,
         fingerprint_words, has_dotdot, open_path_bytes, path_source,
@@ -23,10 +23,10 @@ use super::{arg, ret, sockets, syscall_op};
 use crate::{
     maps::{
         DOC_ROOTS, H2_CONNS, LAST_LOSS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED,
-        OPENED_SCRATCH, READ_AGG, READ_AGG_FD, READ_BATCH_NS, ROOT_KEY_LEN, ReadAgg, Stash,
-        TARGETS, count_loss, current_comm, fd_key, fill_header, flush_counts, forget_fd_kind,
-        global, is_target, output_bytes, send_reads, set_fd_kind, stamp_losses, stash_put,
-        stash_take, submit, submit_keeping,
+        OPENED_SCRATCH, READ_AGG, READ_AGG_FD, READ_BATCH_NS, ROOT_KEY_LEN, Stash, TARGETS,
+        arm_run, count_loss, fd_key, fill_header, flush_counts, forget_fd_kind, global, is_target,
+        output_bytes, send_reads, set_fd_kind, stamp_losses, stash_put, stash_take, submit,
+        submit_keeping,
     },
     task,
 };
@@ -318,47 +318,11 @@ fn count_read(pid_tgid: u64, stash: &Stash, ret: i64) -> bool {
 }
 
 /// Arms the thread's run on document `fd`, right after its `FILE_READ` record (`loss_ns`: the
-/// last loss time before it). Not in a Go
-/// target, whose threads take turns running goroutines: two reads of one thread may be two
-/// goroutines', so each is sent with its own.
+/// last loss time before it; not in a Go target: see [`arm_run`]).
 #[inline(always)]
 fn start_run(pid_tgid: u64, fd: i32, loss_ns: u64) {
-    let tgid = (pid_tgid >> 32) as u32;
-    if TARGETS.get(tgid).copied() == Some(GO_TARGET) {
-        return;
-    }
-    if let Some(agg) = READ_AGG.get_ptr_mut(&pid_tgid) {
-        let agg = unsafe { &mut *agg };
-        agg.fd = fd;
-        agg.calls = 0;
-        agg.bytes = 0;
-        agg.loss_ns = loss_ns;
-        current_comm(&mut agg.comm);
-    } else {
-        let mut comm = [0; COMM_LEN];
-        current_comm(&mut comm);
-        let agg = ReadAgg {
-            fd,
-            calls: 0,
-            bytes: 0,
-            first_ns: 0,
-            last_ns: 0,
-            loss_ns,
-            op: 0,
-            _pad: 0,
-            comm,
-        };
-        // A full map only means reads are sent one by one.
-        if READ_AGG.insert(&pid_tgid, &agg, 0).is_err() {
-            return;
-        }
-    }
-    let key = fd_key(tgid, fd);
-    if let Some(slot) = READ_AGG_FD.get_ptr_mut(&key) {
-        unsafe { *slot = pid_tgid };
-    } else {
-        let _ = READ_AGG_FD.insert(&key, &pid_tgid, 0);
-    }
+    // A full map only means reads are sent one by one.
+    arm_run(&READ_AGG, &READ_AGG_FD, pid_tgid, fd, loss_ns);
 }
 
 /// A document fd is being closed by this thread: the run of another thread counting its reads

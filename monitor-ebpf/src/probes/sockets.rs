@@ -15,9 +15,9 @@ use monitor_common::{
 use super::{ret, syscall_op};
 use crate::maps::{
     BODY_SPANS, CONN_WRITES, ConnWrites, DATA_SCRATCH, H2_CONNS, LAST_LOSS, READ_BATCH_NS,
-    REQUEST_CAPTURE, RESPONSE_CAPTURE, Stash, TARGETS, WRITE_AGG, WRITE_AGG_FD, WriteAgg,
-    current_comm, fd_key, fill_header, flush_counts, flush_counts_keeping, global, is_target,
-    output_bytes, output_bytes_waking, send_reads, send_writes, set_fd_kind, stamp_losses, submit,
+    REQUEST_CAPTURE, RESPONSE_CAPTURE, Stash, TARGETS, WRITE_AGG, WRITE_AGG_FD, arm_run, fd_key,
+    fill_header, flush_counts, flush_counts_keeping, global, is_target, output_bytes,
+    output_bytes_waking, send_reads, send_writes, set_fd_kind, stamp_losses, submit,
 };
 use monitor_common::go::GO_TARGET;
 
@@ -270,45 +270,11 @@ fn count_write(pid_tgid: u64, stash: &Stash, ret: i64, last: bool) -> bool {
 }
 
 /// Arms the thread's run of writes on connection `fd`, right after its `SOCK_WRITE` record
-/// (`loss_ns`: the last loss time before it). Not in a Go target (see `files::start_run`).
+/// (`loss_ns`: the last loss time before it; not in a Go target: see [`arm_run`]).
 #[inline(always)]
 fn start_write_run(pid_tgid: u64, fd: i32, loss_ns: u64) {
-    let tgid = (pid_tgid >> 32) as u32;
-    if TARGETS.get(tgid).copied() == Some(GO_TARGET) {
-        return;
-    }
-    if let Some(agg) = WRITE_AGG.get_ptr_mut(&pid_tgid) {
-        let agg = unsafe { &mut *agg };
-        agg.fd = fd;
-        agg.calls = 0;
-        agg.bytes = 0;
-        agg.loss_ns = loss_ns;
-        current_comm(&mut agg.comm);
-    } else {
-        let mut comm = [0; monitor_common::COMM_LEN];
-        current_comm(&mut comm);
-        let agg = WriteAgg {
-            fd,
-            calls: 0,
-            bytes: 0,
-            first_ns: 0,
-            last_ns: 0,
-            loss_ns,
-            op: 0,
-            _pad: 0,
-            comm,
-        };
-        // A full map only means writes are sent one by one.
-        if WRITE_AGG.insert(&pid_tgid, &agg, 0).is_err() {
-            return;
-        }
-    }
-    let key = fd_key(tgid, fd);
-    if let Some(slot) = WRITE_AGG_FD.get_ptr_mut(&key) {
-        unsafe { *slot = pid_tgid };
-    } else {
-        let _ = WRITE_AGG_FD.insert(&key, &pid_tgid, 0);
-    }
+    // A full map only means writes are sent one by one.
+    arm_run(&WRITE_AGG, &WRITE_AGG_FD, pid_tgid, fd, loss_ns);
 }
 
 /// A record of connection `fd` by thread `me` follows: another thread's counted writes of it
