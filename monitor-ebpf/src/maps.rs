@@ -582,6 +582,52 @@ pub fn flush_counts_keeping(pid_tgid: u64, keep_reads: bool, keep_writes: bool) 
     }
 }
 
+/// The time of the last lost event (0: none), as every record is stamped with it.
+#[inline(always)]
+pub fn last_loss() -> u64 {
+    match LAST_LOSS.get(0) {
+        Some(v) => unsafe { core::ptr::read_volatile(v) },
+        None => 0,
+    }
+}
+
+/// Counts a call of `stash.fd` (a read of a document, or a write of a connection) in the
+/// thread's run in `runs`, when it continues one: the run is armed for that fd and no event was
+/// lost since. A count `READ_BATCH_NS` old is sent first (as a `more` record), so that a long
+/// run stays visible to the idle horizon.
+#[inline(always)]
+pub fn count_call(
+    runs: &HashMap<u64, ReadAgg>,
+    more: u32,
+    pid_tgid: u64,
+    stash: &Stash,
+    ret: i64,
+) -> bool {
+    let Some(agg) = runs.get_ptr_mut(&pid_tgid) else {
+        return false;
+    };
+    let agg = unsafe { &mut *agg };
+    // A process found to be a Go target since the run started counts no more.
+    if agg.fd != stash.fd
+        || agg.loss_ns != last_loss()
+        || TARGETS.get((pid_tgid >> 32) as u32).copied() == Some(GO_TARGET)
+    {
+        return false;
+    }
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    if agg.calls != 0 && now.wrapping_sub(agg.first_ns) > global(&READ_BATCH_NS) {
+        send_count(pid_tgid, agg, more);
+    }
+    if agg.calls == 0 {
+        agg.first_ns = now;
+    }
+    agg.calls += 1;
+    agg.bytes = agg.bytes.wrapping_add(ret as u64);
+    agg.last_ns = now;
+    agg.op = stash.op;
+    true
+}
+
 /// Sends `agg`'s count as a `FILE_READ_MORE` of thread `pid_tgid` (stamped with the last read's
 /// time), and zeroes it; the run goes on.
 #[inline(always)]

@@ -15,18 +15,16 @@ use monitor_common::{
         FP_BYTES, FP_MIN, FP_WORDS, FdEvent, OPEN_HEADER_LEN, OpenEvent, PATH_CAP,
         fingerprint_words, has_dotdot, open_path_bytes, path_source,
     },
-    go::GO_TARGET,
     kind, loss, op,
 };
 
 use super::{arg, ret, sockets, syscall_op};
 use crate::{
     maps::{
-        DOC_ROOTS, H2_CONNS, LAST_LOSS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED,
-        OPENED_SCRATCH, READ_AGG, READ_AGG_FD, READ_BATCH_NS, ROOT_KEY_LEN, Stash, TARGETS,
-        arm_run, count_loss, fd_key, fill_header, flush_counts, forget_fd_kind, global, is_target,
-        output_bytes, send_reads, set_fd_kind, stamp_losses, stash_put, stash_take, submit,
-        submit_keeping,
+        DOC_ROOTS, H2_CONNS, OFF_FILE_FLAGS, OFF_FILE_PATH, OPEN_SCRATCH, OPENED, OPENED_SCRATCH,
+        READ_AGG, READ_AGG_FD, ROOT_KEY_LEN, Stash, arm_run, count_call, count_loss, fd_key,
+        fill_header, flush_counts, forget_fd_kind, global, is_target, last_loss, output_bytes,
+        send_reads, set_fd_kind, stamp_losses, stash_put, stash_take, submit, submit_keeping,
     },
     task,
 };
@@ -292,29 +290,7 @@ pub fn emit_io(stash: &Stash, ret: i64) {
 /// horizon.
 #[inline(always)]
 fn count_read(pid_tgid: u64, stash: &Stash, ret: i64) -> bool {
-    let Some(agg) = READ_AGG.get_ptr_mut(&pid_tgid) else {
-        return false;
-    };
-    let agg = unsafe { &mut *agg };
-    // A process found to be a Go target since the run started counts no more.
-    if agg.fd != stash.fd
-        || agg.loss_ns != last_loss()
-        || TARGETS.get((pid_tgid >> 32) as u32).copied() == Some(GO_TARGET)
-    {
-        return false;
-    }
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    if agg.calls != 0 && now.wrapping_sub(agg.first_ns) > global(&READ_BATCH_NS) {
-        send_reads(pid_tgid, agg);
-    }
-    if agg.calls == 0 {
-        agg.first_ns = now;
-    }
-    agg.calls += 1;
-    agg.bytes = agg.bytes.wrapping_add(ret as u64);
-    agg.last_ns = now;
-    agg.op = stash.op;
-    true
+    count_call(&READ_AGG, kind::FILE_READ_MORE, pid_tgid, stash, ret)
 }
 
 /// Arms the thread's run on document `fd`, right after its `FILE_READ` record (`loss_ns`: the
@@ -343,14 +319,6 @@ fn flush_run_of(tgid: u32, fd: i32) {
             agg.fd = -1;
             sockets::send_writes_of(reader);
         }
-    }
-}
-
-#[inline(always)]
-fn last_loss() -> u64 {
-    match LAST_LOSS.get(0) {
-        Some(v) => unsafe { core::ptr::read_volatile(v) },
-        None => 0,
     }
 }
 

@@ -14,12 +14,11 @@ use monitor_common::{
 
 use super::{ret, syscall_op};
 use crate::maps::{
-    BODY_SPANS, CONN_WRITES, ConnWrites, DATA_SCRATCH, H2_CONNS, LAST_LOSS, READ_BATCH_NS,
-    REQUEST_CAPTURE, RESPONSE_CAPTURE, Stash, TARGETS, WRITE_AGG, WRITE_AGG_FD, arm_run, fd_key,
-    fill_header, flush_counts, flush_counts_keeping, global, is_target, output_bytes,
-    output_bytes_waking, send_reads, send_writes, set_fd_kind, stamp_losses, submit,
+    BODY_SPANS, CONN_WRITES, ConnWrites, DATA_SCRATCH, H2_CONNS, REQUEST_CAPTURE, RESPONSE_CAPTURE,
+    Stash, WRITE_AGG, WRITE_AGG_FD, arm_run, count_call, fd_key, fill_header, flush_counts,
+    flush_counts_keeping, global, is_target, last_loss, output_bytes, output_bytes_waking,
+    send_reads, send_writes, set_fd_kind, stamp_losses, submit,
 };
-use monitor_common::go::GO_TARGET;
 
 /// accept(int fd, ...) / accept4(int fd, ..., int flags): the returned fd is a connection.
 /// Tracepoint, or (preferred, see the attach table) `fexit` on the syscall function.
@@ -242,27 +241,9 @@ pub fn conn_over(tgid: u32, fd: i32) {
 /// would have ended them (the next response is another request's).
 #[inline(always)]
 fn count_write(pid_tgid: u64, stash: &Stash, ret: i64, last: bool) -> bool {
-    let Some(agg) = WRITE_AGG.get_ptr_mut(&pid_tgid) else {
-        return false;
-    };
-    let agg = unsafe { &mut *agg };
-    if agg.fd != stash.fd
-        || agg.loss_ns != last_loss()
-        || TARGETS.get((pid_tgid >> 32) as u32).copied() == Some(GO_TARGET)
-    {
+    if !count_call(&WRITE_AGG, kind::SOCK_WRITE_MORE, pid_tgid, stash, ret) {
         return false;
     }
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    if agg.calls != 0 && now.wrapping_sub(agg.first_ns) > global(&READ_BATCH_NS) {
-        send_writes(pid_tgid, agg);
-    }
-    if agg.calls == 0 {
-        agg.first_ns = now;
-    }
-    agg.calls += 1;
-    agg.bytes = agg.bytes.wrapping_add(ret as u64);
-    agg.last_ns = now;
-    agg.op = stash.op;
     if last {
         flush_counts(pid_tgid);
     }
@@ -313,14 +294,6 @@ pub fn send_writes_of(pid_tgid: u64) {
         if agg.fd >= 0 {
             send_writes(pid_tgid, agg);
         }
-    }
-}
-
-#[inline(always)]
-fn last_loss() -> u64 {
-    match LAST_LOSS.get(0) {
-        Some(v) => unsafe { core::ptr::read_volatile(v) },
-        None => 0,
     }
 }
 
